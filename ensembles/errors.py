@@ -1,0 +1,34 @@
+"""Exception types raised by :mod:`ensembles`.
+
+Every message says what was expected and what was found, so a failing campaign can be fixed
+from the message alone.
+"""
+
+
+class EnsembleError(Exception):
+    """Base class of every error raised by :mod:`ensembles`."""
+
+
+class EnsembleInputError(EnsembleError, ValueError):
+    """Arguments of an ensemble run or a perturbation do not fit together.
+
+    Raised before any work starts: non-positive member/step counts, channels or grids that do
+    not match the prognostic's input coordinates, a perturbation scale of the wrong length.
+    """
+
+
+class ArchiveError(EnsembleError, ValueError):
+    """A forecast archive cannot be written or opened as asked.
+
+    Raised for writes whose labels or shapes do not fit the archive's extents, and for opening
+    an archive that is missing or was never finalised.
+    """
+
+
+class ScoringError(EnsembleError, ValueError):
+    """Forecasts cannot be scored against the given truth.
+
+    Raised when grids differ, valid times or variables are missing from the truth, NaNs appear
+    in forecast or truth, or a metric's requirements (e.g. two members for fair CRPS) are
+    not met.
+    """

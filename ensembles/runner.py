@@ -1,0 +1,221 @@
+"""Run an ensemble forecast: perturb the initial state, step the prognostic, archive every step.
+
+Each member's perturbation is drawn from its own generator seeded only from ``(seed,
+init_time, member)``, so a member is reproducible alone, whatever the batch size and whichever
+other members run beside it; a rank of a multi-process campaign runs its share through
+``members`` or its init times through :func:`run_campaign`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ensembles.errors import EnsembleInputError
+from ensembles.protocols import Archive, Coords, Perturbation, Prognostic
+from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER
+
+_GRID_DIMS = (CHANNEL, LAT, LON)
+
+
+def forecast_lead_times(step_size: np.timedelta64, n_steps: int) -> np.ndarray:
+    """Lead times ``0, step, …, n_steps·step`` a run writes, as timedelta64[ns], shape (n_steps + 1,)."""
+    return np.arange(n_steps + 1) * np.timedelta64(step_size).astype("timedelta64[ns]")
+
+
+def member_generator(seed: int, init_time: np.datetime64, member: int) -> torch.Generator:
+    """A CPU generator seeded from ``(seed, init_time, member)`` and nothing else.
+
+    The three values are mixed by :class:`numpy.random.SeedSequence`, so neighbouring seeds,
+    members or init times give unrelated streams.
+    """
+    seconds = np.datetime64(init_time, "s").astype(np.int64)
+    time_key = int(np.array(seconds, dtype=np.int64).view(np.uint64))
+    state = np.random.SeedSequence([int(seed), time_key, int(member)]).generate_state(1, dtype=np.uint64)[0]
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(int(state))
+    return generator
+
+
+def run_ensemble(
+    prognostic: Prognostic,
+    initial: torch.Tensor,
+    coords: Coords,
+    init_time: np.datetime64,
+    *,
+    n_members: int,
+    n_steps: int,
+    perturbation: Perturbation,
+    archive: Archive,
+    seed: int,
+    members_per_batch: int = 8,
+    control_member: bool = True,
+    members: Sequence[int] | None = None,
+    device: torch.device | str | None = None,
+) -> None:
+    """Forecast ``n_members`` perturbed copies of ``initial`` for ``n_steps`` steps into ``archive``.
+
+    Lead 0 (the perturbed initial states) and every step ``k`` (lead ``k · step_size``) are
+    written with ``init_time``; the archive is not finalised here, so several init times can
+    share it.
+
+    Parameters
+    ----------
+    prognostic : Prognostic
+        Model stepped autoregressively; its input and output channels must be the same.
+    initial : torch.Tensor, shape (channel, lat, lon)
+        Initial state in physical units. Channels are selected by label to the prognostic's
+        order; channels it does not use are ignored.
+    coords : Coords
+        ``{"channel", "lat", "lon"}`` labelling ``initial``.
+    init_time : numpy.datetime64
+        Initialisation time, written to the archive and mixed into every member's seed.
+    n_members : int
+        Ensemble size; members are labelled ``0 … n_members - 1``.
+    n_steps : int
+        Number of model steps (at least 1).
+    perturbation : Perturbation
+        Applied to each member with that member's own generator (:func:`member_generator`).
+    archive : Archive
+        Receives ``(member, channel, lat, lon)`` blocks with ``init_time`` and ``lead_time``.
+    seed : int
+        Non-negative campaign seed.
+    members_per_batch : int
+        Members stepped together; results do not depend on it beyond floating-point rounding.
+    control_member : bool
+        Leave member 0 unperturbed.
+    members : sequence of int, optional
+        Labels of the members this call runs (default all): a rank's share, or one member
+        rerun alone.
+    device : torch.device or str, optional
+        Where the model runs; default ``initial.device``.
+
+    Raises
+    ------
+    EnsembleInputError
+        Before anything is written, if counts are not positive or ``coords`` do not match
+        ``initial`` or the prognostic's input coordinates.
+    """
+    _check_counts(n_members=n_members, n_steps=n_steps, members_per_batch=members_per_batch, seed=seed)
+    run_members = _members_to_run(members, n_members)
+    state, state_coords = _model_input(prognostic, initial, coords)
+    device = initial.device if device is None else torch.device(device)
+    init_label = np.array([init_time], dtype="datetime64[ns]")
+    lead_times = forecast_lead_times(prognostic.step_size, n_steps)
+    with torch.inference_mode():
+        state = state.to(device)
+        for block in _blocks(run_members, members_per_batch):
+            x = _initial_members(state, state_coords, block, init_time, perturbation, seed, control_member)
+            x_coords = {MEMBER: block, **state_coords}
+            for step in range(lead_times.size):
+                if step:
+                    x, x_coords = prognostic.step(x, x_coords)
+                archive.write(x, {INIT_TIME: init_label, LEAD_TIME: lead_times[step : step + 1], **x_coords})
+
+
+def run_campaign(
+    prognostic: Prognostic,
+    initial_state: Callable[[np.datetime64], torch.Tensor],
+    coords: Coords,
+    init_times: Iterable[np.datetime64],
+    **run_kwargs: Any,
+) -> None:
+    """Run :func:`run_ensemble` for each init time into one archive (not finalised here).
+
+    Parameters
+    ----------
+    initial_state : callable
+        ``initial_state(init_time)`` returns the ``(channel, lat, lon)`` state labelled by
+        ``coords``, e.g. read from the truth store; called once per init time.
+    init_times : iterable of numpy.datetime64
+        The init times to run (a rank's share in a multi-process campaign).
+    **run_kwargs
+        Keyword arguments of :func:`run_ensemble` (``n_members``, ``n_steps``, ``archive``, …).
+    """
+    for init_time in init_times:
+        run_ensemble(prognostic, initial_state(init_time), coords, init_time, **run_kwargs)
+
+
+def _check_counts(**counts: int) -> None:
+    minimum = {"n_members": 1, "n_steps": 1, "members_per_batch": 1, "seed": 0}
+    bad = {name: value for name, value in counts.items() if int(value) != value or value < minimum[name]}
+    if bad:
+        wanted = ", ".join(f"{name} >= {minimum[name]}" for name in bad)
+        raise EnsembleInputError(f"expected integers {wanted}; found {bad}")
+
+
+def _members_to_run(members: Sequence[int] | None, n_members: int) -> np.ndarray:
+    if members is None:
+        return np.arange(n_members, dtype=np.int64)
+    labels = np.asarray(members, dtype=np.int64)
+    outside = labels[(labels < 0) | (labels >= n_members)]
+    if labels.ndim != 1 or labels.size == 0 or outside.size or np.unique(labels).size != labels.size:
+        raise EnsembleInputError(
+            f"expected distinct member labels in 0 … {n_members - 1}, found {np.asarray(members).tolist()}"
+        )
+    return labels
+
+
+def _model_input(prognostic: Prognostic, initial: torch.Tensor, coords: Coords) -> tuple[torch.Tensor, Coords]:
+    """``initial`` with its channels in the prognostic's order, and the prognostic's coords."""
+    absent = [dim for dim in _GRID_DIMS if dim not in coords]
+    if absent:
+        raise EnsembleInputError(f"initial coords lack {absent}; expected {list(_GRID_DIMS)}, found {list(coords)}")
+    sizes = tuple(len(coords[dim]) for dim in _GRID_DIMS)
+    if tuple(initial.shape) != sizes:
+        raise EnsembleInputError(
+            f"expected initial of shape (channel, lat, lon) = {sizes} as its coords say, found {tuple(initial.shape)}"
+        )
+    expected = prognostic.input_coords
+    given = [str(c) for c in coords[CHANNEL]]
+    wanted = [str(c) for c in expected[CHANNEL]]
+    produced = [str(c) for c in prognostic.output_coords[CHANNEL]]
+    if produced != wanted:
+        raise EnsembleInputError(
+            f"cannot step autoregressively: the prognostic takes channels {wanted} but returns {produced}"
+        )
+    missing = [c for c in wanted if c not in given]
+    if missing:
+        raise EnsembleInputError(
+            f"initial state lacks channels {missing} the prognostic needs; "
+            f"expected {wanted}, found {given}"
+        )
+    for dim in (LAT, LON):
+        _check_axis(dim, np.asarray(coords[dim], dtype=np.float64), np.asarray(expected[dim], dtype=np.float64))
+    state = initial[[given.index(c) for c in wanted]]
+    return state, {dim: np.asarray(expected[dim]) for dim in _GRID_DIMS}
+
+
+def _check_axis(dim: str, found: np.ndarray, expected: np.ndarray) -> None:
+    if found.shape != expected.shape or not np.allclose(found, expected):
+        raise EnsembleInputError(
+            f"initial {dim} does not match the prognostic's grid: expected {expected.size} values "
+            f"{expected[:1]}…{expected[-1:]}, found {found.size} values {found[:1]}…{found[-1:]}"
+        )
+
+
+def _blocks(members: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    for start in range(0, members.size, size):
+        yield members[start : start + size]
+
+
+def _initial_members(
+    state: torch.Tensor,
+    coords: Coords,
+    block: np.ndarray,
+    init_time: np.datetime64,
+    perturbation: Perturbation,
+    seed: int,
+    control_member: bool,
+) -> torch.Tensor:
+    """The block's initial states, shape (member, channel, lat, lon), each perturbed with its own generator."""
+    states = []
+    for member in block.tolist():
+        x = state[None]
+        if not (control_member and member == 0):
+            x, _ = perturbation(x, {MEMBER: np.array([member]), **coords}, member_generator(seed, init_time, member))
+        states.append(x)
+    return torch.cat(states)

@@ -1,0 +1,21 @@
+"""Exception types raised by :mod:`fourcast`."""
+
+
+class FourcastError(Exception):
+    """Base class of every error raised by :mod:`fourcast`."""
+
+
+class ModelSpecError(FourcastError, ValueError):
+    """A model preset or its settings do not fit the data."""
+
+
+class DataWindowError(FourcastError, ValueError):
+    """A requested training/validation period does not fit the store."""
+
+
+class CheckpointError(FourcastError):
+    """A checkpoint is missing, unreadable, or disagrees with the data."""
+
+
+class NonFiniteLossError(FourcastError, FloatingPointError):
+    """Training produced a NaN or infinite loss."""

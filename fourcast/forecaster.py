@@ -1,0 +1,85 @@
+"""A trained model wrapped as the ``Prognostic`` the ensemble runner consumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fourcast.checkpoint import CheckpointMeta, load_checkpoint
+from fourcast.device import default_device
+from fourcast.errors import CheckpointError
+from fourcast.models.registry import build_model
+from fourcast.normaliser import Normaliser
+from ingest.dims import CHANNEL, LAT, LON
+
+Coords = dict[str, np.ndarray]
+
+
+class Forecaster:
+    """Advances physical-unit states ``(batch, channel, lat, lon)`` by one model step.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Maps normalised ``(batch, channel, lat, lon)`` to the normalised state one step later.
+    normaliser : Normaliser
+        Statistics the model was trained with.
+    variables : list of str
+        Lexicon ids in channel order.
+    lat, lon : numpy.ndarray
+        Grid in degrees (lat 90 → −90).
+    step : numpy.timedelta64
+        Time advanced by one :meth:`step`.
+    device : torch.device, optional
+        Where the model runs; CUDA when available by default.
+    """
+
+    def __init__(self, model: torch.nn.Module, normaliser: Normaliser, variables: list[str], lat: np.ndarray,
+                 lon: np.ndarray, step: np.timedelta64, device: torch.device | None = None) -> None:
+        self.device = device or default_device()
+        self.model = model.to(self.device).eval()
+        self.normaliser = normaliser.to(self.device)
+        self._coords = {CHANNEL: np.asarray(variables), LAT: np.asarray(lat, dtype=float),
+                        LON: np.asarray(lon, dtype=float)}
+        self._step = np.timedelta64(step, "h")
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: torch.device | None = None) -> Forecaster:
+        """Rebuild the model, normaliser and coordinates saved by :func:`fourcast.checkpoint.save_checkpoint`."""
+        state, meta = load_checkpoint(path)
+        model = build_model(meta.preset, (len(meta.lat), len(meta.lon)), len(meta.channels))
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise CheckpointError(f"{path}: weights do not fit preset {meta.preset!r}: {err}") from err
+        return cls(model, Normaliser(meta.mean, meta.std), meta.channels, np.asarray(meta.lat),
+                   np.asarray(meta.lon), np.timedelta64(meta.step_hours, "h"), device)
+
+    @staticmethod
+    def meta_of(path: str | Path) -> CheckpointMeta:
+        """Metadata of a checkpoint, without building the model."""
+        return load_checkpoint(path)[1]
+
+    @property
+    def input_coords(self) -> Coords:
+        return dict(self._coords)
+
+    @property
+    def output_coords(self) -> Coords:
+        return dict(self._coords)
+
+    @property
+    def step_size(self) -> np.timedelta64:
+        return self._step
+
+    @torch.inference_mode()
+    def step(self, x: torch.Tensor, coords: Coords) -> tuple[torch.Tensor, Coords]:
+        """One step: ``x`` of shape ``(batch, channel, lat, lon)`` in physical units."""
+        for dim in (CHANNEL, LAT, LON):
+            if coords[dim].shape != self._coords[dim].shape or not np.array_equal(coords[dim], self._coords[dim]):
+                raise CheckpointError(f"input {dim} {coords[dim][:5]}… differs from the model's {self._coords[dim][:5]}…")
+        z = self.normaliser.normalise(x.to(self.device, torch.float32))
+        out = self.normaliser.denormalise(self.model(z))
+        return out.to(x.device), coords

@@ -1,0 +1,105 @@
+"""Canonical variable ids and how they map onto ERA5 as the Climate Data Store names it.
+
+Every package downstream of :mod:`ingest` sees only the short ids (``z500``, ``u10m``, …);
+ERA5 names, GRIB short names and pressure levels stay here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ingest.errors import UnknownVariableError
+
+PRESSURE_LEVELS_DATASET = "reanalysis-era5-pressure-levels"
+SINGLE_LEVELS_DATASET = "reanalysis-era5-single-levels"
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One canonical variable and its ERA5 identity.
+
+    Attributes
+    ----------
+    id : str
+        Canonical short id, e.g. ``"z500"``.
+    cds_name : str
+        Name in CDS requests, e.g. ``"geopotential"``.
+    short_name : str
+        Variable name in CDS netCDF files and GRIB ``shortName``, e.g. ``"z"``.
+    level : int or None
+        Pressure level in hPa, ``None`` for single-level fields.
+    units : str
+        Units as ERA5 delivers them (and as the store keeps them).
+    long_name : str
+        Human-readable name, used for CF ``long_name`` attributes.
+    """
+
+    id: str
+    cds_name: str
+    short_name: str
+    level: int | None
+    units: str
+    long_name: str
+
+    @property
+    def dataset(self) -> str:
+        """CDS dataset the variable is requested from."""
+        return SINGLE_LEVELS_DATASET if self.level is None else PRESSURE_LEVELS_DATASET
+
+
+_PRESSURE_FIELDS = {
+    "z": ("geopotential", "m**2 s**-2", "Geopotential"),
+    "t": ("temperature", "K", "Temperature"),
+    "u": ("u_component_of_wind", "m s**-1", "U component of wind"),
+    "v": ("v_component_of_wind", "m s**-1", "V component of wind"),
+    "r": ("relative_humidity", "%", "Relative humidity"),
+    "q": ("specific_humidity", "kg kg**-1", "Specific humidity"),
+}
+_LEVELS = (50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000)
+
+_SINGLE_FIELDS = {
+    "u10m": ("10m_u_component_of_wind", "u10", "m s**-1", "10 metre U wind component"),
+    "v10m": ("10m_v_component_of_wind", "v10", "m s**-1", "10 metre V wind component"),
+    "t2m": ("2m_temperature", "t2m", "K", "2 metre temperature"),
+    "msl": ("mean_sea_level_pressure", "msl", "Pa", "Mean sea level pressure"),
+    "sp": ("surface_pressure", "sp", "Pa", "Surface pressure"),
+    "tcwv": ("total_column_water_vapour", "tcwv", "kg m**-2", "Total column vertically-integrated water vapour"),
+}
+
+
+def _build_lexicon() -> dict[str, Variable]:
+    table: dict[str, Variable] = {}
+    for short, (cds_name, units, long_name) in _PRESSURE_FIELDS.items():
+        for level in _LEVELS:
+            vid = f"{short}{level}"
+            table[vid] = Variable(vid, cds_name, short, level, units, f"{long_name} at {level} hPa")
+    for vid, (cds_name, short, units, long_name) in _SINGLE_FIELDS.items():
+        table[vid] = Variable(vid, cds_name, short, None, units, long_name)
+    return table
+
+
+LEXICON: dict[str, Variable] = _build_lexicon()
+
+
+def get_variable(variable_id: str) -> Variable:
+    """Look up one canonical id.
+
+    Raises
+    ------
+    UnknownVariableError
+        If the id is not in the lexicon; the message lists close and valid choices.
+    """
+    try:
+        return LEXICON[variable_id]
+    except KeyError as err:
+        raise UnknownVariableError(
+            f"unknown variable id {variable_id!r}; expected one of: {', '.join(sorted(LEXICON))}"
+        ) from err
+
+
+def get_variables(variable_ids: list[str] | tuple[str, ...]) -> list[Variable]:
+    """Look up several ids, refusing duplicates."""
+    duplicates = sorted({v for v in variable_ids if list(variable_ids).count(v) > 1})
+    if duplicates:
+        raise UnknownVariableError(f"variable ids listed more than once: {duplicates}")
+    return [get_variable(v) for v in variable_ids]

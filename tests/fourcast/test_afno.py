@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from fourcast.errors import ModelSpecError
+from fourcast.models.afno import AFNOFilter, AFNONet
+from fourcast.models.registry import PRESETS, build_model, count_parameters
+
+
+def test_afno_maps_grid_to_grid_and_learns_increments():
+    model = build_model("afno-tiny", (16, 32), 3)
+    x = torch.randn(2, 3, 16, 32)
+    assert model(x).shape == (2, 3, 16, 32)
+    torch.nn.init.zeros_(model.head.weight)  # zero head → the increment vanishes
+    torch.testing.assert_close(model(x), x)
+
+
+def test_filter_is_a_residual_around_a_fourier_mlp():
+    layer = AFNOFilter(embed_dim=16, num_blocks=4, sparsity=0.0)
+    with torch.no_grad():
+        for p in (layer.w1, layer.b1, layer.w2, layer.b2):
+            p.zero_()
+    x = torch.randn(2, 4, 8, 16)
+    torch.testing.assert_close(layer(x), x)  # zero weights → zero spectrum → pure skip
+
+
+def test_fourcastnet_mode_truncation_keeps_h_over_2_plus_1_zonal_modes():
+    layer = AFNOFilter(embed_dim=8, num_blocks=2, mode_truncation="fourcastnet")
+    rows, cols = layer._kept_modes(h=90)
+    assert (rows.start, rows.stop, cols.stop) == (0, 92, 46)
+
+
+def test_ffts_stay_float32_under_bf16_autocast():
+    model = build_model("afno-tiny", (16, 32), 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(1, 3, 16, 32))
+    assert torch.isfinite(out).all()
+
+
+def test_presets_and_errors():
+    assert {"afno-fcn-0p25", "afno-tiny"} <= set(PRESETS)
+    assert 50_000 < count_parameters(build_model("afno-tiny", (32, 64), 3)) < 200_000
+    with pytest.raises(ModelSpecError, match="unknown model preset 'afno-huge'"):
+        build_model("afno-huge", (32, 64), 3)
+    with pytest.raises(ModelSpecError, match="divisible by patch_size"):
+        AFNONet((33, 64), 3, 3, patch_size=2)
+    with pytest.raises(ModelSpecError, match="hard_thresholding_fraction must be 1.0"):
+        AFNOFilter(16, 4, hard_thresholding_fraction=0.5)
+
+
+@pytest.mark.slow
+def test_fcn_preset_builds_at_full_size():
+    model = build_model("afno-fcn-0p25", (720, 1440), 20)
+    # FourCastNet's checkpoint holds 74,691,840 parameters: ours plus its final LayerNorm (2 x 768),
+    # which the reference defines but never applies.
+    assert count_parameters(model) + 2 * 768 == 74_691_840
