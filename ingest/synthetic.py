@@ -193,3 +193,380 @@ def _adams_bashforth(history: list[torch.Tensor]) -> torch.Tensor:
     if len(history) == 2:
         return 1.5 * history[0] - 0.5 * history[1]
     return (23.0 * history[0] - 16.0 * history[1] + 5.0 * history[2]) / 12.0
+
+
+def simulate(
+    start: str | np.datetime64,
+    end: str | np.datetime64,
+    *,
+    nlat: int = 32,
+    nlon: int = 64,
+    seed: int = 0,
+    step_hours: int = 6,
+    spinup_days: float = 30.0,
+    progress: Callable[[float], None] | None = None,
+) -> xr.Dataset:
+    """Integrate the synthetic flow and return it in the new-CDS netCDF layout.
+
+    The model clock starts ``spinup_days`` before ``start`` from the balanced jet state, so
+    every call with the same arguments (and the same ``start``) sees the same flow, whatever
+    ``end`` is. Runs on the CPU in float64; the same seed gives bit-identical arrays on the
+    same machine and library versions.
+
+    Parameters
+    ----------
+    start, end : str or numpy.datetime64
+        First and last valid time (inclusive), each on the ``step_hours`` grid of its day.
+    nlat, nlon : int
+        Equiangular grid including both poles; ``nlat >= 8`` and ``nlon >= nlat``.
+    seed : int
+        Seed of the stirring noise, ``>= 0``.
+    step_hours : int
+        Output interval in hours; must divide 24.
+    spinup_days : float
+        Model days integrated before ``start`` and discarded, ``>= 0``.
+    progress : callable, optional
+        Called with the fraction of the integration done (0–1) after every output interval.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``z`` (m² s⁻²), ``u`` and ``v`` (m s⁻¹), float32 with dims
+        ``(valid_time, pressure_level, latitude, longitude)`` of shape ``(ntime, 1, nlat, nlon)``;
+        coords ``valid_time`` (datetime64), ``pressure_level`` ``[500.]`` hPa, ``latitude``
+        90 → −90, ``longitude`` 0 → <360, scalar ``number`` and per-time ``expver``.
+
+    Raises
+    ------
+    SyntheticSpecError
+        If an argument is out of range or the times do not fit the output grid.
+    """
+    times = _valid_times(start, end, step_hours)
+    _check_grid(nlat, nlon)
+    _check_seed_and_spinup(seed, spinup_days)
+    model = _ForcedShallowWater(nlat, nlon, step_hours * 3600.0, seed)
+    spinup_steps = round(spinup_days * _SECONDS_PER_DAY / model.dt)
+    total_steps = spinup_steps + (len(times) - 1) * model.substeps
+    done = 0
+
+    def advance(nsteps: int) -> None:
+        nonlocal done
+        model.advance(nsteps)
+        done += nsteps
+        if progress is not None:
+            progress(done / total_steps if total_steps else 1.0)
+
+    for _ in range(spinup_steps // model.substeps):
+        advance(model.substeps)
+    advance(spinup_steps % model.substeps)
+    snapshots = [model.fields()]
+    for _ in times[1:]:
+        advance(model.substeps)
+        snapshots.append(model.fields())
+    z, u, v = (np.stack(field)[:, None] for field in zip(*snapshots))
+    return _cds_dataset(times, {"z500": z, "u500": u, "v500": v}, _history(seed, nlat, nlon, spinup_days))
+
+
+def write_cds_netcdf(ds: xr.Dataset, directory: str | Path, *, prefix: str = "era5_synthetic") -> list[Path]:
+    """Write one netCDF4 file per calendar month, ``{prefix}_{YYYY}{MM}.nc``, as CDS does.
+
+    Each file is written under a temporary name in ``directory`` and renamed into place, so a
+    reader never sees a partial file. Data variables are float32 with zlib level 1 and shuffle
+    and a NaN ``_FillValue``; ``valid_time`` is int64 seconds since 1970-01-01.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Fields with a ``valid_time`` dimension, e.g. from :func:`simulate`.
+    directory : str or pathlib.Path
+        Created if missing; existing files of the same names are replaced.
+    prefix : str
+        File name prefix.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written, sorted.
+
+    Raises
+    ------
+    SyntheticSpecError
+        If ``ds`` has no non-empty ``valid_time`` dimension.
+    """
+    if ds.sizes.get("valid_time", 0) == 0:
+        raise SyntheticSpecError(
+            f"expected a dataset with a non-empty 'valid_time' dimension, found dims {dict(ds.sizes)}"
+        )
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    months = ds["valid_time"].values.astype("datetime64[M]")
+    paths = []
+    for month in np.unique(months):
+        name = f"{prefix}_{str(month).replace('-', '')}.nc"
+        paths.append(_write_atomically(ds.isel(valid_time=months == month), directory / name))
+    return sorted(paths)
+
+
+def generate_files(
+    directory: str | Path,
+    start: str | np.datetime64,
+    end: str | np.datetime64,
+    *,
+    nlat: int = 32,
+    nlon: int = 64,
+    seed: int = 0,
+    step_hours: int = 6,
+    spinup_days: float = 30.0,
+    prefix: str = "era5_synthetic",
+    progress: Callable[[float], None] | None = None,
+) -> list[Path]:
+    """Simulate and write monthly files, or reuse those a previous identical call wrote.
+
+    A JSON manifest (``synthetic_manifest.json``) recording the arguments, the model constants
+    and the file names is written atomically after the last file. When it matches this call
+    and all its files exist, nothing is recomputed. Files listed by a previous, different
+    manifest and not produced by this call are removed, so the directory holds one flow only.
+
+    Parameters
+    ----------
+    directory : str or pathlib.Path
+        Where the files and the manifest go; created if missing.
+    start, end, nlat, nlon, seed, step_hours, spinup_days, progress
+        As for :func:`simulate`.
+    prefix : str
+        As for :func:`write_cds_netcdf`.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The monthly files, sorted.
+    """
+    directory = Path(directory)
+    times = _valid_times(start, end, step_hours)
+    request = {
+        "start": str(times[0]),
+        "end": str(times[-1]),
+        "nlat": nlat,
+        "nlon": nlon,
+        "seed": seed,
+        "step_hours": step_hours,
+        "spinup_days": float(spinup_days),
+        "prefix": prefix,
+        "model": _model_constants(),
+    }
+    previous = _read_manifest(directory)
+    if previous.get("request") == request:
+        paths = [directory / name for name in previous["files"]]
+        if all(path.is_file() for path in paths):
+            return paths
+    (directory / _MANIFEST).unlink(missing_ok=True)
+    ds = simulate(
+        times[0], times[-1], nlat=nlat, nlon=nlon, seed=seed, step_hours=step_hours,
+        spinup_days=spinup_days, progress=progress,
+    )
+    paths = write_cds_netcdf(ds, directory, prefix=prefix)
+    for stale in set(previous.get("files", [])) - {path.name for path in paths}:
+        (directory / stale).unlink(missing_ok=True)
+    _write_manifest(directory, {"request": request, "files": [path.name for path in paths]})
+    return paths
+
+
+def _valid_times(start: str | np.datetime64, end: str | np.datetime64, step_hours: int) -> np.ndarray:
+    """Output times ``start, start + step, …, end``, shape (ntime,), datetime64[s]."""
+    if not isinstance(step_hours, int) or step_hours <= 0 or 24 % step_hours:
+        raise SyntheticSpecError(
+            f"step_hours must be a whole number of hours dividing 24 (1, 2, 3, 4, 6, 8, 12, 24), found {step_hours!r}"
+        )
+    step = np.timedelta64(step_hours, "h")
+    first, last = _parse_time(start, "start"), _parse_time(end, "end")
+    for label, time in (("start", first), ("end", last)):
+        if (time - time.astype("datetime64[D]")) % step:
+            raise SyntheticSpecError(
+                f"{label} must fall on the {step_hours}-hourly output grid (00 UTC + k·{step_hours} h), found {time}"
+            )
+    if last < first:
+        raise SyntheticSpecError(f"end must not be before start, found start={first} and end={last}")
+    return np.arange(first, last + step, step).astype("datetime64[s]")
+
+
+def _parse_time(value: str | np.datetime64, label: str) -> np.datetime64:
+    """One time as datetime64[s]; ``label`` names the argument in the error."""
+    try:
+        time = np.datetime64(value, "s")
+    except (TypeError, ValueError) as err:
+        raise SyntheticSpecError(f"{label} must be an ISO date/time or numpy.datetime64, found {value!r}") from err
+    if np.isnat(time):
+        raise SyntheticSpecError(f"{label} must be an actual time, found {value!r}")
+    return time
+
+
+def _check_grid(nlat: int, nlon: int) -> None:
+    """Refuse grids the spectral model cannot resolve."""
+    if not isinstance(nlat, int) or nlat < 8:
+        raise SyntheticSpecError(f"nlat must be an integer >= 8, found {nlat!r}")
+    if not isinstance(nlon, int) or nlon < nlat:
+        raise SyntheticSpecError(f"nlon must be an integer >= nlat ({nlat}), found {nlon!r}")
+
+
+def _check_seed_and_spinup(seed: int, spinup_days: float) -> None:
+    """Refuse negative or non-integer seeds and negative or non-finite spin-ups."""
+    if not isinstance(seed, int) or seed < 0:
+        raise SyntheticSpecError(f"seed must be an integer >= 0, found {seed!r}")
+    if not math.isfinite(spinup_days) or spinup_days < 0:
+        raise SyntheticSpecError(f"spinup_days must be a finite number >= 0, found {spinup_days!r}")
+
+
+def _history(seed: int, nlat: int, nlon: int, spinup_days: float) -> str:
+    """The ``history`` attribute: what made the data, with every argument that shapes it."""
+    return (
+        "fourcast synthetic ERA5: forced-dissipative shallow-water flow standing in for 500 hPa "
+        f"(ingest.synthetic; seed={seed}, nlat={nlat}, nlon={nlon}, spinup_days={spinup_days:g}); not real ERA5"
+    )
+
+
+def _cds_dataset(times: np.ndarray, fields: dict[str, np.ndarray], history: str) -> xr.Dataset:
+    """Assemble fields into the new-CDS layout.
+
+    Parameters
+    ----------
+    times : numpy.ndarray, shape (ntime,), datetime64
+        Valid times.
+    fields : dict of str to numpy.ndarray, each shape (ntime, 1, nlat, nlon), float32
+        Keyed by canonical id (:data:`VARIABLE_IDS`).
+    history : str
+        Provenance note for the global ``history`` attribute.
+    """
+    variables = [get_variable(vid) for vid in fields]
+    nlat, nlon = next(iter(fields.values())).shape[-2:]
+    lat, lon = equiangular_lats(nlat), regular_lons(nlon)
+    dims = ("valid_time", "pressure_level", "latitude", "longitude")
+    coords = {
+        "number": ((), np.int64(0), {"long_name": "ensemble member numerical id", "units": "1", "standard_name": "realization"}),
+        "valid_time": ("valid_time", times.astype("datetime64[ns]"), {"long_name": "time", "standard_name": "time"}),
+        "pressure_level": ("pressure_level", np.array([float(variables[0].level)]), _PRESSURE_ATTRS),
+        "latitude": ("latitude", lat, _LATITUDE_ATTRS),
+        "longitude": ("longitude", lon, _LONGITUDE_ATTRS),
+        "expver": ("valid_time", np.full(len(times), "0001")),
+    }
+    data = {var.short_name: (dims, fields[var.id], _grib_attrs(var, lat, lon)) for var in variables}
+    attrs = {**_GLOBAL_ATTRS, "history": history, "source": "fourcast ingest.synthetic (torch-harmonics ShallowWaterSolver)"}
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+_PRESSURE_ATTRS = {
+    "long_name": "pressure",
+    "units": "hPa",
+    "positive": "down",
+    "stored_direction": "decreasing",
+    "standard_name": "air_pressure",
+}
+_LATITUDE_ATTRS = {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude", "stored_direction": "decreasing"}
+_LONGITUDE_ATTRS = {"units": "degrees_east", "standard_name": "longitude", "long_name": "longitude"}
+_GLOBAL_ATTRS = {
+    "GRIB_centre": "ecmf",
+    "GRIB_centreDescription": "European Centre for Medium-Range Weather Forecasts",
+    "GRIB_subCentre": np.int64(0),
+    "Conventions": "CF-1.7",
+    "institution": "European Centre for Medium-Range Weather Forecasts",
+}
+
+
+def _grib_attrs(var: Variable, lat: np.ndarray, lon: np.ndarray) -> dict[str, object]:
+    """Attributes cfgrib gives a pressure-level field in a CDS netCDF file.
+
+    Parameters
+    ----------
+    var : Variable
+        Lexicon entry; its GRIB short name must be in :data:`_GRIB_IDENTITY`.
+    lat, lon : numpy.ndarray, shapes (nlat,) and (nlon,)
+        The grid in degrees, latitude north to south.
+    """
+    param_id, standard_name = _GRIB_IDENTITY[var.short_name]
+    name = var.long_name.removesuffix(f" at {var.level} hPa")
+    return {
+        "GRIB_paramId": np.int64(param_id),
+        "GRIB_dataType": "an",
+        "GRIB_numberOfPoints": np.int64(lat.size * lon.size),
+        "GRIB_typeOfLevel": "isobaricInhPa",
+        "GRIB_stepUnits": np.int64(1),
+        "GRIB_stepType": "instant",
+        "GRIB_gridType": "regular_ll",
+        "GRIB_uvRelativeToGrid": np.int64(0),
+        "GRIB_NV": np.int64(0),
+        "GRIB_Nx": np.int64(lon.size),
+        "GRIB_Ny": np.int64(lat.size),
+        "GRIB_cfName": standard_name,
+        "GRIB_cfVarName": var.short_name,
+        "GRIB_gridDefinitionDescription": "Latitude/Longitude Grid",
+        "GRIB_iDirectionIncrementInDegrees": float(lon[1] - lon[0]),
+        "GRIB_iScansNegatively": np.int64(0),
+        "GRIB_jDirectionIncrementInDegrees": float(lat[0] - lat[1]),
+        "GRIB_jPointsAreConsecutive": np.int64(0),
+        "GRIB_jScansPositively": np.int64(0),
+        "GRIB_latitudeOfFirstGridPointInDegrees": float(lat[0]),
+        "GRIB_latitudeOfLastGridPointInDegrees": float(lat[-1]),
+        "GRIB_longitudeOfFirstGridPointInDegrees": float(lon[0]),
+        "GRIB_longitudeOfLastGridPointInDegrees": float(lon[-1]),
+        "GRIB_missingValue": float(np.finfo(np.float32).max),
+        "GRIB_name": name,
+        "GRIB_shortName": var.short_name,
+        "GRIB_totalNumber": np.int64(0),
+        "GRIB_units": var.units,
+        "long_name": name,
+        "units": var.units,
+        "standard_name": standard_name,
+    }
+
+
+def _encoding(ds: xr.Dataset) -> dict[str, dict[str, object]]:
+    """netCDF encodings as CDS writes them: packed-free float32 + zlib, int64 epoch seconds."""
+    float_fill = {"_FillValue": np.nan}
+    encoding: dict[str, dict[str, object]] = {
+        "valid_time": {"dtype": "int64", "units": _EPOCH_UNITS, "calendar": _CALENDAR},
+        "number": {"dtype": "int64"},
+    }
+    encoding.update({name: float_fill for name in ("pressure_level", "latitude", "longitude") if name in ds.coords})
+    for name, var in ds.data_vars.items():
+        encoding[name] = {"dtype": var.dtype, "zlib": True, "complevel": 1, "shuffle": True, "_FillValue": np.float32(np.nan)}
+    return encoding
+
+
+def _write_atomically(ds: xr.Dataset, path: Path) -> Path:
+    """Write ``ds`` as netCDF4 to a temporary sibling of ``path``, then rename it into place."""
+    tmp = temporary_sibling(path)
+    try:
+        ds.to_netcdf(tmp, format="NETCDF4", engine="netcdf4", encoding=_encoding(ds))
+    except BaseException:
+        discard(tmp)
+        raise
+    return replace_path(tmp, path)
+
+
+def _model_constants() -> dict[str, object]:
+    """The constants that shape the flow, recorded in the manifest so a change invalidates it."""
+    return {
+        "mean_height_m": MEAN_HEIGHT_M,
+        "jet_speed": JET_SPEED,
+        "relaxation_days": RELAXATION_DAYS,
+        "drag_days": DRAG_DAYS,
+        "stir_wavenumbers": list(STIR_WAVENUMBERS),
+        "stir_memory_days": STIR_MEMORY_DAYS,
+        "stir_rms": STIR_RMS,
+        "courant": COURANT,
+    }
+
+
+def _read_manifest(directory: Path) -> dict:
+    """The manifest in ``directory``, or ``{}`` when there is none or it is unreadable."""
+    try:
+        return json.loads((directory / _MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_manifest(directory: Path, manifest: dict) -> None:
+    """Write the manifest atomically (temporary sibling, then rename)."""
+    path = directory / _MANIFEST
+    tmp = temporary_sibling(path)
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    replace_path(tmp, path)
