@@ -26,7 +26,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import xarray as xr
 from torch_harmonics.examples import ShallowWaterSolver
@@ -53,7 +52,8 @@ STIR_RMS = 1.2e-10
 #: Gravity (m s⁻²) and Earth radius (m), as the solver's defaults.
 GRAVITY = 9.80616
 RADIUS = 6.37122e6
-#: Courant number used to choose the time step from the fastest resolved gravity wave.
+#: Courant number of the fastest resolved wave (gravity wave plus 4 × JET_SPEED of advection) that
+#: sets the time step; Adams–Bashforth 3 is stable for oscillations up to about 0.72.
 COURANT = 0.75
 
 #: Canonical ids of the fields written, in file order.
@@ -68,6 +68,22 @@ _SECONDS_PER_DAY = 86400.0
 _EPOCH_UNITS = "seconds since 1970-01-01"
 _CALENDAR = "proleptic_gregorian"
 _MANIFEST = "synthetic_manifest.json"
+_PRESSURE_ATTRS = {
+    "long_name": "pressure",
+    "units": "hPa",
+    "positive": "down",
+    "stored_direction": "decreasing",
+    "standard_name": "air_pressure",
+}
+_LATITUDE_ATTRS = {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude", "stored_direction": "decreasing"}
+_LONGITUDE_ATTRS = {"units": "degrees_east", "standard_name": "longitude", "long_name": "longitude"}
+_GLOBAL_ATTRS = {
+    "GRIB_centre": "ecmf",
+    "GRIB_centreDescription": "European Centre for Medium-Range Weather Forecasts",
+    "GRIB_subCentre": np.int64(0),
+    "Conventions": "CF-1.7",
+    "institution": "European Centre for Medium-Range Weather Forecasts",
+}
 
 
 class SyntheticSpecError(IngestError, ValueError):
@@ -453,24 +469,6 @@ def _cds_dataset(times: np.ndarray, fields: dict[str, np.ndarray], history: str)
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
-_PRESSURE_ATTRS = {
-    "long_name": "pressure",
-    "units": "hPa",
-    "positive": "down",
-    "stored_direction": "decreasing",
-    "standard_name": "air_pressure",
-}
-_LATITUDE_ATTRS = {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude", "stored_direction": "decreasing"}
-_LONGITUDE_ATTRS = {"units": "degrees_east", "standard_name": "longitude", "long_name": "longitude"}
-_GLOBAL_ATTRS = {
-    "GRIB_centre": "ecmf",
-    "GRIB_centreDescription": "European Centre for Medium-Range Weather Forecasts",
-    "GRIB_subCentre": np.int64(0),
-    "Conventions": "CF-1.7",
-    "institution": "European Centre for Medium-Range Weather Forecasts",
-}
-
-
 def _grib_attrs(var: Variable, lat: np.ndarray, lon: np.ndarray) -> dict[str, object]:
     """Attributes cfgrib gives a pressure-level field in a CDS netCDF file.
 
@@ -519,7 +517,7 @@ def _grib_attrs(var: Variable, lat: np.ndarray, lon: np.ndarray) -> dict[str, ob
 
 
 def _encoding(ds: xr.Dataset) -> dict[str, dict[str, object]]:
-    """netCDF encodings as CDS writes them: packed-free float32 + zlib, int64 epoch seconds."""
+    """netCDF encodings as CDS writes them: unpacked float32 with zlib, int64 epoch seconds."""
     float_fill = {"_FillValue": np.nan}
     encoding: dict[str, dict[str, object]] = {
         "valid_time": {"dtype": "int64", "units": _EPOCH_UNITS, "calendar": _CALENDAR},
@@ -559,9 +557,10 @@ def _model_constants() -> dict[str, object]:
 def _read_manifest(directory: Path) -> dict:
     """The manifest in ``directory``, or ``{}`` when there is none or it is unreadable."""
     try:
-        return json.loads((directory / _MANIFEST).read_text())
+        manifest = json.loads((directory / _MANIFEST).read_text())
     except (OSError, ValueError):
         return {}
+    return manifest if isinstance(manifest, dict) else {}
 
 
 def _write_manifest(directory: Path, manifest: dict) -> None:

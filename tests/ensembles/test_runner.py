@@ -1,0 +1,168 @@
+"""The ensemble runner: reproducible members, lead labels, and refusal of bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ensembles.archive import MemoryArchive
+from ensembles.errors import EnsembleInputError
+from ensembles.perturbations import GaussianPerturbation, NoPerturbation
+from ensembles.runner import forecast_lead_times, member_generator, run_campaign, run_ensemble
+from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER, TIME
+
+INIT = np.datetime64("2020-01-01T00", "ns")
+N_STEPS = 3
+SCALE = np.array([800.0, 8.0])
+
+
+@pytest.fixture
+def initial(truth) -> torch.Tensor:
+    return torch.from_numpy(truth.sel({TIME: INIT}).values)
+
+
+def _run(prognostic, initial, coords, *, n_members=8, init_times=(INIT,), **kwargs):
+    """Run into a fresh memory archive and return its dataset."""
+    archive = MemoryArchive(
+        ["z500", "u500"],
+        np.array(init_times),
+        forecast_lead_times(prognostic.step_size, N_STEPS),
+        n_members,
+        coords[LAT],
+        coords[LON],
+    )
+    settings = {"perturbation": GaussianPerturbation(SCALE, 0.3), "seed": 11, **kwargs}
+    run_ensemble(
+        prognostic, initial, coords, init_times[0], n_members=n_members, n_steps=N_STEPS, archive=archive, **settings
+    )
+    return archive.dataset
+
+
+def test_lead_times_are_multiples_of_the_step():
+    leads = forecast_lead_times(np.timedelta64(6, "h"), 2)
+    np.testing.assert_array_equal(leads, np.array([0, 6, 12], dtype="timedelta64[h]"))
+
+
+def test_every_step_is_written_at_its_lead(drift_prognostic, initial, coords):
+    ds = _run(drift_prognostic, initial, coords, perturbation=NoPerturbation(), n_members=2)
+    x = initial[None]
+    for k, lead in enumerate(forecast_lead_times(drift_prognostic.step_size, N_STEPS)):
+        if k:
+            x, _ = drift_prognostic.step(x, {})
+        written = ds["z500"].sel({INIT_TIME: INIT, LEAD_TIME: lead, MEMBER: 1}).values
+        np.testing.assert_allclose(written, x[0, 0].numpy(), rtol=1e-6)
+    assert not ds["z500"].isnull().any()
+
+
+def test_control_member_is_unperturbed(identity_prognostic, initial, coords):
+    lead0 = _run(identity_prognostic, initial, coords, n_members=3).isel({LEAD_TIME: 0}).sel({INIT_TIME: INIT})
+    np.testing.assert_array_equal(lead0["z500"].sel({MEMBER: 0}).values, initial[0].numpy())
+    assert not np.allclose(lead0["z500"].sel({MEMBER: 1}).values, initial[0].numpy())
+    assert not np.allclose(lead0["z500"].sel({MEMBER: 1}).values, lead0["z500"].sel({MEMBER: 2}).values)
+
+    uncontrolled = _run(identity_prognostic, initial, coords, n_members=3, control_member=False)
+    uncontrolled_0 = uncontrolled["z500"].isel({LEAD_TIME: 0}).sel({INIT_TIME: INIT, MEMBER: 0})
+    assert not np.allclose(uncontrolled_0.values, initial[0].numpy())
+
+
+def test_a_member_run_alone_equals_it_in_a_batch(drift_prognostic, initial, coords):
+    batch = _run(drift_prognostic, initial, coords, members_per_batch=8)
+    alone = _run(drift_prognostic, initial, coords, members=[3])
+    for variable in ("z500", "u500"):
+        np.testing.assert_array_equal(alone[variable].sel({MEMBER: 3}).values, batch[variable].sel({MEMBER: 3}).values)
+    assert bool(alone["z500"].sel({MEMBER: [0, 1, 2, 4]}).isnull().all())
+
+
+def test_batch_size_does_not_change_the_forecast(drift_prognostic, initial, coords):
+    single = _run(drift_prognostic, initial, coords, members_per_batch=1)
+    together = _run(drift_prognostic, initial, coords, members_per_batch=8)
+    uneven = _run(drift_prognostic, initial, coords, members_per_batch=3)
+    for other in (together, uneven):
+        for variable in ("z500", "u500"):
+            np.testing.assert_allclose(other[variable].values, single[variable].values, rtol=1e-5)
+
+
+def test_seeds_depend_on_seed_init_time_and_member():
+    def draw(*key):
+        return torch.randn(4, generator=member_generator(*key))
+
+    base = draw(1, INIT, 2)
+    assert torch.equal(base, draw(1, INIT, 2))
+    for other in ((2, INIT, 2), (1, INIT + np.timedelta64(6, "h"), 2), (1, INIT, 3)):
+        assert not torch.equal(base, draw(*other))
+
+
+def test_channels_are_taken_by_label(drift_prognostic, initial, coords):
+    reordered = {**coords, CHANNEL: coords[CHANNEL][::-1]}
+    reference = _run(drift_prognostic, initial, coords)
+    from_reordered = _run(drift_prognostic, initial.flip(0), reordered)
+    for variable in ("z500", "u500"):
+        np.testing.assert_array_equal(from_reordered[variable].values, reference[variable].values)
+
+
+def test_run_campaign_runs_every_init_time(identity_prognostic, truth, coords):
+    init_times = (INIT, INIT + np.timedelta64(24, "h"))
+    archive = MemoryArchive(
+        ["z500", "u500"], np.array(init_times), forecast_lead_times(np.timedelta64(6, "h"), N_STEPS), 2, coords[LAT], coords[LON]
+    )
+    run_campaign(
+        identity_prognostic,
+        lambda t: torch.from_numpy(truth.sel({TIME: t}).values),
+        coords,
+        init_times,
+        n_members=2,
+        n_steps=N_STEPS,
+        perturbation=NoPerturbation(),
+        archive=archive,
+        seed=0,
+    )
+    for t in init_times:
+        np.testing.assert_array_equal(
+            archive.dataset["u500"].sel({INIT_TIME: t, MEMBER: 1, LEAD_TIME: np.timedelta64(18, "h")}).values,
+            truth.sel({TIME: t, CHANNEL: "u500"}).values,
+        )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n_members": 0}, r"n_members >= 1; found \{'n_members': 0\}"),
+        ({"n_steps": 0}, "n_steps >= 1"),
+        ({"members_per_batch": 0}, "members_per_batch >= 1"),
+        ({"seed": -1}, "seed >= 0"),
+        ({"members": [7, 8]}, r"member labels in 0 … 7, found \[7, 8\]"),
+    ],
+)
+def test_bad_counts_are_refused(identity_prognostic, initial, coords, kwargs, message):
+    settings = {"n_members": 8, "n_steps": 2, "seed": 0, **kwargs}
+    with pytest.raises(EnsembleInputError, match=message):
+        run_ensemble(identity_prognostic, initial, coords, INIT, perturbation=NoPerturbation(), archive=None, **settings)
+
+
+def test_missing_channel_is_named(identity_prognostic, initial, coords):
+    only_z = {**coords, CHANNEL: np.array(["z500"])}
+    archive = MemoryArchive(["z500"], [INIT], forecast_lead_times(np.timedelta64(6, "h"), 1), 1, coords[LAT], coords[LON])
+    with pytest.raises(EnsembleInputError, match=r"lacks channels \['u500'\].*expected \['z500', 'u500'\], found \['z500'\]"):
+        run_ensemble(
+            identity_prognostic, initial[:1], only_z, INIT,
+            n_members=1, n_steps=1, perturbation=NoPerturbation(), archive=archive, seed=0,
+        )
+    assert bool(archive.dataset["z500"].isnull().all())
+
+
+def test_grid_mismatch_is_refused(identity_prognostic, initial, coords):
+    shifted = {**coords, LAT: coords[LAT] - 1.0}
+    with pytest.raises(EnsembleInputError, match="lat does not match the prognostic's grid"):
+        run_ensemble(
+            identity_prognostic, initial, shifted, INIT,
+            n_members=1, n_steps=1, perturbation=NoPerturbation(), archive=None, seed=0,
+        )
+
+
+def test_shape_mismatch_is_refused(identity_prognostic, initial, coords):
+    with pytest.raises(EnsembleInputError, match=r"\(channel, lat, lon\) = \(2, 9, 16\).*found \(2, 9, 15\)"):
+        run_ensemble(
+            identity_prognostic, initial[..., 1:], coords, INIT,
+            n_members=1, n_steps=1, perturbation=NoPerturbation(), archive=None, seed=0,
+        )
