@@ -217,10 +217,14 @@ class ZarrArchive:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         template = self.layout.template(self._lazy_empty, attrs={})
         encoding = {v: {"chunks": self.layout.chunk_shape} for v in self.layout.variables}
-        template.to_zarr(
-            self.partial_path, mode="w-", compute=False, zarr_format=3, consolidated=False, encoding=encoding
-        )
-        self._group = zarr.open_group(self.partial_path, mode="r+", zarr_format=3)
+        try:
+            template.to_zarr(
+                self.partial_path, mode="w-", compute=False, zarr_format=3, consolidated=False, encoding=encoding
+            )
+            self._group = zarr.open_group(self.partial_path, mode="r+", zarr_format=3)
+        except Exception:
+            discard(self.partial_path)  # leave nothing behind, whatever zarr raised
+            raise
 
     def _lazy_empty(self, shape: tuple[int, ...]) -> dask.array.Array:
         return dask.array.full(shape, np.nan, dtype=np.float32, chunks=self.layout.chunk_shape)
@@ -338,9 +342,7 @@ def open_archive(path: str | Path, allow_partial: bool = False) -> xr.Dataset:
         )
     wrong = {name: tuple(ds[name].dims) for name in ds.data_vars if tuple(ds[name].dims) != ARCHIVE_DIMS}
     if not ds.data_vars or wrong:
-        raise ArchiveError(
-            f"{path}: expected variables with dims {ARCHIVE_DIMS}, found {wrong or 'no variables'}"
-        )
+        raise ArchiveError(f"{path}: expected variables with dims {ARCHIVE_DIMS}, found {wrong or 'no variables'}")
     return ds
 
 

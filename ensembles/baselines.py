@@ -32,7 +32,9 @@ def persistence_forecast(
     truth : xarray.DataArray, dims (time, channel, lat, lon)
         Analyses in physical units, holding every init time and variable.
     init_times : numpy.ndarray of datetime64, shape (init_time,)
+        Initialisation times, labels of the ``init_time`` dim.
     lead_times : numpy.ndarray of timedelta64, shape (lead_time,)
+        Lead times, labels of the ``lead_time`` dim.
     variables : sequence of str
         Channel ids to forecast.
 
@@ -94,6 +96,4 @@ def require_labels(array: xr.DataArray, dim: str, wanted: np.ndarray, what: str)
 def _over_leads(per_init: xr.DataArray, lead_times: np.ndarray, variables: Sequence[str]) -> xr.Dataset:
     """Repeat a ``(init_time, channel, lat, lon)`` field over lead times, one variable per channel."""
     fields = per_init.expand_dims({LEAD_TIME: np.asarray(lead_times)})
-    return xr.Dataset(
-        {str(v): fields.sel({CHANNEL: v}, drop=True).transpose(*FORECAST_DIMS) for v in variables}
-    )
+    return xr.Dataset({str(v): fields.sel({CHANNEL: v}, drop=True).transpose(*FORECAST_DIMS) for v in variables})

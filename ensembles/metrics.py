@@ -40,7 +40,7 @@ def area_weights(lat: xr.DataArray | np.ndarray) -> xr.DataArray:
 
 
 def spatial_mean(field: xr.DataArray, weights: Weights = None) -> xr.DataArray:
-    """Area-weighted mean over ``lat`` and ``lon``: ``Σ w_j f_jk / Σ w_j`` (all ``k``)."""
+    """Area-weighted mean over ``lat`` (``j``) and ``lon`` (``k``): ``Σ_jk w_j f_jk / Σ_jk w_j``."""
     field, w = _exact(field, _weights(weights, field))
     return (field * w).sum((LAT, LON), skipna=False) / (w.sum(LAT) * field.sizes[LON])
 
@@ -50,13 +50,17 @@ def time_mean(statistic: xr.DataArray, time_dim: str = INIT_TIME) -> xr.DataArra
     return statistic.mean(time_dim, skipna=False) if time_dim in statistic.dims else statistic
 
 
-def mse(forecast: xr.DataArray, truth: xr.DataArray, weights: Weights = None, time_dim: str = INIT_TIME) -> xr.DataArray:
+def mse(
+    forecast: xr.DataArray, truth: xr.DataArray, weights: Weights = None, time_dim: str = INIT_TIME
+) -> xr.DataArray:
     """Mean squared error ``mean_t <(f - y)²>``, in squared units of the field."""
     forecast, truth = _exact(forecast, truth)
     return time_mean(spatial_mean((forecast - truth) ** 2, weights), time_dim)
 
 
-def rmse(forecast: xr.DataArray, truth: xr.DataArray, weights: Weights = None, time_dim: str = INIT_TIME) -> xr.DataArray:
+def rmse(
+    forecast: xr.DataArray, truth: xr.DataArray, weights: Weights = None, time_dim: str = INIT_TIME
+) -> xr.DataArray:
     """Root mean squared error ``sqrt(mean_t <(f - y)²>)``, in units of the field."""
     return np.sqrt(mse(forecast, truth, weights, time_dim))
 
@@ -93,8 +97,11 @@ def ensemble_mean_rmse(
     member_dim: str = MEMBER,
     time_dim: str = INIT_TIME,
 ) -> xr.DataArray:
-    """RMSE of the ensemble mean (the *skill*): ``sqrt(mean_t <(mean_m X - y)²>)``."""
-    return rmse(ensemble.mean(member_dim, skipna=False), truth, weights, time_dim)
+    """RMSE of the ensemble mean (the *skill*): ``sqrt(mean_t <(mean_m X - y)²>)``.
+
+    The mean is taken in float64, so identical float32 members average to themselves exactly.
+    """
+    return rmse(ensemble.astype(np.float64).mean(member_dim, skipna=False), truth, weights, time_dim)
 
 
 def ensemble_spread(

@@ -20,9 +20,7 @@ from ingest.dims import CHANNEL
 class NoPerturbation:
     """The identity: every member starts from the unperturbed state."""
 
-    def __call__(
-        self, x: torch.Tensor, coords: Coords, generator: torch.Generator
-    ) -> tuple[torch.Tensor, Coords]:
+    def __call__(self, x: torch.Tensor, coords: Coords, generator: torch.Generator) -> tuple[torch.Tensor, Coords]:
         """Return ``x`` and ``coords`` unchanged; the generator is not drawn from."""
         return x, coords
 
@@ -68,9 +66,7 @@ class GaussianPerturbation:
         self.amplitude = float(amplitude)
         self.channels = None if channels is None else [str(c) for c in channels]
 
-    def __call__(
-        self, x: torch.Tensor, coords: Coords, generator: torch.Generator
-    ) -> tuple[torch.Tensor, Coords]:
+    def __call__(self, x: torch.Tensor, coords: Coords, generator: torch.Generator) -> tuple[torch.Tensor, Coords]:
         """Add the noise to ``x`` of shape ``(member, channel, lat, lon)``.
 
         The noise is drawn on the generator's device (so it does not depend on where ``x``

@@ -127,9 +127,13 @@ def run_campaign(
 
     Parameters
     ----------
+    prognostic : Prognostic
+        As for :func:`run_ensemble`.
     initial_state : callable
         ``initial_state(init_time)`` returns the ``(channel, lat, lon)`` state labelled by
         ``coords``, e.g. read from the truth store; called once per init time.
+    coords : Coords
+        ``{"channel", "lat", "lon"}`` labelling every initial state.
     init_times : iterable of numpy.datetime64
         The init times to run (a rank's share in a multi-process campaign).
     **run_kwargs
@@ -180,8 +184,7 @@ def _model_input(prognostic: Prognostic, initial: torch.Tensor, coords: Coords) 
     missing = [c for c in wanted if c not in given]
     if missing:
         raise EnsembleInputError(
-            f"initial state lacks channels {missing} the prognostic needs; "
-            f"expected {wanted}, found {given}"
+            f"initial state lacks channels {missing} the prognostic needs; expected {wanted}, found {given}"
         )
     for dim in (LAT, LON):
         _check_axis(dim, np.asarray(coords[dim], dtype=np.float64), np.asarray(expected[dim], dtype=np.float64))

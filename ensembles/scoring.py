@@ -83,26 +83,46 @@ def score_forecasts(
     climate = climatology_forecast(climatology, init_times, leads, variables)
     records: list[Record] = []
     for i_lead, lead in enumerate(leads):
-        truth_at = truth.sel({TIME: xr.DataArray(valid_times[:, i_lead], dims=INIT_TIME, coords={INIT_TIME: init_times})})
+        valid = xr.DataArray(valid_times[:, i_lead], dims=INIT_TIME, coords={INIT_TIME: init_times})
+        truth_at = truth.sel({TIME: valid}).drop_vars(TIME)
         for variable in variables:
-            where = f"{variable} at lead {_lead_hours(lead)} h"
-            observed = _loaded(truth_at.sel({CHANNEL: variable}).drop_vars([TIME, CHANNEL]), f"truth for {where}")
-            clim = _loaded(climatology.sel({CHANNEL: variable}, drop=True), f"climatology of {variable}")
-            ensemble = _loaded(archive[variable].sel({LEAD_TIME: lead}, drop=True), f"forecast of {where}")
-            fields = {
-                PERSISTENCE: _loaded(persistence[variable].sel({LEAD_TIME: lead}, drop=True), f"persistence of {where}"),
-                CLIMATOLOGY: _loaded(climate[variable].sel({LEAD_TIME: lead}, drop=True), f"climatology of {where}"),
-            }
-            scores = _score_ensemble(ensemble, observed, clim) + _score_baselines(fields, observed, clim)
-            records += [
-                {"variable": variable, "lead_hours": _lead_hours(lead), "system": system, "metric": metric, "value": value}
-                for system, metric, value in scores
-            ]
+            baselines = {PERSISTENCE: persistence[variable], CLIMATOLOGY: climate[variable]}
+            records += _score_at_lead(variable, lead, archive[variable], truth_at, climatology, baselines)
     return records
 
 
+def _score_at_lead(
+    variable: str,
+    lead: np.timedelta64,
+    ensemble: xr.DataArray,
+    truth_at: xr.DataArray,
+    climatology: xr.DataArray,
+    baselines: dict[str, xr.DataArray],
+) -> list[Record]:
+    """Load one variable at one lead time (the only data read at once) and score every system.
+
+    ``ensemble`` is ``(init_time, lead_time, member, lat, lon)``, ``truth_at`` the truth at the
+    valid times of this lead ``(init_time, channel, lat, lon)``, ``baselines`` the reference
+    forecasts ``(init_time, lead_time, lat, lon)`` by system name.
+    """
+    hours = _lead_hours(lead)
+    where = f"{variable} at lead {hours} h"
+    observed = _loaded(truth_at.sel({CHANNEL: variable}, drop=True), f"truth for {where}")
+    clim = _loaded(climatology.sel({CHANNEL: variable}, drop=True), f"climatology of {variable}")
+    members = _loaded(ensemble.sel({LEAD_TIME: lead}, drop=True), f"forecast of {where}")
+    references = {
+        system: _loaded(forecast.sel({LEAD_TIME: lead}, drop=True), f"{system} forecast of {where}")
+        for system, forecast in baselines.items()
+    }
+    scores = _score_ensemble(members, observed, clim) + _score_baselines(references, observed, clim)
+    return [
+        {"variable": variable, "lead_hours": hours, "system": system, "metric": metric, "value": value}
+        for system, metric, value in scores
+    ]
+
+
 def _score_ensemble(ensemble: xr.DataArray, truth: xr.DataArray, clim: xr.DataArray) -> list[tuple[str, str, float]]:
-    """rmse and acc of the ensemble mean; fair crps and ssr when there are 2 members or more."""
+    """RMSE and ACC of the ensemble mean; fair CRPS and SSR when there are 2 members or more."""
     scores = [
         (FOURCAST, "rmse", float(ensemble_mean_rmse(ensemble, truth))),
         (FOURCAST, "acc", float(acc(ensemble.mean(MEMBER), truth, clim))),
@@ -135,7 +155,9 @@ def _variables(archive: xr.Dataset, variables: Sequence[str] | None) -> list[str
     return chosen
 
 
-def _lead_times(archive: xr.Dataset, lead_times: Sequence[np.timedelta64] | np.ndarray | None, variable: str) -> np.ndarray:
+def _lead_times(
+    archive: xr.Dataset, lead_times: Sequence[np.timedelta64] | np.ndarray | None, variable: str
+) -> np.ndarray:
     if lead_times is None:
         return archive[LEAD_TIME].values.astype("timedelta64[ns]")
     leads = np.atleast_1d(np.asarray(lead_times).astype("timedelta64[ns]"))
@@ -158,8 +180,8 @@ def _on_archive_grid(field: xr.DataArray, archive: xr.Dataset, what: str) -> xr.
 
 
 def _loaded(field: xr.DataArray, what: str) -> xr.DataArray:
-    """Compute ``field`` and refuse NaNs, naming what and where."""
-    field = field.load()
+    """Compute ``field`` in float64 (scores do not depend on the storage precision) and refuse NaNs."""
+    field = field.load().astype(np.float64)
     n_nan = int(field.isnull().sum())
     if n_nan:
         raise ScoringError(f"{what} has {n_nan} NaN values of {field.size} (unwritten or missing data)")

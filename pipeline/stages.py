@@ -11,6 +11,7 @@ import json
 import logging
 import platform
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -202,10 +203,19 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
     archive_out = ZarrArchive(archive, list(forecaster.input_coords[CHANNEL]), inits,
                               np.arange(n_steps + 1) * step, cfg.members, truth[LAT].values, truth[LON].values,
                               attrs=lineage)
-    seconds = run_campaign(forecaster, truth[DATA], inits, n_members=cfg.members, n_steps=n_steps,
-                           perturbation=_perturbation(cfg, forecaster), archive=archive_out, seed=cfg.seed,
-                           members_per_batch=cfg.members_per_batch, control_member=cfg.control_member)
-    archive_out.finalize()
+    missing = np.setdiff1d(inits, truth[TIME].values)
+    if missing.size:
+        raise ValueError(f"initial conditions for {missing[:3]}… ({missing.size} init times) are not in the store, "
+                         f"which covers {truth[TIME].values[0]}..{truth[TIME].values[-1]}")
+    coords = {CHANNEL: truth[CHANNEL].values, LAT: truth[LAT].values, LON: truth[LON].values}
+    started = time.perf_counter()
+    with archive_out:
+        run_campaign(forecaster, lambda t: torch.as_tensor(truth[DATA].sel({TIME: t}).values), coords, inits,
+                     n_members=cfg.members, n_steps=n_steps, perturbation=_perturbation(cfg, forecaster),
+                     archive=archive_out, seed=cfg.seed, members_per_batch=cfg.members_per_batch,
+                     control_member=cfg.control_member)
+        archive_out.finalize()
+    seconds = time.perf_counter() - started
     tracker.log_metrics({"member_steps_per_second": len(inits) * cfg.members * n_steps / max(seconds, 1e-9)})
     _log_forecast_map(tracker, archive, store, inits[0], min(n_steps, 4) * step)
     return archive

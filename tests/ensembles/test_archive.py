@@ -97,7 +97,10 @@ def test_writes_are_placed_by_label(tmp_path, extents, coords):
 
 def test_memory_archive_has_the_zarr_layout(tmp_path, extents, coords):
     fields = _fields(coords, seed=1)
-    memory, on_disk = MemoryArchive(**extents, attrs={"seed": 1}), ZarrArchive(tmp_path / "a.zarr", **extents, attrs={"seed": 1})
+    memory, on_disk = (
+        MemoryArchive(**extents, attrs={"seed": 1}),
+        ZarrArchive(tmp_path / "a.zarr", **extents, attrs={"seed": 1}),
+    )
     for archive in (memory, on_disk):
         _write_all(archive, coords, fields)
     assert memory.finalize() == "memory"

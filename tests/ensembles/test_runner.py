@@ -104,7 +104,12 @@ def test_channels_are_taken_by_label(drift_prognostic, initial, coords):
 def test_run_campaign_runs_every_init_time(identity_prognostic, truth, coords):
     init_times = (INIT, INIT + np.timedelta64(24, "h"))
     archive = MemoryArchive(
-        ["z500", "u500"], np.array(init_times), forecast_lead_times(np.timedelta64(6, "h"), N_STEPS), 2, coords[LAT], coords[LON]
+        ["z500", "u500"],
+        np.array(init_times),
+        forecast_lead_times(np.timedelta64(6, "h"), N_STEPS),
+        2,
+        coords[LAT],
+        coords[LON],
     )
     run_campaign(
         identity_prognostic,
@@ -137,16 +142,29 @@ def test_run_campaign_runs_every_init_time(identity_prognostic, truth, coords):
 def test_bad_counts_are_refused(identity_prognostic, initial, coords, kwargs, message):
     settings = {"n_members": 8, "n_steps": 2, "seed": 0, **kwargs}
     with pytest.raises(EnsembleInputError, match=message):
-        run_ensemble(identity_prognostic, initial, coords, INIT, perturbation=NoPerturbation(), archive=None, **settings)
+        run_ensemble(
+            identity_prognostic, initial, coords, INIT, perturbation=NoPerturbation(), archive=None, **settings
+        )
 
 
 def test_missing_channel_is_named(identity_prognostic, initial, coords):
     only_z = {**coords, CHANNEL: np.array(["z500"])}
-    archive = MemoryArchive(["z500"], [INIT], forecast_lead_times(np.timedelta64(6, "h"), 1), 1, coords[LAT], coords[LON])
-    with pytest.raises(EnsembleInputError, match=r"lacks channels \['u500'\].*expected \['z500', 'u500'\], found \['z500'\]"):
+    archive = MemoryArchive(
+        ["z500"], [INIT], forecast_lead_times(np.timedelta64(6, "h"), 1), 1, coords[LAT], coords[LON]
+    )
+    with pytest.raises(
+        EnsembleInputError, match=r"lacks channels \['u500'\].*expected \['z500', 'u500'\], found \['z500'\]"
+    ):
         run_ensemble(
-            identity_prognostic, initial[:1], only_z, INIT,
-            n_members=1, n_steps=1, perturbation=NoPerturbation(), archive=archive, seed=0,
+            identity_prognostic,
+            initial[:1],
+            only_z,
+            INIT,
+            n_members=1,
+            n_steps=1,
+            perturbation=NoPerturbation(),
+            archive=archive,
+            seed=0,
         )
     assert bool(archive.dataset["z500"].isnull().all())
 
@@ -155,14 +173,28 @@ def test_grid_mismatch_is_refused(identity_prognostic, initial, coords):
     shifted = {**coords, LAT: coords[LAT] - 1.0}
     with pytest.raises(EnsembleInputError, match="lat does not match the prognostic's grid"):
         run_ensemble(
-            identity_prognostic, initial, shifted, INIT,
-            n_members=1, n_steps=1, perturbation=NoPerturbation(), archive=None, seed=0,
+            identity_prognostic,
+            initial,
+            shifted,
+            INIT,
+            n_members=1,
+            n_steps=1,
+            perturbation=NoPerturbation(),
+            archive=None,
+            seed=0,
         )
 
 
 def test_shape_mismatch_is_refused(identity_prognostic, initial, coords):
     with pytest.raises(EnsembleInputError, match=r"\(channel, lat, lon\) = \(2, 9, 16\).*found \(2, 9, 15\)"):
         run_ensemble(
-            identity_prognostic, initial[..., 1:], coords, INIT,
-            n_members=1, n_steps=1, perturbation=NoPerturbation(), archive=None, seed=0,
+            identity_prognostic,
+            initial[..., 1:],
+            coords,
+            INIT,
+            n_members=1,
+            n_steps=1,
+            perturbation=NoPerturbation(),
+            archive=None,
+            seed=0,
         )
