@@ -52,8 +52,8 @@ STIR_RMS = 1.2e-10
 #: Gravity (m s⁻²) and Earth radius (m), as the solver's defaults.
 GRAVITY = 9.80616
 RADIUS = 6.37122e6
-#: Courant number of the fastest resolved wave (gravity wave plus 4 × JET_SPEED of advection) that
-#: sets the time step; Adams–Bashforth 3 is stable for oscillations up to about 0.72.
+#: Courant number that sets the time step, for a deliberately fast wave (gravity wave plus
+#: 4 × JET_SPEED of advection). At 32×64 it gives 900 s; 1200 s was found stable, 1800 s not.
 COURANT = 0.75
 
 #: Canonical ids of the fields written, in file order.
@@ -75,8 +75,16 @@ _PRESSURE_ATTRS = {
     "stored_direction": "decreasing",
     "standard_name": "air_pressure",
 }
-_LATITUDE_ATTRS = {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude", "stored_direction": "decreasing"}
+_LATITUDE_ATTRS = {
+    "units": "degrees_north",
+    "standard_name": "latitude",
+    "long_name": "latitude",
+    "stored_direction": "decreasing",
+}
 _LONGITUDE_ATTRS = {"units": "degrees_east", "standard_name": "longitude", "long_name": "longitude"}
+_NUMBER_ATTRS = {"long_name": "ensemble member numerical id", "units": "1", "standard_name": "realization"}
+_TIME_ATTRS = {"long_name": "time", "standard_name": "time"}
+_SOURCE = "fourcast ingest.synthetic (torch-harmonics ShallowWaterSolver)"
 _GLOBAL_ATTRS = {
     "GRIB_centre": "ecmf",
     "GRIB_centreDescription": "European Centre for Medium-Range Weather Forecasts",
@@ -103,15 +111,15 @@ class _ForcedShallowWater:
     nlat, nlon : int
         Grid size; latitudes include both poles and run north to south.
     step_seconds : float
-        Output interval (s); the time step divides it exactly.
+        Output interval (s), a whole number of hours.
     seed : int
         Seed of the stirring's random numbers.
     """
 
     def __init__(self, nlat: int, nlon: int, step_seconds: float, seed: int) -> None:
         lmax = (nlat + 1) // 2
-        self.substeps = math.ceil(step_seconds / _stable_dt(lmax))
-        self.dt = step_seconds / self.substeps
+        self.dt = _time_step(lmax)
+        self.substeps = round(step_seconds / self.dt)
         self.solver = ShallowWaterSolver(
             nlat, nlon, self.dt, lmax=lmax, mmax=lmax, radius=RADIUS, gravity=GRAVITY, havg=MEAN_HEIGHT_M
         ).double()
@@ -121,7 +129,7 @@ class _ForcedShallowWater:
         self.stir_mask = self._stir_mask()
         self.stir_decay = math.exp(-self.dt / (STIR_MEMORY_DAYS * _SECONDS_PER_DAY))
         self.stirring = self._stir_noise()
-        self.history: list[torch.Tensor] = []
+        self.tendencies: list[torch.Tensor] = []
 
     def _balanced_jet_state(self) -> torch.Tensor:
         """Zonal jets ``u = JET_SPEED · sin²(2φ)`` with the geopotential in gradient-wind balance.
@@ -160,7 +168,11 @@ class _ForcedShallowWater:
         return torch.where(in_band, STIR_RMS * math.sqrt(4 * math.pi / modes), 0.0)
 
     def _stir_noise(self) -> torch.Tensor:
-        """One draw of the stirring's stationary distribution, shape (lmax, mmax), complex128."""
+        """One draw of the stirring's stationary distribution, shape (lmax, mmax), complex128.
+
+        ``m = 0`` coefficients are real; for ``m > 0`` the real and imaginary parts share the
+        variance, so the field is statistically isotropic.
+        """
         re, im = torch.randn((2, *self.stir_mask.shape), dtype=torch.float64, generator=self.generator)
         im[:, 0] = 0.0
         re[:, 1:] *= math.sqrt(0.5)
@@ -179,8 +191,8 @@ class _ForcedShallowWater:
         """Integrate ``nsteps`` time steps of :attr:`dt` seconds, updating the state in place."""
         innovation = math.sqrt(1.0 - self.stir_decay**2)
         for _ in range(nsteps):
-            self.history = [self._tendency(self.state), *self.history[:2]]
-            self.state = self.state + self.dt * _adams_bashforth(self.history)
+            self.tendencies = [self._tendency(self.state), *self.tendencies[:2]]
+            self.state = self.state + self.dt * _adams_bashforth(self.tendencies)
             self.state[1:] = self.solver.hyperdiff * self.state[1:]
             self.stirring = self.stir_decay * self.stirring + innovation * self._stir_noise()
 
@@ -190,10 +202,16 @@ class _ForcedShallowWater:
         return grid[0], grid[1], grid[2]
 
 
-def _stable_dt(lmax: int) -> float:
-    """Largest time step (s) that keeps the fastest resolved gravity wave at :data:`COURANT`."""
+def _time_step(lmax: int) -> float:
+    """Time step (s): the largest that divides one hour and keeps the Courant number <= :data:`COURANT`.
+
+    The fastest resolved wave is a gravity wave at total wavenumber ``lmax − 1`` carried by a
+    wind of 4 × :data:`JET_SPEED`. Dividing the hour makes the step, and hence the flow, the
+    same for every output interval.
+    """
     wave_speed = math.sqrt(GRAVITY * MEAN_HEIGHT_M) + 4 * JET_SPEED
-    return COURANT * RADIUS / (wave_speed * math.sqrt(lmax * (lmax - 1)))
+    stable = COURANT * RADIUS / (wave_speed * math.sqrt(lmax * (lmax - 1)))
+    return 3600.0 / math.ceil(3600.0 / stable)
 
 
 def _stir_band(lmax: int) -> tuple[int, int]:
@@ -202,13 +220,13 @@ def _stir_band(lmax: int) -> tuple[int, int]:
     return min(STIR_WAVENUMBERS[0], max(1, high // 2)), high
 
 
-def _adams_bashforth(history: list[torch.Tensor]) -> torch.Tensor:
+def _adams_bashforth(tendencies: list[torch.Tensor]) -> torch.Tensor:
     """Adams–Bashforth combination of the newest-first tendencies (Euler, AB2, then AB3)."""
-    if len(history) == 1:
-        return history[0]
-    if len(history) == 2:
-        return 1.5 * history[0] - 0.5 * history[1]
-    return (23.0 * history[0] - 16.0 * history[1] + 5.0 * history[2]) / 12.0
+    if len(tendencies) == 1:
+        return tendencies[0]
+    if len(tendencies) == 2:
+        return 1.5 * tendencies[0] - 0.5 * tendencies[1]
+    return (23.0 * tendencies[0] - 16.0 * tendencies[1] + 5.0 * tendencies[2]) / 12.0
 
 
 def simulate(
@@ -226,8 +244,10 @@ def simulate(
 
     The model clock starts ``spinup_days`` before ``start`` from the balanced jet state, so
     every call with the same arguments (and the same ``start``) sees the same flow, whatever
-    ``end`` is. Runs on the CPU in float64; the same seed gives bit-identical arrays on the
-    same machine and library versions.
+    ``end`` or ``step_hours`` is (the time step divides every output interval). Runs on the
+    CPU in float64 with a seeded :class:`torch.Generator`, using only deterministic CPU
+    operations: the same seed gives bit-identical arrays on the same machine and library
+    versions.
 
     Parameters
     ----------
@@ -236,7 +256,7 @@ def simulate(
     nlat, nlon : int
         Equiangular grid including both poles; ``nlat >= 8`` and ``nlon >= nlat``.
     seed : int
-        Seed of the stirring noise, ``>= 0``.
+        Seed of the stirring noise, in ``[0, 2**63)``.
     step_hours : int
         Output interval in hours; must divide 24.
     spinup_days : float
@@ -280,15 +300,15 @@ def simulate(
         advance(model.substeps)
         snapshots.append(model.fields())
     z, u, v = (np.stack(field)[:, None] for field in zip(*snapshots))
-    return _cds_dataset(times, {"z500": z, "u500": u, "v500": v}, _history(seed, nlat, nlon, spinup_days))
+    return _cds_dataset(times, dict(zip(VARIABLE_IDS, (z, u, v))), _history(seed, nlat, nlon, spinup_days))
 
 
 def write_cds_netcdf(ds: xr.Dataset, directory: str | Path, *, prefix: str = "era5_synthetic") -> list[Path]:
     """Write one netCDF4 file per calendar month, ``{prefix}_{YYYY}{MM}.nc``, as CDS does.
 
     Each file is written under a temporary name in ``directory`` and renamed into place, so a
-    reader never sees a partial file. Data variables are float32 with zlib level 1 and shuffle
-    and a NaN ``_FillValue``; ``valid_time`` is int64 seconds since 1970-01-01.
+    reader never sees a partial file. Data variables are written as float32 with zlib level 1
+    and shuffle and a NaN ``_FillValue``; ``valid_time`` is int64 seconds since 1970-01-01.
 
     Parameters
     ----------
@@ -391,14 +411,16 @@ def _valid_times(start: str | np.datetime64, end: str | np.datetime64, step_hour
     """Output times ``start, start + step, …, end``, shape (ntime,), datetime64[s]."""
     if not isinstance(step_hours, int) or step_hours <= 0 or 24 % step_hours:
         raise SyntheticSpecError(
-            f"step_hours must be a whole number of hours dividing 24 (1, 2, 3, 4, 6, 8, 12, 24), found {step_hours!r}"
+            "step_hours must be a whole number of hours dividing 24 (1, 2, 3, 4, 6, 8, 12, 24), "
+            f"found {step_hours!r}"
         )
     step = np.timedelta64(step_hours, "h")
     first, last = _parse_time(start, "start"), _parse_time(end, "end")
     for label, time in (("start", first), ("end", last)):
         if (time - time.astype("datetime64[D]")) % step:
             raise SyntheticSpecError(
-                f"{label} must fall on the {step_hours}-hourly output grid (00 UTC + k·{step_hours} h), found {time}"
+                f"{label} must fall on the {step_hours}-hourly output grid (00 UTC + k·{step_hours} h), "
+                f"found {time}"
             )
     if last < first:
         raise SyntheticSpecError(f"end must not be before start, found start={first} and end={last}")
@@ -410,7 +432,9 @@ def _parse_time(value: str | np.datetime64, label: str) -> np.datetime64:
     try:
         time = np.datetime64(value, "s")
     except (TypeError, ValueError) as err:
-        raise SyntheticSpecError(f"{label} must be an ISO date/time or numpy.datetime64, found {value!r}") from err
+        raise SyntheticSpecError(
+            f"{label} must be an ISO date/time or numpy.datetime64, found {value!r}"
+        ) from err
     if np.isnat(time):
         raise SyntheticSpecError(f"{label} must be an actual time, found {value!r}")
     return time
@@ -426,8 +450,8 @@ def _check_grid(nlat: int, nlon: int) -> None:
 
 def _check_seed_and_spinup(seed: int, spinup_days: float) -> None:
     """Refuse negative or non-integer seeds and negative or non-finite spin-ups."""
-    if not isinstance(seed, int) or seed < 0:
-        raise SyntheticSpecError(f"seed must be an integer >= 0, found {seed!r}")
+    if not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise SyntheticSpecError(f"seed must be an integer in [0, 2**63), found {seed!r}")
     if not math.isfinite(spinup_days) or spinup_days < 0:
         raise SyntheticSpecError(f"spinup_days must be a finite number >= 0, found {spinup_days!r}")
 
@@ -436,7 +460,8 @@ def _history(seed: int, nlat: int, nlon: int, spinup_days: float) -> str:
     """The ``history`` attribute: what made the data, with every argument that shapes it."""
     return (
         "fourcast synthetic ERA5: forced-dissipative shallow-water flow standing in for 500 hPa "
-        f"(ingest.synthetic; seed={seed}, nlat={nlat}, nlon={nlon}, spinup_days={spinup_days:g}); not real ERA5"
+        f"(ingest.synthetic; seed={seed}, nlat={nlat}, nlon={nlon}, spinup_days={spinup_days:g}); "
+        "not real ERA5"
     )
 
 
@@ -457,15 +482,15 @@ def _cds_dataset(times: np.ndarray, fields: dict[str, np.ndarray], history: str)
     lat, lon = equiangular_lats(nlat), regular_lons(nlon)
     dims = ("valid_time", "pressure_level", "latitude", "longitude")
     coords = {
-        "number": ((), np.int64(0), {"long_name": "ensemble member numerical id", "units": "1", "standard_name": "realization"}),
-        "valid_time": ("valid_time", times.astype("datetime64[ns]"), {"long_name": "time", "standard_name": "time"}),
+        "number": ((), np.int64(0), _NUMBER_ATTRS),
+        "valid_time": ("valid_time", times.astype("datetime64[ns]"), _TIME_ATTRS),
         "pressure_level": ("pressure_level", np.array([float(variables[0].level)]), _PRESSURE_ATTRS),
         "latitude": ("latitude", lat, _LATITUDE_ATTRS),
         "longitude": ("longitude", lon, _LONGITUDE_ATTRS),
         "expver": ("valid_time", np.full(len(times), "0001")),
     }
     data = {var.short_name: (dims, fields[var.id], _grib_attrs(var, lat, lon)) for var in variables}
-    attrs = {**_GLOBAL_ATTRS, "history": history, "source": "fourcast ingest.synthetic (torch-harmonics ShallowWaterSolver)"}
+    attrs = {**_GLOBAL_ATTRS, "history": history, "source": _SOURCE}
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
@@ -518,14 +543,20 @@ def _grib_attrs(var: Variable, lat: np.ndarray, lon: np.ndarray) -> dict[str, ob
 
 def _encoding(ds: xr.Dataset) -> dict[str, dict[str, object]]:
     """netCDF encodings as CDS writes them: unpacked float32 with zlib, int64 epoch seconds."""
-    float_fill = {"_FillValue": np.nan}
     encoding: dict[str, dict[str, object]] = {
         "valid_time": {"dtype": "int64", "units": _EPOCH_UNITS, "calendar": _CALENDAR},
         "number": {"dtype": "int64"},
     }
-    encoding.update({name: float_fill for name in ("pressure_level", "latitude", "longitude") if name in ds.coords})
-    for name, var in ds.data_vars.items():
-        encoding[name] = {"dtype": var.dtype, "zlib": True, "complevel": 1, "shuffle": True, "_FillValue": np.float32(np.nan)}
+    for name in ("pressure_level", "latitude", "longitude"):
+        encoding[name] = {"dtype": "float64", "_FillValue": np.nan}
+    for name in ds.data_vars:
+        encoding[name] = {
+            "dtype": "float32",
+            "zlib": True,
+            "complevel": 1,
+            "shuffle": True,
+            "_FillValue": np.float32(np.nan),
+        }
     return encoding
 
 
