@@ -8,6 +8,7 @@ are normalised to it first.
 
 from __future__ import annotations
 
+import numpy as np
 import xarray as xr
 
 from ingest.dims import CHANNEL, LAT, LON, TIME
@@ -69,6 +70,7 @@ def to_canonical(ds: xr.Dataset, variable_ids: list[str]) -> xr.DataArray:
     ds = _rename_dims(ds)
     fields = [_select_field(ds, v).transpose(TIME, LAT, LON).astype("float32") for v in variables]
     data = xr.concat(fields, dim=CHANNEL, coords="minimal", compat="override")
-    data = data.assign_coords({CHANNEL: [v.id for v in variables]}).transpose(TIME, CHANNEL, LAT, LON)
+    ids = np.array([v.id for v in variables], dtype=object)  # stored as Zarr v3 variable-length strings
+    data = data.assign_coords({CHANNEL: ids}).transpose(TIME, CHANNEL, LAT, LON)
     data = data.assign_coords({LON: data[LON] % 360.0}).sortby(LON).sortby(LAT, ascending=False)
     return data.sortby(TIME).rename(None)

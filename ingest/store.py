@@ -74,8 +74,9 @@ def open_sources(files: Sequence[str | Path], variable_ids: list[str], shard_ste
     missing = [str(f) for f in files if not Path(f).is_file()]
     if missing:
         raise SourceLayoutError(f"input files do not exist: {missing}")
+    # Files are opened one after another: netCDF4/HDF5 is not safe to open from several threads.
     ds = xr.open_mfdataset(
-        [str(f) for f in files], engine="netcdf4", combine="by_coords", parallel=True,
+        [str(f) for f in files], engine="netcdf4", combine="by_coords", parallel=False,
         chunks={}, data_vars="minimal", coords="minimal", compat="override", join="exact",
     )
     data = to_canonical(ds, variable_ids)
