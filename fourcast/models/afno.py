@@ -113,15 +113,49 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+class PatchEmbed(nn.Module):
+    """Cut ``(batch, channels, lat, lon)`` into ``patch × patch`` tokens of ``embed_dim`` features.
+
+    With ``kernel == patch`` this is FourCastNet's non-overlapping patch embedding. A larger
+    (even) ``kernel`` lets each token also see ``(kernel − patch) / 2`` pixels of its
+    neighbours — longitude wraps around, latitude repeats its edge rows — so the token knows
+    the local gradients that advection needs, which a coarse grid cannot resolve inside a patch.
+    """
+
+    def __init__(self, in_channels: int, embed_dim: int, patch: int, kernel: int | None = None) -> None:
+        super().__init__()
+        kernel = kernel or patch
+        if kernel < patch or (kernel - patch) % 2:
+            raise ModelSpecError(f"embed_kernel must be patch_size plus an even number, found {kernel} for patch {patch}")
+        self.halo = (kernel - patch) // 2
+        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=kernel, stride=patch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(batch, C, lat, lon) → (batch, embed_dim, lat / patch, lon / patch)``."""
+        if self.halo:
+            x = nn.functional.pad(x, (self.halo, self.halo, 0, 0), mode="circular")
+            x = nn.functional.pad(x, (0, 0, self.halo, self.halo), mode="replicate")
+        return self.proj(x)
+
+
+def _norm(kind: str, dim: int) -> nn.Module:
+    if kind == "layer":
+        return nn.LayerNorm(dim, eps=1e-6)
+    if kind == "none":
+        return nn.Identity()
+    raise ModelSpecError(f"norm must be 'layer' or 'none', found {kind!r}")
+
+
 class AFNOBlock(nn.Module):
-    """LayerNorm → AFNO filter → (double skip) → LayerNorm → MLP → residual, on ``(batch, h, w, dim)``."""
+    """Norm → AFNO filter → (double skip) → norm → MLP → residual, on ``(batch, h, w, dim)``."""
 
     def __init__(self, dim: int, mlp_ratio: float, num_blocks: int, sparsity: float,
-                 hard_thresholding_fraction: float, mode_truncation: str, double_skip: bool = True) -> None:
+                 hard_thresholding_fraction: float, mode_truncation: str, double_skip: bool = True,
+                 norm: str = "layer") -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = _norm(norm, dim)
         self.filter = AFNOFilter(dim, num_blocks, sparsity, hard_thresholding_fraction, 1, mode_truncation)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = _norm(norm, dim)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
         self.double_skip = double_skip
 
@@ -149,13 +183,21 @@ class AFNONet(nn.Module):
         As in FourCastNet (see :class:`AFNOFilter`).
     predict_increment : bool
         If true the network output is added to the input (``in_channels == out_channels``),
-        i.e. it learns the 6-hour tendency; FourCastNet predicts the state directly (false).
+        i.e. it learns the 6-hour tendency, and the head starts at zero so the untrained model
+        is persistence; FourCastNet predicts the state directly (false).
+    embed_kernel : int, optional
+        Patch-embedding kernel (see :class:`PatchEmbed`); FourCastNet's is ``patch_size``.
+    norm : {"layer", "none"}
+        Token normalisation in each block. FourCastNet uses LayerNorm; it makes the block's
+        branch blind to the amplitude of the local state, which small models trained for
+        minutes cannot afford ("none" then learns the dynamics several times faster).
     """
 
     def __init__(self, img_size: tuple[int, int], in_channels: int, out_channels: int, patch_size: int = 8,
                  embed_dim: int = 768, depth: int = 12, num_blocks: int = 8, mlp_ratio: float = 4.0,
                  sparsity: float = 0.01, hard_thresholding_fraction: float = 1.0,
-                 mode_truncation: str = "full", predict_increment: bool = False) -> None:
+                 mode_truncation: str = "full", predict_increment: bool = False, embed_kernel: int | None = None,
+                 norm: str = "layer") -> None:
         super().__init__()
         lat, lon = img_size
         if lat % patch_size or lon % patch_size:
@@ -167,15 +209,18 @@ class AFNONet(nn.Module):
         self.out_channels = out_channels
         self.predict_increment = predict_increment
         self.tokens = (lat // patch_size, lon // patch_size)
-        self.patch_embed = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.patch_embed = PatchEmbed(in_channels, embed_dim, patch_size, embed_kernel)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.tokens[0] * self.tokens[1], embed_dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.blocks = nn.ModuleList(
-            AFNOBlock(embed_dim, mlp_ratio, num_blocks, sparsity, hard_thresholding_fraction, mode_truncation)
+            AFNOBlock(embed_dim, mlp_ratio, num_blocks, sparsity, hard_thresholding_fraction, mode_truncation,
+                      norm=norm)
             for _ in range(depth)
         )
         self.head = nn.Linear(embed_dim, out_channels * patch_size * patch_size, bias=False)
         self.apply(self._init_weights)
+        if predict_increment:
+            nn.init.zeros_(self.head.weight)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

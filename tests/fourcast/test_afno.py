@@ -53,3 +53,30 @@ def test_fcn_preset_builds_at_full_size():
     # FourCastNet's checkpoint holds 74,691,840 parameters: ours plus its final LayerNorm (2 x 768),
     # which the reference defines but never applies.
     assert count_parameters(model) + 2 * 768 == 74_691_840
+
+
+def test_overlapping_patch_embedding_wraps_longitude_and_sees_neighbours():
+    from fourcast.models.afno import PatchEmbed
+
+    embed = PatchEmbed(in_channels=1, embed_dim=1, patch=2, kernel=6)
+    with torch.no_grad():
+        embed.proj.weight.fill_(1.0)
+        embed.proj.bias.zero_()
+    x = torch.zeros(1, 1, 8, 16)
+    x[0, 0, 4, 0] = 1.0  # a pixel on the first column...
+    tokens = embed(x)
+    assert tokens.shape == (1, 1, 4, 8)
+    # ...is seen by its own token, the next one east and, across the date line, the last one.
+    assert tokens[0, 0, 2, [0, 1, 7]].tolist() == [1.0, 1.0, 1.0]
+    assert tokens[0, 0, 2, 2:7].abs().sum() == 0
+    with pytest.raises(ModelSpecError, match="patch_size plus an even number"):
+        PatchEmbed(1, 1, patch=2, kernel=5)
+
+
+def test_untrained_increment_model_is_persistence_and_norm_choice_is_checked():
+    model = AFNONet((16, 32), 3, 3, patch_size=2, embed_dim=16, depth=2, num_blocks=2, predict_increment=True,
+                    embed_kernel=4, norm="none")
+    x = torch.randn(2, 3, 16, 32)
+    torch.testing.assert_close(model(x), x)
+    with pytest.raises(ModelSpecError, match="norm must be 'layer' or 'none'"):
+        AFNONet((16, 32), 3, 3, patch_size=2, embed_dim=16, depth=1, num_blocks=2, norm="batch")
