@@ -66,6 +66,6 @@ def test_layout_and_open_errors_name_what_was_expected(tmp_path):
         StoreLayout(compressor="lz4")
     with pytest.raises(StoreSchemaError, match="no training store"):
         open_store(tmp_path / "missing.zarr")
-    xr.Dataset({"data": (("x",), np.zeros(3))}).to_zarr(tmp_path / "other.zarr", zarr_format=3)
+    xr.Dataset({"data": (("x",), np.zeros(3))}).to_zarr(tmp_path / "other.zarr", zarr_format=3, consolidated=False)
     with pytest.raises(StoreSchemaError, match="missing"):
         open_store(tmp_path / "other.zarr")
