@@ -9,10 +9,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ensembles.errors import EnsembleError
+from fourcast.errors import FourcastError
+from ingest.errors import IngestError
 from pipeline.config import ConfigError, RunConfig, load_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 CONFIG_ENV = "FOURCAST_CONFIG"
+METRIC_ORDER = ("rmse", "acc", "crps", "ssr")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,7 +52,7 @@ def _config(args: argparse.Namespace) -> RunConfig:
 def _print_scorecard(records: list[dict], lead_hours: list[int]) -> None:
     rows = [r for r in records if r["lead_hours"] in lead_hours]
     keys = sorted({(r["variable"], r["metric"], r["system"]) for r in rows},
-                  key=lambda k: (k[0], ["rmse", "acc", "crps", "ssr"].index(k[1]) if k[1] in ("rmse", "acc", "crps", "ssr") else 9, k[2]))
+                  key=lambda k: (k[0], METRIC_ORDER.index(k[1]) if k[1] in METRIC_ORDER else len(METRIC_ORDER), k[2]))
     value = {(r["variable"], r["metric"], r["system"], r["lead_hours"]): r["value"] for r in rows}
     print(f"{'variable':<9}{'metric':<7}{'system':<13}" + "".join(f"{h:>10d}h" for h in lead_hours))
     for variable, metric, system in keys:
@@ -102,7 +106,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         print(cfg.model_dump_json(indent=2))
         return 0
-    _run_stage(args.command, cfg)
+    from pipeline.stages import StageInputError
+
+    try:
+        _run_stage(args.command, cfg)
+    except (IngestError, FourcastError, EnsembleError, StageInputError) as err:
+        print(f"fourcast {args.command}: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -39,9 +39,13 @@ from pipeline import plots
 from pipeline.cluster import dask_client
 from pipeline.config import (ClusterConfig, ForecastConfig, IngestConfig, RunConfig, ScoreConfig, SyntheticConfig,
                              TrainConfig)
-from pipeline.tracking import NullTracker, Tracker, default_tracking_uri, mlflow_run
+from pipeline.tracking import Tracker, default_tracking_uri, mlflow_run
 
 log = logging.getLogger(__name__)
+
+
+class StageInputError(ValueError):
+    """A stage's config does not fit the data it is given (store step, init times, …)."""
 
 
 @dataclass(frozen=True)
@@ -159,7 +163,7 @@ def _validation_leads(cfg: TrainConfig, store: Path) -> tuple[int, ...]:
     step_hours = open_store(store).attrs["step_hours"]
     bad = [h for h in cfg.validation_lead_hours if h % step_hours]
     if bad:
-        raise ValueError(f"train.validation_lead_hours {bad} are not multiples of the store step {step_hours} h")
+        raise StageInputError(f"train.validation_lead_hours {bad} are not multiples of the store step {step_hours} h")
     return tuple(h // step_hours for h in cfg.validation_lead_hours)
 
 
@@ -192,7 +196,7 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
     forecaster.meta_of(checkpoint).check_matches(list(truth[CHANNEL].values), truth[LAT].values, truth[LON].values)
     step = forecaster.step_size
     if np.timedelta64(cfg.lead_hours, "h") % step:
-        raise ValueError(f"forecast.lead_hours {cfg.lead_hours} is not a multiple of the model step {step}")
+        raise StageInputError(f"forecast.lead_hours {cfg.lead_hours} is not a multiple of the model step {step}")
     n_steps = int(np.timedelta64(cfg.lead_hours, "h") // step)
     inits = _init_times(cfg)
     lineage = {"checkpoint": str(checkpoint), "checkpoint_sha256": _sha256(checkpoint),
@@ -205,7 +209,7 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
                               attrs=lineage)
     missing = np.setdiff1d(inits, truth[TIME].values)
     if missing.size:
-        raise ValueError(f"initial conditions for {missing[:3]}… ({missing.size} init times) are not in the store, "
+        raise StageInputError(f"initial conditions for {missing[:3]}… ({missing.size} init times) are not in the store, "
                          f"which covers {truth[TIME].values[0]}..{truth[TIME].values[-1]}")
     coords = {CHANNEL: truth[CHANNEL].values, LAT: truth[LAT].values, LON: truth[LON].values}
     started = time.perf_counter()
@@ -308,5 +312,3 @@ def run_pipeline(cfg: RunConfig) -> PipelineResult:
     return PipelineResult(summary, records, uri, run_ids)
 
 
-__all__ = ["NullTracker", "Paths", "PipelineResult", "forecast", "ingest", "publish", "run_pipeline", "score",
-           "synthesize", "train_model"]
