@@ -245,6 +245,8 @@ def _log_forecast_map(tracker: Tracker, archive: Path, store: Path, init: np.dat
 def score(cfg: ScoreConfig, archive: Path, store: Path, climatology: Path, out_dir: Path,
           tracker: Tracker) -> list[dict]:
     """Scores of the archive and the persistence/climatology baselines against the store's truth."""
+    tracker.log_params({**_flatten(cfg.model_dump(mode="json")), "archive": str(archive), "store": str(store),
+                        "climatology": str(climatology)})
     forecasts, truth = open_archive(archive), open_store(store)
     records = score_forecasts(forecasts, truth[DATA], open_climatology(climatology), variables=cfg.variables)
     out_dir.mkdir(parents=True, exist_ok=True)
