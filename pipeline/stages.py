@@ -12,6 +12,8 @@ import logging
 import platform
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +41,7 @@ from pipeline import plots
 from pipeline.cluster import dask_client
 from pipeline.config import (ClusterConfig, ForecastConfig, IngestConfig, RunConfig, ScoreConfig, SyntheticConfig,
                              TrainConfig)
-from pipeline.tracking import Tracker, default_tracking_uri, mlflow_run
+from pipeline.tracking import Tracker, attach_run, default_tracking_uri, mlflow_run
 
 log = logging.getLogger(__name__)
 
@@ -290,27 +292,47 @@ class PipelineResult:
     run_ids: dict[str, str] = field(default_factory=dict)
 
 
+@contextmanager
+def _stage(name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    log.info("stage %s: started", name)
+    yield
+    log.info("stage %s: done in %.0f s", name, time.perf_counter() - started)
+
+
+def headline_scores(records: list[dict], lead_hours: list[int]) -> dict[str, float]:
+    """fourcast's scores at ``lead_hours`` as metric names for the training run (``score_z500_rmse_24h``)."""
+    return {f"score_{r['variable']}_{r['metric']}_{r['lead_hours']}h": r["value"] for r in records
+            if r["system"] == "fourcast" and r["lead_hours"] in lead_hours}
+
+
 def run_pipeline(cfg: RunConfig) -> PipelineResult:
-    """Every stage in order, each in its own MLflow run where it has something to record."""
+    """Every stage in order, each in its own MLflow run where it has something to record.
+
+    The headline scores are also logged back onto the training run of the model, so the run
+    that produced a model shows how its forecasts verified.
+    """
     paths = Paths(cfg.workdir)
     paths.workdir.mkdir(parents=True, exist_ok=True)
     uri = cfg.tracking.tracking_uri or default_tracking_uri(paths.workdir)
-    files = synthesize(cfg.synthetic, paths.raw)
-    ingest(cfg.ingest, cfg.cluster, files, paths.store, paths.climatology)
+    with _stage("synthesize"):
+        files = synthesize(cfg.synthetic, paths.raw)
+    with _stage("ingest"):
+        ingest(cfg.ingest, cfg.cluster, files, paths.store, paths.climatology)
     run_ids: dict[str, str] = {}
     experiment = dict(tracking_uri=uri, experiment=cfg.tracking.experiment, artifact_root=paths.artifacts)
-    with mlflow_run(run_name="train", tags={"stage": "train"}, **experiment) as tracker:
+    with _stage("train"), mlflow_run(run_name="train", tags={"stage": "train"}, **experiment) as tracker:
         train_model(cfg.train, paths.store, paths.checkpoint, tracker)
         run_ids["train"] = tracker.run_id
-    with mlflow_run(run_name="forecast", tags={"stage": "forecast", "train_run_id": run_ids["train"]},
-                    **experiment) as tracker:
+    with _stage("forecast"), mlflow_run(run_name="forecast", tags={"stage": "forecast", "train_run_id": run_ids["train"]},
+                                        **experiment) as tracker:
         forecast(cfg.forecast, paths.checkpoint, paths.store, paths.archive, tracker)
         run_ids["forecast"] = tracker.run_id
-    with mlflow_run(run_name="score", tags={"stage": "score", "forecast_run_id": run_ids["forecast"]},
-                    **experiment) as tracker:
+    with _stage("score"), mlflow_run(run_name="score", tags={"stage": "score", "forecast_run_id": run_ids["forecast"],
+                                                             "train_run_id": run_ids["train"]},
+                                     **experiment) as tracker:
         records = score(cfg.score, paths.archive, paths.store, paths.climatology, paths.scores, tracker)
         run_ids["score"] = tracker.run_id
+    attach_run(uri, run_ids["train"]).log_metrics(headline_scores(records, cfg.score.lead_hours))
     summary = publish(paths.summary, records, cfg.score.lead_hours, paths.store, paths.archive, uri, run_ids)
     return PipelineResult(summary, records, uri, run_ids)
-
-

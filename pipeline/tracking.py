@@ -101,6 +101,11 @@ def _experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) 
     return client.create_experiment(name, artifact_location=location)
 
 
+def attach_run(tracking_uri: str, run_id: str) -> MlflowTracker:
+    """A tracker for an existing run (e.g. to add verification scores to a finished training run)."""
+    return MlflowTracker(MlflowClient(tracking_uri=tracking_uri), run_id)
+
+
 @contextmanager
 def mlflow_run(tracking_uri: str, experiment: str, run_name: str, tags: Mapping[str, str] | None = None,
                artifact_root: Path | None = None) -> Iterator[MlflowTracker]:

@@ -55,6 +55,8 @@ def test_pipeline_end_to_end_twice(tmp_path, capsys):
     assert {stage: run.info.status for stage, run in runs.items()} == dict.fromkeys(("train", "forecast", "score"), "FINISHED")
     assert [m.step for m in client.get_metric_history(runs["train"].info.run_id, "loss")][:2] == [10, 20]
     assert "val_rmse_z500_24h" in runs["train"].data.metrics
+    headline = runs["train"].data.metrics["score_z500_rmse_24h"]  # verification logged back on the model's run
+    assert headline == rmse[("fourcast", 24)]
     assert [a.path for a in client.list_artifacts(runs["train"].info.run_id, "checkpoint")] == ["checkpoint/model.pt"]
     plots = {a.path for a in client.list_artifacts(runs["score"].info.run_id, "plots")}
     assert "plots/rmse_z500.png" in plots
