@@ -10,13 +10,21 @@ import xarray as xr
 
 from ensembles.errors import ScoringError
 from ensembles.metrics import (
+    RANK,
     acc,
     area_weights,
+    bias,
+    brier_score,
     crps,
     crps_pointwise,
+    debiased_ensemble_mean_mse,
+    debiased_ensemble_mean_rmse,
+    energy_score,
     ensemble_mean_rmse,
     ensemble_spread,
+    mae,
     mse,
+    rank_histogram,
     rmse,
     spatial_mean,
     spread_skill_ratio,
@@ -187,3 +195,204 @@ def test_plain_crps_matches_properscoring(rng):
     expected = properscoring.crps_ensemble(truth, np.moveaxis(members, 0, -1))
     pointwise = crps_pointwise(_ensemble(members), _da(truth), kind="plain")
     np.testing.assert_allclose(pointwise.values, expected, rtol=1e-10, atol=1e-12)
+
+
+def _area_mean(x: np.ndarray) -> np.ndarray:
+    """Hand-written area-weighted mean over the last two axes (lat, lon) with band areas."""
+    a = _band_areas()[:, None]
+    return (a * x).sum((-2, -1)) / (a.sum() * LON_DEG.size)
+
+
+def test_mae_and_bias_equal_the_hand_written_formulas(rng):
+    forecast, truth = _field(rng, scale=2.0) + 0.5, _field(rng)
+    expected_mae = _area_mean(np.abs(forecast - truth)).mean()
+    expected_bias = _area_mean(forecast - truth).mean()
+    assert float(mae(_da(forecast), _da(truth))) == pytest.approx(expected_mae, rel=1e-12)
+    assert float(bias(_da(forecast), _da(truth))) == pytest.approx(expected_bias, rel=1e-12)
+    assert float(bias(_da(truth), _da(forecast))) == pytest.approx(-expected_bias, rel=1e-12)
+    assert expected_mae > abs(expected_bias) > 0.1  # a real offset, and MAE bounds |bias|
+
+
+def test_debiased_ensemble_mean_mse_equals_the_hand_written_formula(rng):
+    members, truth = _field(rng, 4), _field(rng)
+    pointwise = (members.mean(0) - truth) ** 2 - members.var(0, ddof=1) / 4
+    expected = _area_mean(pointwise).mean()
+    value = debiased_ensemble_mean_mse(_ensemble(members), _da(truth))
+    assert float(value) == pytest.approx(expected, rel=1e-12)
+    assert float(debiased_ensemble_mean_rmse(_ensemble(members), _da(truth))) == pytest.approx(
+        np.sqrt(max(expected, 0.0)), rel=1e-12
+    )
+
+
+def test_debiased_ensemble_mean_mse_is_unbiased(rng):
+    # members ~ N(truth + offset, sigma²): the distribution mean misses the truth by `offset`,
+    # so the MSE of the distribution mean is <offset²>; the plain ensemble-mean MSE adds sigma²/M
+    n_members, n_draws, sigma = 3, 3000, 1.0
+    truth = _field(rng)[0]
+    offset = 0.5 * np.sin(np.deg2rad(LAT_DEG))[:, None] + 0.3 * np.cos(np.deg2rad(LON_DEG))[None, :]
+    members = truth + offset + sigma * rng.standard_normal((n_members, n_draws, LAT_DEG.size, LON_DEG.size))
+    ensemble, observed = _ensemble(members), _da(np.broadcast_to(truth, members.shape[1:]))
+    true_mse = float(_area_mean(offset**2))
+    debiased = float(debiased_ensemble_mean_mse(ensemble, observed))
+    plain = float(ensemble_mean_rmse(ensemble, observed)) ** 2
+    # standard error of the mean over 3000 x 56 independent points is about 0.003
+    assert debiased == pytest.approx(true_mse, abs=0.02)
+    assert plain == pytest.approx(true_mse + sigma**2 / n_members, abs=0.02)
+
+
+def test_debiased_ensemble_mean_rmse_clips_negative_estimates_to_zero(rng):
+    members = _field(rng, 3)
+    truth = members.mean(0)  # the mean is exact, so the debiased MSE is -<s²>/M < 0
+    ensemble = _ensemble(members)
+    assert float(debiased_ensemble_mean_mse(ensemble, _da(truth))) < 0
+    assert float(debiased_ensemble_mean_rmse(ensemble, _da(truth))) == 0.0
+    with pytest.raises(ScoringError, match="debiased ensemble-mean MSE needs at least 2 members, found 1"):
+        debiased_ensemble_mean_mse(_ensemble(members[:1]), _da(truth))
+
+
+UNIFORM = np.ones(LAT_DEG.size)
+
+
+def test_rank_histogram_counts_the_members_below_the_truth(rng):
+    members, truth = _field(rng, 5), _field(rng)  # continuous values: no ties
+    ranks = (members < truth).sum(0)
+    hist = rank_histogram(_ensemble(members), _da(truth), np.random.default_rng(0), weights=UNIFORM)
+    assert hist.dims == (RANK,)
+    np.testing.assert_array_equal(hist[RANK].values, np.arange(6))
+    np.testing.assert_allclose(hist.values, np.bincount(ranks.ravel(), minlength=6), rtol=1e-12)
+    frequencies = rank_histogram(_ensemble(members), _da(truth), np.random.default_rng(0), normalise=True)
+    assert float(frequencies.sum()) == pytest.approx(1.0, rel=1e-12)
+    # area weights rescaled to mean 1: the bins still add up to the number of points
+    area = rank_histogram(_ensemble(members), _da(truth), np.random.default_rng(0))
+    assert float(area.sum()) == pytest.approx(truth.size, rel=1e-12)
+
+
+# chi-square critical values at p = 0.001 for 4 and 5 degrees of freedom
+CHI2_999 = {4: 18.467, 5: 20.515}
+
+
+def _chi_square(counts: np.ndarray) -> float:
+    expected = counts.sum() / counts.size
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def test_rank_histogram_of_a_consistent_ensemble_is_flat(rng):
+    # truth and members drawn from the same distribution: every rank is equally likely
+    shape = (4, 500, LAT_DEG.size, LON_DEG.size)
+    members, truth = rng.standard_normal(shape), rng.standard_normal(shape[1:])
+    counts = rank_histogram(_ensemble(members), _da(truth), rng, weights=UNIFORM).values
+    assert counts.sum() == truth.size
+    assert _chi_square(counts) < CHI2_999[4]
+
+
+def test_rank_histogram_of_an_underdispersive_ensemble_is_u_shaped(rng):
+    shape = (4, 500, LAT_DEG.size, LON_DEG.size)
+    members, truth = 0.5 * rng.standard_normal(shape), rng.standard_normal(shape[1:])
+    frequencies = rank_histogram(_ensemble(members), _da(truth), rng, weights=UNIFORM, normalise=True).values
+    assert _chi_square(frequencies * truth.size) > 10 * CHI2_999[4]
+    assert min(frequencies[0], frequencies[-1]) > 2 * frequencies[1:-1].max()
+    assert frequencies[0] > frequencies[1] > frequencies[2] < frequencies[3] < frequencies[4]
+
+
+def test_rank_histogram_breaks_ties_at_random_with_the_generator(rng):
+    # every member equals the truth (a dry field): the rank is uniform on 0..M by the tie-break
+    zeros = np.zeros((5, 300, LAT_DEG.size, LON_DEG.size))
+    first = rank_histogram(_ensemble(zeros), _da(zeros[0]), np.random.default_rng(7), weights=UNIFORM)
+    again = rank_histogram(_ensemble(zeros), _da(zeros[0]), np.random.default_rng(7), weights=UNIFORM)
+    xr.testing.assert_identical(first, again)
+    assert _chi_square(first.values) < CHI2_999[5]
+
+
+def test_rank_histogram_keeps_other_dims_and_propagates_nans(rng):
+    members, truth = _field(rng, 3), _field(rng)
+    truth[1, 2, 3] = np.nan
+    ensemble = _ensemble(members).expand_dims(lead_time=2).copy()
+    hist = rank_histogram(ensemble, _da(truth), rng, weights=UNIFORM, time_dim="none")
+    assert set(hist.dims) == {RANK, "lead_time", INIT_TIME}
+    assert bool(hist.sel({INIT_TIME: 1}).isnull().all())
+    assert bool(hist.sel({INIT_TIME: [0, 2]}).notnull().all())
+
+
+def _weighted_norm(x: np.ndarray) -> np.ndarray:
+    """Area-weighted RMS norm over the last two axes (lat, lon)."""
+    return np.sqrt(_area_mean(x**2))
+
+
+def test_energy_score_of_one_member_is_the_mean_weighted_euclidean_distance(rng):
+    member, truth = _field(rng, 1), _field(rng)
+    expected = _weighted_norm(member[0] - truth).mean()
+    value = energy_score(_ensemble(member), _da(truth), kind="plain")
+    assert float(value) == pytest.approx(expected, rel=1e-12)
+
+
+def _energy_brute_force(members: np.ndarray, truth: np.ndarray, fair: bool) -> float:
+    """Time-mean ES with every member pair visited; members (M, time, lat, lon)."""
+    m = members.shape[0]
+    skill = np.mean([_weighted_norm(x - truth) for x in members], axis=0)
+    pairs = sum(_weighted_norm(members[i] - members[j]) for i, j in itertools.product(range(m), repeat=2))
+    return float((skill - pairs / (2 * m * (m - 1) if fair else 2 * m * m)).mean())
+
+
+@pytest.mark.parametrize("n_members", [2, 3, 7])
+@pytest.mark.parametrize("kind", ["fair", "plain"])
+def test_energy_score_equals_the_pairwise_formula(rng, n_members, kind):
+    members, truth = _field(rng, n_members), _field(rng)
+    expected = _energy_brute_force(members, truth, fair=kind == "fair")
+    assert float(energy_score(_ensemble(members), _da(truth), kind=kind)) == pytest.approx(expected, rel=1e-10)
+
+
+def test_energy_score_is_exact_for_fields_far_from_zero(rng):
+    # pair distances come from a Gram matrix: a large common offset must not cancel digits
+    members, truth = _field(rng, 4), _field(rng)
+    expected = _energy_brute_force(members, truth, fair=True)
+    shifted = energy_score(_ensemble(members + 5.4e4), _da(truth + 5.4e4))
+    assert float(shifted) == pytest.approx(expected, rel=1e-9)
+
+
+def test_energy_score_checks_kind_and_members(rng):
+    with pytest.raises(ScoringError, match="fair energy score needs at least 2 members, found 1"):
+        energy_score(_ensemble(_field(rng, 1)), _da(_field(rng)))
+    with pytest.raises(ScoringError, match=r"unknown energy score kind 'crps'; expected one of \('fair', 'plain'\)"):
+        energy_score(_ensemble(_field(rng, 2)), _da(_field(rng)), kind="crps")
+
+
+@pytest.mark.parametrize("fair", [False, True])
+def test_brier_score_equals_the_hand_computation(rng, fair):
+    members, truth, threshold = _field(rng, 5), _field(rng), 0.3
+    p = (members > threshold).mean(0)
+    o = (truth > threshold).astype(float)
+    pointwise = (p - o) ** 2 - (p * (1 - p) / 4 if fair else 0.0)
+    value = brier_score(_ensemble(members), _da(truth), threshold, fair=fair)
+    assert float(value) == pytest.approx(_area_mean(pointwise).mean(), rel=1e-12)
+
+
+def test_brier_score_takes_a_threshold_per_point(rng):
+    members, truth = _field(rng, 4), _field(rng)
+    quantile = np.quantile(truth, 0.9, axis=0)  # a "climatological" 90th percentile per point
+    p = (members > quantile).mean(0)
+    expected = _area_mean((p - (truth > quantile)) ** 2).mean()
+    value = brier_score(_ensemble(members), _da(truth), _da(quantile, dims=(LAT, LON)))
+    assert float(value) == pytest.approx(expected, rel=1e-12)
+    shifted = _da(quantile, dims=(LAT, LON)).assign_coords({LON: LON_DEG + 1.0})
+    with pytest.raises(ScoringError, match="different coordinates"):
+        brier_score(_ensemble(members), _da(truth), shifted)
+    with pytest.raises(ScoringError, match="fair Brier score needs at least 2 members, found 1"):
+        brier_score(_ensemble(members[:1]), _da(truth), 0.0, fair=True)
+
+
+def test_two_dimensional_weights_are_checked(rng):
+    field = _da(_field(rng))
+    with pytest.raises(ScoringError, match=r"weights with dims \(lat,\) or \(lat, lon\), found \('lon',\)"):
+        spatial_mean(field, weights=xr.DataArray(np.ones(LON_DEG.size), dims=LON, coords={LON: LON_DEG}))
+
+
+def test_energy_score_on_a_one_point_grid_is_the_crps(rng):
+    members, truth = rng.standard_normal((4, 6, 1, 1)), rng.standard_normal((6, 1, 1))
+    coords = {LAT: [10.0], LON: [0.0]}
+    ensemble = xr.DataArray(members, dims=(MEMBER, *DIMS), coords=coords)
+    observed = xr.DataArray(truth, dims=DIMS, coords=coords)
+    for kind in ("fair", "plain"):
+        expected = crps(ensemble, observed, weights=np.ones(1), kind=kind)
+        assert float(energy_score(ensemble, observed, weights=np.ones(1), kind=kind)) == pytest.approx(
+            float(expected), rel=1e-12
+        )
