@@ -32,3 +32,7 @@ class ScoringError(EnsembleError, ValueError):
     in forecast or truth, or a metric's requirements (e.g. two members for fair CRPS) are
     not met.
     """
+
+
+class RegionError(ScoringError):
+    """A region is malformed, unknown, or holds no point of the grid it is applied to."""

@@ -18,13 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
-from ensembles.errors import ScoringError
+from ensembles.errors import RegionError
 from ensembles.metrics import Weights, resolve_weights
 from ingest.dims import LAT, LON
-
-
-class RegionError(ScoringError):
-    """A region is malformed, unknown, or holds no point of the grid it is applied to."""
 
 
 @dataclass(frozen=True)

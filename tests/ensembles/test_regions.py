@@ -8,7 +8,8 @@ import xarray as xr
 
 from ensembles.errors import ScoringError
 from ensembles.metrics import crps, crps_pointwise, energy_score, rmse
-from ensembles.regions import REGIONS, TROPICS, Region, RegionError, get_region
+from ensembles.errors import RegionError
+from ensembles.regions import REGIONS, TROPICS, Region, get_region
 from ingest.dims import INIT_TIME, LAT, LON, MEMBER
 from ingest.grid import equiangular_lats, regular_lons
 
