@@ -7,14 +7,17 @@ each member its own generator, so a member is reproducible from its seed alone.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch_harmonics.random_fields import GaussianRandomFieldS2
 
 from ensembles.errors import EnsembleInputError
 from ensembles.protocols import Coords
-from ingest.dims import CHANNEL
+from ingest.dims import CHANNEL, LAT, LON
+from ingest.grid import cell_area_weights, equiangular_lats, regular_lons
 
 
 class NoPerturbation:
@@ -92,3 +95,157 @@ class GaussianPerturbation:
                 f"no perturbation scale for channels {missing}; scales are given for {self.channels}"
             )
         return self.scale[[self.channels.index(c) for c in wanted]]
+
+
+class GaussianRandomFieldPerturbation(GaussianPerturbation):
+    """Additive, spatially correlated Gaussian noise on the sphere, scaled per channel.
+
+    ``x + amplitude * scale[c] * ε`` where every member and channel gets its own realisation
+    ``ε`` of an isotropic Gaussian random field with the Matérn-like spectrum of
+    :class:`torch_harmonics.random_fields.GaussianRandomFieldS2`,
+    ``C_l ∝ (l(l+1) + tau²)^(-alpha)`` on the unit sphere (the ``l = 0`` mode is zero, so each
+    field has zero area mean). Larger ``alpha`` gives smoother fields; ``1/tau`` is roughly the
+    correlation length in radians.
+
+    Randomness comes only from the generator passed in: the white spectral coefficients
+    ``ξ`` (complex, one per ``(l, m)``, real and imaginary parts ``N(0, 1)``) are drawn with it
+    in float64 on the generator's device and handed to the field's ``forward(n, xi=ξ)``, which
+    applies the spectral scaling and the inverse spherical-harmonic transform on the CPU; the
+    global torch RNG is never used. Members are drawn one after another in member order, so
+    the first member of a batch equals that member drawn alone with the same seed.
+
+    Each field is drawn on torch-harmonics' equiangular grid with both poles (``grid_nlat``
+    latitudes 90 → −90, ``2 * grid_nlat`` longitudes from 0°) and divided by its own
+    area-weighted standard deviation there (weights :func:`ingest.grid.cell_area_weights`),
+    so every field has unit area-weighted std exactly. When the state's ``lat``/``lon`` are
+    not that grid, the field is bilinearly interpolated in latitude/longitude (periodic in
+    longitude) onto them, which lowers its std slightly below one.
+
+    ``amplitude = 0`` returns ``x`` exactly, without drawing.
+
+    Parameters
+    ----------
+    scale : numpy.ndarray or torch.Tensor, shape (channel,)
+        Per-channel noise scale in the units of each channel; non-negative and finite.
+    amplitude : float
+        Multiplier of ``scale``; non-negative.
+    alpha : float
+        Spectral exponent (smoothness); must exceed 1.
+    tau : float
+        Inverse correlation length on the unit sphere; positive.
+    channels : sequence of str, optional
+        Channel ids labelling ``scale``, as in :class:`GaussianPerturbation`.
+    grid_nlat : int, optional
+        Latitudes of the grid the fields are drawn on (at least 3); defaults to the state's
+        number of latitudes. A coarser grid is cheaper for large states: the inverse transform
+        costs ``O(grid_nlat³)`` memory.
+    """
+
+    def __init__(
+        self,
+        scale: np.ndarray | torch.Tensor,
+        amplitude: float,
+        *,
+        alpha: float = 2.0,
+        tau: float = 3.0,
+        channels: Sequence[str] | None = None,
+        grid_nlat: int | None = None,
+    ) -> None:
+        super().__init__(scale, amplitude, channels)
+        if not np.isfinite(alpha) or alpha <= 1:
+            raise EnsembleInputError(f"expected a finite spectral exponent alpha > 1, found {alpha}")
+        if not np.isfinite(tau) or tau <= 0:
+            raise EnsembleInputError(f"expected a finite, positive tau, found {tau}")
+        if grid_nlat is not None and int(grid_nlat) < 3:
+            raise EnsembleInputError(f"expected grid_nlat of at least 3, found {grid_nlat}")
+        self.alpha = float(alpha)
+        self.tau = float(tau)
+        self.grid_nlat = None if grid_nlat is None else int(grid_nlat)
+        self._fields: dict[int, GaussianRandomFieldS2] = {}
+
+    def __call__(self, x: torch.Tensor, coords: Coords, generator: torch.Generator) -> tuple[torch.Tensor, Coords]:
+        """Add correlated noise to ``x`` of shape ``(member, channel, lat, lon)``.
+
+        Raises
+        ------
+        EnsembleInputError
+            If ``x`` is not 4-D, its channels do not fit ``scale``, or ``coords`` lacks
+            ``lat``/``lon`` matching its shape or holds latitudes outside [−90, 90].
+        """
+        if x.ndim != 4:
+            raise EnsembleInputError(f"expected x of shape (member, channel, lat, lon), found shape {tuple(x.shape)}")
+        sigma = self._channel_scale(coords, n_channels=x.shape[1]) * self.amplitude
+        if self.amplitude == 0:
+            return x, coords
+        lat, lon = _state_grid(coords, x.shape[-2:])
+        nlat = self.grid_nlat or lat.size
+        noise = torch.stack([self._unit_fields(nlat, x.shape[1], generator) for _ in range(x.shape[0])])
+        noise = _to_grid(noise, nlat, lat, lon) * sigma[None, :, None, None]
+        return x + noise.to(device=x.device, dtype=x.dtype), coords
+
+    def _unit_fields(self, nlat: int, n_channels: int, generator: torch.Generator) -> torch.Tensor:
+        """One member's fields, shape (channel, nlat, 2 nlat), unit area-weighted std, float64."""
+        field = self._field(nlat)
+        n_l, n_m = field.sqrt_eig.shape[-2:]
+        white = torch.randn(
+            (n_channels, n_l, n_m, 2), generator=generator, device=generator.device, dtype=torch.float64
+        )
+        fields = field(n_channels, xi=torch.view_as_complex(white.cpu()))
+        weights = torch.as_tensor(cell_area_weights(equiangular_lats(nlat)))[:, None]
+        variance = (weights * fields**2).mean(dim=(-2, -1), keepdim=True)
+        return fields / variance.sqrt()
+
+    def _field(self, nlat: int) -> GaussianRandomFieldS2:
+        """The (cached) float64 random field on the equiangular grid with ``nlat`` latitudes."""
+        if nlat not in self._fields:
+            with warnings.catch_warnings():
+                # the field cannot pass lmax on; its default truncation is the one we want
+                warnings.filterwarnings("ignore", message="Default SHT truncation", category=UserWarning)
+                self._fields[nlat] = GaussianRandomFieldS2(
+                    nlat, alpha=self.alpha, tau=self.tau, grid="equiangular", dtype=torch.float64
+                )
+        return self._fields[nlat]
+
+
+def _state_grid(coords: Coords, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The state's latitudes and longitudes in degrees, checked against its (lat, lon) shape."""
+    missing = [dim for dim in (LAT, LON) if dim not in coords]
+    if missing:
+        raise EnsembleInputError(f"coords lack {missing}; found {list(coords)}")
+    lat = np.asarray(coords[LAT], dtype=np.float64)
+    lon = np.asarray(coords[LON], dtype=np.float64)
+    if (lat.size, lon.size) != tuple(shape):
+        raise EnsembleInputError(
+            f"expected lat/lon coords of sizes {tuple(shape)} as x's grid, found ({lat.size}, {lon.size})"
+        )
+    if (np.abs(lat) > 90).any():
+        raise EnsembleInputError(f"expected latitudes in [-90, 90], found {lat.min()} … {lat.max()}")
+    return lat, lon
+
+
+def _to_grid(fields: torch.Tensor, nlat: int, lat: np.ndarray, lon: np.ndarray) -> torch.Tensor:
+    """Bilinearly interpolate ``(..., nlat, 2 nlat)`` equiangular fields onto ``lat`` x ``lon``.
+
+    Returns ``fields`` itself when the grids already coincide.
+    """
+    nlon = 2 * nlat
+    if lat.size == nlat and lon.size == nlon and np.allclose(lat, equiangular_lats(nlat)) and np.allclose(
+        lon, regular_lons(nlon)
+    ):
+        return fields
+    lat_position = np.clip((90.0 - lat) * (nlat - 1) / 180.0, 0, nlat - 1)
+    lat_low = np.minimum(np.floor(lat_position).astype(np.int64), nlat - 2)
+    lon_position = np.mod(lon, 360.0) * nlon / 360.0
+    lon_low = np.floor(lon_position).astype(np.int64) % nlon
+    fields = _linear(fields, -2, lat_low, lat_low + 1, lat_position - lat_low)
+    return _linear(fields, -1, lon_low, (lon_low + 1) % nlon, lon_position - np.floor(lon_position))
+
+
+def _linear(fields: torch.Tensor, dim: int, low: np.ndarray, high: np.ndarray, weight: np.ndarray) -> torch.Tensor:
+    """``(1 - weight) * fields[low] + weight * fields[high]`` along ``dim``."""
+    shape = [1] * fields.ndim
+    shape[dim] = weight.size
+    w = torch.as_tensor(weight, dtype=fields.dtype).reshape(shape)
+    lower = fields.index_select(dim, torch.as_tensor(low))
+    upper = fields.index_select(dim, torch.as_tensor(high))
+    return (1 - w) * lower + w * upper
