@@ -22,7 +22,7 @@ import torch
 
 from ensembles.archive import ZarrArchive, open_archive
 from ensembles.perturbations import GaussianPerturbation, NoPerturbation
-from ensembles.runner import run_campaign
+from ensembles.runner import forecast_lead_times, run_campaign
 from ensembles.scoring import score_forecasts
 from fourcast.checkpoint import CheckpointMeta, save_checkpoint
 from fourcast.data import StoreWindows
@@ -207,7 +207,7 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
                "fourcast_version": code_version()}
     tracker.log_params({**_flatten(cfg.model_dump(mode="json")), **lineage})
     archive_out = ZarrArchive(archive, list(forecaster.input_coords[CHANNEL]), inits,
-                              np.arange(n_steps + 1) * step, cfg.members, truth[LAT].values, truth[LON].values,
+                              forecast_lead_times(step, n_steps), cfg.members, truth[LAT].values, truth[LON].values,
                               attrs=lineage)
     missing = np.setdiff1d(inits, truth[TIME].values)
     if missing.size:
