@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ensembles.errors import EnsembleInputError
-from ensembles.perturbations import GaussianPerturbation, NoPerturbation
+from ensembles.perturbations import GaussianPerturbation, GaussianRandomFieldPerturbation, NoPerturbation
 from ensembles.protocols import Perturbation
 from ingest.dims import CHANNEL, MEMBER
 
@@ -68,8 +68,9 @@ def test_scale_is_selected_by_channel_label():
     assert noise[:, 1].std().item() == pytest.approx(2.0, rel=0.05)
 
 
-def test_draws_only_from_the_given_generator(state, member_coords):
-    perturb = GaussianPerturbation(torch.tensor([50.0, 3.0]), amplitude=0.3)
+@pytest.mark.parametrize("kind", [GaussianPerturbation, GaussianRandomFieldPerturbation])
+def test_draws_only_from_the_given_generator(kind, state, member_coords):
+    perturb = kind(torch.tensor([50.0, 3.0]), amplitude=0.3)
     torch.manual_seed(123)
     first, _ = perturb(state, member_coords, _generator(5))
     torch.manual_seed(456)
