@@ -25,8 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
 
-    def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+    def add(name: str, help_text: str, group=commands) -> argparse.ArgumentParser:
+        sub = group.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--config", type=Path, default=None,
                          help=f"YAML run config (default: ${CONFIG_ENV} or {DEFAULT_CONFIG.name}, the synthetic demo)")
         sub.add_argument("--workdir", type=Path, default=None,
@@ -37,7 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     add("run", "run every stage of a config: synthesize, ingest, train, forecast, score, publish")
     add("check-config", "validate a config and print it resolved, without doing any work")
     add("synthesize", "write shallow-water synthetic ERA5 netCDF files (new CDS layout)")
-    add("ingest", "ingest the ERA5 files into the Zarr v3 training store (Dask)")
+    ingest = commands.add_parser("ingest", help="ERA5 → Zarr v3 training store: run | plan | inspect | validate",
+                                 description="ERA5 → Zarr v3 training store (Dask)")
+    ingest_actions = ingest.add_subparsers(dest="action", required=True, metavar="action")
+    add("run", "ingest the ERA5 files into the Zarr v3 training store and its climatology store (Dask)",
+        ingest_actions)
     add("train", "train the configured model preset on the store")
     add("forecast", "run the ensemble campaign into a Zarr archive")
     add("score", "score the archive and the baselines against the store")
@@ -71,7 +75,7 @@ def _run_stage(command: str, cfg: RunConfig) -> None:
         print(f"MLflow runs {result.run_ids}; browse them with:\n  mlflow ui --backend-store-uri {result.tracking_uri}")
     elif command == "synthesize":
         print("\n".join(str(p) for p in stages.synthesize(cfg.synthetic, paths.raw)))
-    elif command == "ingest":
+    elif command == "ingest run":
         files = sorted(paths.raw.glob("*.nc"))
         print(stages.ingest(cfg.ingest, cfg.cluster, files, paths.store, paths.climatology))
     else:
@@ -103,15 +107,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"fourcast: {err}", file=sys.stderr)
         return 2
-    if args.command == "check-config":
+    command = f"{args.command} {args.action}" if getattr(args, "action", None) else args.command
+    if command == "check-config":
         print(cfg.model_dump_json(indent=2))
         return 0
     from pipeline.stages import StageInputError
 
     try:
-        _run_stage(args.command, cfg)
+        _run_stage(command, cfg)
     except (IngestError, FourcastError, EnsembleError, StageInputError) as err:
-        print(f"fourcast {args.command}: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"fourcast {command}: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     return 0
 

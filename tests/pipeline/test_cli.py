@@ -13,3 +13,8 @@ def test_check_config_prints_the_resolved_config(tmp_path, capsys, monkeypatch):
     assert main(["check-config"]) == 0
     out = capsys.readouterr().out
     assert '"model": "afno-tiny"' in out and str(tmp_path / "w") in out
+
+
+def test_ingest_run_without_source_files_fails_with_a_named_error(tmp_path, capsys):
+    assert main(["ingest", "run", "--workdir", str(tmp_path)]) == 1
+    assert "fourcast ingest run:" in capsys.readouterr().err
