@@ -8,6 +8,7 @@ from torch import nn
 
 from fourcast.errors import ModelSpecError
 from fourcast.models.afno import AFNONet
+from fourcast.models.sfno import SFNONet
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,16 @@ PRESETS: dict[str, Preset] = {
                                      sparsity=0.0, predict_increment=True, embed_kernel=6, norm="none")),
     "afno-small": Preset("afno", dict(patch_size=4, embed_dim=256, depth=8, num_blocks=8, mlp_ratio=4.0,
                                       sparsity=0.01, predict_increment=True, embed_kernel=8)),
+    # SFNO on the full 721x1440 grid, poles included (the linear SFNO of Bonev et al. 2023 at the
+    # width and depth of its 0.25° experiments: 8 layers, 384 features, latent grid 1/3).
+    "sfno-0p25": Preset("sfno", dict(embed_dim=384, num_layers=8, scale_factor=3, mlp_ratio=2.0,
+                                     normalization="instance_norm", predict_increment=True)),
+    # A CPU-sized SFNO for coarse grids such as the 32x64 synthetic default.
+    "sfno-small": Preset("sfno", dict(embed_dim=48, num_layers=4, scale_factor=2, mlp_ratio=2.0,
+                                      normalization="none", predict_increment=True)),
 }
 
-_FAMILIES = {"afno": AFNONet}
+_FAMILIES = {"afno": AFNONet, "sfno": SFNONet}
 
 
 def build_model(preset: str, grid: tuple[int, int], in_channels: int, out_channels: int | None = None) -> nn.Module:
