@@ -15,7 +15,9 @@ archive untouched. :class:`MemoryArchive` keeps the same layout as an in-memory
 :class:`xarray.Dataset`. Both locate every write by coordinate label, never by position.
 
 With all members in one chunk, concurrent writers must not share an ``(init_time,
-lead_time)``: split a multi-process campaign over init times.
+lead_time)``. A campaign run over several processes uses :class:`ensembles.campaign.CampaignArchive`
+instead: chunks of one member block each, resumable, finalised by whichever process finds the
+work complete.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import xarray as xr
 import zarr
 
 from ensembles.errors import ArchiveError
-from ensembles.protocols import Coords
+from ensembles.protocols import Archive, Coords
 from ingest.atomic import discard, replace_path, temporary_sibling
 from ingest.dims import ARCHIVE_DIMS, CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER
 from ingest.errors import UnknownVariableError
@@ -57,6 +59,9 @@ class ArchiveLayout:
     members : numpy.ndarray of int64, shape (member,)
     lat, lon : numpy.ndarray of float64, shapes (lat,), (lon,)
         Degrees north / east.
+    member_chunk : int
+        Members per chunk (all members by default). A campaign split into member blocks
+        over processes uses its block size here, so no two blocks share a chunk.
     """
 
     variables: tuple[str, ...]
@@ -65,6 +70,7 @@ class ArchiveLayout:
     members: np.ndarray
     lat: np.ndarray
     lon: np.ndarray
+    member_chunk: int
 
     @classmethod
     def build(
@@ -75,6 +81,7 @@ class ArchiveLayout:
         n_members: int,
         lat: np.ndarray,
         lon: np.ndarray,
+        member_chunk: int | None = None,
     ) -> ArchiveLayout:
         """Check and normalise the extents; raises :class:`ArchiveError` naming the problem."""
         if not variables:
@@ -85,6 +92,8 @@ class ArchiveLayout:
             raise ArchiveError(f"archive variables must be lexicon ids: {err}") from err
         if int(n_members) < 1:
             raise ArchiveError(f"expected at least 1 member, found n_members={n_members}")
+        if member_chunk is not None and int(member_chunk) < 1:
+            raise ArchiveError(f"expected at least 1 member per chunk, found member_chunk={member_chunk}")
         layout = cls(
             variables=tuple(str(v) for v in variables),
             init_times=_unique_labels(np.asarray(init_times).astype("datetime64[ns]"), INIT_TIME),
@@ -92,6 +101,7 @@ class ArchiveLayout:
             members=np.arange(int(n_members), dtype=np.int64),
             lat=_axis(lat, LAT),
             lon=_axis(lon, LON),
+            member_chunk=min(int(member_chunk or n_members), int(n_members)),
         )
         if (layout.lead_times < np.timedelta64(0, "ns")).any():
             raise ArchiveError(f"expected non-negative lead times, found {layout.lead_times.astype('timedelta64[h]')}")
@@ -104,8 +114,8 @@ class ArchiveLayout:
 
     @property
     def chunk_shape(self) -> tuple[int, ...]:
-        """One chunk per (init_time, lead_time): all members and the whole grid."""
-        return (1, 1, self.members.size, self.lat.size, self.lon.size)
+        """One chunk per (init_time, lead_time, member block): :attr:`member_chunk` members, whole grid."""
+        return (1, 1, self.member_chunk, self.lat.size, self.lon.size)
 
     def template(self, empty: Callable[[tuple[int, ...]], Any], attrs: Mapping[str, Any]) -> xr.Dataset:
         """A dataset with this layout whose variables are ``empty(field_shape)`` arrays."""
@@ -210,7 +220,7 @@ class ZarrArchive:
         attrs: Mapping[str, Any] | None = None,
     ) -> None:
         self.layout = ArchiveLayout.build(variables, init_times, lead_times, n_members, lat, lon)
-        self.attrs = _checked_attrs(attrs)
+        self.attrs = checked_attrs(attrs)
         self.path = Path(path)
         self.partial_path = temporary_sibling(self.path)
         self._finalized = False
@@ -294,7 +304,7 @@ class MemoryArchive:
         attrs: Mapping[str, Any] | None = None,
     ) -> None:
         self.layout = ArchiveLayout.build(variables, init_times, lead_times, n_members, lat, lon)
-        self.attrs = _checked_attrs(attrs)
+        self.attrs = checked_attrs(attrs)
         self.dataset = self.layout.template(lambda shape: np.full(shape, np.nan, dtype=np.float32), attrs={})
 
     def write(self, x: torch.Tensor | np.ndarray, coords: Coords) -> None:
@@ -311,6 +321,28 @@ class MemoryArchive:
         return "memory"
 
 
+class Tee:
+    """Several archives fed the same writes: e.g. the Zarr archive and a streaming scorer.
+
+    Satisfies :class:`ensembles.protocols.Archive`; :meth:`finalize` finalises every archive
+    in order and returns the first one's location.
+    """
+
+    def __init__(self, *archives: Archive) -> None:
+        if not archives:
+            raise ArchiveError("expected at least one archive to tee writes into, found none")
+        self.archives = archives
+
+    def write(self, x: torch.Tensor | np.ndarray, coords: Coords) -> None:
+        """Hand ``x`` of shape ``(member, channel, lat, lon)`` to every archive."""
+        for archive in self.archives:
+            archive.write(x, coords)
+
+    def finalize(self) -> str:
+        """Finalise every archive; returns the first one's location."""
+        return [archive.finalize() for archive in self.archives][0]
+
+
 def open_archive(path: str | Path, allow_partial: bool = False) -> xr.Dataset:
     """Open a forecast archive lazily (Dask-backed) as a labelled :class:`xarray.Dataset`.
 
@@ -325,11 +357,19 @@ def open_archive(path: str | Path, allow_partial: bool = False) -> xr.Dataset:
     Raises
     ------
     ArchiveError
-        If nothing is at ``path``, it is not a Zarr v3 store with the archive layout, or it was
-        never finalised and ``allow_partial`` is false.
+        If nothing is at ``path`` (naming the unfinished campaign store beside it, if any), it is
+        not a Zarr v3 store with the archive layout, or it was never finalised and
+        ``allow_partial`` is false.
     """
     path = Path(path)
     if not path.exists():
+        unfinished = sorted(path.parent.glob(f".{path.name}.partial-*"))
+        if unfinished:
+            raise ArchiveError(
+                f"the archive at {path} is unfinished: {unfinished[0]} was never committed (its writer is running "
+                "or was stopped; relaunching a campaign resumes it); open that store with allow_partial=True to "
+                "read what is written"
+            )
         raise ArchiveError(f"no forecast archive at {path}")
     try:
         ds = xr.open_zarr(path, zarr_format=3, consolidated=False)
@@ -385,7 +425,8 @@ def _as_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
-def _checked_attrs(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
+def checked_attrs(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``attrs`` as a plain dict, refusing the reserved ``complete`` key and non-JSON values."""
     attrs = dict(attrs or {})
     if COMPLETE in attrs:
         raise ArchiveError(f"attribute {COMPLETE!r} is reserved: finalize sets it")

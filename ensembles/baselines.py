@@ -13,7 +13,10 @@ import numpy as np
 import xarray as xr
 
 from ensembles.errors import ScoringError
+from ingest.climatology import climatology_at as select_climatology
 from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, TIME
+from ingest.errors import StoreSchemaError
+from ingest.schema import CLIMATOLOGY_DIMS, DAYOFYEAR, HOUR
 
 #: Dimension order of a deterministic forecast variable (an ensemble mean or a baseline).
 FORECAST_DIMS = (INIT_TIME, LEAD_TIME, LAT, LON)
@@ -60,23 +63,68 @@ def climatology_forecast(
     lead_times: np.ndarray,
     variables: Sequence[str],
 ) -> xr.Dataset:
-    """The climatological mean state, forecast for every init and lead time.
+    """The climatology at each forecast's valid time ``init_time + lead_time``.
 
     Parameters
     ----------
-    climatology : xarray.DataArray, dims (channel, lat, lon)
-        Time-mean state in physical units (constant in time).
+    climatology : xarray.DataArray
+        ``climatology[dayofyear, hour, channel, lat, lon]`` of the climatology store, or a
+        time-mean ``climatology[channel, lat, lon]``, in physical units
+        (:func:`climatology_at`).
     init_times, lead_times, variables
         As for :func:`persistence_forecast`.
 
     Returns
     -------
-    xarray.Dataset
-        ``variable[init_time, lead_time, lat, lon]``, the climatology broadcast.
+    xarray.DataArray
+        ``variable[init_time, lead_time, lat, lon]``, lazy where the climatology is.
     """
     require_labels(climatology, CHANNEL, np.asarray(variables), "climatology")
-    per_init = climatology.expand_dims({INIT_TIME: np.asarray(init_times)})
-    return _over_leads(per_init, lead_times, variables)
+    init_times = np.asarray(init_times).astype("datetime64[ns]")
+    lead_times = np.asarray(lead_times).astype("timedelta64[ns]")
+    valid = xr.DataArray(
+        init_times[:, None] + lead_times[None, :],
+        dims=(INIT_TIME, LEAD_TIME),
+        coords={INIT_TIME: init_times, LEAD_TIME: lead_times},
+    )
+    at_valid = climatology_at(climatology.sel({CHANNEL: list(variables)}), valid)
+    return xr.Dataset({str(v): at_valid.sel({CHANNEL: v}, drop=True).transpose(*FORECAST_DIMS) for v in variables})
+
+
+def climatology_at(climatology: xr.DataArray, times: xr.DataArray) -> xr.DataArray:
+    """The climatology at arbitrary valid times.
+
+    Parameters
+    ----------
+    climatology : xarray.DataArray
+        Either the climatology store's ``climatology[dayofyear, hour, channel, lat, lon]``
+        (selected by :func:`ingest.climatology.climatology_at`) or a time-mean
+        ``climatology[channel, lat, lon]`` (the same field at every time).
+    times : xarray.DataArray of datetime64, any dims
+        Valid times.
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims ``times.dims + (channel, lat, lon)``.
+
+    Raises
+    ------
+    ScoringError
+        If the climatology has neither layout.
+    """
+    if set(climatology.dims) == {CHANNEL, LAT, LON}:
+        constant = climatology.transpose(CHANNEL, LAT, LON)
+        return constant.expand_dims({d: times[d].values if d in times.coords else times.sizes[d] for d in times.dims})
+    if set(climatology.dims) == set(CLIMATOLOGY_DIMS):
+        try:
+            return select_climatology(climatology.transpose(*CLIMATOLOGY_DIMS), times)
+        except StoreSchemaError as err:
+            raise ScoringError(f"cannot take the climatology at the forecasts' valid times: {err}") from err
+    raise ScoringError(
+        f"expected a climatology with dims ({DAYOFYEAR}, {HOUR}, {CHANNEL}, {LAT}, {LON}) or ({CHANNEL}, {LAT}, {LON}),"
+        f" found {climatology.dims}"
+    )
 
 
 def require_labels(array: xr.DataArray, dim: str, wanted: np.ndarray, what: str) -> None:

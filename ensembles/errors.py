@@ -25,6 +25,20 @@ class ArchiveError(EnsembleError, ValueError):
     """
 
 
+class CampaignMismatchError(ArchiveError):
+    """An archive path already holds (or is building) a different campaign.
+
+    The message lists the settings that differ; pass ``overwrite`` to replace that archive.
+    """
+
+
+class CampaignIncompleteError(EnsembleError, RuntimeError):
+    """A campaign's work items stayed incomplete past the waiting time (a process died).
+
+    Relaunching the same campaign resumes it: only the missing items are computed.
+    """
+
+
 class ScoringError(EnsembleError, ValueError):
     """Forecasts cannot be scored against the given truth.
 

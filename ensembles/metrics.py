@@ -23,6 +23,13 @@ Deterministic scores: :func:`mse`, :func:`rmse`, :func:`mae`, :func:`bias`, :fun
 Ensemble scores: :func:`ensemble_mean_rmse`, :func:`debiased_ensemble_mean_mse` (and its
 root), :func:`ensemble_spread`, :func:`spread_skill_ratio`, :func:`crps`,
 :func:`energy_score`, :func:`brier_score`, :func:`rank_histogram`.
+
+The same scores as mergeable pieces (WeatherBench-X's design), for scoring chunk by chunk,
+rank by rank or while members stream in: :func:`forecast_statistics` computes every
+:data:`STATISTICS` of one forecast (one init and lead time) in every region at once, in
+numpy; :class:`StatisticSums` adds them up over forecasts (exactly mergeable, ``a + b``);
+:func:`finalise` turns their means into any of :data:`METRICS` (:data:`FINALISERS`). The
+results equal the functions above on the same forecasts (tested to 1e-6).
 """
 
 from __future__ import annotations
@@ -513,3 +520,211 @@ def _exact(*arrays: xr.DataArray) -> tuple[xr.DataArray, ...]:
         return xr.align(*arrays, join="exact")
     except ValueError as err:
         raise ScoringError(f"fields to compare have different coordinates: {err}") from err
+
+
+# --------------------------------------------------------------------------------------------
+# Mergeable statistics (the design of WeatherBench-X): a metric is a set of *statistics*, each
+# an area-weighted mean over one region of one forecast (one init time, one lead time), plus a
+# *finaliser* that turns the means of those statistics over init times into the score. The
+# statistics of disjoint sets of forecasts (Dask chunks, ranks, a stream of members) add up
+# exactly: keep their sums and counts (:class:`StatisticSums`), add, divide, finalise.
+# --------------------------------------------------------------------------------------------
+
+#: Statistic names, each an area-weighted spatial mean for one forecast (one init, one lead).
+#: ``x̄`` is the members' mean, ``s²`` their variance (ddof 1), ``y`` the truth, ``c`` the
+#: climatology at the valid time, ``p`` the fraction of members above ``c``, ``o = 1[y > c]``.
+STATISTICS = {
+    "se": "<(x̄ - y)²>",
+    "ae": "<|x̄ - y|>",
+    "error": "<x̄ - y>",
+    "acc": "<x̄'y'> / sqrt(<x̄'²><y'²>), anomalies from c; 0 where an anomaly is identically 0",
+    "crps_plain": "<CRPS of the members' empirical distribution>",
+    "energy_plain": "plain energy score over the region",
+    "brier": "<(p - o)²>, the event 'above climatology'",
+    "variance": "<s²> (M ≥ 2)",
+    "debiased_se": "<(x̄ - y)² - s²/M> (M ≥ 2)",
+    "crps_fair": "<fair CRPS> (M ≥ 2)",
+    "energy_fair": "fair energy score over the region (M ≥ 2)",
+    "brier_fair": "<(p - o)² - p(1 - p)/(M - 1)> (M ≥ 2)",
+    "rank": "frequency of each rank of y among the members, M + 1 bins, ties split evenly (M ≥ 2)",
+}
+
+
+def forecast_statistics(members: np.ndarray, truth: np.ndarray, climatology: np.ndarray,
+                        region_weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Every statistic of :data:`STATISTICS` for one forecast, in every region at once.
+
+    Parameters
+    ----------
+    members : numpy.ndarray, shape (member, point)
+        The forecast at every grid point (lat·lon flattened), any float dtype; a deterministic
+        forecast is one member. Computed in float64.
+    truth, climatology : numpy.ndarray, shape (point,)
+        The verifying analysis and the climatology at the forecast's valid time.
+    region_weights : numpy.ndarray, shape (region, point)
+        Non-negative weights, each row summing to 1 (:func:`ensembles.regions.weight_matrix`).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        Shape (region,) per statistic, ``rank`` (member + 1, region); the ensemble-only
+        statistics only when ``member ≥ 2``. Inputs must be free of NaN (the caller's policy).
+    """
+    x = np.asarray(members, dtype=np.float64)
+    y = np.asarray(truth, dtype=np.float64)
+    c = np.asarray(climatology, dtype=np.float64)
+    w = np.asarray(region_weights, dtype=np.float64)
+    n = x.shape[0]
+    mean = x.mean(0)
+    error = mean - y
+    f_anom, y_anom = mean - c, y - c
+    abs_skill = np.abs(x - y).mean(0)
+    pair_sum = _sorted_pair_sum(x)
+    probability = (x > c).mean(0)
+    outcome = (y > c).astype(np.float64)
+    pointwise = {
+        "se": error**2,
+        "ae": np.abs(error),
+        "error": error,
+        "crps_plain": abs_skill - pair_sum / (2 * n * n),
+        "brier": (probability - outcome) ** 2,
+    }
+    if n >= 2:
+        variance = x.var(0, ddof=1)
+        pointwise |= {
+            "variance": variance,
+            "debiased_se": error**2 - variance / n,
+            "crps_fair": abs_skill - pair_sum / (2 * n * (n - 1)),
+            "brier_fair": (probability - outcome) ** 2 - probability * (1 - probability) / (n - 1),
+        }
+    names = list(pointwise)
+    means = dict(zip(names, (w @ np.stack([pointwise[k] for k in names], axis=1)).T, strict=True))
+    covariance, f_norm, y_norm = (w @ np.stack([f_anom * y_anom, f_anom**2, y_anom**2], axis=1)).T
+    norm = np.sqrt(f_norm * y_norm)
+    means["acc"] = np.divide(covariance, norm, out=np.zeros_like(norm), where=norm > 0)
+    skill = np.sqrt(((x - y) ** 2) @ w.T).mean(0)
+    pair_norms = _region_pair_norm_sum(x, w)
+    means["energy_plain"] = skill - pair_norms / (2 * n * n)
+    if n >= 2:
+        means["energy_fair"] = skill - pair_norms / (2 * n * (n - 1))
+        means["rank"] = _rank_frequencies(x, y) @ w.T
+    return means
+
+
+def _sorted_pair_sum(x: np.ndarray) -> np.ndarray:
+    """``Σ_ij |x_i − x_j|`` at every point of ``x`` (member, point), from the sorted members."""
+    n = x.shape[0]
+    rank_weight = 2.0 * np.arange(1, n + 1) - n - 1
+    return 2.0 * np.tensordot(rank_weight, np.sort(x, axis=0), axes=1)
+
+
+def _region_pair_norm_sum(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``Σ_ij ‖x_i − x_j‖`` in each region's weighted RMS norm; shape (region,)."""
+    anomalies = x - x.mean(0)
+    gram = np.stack([(anomalies * weights) @ anomalies.T for weights in w])  # (region, member, member)
+    squared = np.diagonal(gram, axis1=1, axis2=2)  # (region, member)
+    d2 = squared[:, :, None] + squared[:, None, :] - 2.0 * gram
+    off_diagonal = ~np.eye(x.shape[0], dtype=bool)
+    return np.sqrt(np.where(off_diagonal, np.maximum(d2, 0.0), 0.0)).sum((-2, -1))
+
+
+def _rank_frequencies(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Indicator of the truth's rank among the members, (rank, point), ties shared evenly.
+
+    With ``b`` members below ``y`` and ``t`` equal to it, ranks ``b … b + t`` get ``1/(t+1)``
+    each: the expectation of breaking the tie at random, so the result needs no generator.
+    """
+    n = x.shape[0]
+    below = (x < y).sum(0)
+    ties = (x == y).sum(0)
+    ranks = np.arange(n + 1)[:, None]
+    inside = (ranks >= below) & (ranks <= below + ties)
+    return inside / (ties + 1.0)
+
+
+class StatisticSums:
+    """Sums of statistics over forecasts and how many forecasts went in: a mergeable partial result.
+
+    ``a + b`` is the partial result of the union of the forecasts of ``a`` and ``b`` (disjoint),
+    so chunks, ranks and streams are reduced in any order; :meth:`means` divides by the count.
+
+    Parameters
+    ----------
+    totals : dict of str to numpy.ndarray
+        Sum over forecasts of each statistic, as :func:`forecast_statistics` returns them.
+    count : int
+        Number of forecasts summed.
+    n_members : int
+        Ensemble size of those forecasts (the finalisers need it); sums of different sizes
+        do not add.
+    """
+
+    def __init__(self, totals: dict[str, np.ndarray], count: int, n_members: int) -> None:
+        self.totals = totals
+        self.count = int(count)
+        self.n_members = int(n_members)
+
+    @classmethod
+    def of(cls, statistics: dict[str, np.ndarray], n_members: int) -> StatisticSums:
+        """The partial result of one forecast."""
+        return cls({k: np.asarray(v, dtype=np.float64) for k, v in statistics.items()}, 1, n_members)
+
+    def __add__(self, other: StatisticSums) -> StatisticSums:
+        if self.n_members != other.n_members or self.totals.keys() != other.totals.keys():
+            raise ScoringError(
+                f"cannot merge statistics of {self.n_members}-member forecasts {sorted(self.totals)} with those "
+                f"of {other.n_members}-member forecasts {sorted(other.totals)}"
+            )
+        totals = {k: self.totals[k] + other.totals[k] for k in self.totals}
+        return StatisticSums(totals, self.count + other.count, self.n_members)
+
+    def means(self) -> dict[str, np.ndarray]:
+        """Each statistic's mean over the forecasts summed."""
+        if not self.count:
+            raise ScoringError("no forecast was summed: there is no mean to finalise")
+        return {k: v / self.count for k, v in self.totals.items()}
+
+
+def _ssr(m: dict[str, np.ndarray], n: int) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.sqrt((n + 1) / n) * np.sqrt(m["variance"]) / np.sqrt(m["se"])
+
+
+#: Finalisers: metric name → (statistics it needs, ``f(means, n_members)``). The CRPS, energy
+#: and Brier scores use the fair estimators for ensembles (M ≥ 2) and the plain ones for a
+#: single member, where the CRPS is the MAE; the ``_plain`` variants are always plain.
+FINALISERS = {
+    "rmse": (("se",), lambda m, n: np.sqrt(m["se"])),
+    "mse": (("se",), lambda m, n: m["se"]),
+    "mae": (("ae",), lambda m, n: m["ae"]),
+    "bias": (("error",), lambda m, n: m["error"]),
+    "acc": (("acc",), lambda m, n: m["acc"]),
+    "crps": (("crps_plain",), lambda m, n: m["crps_fair"] if n >= 2 else m["crps_plain"]),
+    "crps_plain": (("crps_plain",), lambda m, n: m["crps_plain"]),
+    "energy_score": (("energy_plain",), lambda m, n: m["energy_fair"] if n >= 2 else m["energy_plain"]),
+    "brier": (("brier",), lambda m, n: m["brier_fair"] if n >= 2 else m["brier"]),
+    "spread": (("variance",), lambda m, n: np.sqrt(m["variance"])),
+    "ssr": (("variance", "se"), _ssr),
+    "debiased_rmse": (("debiased_se",), lambda m, n: np.sqrt(np.maximum(m["debiased_se"], 0.0))),
+}
+#: Metrics of the scorecard, in display order.
+METRICS = tuple(FINALISERS)
+
+
+def finalise(sums: StatisticSums, metric: str) -> np.ndarray:
+    """The score ``metric`` (:data:`FINALISERS`) from merged statistics; shape (region,).
+
+    NaN where the metric needs an ensemble and ``sums`` are of one member (spread, SSR, …).
+    """
+    if metric not in FINALISERS:
+        raise ScoringError(f"unknown metric {metric!r}; expected one of {list(FINALISERS)}")
+    needed, function = FINALISERS[metric]
+    means = sums.means()
+    if any(k not in means for k in needed):
+        return np.full(means["se"].shape, np.nan)
+    return function(means, sums.n_members)
+
+
+def rank_histogram_frequencies(sums: StatisticSums) -> np.ndarray | None:
+    """Mean rank frequencies (rank, region), summing to 1 per region; ``None`` for one member."""
+    return sums.means()["rank"] if "rank" in sums.totals else None

@@ -15,7 +15,7 @@ import torch
 from torch_harmonics.random_fields import GaussianRandomFieldS2
 
 from ensembles.errors import EnsembleInputError
-from ensembles.protocols import Coords
+from ensembles.protocols import Coords, Perturbation, Prognostic
 from ingest.dims import CHANNEL, LAT, LON
 from ingest.grid import cell_area_weights, equiangular_lats, regular_lons
 
@@ -249,3 +249,79 @@ def _linear(fields: torch.Tensor, dim: int, low: np.ndarray, high: np.ndarray, w
     lower = fields.index_select(dim, torch.as_tensor(low))
     upper = fields.index_select(dim, torch.as_tensor(high))
     return (1 - w) * lower + w * upper
+
+
+class BredVectorPerturbation(GaussianPerturbation):
+    """Bred vectors: perturbations grown by the model itself, rescaled to a fixed size.
+
+    Breeding (Toth & Kalnay 1993) starts from a random seed perturbation ``δ₀`` — by default
+    the Gaussian of :class:`GaussianPerturbation` with the same ``scale`` and ``amplitude`` —
+    and repeats ``cycles`` times::
+
+        d  = M(x + δ) − M(x)                     one model step of the perturbed and base state
+        δ ← d · σ_c / rms_c(d)                   per member and channel c
+
+    where ``M`` is the prognostic, ``σ_c = amplitude · scale[c]`` and ``rms_c`` is the root mean
+    square over the grid. The perturbation returned is ``x + δ``: its size per channel is the
+    seed's, its structure that of the directions the model amplifies. A channel whose
+    difference vanishes gets no perturbation. The cycles restart from the same ``x`` (the
+    initial-state variant, as earth2studio's ``BredVector``), so only the state at the init
+    time is needed.
+
+    ``amplitude = 0`` returns ``x`` exactly without running the model. Each call breeds the
+    members it is given together; the runner calls it one member at a time, so a member's
+    bred vector does not depend on the batch it runs in.
+
+    Parameters
+    ----------
+    prognostic : Prognostic
+        The model to breed with; ``x`` passed in must be on its device, in its channel order.
+    scale : numpy.ndarray or torch.Tensor, shape (channel,)
+        Per-channel size in the units of each channel; non-negative and finite.
+    amplitude : float
+        Multiplier of ``scale``; non-negative.
+    cycles : int
+        Breeding cycles (at least 1).
+    channels : sequence of str, optional
+        Channel ids labelling ``scale``, as in :class:`GaussianPerturbation`.
+    seed_perturbation : Perturbation, optional
+        Draws ``δ₀`` as ``seed_perturbation(x) − x``; the Gaussian above by default.
+    """
+
+    def __init__(
+        self,
+        prognostic: Prognostic,
+        scale: np.ndarray | torch.Tensor,
+        amplitude: float,
+        *,
+        cycles: int = 2,
+        channels: Sequence[str] | None = None,
+        seed_perturbation: Perturbation | None = None,
+    ) -> None:
+        super().__init__(scale, amplitude, channels)
+        if int(cycles) != cycles or cycles < 1:
+            raise EnsembleInputError(f"expected at least 1 breeding cycle, found cycles={cycles}")
+        self.prognostic = prognostic
+        self.cycles = int(cycles)
+        self.seed_perturbation = seed_perturbation or GaussianPerturbation(scale, amplitude, channels)
+
+    def __call__(self, x: torch.Tensor, coords: Coords, generator: torch.Generator) -> tuple[torch.Tensor, Coords]:
+        """Add a bred vector to each member of ``x`` of shape ``(member, channel, lat, lon)``."""
+        sigma = self._channel_scale(coords, n_channels=x.shape[1]) * self.amplitude
+        if self.amplitude == 0:
+            return x, coords
+        seeded, _ = self.seed_perturbation(x, coords, generator)
+        delta = seeded - x
+        base, _ = self.prognostic.step(x, coords)
+        for _ in range(self.cycles):
+            moved, _ = self.prognostic.step(x + delta, coords)
+            delta = _rescaled(moved - base, sigma.to(x.device))
+        return x + delta.to(x.dtype), coords
+
+
+def _rescaled(difference: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """``difference`` (member, channel, lat, lon) scaled to RMS ``sigma[c]`` per member and channel."""
+    difference = difference.to(torch.float64)
+    rms = difference.square().mean(dim=(-2, -1), keepdim=True).sqrt()
+    factor = torch.where(rms > 0, sigma[None, :, None, None] / rms.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+    return difference * factor

@@ -141,3 +141,31 @@ def get_region(name: str) -> Region:
         return REGIONS[name]
     except KeyError as err:
         raise RegionError(f"unknown region {name!r}; expected one of {sorted(REGIONS)}") from err
+
+
+def weight_matrix(regions: list[Region] | tuple[Region, ...], lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """Area weights of each region over the flattened grid, each row summing to 1.
+
+    Parameters
+    ----------
+    regions : sequence of Region
+    lat, lon : numpy.ndarray, shapes (lat,), (lon,)
+        Grid of the fields, degrees.
+
+    Returns
+    -------
+    numpy.ndarray, shape (region, lat·lon)
+        Row ``r`` is ``Region.weights`` of region ``r`` divided by its sum, in the order of a
+        C-order flattened ``(lat, lon)`` field, so ``W @ field.ravel()`` gives the area-weighted
+        mean over each region (:func:`ensembles.metrics.forecast_statistics`).
+
+    Raises
+    ------
+    RegionError
+        If a region holds no point of the grid.
+    """
+    rows = []
+    for region in regions:
+        w = region.weights(lat, lon).transpose(LAT, LON).values.ravel()
+        rows.append(w / w.sum())
+    return np.stack(rows)

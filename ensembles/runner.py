@@ -2,18 +2,26 @@
 
 Each member's perturbation is drawn from its own generator seeded only from ``(seed,
 init_time, member)``, so a member is reproducible alone, whatever the batch size and whichever
-other members run beside it; a rank of a multi-process campaign runs its share through
-``members`` or its init times through :func:`run_campaign`.
+other members run beside it.
+
+:func:`run_ensemble` forecasts one init time; :func:`run_campaign` runs one process's share of
+a :class:`~ensembles.campaign.Campaign` (its rank and the world size are plain arguments, e.g.
+from ``torchrun``'s ``RANK``/``WORLD_SIZE``), skipping work items already recorded in the
+archive, and commits the archive once every process's items are done.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from ensembles.archive import Tee
+from ensembles.campaign import Campaign, CampaignArchive
 from ensembles.errors import EnsembleInputError
 from ensembles.protocols import Archive, Coords, Perturbation, Prognostic
 from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER
@@ -55,6 +63,7 @@ def run_ensemble(
     control_member: bool = True,
     members: Sequence[int] | None = None,
     device: torch.device | str | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> None:
     """Forecast ``n_members`` perturbed copies of ``initial`` for ``n_steps`` steps into ``archive``.
 
@@ -92,6 +101,9 @@ def run_ensemble(
         rerun alone.
     device : torch.device or str, optional
         Where the model runs; default ``initial.device``.
+    on_step : callable, optional
+        Called with the number of member-steps just completed (the batch size) after each
+        model step has been written.
 
     Raises
     ------
@@ -114,33 +126,118 @@ def run_ensemble(
                 if step:
                     x, x_coords = prognostic.step(x, x_coords)
                 archive.write(x, {INIT_TIME: init_label, LEAD_TIME: lead_times[step : step + 1], **x_coords})
+                if step and on_step is not None:
+                    on_step(int(block.size))
+
+
+@dataclass(frozen=True)
+class CampaignRun:
+    """What one process did for a campaign.
+
+    Attributes
+    ----------
+    archive : str
+        Location of the committed archive.
+    items_computed : int
+        Work items this process computed (items already done were skipped).
+    member_steps : int
+        Model steps times members this process computed.
+    seconds : float
+        Wall time this process spent computing them (not waiting for the others).
+    """
+
+    archive: str
+    items_computed: int
+    member_steps: int
+    seconds: float
+
+    @property
+    def member_steps_per_second(self) -> float:
+        """This process's throughput, 0 when it computed nothing."""
+        return self.member_steps / self.seconds if self.member_steps else 0.0
 
 
 def run_campaign(
     prognostic: Prognostic,
     initial_state: Callable[[np.datetime64], torch.Tensor],
     coords: Coords,
-    init_times: Iterable[np.datetime64],
-    **run_kwargs: Any,
-) -> None:
-    """Run :func:`run_ensemble` for each init time into one archive (not finalised here).
+    campaign: Campaign,
+    archive: CampaignArchive,
+    perturbation: Perturbation,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    sinks: Sequence[Archive] = (),
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    wait_timeout: float = 600.0,
+) -> CampaignRun:
+    """Compute this rank's missing work items of ``campaign``, then commit the archive.
+
+    Work item ``k`` of :meth:`Campaign.work_items` belongs to rank ``k % world_size``; items
+    the archive records as done are skipped, so a relaunch (with any world size) computes only
+    what is missing. Each item runs its member block as one batch and is marked done once its
+    last step is written. The process then waits until every rank's items are done and commits
+    the archive (exactly one process does; see :meth:`CampaignArchive.finalize_when_complete`).
 
     Parameters
     ----------
     prognostic : Prognostic
-        As for :func:`run_ensemble`.
+        Model stepped autoregressively.
     initial_state : callable
         ``initial_state(init_time)`` returns the ``(channel, lat, lon)`` state labelled by
-        ``coords``, e.g. read from the truth store; called once per init time.
+        ``coords``; called once per init time this rank computes.
     coords : Coords
         ``{"channel", "lat", "lon"}`` labelling every initial state.
-    init_times : iterable of numpy.datetime64
-        The init times to run (a rank's share in a multi-process campaign).
-    **run_kwargs
-        Keyword arguments of :func:`run_ensemble` (``n_members``, ``n_steps``, ``archive``, …).
+    campaign : Campaign
+        Members, steps, batch size, seed and init times.
+    archive : CampaignArchive
+        The campaign's archive; when already :attr:`~CampaignArchive.complete`, nothing runs.
+    perturbation : Perturbation
+        Applied to each member with its own generator (:func:`member_generator`).
+    rank, world_size : int
+        This process's place among the processes sharing the campaign.
+    sinks : sequence of Archive
+        Further destinations receiving every write of this rank (e.g. a streaming scorer);
+        they are finalised once this rank's items are written, and see only this rank's items
+        computed in this launch.
+    device : torch.device or str, optional
+        Where states live while stepping.
+    progress : bool
+        Show a progress bar of member-steps with their rate.
+    wait_timeout : float
+        Seconds to wait for the other ranks without any of their items completing.
+
+    Returns
+    -------
+    CampaignRun
     """
-    for init_time in init_times:
-        run_ensemble(prognostic, initial_state(init_time), coords, init_time, **run_kwargs)
+    if archive.campaign.fingerprint() != campaign.fingerprint():
+        raise EnsembleInputError(
+            f"the archive at {archive.path} is for campaign {archive.fingerprint}, not {campaign.fingerprint()}"
+        )
+    mine = [] if archive.complete else [item for item in campaign.items_for_rank(rank, world_size)
+                                        if not archive.is_done(item)]
+    destination = Tee(archive, *sinks) if sinks else archive
+    member_steps = sum(item.members.size for item in mine) * campaign.n_steps
+    bar = tqdm(total=member_steps, unit="member-step", disable=not progress or not member_steps,
+               desc=f"rank {rank}/{world_size}", dynamic_ncols=True, smoothing=0.1, mininterval=0.5)
+    started = time.perf_counter()
+    cached: tuple[np.datetime64 | None, torch.Tensor | None] = (None, None)
+    with bar:
+        for item in mine:
+            if cached[0] != item.init_time:
+                cached = (item.init_time, initial_state(item.init_time))
+            run_ensemble(prognostic, cached[1], coords, item.init_time, n_members=campaign.n_members,
+                         n_steps=campaign.n_steps, perturbation=perturbation, archive=destination, seed=campaign.seed,
+                         members_per_batch=campaign.members_per_batch, control_member=campaign.control_member,
+                         members=item.members, device=device, on_step=bar.update)
+            archive.mark_done(item)
+    seconds = time.perf_counter() - started
+    for sink in sinks:
+        sink.finalize()
+    location = str(archive.path) if archive.complete else archive.finalize_when_complete(wait_timeout)
+    return CampaignRun(location, len(mine), member_steps, seconds)
 
 
 def _check_counts(**counts: int) -> None:

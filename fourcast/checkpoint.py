@@ -1,7 +1,9 @@
-"""Checkpoints: everything needed to rebuild a :class:`~fourcast.forecaster.Forecaster`.
+"""Checkpoints: model checkpoints that rebuild a :class:`~fourcast.forecaster.Forecaster`, and
+training states that let ``fourcast train --resume`` continue a run exactly.
 
-Written atomically (temporary name, then rename); read with ``torch.load(weights_only=True)``
-so a checkpoint can never run code.
+Both are written atomically (temporary name, then rename), so a kill at any moment leaves the
+previous complete file in place, and read with ``torch.load(weights_only=True)`` so a checkpoint
+can never run code: they hold only tensors, numbers, strings, lists and dicts.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from fourcast.errors import CheckpointError
 from ingest.atomic import discard, replace_path, temporary_sibling
 
 FORMAT_VERSION = 1
+TRAINING_STATE_VERSION = 1
+TRAINING_STATE_KEYS = ("model_state", "optimizer_state", "scheduler_state", "scaler_state", "step", "phase",
+                       "phase_step", "cursor", "rng_states", "best_score", "best_step", "history", "config", "meta",
+                       "lineage")
 
 
 @dataclass
@@ -60,11 +66,19 @@ class CheckpointMeta:
                 )
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: CheckpointMeta) -> Path:
-    """Write ``model``'s weights and ``meta`` to ``path`` atomically."""
+    def check_statistics(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """Raise :class:`CheckpointError` unless the normalisation statistics equal the checkpoint's."""
+        for name, mine, theirs in (("mean", self.mean, mean), ("std", self.std, std)):
+            theirs = np.asarray(theirs, dtype=float)
+            if theirs.shape != (len(mine),) or not np.allclose(mine, theirs, rtol=1e-6, atol=0.0):
+                differ = [c for c, a, b in zip(self.channels, mine, theirs.tolist()) if not np.isclose(a, b, rtol=1e-6)]
+                raise CheckpointError(f"checkpoint normalisation {name} differs from the store's for channels "
+                                      f"{differ}: checkpoint {mine}, store {theirs.tolist()}")
+
+
+def _save_atomically(payload: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format_version": FORMAT_VERSION, "model_state": model.state_dict(), "meta": asdict(meta)}
     tmp = temporary_sibling(path)
     try:
         torch.save(payload, tmp)
@@ -72,6 +86,25 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: CheckpointMe
     except BaseException:
         discard(tmp)
         raise
+
+
+def _load_payload(path: str | Path, what: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no {what} file at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {err}") from err
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: expected a fourcast {what} (a dict), found {type(payload).__name__}")
+    return payload
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: CheckpointMeta) -> Path:
+    """Write ``model``'s weights and ``meta`` to ``path`` atomically."""
+    return _save_atomically({"format_version": FORMAT_VERSION, "model_state": model.state_dict(), "meta": asdict(meta)},
+                            path)
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
@@ -88,18 +121,48 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Checkpoi
     CheckpointError
         If the file is missing, unreadable, or not a fourcast checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint file at {path}")
+    payload = _load_payload(path, "checkpoint")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: expected a fourcast checkpoint of format {FORMAT_VERSION}, "
+                              f"found format {payload.get('format_version')!r}")
+    return payload["model_state"], _meta(payload, path)
+
+
+def _meta(payload: dict, path: str | Path) -> CheckpointMeta:
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{path} is not a readable torch checkpoint: {err}") from err
-    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
-        found = payload.get("format_version") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"{path}: expected a fourcast checkpoint of format {FORMAT_VERSION}, found {found!r}")
-    try:
-        meta = CheckpointMeta(**payload["meta"])
-    except TypeError as err:
+        return CheckpointMeta(**payload["meta"])
+    except (TypeError, KeyError) as err:
         raise CheckpointError(f"{path}: checkpoint metadata does not match CheckpointMeta: {err}") from err
-    return payload["model_state"], meta
+
+
+def save_training_state(path: str | Path, state: dict) -> Path:
+    """Write a training state (see :data:`TRAINING_STATE_KEYS`) to ``path`` atomically.
+
+    ``state["meta"]`` is a :class:`CheckpointMeta`; everything else must already be made of
+    tensors, numbers, strings, lists and dicts (what ``weights_only`` loading accepts).
+    """
+    missing = [key for key in TRAINING_STATE_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"training state lacks {missing}")
+    payload = {**state, "meta": asdict(state["meta"]), "training_state_version": TRAINING_STATE_VERSION}
+    return _save_atomically(payload, path)
+
+
+def load_training_state(path: str | Path) -> dict:
+    """Read a training state written by :func:`save_training_state` (``meta`` as :class:`CheckpointMeta`).
+
+    Raises
+    ------
+    CheckpointError
+        If the file is missing, truncated or corrupt, a model-only checkpoint, or of another version.
+    """
+    payload = _load_payload(path, "training state")
+    version = payload.get("training_state_version")
+    if version != TRAINING_STATE_VERSION:
+        hint = " (a model-only checkpoint cannot resume training)" if "format_version" in payload else ""
+        raise CheckpointError(f"{path}: expected a fourcast training state of version {TRAINING_STATE_VERSION}, "
+                              f"found version {version!r}{hint}")
+    missing = [key for key in TRAINING_STATE_KEYS if key not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: training state lacks {missing}")
+    return {**payload, "meta": _meta(payload, path)}

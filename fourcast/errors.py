@@ -19,3 +19,11 @@ class CheckpointError(FourcastError):
 
 class NonFiniteLossError(FourcastError, FloatingPointError):
     """Training produced a NaN or infinite loss."""
+
+
+class StoreStatisticsError(FourcastError, ValueError):
+    """The training store lacks usable normalisation statistics (``mean``/``std`` per channel)."""
+
+
+class DistributedSetupError(FourcastError, RuntimeError):
+    """The process-group environment (``torchrun`` variables, device, batch split) is inconsistent."""

@@ -34,11 +34,16 @@ class Forecaster:
         Time advanced by one :meth:`step`.
     device : torch.device, optional
         Where the model runs; CUDA when available by default.
+    autocast : bool, optional
+        Run the network under bfloat16 autocast (normalisation and the returned state stay
+        float32). Default: on CUDA only; CPU runs stay float32, bit-reproducible.
     """
 
     def __init__(self, model: torch.nn.Module, normaliser: Normaliser, variables: list[str], lat: np.ndarray,
-                 lon: np.ndarray, step: np.timedelta64, device: torch.device | None = None) -> None:
+                 lon: np.ndarray, step: np.timedelta64, device: torch.device | None = None,
+                 autocast: bool | None = None) -> None:
         self.device = device or default_device()
+        self.autocast = self.device.type == "cuda" if autocast is None else bool(autocast)
         self.model = model.to(self.device).eval()
         self.normaliser = normaliser.to(self.device)
         self._coords = {CHANNEL: np.asarray(variables), LAT: np.asarray(lat, dtype=float),
@@ -46,7 +51,8 @@ class Forecaster:
         self._step = np.timedelta64(step, "h")
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: torch.device | None = None) -> Forecaster:
+    def from_checkpoint(cls, path: str | Path, device: torch.device | None = None,
+                        autocast: bool | None = None) -> Forecaster:
         """Rebuild the model, normaliser and coordinates saved by :func:`fourcast.checkpoint.save_checkpoint`."""
         state, meta = load_checkpoint(path)
         model = build_model(meta.preset, (len(meta.lat), len(meta.lon)), len(meta.channels))
@@ -55,7 +61,7 @@ class Forecaster:
         except RuntimeError as err:
             raise CheckpointError(f"{path}: weights do not fit preset {meta.preset!r}: {err}") from err
         return cls(model, Normaliser(meta.mean, meta.std), meta.channels, np.asarray(meta.lat),
-                   np.asarray(meta.lon), np.timedelta64(meta.step_hours, "h"), device)
+                   np.asarray(meta.lon), np.timedelta64(meta.step_hours, "h"), device, autocast)
 
     @staticmethod
     def meta_of(path: str | Path) -> CheckpointMeta:
@@ -81,5 +87,7 @@ class Forecaster:
             if coords[dim].shape != self._coords[dim].shape or not np.array_equal(coords[dim], self._coords[dim]):
                 raise CheckpointError(f"input {dim} {coords[dim][:5]}… differs from the model's {self._coords[dim][:5]}…")
         z = self.normaliser.normalise(x.to(self.device, torch.float32))
-        out = self.normaliser.denormalise(self.model(z))
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            z = self.model(z)
+        out = self.normaliser.denormalise(z.float())
         return out.to(x.device), coords

@@ -1,26 +1,45 @@
-"""Training loop: latitude-weighted MSE, warmup + cosine schedule, multi-step rollout phases.
+"""Training loop: latitude-weighted MSE, warmup + cosine schedule, multi-step rollout phases,
+data-parallel ranks, mixed precision, and checkpoints from which a run resumes exactly.
 
 The loop reports metrics through a callable handed in by the caller (``report(metrics, step)``);
-it knows nothing of MLflow.
+it knows nothing of MLflow. Collectives go through :mod:`fourcast.distributed`; with a single
+process none is issued.
+
+Exact resumption: a training state (``last.pt``) holds the weights, the optimiser, scheduler and
+grad-scaler states, the phase and step, every rank's position in its shuffled batch stream
+(:class:`~fourcast.data.BatchCursor`) and every rank's RNG states. The next batch, learning rate
+and random draw after a resume are the ones the interrupted run would have used, so on CPU the
+loss sequence continues bit for bit.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import logging
 import math
+import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint as recompute
 
-from fourcast.data import StoreWindows
-from fourcast.errors import DataWindowError, NonFiniteLossError
+from fourcast.checkpoint import CheckpointMeta, load_training_state, save_checkpoint, save_training_state
+from fourcast.data import BatchCursor, StoreWindows, batch_stream
+from fourcast.distributed import DistContext, all_reduce_mean, all_reduce_sum, barrier, gather_objects, wrap_model
+from fourcast.errors import CheckpointError, DataWindowError, DistributedSetupError, ModelSpecError, NonFiniteLossError
 from ingest.grid import cell_area_weights
 
 Report = Callable[[dict[str, float], int], None]
+Climatology = Callable[[np.ndarray], np.ndarray]
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,7 +63,21 @@ class Phase:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Everything the loop needs besides the model and the data."""
+    """Everything the loop needs besides the model and the data.
+
+    Attributes
+    ----------
+    batch_size : int
+        Global batch: split evenly over the ranks (must divide by the world size).
+    precision : {"fp32", "bf16", "fp16"}
+        Autocast dtype of the forward pass (the AFNO FFTs stay in fp32); fp16 adds a grad scaler.
+    compile : bool
+        Run the model through ``torch.compile``.
+    activation_checkpointing : bool
+        Recompute each block's activations in the backward pass instead of storing them.
+    loader_workers : int, optional
+        DataLoader worker processes per rank; ``None`` → 2 on CUDA (with pinned memory), 0 on CPU.
+    """
 
     phases: tuple[Phase, ...]
     batch_size: int = 16
@@ -55,6 +88,48 @@ class TrainSettings:
     validation_leads: tuple[int, ...] = (1, 4, 12)
     validation_samples: int = 32
     seed: int = 0
+    precision: str = "fp32"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    loader_workers: int | None = None
+
+
+@dataclass(frozen=True)
+class CheckpointPlan:
+    """Where and how often the loop writes checkpoints, and what to resume from.
+
+    Attributes
+    ----------
+    directory : pathlib.Path
+        Receives ``last.pt`` (the training state, every ``every`` steps and at the end) and
+        ``best.pt`` (a model checkpoint of the best validation score so far).
+    meta : CheckpointMeta
+        Data facts of this run (channels, grid, statistics, store fingerprint in ``extra``).
+    every : int
+        Optimiser steps between training states.
+    config : dict
+        The run configuration (plain JSON values), stored for the record.
+    resume_from : pathlib.Path, optional
+        A training state to continue from.
+    lineage : dict
+        Plain values recorded in every state (e.g. the tracking run id), read back as
+        ``TrainResult.resumed_lineage`` by the run that resumes from it.
+    """
+
+    directory: Path
+    meta: CheckpointMeta
+    every: int = 200
+    config: dict = field(default_factory=dict)
+    resume_from: Path | None = None
+    lineage: dict = field(default_factory=dict)
+
+    @property
+    def last(self) -> Path:
+        return Path(self.directory) / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return Path(self.directory) / "best.pt"
 
 
 @dataclass
@@ -67,6 +142,8 @@ class TrainResult:
     steps: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from_step: int | None = None
+    resumed_lineage: dict = field(default_factory=dict)
 
 
 class LatWeightedMSE(nn.Module):
@@ -75,6 +152,11 @@ class LatWeightedMSE(nn.Module):
     def __init__(self, lat: np.ndarray) -> None:
         super().__init__()
         self.register_buffer("weights", torch.as_tensor(cell_area_weights(lat), dtype=torch.float32)[:, None])
+
+    def per_channel(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Weighted MSE per channel: ``(..., channel, lat, lon)`` → ``(channel,)``."""
+        squared = (pred - target) ** 2 * self.weights
+        return squared.movedim(-3, 0).flatten(1).mean(dim=1)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return ((pred - target) ** 2 * self.weights).mean()
@@ -96,42 +178,242 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _batches(dataset: StoreWindows, batch_size: int, generator: torch.Generator):
-    """Endless shuffled batches (each epoch a fresh permutation)."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
-                                         generator=generator)
-    if len(loader) == 0:
-        raise DataWindowError(f"training range yields {len(dataset)} windows, fewer than one batch of {batch_size}")
-    while True:
-        yield from loader
+def enable_activation_checkpointing(model: nn.Module) -> int:
+    """Recompute every block of ``model`` (each child of a ``ModuleList`` named ``blocks``) in backward.
 
+    State-dict keys are unchanged. Returns the number of blocks wrapped.
 
-def validate(model: nn.Module, dataset: StoreWindows, leads: Sequence[int], samples: int, device: torch.device) -> dict[str, float]:
-    """Latitude-weighted RMSE in physical units per channel and lead (in model steps).
-
-    Uses ``samples`` windows spread evenly over ``dataset`` (``dataset.n_ahead >= max(leads)``).
-    Keys are ``val_rmse_{channel}_{hours}h``; ``val_score`` is the mean of RMSE/std over all.
+    Raises
+    ------
+    ModelSpecError
+        If the model has no ``blocks``.
     """
+    wrapped = 0
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] == "blocks":
+            for block in module:
+                block.forward = _recomputed(block.forward)
+                wrapped += 1
+    if not wrapped:
+        raise ModelSpecError("activation checkpointing needs a ModuleList named 'blocks'; "
+                             f"{type(model).__name__} has none")
+    return wrapped
+
+
+def _recomputed(forward: Callable) -> Callable:
+    def run(*args, **kwargs):
+        if torch.is_grad_enabled():
+            return recompute(forward, *args, use_reentrant=False, **kwargs)
+        return forward(*args, **kwargs)
+    return run
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision not in PRECISIONS:
+        raise ModelSpecError(f"precision must be one of {sorted(PRECISIONS)}, found {precision!r}")
+    dtype = PRECISIONS[precision]
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def validate(model: nn.Module, dataset: StoreWindows, leads: Sequence[int], samples: int, device: torch.device,
+             climatology: Climatology | None = None, ctx: DistContext | None = None, precision: str = "fp32",
+             batch_size: int = 16) -> dict[str, float]:
+    """Latitude-weighted RMSE and ACC per channel and lead (in model steps), and persistence's RMSE.
+
+    Uses ``samples`` windows spread evenly over ``dataset`` (``dataset.n_ahead >= max(leads)``),
+    shared out over the ranks of ``ctx`` and summed with one all-reduce.
+
+    Parameters
+    ----------
+    climatology : callable, optional
+        Valid times ``(n,)`` → normalised climatology ``(n, channel, lat, lon)``, the reference
+        of the ACC's anomalies; each channel's store mean (zero) when not given.
+
+    Returns
+    -------
+    dict
+        ``val_rmse_{channel}_{hours}h`` (physical units), ``val_acc_{channel}_{hours}h``,
+        ``val_persistence_rmse_{channel}_{hours}h`` and ``val_score``, the mean over leads and
+        channels of the RMSE in normalised units.
+    """
+    ctx = ctx or DistContext(device=device)
+    n_lead, n_channel = max(leads), len(dataset.channels)
     weights = torch.as_tensor(cell_area_weights(dataset.lat), dtype=torch.float32, device=device)[:, None]
-    std = torch.as_tensor(dataset.std, device=device)
     picks = np.unique(np.linspace(0, len(dataset) - 1, min(samples, len(dataset))).astype(int))
-    x = torch.stack([dataset[i][0] for i in picks]).to(device)
-    y = torch.stack([dataset[i][1] for i in picks]).to(device)
+    sums = torch.zeros(4, n_lead, n_channel, dtype=torch.float64, device=device)  # model sq, persistence sq, acc, count
+    was_training = model.training
     model.eval()
-    with torch.no_grad():
-        pred = rollout(model, x, max(leads))
-    model.train()
-    mse = ((pred - y) ** 2 * weights).mean(dim=(0, 3, 4))  # (lead, channel), normalised units
-    rmse = mse.sqrt() * std
+    mine = picks[ctx.rank :: ctx.world_size]
+    for start in range(0, len(mine), batch_size):
+        chunk = [dataset[int(i)] for i in mine[start : start + batch_size]]
+        x = torch.stack([c[0] for c in chunk]).to(device)
+        y = torch.stack([c[1][:n_lead] for c in chunk]).to(device)
+        with torch.no_grad(), _autocast(device, precision):
+            pred = rollout(model, x, n_lead)
+        pred = pred.float()
+        clim = _climatology_of(climatology, dataset, mine[start : start + batch_size], n_lead, device)
+        sums[0] += ((pred - y) ** 2 * weights).mean(dim=(-2, -1)).sum(dim=0).double()
+        sums[1] += ((x[:, None] - y) ** 2 * weights).mean(dim=(-2, -1)).sum(dim=0).double()
+        sums[2] += anomaly_correlation(pred - clim, y - clim, weights).sum(dim=0).double()
+        sums[3] += len(chunk)
+    model.train(was_training)
+    all_reduce_sum(sums, ctx)
+    mse, persistence, acc = (sums[:3] / sums[3]).float()
+    std = torch.as_tensor(dataset.std, device=device)
     step_hours = int(dataset.step / np.timedelta64(1, "h"))
-    metrics = {f"val_rmse_{c}_{lead * step_hours}h": float(rmse[lead - 1, i])
-               for lead in leads for i, c in enumerate(dataset.channels)}
+    metrics: dict[str, float] = {}
+    for lead in leads:
+        for i, c in enumerate(dataset.channels):
+            tag = f"{c}_{lead * step_hours}h"
+            metrics[f"val_rmse_{tag}"] = float(mse[lead - 1, i].sqrt() * std[i])
+            metrics[f"val_acc_{tag}"] = float(acc[lead - 1, i])
+            metrics[f"val_persistence_rmse_{tag}"] = float(persistence[lead - 1, i].sqrt() * std[i])
     metrics["val_score"] = float(torch.stack([mse[lead - 1].sqrt() for lead in leads]).mean())
     return metrics
 
 
+def _climatology_of(climatology: Climatology | None, dataset: StoreWindows, picks: np.ndarray, n_lead: int,
+                    device: torch.device) -> torch.Tensor:
+    """Normalised climatology at the valid times of windows ``picks``: ``(batch, lead, C, H, W)`` (or a scalar 0)."""
+    if climatology is None:
+        return torch.zeros((), device=device)
+    leads = np.arange(1, n_lead + 1) * dataset.step
+    times = np.array([dataset.input_time(int(i)) + leads for i in picks])
+    values = np.asarray(climatology(times.ravel()), dtype=np.float32)
+    return torch.from_numpy(values.reshape(*times.shape, *values.shape[1:])).to(device)
+
+
+def anomaly_correlation(forecast_anomaly: torch.Tensor, observed_anomaly: torch.Tensor,
+                        weights: torch.Tensor) -> torch.Tensor:
+    """Area-weighted anomaly correlation over the grid: ``(..., lat, lon)`` → ``(...)``."""
+    covariance = (forecast_anomaly * observed_anomaly * weights).sum(dim=(-2, -1))
+    variances = ((forecast_anomaly ** 2 * weights).sum(dim=(-2, -1))
+                 * (observed_anomaly ** 2 * weights).sum(dim=(-2, -1)))
+    return covariance / variances.sqrt().clamp_min(1e-12)
+
+
+def _rng_states(device: torch.device) -> dict:
+    keys = np.random.get_state()
+    version, python_state, gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(keys[1].astype(np.int64)), "pos": int(keys[2]),
+                       "has_gauss": int(keys[3]), "cached_gaussian": float(keys[4])},
+             "python": {"version": version, "state": list(python_state), "gauss": gauss}}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _restore_rng_states(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy = state["numpy"]
+    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
+                         numpy["cached_gaussian"]))
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _plain(value):
+    """JSON-plain copy (tuples → lists) that ``weights_only`` loading accepts."""
+    return json.loads(json.dumps(value))
+
+
+class _Run:
+    """Mutable state of one training run, saved to and restored from training states."""
+
+    def __init__(self, model: nn.Module, settings: TrainSettings, ctx: DistContext) -> None:
+        self.model, self.settings, self.ctx = model, settings, ctx
+        self.step = self.phase = self.phase_step = 0
+        self.cursor = BatchCursor()
+        self.best_score, self.best_step = math.inf, 0
+        self.best_state = copy.deepcopy(model.state_dict())
+        self.history: list[dict[str, float]] = []
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=settings.precision == "fp16")
+        self.saved_step: int | None = None
+
+    def new_phase(self, index: int) -> None:
+        """Fresh AdamW (fused on CUDA) and warmup + cosine schedule for phase ``index``."""
+        phase = self.settings.phases[index]
+        fused = True if self.ctx.device.type == "cuda" else None
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=phase.learning_rate,
+                                           weight_decay=self.settings.weight_decay, fused=fused)
+        warmup = min(self.settings.warmup_steps, phase.optimizer_steps // 4)
+        total = phase.optimizer_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _lr_factor(s, warmup, total))
+        self.phase, self.phase_step, self.cursor = index, 0, BatchCursor()
+
+    def state(self, plan: CheckpointPlan) -> dict:
+        """Training state of this run; every rank must call it (RNG states are gathered)."""
+        rng = gather_objects(_rng_states(self.ctx.device), self.ctx)
+        return {"model_state": self.model.state_dict(), "optimizer_state": self.optimizer.state_dict(),
+                "scheduler_state": self.scheduler.state_dict(), "scaler_state": self.scaler.state_dict(),
+                "step": self.step, "phase": self.phase, "phase_step": self.phase_step,
+                "cursor": {**self.cursor.state(), "world_size": self.ctx.world_size}, "rng_states": rng,
+                "best_score": self.best_score, "best_step": self.best_step, "best_model_state": self.best_state,
+                "history": self.history, "config": {"settings": _plain(asdict(self.settings)), **plan.config},
+                "meta": plan.meta, "lineage": plan.lineage}
+
+    def restore(self, state: dict) -> None:
+        """Continue from a training state (the model's weights and the phase's optimiser included)."""
+        self.model.load_state_dict(state["model_state"])
+        self.new_phase(min(state["phase"], len(self.settings.phases) - 1))
+        self.optimizer.load_state_dict(state["optimizer_state"])
+        self.scheduler.load_state_dict(state["scheduler_state"])
+        self.scaler.load_state_dict(state["scaler_state"])
+        self.step, self.phase, self.phase_step = state["step"], state["phase"], state["phase_step"]
+        self.best_score, self.best_step = state["best_score"], state["best_step"]
+        self.best_state = state.get("best_model_state") or copy.deepcopy(self.model.state_dict())
+        self.history = list(state["history"])
+        cursor = state["cursor"]
+        self.cursor = BatchCursor(cursor["epoch"], cursor["batch"])
+        if cursor.get("world_size") != self.ctx.world_size:  # a step reads one global batch whatever the world size
+            log.warning("resuming %d-rank training state on %d ranks: batches continue where they stopped, but the "
+                        "per-rank random states start afresh", cursor["world_size"], self.ctx.world_size)
+        rng = state["rng_states"]
+        if len(rng) == self.ctx.world_size:
+            _restore_rng_states(rng[self.ctx.rank], self.ctx.device)
+        self.saved_step = self.step
+
+
+def _check_resumable(state: dict, plan: CheckpointPlan, settings: TrainSettings, path: Path) -> None:
+    """Refuse a training state from other data or another schedule, saying what differs."""
+    theirs: CheckpointMeta = state["meta"]
+    try:
+        theirs.check_matches(plan.meta.channels, np.asarray(plan.meta.lat), np.asarray(plan.meta.lon))
+        theirs.check_statistics(np.asarray(plan.meta.mean), np.asarray(plan.meta.std))
+    except CheckpointError as err:
+        raise CheckpointError(f"cannot resume from {path}: {err}") from err
+    if theirs.preset != plan.meta.preset:
+        raise CheckpointError(f"cannot resume from {path}: it trained preset {theirs.preset!r}, this run builds "
+                              f"{plan.meta.preset!r}")
+    saved = state["config"].get("settings", {})
+    mine = _plain(asdict(settings))
+    differing = [key for key in ("phases", "batch_size", "warmup_steps", "weight_decay", "seed")
+                 if saved.get(key) != mine[key]]
+    if differing:
+        raise CheckpointError(f"cannot resume from {path} exactly: settings {differing} differ (checkpoint "
+                              f"{ {k: saved.get(k) for k in differing} }, now { {k: mine[k] for k in differing} })")
+    fingerprint = theirs.extra.get("store_fingerprint")
+    if fingerprint != plan.meta.extra.get("store_fingerprint"):
+        log.warning("resuming from %s written on store %s; this store's fingerprint is %s (same channels, grid and "
+                    "statistics)", path, fingerprint, plan.meta.extra.get("store_fingerprint"))
+
+
+def _prepare(model: nn.Module, settings: TrainSettings, ctx: DistContext) -> tuple[nn.Module, nn.Module]:
+    """``(forward module, module that trains)``: optionally recomputed and compiled; DDP across ranks."""
+    if settings.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    forward = torch.compile(model) if settings.compile else model
+    return forward, wrap_model(forward, ctx)
+
+
 def train(model: nn.Module, make_windows: Callable[[int], StoreWindows], validation: StoreWindows,
-          settings: TrainSettings, report: Report, device: torch.device) -> TrainResult:
+          settings: TrainSettings, report: Report, device: torch.device, *, ctx: DistContext | None = None,
+          checkpoints: CheckpointPlan | None = None, climatology: Climatology | None = None) -> TrainResult:
     """Train ``model`` through ``settings.phases`` and keep the best weights by validation score.
 
     Parameters
@@ -143,47 +425,116 @@ def train(model: nn.Module, make_windows: Callable[[int], StoreWindows], validat
     validation : StoreWindows
         Validation windows with ``n_ahead >= max(settings.validation_leads)``.
     report : callable
-        Receives ``(metrics, step)``: ``loss``, ``lr``, ``rollout_steps`` every 10 steps and the
-        validation metrics every ``settings.validate_every`` steps and at the end.
+        Receives ``(metrics, step)``: ``loss``, ``lr``, ``rollout_steps`` after every step and
+        the validation metrics every ``settings.validate_every`` steps and at the end. Only
+        rank 0's reports are meant to be kept (losses are averaged over ranks first).
+    device : torch.device
+        Compute device of a single process (``ctx.device`` when ``ctx`` is given).
+    ctx : DistContext, optional
+        This rank's place in a data-parallel job (:func:`fourcast.distributed.process_group`).
+    checkpoints : CheckpointPlan, optional
+        Where to write training states and the best model, and a state to resume from.
+    climatology : callable, optional
+        Valid times → normalised climatology, for the validation ACC (see :func:`validate`).
+
+    Raises
+    ------
+    NonFiniteLossError
+        On every rank at once, naming the step and the variables whose loss is not finite; the
+        last training state written stays as it was.
+    CheckpointError
+        If the state to resume from is missing, corrupt, or from other data or settings.
     """
+    ctx = ctx or DistContext(device=device)
+    device = ctx.device
     if validation.n_ahead < max(settings.validation_leads):
         raise DataWindowError(f"validation windows reach {validation.n_ahead} steps; leads need {max(settings.validation_leads)}")
+    if settings.batch_size % ctx.world_size:
+        raise DistributedSetupError(f"batch_size {settings.batch_size} must divide evenly over {ctx.world_size} ranks")
+    state = None
+    if checkpoints is not None and checkpoints.resume_from is not None:
+        state = load_training_state(checkpoints.resume_from)
+        _check_resumable(state, checkpoints, settings, Path(checkpoints.resume_from))
     torch.manual_seed(settings.seed)
-    generator = torch.Generator().manual_seed(settings.seed)
     model.to(device).train()
+    forward, trainer = _prepare(model, settings, ctx)
     loss_fn = LatWeightedMSE(validation.lat).to(device)
-    result = TrainResult(copy.deepcopy(model.state_dict()), math.inf, 0, 0, 0.0)
-    started, step = time.perf_counter(), 0
+    run = _Run(model, settings, ctx)
+    result = TrainResult(run.best_state, math.inf, 0, 0, 0.0)
+    if state is not None:
+        run.restore(state)
+        result.resumed_from_step, result.resumed_lineage = run.step, dict(state["lineage"])
+        log.info("resuming from %s at step %d (phase %d, step %d of it)", checkpoints.resume_from, run.step, run.phase,
+                 run.phase_step)
+    started = time.perf_counter()
+    batch_per_rank = settings.batch_size // ctx.world_size
+    workers = settings.loader_workers if settings.loader_workers is not None else (2 if device.type == "cuda" else 0)
 
     def evaluate() -> None:
-        metrics = validate(model, validation, settings.validation_leads, settings.validation_samples, device)
-        report(metrics, step)
-        result.history.append({"step": step, **metrics})
-        if metrics["val_score"] < result.best_score:
-            result.best_state = copy.deepcopy(model.state_dict())
-            result.best_score, result.best_step = metrics["val_score"], step
+        metrics = validate(forward, validation, settings.validation_leads, settings.validation_samples, device,
+                           climatology, ctx, settings.precision, batch_per_rank)
+        report(metrics, run.step)
+        run.history.append({"step": run.step, **metrics})
+        if metrics["val_score"] < run.best_score:
+            run.best_state = copy.deepcopy(model.state_dict())
+            run.best_score, run.best_step = metrics["val_score"], run.step
+            if checkpoints is not None and ctx.is_main:
+                meta = copy.deepcopy(checkpoints.meta)
+                meta.extra.update(best_step=run.step, best_score=run.best_score)
+                save_checkpoint(checkpoints.best, model, meta)
 
-    for phase in settings.phases:
-        optimiser = torch.optim.AdamW(model.parameters(), lr=phase.learning_rate, weight_decay=settings.weight_decay)
-        warmup = min(settings.warmup_steps, phase.optimizer_steps // 4)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: _lr_factor(s, warmup, phase.optimizer_steps))
-        batches = _batches(make_windows(phase.rollout_steps), settings.batch_size, generator)
-        for _ in range(phase.optimizer_steps):
-            x, y = (t.to(device, non_blocking=True) for t in next(batches))
-            loss = loss_fn(rollout(model, x, phase.rollout_steps), y)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"loss became {loss.item()} at step {step} (rollout {phase.rollout_steps})")
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+    def save_state() -> None:
+        payload = run.state(checkpoints)
+        if ctx.is_main:
+            save_training_state(checkpoints.last, payload)
+        run.saved_step = run.step
+
+    for index, phase in enumerate(settings.phases):
+        if index < run.phase:
+            continue
+        if state is None or index > run.phase:
+            run.new_phase(index)
+        stream = batch_stream(make_windows(phase.rollout_steps), batch_per_rank, ctx.rank, ctx.world_size,
+                              settings.seed + index, run.cursor, workers, pin_memory=device.type == "cuda")
+        while run.phase_step < phase.optimizer_steps:
+            x, y = (t.to(device, non_blocking=True) for t in next(stream))
+            with _autocast(device, settings.precision):
+                pred = rollout(trainer, x, phase.rollout_steps)
+            per_channel = loss_fn.per_channel(pred.float(), y)
+            global_loss = all_reduce_mean(per_channel.detach().clone(), ctx)
+            if not torch.isfinite(global_loss).all():
+                _stop_non_finite(global_loss, validation.channels, run, phase, checkpoints)
+            loss = per_channel.mean()
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scaler.scale(loss).backward()
+            run.scaler.unscale_(run.optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            optimiser.step()
-            schedule.step()
-            step += 1
-            if step % 10 == 0:
-                report({"loss": loss.item(), "lr": schedule.get_last_lr()[0], "rollout_steps": phase.rollout_steps}, step)
-            if step % settings.validate_every == 0:
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            run.scheduler.step()
+            run.step += 1
+            run.phase_step += 1
+            report({"loss": float(global_loss.mean()), "lr": run.scheduler.get_last_lr()[0],
+                    "rollout_steps": phase.rollout_steps}, run.step)
+            if run.step % settings.validate_every == 0:
                 evaluate()
-    if not result.history or result.history[-1]["step"] != step:
+            if checkpoints is not None and run.step % checkpoints.every == 0:
+                save_state()
+    if not run.history or run.history[-1]["step"] != run.step:
         evaluate()
-    result.steps, result.seconds = step, time.perf_counter() - started
+    if checkpoints is not None and run.saved_step != run.step:
+        save_state()
+    barrier(ctx)
+    result.best_state, result.best_score, result.best_step = run.best_state, run.best_score, run.best_step
+    result.history, result.steps, result.seconds = run.history, run.step, time.perf_counter() - started
     return result
+
+
+def _stop_non_finite(per_channel: torch.Tensor, channels: list[str], run: _Run, phase: Phase,
+                     checkpoints: CheckpointPlan | None) -> None:
+    bad = [c for c, value in zip(channels, per_channel.tolist()) if not math.isfinite(value)]
+    losses = {c: float(v) for c, v in zip(channels, per_channel.tolist())}
+    kept = (f"the last good training state {checkpoints.last} (step {run.saved_step}) is kept"
+            if checkpoints is not None and run.saved_step is not None else "no training state had been written")
+    raise NonFiniteLossError(f"loss became non-finite at step {run.step} (rollout {phase.rollout_steps}) in variables "
+                             f"{bad}; per-variable loss {losses}; {kept}")

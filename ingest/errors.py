@@ -18,3 +18,43 @@ class StoreSchemaError(IngestError, ValueError):
 
 class SourceLayoutError(IngestError, ValueError):
     """An input file does not look like any ERA5 layout fourcast reads."""
+
+
+class CdsRequestError(IngestError, ValueError):
+    """The Climate Data Store refused a request or failed the job it started for it."""
+
+
+class RequestTooLargeError(CdsRequestError):
+    """A CDS request holds more fields than the configured (or the CDS's own) cost limit."""
+
+
+class CdsAuthError(IngestError, PermissionError):
+    """No CDS key was found, or the CDS did not accept it (or a dataset licence is not accepted)."""
+
+
+class DownloadError(IngestError, OSError):
+    """A CDS download kept failing after every retry, or delivered a file of the wrong size."""
+
+
+class TruncatedFileError(SourceLayoutError):
+    """An input file ends before its own header says it should (an interrupted download or copy)."""
+
+
+class GridMismatchError(SourceLayoutError):
+    """Input files disagree on the latitude/longitude grid, or a grid is not a regular one."""
+
+
+class MissingVariableError(UnknownVariableError):
+    """A requested variable (or pressure level) is absent from the inputs, or absent at some times."""
+
+
+class DuplicateTimeError(SourceLayoutError):
+    """The same valid time comes twice from equally preferred sources with different values."""
+
+
+class UnitsError(SourceLayoutError):
+    """A field's ``units`` attribute is neither the lexicon's units nor convertible to them."""
+
+
+class NonFiniteValueError(IngestError, ValueError):
+    """A field that must be finite everywhere holds NaN or infinity after decoding."""

@@ -103,3 +103,17 @@ def get_variables(variable_ids: list[str] | tuple[str, ...]) -> list[Variable]:
     if duplicates:
         raise UnknownVariableError(f"variable ids listed more than once: {duplicates}")
     return [get_variable(v) for v in variable_ids]
+
+
+#: Physically plausible bounds of each field (in the store's units), by ERA5 short name: wide
+#: enough for any ERA5 value at any level, tight enough to catch wrong units or corrupt data.
+_VALID_RANGES: dict[str, tuple[float, float]] = {
+    "z": (-1.0e4, 2.5e5), "t": (150.0, 350.0), "u": (-150.0, 150.0), "v": (-150.0, 150.0),
+    "r": (0.0, 160.0), "q": (-1.0e-3, 5.0e-2), "u10": (-80.0, 80.0), "v10": (-80.0, 80.0),
+    "t2m": (170.0, 345.0), "msl": (8.5e4, 1.1e5), "sp": (4.5e4, 1.1e5), "tcwv": (0.0, 120.0),
+}
+
+
+def valid_range(variable_id: str) -> tuple[float, float]:
+    """Inclusive ``(low, high)`` bounds a value of ``variable_id`` can physically take."""
+    return _VALID_RANGES[get_variable(variable_id).short_name]

@@ -6,11 +6,17 @@ Training store (Zarr v3)::
                                     shards of ``shard_steps`` time steps
     time, channel, lat, lon         coordinates (datetime64, lexicon ids, degrees)
     mean[channel], std[channel]     normalisation statistics over the training period
-    attrs                           stats_start/stats_end, sources, fourcast version
+    minimum[channel], maximum[channel], tendency_std[channel]
+                                    extremes and std of the ``tendency_hours`` difference
+    attrs                           stats_start/stats_end, step_hours, tendency_hours, layout,
+                                    sources, fourcast version
 
 Climatology store (Zarr v3)::
 
-    climatology[channel, lat, lon]  mean state of the training period
+    climatology[dayofyear, hour, channel, lat, lon]
+                                    day-of-year (1..366) x hour-of-day mean of the training
+                                    period, smoothed over days as WeatherBench 2 does
+                                    (:mod:`ingest.climatology`)
 
 Readers go through :func:`open_store` / :func:`open_climatology`, which check the layout and
 raise :class:`~ingest.errors.StoreSchemaError` naming what was expected and what was found.
@@ -29,10 +35,18 @@ from ingest.errors import StoreSchemaError
 DATA = "data"
 MEAN = "mean"
 STD = "std"
+MINIMUM = "minimum"
+MAXIMUM = "maximum"
+TENDENCY_STD = "tendency_std"
 CLIMATOLOGY = "climatology"
+DAYOFYEAR = "dayofyear"
+HOUR = "hour"
+#: Dimension order of the climatology store's ``climatology`` array.
+CLIMATOLOGY_DIMS = (DAYOFYEAR, HOUR, CHANNEL, LAT, LON)
 STATS_START = "stats_start"
 STATS_END = "stats_end"
 STEP_HOURS = "step_hours"
+TENDENCY_HOURS = "tendency_hours"
 
 
 def check_store(ds: xr.Dataset, where: str = "store") -> xr.Dataset:
@@ -74,18 +88,33 @@ def open_store(path: str | Path) -> xr.Dataset:
 
 
 def open_climatology(path: str | Path) -> xr.DataArray:
-    """Open the climatology store; returns ``climatology[channel, lat, lon]``."""
+    """Open the climatology store lazily.
+
+    Returns
+    -------
+    xarray.DataArray, dims (dayofyear, hour, channel, lat, lon)
+        ``dayofyear`` runs 1..366, ``hour`` holds the hours of day the training store has
+        (0, 6, 12, 18 for 6-hourly data). Select it at valid times with
+        :func:`ingest.climatology.climatology_at`.
+
+    Raises
+    ------
+    StoreSchemaError
+        If the path is not a Zarr v3 store holding ``climatology`` with these dims.
+    """
     path = Path(path)
     if not path.exists():
         raise StoreSchemaError(f"no climatology store at {path}")
     try:
         ds = xr.open_zarr(path, zarr_format=3, consolidated=False)
-    except Exception as err:
+    except Exception as err:  # zarr raises several unrelated types for "not a store"
         raise StoreSchemaError(f"{path} is not a readable Zarr v3 store: {err}") from err
-    if CLIMATOLOGY not in ds or tuple(ds[CLIMATOLOGY].dims) != (CHANNEL, LAT, LON):
-        raise StoreSchemaError(
-            f"{path}: expected {CLIMATOLOGY}[{CHANNEL}, {LAT}, {LON}], found {dict(ds.sizes)} / {sorted(ds.variables)}"
-        )
+    if CLIMATOLOGY not in ds or tuple(ds[CLIMATOLOGY].dims) != CLIMATOLOGY_DIMS:
+        found = tuple(ds[CLIMATOLOGY].dims) if CLIMATOLOGY in ds else sorted(ds.variables)
+        raise StoreSchemaError(f"{path}: expected {CLIMATOLOGY}{list(CLIMATOLOGY_DIMS)}, found {found}")
+    days = ds[DAYOFYEAR].values
+    if not np.array_equal(days, np.arange(1, 367)):
+        raise StoreSchemaError(f"{path}: expected {DAYOFYEAR} 1..366, found {days[:3]}…{days[-3:]} ({days.size} values)")
     return ds[CLIMATOLOGY]
 
 

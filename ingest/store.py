@@ -1,29 +1,60 @@
-"""Write the training store and the climatology store from ERA5 files, with Dask.
+"""Write the training store (and the climatology store) from lazily opened ERA5 fields, with Dask.
 
-The transform is lazy end to end; the statistics and the climatology are reduced in one Dask
-pass over the training period, and the only other compute is the store write itself. Dask runs
-on whatever scheduler is active: :mod:`pipeline.cluster` starts the cluster, not this module.
+A build runs in four steps, anemoi-datasets style (init / load / finalise), and survives being
+killed at any point:
+
+1. **plan**: the times, channels, grid and layout of the store to write, hashed into a
+   fingerprint. A store already at ``path`` is *extended*: only times after its last one are
+   new; a run that brings no new times returns at once and touches nothing.
+2. **init**: an empty store (array metadata and coordinates, no chunks) is created in the hidden
+   sibling ``.NAME.building``; the plan goes into the sibling ``.NAME.progress/plan.json``. When
+   extending, every *complete* shard of the existing store is hard-linked into it (no bytes are
+   rewritten; zarr replaces files by rename, so the links are never written through) and
+   counted as done.
+3. **load**: one Dask task per shard writes that shard's whole region with zarr, then drops a
+   completion record ``.NAME.progress/done/<shard>``. Shards hold disjoint time ranges, so
+   parallel writers never touch the same file. A re-run with the same plan skips every shard
+   with a record; a plan that differs discards the leftovers and starts over.
+4. **finalise**: statistics (and the climatology store) are computed in one Dask pass over the
+   written data, written with the store attributes once, a ``complete`` record is dropped, and
+   ``.NAME.building`` is renamed onto ``NAME``. A run that finds a ``complete`` record only
+   finishes that rename.
+
+So ``NAME`` is always either absent, the old complete store, or the new complete store, and a
+killed build re-run writes exactly the bytes of an uninterrupted one (shards are written whole
+from the same inputs with deterministic codecs). Errors of the input itself
+(:class:`~ingest.errors.IngestError`) discard the leftovers, since a re-run would fail the same
+way; anything else (a kill, an I/O error) keeps them for the re-run to resume. One build per
+store at a time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dask
 import numpy as np
 import xarray as xr
+import zarr
+from tqdm.auto import tqdm
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from ingest.atomic import discard, replace_path, temporary_sibling
+from ingest.atomic import discard, replace_path
+from ingest.climatology import compute_climatology, write_climatology
 from ingest.dims import CHANNEL, LAT, LON, TIME
-from ingest.errors import SourceLayoutError, StoreSchemaError
+from ingest.errors import IngestError, StoreSchemaError
 from ingest.lexicon import get_variable
-from ingest.normalise import to_canonical
-from ingest.schema import CLIMATOLOGY, DATA, MEAN, STATS_END, STATS_START, STD, STEP_HOURS, step_of
+from ingest.readers import open_sources  # noqa: F401  (re-exported: the store's usual input)
+from ingest.schema import DATA, STATS_END, STATS_START, STEP_HOURS, open_store
+from ingest.statistics import compute_statistics, default_period
 
 COMPRESSORS = ("none", "zstd", "blosc")
+_PLAN_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -56,120 +87,314 @@ class StoreLayout:
 
 @dataclass(frozen=True)
 class StatsPeriod:
-    """Inclusive date range the statistics and the climatology are computed on."""
+    """Inclusive date range the statistics and the climatology are computed on.
+
+    ``StatsPeriod.default(times)`` leaves the last years out (:func:`ingest.statistics.default_period`).
+    """
 
     start: np.datetime64
     end: np.datetime64
     provenance: dict = field(default_factory=dict)
 
-
-def open_sources(files: Sequence[str | Path], variable_ids: list[str], shard_steps: int) -> xr.DataArray:
-    """Lazily open netCDF files in new-CDS layout as the canonical ``[time, channel, lat, lon]``.
-
-    Dask chunks hold ``shard_steps`` time steps, so each chunk is written into exactly one
-    shard and parallel writers never touch the same file.
-    """
-    if not files:
-        raise SourceLayoutError("no input files to ingest")
-    missing = [str(f) for f in files if not Path(f).is_file()]
-    if missing:
-        raise SourceLayoutError(f"input files do not exist: {missing}")
-    # Files are opened one after another: netCDF4/HDF5 is not safe to open from several threads.
-    ds = xr.open_mfdataset(
-        [str(f) for f in files], engine="netcdf4", combine="by_coords", parallel=False,
-        chunks={}, data_vars="minimal", coords="minimal", compat="override", join="exact",
-    )
-    data = to_canonical(ds, variable_ids)
-    return data.chunk({TIME: shard_steps, CHANNEL: -1, LAT: -1, LON: -1})
+    @classmethod
+    def default(cls, times: np.ndarray, leave_out_years: int = 3, provenance: dict | None = None) -> StatsPeriod:
+        start, end = default_period(times, leave_out_years)
+        return cls(start, end, {"stats_period_default": f"last {leave_out_years} years left out",
+                                **(provenance or {})})
 
 
-def _training_slice(data: xr.DataArray, period: StatsPeriod) -> xr.DataArray:
-    subset = data.sel({TIME: slice(period.start, period.end)})
-    if subset.sizes[TIME] < 2:
-        times = data[TIME].values
-        raise StoreSchemaError(
-            f"statistics period {period.start}..{period.end} selects {subset.sizes[TIME]} time steps; "
-            f"the data covers {times[0]}..{times[-1]}"
-        )
-    return subset
+@dataclass(frozen=True)
+class BuildPaths:
+    """The store and the hidden siblings a build of it works in."""
+
+    store: Path
+
+    @property
+    def building(self) -> Path:
+        return self.store.with_name(f".{self.store.name}.building")
+
+    @property
+    def progress(self) -> Path:
+        return self.store.with_name(f".{self.store.name}.progress")
+
+    @property
+    def plan(self) -> Path:
+        return self.progress / "plan.json"
+
+    @property
+    def complete(self) -> Path:
+        return self.progress / "complete"
+
+    def done(self, shard: int) -> Path:
+        return self.progress / "done" / str(shard)
 
 
-def compute_statistics(data: xr.DataArray, period: StatsPeriod) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
-    """Per-channel mean and std, and the per-point mean state, over the training period.
+@dataclass(frozen=True)
+class _Plan:
+    """What a build writes: the full ``data`` (old and new steps) and which shards are new."""
 
-    Returns
-    -------
-    mean, std : xarray.DataArray, shape (channel,)
-        Plain (unweighted) moments over time, lat and lon, as FourCastNet normalises.
-    climatology : xarray.DataArray, shape (channel, lat, lon)
-        Time mean of each grid point.
-    """
-    train = _training_slice(data, period).astype("float64")
-    lazy = (train.mean((TIME, LAT, LON)), train.std((TIME, LAT, LON)), train.mean(TIME))
-    mean, std, clim = dask.compute(*lazy)
-    if np.any(std.values <= 0) or not np.all(np.isfinite(std.values)):
-        raise StoreSchemaError(f"channel std must be positive and finite, found {dict(zip(std[CHANNEL].values, std.values))}")
-    return mean.astype("float32"), std.astype("float32"), clim.astype("float32")
+    data: xr.DataArray
+    first_new_step: int
+    layout: StoreLayout
+    fingerprint: str
+
+    @property
+    def shard_count(self) -> int:
+        return -(-self.data.sizes[TIME] // self.layout.shard_steps)
+
+    def shard_region(self, shard: int) -> tuple[int, int]:
+        start = shard * self.layout.shard_steps
+        return start, min(start + self.layout.shard_steps, self.data.sizes[TIME])
 
 
-def _variable_attrs(variable_ids: list[str]) -> dict:
-    return {vid: {"units": get_variable(vid).units, "long_name": get_variable(vid).long_name} for vid in variable_ids}
+def check_times(times: np.ndarray, where: str = "input") -> np.timedelta64:
+    """Return the step of ``times``, checked to be increasing, unique and evenly spaced."""
+    times = np.asarray(times)
+    if times.size < 2:
+        raise StoreSchemaError(f"{where}: expected at least 2 time steps, found {times.size}")
+    steps = np.diff(times)
+    if np.any(steps <= np.timedelta64(0)):
+        bad = times[1:][steps <= np.timedelta64(0)]
+        raise StoreSchemaError(f"{where}: expected increasing unique times; found repeated or unsorted {bad[:5]}")
+    unique = np.unique(steps)
+    if unique.size != 1:
+        raise StoreSchemaError(f"{where}: expected evenly spaced times, found steps {unique.astype('timedelta64[h]')}")
+    return unique[0]
+
+
+def _hours(step: np.timedelta64) -> int:
+    return int(step / np.timedelta64(1, "h"))
+
+
+def _fingerprint(data: xr.DataArray, first_new_step: int, layout: StoreLayout) -> str:
+    description = {
+        "version": _PLAN_VERSION, "times": [str(data[TIME].values[0]), str(data[TIME].values[-1]), data.sizes[TIME]],
+        "channels": [str(c) for c in data[CHANNEL].values], "first_new_step": first_new_step,
+        "grid": hashlib.sha256(np.ascontiguousarray(np.concatenate([data[LAT].values, data[LON].values]),
+                                                    dtype=np.float64).tobytes()).hexdigest(),
+        "layout": [layout.shard_steps, layout.compressor], "dtype": str(data.dtype),
+    }
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
+
+
+def _new_part(existing: xr.Dataset, data: xr.DataArray, path: Path) -> xr.DataArray:
+    """The steps of ``data`` after the existing store's last one, checked to continue it."""
+    old = existing[DATA]
+    if list(old[CHANNEL].values) != list(data[CHANNEL].values):
+        raise StoreSchemaError(f"{path} holds channels {list(old[CHANNEL].values)}; the new data has "
+                               f"{list(data[CHANNEL].values)}; build a new store to change channels")
+    for dim in (LAT, LON):
+        if old.sizes[dim] != data.sizes[dim] or not np.allclose(old[dim].values, data[dim].values):
+            raise StoreSchemaError(f"{path} is on another {dim} grid ({old.sizes[dim]} values from {old[dim].values[0]})"
+                                   f" than the new data ({data.sizes[dim]} from {data[dim].values[0]})")
+    old_times, new_times = old[TIME].values, data[TIME].values
+    last, step = old_times[-1], np.timedelta64(int(existing.attrs[STEP_HOURS]), "h")
+    overlap = new_times[new_times <= last]
+    absent = overlap[~np.isin(overlap, old_times)]
+    if absent.size:
+        raise StoreSchemaError(f"{path} covers {old_times[0]}..{last} without the times {absent[:5]}; "
+                               f"a store is only extended at its end")
+    new = data.sel({TIME: new_times[new_times > last]})
+    if new.sizes[TIME] and new[TIME].values[0] != last + step:
+        raise StoreSchemaError(f"{path} ends at {last}; the new data starts at {new[TIME].values[0]}, "
+                               f"leaving a gap (expected {last + step})")
+    return new
+
+
+def _plan(data: xr.DataArray, path: Path, layout: StoreLayout) -> _Plan | None:
+    """What to write, or ``None`` when the store at ``path`` already holds every time of ``data``."""
+    check_times(data[TIME].values)
+    for vid in data[CHANNEL].values:
+        get_variable(str(vid))
+    data = data.chunk({CHANNEL: -1, LAT: -1, LON: -1})
+    first_new = 0
+    if path.exists():
+        existing = open_store(path)
+        new = _new_part(existing, data, path)
+        if new.sizes[TIME] == 0:
+            return None
+        first_new = existing.sizes[TIME]
+        data = xr.concat([existing[DATA].astype(data.dtype), new], dim=TIME, coords="minimal", compat="override",
+                         join="override")
+    sizes = [layout.shard_steps] * (data.sizes[TIME] // layout.shard_steps)
+    if data.sizes[TIME] % layout.shard_steps:
+        sizes.append(data.sizes[TIME] % layout.shard_steps)
+    data = data.chunk({TIME: tuple(sizes)})
+    return _Plan(data, first_new, layout, _fingerprint(data, first_new, layout))
+
+
+def _encoding(data: xr.DataArray, layout: StoreLayout) -> dict:
+    nchan, nlat, nlon = (data.sizes[d] for d in (CHANNEL, LAT, LON))
+    return {
+        DATA: {"chunks": (1, nchan, nlat, nlon), "shards": (layout.shard_steps, nchan, nlat, nlon),
+               "compressors": layout.compressors()},
+        TIME: {"units": "hours since 1970-01-01", "dtype": "int64"},
+    }
+
+
+def _shard_key(shard: int) -> Path:
+    return Path(DATA) / "c" / str(shard) / "0" / "0" / "0"
+
+
+def _init(plan: _Plan, paths: BuildPaths) -> None:
+    """Empty store in ``paths.building``, the plan record, and links to unchanged shards."""
+    paths.store.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in (paths.building, paths.progress):
+        if leftover.exists():
+            discard(leftover)
+    (paths.progress / "done").mkdir(parents=True)
+    skeleton = xr.Dataset({DATA: plan.data.rename(None)})
+    skeleton.attrs = {}
+    skeleton[DATA].attrs = {}
+    skeleton.to_zarr(paths.building, mode="w-", zarr_format=3, consolidated=False, compute=False,
+                     encoding=_encoding(plan.data, plan.layout))
+    if plan.first_new_step:
+        _link_complete_shards(plan, paths)
+    _write_record(paths.plan, json.dumps({"fingerprint": plan.fingerprint}))
+
+
+def _link_complete_shards(plan: _Plan, paths: BuildPaths) -> None:
+    old, new = zarr.open_array(paths.store / DATA, mode="r"), zarr.open_array(paths.building / DATA, mode="r")
+    old_meta, new_meta = old.metadata.to_dict(), new.metadata.to_dict()
+    old_meta.pop("shape"), new_meta.pop("shape")
+    if old_meta != new_meta:
+        raise StoreSchemaError(f"{paths.store} was written with another layout (chunks, shards, codecs or dtype) "
+                               f"than {plan.layout}; extend it with its own layout or build a new store")
+    for shard in range(plan.first_new_step // plan.layout.shard_steps):
+        target = paths.building / _shard_key(shard)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(paths.store / _shard_key(shard), target)
+        except OSError:  # another filesystem, or no hard links: copy the bytes instead
+            shutil.copy2(paths.store / _shard_key(shard), target)
+        _write_record(paths.done(shard), "")
+
+
+def _write_record(path: Path, text: str) -> None:
+    """Create a small record file atomically (temp name + rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_shard(block: np.ndarray, array_path: str, start: int, record: str) -> int:
+    """Write one shard's whole region, then record it as done."""
+    array = zarr.open_array(array_path, mode="r+")
+    array[start:start + block.shape[0]] = block
+    _write_record(Path(record), "")
+    return block.shape[0]
+
+
+def _load(plan: _Plan, paths: BuildPaths, batch_shards: int, progress: bool) -> None:
+    """Write every shard without a completion record, a batch of Dask tasks at a time."""
+    blocks = plan.data.data.to_delayed().ravel()
+    todo = [s for s in range(plan.shard_count) if not paths.done(s).exists()]
+    tasks = [dask.delayed(_write_shard)(blocks[s], str(paths.building / DATA), plan.shard_region(s)[0],
+                                        str(paths.done(s))) for s in todo]
+    with tqdm(total=plan.shard_count, initial=plan.shard_count - len(todo), unit="shard",
+              desc=f"ingest {paths.store.name}", disable=not progress) as bar:
+        for first in range(0, len(tasks), batch_shards):
+            batch = tasks[first:first + batch_shards]
+            dask.compute(*batch)
+            bar.update(len(batch))
+
+
+def _jsonable(attrs: dict) -> dict:
+    return json.loads(json.dumps(attrs, default=str))
+
+
+def _finalise(plan: _Plan, paths: BuildPaths, period: StatsPeriod | None, climatology_path: Path | None,
+              extra_attrs: dict) -> None:
+    """Statistics, climatology and attributes, written once; then the ``complete`` record."""
+    written = xr.open_zarr(paths.building, zarr_format=3, consolidated=False,
+                           chunks={TIME: plan.layout.shard_steps})[DATA]
+    step_hours = _hours(check_times(written[TIME].values, str(paths.store)))
+    if period is None:
+        period = StatsPeriod.default(written[TIME].values)
+    stats = compute_statistics(written, period.start, period.end, step_hours)
+    stats.drop_vars(CHANNEL).to_zarr(paths.building, mode="a", zarr_format=3, consolidated=False)
+    if climatology_path is not None:
+        write_climatology(compute_climatology(written, period.start, period.end), climatology_path)
+    variables = {str(v): {"units": get_variable(str(v)).units, "long_name": get_variable(str(v)).long_name}
+                 for v in written[CHANNEL].values}
+    attrs = {**stats.attrs, STEP_HOURS: step_hours, "variables": variables,
+             "layout": {"shard_steps": plan.layout.shard_steps, "compressor": plan.layout.compressor},
+             **_jsonable(extra_attrs), **_jsonable(period.provenance)}
+    zarr.open_group(paths.building, mode="r+", zarr_format=3).attrs.update(attrs)
+    _write_record(paths.complete, plan.fingerprint)
+
+
+def _publish(paths: BuildPaths) -> None:
+    """Rename the finished build onto the store and drop the progress records."""
+    if paths.building.exists():
+        replace_path(paths.building, paths.store)
+    shutil.rmtree(paths.progress, ignore_errors=True)
 
 
 def write_store(
     data: xr.DataArray,
     path: str | Path,
-    period: StatsPeriod,
+    period: StatsPeriod | None = None,
     layout: StoreLayout = StoreLayout(),
     climatology_path: str | Path | None = None,
+    *,
+    progress: bool = False,
+    batch_shards: int = 8,
 ) -> Path:
-    """Write the training store (and optionally the climatology store) atomically.
+    """Build, resume or extend the training store at ``path`` (and its climatology store).
 
     Parameters
     ----------
     data : xarray.DataArray, shape (time, channel, lat, lon)
-        Canonical fields, Dask-backed with time chunks of ``layout.shard_steps``.
+        Canonical fields (:func:`ingest.readers.open_sources`), Dask-backed; nothing is
+        computed before the shard writes. Times must be increasing, unique, evenly spaced.
     path : path-like
-        Destination of the training store; replaced only once the new one is complete.
-    period : StatsPeriod
-        Training period for the statistics, recorded in the store's attributes.
+        Training store. If it exists, only the times of ``data`` after its last time are
+        appended (they must continue it without a gap); if there are none, nothing is done.
+    period : StatsPeriod, optional
+        Training period of the statistics and the climatology, recorded in the attributes;
+        default :meth:`StatsPeriod.default` (the last years left out).
     layout : StoreLayout
-        Chunk/shard sizes and compressor.
+        Chunk/shard sizes and compressor; an extended store keeps its own.
     climatology_path : path-like, optional
-        Where to write the climatology store.
+        Where to write the climatology store (:mod:`ingest.climatology`).
+    progress : bool
+        Show a progress bar over shards.
+    batch_shards : int
+        Shards handed to Dask at once (the progress bar advances per batch).
 
     Returns
     -------
     pathlib.Path
         ``path``.
+
+    Raises
+    ------
+    StoreSchemaError
+        If the times, the statistics period or an existing store do not fit (nothing is
+        written then).
     """
-    path = Path(path)
-    mean, std, clim = compute_statistics(data, period)
-    step_hours = int(step_of(data.to_dataset(name=DATA)) / np.timedelta64(1, "h"))
-    nchan, nlat, nlon = (data.sizes[d] for d in (CHANNEL, LAT, LON))
-    ds = xr.Dataset({DATA: data, MEAN: mean, STD: std})
-    ds.attrs = {
-        STATS_START: str(period.start), STATS_END: str(period.end), STEP_HOURS: step_hours,
-        "variables": _variable_attrs(list(data[CHANNEL].values)), **period.provenance,
-    }
-    encoding = {
-        DATA: {"chunks": (1, nchan, nlat, nlon), "shards": (layout.shard_steps, nchan, nlat, nlon),
-               "compressors": layout.compressors()},
-        TIME: {"units": "hours since 1970-01-01", "dtype": "int64"},
-    }
-    _write_atomically(ds, path, encoding)
-    if climatology_path is not None:
-        clim_ds = xr.Dataset({CLIMATOLOGY: clim})
-        clim_ds.attrs = {STATS_START: str(period.start), STATS_END: str(period.end), "definition": "time mean per grid point"}
-        _write_atomically(clim_ds, Path(climatology_path), {})
-    return path
-
-
-def _write_atomically(ds: xr.Dataset, path: Path, encoding: dict) -> None:
-    tmp = temporary_sibling(path)
+    paths = BuildPaths(Path(path))
+    if paths.complete.exists():  # a previous run was killed between finalising and publishing
+        _publish(paths)
+    plan = _plan(data, paths.store, layout)
+    times = plan.data[TIME].values if plan is not None else open_store(paths.store)[TIME].values
+    if period is not None and np.count_nonzero((times >= period.start) & (times <= period.end)) < 2:
+        selected = np.count_nonzero((times >= period.start) & (times <= period.end))
+        raise StoreSchemaError(f"statistics period {period.start}..{period.end} selects {selected} time steps; "
+                               f"the data covers {times[0]}..{times[-1]}")
+    if plan is None:
+        return paths.store
+    resuming = paths.plan.exists() and paths.building.exists() \
+        and json.loads(paths.plan.read_text())["fingerprint"] == plan.fingerprint
     try:
-        ds.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, encoding=encoding)
-        replace_path(tmp, path)
-    except BaseException:
-        discard(tmp)
+        if not resuming:
+            _init(plan, paths)
+        _load(plan, paths, max(1, batch_shards), progress)
+        _finalise(plan, paths, period, None if climatology_path is None else Path(climatology_path), data.attrs)
+    except IngestError:
+        discard(paths.building)
+        discard(paths.progress)
         raise
+    _publish(paths)
+    return paths.store

@@ -5,18 +5,23 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sqlite3  # noqa: F401  before eccodes (via ingest.readers), whose bundled SQLite 3.26 MLflow refuses
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
+from datetime import datetime
 from pathlib import Path
 
 from ensembles.errors import EnsembleError
 from fourcast.errors import FourcastError
+from ingest.cds import describe_plan
 from ingest.errors import IngestError
-from pipeline.config import ConfigError, RunConfig, load_config
+from pipeline.config import ConfigError, RunConfig, load_config, parse_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 CONFIG_ENV = "FOURCAST_CONFIG"
 METRIC_ORDER = ("rmse", "acc", "crps", "ssr")
+RESUME_LAST = "last"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,19 +47,109 @@ def _parser() -> argparse.ArgumentParser:
     ingest_actions = ingest.add_subparsers(dest="action", required=True, metavar="action")
     add("run", "ingest the ERA5 files into the Zarr v3 training store and its climatology store (Dask)",
         ingest_actions)
-    add("train", "train the configured model preset on the store")
-    add("forecast", "run the ensemble campaign into a Zarr archive")
-    add("score", "score the archive and the baselines against the store")
+    add("plan", "print the CDS requests (ingest.source: cds) and their cost in fields, without sending anything",
+        ingest_actions)
+    for action, help_text in (("inspect", "print a training store's dates, gaps, shape, layout, size on disk and "
+                                          "per-variable statistics"),
+                              ("validate", "check a training store's schema, times, NaNs and physical ranges; "
+                                           "exits 1 on any problem")):
+        ingest_actions.add_parser(action, help=help_text, description=help_text).add_argument(
+            "store", type=Path, help="path of the Zarr v3 training store")
+    train = add("train", "train the configured model preset on the store (under torchrun: data-parallel on all ranks)")
+    train.add_argument("--resume", nargs="?", const=RESUME_LAST, default=None, metavar="PATH",
+                       help="continue exactly from a training state (default: checkpoints/last.pt in the workdir)")
+    _forecast_options(add("forecast", "run the ensemble campaign into a Zarr archive; under torchrun its (init time, "
+                          "member block) work items are split over the processes; a relaunch resumes it"))
+    _score_options(add("score", "score the archive and the baselines against the store into a scorecard (netCDF, "
+                       "CSV) and plots, logged to MLflow and onto the model's training run"))
     return parser
+
+
+def _forecast_options(sub: argparse.ArgumentParser) -> None:
+    """Options of ``fourcast forecast``; each one given replaces that key of the config's ``forecast``."""
+    sub.add_argument("--model", help="checkpoint path or MLflow model URI (models:/NAME/VERSION, models:/NAME@ALIAS, "
+                     "runs:/RUN_ID/PATH); default: the workdir's checkpoint")
+    inits = sub.add_mutually_exclusive_group()
+    inits.add_argument("--init-times", nargs="+", metavar="TIME", help="init times, ISO 8601 (2001-01-01T00)")
+    inits.add_argument("--init-range", nargs=2, metavar=("START", "END"), help="init times from START to END "
+                       "inclusive, every --init-every hours")
+    sub.add_argument("--init-every", type=int, metavar="HOURS", help="hours between init times of --init-range")
+    sub.add_argument("--members", type=int, help="ensemble size")
+    sub.add_argument("--lead-hours", type=int, help="forecast length; a multiple of the model step")
+    sub.add_argument("--step-hours", type=int, help="expected model step; refused if the model's differs")
+    sub.add_argument("--perturbation", choices=["none", "gaussian", "grf", "bred"], help="initial perturbation")
+    sub.add_argument("--amplitude", type=float, help="perturbation size in units of each channel's std")
+    sub.add_argument("--seed", type=int, help="campaign seed (a member depends on seed, init time, member only)")
+    sub.add_argument("--members-per-batch", type=int, help="members stepped together (the work-item block size)")
+    sub.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK when available)")
+    sub.add_argument("--archive", type=Path, help="archive path (default: <workdir>/forecasts/archive.zarr)")
+    sub.add_argument("--overwrite", action="store_true", default=None,
+                     help="replace an archive of a different campaign at the archive path")
+
+
+def _with_forecast_options(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """``cfg`` with the ``fourcast forecast`` options given on the command line, validated again."""
+    forecast = cfg.forecast.model_dump(mode="json")
+    keys = {"model": "model", "init_every": "init_every_hours", "members": "members",
+            "lead_hours": "lead_hours", "step_hours": "step_hours", "seed": "seed",
+            "members_per_batch": "members_per_batch", "device": "device", "overwrite": "overwrite"}
+    forecast.update({key: getattr(args, option) for option, key in keys.items() if getattr(args, option) is not None})
+    if args.archive is not None:
+        forecast["archive"] = str(args.archive)
+    if args.init_times is not None:
+        forecast["init_times"] = [_iso_time(text) for text in args.init_times]
+    if args.init_range is not None:
+        forecast.update(inits={"start": _iso_time(args.init_range[0]), "end": _iso_time(args.init_range[1])},
+                        init_times=None)
+    if args.perturbation is not None:
+        forecast["perturbation"] = {**forecast["perturbation"], "kind": args.perturbation}
+    if args.amplitude is not None:
+        forecast["perturbation"] = {**forecast["perturbation"], "amplitude": args.amplitude}
+    return parse_config({**cfg.model_dump(mode="json"), "forecast": forecast}, source="config with forecast options")
+
+
+def _score_options(sub: argparse.ArgumentParser) -> None:
+    """Options of ``fourcast score``; each one given replaces that key of the config's ``score``."""
+    sub.add_argument("--archive", type=Path, help="archive to score (default: <workdir>/forecasts/archive.zarr)")
+    sub.add_argument("--partial", action="store_true", default=None,
+                     help="score an archive that is not finalised, leaving its unwritten forecasts out")
+    sub.add_argument("--nan-policy", choices=["fail", "skip"], help="stop at a NaN, or leave such forecasts out")
+    sub.add_argument("--lead-hours", type=int, nargs="+", help="headline lead times (summary, training run)")
+    sub.add_argument("--map-init", metavar="TIME", help="init time of the maps, ISO 8601 (default: the first)")
+    sub.add_argument("--map-lead-hours", type=int, help="lead time of the maps (default: the first --lead-hours)")
+
+
+def _with_score_options(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """``cfg`` with the ``fourcast score`` options given on the command line, validated again."""
+    score = cfg.score.model_dump(mode="json")
+    keys = {"partial": "partial", "nan_policy": "nan_policy", "lead_hours": "lead_hours", "map_init": "map_init",
+            "map_lead_hours": "map_lead_hours"}
+    score.update({key: getattr(args, option) for option, key in keys.items() if getattr(args, option) is not None})
+    if args.archive is not None:
+        score["archive"] = str(args.archive)
+    return parse_config({**cfg.model_dump(mode="json"), "score": score}, source="config with score options")
+
+
+def _iso_time(text: str) -> str:
+    """``2001-01-01T06`` (hours only, as ERA5 users write them) as a full ISO 8601 time."""
+    try:
+        return datetime.fromisoformat(text).isoformat()
+    except ValueError as err:
+        raise ConfigError(f"expected an ISO 8601 init time such as 2001-01-01T06, found {text!r}") from err
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
     path = args.config or Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG))
-    return load_config(path, workdir=args.workdir)
+    cfg = load_config(path, workdir=args.workdir)
+    if args.command == "score":
+        return _with_score_options(cfg, args)
+    return _with_forecast_options(cfg, args) if args.command == "forecast" else cfg
 
 
 def _print_scorecard(records: list[dict], lead_hours: list[int]) -> None:
-    rows = [r for r in records if r["lead_hours"] in lead_hours]
+    from ensembles.scorecard import headline_records
+
+    rows = [r for r in headline_records(records) if r["lead_hours"] in lead_hours]
     keys = sorted({(r["variable"], r["metric"], r["system"]) for r in rows},
                   key=lambda k: (k[0], METRIC_ORDER.index(k[1]) if k[1] in METRIC_ORDER else len(METRIC_ORDER), k[2]))
     value = {(r["variable"], r["metric"], r["system"], r["lead_hours"]): r["value"] for r in rows}
@@ -64,7 +159,7 @@ def _print_scorecard(records: list[dict], lead_hours: list[int]) -> None:
         print(f"{variable:<9}{metric:<7}{system:<13}{cells}")
 
 
-def _run_stage(command: str, cfg: RunConfig) -> None:
+def _run_stage(command: str, cfg: RunConfig, resume: str | None = None) -> None:
     from pipeline import stages  # heavy imports only once a stage runs
 
     paths = stages.Paths(cfg.workdir)
@@ -74,26 +169,67 @@ def _run_stage(command: str, cfg: RunConfig) -> None:
         print(f"\nsummary: {result.summary.resolve()}")
         print(f"MLflow runs {result.run_ids}; browse them with:\n  mlflow ui --backend-store-uri {result.tracking_uri}")
     elif command == "synthesize":
+        if cfg.synthetic is None:
+            raise stages.StageInputError("the config has no synthetic section to synthesize from")
         print("\n".join(str(p) for p in stages.synthesize(cfg.synthetic, paths.raw)))
+    elif command == "ingest plan":
+        if cfg.ingest.source != "cds":
+            raise stages.StageInputError(f"ingest plan needs ingest.source: cds, found {cfg.ingest.source!r}")
+        print(describe_plan(stages.cds_plan(cfg.ingest.cds, cfg.ingest.variables)), end="")
     elif command == "ingest run":
-        files = sorted(paths.raw.glob("*.nc"))
+        if cfg.ingest.source == "cds":
+            files = stages.download(cfg.ingest.cds, cfg.ingest.variables, paths.cds_cache)
+        else:
+            files = sorted(paths.raw.glob("*.nc"))
         print(stages.ingest(cfg.ingest, cfg.cluster, files, paths.store, paths.climatology))
     else:
-        _run_tracked_stage(command, cfg, paths, stages)
+        _run_tracked_stage(command, cfg, paths, stages, resume)
 
 
-def _run_tracked_stage(command: str, cfg: RunConfig, paths, stages) -> None:
-    from pipeline.tracking import default_tracking_uri, mlflow_run
+def _run_tracked_stage(command: str, cfg: RunConfig, paths, stages, resume: str | None = None) -> None:
+    from fourcast.distributed import launched_rank
+    from pipeline.tracking import NullTracker, default_tracking_uri, mlflow_run
 
     uri = cfg.tracking.tracking_uri or default_tracking_uri(paths.workdir)
-    with mlflow_run(uri, cfg.tracking.experiment, command, {"stage": command}, paths.artifacts) as tracker:
+    main_rank = launched_rank() == 0  # under torchrun only rank 0 opens the MLflow run
+    tracked = (mlflow_run(uri, cfg.tracking.experiment, command, {"stage": command}, paths.artifacts) if main_rank
+               else nullcontext(NullTracker()))
+    with tracked as tracker:
         if command == "train":
-            print(stages.train_model(cfg.train, paths.store, paths.checkpoint, tracker))
+            state = stages.training_state_path(paths.checkpoint) if resume == RESUME_LAST else resume and Path(resume)
+            checkpoint = stages.train_model(cfg.train, paths.store, paths.checkpoint, tracker, resume=state,
+                                            climatology=paths.climatology)
+            if main_rank:
+                print(checkpoint)
         elif command == "forecast":
-            print(stages.forecast(cfg.forecast, paths.checkpoint, paths.store, paths.archive, tracker))
+            archive = stages.forecast(cfg.forecast, paths.checkpoint, paths.store,
+                                      cfg.forecast.archive or paths.archive, tracker,
+                                      overwrite=cfg.forecast.overwrite, tracking_uri=uri)
+            if main_rank:
+                print(archive)
         else:
-            records = stages.score(cfg.score, paths.archive, paths.store, paths.climatology, paths.scores, tracker)
+            archive = cfg.score.archive or cfg.forecast.archive or paths.archive
+            records = stages.score(cfg.score, archive, paths.store, paths.climatology, paths.scores, tracker,
+                                   tracking_uri=uri)
             _print_scorecard(records, cfg.score.lead_hours)
+
+
+def _inspect_store(action: str, store: Path) -> int:
+    """``fourcast ingest inspect|validate STORE``: print, and return the exit status."""
+    from ingest.inspect import describe_store, format_description, validate_store
+
+    try:
+        if action == "inspect":
+            print(format_description(describe_store(store)))
+            return 0
+        problems = validate_store(store)
+    except IngestError as err:
+        print(f"fourcast ingest {action}: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    for problem in problems:
+        print(problem)
+    print(f"{store}: " + (f"{len(problems)} problem(s)" if problems else "valid"))
+    return 1 if problems else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if getattr(args, "store", None) is not None:  # ingest inspect | validate STORE need no config
+        return _inspect_store(args.action, args.store)
     try:
         cfg = _config(args)
     except ConfigError as err:
@@ -114,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.stages import StageInputError
 
     try:
-        _run_stage(command, cfg)
+        _run_stage(command, cfg, getattr(args, "resume", None))
     except (IngestError, FourcastError, EnsembleError, StageInputError) as err:
         print(f"fourcast {command}: {type(err).__name__}: {err}", file=sys.stderr)
         return 1

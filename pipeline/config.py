@@ -14,6 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ensembles.regions import REGIONS, Region
 from fourcast.models.registry import PRESETS
 from ingest.lexicon import LEXICON
 
@@ -66,13 +67,53 @@ class ClusterConfig(_Slice):
     scheduler_address: str | None = None
 
 
+class CdsConfig(_Slice):
+    """ERA5 from the Climate Data Store: what to request and how to fetch it.
+
+    The key is never configured here: it comes from ``CDSAPI_URL``/``CDSAPI_KEY`` or
+    ``~/.cdsapirc``, so it cannot end up in a config file, a log or MLflow. Pressure levels come
+    from the variable ids (``z500`` is geopotential at 500 hPa).
+    """
+
+    period: Period
+    step_hours: int = Field(6, ge=1, le=24)
+    data_format: Literal["netcdf", "grib"] = "netcdf"
+    download_format: Literal["unarchived", "zip"] = "unarchived"
+    grid: tuple[float, float] | None = Field(None, description="(dlat, dlon) in degrees; None: native 0.25°")
+    area: tuple[float, float, float, float] | None = Field(None, description="(north, west, south, east) in degrees")
+    max_fields: int | None = Field(None, ge=1, description="fields per request; None: the format's default")
+    concurrency: int = Field(2, ge=1, le=16)
+    retries: int = Field(3, ge=0)
+    backoff_seconds: float = Field(10.0, ge=0)
+    poll_max_seconds: float = Field(120.0, gt=0)
+    cache_dir: Path | None = Field(None, description="default: <workdir>/era5/cds")
+
+    @field_validator("step_hours")
+    @classmethod
+    def _divides_day(cls, value: int) -> int:
+        if 24 % value:
+            raise ValueError(f"step_hours must divide 24 (1, 2, 3, 4, 6, 8, 12, 24), found {value}")
+        return value
+
+
 class IngestConfig(_Slice):
-    """Files → training store."""
+    """Files → training store; ``source`` says where the files come from."""
 
     variables: list[str] = Field(min_length=1)
-    statistics: Period
+    statistics: Period | None = Field(None, description="training period of the statistics and the climatology; "
+                                      "default: the data less its last statistics_leave_out_years years")
+    statistics_leave_out_years: int = Field(3, ge=0)
+    coarsen: int = Field(1, ge=1, description="integer factor coarsening the grid with area weights (4: 0.25° → 1°)")
     shard_steps: int = Field(64, ge=1)
     compressor: Literal["none", "zstd", "blosc"] = "zstd"
+    source: Literal["synthetic", "files", "cds"] = "synthetic"
+    cds: CdsConfig | None = None
+
+    @model_validator(mode="after")
+    def _cds_configured(self) -> IngestConfig:
+        if self.source == "cds" and self.cds is None:
+            raise ValueError("ingest.source is 'cds' but there is no ingest.cds section (period, grid, ...)")
+        return self
 
     @field_validator("variables")
     @classmethod
@@ -105,6 +146,12 @@ class TrainConfig(_Slice):
     validation_samples: int = Field(32, ge=1)
     seed: int = 0
     device: str | None = None
+    checkpoint_every: int = Field(200, ge=1, description="optimiser steps between resumable training states")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    loader_workers: int | None = Field(None, ge=0, description="per rank; default 2 on CUDA, 0 on CPU")
+    register_model: bool = Field(True, description="register the trained model as fourcast-<model> in MLflow")
 
     @field_validator("model")
     @classmethod
@@ -121,29 +168,91 @@ class TrainConfig(_Slice):
 
 
 class PerturbationConfig(_Slice):
-    kind: Literal["none", "gaussian"] = "gaussian"
+    """Initial-condition perturbation: none, Gaussian, spherical Gaussian random field, bred vectors."""
+
+    kind: Literal["none", "gaussian", "grf", "bred"] = "gaussian"
     amplitude: float = Field(0.05, ge=0, description="in units of each channel's std")
+    alpha: float = Field(2.0, gt=1, description="grf: spectral exponent (smoothness)")
+    tau: float = Field(3.0, gt=0, description="grf: inverse correlation length on the unit sphere")
+    cycles: int = Field(2, ge=1, description="bred: breeding cycles")
 
 
 class ForecastConfig(_Slice):
-    """Ensemble campaign over init times in ``inits`` every ``init_every_hours``."""
+    """Ensemble campaign over init times in ``inits`` every ``init_every_hours`` (or the list ``init_times``).
+
+    ``model`` is a checkpoint path or an MLflow model URI (``models:/name/version``,
+    ``runs:/<run id>/<path>``); by default the pipeline's own checkpoint. ``step_hours``, when
+    given, must equal the model's step. Under ``torchrun`` the (init time, member block) work
+    items are split over the processes.
+    """
 
     inits: Period
     init_every_hours: int = Field(24, ge=1)
+    init_times: list[datetime] | None = Field(None, min_length=1, description="explicit init times; replaces inits")
+    model: str | None = None
     members: int = Field(8, ge=1)
     lead_hours: int = Field(120, ge=1)
+    step_hours: int | None = Field(None, ge=1)
     members_per_batch: int = Field(8, ge=1)
     control_member: bool = True
     perturbation: PerturbationConfig = PerturbationConfig()
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     device: str | None = None
+    autocast: bool = Field(True, description="bfloat16 autocast of the network on CUDA")
+    archive: Path | None = Field(None, description="archive path; default <workdir>/forecasts/archive.zarr")
+    overwrite: bool = Field(False, description="replace an archive of a different campaign at the archive path")
+    wait_timeout_s: float = Field(600.0, gt=0, description="how long a process waits for the others without progress")
+
+
+class RegionBoxConfig(_Slice):
+    """A latitude/longitude box to score over, edges included (``lon`` read eastwards from west, mod 360)."""
+
+    name: str = Field(min_length=1)
+    lat: tuple[float, float] = Field(description="(south, north), degrees north")
+    lon: tuple[float, float] = Field((0.0, 360.0), description="(west, east), degrees east")
+
+    @model_validator(mode="after")
+    def _valid_box(self) -> RegionBoxConfig:
+        Region.box(self.lat[0], self.lat[1], self.lon[0], self.lon[1], name=self.name)  # raises on a bad box
+        return self
 
 
 class ScoreConfig(_Slice):
-    """Verification against the store's truth; ``lead_hours`` go into the summary."""
+    """Verification against the store's truth; ``lead_hours`` go into the summary and the training run.
+
+    ``regions`` are preset names (global, extra-tropics-north, extra-tropics-south, tropics),
+    ``boxes`` extra lat/lon boxes. ``nan_policy``: ``fail`` stops at the first NaN in a forecast,
+    the truth or the climatology; ``skip`` leaves that forecast out for every system and counts
+    it. ``partial`` scores an archive that was never finalised, leaving unwritten forecasts out.
+    ``map_init``/``map_lead_hours`` choose the maps (default: first init, first of ``lead_hours``).
+    """
 
     lead_hours: list[int] = Field(default_factory=lambda: [24, 72, 120], min_length=1)
     variables: list[str] | None = None
+    regions: list[str] = Field(default_factory=lambda: list(REGIONS), min_length=1)
+    boxes: list[RegionBoxConfig] = Field(default_factory=list)
+    nan_policy: Literal["fail", "skip"] = "fail"
+    partial: bool = False
+    plots: bool = True
+    map_init: datetime | None = None
+    map_lead_hours: int | None = Field(None, ge=0)
+    archive: Path | None = Field(None, description="archive to score; default forecast.archive or the workdir's")
+
+    @field_validator("regions")
+    @classmethod
+    def _preset_regions(cls, value: list[str]) -> list[str]:
+        unknown = [r for r in value if r not in REGIONS]
+        if unknown:
+            raise ValueError(f"unknown regions {unknown}; expected preset names {list(REGIONS)} (add boxes under "
+                             "score.boxes)")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_region_names(self) -> ScoreConfig:
+        names = [*self.regions, *(b.name for b in self.boxes)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"region names must be distinct, found {names}")
+        return self
 
 
 class TrackingConfig(_Slice):
@@ -157,7 +266,7 @@ class RunConfig(_Slice):
     """A whole pipeline run, stage by stage."""
 
     workdir: Path = Path("demo")
-    synthetic: SyntheticConfig
+    synthetic: SyntheticConfig | None = None
     cluster: ClusterConfig = ClusterConfig()
     ingest: IngestConfig
     train: TrainConfig
@@ -167,20 +276,29 @@ class RunConfig(_Slice):
 
     @model_validator(mode="after")
     def _periods_fit(self) -> RunConfig:
-        data = self.synthetic.period
+        if self.ingest.source == "synthetic" and self.synthetic is None:
+            raise ValueError("ingest.source is 'synthetic' but there is no synthetic section")
+        data = self.data_period
         for name, period in (("ingest.statistics", self.ingest.statistics), ("train.train", self.train.train),
                              ("train.validation", self.train.validation), ("forecast.inits", self.forecast.inits)):
-            if not data.contains(period):
+            if data is not None and period is not None and not data.contains(period):
                 raise ValueError(f"{name} {period.start}..{period.end} lies outside the data {data.start}..{data.end}")
         for name, period in (("train.train", self.train.train), ("train.validation", self.train.validation)):
             if period.overlaps(self.forecast.inits):
                 raise ValueError(f"forecast.inits overlaps {name}: forecasts must be scored on unseen dates")
-        if not self.train.train.contains(self.ingest.statistics):
+        if self.ingest.statistics is not None and not self.train.train.contains(self.ingest.statistics):
             raise ValueError("ingest.statistics must lie within train.train (no statistics from unseen dates)")
         unknown = [v for v in (self.score.variables or []) if v not in self.ingest.variables]
         if unknown:
             raise ValueError(f"score.variables {unknown} are not ingested; ingested: {self.ingest.variables}")
         return self
+
+    @property
+    def data_period(self) -> Period | None:
+        """Dates the source provides: the CDS request period, the synthetic period, or unknown (files)."""
+        if self.ingest.source == "cds":
+            return self.ingest.cds.period
+        return self.synthetic.period if self.ingest.source == "synthetic" else None
 
 
 def _describe(err: ValidationError) -> str:
@@ -199,6 +317,8 @@ def _allowed_keys(loc: tuple) -> list[str]:
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)
+        models = [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        annotation = models[0] if models else annotation  # ``CdsConfig | None`` → CdsConfig
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         model = annotation

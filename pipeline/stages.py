@@ -9,39 +9,53 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 import subprocess
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import xarray as xr
 
-from ensembles.archive import ZarrArchive, open_archive
-from ensembles.perturbations import GaussianPerturbation, NoPerturbation
-from ensembles.runner import forecast_lead_times, run_campaign
-from ensembles.scoring import score_forecasts
+from ensembles.archive import open_archive
+from ensembles.campaign import Campaign, CampaignArchive
+from ensembles.perturbations import (BredVectorPerturbation, GaussianPerturbation, GaussianRandomFieldPerturbation,
+                                     NoPerturbation)
+from ensembles.protocols import Perturbation
+from ensembles.runner import run_campaign
+from ensembles.regions import GLOBAL, Region, get_region
+from ensembles.scorecard import (ScoreOptions, headline_records, score_archive, scorecard_records,
+                                 write_scorecard)
 from fourcast.checkpoint import CheckpointMeta, save_checkpoint
 from fourcast.data import StoreWindows
 from fourcast.device import default_device
 from fourcast.forecaster import Forecaster
 from fourcast.models.registry import build_model, count_parameters
 from fourcast.normaliser import Normaliser
-from fourcast.training import Phase, TrainSettings, train
+from fourcast.distributed import DistContext, process_group
+from fourcast.training import CheckpointPlan, Phase, TrainSettings, train
 from ingest.atomic import replace_path, temporary_sibling
+from ingest.cds import CdsRequest, PlanOptions, plan_requests
+from ingest.cds_download import DownloadSettings, download_plan
 from ingest.dims import CHANNEL, LAT, LON, TIME
 from ingest.lexicon import get_variable
 from ingest.schema import DATA, MEAN, STD, open_climatology, open_store
 from ingest.store import StatsPeriod, StoreLayout, open_sources, write_store
+from ingest.climatology import climatology_at
+from ingest.coarsen import coarsen
 from ingest.synthetic import generate_files
 from pipeline import plots
 from pipeline.cluster import dask_client
-from pipeline.config import (ClusterConfig, ForecastConfig, IngestConfig, RunConfig, ScoreConfig, SyntheticConfig,
-                             TrainConfig)
-from pipeline.tracking import Tracker, attach_run, default_tracking_uri, mlflow_run
+from pipeline.config import (CdsConfig, ClusterConfig, ForecastConfig, IngestConfig, RunConfig, ScoreConfig,
+                             SyntheticConfig, TrainConfig)
+from pipeline.tracking import (MODEL_URI_SCHEMES, ModelUriError, NullTracker, Tracker, attach_run,
+                               default_tracking_uri, download_checkpoint, mlflow_run)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +73,10 @@ class Paths:
     @property
     def raw(self) -> Path:
         return self.workdir / "era5"
+
+    @property
+    def cds_cache(self) -> Path:
+        return self.raw / "cds"
 
     @property
     def store(self) -> Path:
@@ -109,14 +127,46 @@ def synthesize(cfg: SyntheticConfig, out_dir: Path) -> list[Path]:
                           nlon=cfg.nlon, seed=cfg.seed, spinup_days=cfg.spinup_days)
 
 
+def _plan_options(cfg: CdsConfig) -> PlanOptions:
+    return PlanOptions(data_format=cfg.data_format, download_format=cfg.download_format, grid=cfg.grid,
+                       area=cfg.area, max_fields=cfg.max_fields)
+
+
+def cds_plan(cfg: CdsConfig, variables: list[str]) -> list[CdsRequest]:
+    """The CDS requests that fetch ``variables`` over ``cfg.period``, each with its cost; nothing is sent."""
+    return plan_requests(variables, cfg.period.start, cfg.period.end, cfg.step_hours, _plan_options(cfg))
+
+
+def download(cfg: CdsConfig, variables: list[str], cache_dir: Path) -> list[Path]:
+    """ERA5 from the CDS into ``cfg.cache_dir`` (default ``cache_dir``); only what is not cached is fetched.
+
+    The key comes from ``CDSAPI_URL``/``CDSAPI_KEY`` or ``~/.cdsapirc``, never from the config.
+    """
+    settings = DownloadSettings(cache_dir=cfg.cache_dir or cache_dir, max_fields=_plan_options(cfg).field_limit,
+                                concurrency=cfg.concurrency, retries=cfg.retries, backoff_seconds=cfg.backoff_seconds,
+                                poll_max_seconds=cfg.poll_max_seconds)
+    return download_plan(cds_plan(cfg, variables), settings)
+
+
+def source_files(cfg: RunConfig, paths: Paths) -> list[Path]:
+    """The ERA5 files to ingest: fetched from the CDS, synthesized, or found in ``paths.raw`` (``files``)."""
+    if cfg.ingest.source == "cds":
+        return download(cfg.ingest.cds, cfg.ingest.variables, paths.cds_cache)
+    if cfg.ingest.source == "synthetic":
+        return synthesize(cfg.synthetic, paths.raw)
+    return sorted(paths.raw.glob("*.nc"))
+
+
 def ingest(cfg: IngestConfig, cluster: ClusterConfig, files: list[Path], store: Path, climatology: Path) -> Path:
     """ERA5 files → training store and climatology store, with Dask."""
-    period = StatsPeriod(_datetime64(cfg.statistics.start), _datetime64(cfg.statistics.end),
-                         provenance={"sources": [f.name for f in files], "fourcast_version": code_version()})
+    provenance = {"sources": [f.name for f in files], "fourcast_version": code_version(), "coarsen": cfg.coarsen}
     layout = StoreLayout(shard_steps=cfg.shard_steps, compressor=cfg.compressor)
     with dask_client(cluster):
-        data = open_sources(files, cfg.variables, cfg.shard_steps)
-        return write_store(data, store, period, layout, climatology_path=climatology)
+        data = coarsen(open_sources(files, cfg.variables, cfg.shard_steps), cfg.coarsen)
+        period = StatsPeriod.default(data[TIME].values, cfg.statistics_leave_out_years, provenance) \
+            if cfg.statistics is None else \
+            StatsPeriod(_datetime64(cfg.statistics.start), _datetime64(cfg.statistics.end), provenance)
+        return write_store(data, store, period, layout, climatology_path=climatology, progress=True)
 
 
 def store_fingerprint(store: Path) -> str:
@@ -129,36 +179,108 @@ def store_fingerprint(store: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def train_model(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tracker) -> Path:
-    """Train a preset on the store; writes the best checkpoint and logs to ``tracker``."""
-    device = default_device(cfg.device)
+def training_state_path(checkpoint: Path) -> Path:
+    """Where training keeps its resumable state (``last.pt`` beside the model checkpoint)."""
+    return checkpoint.parent / "last.pt"
+
+
+def train_model(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tracker, resume: Path | None = None,
+                climatology: Path | None = None) -> Path:
+    """Train a preset on the store; writes the best checkpoint and logs to ``tracker``.
+
+    Launched by ``torchrun``, every rank calls this: the ranks train data-parallel, and only
+    rank 0 writes checkpoints and reports to ``tracker`` (the others get a :class:`NullTracker`).
+    ``resume`` continues exactly from a training state (see :func:`training_state_path`);
+    ``climatology`` (the climatology store) is the reference of the validation ACC.
+    """
+    with process_group(cfg.device) as ctx:
+        return _train_on_rank(cfg, store, checkpoint, tracker if ctx.is_main else NullTracker(), resume, climatology,
+                              ctx)
+
+
+class _MetricBuffer:
+    """Per-step metrics, sent to the tracker ``size`` steps at a time (one request, not one per step)."""
+
+    def __init__(self, tracker: Tracker, size: int = 50) -> None:
+        self.tracker, self.size = tracker, size
+        self.pending: list[tuple[int, dict[str, float]]] = []
+
+    def __call__(self, metrics: dict[str, float], step: int) -> None:
+        self.pending.append((step, dict(metrics)))
+        if len(self.pending) >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.tracker.log_metric_history(self.pending)
+            self.pending = []
+
+
+def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tracker, resume: Path | None,
+                   climatology: Path | None, ctx: DistContext) -> Path:
     leads_steps = _validation_leads(cfg, store)
     validation = StoreWindows(store, cfg.validation.start, cfg.validation.end, n_ahead=max(leads_steps))
     model = build_model(cfg.model, (validation.lat.size, validation.lon.size), len(validation.channels))
     fingerprint = store_fingerprint(store)
     tracker.log_params({**_flatten(cfg.model_dump(mode="json")), "parameters": count_parameters(model)})
-    tracker.set_tags({"git_commit": code_version(), "device": str(device), "world_size": "1",
-                      "dataset_fingerprint": fingerprint, "torch": torch.__version__, "host": platform.node()})
+    tracker.set_tags({"git_commit": code_version(), "device": str(ctx.device), "world_size": str(ctx.world_size),
+                      "backend": ctx.backend or "none", "dataset_fingerprint": fingerprint, "torch": torch.__version__,
+                      "host": platform.node(), **({"resumed_from": str(resume)} if resume else {})})
     settings = TrainSettings(
         phases=tuple(Phase(p.rollout_steps, p.optimizer_steps, p.learning_rate) for p in cfg.phases),
         batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
         grad_clip=cfg.grad_clip, validate_every=cfg.validate_every, validation_leads=leads_steps,
-        validation_samples=cfg.validation_samples, seed=cfg.seed)
-    result = train(model, lambda n: StoreWindows(store, cfg.train.start, cfg.train.end, n_ahead=n), validation,
-                   settings, tracker.log_metrics, device)
-    log.info("trained %d steps in %.0f s; best validation score %.4f at step %d", result.steps, result.seconds,
-             result.best_score, result.best_step)
-    model.load_state_dict(result.best_state)
+        validation_samples=cfg.validation_samples, seed=cfg.seed, precision=cfg.precision, compile=cfg.compile,
+        activation_checkpointing=cfg.activation_checkpointing, loader_workers=cfg.loader_workers)
     step_hours = int(validation.step / np.timedelta64(1, "h"))
     meta = CheckpointMeta(preset=cfg.model, channels=validation.channels, lat=validation.lat.tolist(),
                           lon=validation.lon.tolist(), step_hours=step_hours, mean=validation.mean.tolist(),
                           std=validation.std.tolist(),
-                          extra={"store_fingerprint": fingerprint, "best_step": result.best_step,
-                                 "train_start": str(cfg.train.start), "train_end": str(cfg.train.end)})
+                          extra={"store_fingerprint": fingerprint, "train_start": str(cfg.train.start),
+                                 "train_end": str(cfg.train.end), "train_run_id": tracker.run_id or ""})
+    plan = CheckpointPlan(checkpoint.parent, meta, cfg.checkpoint_every, config=cfg.model_dump(mode="json"),
+                          resume_from=resume, lineage={"run_id": tracker.run_id or ""})
+    report = _MetricBuffer(tracker)
+    try:
+        result = train(model, lambda n: StoreWindows(store, cfg.train.start, cfg.train.end, n_ahead=n), validation,
+                       settings, report, ctx.device, ctx=ctx, checkpoints=plan,
+                       climatology=_normalised_climatology(climatology, validation))
+    finally:
+        report.flush()
+    log.info("trained %d steps in %.0f s; best validation score %.4f at step %d", result.steps, result.seconds,
+             result.best_score, result.best_step)
+    if result.resumed_from_step is not None:
+        tracker.set_tags({"resumed_from_step": str(result.resumed_from_step),
+                          "resumed_from_run_id": result.resumed_lineage.get("run_id", "")})
+    if not ctx.is_main:
+        return checkpoint
+    model.load_state_dict(result.best_state)
+    meta.extra.update(best_step=result.best_step, best_score=result.best_score)
     save_checkpoint(checkpoint, model, meta)
     tracker.log_metrics({"best_val_score": result.best_score, "train_seconds": result.seconds}, result.steps)
     tracker.log_artifact(checkpoint, "checkpoint")
+    if cfg.register_model:
+        version = tracker.register_model(f"fourcast-{cfg.model}", "checkpoint",
+                                         tags={"dataset_fingerprint": fingerprint, "best_step": result.best_step})
+        if version:
+            tracker.set_tags({"registered_model": f"fourcast-{cfg.model}/{version}"})
     return checkpoint
+
+
+def _normalised_climatology(path: Path | None, windows: StoreWindows):
+    """Valid times → the climatology store's fields in the model's normalised units; ``None`` if there is none."""
+    if path is None or not Path(path).exists():
+        return None
+    clim = open_climatology(path)
+    if list(clim[CHANNEL].values) != windows.channels or clim[LAT].size != windows.lat.size \
+            or clim[LON].size != windows.lon.size:
+        raise StageInputError(f"climatology {path} ({list(clim[CHANNEL].values)}, {clim[LAT].size}x{clim[LON].size}) "
+                              f"does not match the store ({windows.channels}, {windows.lat.size}x{windows.lon.size})")
+    mean, std = windows.mean[:, None, None], windows.std[:, None, None]
+
+    def at(times: np.ndarray) -> np.ndarray:
+        return (climatology_at(clim, xr.DataArray(times, dims=[TIME])).values - mean) / std
+    return at
 
 
 def _validation_leads(cfg: TrainConfig, store: Path) -> tuple[int, ...]:
@@ -179,52 +301,164 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+@dataclass(frozen=True)
+class Launch:
+    """This process's place in a launch: ``torchrun``'s ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, or one process."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Launch:
+        """Read the launcher's variables (absent: a single process).
+
+        Raises
+        ------
+        StageInputError
+            If a variable is not an integer or ``0 <= RANK < WORLD_SIZE`` does not hold.
+        """
+        env = os.environ if env is None else env
+        try:
+            launch = cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+        except ValueError as err:
+            raise StageInputError(f"expected integer RANK, WORLD_SIZE, LOCAL_RANK from the launcher: {err}") from err
+        if not 0 <= launch.rank < launch.world_size or launch.local_rank < 0:
+            raise StageInputError(f"expected 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0, found {launch}")
+        return launch
+
+
 def _init_times(cfg: ForecastConfig) -> np.ndarray:
+    if cfg.init_times:
+        return np.array([_datetime64(t) for t in cfg.init_times])
     start, end = _datetime64(cfg.inits.start), _datetime64(cfg.inits.end)
     return np.arange(start, end + np.timedelta64(1, "ns"), np.timedelta64(cfg.init_every_hours, "h"))
 
 
-def _perturbation(cfg: ForecastConfig, forecaster: Forecaster):
-    if cfg.perturbation.kind == "none":
+def _perturbation(cfg: ForecastConfig, forecaster: Forecaster) -> Perturbation:
+    settings = cfg.perturbation
+    if settings.kind == "none":
         return NoPerturbation()
     std = forecaster.normaliser.std.flatten().cpu().numpy()
-    return GaussianPerturbation(std, cfg.perturbation.amplitude, channels=list(forecaster.input_coords[CHANNEL]))
+    channels = list(forecaster.input_coords[CHANNEL])
+    if settings.kind == "grf":
+        return GaussianRandomFieldPerturbation(std, settings.amplitude, alpha=settings.alpha, tau=settings.tau,
+                                               channels=channels)
+    if settings.kind == "bred":
+        return BredVectorPerturbation(forecaster, std, settings.amplitude, cycles=settings.cycles, channels=channels)
+    return GaussianPerturbation(std, settings.amplitude, channels=channels)
 
 
-def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, tracker: Tracker) -> Path:
-    """Ensemble campaign from the store's initial conditions into a Zarr archive."""
-    forecaster = Forecaster.from_checkpoint(checkpoint, default_device(cfg.device))
+def _forecast_device(cfg: ForecastConfig, launch: Launch) -> torch.device:
+    if cfg.device is None and torch.cuda.is_available():
+        return torch.device("cuda", launch.local_rank % torch.cuda.device_count())
+    return default_device(cfg.device)
+
+
+def _load_model(model: str, tracking_uri: str | None, device: torch.device,
+                autocast: bool) -> tuple[Forecaster, CheckpointMeta, str]:
+    """The forecaster, its checkpoint metadata and the checkpoint's SHA-256, from a path or an MLflow model URI."""
+    with tempfile.TemporaryDirectory(prefix="fourcast-model-") as scratch:
+        if model.startswith(MODEL_URI_SCHEMES):
+            if tracking_uri is None:
+                raise StageInputError(f"model {model} is an MLflow URI but no tracking URI was given")
+            try:
+                path = download_checkpoint(model, tracking_uri, Path(scratch))
+            except ModelUriError as err:
+                raise StageInputError(str(err)) from err
+        else:
+            path = Path(model)
+        meta = Forecaster.meta_of(path)
+        return Forecaster.from_checkpoint(path, device, autocast=autocast), meta, _sha256(path)
+
+
+def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, tracker: Tracker, *,
+             overwrite: bool = False, tracking_uri: str | None = None, launch: Launch | None = None) -> Path:
+    """Ensemble campaign from the store's initial conditions into a Zarr archive; this process's share of it.
+
+    Every process of a ``torchrun`` launch calls this; the (init time, member block) work items
+    are split over them, items already in the archive are skipped (resume), and the archive is
+    committed once all are done. Only rank 0 should be given a recording ``tracker``.
+
+    Parameters
+    ----------
+    cfg : ForecastConfig
+        ``cfg.model`` (checkpoint path or MLflow model URI) replaces ``checkpoint`` when set.
+    checkpoint : pathlib.Path
+        The pipeline's checkpoint, used when ``cfg.model`` is not set.
+    store : pathlib.Path
+        Training store providing the initial conditions.
+    archive : pathlib.Path
+        Where the campaign's archive goes.
+    tracker : Tracker
+        Receives the lineage and throughput.
+    overwrite : bool
+        Replace an archive of a different campaign at ``archive`` (refused otherwise).
+    tracking_uri : str, optional
+        Where MLflow model URIs are resolved.
+    launch : Launch, optional
+        Rank and world size; read from the environment by default.
+
+    Raises
+    ------
+    StageInputError
+        Before anything is written: the model step differs from ``cfg.step_hours``, the lead
+        time is not a multiple of it, init times are not in the store, the model URI is bad.
+    CheckpointError
+        If the checkpoint's channels or grid differ from the store's.
+    CampaignMismatchError
+        If ``archive`` holds another campaign and ``overwrite`` is false.
+    """
+    launch = launch or Launch.from_env()
+    device = _forecast_device(cfg, launch)
+    model = str(cfg.model or checkpoint)
+    forecaster, meta, checkpoint_sha256 = _load_model(model, tracking_uri, device, cfg.autocast and device.type == "cuda")
     truth = open_store(store)
-    forecaster.meta_of(checkpoint).check_matches(list(truth[CHANNEL].values), truth[LAT].values, truth[LON].values)
+    meta.check_matches(list(truth[CHANNEL].values), truth[LAT].values, truth[LON].values)
+    campaign = _campaign(cfg, forecaster, truth, {
+        "checkpoint_sha256": checkpoint_sha256, "initial_conditions_fingerprint": store_fingerprint(store),
+        "perturbation": cfg.perturbation.model_dump(mode="json"),
+        "precision": f"{device.type}-{'bfloat16-autocast' if forecaster.autocast else 'float32'}"})
+    lineage = {"model": model if model.startswith(MODEL_URI_SCHEMES) else str(Path(model).resolve()),
+               "checkpoint_sha256": checkpoint_sha256,
+               "training_store_fingerprint": str(meta.extra.get("store_fingerprint", "unknown")),
+               "initial_conditions": str(store.resolve()),
+               "initial_conditions_fingerprint": campaign.identity["initial_conditions_fingerprint"],
+               "perturbation": cfg.perturbation.kind, "amplitude": cfg.perturbation.amplitude, "seed": cfg.seed,
+               "code_version": code_version(), "train_run_id": str(meta.extra.get("train_run_id", "")),
+               "forecast_run_id": tracker.run_id or ""}
+    tracker.log_params({**_flatten(cfg.model_dump(mode="json")), **lineage, "world_size": launch.world_size,
+                        "campaign_fingerprint": campaign.fingerprint()})
+    out = CampaignArchive(archive, campaign, truth[LAT].values, truth[LON].values, lineage, overwrite=overwrite)
+    coords = {CHANNEL: truth[CHANNEL].values, LAT: truth[LAT].values, LON: truth[LON].values}
+    result = run_campaign(forecaster, lambda t: torch.as_tensor(truth[DATA].sel({TIME: t}).values), coords, campaign,
+                          out, _perturbation(cfg, forecaster), rank=launch.rank, world_size=launch.world_size,
+                          device=device, progress=launch.rank == 0, wait_timeout=cfg.wait_timeout_s)
+    attrs = open_archive(archive).attrs
+    tracker.log_params({"start_time": attrs["start_time"], "end_time": attrs["end_time"]})
+    tracker.log_metrics({"member_steps_per_second": result.member_steps_per_second,
+                         "work_items_computed": result.items_computed})
+    if launch.rank == 0:
+        _log_forecast_map(tracker, archive, store, campaign.init_times[0], min(campaign.n_steps, 4) * campaign.step)
+    return archive
+
+
+def _campaign(cfg: ForecastConfig, forecaster: Forecaster, truth, identity: dict) -> Campaign:
+    """The campaign of ``cfg``, after checking its step, lead time and init times against model and store."""
     step = forecaster.step_size
+    if cfg.step_hours is not None and np.timedelta64(cfg.step_hours, "h") != step:
+        raise StageInputError(f"forecast.step_hours {cfg.step_hours} differs from the model's step {step}")
     if np.timedelta64(cfg.lead_hours, "h") % step:
         raise StageInputError(f"forecast.lead_hours {cfg.lead_hours} is not a multiple of the model step {step}")
-    n_steps = int(np.timedelta64(cfg.lead_hours, "h") // step)
     inits = _init_times(cfg)
-    lineage = {"checkpoint": str(checkpoint), "checkpoint_sha256": _sha256(checkpoint),
-               "store_fingerprint": store_fingerprint(store), "initial_conditions": str(store),
-               "perturbation": cfg.perturbation.kind, "amplitude": cfg.perturbation.amplitude, "seed": cfg.seed,
-               "fourcast_version": code_version()}
-    tracker.log_params({**_flatten(cfg.model_dump(mode="json")), **lineage})
-    archive_out = ZarrArchive(archive, list(forecaster.input_coords[CHANNEL]), inits,
-                              forecast_lead_times(step, n_steps), cfg.members, truth[LAT].values, truth[LON].values,
-                              attrs=lineage)
     missing = np.setdiff1d(inits, truth[TIME].values)
     if missing.size:
-        raise StageInputError(f"initial conditions for {missing[:3]}… ({missing.size} init times) are not in the store, "
-                         f"which covers {truth[TIME].values[0]}..{truth[TIME].values[-1]}")
-    coords = {CHANNEL: truth[CHANNEL].values, LAT: truth[LAT].values, LON: truth[LON].values}
-    started = time.perf_counter()
-    with archive_out:
-        run_campaign(forecaster, lambda t: torch.as_tensor(truth[DATA].sel({TIME: t}).values), coords, inits,
-                     n_members=cfg.members, n_steps=n_steps, perturbation=_perturbation(cfg, forecaster),
-                     archive=archive_out, seed=cfg.seed, members_per_batch=cfg.members_per_batch,
-                     control_member=cfg.control_member)
-        archive_out.finalize()
-    seconds = time.perf_counter() - started
-    tracker.log_metrics({"member_steps_per_second": len(inits) * cfg.members * n_steps / max(seconds, 1e-9)})
-    _log_forecast_map(tracker, archive, store, inits[0], min(n_steps, 4) * step)
-    return archive
+        raise StageInputError(f"initial conditions for {missing[:3]} ({missing.size} init times) are not in the "
+                              f"store, which covers {truth[TIME].values[0]}..{truth[TIME].values[-1]}")
+    return Campaign(variables=tuple(str(c) for c in forecaster.input_coords[CHANNEL]), init_times=inits, step=step,
+                    n_steps=int(np.timedelta64(cfg.lead_hours, "h") // step), n_members=cfg.members,
+                    members_per_batch=cfg.members_per_batch, seed=cfg.seed, control_member=cfg.control_member,
+                    identity=identity)
 
 
 def _sha256(path: Path) -> str:
@@ -244,39 +478,102 @@ def _log_forecast_map(tracker: Tracker, archive: Path, store: Path, init: np.dat
     tracker.log_artifact(path, "plots")
 
 
-def score(cfg: ScoreConfig, archive: Path, store: Path, climatology: Path, out_dir: Path,
-          tracker: Tracker) -> list[dict]:
-    """Scores of the archive and the persistence/climatology baselines against the store's truth."""
+def score(cfg: ScoreConfig, archive: Path, store: Path, climatology: Path, out_dir: Path, tracker: Tracker, *,
+          tracking_uri: str | None = None, forecast_run_id: str | None = None,
+          train_run_id: str | None = None) -> list[dict]:
+    """Scorecard of the archive and the persistence/climatology baselines against the store's truth.
+
+    Writes ``scorecard.nc``/``scorecard.csv`` and the plots under ``out_dir`` and logs them to
+    ``tracker`` with every global score per lead time (step = lead hours). The score run is
+    tagged with the forecast and training run ids — given, or read from the archive's lineage
+    (``forecast_run_id``, ``train_run_id``) — and, with ``tracking_uri``, the headline scores
+    (:func:`headline_scores` at ``cfg.lead_hours``) are logged on the training run too.
+
+    Returns
+    -------
+    list of dict
+        The global scores as records (:func:`ensembles.scorecard.scorecard_records`).
+    """
+    forecasts, truth = open_archive(archive, allow_partial=cfg.partial), open_store(store)
+    run_ids = {"forecast_run_id": forecast_run_id or str(forecasts.attrs.get("forecast_run_id") or ""),
+               "train_run_id": train_run_id or str(forecasts.attrs.get("train_run_id") or "")}
+    tracker.set_tags({key: value for key, value in run_ids.items() if value})
     tracker.log_params({**_flatten(cfg.model_dump(mode="json")), "archive": str(archive), "store": str(store),
                         "climatology": str(climatology)})
-    forecasts, truth = open_archive(archive), open_store(store)
-    records = score_forecasts(forecasts, truth[DATA], open_climatology(climatology), variables=cfg.variables)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table = _write_scorecard(records, out_dir / "scorecard.csv")
-    tracker.log_artifact(table, "scores")
+    options = ScoreOptions(regions=score_regions(cfg), nan_policy=cfg.nan_policy, allow_partial=cfg.partial)
+    clim = open_climatology(climatology)
+    scorecard = score_archive(forecasts, truth[DATA], clim, options, variables=cfg.variables)
+    left_out = {"forecasts_skipped_for_nan": int(scorecard["n_skipped"].sum()),
+                "forecasts_unwritten": int(scorecard["n_unwritten"].sum())}
+    tracker.log_metrics(left_out)
+    if any(left_out.values()):
+        log.warning("scores leave out %s (variable x init x lead); see n_skipped / n_unwritten in the scorecard",
+                    left_out)
+    for path in write_scorecard(scorecard, out_dir):
+        tracker.log_artifact(path, "scores")
+    records = scorecard_records(scorecard, GLOBAL.name)
     for lead in sorted({r["lead_hours"] for r in records}):
         tracker.log_metrics({f"{r['variable']}_{r['system']}_{r['metric']}": r["value"]
                              for r in records if r["lead_hours"] == lead}, step=lead)
-    for variable in sorted({r["variable"] for r in records}):
-        units = get_variable(variable).units
-        tracker.log_artifact(plots.skill_vs_lead(out_dir / f"rmse_{variable}.png", records, variable, "rmse", units),
-                             "plots")
+    if cfg.plots:
+        figures = plots.scorecard_plots(out_dir / "plots", scorecard, rank_lead_hours=_rank_leads(cfg, scorecard))
+        figures += _score_maps(cfg, forecasts, truth[DATA], clim, out_dir / "plots")
+        for figure in figures:
+            tracker.log_artifact(figure, "plots")
+    if tracking_uri and run_ids["train_run_id"]:
+        attach_run(tracking_uri, run_ids["train_run_id"]).log_metrics(headline_scores(records, cfg.lead_hours))
     return records
 
 
-def _write_scorecard(records: list[dict], path: Path) -> Path:
-    tmp = temporary_sibling(path)
-    lines = ["variable,lead_hours,system,metric,value"]
-    lines += [f"{r['variable']},{r['lead_hours']},{r['system']},{r['metric']},{r['value']!r}" for r in records]
-    tmp.write_text("\n".join(lines) + "\n")
-    return replace_path(tmp, path)
+def score_regions(cfg: ScoreConfig) -> tuple[Region, ...]:
+    """The preset regions named in ``cfg.regions`` followed by the boxes of ``cfg.boxes``."""
+    boxes = [Region.box(b.lat[0], b.lat[1], b.lon[0], b.lon[1], name=b.name) for b in cfg.boxes]
+    return tuple(get_region(name) for name in cfg.regions) + tuple(boxes)
+
+
+def _rank_leads(cfg: ScoreConfig, scorecard) -> list[float] | None:
+    """``cfg.lead_hours`` the scorecard holds, or ``None`` (let the plot choose) if it holds none."""
+    held = [h for h in cfg.lead_hours if h in scorecard["lead_hours"].values]
+    return held or None
+
+
+def _score_maps(cfg: ScoreConfig, forecasts, truth, climatology, out_dir: Path) -> list[Path]:
+    """Maps of truth, ensemble mean, error and spread per variable at ``cfg.map_init`` + ``cfg.map_lead_hours``.
+
+    Defaults: the first init time, and the first of ``cfg.lead_hours`` the archive holds (else
+    its last lead).
+    """
+    inits, leads = forecasts["init_time"].values, forecasts["lead_time"].values
+    init = _datetime64(cfg.map_init) if cfg.map_init is not None else inits[0]
+    wanted = [np.timedelta64(h, "h") for h in ([cfg.map_lead_hours] if cfg.map_lead_hours is not None
+                                               else cfg.lead_hours)]
+    held = [lead for lead in wanted if lead in leads]
+    if init not in inits or (cfg.map_lead_hours is not None and not held):
+        raise StageInputError(f"score.map_init {init} / map_lead_hours {cfg.map_lead_hours} are not in the archive, "
+                              f"which holds init times {inits[0]}..{inits[-1]} and leads "
+                              f"{(leads / np.timedelta64(1, 'h')).tolist()} h")
+    lead = held[0] if held else leads[-1]
+    hours = int(lead / np.timedelta64(1, "h"))
+    paths = []
+    for variable in cfg.variables or [str(v) for v in forecasts.data_vars]:
+        members = forecasts[variable].sel(init_time=init, lead_time=lead).astype(np.float64).load()
+        observed = truth.sel({TIME: init + lead, CHANNEL: variable}).values.astype(np.float64)
+        mean = members.mean("member").values
+        fields = {"truth": observed, "ensemble mean": mean, "error": mean - observed}
+        if members.sizes["member"] >= 2:
+            fields["spread"] = members.std("member", ddof=1).values
+        path = out_dir / f"map_{variable}_{hours}h.png"
+        paths.append(plots.forecast_map(path, forecasts[LAT].values, forecasts[LON].values, fields,
+                                        f"{variable} at +{hours} h from {str(init)[:13]}", get_variable(variable).units))
+    return paths
 
 
 def publish(path: Path, records: list[dict], lead_hours: list[int], store: Path, archive: Path, tracking_uri: str,
             run_ids: dict[str, str]) -> Path:
-    """Write ``summary.json`` (scores at ``lead_hours`` and where everything lives) atomically."""
-    summary = {"scores": [r for r in records if r["lead_hours"] in lead_hours], "store": str(store.resolve()),
-               "archive": str(archive.resolve()), "mlflow_tracking_uri": tracking_uri, "mlflow_run_ids": run_ids}
+    """Write ``summary.json`` (headline scores at ``lead_hours`` and where everything lives) atomically."""
+    summary = {"scores": [r for r in headline_records(records) if r["lead_hours"] in lead_hours],
+               "store": str(store.resolve()), "archive": str(archive.resolve()), "mlflow_tracking_uri": tracking_uri,
+               "mlflow_run_ids": run_ids}
     tmp = temporary_sibling(path)
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return replace_path(tmp, path)
@@ -301,8 +598,8 @@ def _stage(name: str) -> Iterator[None]:
 
 
 def headline_scores(records: list[dict], lead_hours: list[int]) -> dict[str, float]:
-    """fourcast's scores at ``lead_hours`` as metric names for the training run (``score_z500_rmse_24h``)."""
-    return {f"score_{r['variable']}_{r['metric']}_{r['lead_hours']}h": r["value"] for r in records
+    """fourcast's headline scores at ``lead_hours`` as metric names for the training run (``score_z500_rmse_24h``)."""
+    return {f"score_{r['variable']}_{r['metric']}_{r['lead_hours']}h": r["value"] for r in headline_records(records)
             if r["system"] == "fourcast" and r["lead_hours"] in lead_hours}
 
 
@@ -315,24 +612,24 @@ def run_pipeline(cfg: RunConfig) -> PipelineResult:
     paths = Paths(cfg.workdir)
     paths.workdir.mkdir(parents=True, exist_ok=True)
     uri = cfg.tracking.tracking_uri or default_tracking_uri(paths.workdir)
-    with _stage("synthesize"):
-        files = synthesize(cfg.synthetic, paths.raw)
+    with _stage({"synthetic": "synthesize", "cds": "download"}.get(cfg.ingest.source, "find files")):
+        files = source_files(cfg, paths)
     with _stage("ingest"):
         ingest(cfg.ingest, cfg.cluster, files, paths.store, paths.climatology)
     run_ids: dict[str, str] = {}
     experiment = dict(tracking_uri=uri, experiment=cfg.tracking.experiment, artifact_root=paths.artifacts)
     with _stage("train"), mlflow_run(run_name="train", tags={"stage": "train"}, **experiment) as tracker:
-        train_model(cfg.train, paths.store, paths.checkpoint, tracker)
+        train_model(cfg.train, paths.store, paths.checkpoint, tracker, climatology=paths.climatology)
         run_ids["train"] = tracker.run_id
     with _stage("forecast"), mlflow_run(run_name="forecast", tags={"stage": "forecast", "train_run_id": run_ids["train"]},
                                         **experiment) as tracker:
-        forecast(cfg.forecast, paths.checkpoint, paths.store, paths.archive, tracker)
+        forecast(cfg.forecast, paths.checkpoint, paths.store, paths.archive, tracker, overwrite=True, tracking_uri=uri)
         run_ids["forecast"] = tracker.run_id
     with _stage("score"), mlflow_run(run_name="score", tags={"stage": "score", "forecast_run_id": run_ids["forecast"],
                                                              "train_run_id": run_ids["train"]},
                                      **experiment) as tracker:
-        records = score(cfg.score, paths.archive, paths.store, paths.climatology, paths.scores, tracker)
+        records = score(cfg.score, paths.archive, paths.store, paths.climatology, paths.scores, tracker,
+                        tracking_uri=uri, forecast_run_id=run_ids["forecast"], train_run_id=run_ids["train"])
         run_ids["score"] = tracker.run_id
-    attach_run(uri, run_ids["train"]).log_metrics(headline_scores(records, cfg.score.lead_hours))
     summary = publish(paths.summary, records, cfg.score.lead_hours, paths.store, paths.archive, uri, run_ids)
     return PipelineResult(summary, records, uri, run_ids)

@@ -134,7 +134,7 @@ def test_a_failed_run_keeps_the_previous_archive(tmp_path, extents, coords):
 def test_open_refuses_an_unfinalised_archive(tmp_path, extents, coords):
     archive = ZarrArchive(tmp_path / "run.zarr", **extents)
     _write_all(archive, coords, _fields(coords, 0))
-    with pytest.raises(ArchiveError, match="no forecast archive"):
+    with pytest.raises(ArchiveError, match=f"is unfinished: {archive.partial_path} was never committed"):
         open_archive(tmp_path / "run.zarr")
     with pytest.raises(ArchiveError, match="never finalised"):
         open_archive(archive.partial_path)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import xarray as xr
 
 from ensembles.baselines import FORECAST_DIMS, climatology_forecast, persistence_forecast
 from ensembles.errors import ScoringError
 from ensembles.metrics import rmse
-from ingest.dims import CHANNEL, INIT_TIME, LEAD_TIME, TIME
+from ensembles.scorecard import score_archive
+from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, TIME
+from ingest.schema import CLIMATOLOGY_DIMS, DAYOFYEAR, HOUR
 
 LEADS = np.array([0, 6, 12], dtype="timedelta64[h]").astype("timedelta64[ns]")
 
@@ -51,3 +54,48 @@ def test_missing_init_times_and_variables_are_named(truth, climatology, init_tim
         persistence_forecast(truth, np.concatenate([init_times, late]), LEADS, ["z500"])
     with pytest.raises(ScoringError, match=r"climatology lacks 1 of the 2 channel labels needed: t850"):
         climatology_forecast(climatology, init_times, LEADS, ["z500", "t850"])
+
+
+def _seasonal(climatology: xr.DataArray, hours=(0, 6, 12, 18)) -> xr.DataArray:
+    """A day-of-year x hour climatology: the time mean plus ``100·dayofyear + hour`` (recognisable values)."""
+    days = np.arange(1, 367)
+    offset = xr.DataArray(100.0 * days[:, None] + np.array(hours)[None, :], dims=(DAYOFYEAR, HOUR),
+                          coords={DAYOFYEAR: days, HOUR: list(hours)})
+    return (climatology + offset).transpose(*CLIMATOLOGY_DIMS)
+
+
+def test_climatology_forecast_is_the_climatology_at_the_valid_time(truth, climatology, init_times):
+    seasonal = _seasonal(climatology)
+    forecast = climatology_forecast(seasonal, init_times, np.append(LEADS, np.timedelta64(24, "h")), ["z500"])["z500"]
+    base = climatology.sel({CHANNEL: "z500"}).values
+    # init 2020-01-02T00 (day 2): +0 h is day 2 hour 0, +12 h hour 12, +24 h day 3 hour 0
+    second = forecast.sel({INIT_TIME: init_times[1]})
+    for lead_hours, offset in ((0, 200), (12, 212), (24, 300)):
+        np.testing.assert_allclose(second.sel({LEAD_TIME: np.timedelta64(lead_hours, "h")}).values, base + offset)
+
+
+def test_valid_times_between_the_climatology_hours_are_refused(climatology, init_times):
+    with pytest.raises(ScoringError, match=r"cannot take the climatology at the forecasts' valid times: climatology "
+                       r"holds hours \[.*0.*12.*\]; valid times .* fall between them"):
+        climatology_forecast(_seasonal(climatology, hours=(0, 12)), init_times, LEADS, ["z500"])
+    with pytest.raises(ScoringError, match=r"expected a climatology with dims \(dayofyear, hour, channel, lat, lon\)"):
+        climatology_forecast(climatology.expand_dims(month=[1]), init_times, LEADS, ["z500"])
+
+
+def test_scores_use_the_climatology_at_the_valid_time(truth, climatology, init_times):
+    ensemble = persistence_forecast(truth, init_times, LEADS, ["z500", "u500"]).expand_dims(member=[0])
+    ensemble = ensemble.transpose(INIT_TIME, LEAD_TIME, "member", LAT, LON)
+    flat = score_archive(ensemble, truth, climatology)
+    constant = score_archive(ensemble, truth, _seasonal(climatology) * 0 + climatology)
+    xr.testing.assert_allclose(flat["score"], constant["score"], rtol=1e-12)
+    seasonal = score_archive(ensemble, truth, _seasonal(climatology))
+    by_metric = seasonal["score"].sel(variable="z500", region="global", lead_time=LEADS[1])
+    expected = climatology_forecast(_seasonal(climatology), init_times, LEADS, ["z500"])["z500"]
+    expected = expected.sel({LEAD_TIME: LEADS[1]})
+    y = truth.sel({CHANNEL: "z500", TIME: init_times + LEADS[1]}, drop=True).rename({TIME: INIT_TIME})
+    y = y.assign_coords({INIT_TIME: init_times})
+    climatology_rmse = float(by_metric.sel(metric="rmse", system="climatology"))
+    assert climatology_rmse == pytest.approx(float(rmse(expected, y)), rel=1e-9)
+    assert not np.allclose(by_metric.sel(metric="acc", system="persistence"),
+                           flat["score"].sel(variable="z500", region="global", lead_time=LEADS[1], metric="acc",
+                                             system="persistence"))

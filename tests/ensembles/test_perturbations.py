@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ensembles.errors import EnsembleInputError
-from ensembles.perturbations import GaussianPerturbation, GaussianRandomFieldPerturbation, NoPerturbation
+from ensembles.perturbations import (BredVectorPerturbation, GaussianPerturbation, GaussianRandomFieldPerturbation,
+                                     NoPerturbation)
 from ensembles.protocols import Perturbation
 from ingest.dims import CHANNEL, MEMBER
 
@@ -40,9 +41,62 @@ def test_no_perturbation_is_identity(state, member_coords):
     assert out_coords is member_coords
 
 
-def test_zero_amplitude_is_exactly_identity(state, member_coords):
-    x, _ = GaussianPerturbation(np.array([50.0, 3.0]), amplitude=0.0)(state, member_coords, _generator(0))
-    assert torch.equal(x, state)
+class CountingPrognostic:
+    """Wraps a prognostic and counts its steps."""
+
+    def __init__(self, prognostic) -> None:
+        self.prognostic, self.steps = prognostic, 0
+        self.input_coords, self.output_coords = prognostic.input_coords, prognostic.output_coords
+        self.step_size = prognostic.step_size
+
+    def step(self, x, coords):
+        self.steps += 1
+        return self.prognostic.step(x, coords)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "grf", "bred"])
+def test_zero_amplitude_is_exactly_identity(kind, state, member_coords, drift_prognostic):
+    scale = np.array([50.0, 3.0])
+    model = CountingPrognostic(drift_prognostic)
+    perturb = {"gaussian": lambda: GaussianPerturbation(scale, amplitude=0.0),
+               "grf": lambda: GaussianRandomFieldPerturbation(scale, amplitude=0.0),
+               "bred": lambda: BredVectorPerturbation(model, scale, amplitude=0.0, cycles=3)}[kind]()
+    x, out_coords = perturb(state, member_coords, _generator(0))
+    assert torch.equal(x, state) and out_coords is member_coords
+    assert model.steps == 0
+
+
+def test_bred_vector_is_the_rescaled_growth_of_the_seed(state, member_coords, drift_prognostic):
+    scale, amplitude = np.array([50.0, 3.0]), 0.4
+    bred, _ = BredVectorPerturbation(drift_prognostic, scale, amplitude, cycles=1)(state, member_coords, _generator(2))
+    seeded, _ = GaussianPerturbation(scale, amplitude)(state, member_coords, _generator(2))
+    growth = (drift_prognostic.step(seeded, member_coords)[0] - drift_prognostic.step(state, member_coords)[0]).double()
+    rms = growth.square().mean(dim=(-2, -1), keepdim=True).sqrt()
+    expected = state.double() + growth * torch.as_tensor(amplitude * scale)[None, :, None, None] / rms
+    torch.testing.assert_close(bred.double(), expected.to(state.dtype).double(), rtol=1e-6, atol=1e-3)
+
+
+def test_bred_vectors_have_the_seed_size_per_member_and_channel(state, member_coords, drift_prognostic):
+    scale, amplitude = np.array([50.0, 3.0]), 0.3
+    bred, _ = BredVectorPerturbation(drift_prognostic, scale, amplitude, cycles=3)(state, member_coords,
+                                                                                    _generator(4))
+    rms = (bred - state).double().square().mean(dim=(-2, -1)).sqrt()
+    np.testing.assert_allclose(rms.numpy(), np.broadcast_to(amplitude * scale, (3, 2)), rtol=1e-3)
+
+
+def test_a_bred_member_alone_equals_it_first_in_a_batch(state, member_coords, drift_prognostic):
+    perturb = BredVectorPerturbation(drift_prognostic, np.array([50.0, 3.0]), 0.3, cycles=2)
+    batch, _ = perturb(state, member_coords, _generator(9))
+    alone, _ = perturb(state[:1], {**member_coords, MEMBER: np.arange(1)}, _generator(9))
+    again, _ = perturb(state[:1], {**member_coords, MEMBER: np.arange(1)}, _generator(9))
+    assert torch.equal(alone[0], batch[0]) and torch.equal(alone, again)
+    other, _ = perturb(state[:1], {**member_coords, MEMBER: np.arange(1)}, _generator(10))
+    assert not torch.equal(alone, other)
+
+
+def test_breeding_needs_a_cycle(drift_prognostic):
+    with pytest.raises(EnsembleInputError, match="at least 1 breeding cycle, found cycles=0"):
+        BredVectorPerturbation(drift_prognostic, np.ones(2), 0.3, cycles=0)
 
 
 def test_noise_has_the_requested_standard_deviation_per_channel():

@@ -8,8 +8,9 @@ import torch
 
 from ensembles.archive import MemoryArchive
 from ensembles.errors import EnsembleInputError
-from ensembles.perturbations import GaussianPerturbation, NoPerturbation
-from ensembles.runner import forecast_lead_times, member_generator, run_campaign, run_ensemble
+from ensembles.perturbations import (BredVectorPerturbation, GaussianPerturbation, GaussianRandomFieldPerturbation,
+                                     NoPerturbation)
+from ensembles.runner import forecast_lead_times, member_generator, run_ensemble
 from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER, TIME
 
 INIT = np.datetime64("2020-01-01T00", "ns")
@@ -66,9 +67,13 @@ def test_control_member_is_unperturbed(identity_prognostic, initial, coords):
     assert not np.allclose(uncontrolled_0.values, initial[0].numpy())
 
 
-def test_a_member_run_alone_equals_it_in_a_batch(drift_prognostic, initial, coords):
-    batch = _run(drift_prognostic, initial, coords, members_per_batch=8)
-    alone = _run(drift_prognostic, initial, coords, members=[3])
+@pytest.mark.parametrize("kind", ["gaussian", "grf", "bred"])
+def test_a_member_run_alone_equals_it_in_a_batch(kind, drift_prognostic, initial, coords):
+    perturbation = {"gaussian": lambda: GaussianPerturbation(SCALE, 0.3),
+                    "grf": lambda: GaussianRandomFieldPerturbation(SCALE, 0.3),
+                    "bred": lambda: BredVectorPerturbation(drift_prognostic, SCALE, 0.3, cycles=2)}[kind]()
+    batch = _run(drift_prognostic, initial, coords, members_per_batch=8, perturbation=perturbation)
+    alone = _run(drift_prognostic, initial, coords, members=[3], perturbation=perturbation)
     for variable in ("z500", "u500"):
         np.testing.assert_array_equal(alone[variable].sel({MEMBER: 3}).values, batch[variable].sel({MEMBER: 3}).values)
     assert bool(alone["z500"].sel({MEMBER: [0, 1, 2, 4]}).isnull().all())
@@ -99,34 +104,6 @@ def test_channels_are_taken_by_label(drift_prognostic, initial, coords):
     from_reordered = _run(drift_prognostic, initial.flip(0), reordered)
     for variable in ("z500", "u500"):
         np.testing.assert_array_equal(from_reordered[variable].values, reference[variable].values)
-
-
-def test_run_campaign_runs_every_init_time(identity_prognostic, truth, coords):
-    init_times = (INIT, INIT + np.timedelta64(24, "h"))
-    archive = MemoryArchive(
-        ["z500", "u500"],
-        np.array(init_times),
-        forecast_lead_times(np.timedelta64(6, "h"), N_STEPS),
-        2,
-        coords[LAT],
-        coords[LON],
-    )
-    run_campaign(
-        identity_prognostic,
-        lambda t: torch.from_numpy(truth.sel({TIME: t}).values),
-        coords,
-        init_times,
-        n_members=2,
-        n_steps=N_STEPS,
-        perturbation=NoPerturbation(),
-        archive=archive,
-        seed=0,
-    )
-    for t in init_times:
-        np.testing.assert_array_equal(
-            archive.dataset["u500"].sel({INIT_TIME: t, MEMBER: 1, LEAD_TIME: np.timedelta64(18, "h")}).values,
-            truth.sel({TIME: t, CHANNEL: "u500"}).values,
-        )
 
 
 @pytest.mark.parametrize(

@@ -10,11 +10,14 @@ from dask.callbacks import Callback
 from ensembles.archive import MemoryArchive, ZarrArchive, open_archive
 from ensembles.errors import ScoringError
 from ensembles.perturbations import GaussianPerturbation, NoPerturbation
-from ensembles.runner import forecast_lead_times, run_campaign
+from ensembles.runner import forecast_lead_times, run_ensemble
+from ensembles.metrics import METRICS
+from ensembles.scorecard import ScoreOptions, score_archive
 from ensembles.scoring import score_forecasts
-from ingest.dims import CHANNEL, INIT_TIME, LAT, LON, TIME
+from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, TIME
 
 N_STEPS = 4
+STEP = np.timedelta64(6, "h")
 N_MEMBERS = 3
 VARIABLES = ["z500", "u500"]
 
@@ -25,18 +28,19 @@ def _forecast(prognostic, truth, coords, archive_factory, perturbation=None):
     archive = archive_factory(
         VARIABLES, init_times, forecast_lead_times(prognostic.step_size, N_STEPS), N_MEMBERS, coords[LAT], coords[LON]
     )
-    run_campaign(
-        prognostic,
-        lambda t: torch.from_numpy(truth.sel({TIME: t}).values),
-        coords,
-        init_times,
-        n_members=N_MEMBERS,
-        n_steps=N_STEPS,
-        perturbation=perturbation or NoPerturbation(),
-        archive=archive,
-        seed=5,
-        members_per_batch=2,
-    )
+    for init_time in init_times:
+        run_ensemble(
+            prognostic,
+            torch.from_numpy(truth.sel({TIME: init_time}).values),
+            coords,
+            init_time,
+            n_members=N_MEMBERS,
+            n_steps=N_STEPS,
+            perturbation=perturbation or NoPerturbation(),
+            archive=archive,
+            seed=5,
+            members_per_batch=2,
+        )
     return archive
 
 
@@ -78,26 +82,24 @@ def test_records_cover_every_variable_lead_system_and_metric(archive, truth, cli
     assert set(records[0]) == {"variable", "lead_hours", "system", "metric", "value"}
     assert all(isinstance(r["value"], float) and np.isfinite(r["value"]) for r in records)
     keys = {(r["system"], r["metric"]) for r in records}
-    assert keys == {
-        ("fourcast", "rmse"),
-        ("fourcast", "acc"),
-        ("fourcast", "crps"),
-        ("fourcast", "ssr"),
-        ("persistence", "rmse"),
-        ("persistence", "acc"),
-        ("climatology", "rmse"),
-        ("climatology", "acc"),
-    }
-    assert len(records) == len(VARIABLES) * (N_STEPS + 1) * 8
+    deterministic = set(METRICS) - {"spread", "ssr", "debiased_rmse"}
+    baselines = {(s, m) for s in ("persistence", "climatology") for m in deterministic}
+    expected = {("fourcast", m) for m in METRICS} | baselines
+    assert keys == expected
+    assert len(records) == len(VARIABLES) * (N_STEPS + 1) * len(expected)
     table = _table(records)
     assert table[("z500", 0, "fourcast", "crps")] > 0
+    # a single forecast's CRPS is its absolute error
+    assert table[("z500", 12, "persistence", "crps")] == pytest.approx(table[("z500", 12, "persistence", "mae")])
 
 
 def test_subsets_of_variables_and_leads(archive, truth, climatology):
     records = score_forecasts(archive, truth, climatology, variables=["u500"], lead_times=[np.timedelta64(12, "h")])
     assert {(r["variable"], r["lead_hours"]) for r in records} == {("u500", 12)}
     full = _table(score_forecasts(archive, truth, climatology))
-    assert all(full[key] == value for key, value in _table(records).items())
+    assert all(full[key] == pytest.approx(value, rel=1e-12) for key, value in _table(records).items())
+    with pytest.raises(ScoringError, match=r"the archive has no lead times \[7\] h; it holds \[0, 6, 12, 18, 24\] h"):
+        score_forecasts(archive, truth, climatology, lead_times=[np.timedelta64(7, "h")])
 
 
 class _ChunkReads(Callback):
@@ -115,25 +117,26 @@ class _ChunkReads(Callback):
             self.per_compute[-1] += 1
 
 
-def test_the_archive_is_read_one_lead_at_a_time(archive, truth, climatology):
+def test_the_archive_is_read_once_chunk_by_chunk(archive, truth, climatology):
     with _ChunkReads() as reads:
         score_forecasts(archive, truth, climatology)
-    # one compute per (variable, lead), each reading one chunk per init time, every chunk once
-    assert reads.per_compute == [archive.sizes[INIT_TIME]] * len(VARIABLES) * (N_STEPS + 1)
+    # one compute, reading every (init, lead) chunk of every variable exactly once
+    assert reads.per_compute == [archive.sizes[INIT_TIME] * (N_STEPS + 1) * len(VARIABLES)]
 
 
-def test_missing_valid_times_are_named(archive, truth, climatology):
-    short = truth.isel({TIME: slice(0, 7)})  # the second run's 24 h verifies at time index 8
-    with pytest.raises(
-        ScoringError, match=r"truth lacks 2 of the 9 time labels needed: 2020-01-02T18.*, 2020-01-03T00"
-    ):
+def test_lead_times_beyond_the_truth_are_named(archive, truth, climatology):
+    short = truth.isel({TIME: slice(0, 7)})  # the second run's 18 h and 24 h verify after 2020-01-02T12
+    with pytest.raises(ScoringError, match=r"lead times \[18, 24\] h reach beyond the truth available: .* the truth "
+                       r"ends at 2020-01-02T12:00"):
         score_forecasts(archive, short, climatology)
+    with pytest.raises(ScoringError, match=r"truth lacks 1 of the 9 time labels needed: 2020-01-01T06"):
+        score_forecasts(archive, truth.drop_sel({TIME: truth[TIME].values[1]}), climatology)
 
 
 def test_a_grid_mismatch_is_refused(archive, truth, climatology):
-    with pytest.raises(ScoringError, match="truth lat differs from the archive's"):
+    with pytest.raises(ScoringError, match=r"truth is on another grid than the forecasts: expected lat of 9 values"):
         score_forecasts(archive, truth.assign_coords({LAT: truth[LAT].values * 0.5}), climatology)
-    with pytest.raises(ScoringError, match="climatology lon differs from the archive's: expected 16 values"):
+    with pytest.raises(ScoringError, match="climatology is on another grid .* expected lon of 16 values"):
         score_forecasts(archive, truth, climatology.isel({LON: slice(0, 8)}))
 
 
@@ -144,17 +147,49 @@ def test_a_variable_missing_from_truth_is_named(archive, truth, climatology):
         score_forecasts(archive, truth, climatology, variables=["t850"])
 
 
-def test_nans_fail_naming_variable_and_lead(archive, truth, climatology):
+def _holed(truth):
     holed = truth.copy()
     holed.loc[{TIME: truth[TIME].values[5], CHANNEL: "u500"}] = np.nan  # valid at lead 6 h of the 2nd run
-    with pytest.raises(ScoringError, match="truth for u500 at lead 6 h has 144 NaN values"):
-        score_forecasts(archive, holed, climatology)
+    return holed
 
 
-def test_unwritten_forecasts_fail(truth, climatology, coords):
+def test_nans_fail_naming_variable_init_and_lead(archive, truth, climatology):
+    with pytest.raises(ScoringError, match="NaN values in u500 from 2020-01-02T00:00 at lead 6 h: truth 144 of 144"):
+        score_forecasts(archive, _holed(truth), climatology)
+
+
+def test_nans_can_be_skipped_for_every_system_alike(archive, truth, climatology):
+    scorecard = score_archive(archive, _holed(truth), climatology, ScoreOptions(nan_policy="skip"))
+    six_hours = {LEAD_TIME: np.timedelta64(6, "h")}
+    assert scorecard["n_skipped"].sel(variable="u500", **six_hours) == 1
+    assert scorecard["n_skipped"].sum() == 1
+    assert (scorecard["n_forecasts"].sel(variable="u500", **six_hours) == 1).all()
+    # only the first run counts at that lead: scores equal those of the first init time alone
+    first = score_archive(archive.isel({INIT_TIME: [0]}), truth, climatology)
+    both = scorecard["score"].sel(variable="u500", **six_hours)
+    np.testing.assert_allclose(both, first["score"].sel(variable="u500", **six_hours), rtol=1e-12)
+    with pytest.raises(ScoringError, match="unknown NaN policy 'ignore'"):
+        ScoreOptions(nan_policy="ignore")
+
+
+def test_unwritten_forecasts_fail_unless_partial(truth, climatology, coords, identity_prognostic):
     init_times = truth[TIME].values[[0, 4]]
-    archive = MemoryArchive(
-        VARIABLES, init_times, forecast_lead_times(np.timedelta64(6, "h"), 1), 2, coords[LAT], coords[LON]
-    )
-    with pytest.raises(ScoringError, match="forecast of z500 at lead 0 h has 576 NaN values of 576"):
+    archive = MemoryArchive(VARIABLES, init_times, forecast_lead_times(STEP, 1), 2, coords[LAT], coords[LON])
+    run_ensemble(identity_prognostic, torch.from_numpy(truth.sel({TIME: init_times[0]}).values), coords,
+                 init_times[0], n_members=2, n_steps=1, perturbation=NoPerturbation(), archive=archive, seed=0)
+    with pytest.raises(ScoringError, match="the forecast of z500 from 2020-01-02T00:00 at lead (0|6) h is NaN "
+                       "everywhere: it was never written"):
         score_forecasts(archive.dataset, truth, climatology)
+    scorecard = score_archive(archive.dataset, truth, climatology, ScoreOptions(allow_partial=True))
+    assert (scorecard["n_unwritten"] == 1).all()
+    assert (scorecard["n_forecasts"] == 1).all()
+    assert float(scorecard["score"].sel(metric="rmse", system="fourcast", region="global",
+                                        lead_time=np.timedelta64(0, "h"), variable="z500")) == 0.0
+
+
+def test_a_climatology_that_does_not_cover_the_valid_time_is_named(archive, truth, climatology):
+    holed = climatology.expand_dims(dayofyear=np.arange(1, 367), hour=[0, 6, 12, 18]).copy()
+    holed.loc[{"dayofyear": 2, "hour": 18, CHANNEL: "z500"}] = np.nan  # 2020-01-02T18: lead 18 h of the 2nd run
+    with pytest.raises(ScoringError, match=r"NaN values in z500 from 2020-01-02T00:00 at lead 18 h: climatology 144 "
+                       r"of 144; a NaN climatology at the valid time 2020-01-02T18:00 \(day of year 2\) means"):
+        score_forecasts(archive, truth, holed)

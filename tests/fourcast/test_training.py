@@ -8,7 +8,8 @@ from fourcast.errors import CheckpointError, DataWindowError, NonFiniteLossError
 from fourcast.forecaster import Forecaster
 from fourcast.models.registry import build_model
 from fourcast.normaliser import Normaliser
-from fourcast.training import LatWeightedMSE, Phase, TrainSettings, train
+from fourcast.training import (LatWeightedMSE, Phase, TrainSettings, anomaly_correlation,
+                               enable_activation_checkpointing, train, validate)
 from ingest.grid import cell_area_weights
 from ingest.schema import open_store
 
@@ -121,3 +122,41 @@ def test_forecaster_with_identity_model_returns_its_input():
     torch.testing.assert_close(out, x)
     with pytest.raises(CheckpointError, match="input channel"):
         forecaster.step(x, {"member": np.arange(3), **forecaster.input_coords, "channel": np.array(["t850"])})
+
+
+def test_validation_of_persistence_scores_as_persistence_and_acc_is_a_correlation(store):
+    validation = StoreWindows(store, *VALID, n_ahead=2)
+    metrics = validate(torch.nn.Identity(), validation, (1, 2), 6, torch.device("cpu"))
+    for lead_hours in (6, 12):
+        for channel in validation.channels:
+            assert metrics[f"val_rmse_{channel}_{lead_hours}h"] == pytest.approx(
+                metrics[f"val_persistence_rmse_{channel}_{lead_hours}h"], rel=1e-6)
+            assert -1.0 <= metrics[f"val_acc_{channel}_{lead_hours}h"] <= 1.0
+    weights = torch.as_tensor(cell_area_weights(validation.lat), dtype=torch.float32)[:, None]
+    anomaly = torch.randn(2, 3, 16, 32)
+    torch.testing.assert_close(anomaly_correlation(anomaly, 3.0 * anomaly, weights), torch.ones(2, 3))
+    torch.testing.assert_close(anomaly_correlation(anomaly, -anomaly, weights), -torch.ones(2, 3))
+
+
+def test_activation_checkpointing_keeps_keys_and_gradients(store):
+    x = torch.randn(2, 3, 16, 32)
+    plain = build_model("afno-small", (16, 32), 3)
+    recomputed = build_model("afno-small", (16, 32), 3)
+    recomputed.load_state_dict(plain.state_dict())
+    assert enable_activation_checkpointing(recomputed) == 8
+    assert list(recomputed.state_dict()) == list(plain.state_dict())
+    for model in (plain, recomputed):
+        model(x).square().mean().backward()
+    for (name, a), b in zip(plain.named_parameters(), recomputed.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_bf16_training_keeps_the_loss_finite(store):
+    validation = StoreWindows(store, *VALID, n_ahead=1)
+    model = build_model("afno-tiny", (16, 32), 3)
+    losses = []
+    train(model, lambda n: StoreWindows(store, *TRAIN, n_ahead=n), validation,
+          _settings(phases=(Phase(1, 3, 1e-3),), validation_leads=(1,), validation_samples=2, precision="bf16"),
+          lambda metrics, step: losses.append(metrics.get("loss")), torch.device("cpu"))
+    assert all(np.isfinite(loss) for loss in losses if loss is not None) and len(losses) == 4
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast, not a bf16 copy of the weights

@@ -4,10 +4,14 @@ import xarray as xr
 import zarr
 
 from ingest.errors import StoreSchemaError, UnknownVariableError
-from ingest.schema import CLIMATOLOGY, open_climatology, open_store
+from ingest.climatology import climatology_at
+from ingest.coarsen import coarsen
+from ingest.grid import cell_area_weights
+from ingest.schema import CLIMATOLOGY, CLIMATOLOGY_DIMS, open_climatology, open_store
 from ingest.store import StatsPeriod, StoreLayout, open_sources, write_store
 
 from tests.conftest import STATS, VARIABLES
+from tests.ingest.fields import make_fields
 
 
 def test_store_is_labelled_zarr_v3_with_one_step_chunks_in_shards(store):
@@ -40,12 +44,38 @@ def test_statistics_use_the_training_period_only(store):
     assert not np.allclose(ds["mean"].values, everything.mean(axis=(0, 2, 3)), rtol=1e-7)
 
 
-def test_climatology_is_the_training_mean_state(store_paths):
+def test_climatology_is_its_own_day_of_year_by_hour_store(store_paths):
     store, climatology = store_paths
     clim = open_climatology(climatology)
+    assert clim.dims == CLIMATOLOGY_DIMS and clim.name == CLIMATOLOGY
+    assert list(clim["hour"].values) == [0, 6, 12, 18] and list(clim["channel"].values) == VARIABLES
     train = open_store(store)["data"].sel(time=slice(STATS.start, STATS.end))
-    np.testing.assert_allclose(clim.values, train.astype("float64").mean("time").values, rtol=1e-5, atol=1e-4)
-    assert clim.name == CLIMATOLOGY
+    at_train_times = climatology_at(clim, train["time"])
+    assert at_train_times.dims == train.dims and not np.isnan(at_train_times.values).any()
+    # one month smoothed over 61 days: close to the period mean, not equal to any single day
+    np.testing.assert_allclose(at_train_times.mean("time").values, train.mean("time").values,
+                               rtol=0.05, atol=0.05 * float(train.std()))
+    assert clim.attrs["stats_start"] == str(STATS.start) and clim.attrs["window_days"] == 61
+
+
+@pytest.mark.parametrize("compressor", ["none", "blosc"])
+def test_every_compressor_stores_the_same_values(tmp_path, compressor):
+    data = make_fields("2001-01-01T00", "2001-01-10T18")
+    period = StatsPeriod(np.datetime64("2001-01-01T00"), np.datetime64("2001-01-08T18"))
+    reference = write_store(data, tmp_path / "zstd.zarr", period, StoreLayout(shard_steps=12))
+    other = write_store(data, tmp_path / f"{compressor}.zarr", period, StoreLayout(12, compressor))
+    np.testing.assert_array_equal(open_store(other)["data"].values, open_store(reference)["data"].values)
+    assert len(zarr.open_array(other / "data").compressors) == (compressor != "none")
+
+
+def test_a_coarsened_store_keeps_the_area_mean(tmp_path):
+    data = make_fields("2001-01-01T00", "2001-01-05T18", nlat=17, nlon=32)
+    period = StatsPeriod(np.datetime64("2001-01-01T00"), np.datetime64("2001-01-05T18"))
+    store = open_store(write_store(coarsen(data, 4), tmp_path / "coarse.zarr", period, StoreLayout(shard_steps=8)))
+    assert (store.sizes["lat"], store.sizes["lon"]) == (5, 8) and list(store["lat"].values) == [90, 45, 0, -45, -90]
+    weights = {n: cell_area_weights(np.linspace(90, -90, n))[:, None] for n in (5, 17)}
+    coarse_mean = (store["data"] * weights[5]).mean(("lat", "lon")).values
+    np.testing.assert_allclose(coarse_mean, (data * weights[17]).mean(("lat", "lon")).values, rtol=1e-6)
 
 
 def test_bad_input_leaves_the_existing_store_intact(era5_files, store, tmp_path):

@@ -96,3 +96,89 @@ def test_remote_tracking_server(mlflow_server, tmp_path):
     uri, served = mlflow_server
     _exercise(uri, None, tmp_path)
     assert any(served.rglob("note.txt"))  # the artifact went through the server's proxy
+
+
+def _noisy_archive(store: Path, path: Path, lineage: dict) -> Path:
+    """A finalised archive of 3 members: the store's truth at each valid time plus seeded noise."""
+    import numpy as np
+
+    from ensembles.archive import ZarrArchive
+    from ingest.schema import DATA, open_store
+
+    truth = open_store(store)[DATA]
+    inits = np.array(["2000-02-10T00", "2000-02-15T00"], dtype="datetime64[ns]")
+    leads = np.arange(0, 49, 12).astype("timedelta64[h]").astype("timedelta64[ns]")
+    variables = [str(c) for c in truth["channel"].values]
+    archive = ZarrArchive(path, variables, inits, leads, 3, truth["lat"].values, truth["lon"].values, attrs=lineage)
+    rng = np.random.default_rng(0)
+    for init in inits:
+        for lead in leads:
+            state = truth.sel(time=init + lead).values
+            x = state[None] * (1 + 0.01 * rng.standard_normal((3, *state.shape)))
+            archive.write(x, {"init_time": np.array([init]), "lead_time": np.array([lead]), "member": np.arange(3),
+                              "channel": np.array(variables), "lat": truth["lat"].values, "lon": truth["lon"].values})
+    return Path(archive.finalize())
+
+
+def _config(workdir: Path) -> Path:
+    """A run config whose workdir holds the store; only its score and tracking slices matter here."""
+    import yaml
+
+    period = lambda start, end: {"start": start, "end": end}  # noqa: E731
+    config = {
+        "workdir": str(workdir),
+        "synthetic": {"period": period("2000-01-01T00:00", "2000-02-29T18:00"), "nlat": 16, "nlon": 32},
+        "ingest": {"variables": ["z500", "u500", "v500"], "statistics": period("2000-01-01T00:00", "2000-01-20T18:00")},
+        "train": {"model": "afno-tiny", "train": period("2000-01-01T00:00", "2000-01-20T18:00"),
+                  "validation": period("2000-01-21T00:00", "2000-01-31T18:00"),
+                  "phases": [{"rollout_steps": 1, "optimizer_steps": 1, "learning_rate": 1e-3}]},
+        "forecast": {"inits": period("2000-02-10T00:00", "2000-02-15T00:00")},
+        "score": {"lead_hours": [24], "regions": ["global", "tropics"],
+                  "boxes": [{"name": "atlantic", "lat": [20, 60], "lon": [280, 10]}]},
+        "tracking": {"experiment": "scores"},
+    }
+    path = workdir / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.slow
+def test_fourcast_score_links_its_run_to_the_forecast_and_the_training_run(tmp_path, store_paths, capsys):
+    from pipeline.cli import main
+
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    store, climatology = store_paths
+    (workdir / "store.zarr").symlink_to(store)
+    (workdir / "climatology.zarr").symlink_to(climatology)
+    uri = default_tracking_uri(workdir)
+    with mlflow_run(uri, "scores", "train", {"stage": "train"}, workdir / "mlartifacts") as train:
+        pass
+    with mlflow_run(uri, "scores", "forecast", {"stage": "forecast"}, workdir / "mlartifacts") as forecast:
+        pass
+    archive = _noisy_archive(store, tmp_path / "archive.zarr",
+                             {"train_run_id": train.run_id, "forecast_run_id": forecast.run_id})
+    argv = ["score", "--config", str(_config(workdir)), "--archive", str(archive), "--lead-hours", "24", "48",
+            "--map-lead-hours", "12"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "z500     rmse   fourcast" in printed and "climatology" in printed and "mae" not in printed
+
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("scores").experiment_id], "tags.stage = 'score'")
+    run_id = run.info.run_id
+    assert run.data.tags["forecast_run_id"] == forecast.run_id and run.data.tags["train_run_id"] == train.run_id
+    assert [m.step for m in client.get_metric_history(run_id, "z500_fourcast_crps")] == [0, 12, 24, 36, 48]
+    assert {a.path for a in client.list_artifacts(run_id, "scores")} == {"scores/scorecard.nc", "scores/scorecard.csv"}
+    plots = {a.path for a in client.list_artifacts(run_id, "plots")}
+    assert {"plots/rmse_z500.png", "plots/spread_skill_z500.png", "plots/rank_histogram_u500.png",
+            "plots/map_v500_12h.png"} <= plots
+    rmse_24h = next(m.value for m in client.get_metric_history(run_id, "z500_fourcast_rmse") if m.step == 24)
+    trained = client.get_run(train.run_id).data.metrics
+    assert trained["score_z500_rmse_24h"] == rmse_24h > 0  # the verification is on the model's training run
+    assert "score_z500_crps_48h" in trained and "score_z500_mae_48h" not in trained
+    import xarray as xr
+
+    with xr.open_dataset(workdir / "scores" / "scorecard.nc") as scorecard:
+        assert list(scorecard["region"].values) == ["global", "tropics", "atlantic"]
+        assert (scorecard["n_forecasts"] == 2).all()

@@ -1,0 +1,462 @@
+"""Scorecards: every metric of a forecast archive and its baselines, by region and lead time.
+
+A scorecard is an :class:`xarray.Dataset`::
+
+    score[metric, variable, region, lead_time, system]   float64, NaN where a metric does not
+                                                        apply (spread of a single forecast)
+    rank_histogram[variable, region, lead_time, rank]    fourcast's rank frequencies (sum 1)
+    n_forecasts[variable, lead_time, system]             init times that went into each score
+    n_skipped[variable, lead_time]                       init times skipped for NaNs
+    n_unwritten[variable, lead_time]                     init times never written (partial archive)
+    coords: metric, variable, region, lead_time (timedelta64), lead_hours, system, rank,
+            units(variable)
+
+It is built from mergeable partial results (:class:`ScoreAccumulator`, holding a
+:class:`~ensembles.metrics.StatisticSums` per system, variable and lead): each forecast — one
+``(init_time, lead_time)`` chunk of the archive — is scored on its own by
+:func:`score_chunk`, and the partial results are summed. :func:`score_archive` does so with
+Dask, one archive chunk per task, so an archive is never loaded whole;
+:class:`ensembles.streaming.StreamingScorer` does the same while the runner produces members.
+
+Systems: ``fourcast`` (the archive's ensemble), ``persistence`` (the truth at init time) and
+``climatology`` (the climatology at the valid time), scored at the same points by the same
+statistics. The ACC of the climatology forecast is 0 by convention (its anomaly is identically
+zero, the correlation 0/0).
+
+NaN policy (``ScoreOptions.nan_policy``): ``"fail"`` (default) raises
+:class:`~ensembles.errors.ScoringError` naming variable, init and lead of the first forecast
+whose forecast, truth or climatology holds a NaN; ``"skip"`` leaves such a forecast out for
+every system alike (so systems stay comparable) and counts it in ``n_skipped``. Partial
+archives (``allow_partial``): a forecast that is NaN everywhere was never written; it is left
+out and counted in ``n_unwritten`` instead of failing.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import dask
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from ensembles.baselines import climatology_at, require_labels
+from ensembles.errors import ScoringError
+from ensembles.metrics import METRICS, RANK, StatisticSums, finalise, forecast_statistics, rank_histogram_frequencies
+from ensembles.regions import REGIONS, Region, weight_matrix
+from ingest.atomic import discard, replace_path, temporary_sibling
+from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER, TIME
+from ingest.lexicon import get_variable
+
+FOURCAST = "fourcast"
+PERSISTENCE = "persistence"
+CLIMATOLOGY = "climatology"
+SYSTEMS = (FOURCAST, PERSISTENCE, CLIMATOLOGY)
+NAN_POLICIES = ("fail", "skip")
+METRIC, VARIABLE, REGION, SYSTEM = "metric", "variable", "region", "system"
+SCORE_DIMS = (METRIC, VARIABLE, REGION, LEAD_TIME, SYSTEM)
+#: Metrics without units (the others are in the variable's units, ``mse`` in its square).
+DIMENSIONLESS = ("acc", "ssr", "brier")
+#: Chunks summed per task of the Dask reduction tree.
+_FAN_IN = 16
+
+Key = tuple[str, str, np.timedelta64]
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """How to score.
+
+    Attributes
+    ----------
+    regions : tuple of Region
+        Regions to average over (default: global, both extra-tropics, tropics).
+    nan_policy : {"fail", "skip"}
+        What a NaN in a forecast, the truth or the climatology does (module docstring).
+    allow_partial : bool
+        Leave out forecasts that were never written (all NaN) instead of failing.
+    baselines : bool
+        Also score persistence and climatology.
+    """
+
+    regions: tuple[Region, ...] = tuple(REGIONS.values())
+    nan_policy: Literal["fail", "skip"] = "fail"
+    allow_partial: bool = False
+    baselines: bool = True
+
+    def __post_init__(self) -> None:
+        if self.nan_policy not in NAN_POLICIES:
+            raise ScoringError(f"unknown NaN policy {self.nan_policy!r}; expected one of {NAN_POLICIES}")
+        names = [r.name for r in self.regions]
+        if not names or len(set(names)) != len(names):
+            raise ScoringError(f"expected at least one region and distinct region names, found {names}")
+
+
+@dataclass
+class ScoreAccumulator:
+    """Partial scorecard: statistic sums per ``(system, variable, lead)`` and what was left out.
+
+    ``a + b`` merges the partial results of disjoint sets of forecasts (chunks, ranks).
+    """
+
+    sums: dict[Key, StatisticSums] = field(default_factory=dict)
+    skipped: dict[tuple[str, np.timedelta64], int] = field(default_factory=lambda: defaultdict(int))
+    unwritten: dict[tuple[str, np.timedelta64], int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, system: str, variable: str, lead: np.timedelta64, statistics: dict[str, np.ndarray],
+            n_members: int) -> None:
+        """Add the statistics of one forecast (:func:`~ensembles.metrics.forecast_statistics`)."""
+        key = (system, variable, np.timedelta64(lead, "ns"))
+        one = StatisticSums.of(statistics, n_members)
+        self.sums[key] = self.sums[key] + one if key in self.sums else one
+
+    def __add__(self, other: ScoreAccumulator) -> ScoreAccumulator:
+        merged = ScoreAccumulator(dict(self.sums))
+        for key, sums in other.sums.items():
+            merged.sums[key] = merged.sums[key] + sums if key in merged.sums else sums
+        for mine, theirs, into in ((self.skipped, other.skipped, merged.skipped),
+                                   (self.unwritten, other.unwritten, merged.unwritten)):
+            for key, count in [*mine.items(), *theirs.items()]:
+                into[key] += count
+        return merged
+
+    def to_dataset(self, variables: Sequence[str], lead_times: np.ndarray, regions: Sequence[Region],
+                   attrs: dict[str, Any] | None = None) -> xr.Dataset:
+        """The scorecard (module docstring) of everything accumulated."""
+        leads = np.asarray(lead_times).astype("timedelta64[ns]")
+        shape = (len(METRICS), len(variables), len(regions), leads.size, len(SYSTEMS))
+        score = np.full(shape, np.nan)
+        n_members = max((s.n_members for k, s in self.sums.items() if k[0] == FOURCAST), default=1)
+        ranks = np.full((len(variables), len(regions), leads.size, n_members + 1), np.nan)
+        counts = np.zeros((len(variables), leads.size, len(SYSTEMS)), dtype=np.int64)
+        for (system, variable, lead), sums in self.sums.items():
+            v, l, s = list(variables).index(variable), int(np.flatnonzero(leads == lead)[0]), SYSTEMS.index(system)
+            counts[v, l, s] = sums.count
+            for m, metric in enumerate(METRICS):
+                score[m, v, :, l, s] = finalise(sums, metric)
+            frequencies = rank_histogram_frequencies(sums) if system == FOURCAST else None
+            if frequencies is not None:
+                ranks[v, :, l, :] = frequencies.T
+        left_out = {name: np.array([[table.get((v, lead), 0) for lead in leads] for v in variables], dtype=np.int64)
+                    for name, table in (("n_skipped", self.skipped), ("n_unwritten", self.unwritten))}
+        coords = {
+            METRIC: list(METRICS), VARIABLE: list(variables), REGION: [r.name for r in regions],
+            LEAD_TIME: leads, SYSTEM: list(SYSTEMS), RANK: np.arange(n_members + 1),
+            "lead_hours": (LEAD_TIME, leads / np.timedelta64(1, "h")),
+            "units": (VARIABLE, [get_variable(v).units for v in variables]),
+        }
+        return xr.Dataset(
+            {
+                "score": (SCORE_DIMS, score, {"long_name": "verification score", "dimensionless": list(DIMENSIONLESS)}),
+                "rank_histogram": ((VARIABLE, REGION, LEAD_TIME, RANK), ranks,
+                                   {"long_name": "frequency of the truth's rank among the fourcast members"}),
+                "n_forecasts": ((VARIABLE, LEAD_TIME, SYSTEM), counts),
+                "n_skipped": ((VARIABLE, LEAD_TIME), left_out["n_skipped"]),
+                "n_unwritten": ((VARIABLE, LEAD_TIME), left_out["n_unwritten"]),
+            },
+            coords=coords,
+            attrs={"n_members": n_members, **(attrs or {})},
+        )
+
+
+def score_chunk(
+    init_time: np.datetime64,
+    lead: np.timedelta64,
+    variables: Sequence[str],
+    members: np.ndarray,
+    truth_valid: np.ndarray,
+    truth_init: np.ndarray,
+    climatology_valid: np.ndarray,
+    region_weights: np.ndarray,
+    options: ScoreOptions,
+) -> ScoreAccumulator:
+    """Score one forecast (one init and lead, every variable) for every system and region.
+
+    Parameters
+    ----------
+    init_time, lead : numpy.datetime64, numpy.timedelta64
+        Labels of the forecast (for accounting and messages).
+    variables : sequence of str
+        Channel ids, in the order of the channel axes below.
+    members : numpy.ndarray, shape (member, channel, lat, lon)
+        The ensemble forecast.
+    truth_valid, truth_init, climatology_valid : numpy.ndarray, shape (channel, lat, lon)
+        Truth at the valid time, truth at the init time (persistence), climatology at the
+        valid time.
+    region_weights : numpy.ndarray, shape (region, lat·lon)
+        :func:`ensembles.regions.weight_matrix`.
+    options : ScoreOptions
+
+    Raises
+    ------
+    ScoringError
+        For NaNs under ``nan_policy="fail"``, or an unwritten forecast without ``allow_partial``.
+    """
+    accumulator = ScoreAccumulator()
+    n_members = members.shape[0]
+    for c, variable in enumerate(variables):
+        forecast = members[:, c].reshape(n_members, -1)
+        inputs = {"truth": truth_valid[c].ravel(), "climatology": climatology_valid[c].ravel()}
+        if options.baselines:
+            inputs["truth at init time"] = truth_init[c].ravel()
+        if not _usable(accumulator, variable, init_time, lead, forecast, inputs, options):
+            continue
+        y, clim = inputs["truth"], inputs["climatology"]
+        accumulator.add(FOURCAST, variable, lead, forecast_statistics(forecast, y, clim, region_weights), n_members)
+        if options.baselines:
+            persistence = inputs["truth at init time"][None]
+            accumulator.add(PERSISTENCE, variable, lead, forecast_statistics(persistence, y, clim, region_weights), 1)
+            accumulator.add(CLIMATOLOGY, variable, lead, forecast_statistics(clim[None], y, clim, region_weights), 1)
+    return accumulator
+
+
+def _usable(accumulator: ScoreAccumulator, variable: str, init_time: np.datetime64, lead: np.timedelta64,
+            forecast: np.ndarray, inputs: dict[str, np.ndarray], options: ScoreOptions) -> bool:
+    """Apply the partial-archive and NaN policies to one forecast; False if it is to be left out."""
+    where = f"{variable} from {str(init_time)[:16]} at lead {_hours(lead):g} h"
+    key = (variable, np.timedelta64(lead, "ns"))
+    missing = np.isnan(forecast)
+    if missing.all():
+        if options.allow_partial:
+            accumulator.unwritten[key] += 1
+            return False
+        raise ScoringError(
+            f"the forecast of {where} is NaN everywhere: it was never written; score a partial archive "
+            "with allow_partial (fourcast score --partial) or rerun the forecast"
+        )
+    n_nan = {"forecast": int(missing.sum()), **{name: int(np.isnan(v).sum()) for name, v in inputs.items()}}
+    if not any(n_nan.values()):
+        return True
+    if options.nan_policy == "skip":
+        accumulator.skipped[key] += 1
+        return False
+    found = ", ".join(f"{name} {count} of {forecast.size if name == 'forecast' else inputs[name].size}"
+                      for name, count in n_nan.items() if count)
+    hint = ""
+    if n_nan["climatology"]:
+        valid = np.datetime64(init_time, "ns") + np.timedelta64(lead, "ns")
+        day = int((valid.astype("datetime64[D]") - valid.astype("datetime64[Y]")).astype(int)) + 1
+        hint = (f"; a NaN climatology at the valid time {str(valid)[:16]} (day of year {day}) means the period it "
+                "was computed from does not cover that day: compute it from a longer period")
+    raise ScoringError(f"NaN values in {where}: {found}{hint}; expected none (nan_policy='fail'; 'skip' leaves "
+                       "such forecasts out)")
+
+
+def score_archive(
+    archive: xr.Dataset,
+    truth: xr.DataArray,
+    climatology: xr.DataArray,
+    options: ScoreOptions = ScoreOptions(),
+    *,
+    variables: Sequence[str] | None = None,
+    lead_times: Sequence[np.timedelta64] | np.ndarray | None = None,
+) -> xr.Dataset:
+    """Scorecard of an archive and its baselines against the truth, computed chunk by chunk with Dask.
+
+    Every ``(init_time, lead_time)`` chunk of the archive becomes one task reading that chunk,
+    the truth at its init and valid times and the climatology at its valid time, and returning
+    a :class:`ScoreAccumulator`; the accumulators are summed in a tree of Dask tasks. Only
+    chunks and partial sums are ever in memory. The active Dask scheduler runs it (a
+    ``dask.distributed`` client if one is set up, else threads). A loaded (numpy-backed)
+    archive goes through the same tasks.
+
+    Parameters
+    ----------
+    archive : xarray.Dataset
+        Variables ``[init_time, lead_time, member, lat, lon]`` (:func:`ensembles.archive.open_archive`).
+    truth : xarray.DataArray, dims (time, channel, lat, lon)
+        Analyses on the archive's grid holding every init and valid time (the store's ``data``).
+    climatology : xarray.DataArray
+        ``[dayofyear, hour, channel, lat, lon]`` or ``[channel, lat, lon]``
+        (:func:`ensembles.baselines.climatology_at`).
+    options : ScoreOptions
+    variables : sequence of str, optional
+        Archive variables to score (default all).
+    lead_times : array of timedelta64, optional
+        Archive lead times to score (default all).
+
+    Raises
+    ------
+    ScoringError
+        Before any computation if the grids differ, the truth lacks a variable, or the truth
+        ends before the valid time of a lead (the leads and the truth's end are named); while
+        computing, for NaNs (``nan_policy="fail"``) or unwritten forecasts (no ``allow_partial``).
+    """
+    variables = _variables(archive, variables)
+    leads = _lead_times(archive, lead_times)
+    inits = archive[INIT_TIME].values.astype("datetime64[ns]")
+    truth = on_grid(truth, archive[LAT].values, archive[LON].values, "truth")
+    climatology = on_grid(climatology, archive[LAT].values, archive[LON].values, "climatology")
+    require_labels(truth, CHANNEL, np.asarray(variables), "truth")
+    require_labels(climatology, CHANNEL, np.asarray(variables), "climatology")
+    require_valid_times(truth, inits, leads)
+    weights = dask.delayed(weight_matrix(options.regions, archive[LAT].values, archive[LON].values), pure=True)
+    members = archive[variables].to_dataarray(CHANNEL).transpose(INIT_TIME, LEAD_TIME, MEMBER, CHANNEL, LAT, LON)
+    members = members.sel({LEAD_TIME: leads})
+    truth = truth.sel({CHANNEL: variables}).transpose(TIME, CHANNEL, LAT, LON)
+    position = pd.Index(truth[TIME].values)
+    valid = xr.DataArray(inits[:, None] + leads[None, :], dims=(INIT_TIME, LEAD_TIME))
+    climate = climatology_at(climatology.sel({CHANNEL: variables}), valid).transpose(
+        INIT_TIME, LEAD_TIME, CHANNEL, LAT, LON)
+    chunk = dask.delayed(score_chunk)
+    tasks = [
+        chunk(init, lead, variables, members.data[i, l], truth.data[position.get_loc(init + lead)],
+              truth.data[position.get_loc(init)], climate.data[i, l], weights, options)
+        for i, init in enumerate(inits) for l, lead in enumerate(leads)
+    ]
+    (total,) = dask.compute(_tree_sum(tasks))
+    attrs = {"nan_policy": options.nan_policy, "allow_partial": int(options.allow_partial)}
+    return total.to_dataset(variables, leads, options.regions, attrs)
+
+
+def _tree_sum(tasks: list) -> Any:
+    """Sum Dask-delayed accumulators in a tree of fan-in :data:`_FAN_IN`."""
+    add = dask.delayed(_sum_all)
+    while len(tasks) > 1:
+        tasks = [add(tasks[i : i + _FAN_IN]) for i in range(0, len(tasks), _FAN_IN)]
+    return tasks[0] if tasks else dask.delayed(ScoreAccumulator)()
+
+
+def _sum_all(accumulators: list[ScoreAccumulator]) -> ScoreAccumulator:
+    total = accumulators[0]
+    for accumulator in accumulators[1:]:
+        total = total + accumulator
+    return total
+
+
+def require_valid_times(truth: xr.DataArray, inits: np.ndarray, leads: np.ndarray) -> None:
+    """Raise :class:`ScoringError` unless the truth holds every init time and valid time.
+
+    Leads whose valid times run past the end of the truth are named as such.
+    """
+    times = truth[TIME].values
+    last_valid = inits.max() + leads
+    beyond = leads[last_valid > times.max()]
+    if beyond.size:
+        raise ScoringError(
+            f"lead times {[_whole(_hours(x)) for x in beyond]} h reach beyond the truth available: the last init "
+            f"{str(inits.max())[:16]} needs truth up to {str(last_valid.max())[:16]}, the truth ends at "
+            f"{str(times.max())[:16]}; score fewer lead times or extend the store"
+        )
+    needed = np.union1d(inits, (inits[:, None] + leads[None, :]).ravel())
+    require_labels(truth, TIME, needed, "truth")
+
+
+def on_grid(field: xr.DataArray, lat: np.ndarray, lon: np.ndarray, what: str,
+            reference: str = "the forecasts") -> xr.DataArray:
+    """``field`` relabelled with ``lat``/``lon`` (the grid of ``reference``) after checking they agree to rounding."""
+    for dim, expected in ((LAT, lat), (LON, lon)):
+        if dim not in field.dims:
+            raise ScoringError(f"{what}: expected a {dim!r} dim, found dims {field.dims}")
+        found = field[dim].values
+        if expected.shape != found.shape or not np.allclose(expected, found):
+            raise ScoringError(
+                f"{what} is on another grid than {reference}: expected {dim} of {expected.size} values "
+                f"{expected[:1]}…{expected[-1:]}, found {found.size} values {found[:1]}…{found[-1:]}"
+            )
+    return field.assign_coords({LAT: lat, LON: lon})
+
+
+def _variables(archive: xr.Dataset, variables: Sequence[str] | None) -> list[str]:
+    available = [str(v) for v in archive.data_vars]
+    chosen = available if variables is None else [str(v) for v in variables]
+    unknown = [v for v in chosen if v not in available]
+    if unknown or not chosen:
+        raise ScoringError(f"cannot score variables {unknown or chosen}: the archive holds {available}")
+    return chosen
+
+
+def _lead_times(archive: xr.Dataset, lead_times: Sequence[np.timedelta64] | np.ndarray | None) -> np.ndarray:
+    available = archive[LEAD_TIME].values.astype("timedelta64[ns]")
+    if lead_times is None:
+        return available
+    leads = np.atleast_1d(np.asarray(lead_times).astype("timedelta64[ns]"))
+    unknown = leads[~np.isin(leads, available)]
+    if unknown.size or not leads.size:
+        raise ScoringError(f"the archive has no lead times {[_whole(_hours(x)) for x in unknown]} h; it holds "
+                           f"{[_whole(_hours(x)) for x in available]} h")
+    return leads
+
+
+def _hours(lead: np.timedelta64) -> float:
+    return float(np.timedelta64(lead, "ns") / np.timedelta64(1, "h"))
+
+
+def scorecard_records(scorecard: xr.Dataset, region: str = "global") -> list[dict[str, Any]]:
+    """The finite scores of one region as flat records, ordered by lead, variable, system, metric.
+
+    Returns
+    -------
+    list of dict
+        ``{"variable", "lead_hours", "system", "metric", "value"}`` (lead hours an int when whole).
+    """
+    if region not in scorecard[REGION].values:
+        raise ScoringError(f"the scorecard has no region {region!r}; it has {list(scorecard[REGION].values)}")
+    table = scorecard["score"].sel({REGION: region}).transpose(LEAD_TIME, VARIABLE, SYSTEM, METRIC)
+    records = []
+    for l, hours in enumerate(scorecard["lead_hours"].values):
+        for v, variable in enumerate(table[VARIABLE].values):
+            for s, system in enumerate(table[SYSTEM].values):
+                for m, metric in enumerate(table[METRIC].values):
+                    value = float(table.values[l, v, s, m])
+                    if np.isfinite(value):
+                        records.append({"variable": str(variable), "lead_hours": _whole(hours), "system": str(system),
+                                        "metric": str(metric), "value": value})
+    return records
+
+
+def _whole(hours: float) -> int | float:
+    return int(hours) if float(hours).is_integer() else float(hours)
+
+
+def scorecard_table(scorecard: xr.Dataset) -> pd.DataFrame:
+    """Long table ``metric, variable, region, lead_hours, system, value`` of the finite scores."""
+    frame = scorecard["score"].to_dataframe().reset_index()
+    frame["lead_hours"] = frame[LEAD_TIME] / np.timedelta64(1, "h")
+    frame = frame[np.isfinite(frame["score"])].rename(columns={"score": "value"})
+    return frame[[METRIC, VARIABLE, REGION, "lead_hours", SYSTEM, "value"]].reset_index(drop=True)
+
+
+def write_scorecard(scorecard: xr.Dataset, directory: str | Path, name: str = "scorecard") -> tuple[Path, Path]:
+    """Write the scorecard as ``<name>.nc`` (netCDF4) and ``<name>.csv``, each atomically.
+
+    Returns
+    -------
+    tuple of pathlib.Path
+        The netCDF and the CSV file.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = directory / f"{name}.nc", directory / f"{name}.csv"
+    writers = (lambda tmp: scorecard.to_netcdf(tmp, engine="netcdf4"),
+               lambda tmp: scorecard_table(scorecard).to_csv(tmp, index=False, float_format="%.9g"))
+    for path, write in zip(paths, writers, strict=True):
+        tmp = temporary_sibling(path)
+        try:
+            write(tmp)
+        except BaseException:
+            discard(tmp)
+            raise
+        replace_path(tmp, path)
+    return paths
+
+
+def open_scorecard(path: str | Path) -> xr.Dataset:
+    """Read a scorecard written by :func:`write_scorecard` (netCDF), loaded into memory."""
+    with xr.open_dataset(path, engine="netcdf4") as ds:
+        return ds.load()
+
+
+#: The scores a summary shows per system: fourcast's ensemble-mean skill, ACC, CRPS and
+#: spread-skill ratio; the baselines' RMSE and ACC.
+HEADLINE_METRICS = {FOURCAST: ("rmse", "acc", "crps", "ssr"), PERSISTENCE: ("rmse", "acc"),
+                    CLIMATOLOGY: ("rmse", "acc")}
+
+
+def headline_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of :data:`HEADLINE_METRICS`, in their order."""
+    return [r for r in records if r["metric"] in HEADLINE_METRICS.get(r["system"], ())]

@@ -1,0 +1,291 @@
+"""Small ERA5 files in every layout the CDS has delivered, all written from one set of fields.
+
+:func:`make_fields` draws seeded fields on a coarse global grid; the writers put the same
+values into the new-CDS netCDF layout, the new-CDS zip, the old-CDS packed-int16 netCDF
+layout, and GRIB 1, mirroring the real files in ``../shared/realdata`` (see its README).
+"""
+
+from __future__ import annotations
+
+import sqlite3  # noqa: F401  before ecCodes, whose bundled older SQLite MLflow refuses
+import zipfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import eccodes
+import netCDF4
+import numpy as np
+import xarray as xr
+
+from ingest.lexicon import get_variable
+
+PRESSURE_IDS = ("z500", "z850", "t850")
+SURFACE_IDS = ("t2m", "u10m", "msl")
+ALL_IDS = PRESSURE_IDS + SURFACE_IDS
+
+# plausible mean and spread of each field, in lexicon units
+_CLIMATE = {"z500": (55_000.0, 800.0), "z850": (14_000.0, 500.0), "t850": (275.0, 10.0),
+            "t2m": (285.0, 12.0), "u10m": (0.0, 6.0), "msl": (101_300.0, 1200.0)}
+# GRIB shortName where it differs from the cfgrib variable name the lexicon uses
+_GRIB_SHORT_NAMES = {"t2m": "2t", "u10m": "10u", "v10m": "10v"}
+_INT16_FILL = np.int16(-32767)
+_ZIP_INSTANT = "data_stream-oper_stepType-instant.nc"
+_ZIP_ACCUM = "data_stream-oper_stepType-accum.nc"
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Canonical fields to write: ``values[id]`` has shape (time, lat, lon), float32.
+
+    ``lat`` runs 90 → −90 and ``lon`` 0 → 360, as the canonical form; ``expver`` gives the
+    experiment of each time step.
+    """
+
+    times: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+    values: dict[str, np.ndarray]
+    expver: np.ndarray
+
+    def select(self, steps: slice | np.ndarray, ids: tuple[str, ...] | None = None) -> Fields:
+        """The fields at some time steps (and for some ids)."""
+        ids = tuple(self.values) if ids is None else ids
+        return replace(self, times=self.times[steps].copy(), expver=self.expver[steps].copy(),
+                       values={vid: self.values[vid][steps].copy() for vid in ids})
+
+    def shifted(self, offset: float, expver: str) -> Fields:
+        """The same times with every value moved by ``offset``, labelled with another experiment."""
+        return replace(self, values={k: v + np.float32(offset) for k, v in self.values.items()},
+                       expver=np.full(self.times.size, expver))
+
+    def stacked(self, ids: tuple[str, ...] = ALL_IDS) -> np.ndarray:
+        """Values as the canonical ``[time, channel, lat, lon]`` array."""
+        return np.stack([self.values[vid] for vid in ids], axis=1)
+
+
+def make_fields(ntime: int = 8, nlat: int = 7, nlon: int = 12, *, seed: int = 0,
+                start: str = "2000-01-01T00", ids: tuple[str, ...] = ALL_IDS) -> Fields:
+    """Seeded fields, 6-hourly from ``start``, on an equiangular grid including the poles."""
+    rng = np.random.default_rng(seed)
+    times = np.datetime64(start, "ns") + np.arange(ntime) * np.timedelta64(6, "h")
+    values = {vid: (_CLIMATE[vid][0] + _CLIMATE[vid][1] * rng.standard_normal((ntime, nlat, nlon))).astype(np.float32)
+              for vid in ids}
+    return Fields(times, np.linspace(90.0, -90.0, nlat), np.arange(nlon) * (360.0 / nlon), values,
+                  np.full(ntime, "0001"))
+
+
+def _grid(fields: Fields, lon_west: bool, lat_ascending: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Coordinates and index orders for a grid delivered as −180..180 and/or south to north."""
+    lon = np.where(fields.lon >= 180.0, fields.lon - 360.0, fields.lon) if lon_west else fields.lon
+    lon_order = np.argsort(lon, kind="stable")
+    lat_order = np.arange(fields.lat.size)[::-1] if lat_ascending else np.arange(fields.lat.size)
+    return fields.lat[lat_order], lon[lon_order], lat_order, lon_order
+
+
+def _on_grid(values: np.ndarray, lat_order: np.ndarray, lon_order: np.ndarray) -> np.ndarray:
+    return values[..., lat_order, :][..., lon_order]
+
+
+# --- new CDS netCDF ------------------------------------------------------------------------
+
+
+def new_cds_dataset(fields: Fields, ids: tuple[str, ...], *, lon_west: bool = False,
+                    lat_ascending: bool = False) -> xr.Dataset:
+    """The new-CDS layout: ``valid_time``, (``pressure_level``), ``latitude``, ``longitude``."""
+    lat, lon, lat_order, lon_order = _grid(fields, lon_west, lat_ascending)
+    variables = [get_variable(vid) for vid in ids]
+    levels = sorted({v.level for v in variables if v.level is not None})
+    data = {}
+    for short in dict.fromkeys(v.short_name for v in variables):
+        members = [v for v in variables if v.short_name == short]
+        attrs = {"units": members[0].units, "long_name": members[0].long_name.split(" at ")[0],
+                 "GRIB_shortName": _GRIB_SHORT_NAMES.get(members[0].id, short)}
+        if members[0].level is None:
+            data[short] = (("valid_time", "latitude", "longitude"),
+                           _on_grid(fields.values[members[0].id], lat_order, lon_order), attrs)
+            continue
+        cube = np.full((fields.times.size, len(levels), lat.size, lon.size), np.nan, dtype=np.float32)
+        for v in members:
+            cube[:, levels.index(v.level)] = _on_grid(fields.values[v.id], lat_order, lon_order)
+        data[short] = (("valid_time", "pressure_level", "latitude", "longitude"), cube, attrs)
+    coords = {
+        "number": ((), np.int64(0), {"standard_name": "realization"}),
+        "valid_time": ("valid_time", fields.times, {"standard_name": "time"}),
+        "latitude": ("latitude", lat, {"units": "degrees_north"}),
+        "longitude": ("longitude", lon, {"units": "degrees_east"}),
+        "expver": ("valid_time", fields.expver.astype(object)),
+    }
+    if levels:
+        coords["pressure_level"] = ("pressure_level", np.array(levels, dtype=np.float64), {"units": "hPa"})
+    return xr.Dataset(data, coords=coords, attrs={"Conventions": "CF-1.7", "institution": "ECMWF"})
+
+
+def _new_cds_encoding(ds: xr.Dataset) -> dict:
+    encoding = {"valid_time": {"dtype": "int64", "units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian"}}
+    for name in ds.data_vars:
+        encoding[name] = {"dtype": "float32", "zlib": True, "complevel": 1, "shuffle": True,
+                          "_FillValue": np.float32(np.nan)}
+    return encoding
+
+
+def write_new_cds(fields: Fields, directory: Path, *, stem: str = "era5", lon_west: bool = False,
+                  lat_ascending: bool = False) -> list[Path]:
+    """``{stem}_pl.nc`` (pressure levels) and ``{stem}_sfc.nc`` (single levels), as two requests give."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for suffix, ids in (("pl", PRESSURE_IDS), ("sfc", SURFACE_IDS)):
+        ids = tuple(vid for vid in ids if vid in fields.values)
+        if ids:
+            ds = new_cds_dataset(fields, ids, lon_west=lon_west, lat_ascending=lat_ascending)
+            path = directory / f"{stem}_{suffix}.nc"
+            ds.to_netcdf(path, engine="netcdf4", format="NETCDF4", encoding=_new_cds_encoding(ds))
+            paths.append(path)
+    return paths
+
+
+def write_cds_zip(fields: Fields, path: Path, *, seed: int = 1) -> Path:
+    """The zip the new CDS returns for single levels mixing instantaneous and accumulated fields.
+
+    The instantaneous member holds the single-level fields of ``fields``; the accumulated one
+    holds total precipitation ``tp`` (not in the lexicon, so readers must pass over it).
+    """
+    ids = tuple(vid for vid in SURFACE_IDS if vid in fields.values)
+    instant = new_cds_dataset(fields, ids)
+    rain = np.random.default_rng(seed).gamma(0.5, 1e-3, (fields.times.size, fields.lat.size, fields.lon.size))
+    accum = instant.drop_vars(list(instant.data_vars)).assign(
+        tp=(("valid_time", "latitude", "longitude"), rain.astype(np.float32), {"units": "m"}))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for member, ds in ((_ZIP_INSTANT, instant), (_ZIP_ACCUM, accum)):
+            archive.writestr(member, ds.to_netcdf(engine="netcdf4", encoding=_new_cds_encoding(ds)))
+    return path
+
+
+# --- old CDS netCDF (grib_to_netcdf) ---------------------------------------------------------
+
+
+def packing(values: np.ndarray) -> tuple[float, float]:
+    """``(scale_factor, add_offset)`` spreading ``values`` over int16 −32766..32766."""
+    low, high = float(np.nanmin(values)), float(np.nanmax(values))
+    return max(high - low, 1e-6) / 65532.0, (high + low) / 2.0
+
+
+def _pack(values: np.ndarray, scale: float, offset: float) -> np.ndarray:
+    packed = np.round((values.astype(np.float64) - offset) / scale)
+    return np.where(np.isnan(packed), _INT16_FILL, np.clip(packed, -32766, 32766)).astype(np.int16)
+
+
+def write_old_cds(fields: Fields, directory: Path, *, stem: str = "era5_old", expver_dim: bool = False,
+                  fill_points: dict[str, tuple[int, int, int]] | None = None) -> list[Path]:
+    """Legacy CDS netCDF: int16 packed with ``scale_factor``/``add_offset``, −32767 fill, hours since 1900.
+
+    Parameters
+    ----------
+    expver_dim : bool
+        Write an ``expver`` dimension (``1``, ``5``) as the old CDS did when a request mixed
+        final ERA5 and ERA5T: each step's values go to the slot of ``fields.expver`` and the
+        other slot holds fill values.
+    fill_points : dict, optional
+        ``{id: (time, lat, lon)}`` grid points to write as the fill value (missing data).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for suffix, ids in (("pl", PRESSURE_IDS), ("sfc", SURFACE_IDS)):
+        ids = tuple(vid for vid in ids if vid in fields.values)
+        if ids:
+            path = directory / f"{stem}_{suffix}.nc"
+            _write_old_cds_file(fields, ids, path, expver_dim, fill_points or {})
+            paths.append(path)
+    return paths
+
+
+def _write_old_cds_file(fields: Fields, ids: tuple[str, ...], path: Path, expver_dim: bool,
+                        fill_points: dict[str, tuple[int, int, int]]) -> None:
+    variables = [get_variable(vid) for vid in ids]
+    levels = sorted({v.level for v in variables if v.level is not None})
+    experiments = [1, 5]
+    with netCDF4.Dataset(path, "w", format="NETCDF3_64BIT_OFFSET") as nc:
+        nc.Conventions = "CF-1.6"
+        nc.createDimension("longitude", fields.lon.size)
+        nc.createDimension("latitude", fields.lat.size)
+        if expver_dim:
+            nc.createDimension("expver", len(experiments))
+        if levels:
+            nc.createDimension("level", len(levels))
+        nc.createDimension("time", None)
+        for name, values, units in (("longitude", fields.lon, "degrees_east"), ("latitude", fields.lat, "degrees_north")):
+            var = nc.createVariable(name, "f4", (name,))
+            var.units = units
+            var[:] = values
+        if expver_dim:
+            nc.createVariable("expver", "i4", ("expver",))[:] = experiments
+        if levels:
+            level = nc.createVariable("level", "i4", ("level",))
+            level.units = "millibars"
+            level[:] = levels
+        time = nc.createVariable("time", "i4", ("time",))
+        time.units, time.long_name, time.calendar = "hours since 1900-01-01 00:00:00.0", "time", "gregorian"
+        time[:] = ((fields.times - np.datetime64("1900-01-01", "ns")) // np.timedelta64(1, "h")).astype(np.int32)
+        for short in dict.fromkeys(v.short_name for v in variables):
+            members = [v for v in variables if v.short_name == short]
+            dims = ("time",) + (("expver",) if expver_dim else ()) + (("level",) if members[0].level else ())
+            shape = (fields.times.size,) + ((len(experiments),) if expver_dim else ()) + \
+                ((len(levels),) if members[0].level else ()) + (fields.lat.size, fields.lon.size)
+            cube = np.full(shape, np.nan)
+            for v in members:
+                values = fields.values[v.id].astype(np.float64)
+                for point in [p for vid, p in fill_points.items() if vid == v.id]:
+                    values[point] = np.nan
+                for t in range(fields.times.size):
+                    index = (t,) + ((experiments.index(int(fields.expver[t])),) if expver_dim else ()) + \
+                        ((levels.index(v.level),) if v.level else ())
+                    cube[index] = values[t]
+            scale, offset = packing(cube)
+            var = nc.createVariable(short, "i2", dims + ("latitude", "longitude"), fill_value=_INT16_FILL)
+            var.set_auto_maskandscale(False)
+            var.scale_factor, var.add_offset = np.float64(scale), np.float64(offset)
+            var.missing_value = _INT16_FILL
+            var.units, var.long_name = members[0].units, members[0].long_name.split(" at ")[0]
+            var[:] = _pack(cube, scale, offset)
+
+
+# --- GRIB ----------------------------------------------------------------------------------
+
+
+def write_grib(fields: Fields, path: Path, *, lon_west: bool = False, packing_type: str = "grid_ieee",
+               append: bool = False) -> Path:
+    """GRIB 1 as MARS/CDS deliver it: one message per (time, variable, level), north to south.
+
+    ``grid_ieee`` stores float32 values exactly; ``grid_simple`` (16 bits) is what ERA5 uses.
+    """
+    lat, lon, lat_order, lon_order = _grid(fields, lon_west, lat_ascending=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab" if append else "wb") as out:
+        for t, when in enumerate(fields.times):
+            stamp = when.astype("datetime64[m]").item()
+            for vid, values in fields.values.items():
+                variable = get_variable(vid)
+                sample = "regular_ll_sfc_grib1" if variable.level is None else "regular_ll_pl_grib1"
+                handle = eccodes.codes_grib_new_from_samples(sample)
+                try:
+                    keys = {
+                        "Ni": lon.size, "Nj": lat.size, "jScansPositively": 0,
+                        "latitudeOfFirstGridPointInDegrees": lat[0], "latitudeOfLastGridPointInDegrees": lat[-1],
+                        "longitudeOfFirstGridPointInDegrees": lon[0], "longitudeOfLastGridPointInDegrees": lon[-1],
+                        "iDirectionIncrementInDegrees": lon[1] - lon[0], "jDirectionIncrementInDegrees": lat[0] - lat[1],
+                        "dataDate": int(stamp.strftime("%Y%m%d")), "dataTime": int(stamp.strftime("%H%M")),
+                        "shortName": _GRIB_SHORT_NAMES.get(vid, variable.short_name),
+                        "expver": str(fields.expver[t]), "packingType": packing_type,
+                    }
+                    if variable.level is not None:
+                        keys["level"] = variable.level
+                    for key, value in keys.items():
+                        eccodes.codes_set(handle, key, value)
+                    if packing_type == "grid_simple":
+                        eccodes.codes_set(handle, "bitsPerValue", 16)
+                    grid_values = _on_grid(values[t], lat_order, lon_order).astype(np.float64)
+                    eccodes.codes_set_values(handle, grid_values.ravel())
+                    eccodes.codes_write(handle, out)
+                finally:
+                    eccodes.codes_release(handle)
+    return path

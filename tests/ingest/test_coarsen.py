@@ -1,0 +1,45 @@
+"""Area-weighted integer coarsening: conserves the area mean, keeps ERA5's pole-including grids."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from ingest.coarsen import coarsen, latitude_weights, longitude_weights
+from ingest.errors import StoreSchemaError
+from ingest.grid import cell_area_weights, equiangular_lats, regular_lons
+
+from tests.ingest.fields import make_fields
+
+
+def _area_mean(field: xr.DataArray) -> np.ndarray:
+    weights = cell_area_weights(field["lat"].values)[:, None]
+    return (field * weights).mean(("lat", "lon")).values
+
+
+def test_era5_quarter_degree_becomes_era5_one_degree():
+    lat, weights = latitude_weights(equiangular_lats(721), 4)
+    np.testing.assert_allclose(lat, np.linspace(90, -90, 181))
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0)
+    assert np.count_nonzero(weights[90]) == 5 and np.count_nonzero(weights[0]) == 3  # half rows at band edges
+    lon, lon_weights = longitude_weights(regular_lons(1440), 4)
+    np.testing.assert_allclose(lon, np.arange(360.0))
+    np.testing.assert_allclose(lon_weights[0, [1438, 1439, 0, 1, 2]] * 4, [0.5, 1, 1, 1, 0.5])
+
+
+@pytest.mark.parametrize(("nlat", "factor"), [(17, 4), (16, 2)])
+def test_the_area_mean_is_conserved(nlat, factor):
+    fine = make_fields("2001-01-01T00", "2001-01-03T00", nlat=nlat, nlon=32)
+    if nlat % 2 == 0:  # a grid without poles: rows half a spacing off them
+        fine = fine.assign_coords(lat=np.linspace(90, -90, nlat + 1)[:-1] - 90.0 / nlat)
+    coarse = coarsen(fine, factor)
+    assert coarse.sizes["lon"] == 32 // factor and coarse.chunks is not None
+    np.testing.assert_allclose(_area_mean(coarse), _area_mean(fine.compute()), rtol=1e-6)
+    np.testing.assert_allclose(coarsen(fine * 0 + 7.0, factor).values, 7.0, rtol=1e-6)
+
+
+def test_factors_that_do_not_divide_the_grid_are_refused():
+    fine = make_fields("2001-01-01T00", "2001-01-02T00", nlat=17, nlon=32)
+    with pytest.raises(StoreSchemaError, match="dividing nlat - 1 = 16"):
+        coarsen(fine, 3)

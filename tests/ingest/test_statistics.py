@@ -1,0 +1,73 @@
+"""Mergeable statistics: partial states combine exactly; the store's statistics equal numpy's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from ingest.errors import StoreSchemaError
+from ingest.statistics import Moments, compute_statistics, default_period, merge_all
+from ingest.store import StatsPeriod, StoreLayout, write_store
+
+from tests.ingest.fields import make_fields
+
+
+def test_partial_states_merge_to_the_whole_in_any_grouping():
+    rng = np.random.default_rng(3)
+    values = rng.normal(5.0, 3.0, size=(50, 2, 4, 5))
+    values[rng.random(values.shape) < 0.05] = np.nan
+    cuts = [0, 3, 4, 17, 30, 31, 50]
+    states = [Moments.of_block(values[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+    by_tree = merge_all(states)
+    in_order = states[0]
+    for state in states[1:]:
+        in_order = in_order.merge(state)
+    shuffled = merge_all([states[i] for i in rng.permutation(len(states))])
+    flat = np.moveaxis(values, 1, 0).reshape(2, -1)
+    for merged in (by_tree, in_order, shuffled):
+        np.testing.assert_allclose(merged.mean, np.nanmean(flat, axis=1), rtol=1e-12)
+        np.testing.assert_allclose(merged.std, np.nanstd(flat, axis=1), rtol=1e-12)
+        np.testing.assert_array_equal(merged.minimum, np.nanmin(flat, axis=1))
+        np.testing.assert_array_equal(merged.count, np.isfinite(flat).sum(axis=1))
+
+
+def test_store_statistics_agree_with_numpy_on_the_training_subset(tmp_path):
+    data = make_fields("2001-01-01T00", "2001-03-31T18", chunk_steps=24)
+    period = StatsPeriod(np.datetime64("2001-01-10T00"), np.datetime64("2001-02-20T18"))
+    store = write_store(data, tmp_path / "store.zarr", period, StoreLayout(shard_steps=24))
+    ds = xr.open_zarr(store, consolidated=False)
+    assert list(ds["channel"].values) == ["z500", "u500", "v500"] and ds["data"].dims == ("time", "channel", "lat", "lon")
+    train = ds["data"].sel(time=slice(period.start, period.end)).values.astype(np.float64)
+    flat = np.moveaxis(train, 1, 0).reshape(3, -1)
+    tendency = np.moveaxis(train[1:] - train[:-1], 1, 0).reshape(3, -1)
+    expected = {"mean": flat.mean(axis=1), "std": flat.std(axis=1), "minimum": flat.min(axis=1),
+                "maximum": flat.max(axis=1), "tendency_std": tendency.std(axis=1)}
+    for name, values in expected.items():
+        for c, scale in enumerate(flat.std(axis=1)):  # near-zero means are compared on the channel's scale
+            np.testing.assert_allclose(ds[name].values[c], values[c], rtol=1e-6, atol=1e-6 * scale, err_msg=name)
+    assert ds.attrs["stats_start"] == str(period.start) and ds.attrs["tendency_hours"] == 6
+    assert not np.allclose(ds["mean"].values, ds["data"].values.mean(axis=(0, 2, 3)), rtol=1e-6)
+
+
+def test_the_tendency_spans_six_hours_whatever_the_step():
+    hourly = make_fields("2001-01-01T00", "2001-01-08T23", step_hours=1)
+    stats = compute_statistics(hourly, hourly["time"].values[0], hourly["time"].values[-1], step_hours=1)
+    values = hourly.values.astype(np.float64)
+    six_hours = np.moveaxis(values[6:] - values[:-6], 1, 0).reshape(3, -1)
+    np.testing.assert_allclose(stats["tendency_std"].values, six_hours.std(axis=1), rtol=1e-6)
+    assert stats.attrs["tendency_hours"] == 6
+
+
+def test_the_default_period_leaves_the_last_years_out():
+    long = np.arange(np.datetime64("1990-01-01T00"), np.datetime64("2020-01-01T00"), np.timedelta64(6, "h"))
+    assert default_period(long) == (long[0], np.datetime64("2016-12-31T18"))
+    short = long[: 4 * 365]
+    start, end = default_period(short)
+    assert start == short[0] and end == short[int(0.8 * short.size) - 1]
+
+
+def test_a_constant_channel_is_refused():
+    data = make_fields("2001-01-01T00", "2001-01-05T00") * 0 + 1.0
+    with pytest.raises(StoreSchemaError, match="std must be positive"):
+        compute_statistics(data, data["time"].values[0], data["time"].values[-1], 6)

@@ -1,0 +1,270 @@
+"""``fourcast forecast``: real processes under ``torchrun``, resume after SIGKILL, lineage, refusals.
+
+The model is a random ``afno-tiny`` checkpoint on the 16 x 32 test store: the runner, the
+archive and the launcher are what is tested, not the forecast skill.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from ensembles.archive import open_archive
+from fourcast.checkpoint import CheckpointMeta, save_checkpoint
+from fourcast.models.registry import build_model
+from ingest.schema import MEAN, STD, open_store
+from pipeline.cli import main
+from pipeline.config import ForecastConfig
+from pipeline.stages import Launch, Paths, forecast, store_fingerprint
+from pipeline.tracking import NullTracker, default_tracking_uri
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = {  # the periods of the shared test store (tests/conftest.py): Jan-Feb 2000, 16 x 32
+    "synthetic": {"period": {"start": "2000-01-01T00:00", "end": "2000-02-29T18:00"}, "nlat": 16, "nlon": 32},
+    "ingest": {"variables": ["z500", "u500", "v500"],
+               "statistics": {"start": "2000-01-01T00:00", "end": "2000-01-31T18:00"}},
+    "train": {"model": "afno-tiny", "train": {"start": "2000-01-01T00:00", "end": "2000-01-31T18:00"},
+              "validation": {"start": "2000-02-01T00:00", "end": "2000-02-10T18:00"},
+              "phases": [{"rollout_steps": 1, "optimizer_steps": 1, "learning_rate": 1e-3}]},
+    # the campaign of the process tests: 6 init times x 4 blocks of 2 members = 24 work items
+    "forecast": {"inits": {"start": "2000-02-15T00:00", "end": "2000-02-16T06:00"}, "init_every_hours": 6,
+                 "members": 8, "lead_hours": 48, "members_per_batch": 2,
+                 "perturbation": {"kind": "gaussian", "amplitude": 0.1}, "seed": 3},
+    "tracking": {"experiment": "forecast-cli"},
+}
+SHORT = ["--init-range", "2000-02-15T00", "2000-02-15T06", "--lead-hours", "24"]  # 2 init times, 1 day
+
+
+def _checkpoint(path: Path, store: Path, channels: list[str] | None = None) -> Path:
+    """A random afno-tiny checkpoint for the store's grid (and its channels unless given)."""
+    ds = open_store(store)
+    channels = channels or [str(c) for c in ds["channel"].values]
+    torch.manual_seed(0)
+    model = build_model("afno-tiny", (ds["lat"].size, ds["lon"].size), len(channels))
+    with torch.no_grad():  # the untrained head is zero (persistence): give every weight a seeded offset
+        for weights in model.parameters():
+            weights.add_(0.05 * torch.randn_like(weights))
+    meta = CheckpointMeta(preset="afno-tiny", channels=channels, lat=ds["lat"].values.tolist(),
+                          lon=ds["lon"].values.tolist(), step_hours=6,
+                          mean=ds[MEAN].values[: len(channels)].tolist(), std=ds[STD].values[: len(channels)].tolist(),
+                          extra={"store_fingerprint": store_fingerprint(store)})
+    return save_checkpoint(path, model, meta)
+
+
+@pytest.fixture(scope="module")
+def workdir(store, tmp_path_factory) -> Path:
+    """A workdir holding the test store, an afno-tiny checkpoint and ``config.yaml``."""
+    work = tmp_path_factory.mktemp("forecast-cli")
+    paths = Paths(work)
+    paths.store.symlink_to(store)
+    _checkpoint(paths.checkpoint, store)
+    (work / "config.yaml").write_text(yaml.safe_dump({**CONFIG, "workdir": str(work)}))
+    return work
+
+
+def _command(workdir: Path, archive: Path, *options: str) -> list[str]:
+    return ["forecast", "--config", str(workdir / "config.yaml"), "--archive", str(archive), *options]
+
+
+def _launch(workdir: Path, archive: Path, processes: int, *options: str) -> subprocess.Popen:
+    """``fourcast forecast`` in fresh processes: plain Python for one, ``torchrun`` for more."""
+    if processes == 1:
+        launcher = [sys.executable, "-m", "pipeline.cli"]
+    else:
+        launcher = [str(Path(sys.executable).parent / "torchrun"), "--standalone", f"--nproc-per-node={processes}",
+                    "-m", "pipeline.cli"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen([*launcher, *_command(workdir, archive, *options)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _finish(process: subprocess.Popen) -> str:
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    return output
+
+
+def _data_bytes(archive: Path) -> dict[str, bytes]:
+    ds = open_archive(archive)
+    return {name: ds[name].values.tobytes() for name in ds.data_vars}
+
+
+@pytest.fixture(scope="module")
+def reference(workdir) -> Path:
+    """The campaign run uninterrupted by one process."""
+    archive = workdir / "forecasts" / "one-process.zarr"
+    _finish(_launch(workdir, archive, 1))
+    return archive
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_processes_write_the_archive_of_one_byte_for_byte(workdir, reference):
+    archive = workdir / "forecasts" / "two-processes.zarr"
+    _finish(_launch(workdir, archive, 2))
+    one, two = _data_bytes(reference), _data_bytes(archive)
+    assert one.keys() == two.keys() == {"z500", "u500", "v500"}
+    assert one == two
+    assert not np.isnan(open_archive(archive)["z500"].values).any()
+
+    attrs = open_archive(archive).attrs
+    assert attrs["complete"] is True and attrs["campaign_fingerprint"] == open_archive(reference).attrs[
+        "campaign_fingerprint"]
+    assert attrs["model"] == str(Paths(workdir).checkpoint.resolve())
+    assert attrs["training_store_fingerprint"] == attrs["initial_conditions_fingerprint"] != "unknown"
+    assert attrs["perturbation"] == "gaussian" and attrs["seed"] == 3 and attrs["code_version"]
+    assert attrs["start_time"] <= attrs["end_time"]
+
+    client = MlflowClient(default_tracking_uri(workdir))
+    runs = client.search_runs([client.get_experiment_by_name("forecast-cli").experiment_id],
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    params = runs[0].data.params  # the two-process launch made one run, rank 0's
+    assert params["world_size"] == "2" and params["checkpoint_sha256"] == attrs["checkpoint_sha256"]
+    for key in ("model", "training_store_fingerprint", "initial_conditions", "perturbation", "seed", "code_version",
+                "start_time", "end_time"):
+        assert params[key] == str(attrs[key])
+    assert runs[0].data.metrics["member_steps_per_second"] > 0
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every living process descended from ``pid`` (from /proc)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def _items_done(archive: Path) -> int:
+    """Work items recorded done in the unfinished store: marker chunk files, counted without zarr."""
+    return sum(len(files) for partial in archive.parent.glob(f".{archive.name}.partial-*")
+               for _, _, files in os.walk(partial / "progress" / "done" / "c"))
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_killed_run_resumed_with_another_rank_count_gives_the_same_archive(workdir, reference):
+    archive = workdir / "forecasts" / "killed.zarr"
+    run = _launch(workdir, archive, 2)
+    deadline = time.monotonic() + 300
+    while _items_done(archive) < 3 and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    for pid in (run.pid, *_descendants(run.pid)):  # torchrun and both workers (each in its own session)
+        os.kill(pid, signal.SIGKILL)
+    output, _ = run.communicate()
+    done = _items_done(archive)
+    assert 3 <= done < 24, f"the kill came too late to test resuming: {done} of 24 items done; output:\n{output}"
+    assert not archive.exists()
+
+    output = _finish(_launch(workdir, archive, 1))
+    assert _data_bytes(archive) == _data_bytes(reference)
+    assert [p.name for p in archive.parent.glob(".killed*")] == []
+    params = MlflowClient(default_tracking_uri(workdir)).search_runs(
+        [MlflowClient(default_tracking_uri(workdir)).get_experiment_by_name("forecast-cli").experiment_id],
+        order_by=["attributes.start_time DESC"], max_results=1)[0].data
+    assert params.metrics["work_items_computed"] == 24 - done, output
+
+
+def _stage(workdir: Path, archive: Path, **override) -> Path:
+    cfg = yaml.safe_load((workdir / "config.yaml").read_text())["forecast"]
+    settings = ForecastConfig.model_validate({**cfg, "inits": {"start": "2000-02-15T00:00", "end": "2000-02-15T06:00"},
+                                             "lead_hours": 24, **override})
+    paths = Paths(workdir)
+    return forecast(settings, paths.checkpoint, paths.store, archive, NullTracker(), launch=Launch())
+
+
+def test_members_per_batch_changes_the_archive_only_by_rounding(workdir, tmp_path):
+    one_init = {"init_times": ["2000-02-15T00:00"]}
+    single = open_archive(_stage(workdir, tmp_path / "one.zarr", members_per_batch=1, **one_init))
+    together = open_archive(_stage(workdir, tmp_path / "eight.zarr", members_per_batch=8, **one_init))
+    for name in single.data_vars:
+        np.testing.assert_allclose(together[name].values, single[name].values, rtol=1e-5)
+    assert single.attrs["campaign_fingerprint"] != together.attrs["campaign_fingerprint"]
+
+
+@pytest.mark.parametrize("kind", ["none", "gaussian", "grf", "bred"])
+def test_every_perturbation_runs_and_member_zero_is_the_control(workdir, tmp_path, kind):
+    ds = open_archive(_stage(workdir, tmp_path / f"{kind}.zarr", members=3, perturbation={"kind": kind,
+                                                                                          "amplitude": 0.1}))
+    store = open_store(Paths(workdir).store)
+    initial = store["data"].sel(time=ds["init_time"].values[0], channel="z500").values
+    lead0 = ds["z500"].isel(init_time=0, lead_time=0).values
+    np.testing.assert_array_equal(lead0[0], initial)
+    assert np.array_equal(lead0[1], initial) == (kind == "none")
+    assert not np.isnan(ds["z500"].values).any()
+
+
+def test_a_registered_mlflow_model_is_resolved_to_its_checkpoint(workdir, tmp_path, capsys):
+    uri = default_tracking_uri(workdir)
+    client = MlflowClient(uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name("forecast-cli") or client.get_experiment(
+        client.create_experiment("forecast-cli"))
+    run = client.create_run(experiment.experiment_id, run_name="train")
+    client.log_artifact(run.info.run_id, str(Paths(workdir).checkpoint), "checkpoint")
+    client.create_registered_model("tiny-forecaster")
+    version = client.create_model_version("tiny-forecaster", f"runs:/{run.info.run_id}/checkpoint", run.info.run_id)
+    by_path = _stage(workdir, tmp_path / "path.zarr")
+    archive = tmp_path / "registered.zarr"
+    options = SHORT
+    model_uri = f"models:/tiny-forecaster/{version.version}"
+    assert main(_command(workdir, archive, "--model", model_uri, *options)) == 0, capsys.readouterr().err
+    assert open_archive(archive).attrs["model"] == model_uri
+    assert _data_bytes(archive) == _data_bytes(by_path)
+    assert main(_command(workdir, tmp_path / "r.zarr", "--model", "models:/no-such-model/1", *options)) == 1
+    assert "StageInputError: cannot download models:/no-such-model/1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("options", "status", "message"), [
+    (["--init-times", "2000-02-15T00", "2000-03-09T00"], 1,
+     r"StageInputError: initial conditions for \['2000-03-09T00:00:00.000000000'\] \(1 init times\) are not in the "
+     r"store, which covers 2000-01-01T00:00:00.000000000..2000-02-29T18:00:00.000000000"),
+    (["--lead-hours", "9"], 1, "StageInputError: forecast.lead_hours 9 is not a multiple of the model step 6 hours"),
+    (["--step-hours", "12"], 1, "StageInputError: forecast.step_hours 12 differs from the model's step 6 hours"),
+    (["--members", "0"], 2, r"forecast.members: Input should be greater than or equal to 1 \(found 0\)"),
+    (["--members", "-4"], 2, r"forecast.members: Input should be greater than or equal to 1 \(found -4\)"),
+    (["--members-per-batch", "0"], 2, "forecast.members_per_batch: Input should be greater than or equal to 1"),
+])
+def test_bad_inputs_are_refused_before_anything_is_written(workdir, tmp_path, capsys, options, status, message):
+    archive = tmp_path / "forecasts" / "bad.zarr"
+    assert main(_command(workdir, archive, *options)) == status
+    assert re.search(message, capsys.readouterr().err)
+    assert not archive.parent.exists() or list(archive.parent.iterdir()) == []
+
+
+def test_a_checkpoint_with_other_channels_is_refused(workdir, store, tmp_path, capsys):
+    other = _checkpoint(tmp_path / "two-channels.pt", store, channels=["z500", "u500"])
+    assert main(_command(workdir, tmp_path / "a.zarr", "--model", str(other))) == 1
+    assert ("CheckpointError: checkpoint channels ['z500', 'u500'] differ from the data's ['z500', 'u500', 'v500']"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "a.zarr").exists()
+
+
+def test_an_archive_path_holding_another_campaign_is_refused(workdir, tmp_path, capsys):
+    archive = _stage(workdir, tmp_path / "a.zarr")
+    before = _data_bytes(archive)
+    options = SHORT
+    assert main(_command(workdir, archive, *options, "--seed", "4")) == 1
+    err = capsys.readouterr().err
+    assert "CampaignMismatchError:" in err and "holds a different campaign (seed: stored 3, requested 4)" in err
+    assert _data_bytes(archive) == before
+    assert main(_command(workdir, archive, *options, "--seed", "4", "--overwrite")) == 0
+    assert open_archive(archive).attrs["seed"] == 4
