@@ -1,6 +1,6 @@
 """A run killed with SIGKILL and resumed from its last training state repeats the uninterrupted run exactly.
 
-Run as a script (``python test_resume.py STORE DIR LOSSES [--resume] [--hang-at STEP]``) this
+Run as a script (``python test_training_resume.py STORE DIR LOSSES [--resume] [--hang-at STEP]``) this
 module is the training process the test kills: it appends ``step loss`` lines to LOSSES as it
 goes and, with ``--hang-at``, stops making progress at that step so the kill lands after a
 checkpoint and after some unsaved steps.
