@@ -45,6 +45,7 @@ import pandas as pd
 import xarray as xr
 
 from ensembles.baselines import climatology_at, require_labels
+from ensembles.campaign import CAMPAIGN
 from ensembles.errors import ScoringError
 from ensembles.metrics import METRICS, RANK, StatisticSums, finalise, forecast_statistics, rank_histogram_frequencies
 from ensembles.regions import REGIONS, Region, weight_matrix
@@ -362,7 +363,10 @@ def on_grid(field: xr.DataArray, lat: np.ndarray, lon: np.ndarray, what: str,
 
 
 def _variables(archive: xr.Dataset, variables: Sequence[str] | None) -> list[str]:
-    available = [str(v) for v in archive.data_vars]
+    """``variables``, checked against the archive; by default all, in the campaign's channel order."""
+    held = [str(v) for v in archive.data_vars]
+    campaign_order = [str(v) for v in archive.attrs.get(CAMPAIGN, {}).get("variables", []) if str(v) in held]
+    available = campaign_order + [v for v in held if v not in campaign_order]
     chosen = available if variables is None else [str(v) for v in variables]
     unknown = [v for v in chosen if v not in available]
     if unknown or not chosen:

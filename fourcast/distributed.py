@@ -64,14 +64,6 @@ class DistContext:
         return self.backend is not None
 
 
-def launched_rank() -> int:
-    """Global rank given by the launcher (``$RANK``), 0 when not launched by ``torchrun``.
-
-    Usable before any process group exists, e.g. to decide which process opens an MLflow run.
-    """
-    return int(os.environ.get("RANK", "0"))
-
-
 def _launch_environment() -> dict[str, str]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:

@@ -10,6 +10,12 @@ grad-scaler states, the phase and step, every rank's position in its shuffled ba
 (:class:`~fourcast.data.BatchCursor`) and every rank's RNG states. The next batch, learning rate
 and random draw after a resume are the ones the interrupted run would have used, so on CPU the
 loss sequence continues bit for bit.
+
+Repeatable runs: the initial weights must come from the seed as well — build the model inside
+:func:`seeded_initialisation`; torch 2.14 starts every new process's default generator from a
+different seed, so an unseeded model differs from run to run — and :func:`train` seeds each rank's
+torch, NumPy and Python generators from ``(seed, rank)``. Two runs of the same configuration on
+the same number of CPU ranks then produce the same losses and weights bit for bit.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -292,6 +299,31 @@ def anomaly_correlation(forecast_anomaly: torch.Tensor, observed_anomaly: torch.
     return covariance / variances.sqrt().clamp_min(1e-12)
 
 
+@contextmanager
+def seeded_initialisation(seed: int) -> Iterator[None]:
+    """Draw the random numbers of the block (a model's initial weights) from ``seed`` alone.
+
+    torch's global generator is seeded with ``seed`` on entry and put back as it was on exit,
+    so building a model inside the block gives the same weights in every process and every
+    run, and leaves the caller's random stream untouched.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def seed_rank(seed: int, rank: int) -> None:
+    """Seed torch's, NumPy's and Python's global generators from ``(seed, rank)``.
+
+    Reproducible for a given seed, and independent streams on different ranks (so, e.g.,
+    dropout masks are not repeated across the ranks of a data-parallel job).
+    """
+    words = np.random.SeedSequence([seed, rank]).generate_state(4, dtype=np.uint32)
+    torch.manual_seed(int(words[0]) << 32 | int(words[1]))
+    np.random.seed(words[2:])
+    random.seed(int(words[2]) << 32 | int(words[3]))
+
+
 def _rng_states(device: torch.device) -> dict:
     keys = np.random.get_state()
     version, python_state, gauss = random.getstate()
@@ -455,7 +487,7 @@ def train(model: nn.Module, make_windows: Callable[[int], StoreWindows], validat
     if checkpoints is not None and checkpoints.resume_from is not None:
         state = load_training_state(checkpoints.resume_from)
         _check_resumable(state, checkpoints, settings, Path(checkpoints.resume_from))
-    torch.manual_seed(settings.seed)
+    seed_rank(settings.seed, ctx.rank)
     model.to(device).train()
     forward, trainer = _prepare(model, settings, ctx)
     loss_fn = LatWeightedMSE(validation.lat).to(device)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sqlite3  # noqa: F401  before eccodes (via ingest.readers), whose bundled SQLite 3.26 MLflow refuses
 import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -39,14 +38,14 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     add("demo", "run every stage on the embedded synthetic default and print a scorecard")
-    add("run", "run every stage of a config: synthesize, ingest, train, forecast, score, publish")
+    _cluster_options(add("run", "run every stage of a config: synthesize, ingest, train, forecast, score, publish"))
     add("check-config", "validate a config and print it resolved, without doing any work")
     add("synthesize", "write shallow-water synthetic ERA5 netCDF files (new CDS layout)")
     ingest = commands.add_parser("ingest", help="ERA5 → Zarr v3 training store: run | plan | inspect | validate",
                                  description="ERA5 → Zarr v3 training store (Dask)")
     ingest_actions = ingest.add_subparsers(dest="action", required=True, metavar="action")
-    add("run", "ingest the ERA5 files into the Zarr v3 training store and its climatology store (Dask)",
-        ingest_actions)
+    _cluster_options(add("run", "ingest the ERA5 files into the Zarr v3 training store and its climatology store "
+                             "(Dask)", ingest_actions))
     add("plan", "print the CDS requests (ingest.source: cds) and their cost in fields, without sending anything",
         ingest_actions)
     for action, help_text in (("inspect", "print a training store's dates, gaps, shape, layout, size on disk and "
@@ -108,6 +107,12 @@ def _with_forecast_options(cfg: RunConfig, args: argparse.Namespace) -> RunConfi
     return parse_config({**cfg.model_dump(mode="json"), "forecast": forecast}, source="config with forecast options")
 
 
+def _cluster_options(sub: argparse.ArgumentParser) -> None:
+    """Options choosing the Dask cluster of the ingest; each one given replaces that key of ``cluster``."""
+    sub.add_argument("--scheduler-address", metavar="ADDRESS",
+                     help="use a running Dask scheduler (tcp://host:8786) instead of a LocalCluster")
+
+
 def _score_options(sub: argparse.ArgumentParser) -> None:
     """Options of ``fourcast score``; each one given replaces that key of the config's ``score``."""
     sub.add_argument("--archive", type=Path, help="archive to score (default: <workdir>/forecasts/archive.zarr)")
@@ -141,6 +146,9 @@ def _iso_time(text: str) -> str:
 def _config(args: argparse.Namespace) -> RunConfig:
     path = args.config or Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG))
     cfg = load_config(path, workdir=args.workdir)
+    if getattr(args, "scheduler_address", None):
+        cluster = {**cfg.cluster.model_dump(mode="json"), "scheduler_address": args.scheduler_address}
+        cfg = parse_config({**cfg.model_dump(mode="json"), "cluster": cluster}, source="config with cluster options")
     if args.command == "score":
         return _with_score_options(cfg, args)
     return _with_forecast_options(cfg, args) if args.command == "forecast" else cfg
@@ -180,18 +188,17 @@ def _run_stage(command: str, cfg: RunConfig, resume: str | None = None) -> None:
         if cfg.ingest.source == "cds":
             files = stages.download(cfg.ingest.cds, cfg.ingest.variables, paths.cds_cache)
         else:
-            files = sorted(paths.raw.glob("*.nc"))
+            files = stages.raw_files(paths.raw)
         print(stages.ingest(cfg.ingest, cfg.cluster, files, paths.store, paths.climatology))
     else:
         _run_tracked_stage(command, cfg, paths, stages, resume)
 
 
 def _run_tracked_stage(command: str, cfg: RunConfig, paths, stages, resume: str | None = None) -> None:
-    from fourcast.distributed import launched_rank
     from pipeline.tracking import NullTracker, default_tracking_uri, mlflow_run
 
     uri = cfg.tracking.tracking_uri or default_tracking_uri(paths.workdir)
-    main_rank = launched_rank() == 0  # under torchrun only rank 0 opens the MLflow run
+    main_rank = stages.Launch.from_env().rank == 0  # under torchrun only rank 0 opens the MLflow run
     tracked = (mlflow_run(uri, cfg.tracking.experiment, command, {"stage": command}, paths.artifacts) if main_rank
                else nullcontext(NullTracker()))
     with tracked as tracker:
@@ -204,7 +211,8 @@ def _run_tracked_stage(command: str, cfg: RunConfig, paths, stages, resume: str 
         elif command == "forecast":
             archive = stages.forecast(cfg.forecast, paths.checkpoint, paths.store,
                                       cfg.forecast.archive or paths.archive, tracker,
-                                      overwrite=cfg.forecast.overwrite, tracking_uri=uri)
+                                      overwrite=cfg.forecast.overwrite, tracking_uri=uri,
+                                      stream=stages.score_stream(cfg, paths))
             if main_rank:
                 print(archive)
         else:

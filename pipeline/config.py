@@ -202,6 +202,8 @@ class ForecastConfig(_Slice):
     archive: Path | None = Field(None, description="archive path; default <workdir>/forecasts/archive.zarr")
     overwrite: bool = Field(False, description="replace an archive of a different campaign at the archive path")
     wait_timeout_s: float = Field(600.0, gt=0, description="how long a process waits for the others without progress")
+    stream_scores: bool = Field(False, description="also score members as they are produced, into "
+                                "<workdir>/scores/streamed (one process only)")
 
 
 class RegionBoxConfig(_Slice):

