@@ -11,18 +11,28 @@ killed at any point:
    extending, every *complete* shard of the existing store is hard-linked into it (no bytes are
    rewritten; zarr replaces files by rename, so the links are never written through) and
    counted as done.
-3. **load**: one Dask task per shard writes that shard's whole region with zarr, then drops a
-   completion record ``.NAME.progress/done/<shard>``. Shards hold disjoint time ranges, so
-   parallel writers never touch the same file. A re-run with the same plan skips every shard
-   with a record; a plan that differs discards the leftovers and starts over.
-4. **finalise**: statistics (and the climatology store) are computed in one Dask pass over the
-   written data, written with the store attributes once, a ``complete`` record is dropped, and
+3. **load**: one Dask task per shard writes that shard's whole region with zarr and, while the
+   shard is in memory, reduces it to its partial statistics (:class:`~ingest.statistics.Partials`:
+   Chan/Welford moments of the fields and of the tendencies inside the shard, over the
+   training period), then drops a completion record ``.NAME.progress/done/<shard>`` holding
+   them. Shards hold disjoint time ranges, so parallel writers never touch the same file. All
+   the tasks go to Dask in one compute, so an input chunk that feeds two shards is read once.
+   A re-run with the same plan skips every shard with a record; a plan that differs discards
+   the leftovers and starts over.
+4. **finalise**: the tendencies that cross a shard boundary are taken from the ``lag`` steps on
+   either side of it (read back from the written shards: a few chunks per shard), the partial
+   states are merged once, in shard order, and the statistics are written with the store
+   attributes; the per-shard states go into the store's ``partial_statistics`` group, so an
+   extension over the same period only reduces its new shards (a shard linked from a store
+   without them, or recorded over another period, is reduced from its bytes). The climatology store, if asked for, is the one
+   step that reads the training period again. Then a ``complete`` record is dropped, and
    ``.NAME.building`` is renamed onto ``NAME``. A run that finds a ``complete`` record only
    finishes that rename.
 
 So ``NAME`` is always either absent, the old complete store, or the new complete store, and a
 killed build re-run writes exactly the bytes of an uninterrupted one (shards are written whole
-from the same inputs with deterministic codecs). Errors of the input itself
+from the same inputs with deterministic codecs; the partial statistics are recorded as exact
+floats and merged in shard order). Errors of the input itself
 (:class:`~ingest.errors.IngestError`) discard the leftovers, since a re-run would fail the same
 way; anything else (a kill, an I/O error) keeps them for the re-run to resume. One build per
 store at a time.
@@ -34,13 +44,16 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import dask
 import numpy as np
 import xarray as xr
 import zarr
+from dask.delayed import Delayed
 from tqdm.auto import tqdm
 from zarr.codecs import BloscCodec, ZstdCodec
 
@@ -50,11 +63,15 @@ from ingest.dims import CHANNEL, LAT, LON, TIME
 from ingest.errors import IngestError, StoreSchemaError
 from ingest.lexicon import get_variable
 from ingest.readers import open_sources  # noqa: F401  (re-exported: the store's usual input)
-from ingest.schema import DATA, STATS_END, STATS_START, STEP_HOURS, open_store
-from ingest.statistics import compute_statistics, default_period
+from ingest.schema import DATA, STEP_HOURS, open_store
+from ingest.statistics import (Moments, Partials, StatsWindow, block_partials, default_period, incoming_span,
+                               incoming_tendency, merge_partials, statistics_dataset)
 
 COMPRESSORS = ("none", "zstd", "blosc")
 _PLAN_VERSION = 1
+#: Group of the store holding each shard's partial statistics (``fields``, ``tendency``:
+#: ``[shard, moment, channel]`` float64, moments ``count, mean, m2, minimum, maximum``).
+PARTIALS = "partial_statistics"
 
 
 @dataclass(frozen=True)
@@ -137,6 +154,7 @@ class _Plan:
     first_new_step: int
     layout: StoreLayout
     fingerprint: str
+    window: StatsWindow | None = None
 
     @property
     def shard_count(self) -> int:
@@ -260,6 +278,7 @@ def _link_complete_shards(plan: _Plan, paths: BuildPaths) -> None:
     if old_meta != new_meta:
         raise StoreSchemaError(f"{paths.store} was written with another layout (chunks, shards, codecs or dtype) "
                                f"than {plan.layout}; extend it with its own layout or build a new store")
+    old_partials = _stored_partials(paths.store, plan.window)
     for shard in range(plan.first_new_step // plan.layout.shard_steps):
         target = paths.building / _shard_key(shard)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -267,7 +286,20 @@ def _link_complete_shards(plan: _Plan, paths: BuildPaths) -> None:
             os.link(paths.store / _shard_key(shard), target)
         except OSError:  # another filesystem, or no hard links: copy the bytes instead
             shutil.copy2(paths.store / _shard_key(shard), target)
-        _write_record(paths.done(shard), "")
+        reused = "" if old_partials is None else _shard_record(plan.window, old_partials[shard], True)
+        _write_record(paths.done(shard), reused)  # empty: finalise reduces the linked shard from its bytes
+
+
+def _stored_partials(store: Path, window: StatsWindow) -> list[Partials] | None:
+    """The per-shard partial statistics a store was finalised with, if taken over ``window``."""
+    try:
+        group = zarr.open_group(store / PARTIALS, mode="r", zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):  # a store written before partials were kept
+        return None
+    if group.attrs.get("window") != window.as_list():
+        return None
+    fields, tendency = group["fields"][:], group["tendency"][:]
+    return [Partials(Moments(*f), Moments(*t)) for f, t in zip(fields, tendency)]
 
 
 def _write_record(path: Path, text: str) -> None:
@@ -277,46 +309,137 @@ def _write_record(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _write_shard(block: np.ndarray, array_path: str, start: int, record: str) -> int:
-    """Write one shard's whole region, then record it as done."""
+def _shard_record(window: StatsWindow, partials: Partials, with_incoming: bool) -> str:
+    """A completion record: the shard's partial statistics over ``window`` (exact JSON floats).
+
+    ``with_incoming`` says whether the tendencies reaching back into the previous shard are
+    merged in already (they are once the shard has been through a finalise).
+    """
+    return json.dumps({"window": window.as_list(), "with_incoming": with_incoming, **partials.to_json()})
+
+
+def _write_shard(block: np.ndarray, array_path: str, start: int, record: str, window: StatsWindow) -> int:
+    """Write one shard's whole region, reduce it to its partial statistics, then record it as done."""
     array = zarr.open_array(array_path, mode="r+")
     array[start:start + block.shape[0]] = block
-    _write_record(Path(record), "")
+    _write_record(Path(record), _shard_record(window, block_partials(block, start, window), False))
     return block.shape[0]
 
 
-def _load(plan: _Plan, paths: BuildPaths, batch_shards: int, progress: bool) -> None:
-    """Write every shard without a completion record, a batch of Dask tasks at a time."""
+def _load(plan: _Plan, paths: BuildPaths, progress: bool) -> None:
+    """Write every shard without a completion record, in one Dask compute.
+
+    One compute, not batches: a chunk of an input file that straddles two shards is then read
+    once, whichever shards it feeds. The progress bar follows the completion records.
+    """
     blocks = plan.data.data.to_delayed().ravel()
     todo = [s for s in range(plan.shard_count) if not paths.done(s).exists()]
     tasks = [dask.delayed(_write_shard)(blocks[s], str(paths.building / DATA), plan.shard_region(s)[0],
-                                        str(paths.done(s))) for s in todo]
+                                        str(paths.done(s)), plan.window) for s in todo]
     with tqdm(total=plan.shard_count, initial=plan.shard_count - len(todo), unit="shard",
               desc=f"ingest {paths.store.name}", disable=not progress) as bar:
-        for first in range(0, len(tasks), batch_shards):
-            batch = tasks[first:first + batch_shards]
-            dask.compute(*batch)
-            bar.update(len(batch))
+        with _following_records(bar, paths.done(0).parent, enabled=progress):
+            dask.compute(*tasks)
+
+
+def _count_records(folder: Path) -> int:
+    return sum(1 for p in folder.iterdir() if not p.name.startswith("."))  # dot names: records being written
+
+
+@contextmanager
+def _following_records(bar: tqdm, folder: Path, enabled: bool, every_s: float = 0.5):
+    """Advance ``bar`` to the number of completion records in ``folder`` while the body runs."""
+    if not enabled:
+        yield
+        return
+    stop = threading.Event()
+
+    def follow() -> None:
+        while not stop.wait(every_s):
+            bar.update(_count_records(folder) - bar.n)
+
+    follower = threading.Thread(target=follow, name="ingest-progress", daemon=True)
+    follower.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        follower.join()
+        bar.update(_count_records(folder) - bar.n)
 
 
 def _jsonable(attrs: dict) -> dict:
     return json.loads(json.dumps(attrs, default=str))
 
 
-def _finalise(plan: _Plan, paths: BuildPaths, period: StatsPeriod | None, climatology_path: Path | None,
+def _read_record(path: Path) -> dict | None:
+    text = path.read_text()
+    return json.loads(text) if text else None
+
+
+def _reduce_written(array_path: str, start: int, stop: int, window: StatsWindow) -> Partials:
+    """Partial statistics of a shard already written (linked, or recorded over another period)."""
+    return block_partials(zarr.open_array(array_path, mode="r")[start:stop], start, window)
+
+
+def _incoming_from_written(array_path: str, span: tuple[int, int], offset: int, window: StatsWindow) -> Moments:
+    """Tendencies ending in the shard at ``offset`` and starting before it, from the written steps."""
+    return incoming_tendency(zarr.open_array(array_path, mode="r")[span[0]:span[1]], span[0], offset, window)
+
+
+def _shard_partials(plan: _Plan, paths: BuildPaths) -> list[Partials]:
+    """Each shard's partial statistics, the tendencies crossing into it included, in shard order.
+
+    Shards recorded without statistics over this plan's window (linked from a store finalised
+    over another period, or recorded by a run with another period) are reduced from their
+    written bytes; the rest costs reading ``lag`` steps on either side of each shard boundary.
+    """
+    array_path, window = str(paths.building / DATA), plan.window
+    parts: list = []
+    for shard in range(plan.shard_count):
+        start, stop = plan.shard_region(shard)
+        record = _read_record(paths.done(shard))
+        if record is None or record["window"] != window.as_list():
+            part, with_incoming = dask.delayed(_reduce_written)(array_path, start, stop, window), False
+        else:
+            part, with_incoming = Partials.from_json(record), record["with_incoming"]
+        span = incoming_span(start, stop - start, window)
+        if not with_incoming and span is not None:
+            incoming = dask.delayed(_incoming_from_written)(array_path, span, start, window)
+            part = dask.delayed(Partials.with_incoming)(part, incoming)
+        parts.append(part)
+    lazy = [i for i, part in enumerate(parts) if isinstance(part, Delayed)]
+    for i, value in zip(lazy, dask.compute(*[parts[i] for i in lazy])):
+        parts[i] = value
+    return parts
+
+
+def _write_partials(building: Path, window: StatsWindow, partials: list[Partials]) -> None:
+    """The per-shard states, ``[shard, moment, channel]`` float64, for a later extension to reuse."""
+    group = zarr.open_group(building, mode="r+", zarr_format=3).create_group(
+        PARTIALS, overwrite=True, attributes={"window": window.as_list(),
+                                              "moments": ["count", "mean", "m2", "minimum", "maximum"]})
+    for name in ("fields", "tendency"):
+        values = np.stack([np.array(getattr(part, name).to_rows(), dtype=np.float64) for part in partials])
+        array = group.create_array(name, shape=values.shape, dtype=np.float64, chunks=values.shape,
+                                   compressors=None, fill_value=0.0)
+        array[...] = values
+
+
+def _finalise(plan: _Plan, paths: BuildPaths, period: StatsPeriod, step_hours: int, climatology_path: Path | None,
               extra_attrs: dict) -> None:
-    """Statistics, climatology and attributes, written once; then the ``complete`` record."""
-    written = xr.open_zarr(paths.building, zarr_format=3, consolidated=False,
-                           chunks={TIME: plan.layout.shard_steps})[DATA]
-    step_hours = _hours(check_times(written[TIME].values, str(paths.store)))
-    if period is None:
-        period = StatsPeriod.default(written[TIME].values)
-    stats = compute_statistics(written, period.start, period.end, step_hours)
+    """Merged statistics, climatology and attributes, written once; then the ``complete`` record."""
+    partials = _shard_partials(plan, paths)
+    channels = plan.data[CHANNEL].values
+    stats = statistics_dataset(merge_partials(partials), channels, period.start, period.end, plan.window, step_hours)
     stats.drop_vars(CHANNEL).to_zarr(paths.building, mode="a", zarr_format=3, consolidated=False)
+    _write_partials(paths.building, plan.window, partials)
     if climatology_path is not None:
+        written = xr.open_zarr(paths.building, zarr_format=3, consolidated=False,
+                               chunks={TIME: plan.layout.shard_steps})[DATA]
         write_climatology(compute_climatology(written, period.start, period.end), climatology_path)
     variables = {str(v): {"units": get_variable(str(v)).units, "long_name": get_variable(str(v)).long_name}
-                 for v in written[CHANNEL].values}
+                 for v in channels}
     attrs = {**stats.attrs, STEP_HOURS: step_hours, "variables": variables,
              "layout": {"shard_steps": plan.layout.shard_steps, "compressor": plan.layout.compressor},
              **_jsonable(extra_attrs), **_jsonable(period.provenance)}
@@ -339,7 +462,6 @@ def write_store(
     climatology_path: str | Path | None = None,
     *,
     progress: bool = False,
-    batch_shards: int = 8,
 ) -> Path:
     """Build, resume or extend the training store at ``path`` (and its climatology store).
 
@@ -360,8 +482,6 @@ def write_store(
         Where to write the climatology store (:mod:`ingest.climatology`).
     progress : bool
         Show a progress bar over shards.
-    batch_shards : int
-        Shards handed to Dask at once (the progress bar advances per batch).
 
     Returns
     -------
@@ -385,13 +505,17 @@ def write_store(
                                f"the data covers {times[0]}..{times[-1]}")
     if plan is None:
         return paths.store
+    step_hours = _hours(check_times(times, str(paths.store)))
+    period = StatsPeriod.default(times) if period is None else period
+    plan = replace(plan, window=StatsWindow.of(times, period.start, period.end, step_hours))
     resuming = paths.plan.exists() and paths.building.exists() \
         and json.loads(paths.plan.read_text())["fingerprint"] == plan.fingerprint
     try:
         if not resuming:
             _init(plan, paths)
-        _load(plan, paths, max(1, batch_shards), progress)
-        _finalise(plan, paths, period, None if climatology_path is None else Path(climatology_path), data.attrs)
+        _load(plan, paths, progress)
+        _finalise(plan, paths, period, step_hours, None if climatology_path is None else Path(climatology_path),
+                  data.attrs)
     except IngestError:
         discard(paths.building)
         discard(paths.progress)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import xarray as xr
 
 from ingest.errors import StoreSchemaError
-from ingest.statistics import Moments, compute_statistics, default_period, merge_all
+from ingest.statistics import (Moments, Partials, StatsWindow, block_partials, compute_statistics, default_period,
+                               incoming_span, incoming_tendency, merge_all, merge_partials)
 from ingest.store import StatsPeriod, StoreLayout, write_store
 
 from tests.ingest.fields import make_fields
@@ -57,6 +60,43 @@ def test_the_tendency_spans_six_hours_whatever_the_step():
     six_hours = np.moveaxis(values[6:] - values[:-6], 1, 0).reshape(3, -1)
     np.testing.assert_allclose(stats["tendency_std"].values, six_hours.std(axis=1), rtol=1e-6)
     assert stats.attrs["tendency_hours"] == 6
+
+
+@pytest.mark.parametrize("chunk_steps", [1, 4, 7, 500])
+def test_statistics_do_not_depend_on_where_the_blocks_are_cut(chunk_steps):
+    # hourly steps: the 6-hour tendency spans 6 steps, more than a block of 1, 4 or 7 steps
+    hourly = make_fields("2001-01-01T00", "2001-01-08T23", step_hours=1, chunk_steps=chunk_steps)
+    start, end = hourly["time"].values[5], hourly["time"].values[150]
+    stats = compute_statistics(hourly, start, end, step_hours=1)
+    train = hourly.sel(time=slice(start, end)).values.astype(np.float64)
+    flat = np.moveaxis(train, 1, 0).reshape(3, -1)
+    six_hours = np.moveaxis(train[6:] - train[:-6], 1, 0).reshape(3, -1)
+    expected = {"mean": flat.mean(axis=1), "std": flat.std(axis=1), "minimum": flat.min(axis=1),
+                "maximum": flat.max(axis=1), "tendency_std": six_hours.std(axis=1)}
+    scale = flat.std(axis=1)  # near-zero means are compared on the channel's scale
+    for name, values in expected.items():
+        np.testing.assert_allclose(stats[name].values / scale, values / scale, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_block_partials_cover_each_value_and_each_pair_once():
+    values = np.arange(40, dtype=np.float64).reshape(20, 2, 1, 1) ** 1.5
+    window = StatsWindow(first=3, stop=17, lag=3)
+    parts = []
+    for offset in range(0, 20, 5):  # blocks of 5 steps; pairs (j - 3, j) cross every boundary
+        part = block_partials(values[offset:offset + 5], offset, window)
+        span = incoming_span(offset, 5, window)
+        if span is not None:
+            part = part.with_incoming(incoming_tendency(values[span[0]:span[1]], span[0], offset, window))
+        parts.append(part)
+    total = merge_partials(parts)
+    inside = values[3:17, :, 0, 0]
+    np.testing.assert_array_equal(total.fields.count, [14, 14])
+    np.testing.assert_array_equal(total.tendency.count, [11, 11])
+    np.testing.assert_allclose(total.fields.mean, inside.mean(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(total.tendency.std, (inside[3:] - inside[:-3]).std(axis=0), rtol=1e-12)
+    restored = Partials.from_json(json.loads(json.dumps(total.to_json())))
+    for name in ("count", "mean", "m2", "minimum", "maximum"):
+        np.testing.assert_array_equal(getattr(restored.fields, name), getattr(total.fields, name))
 
 
 def test_the_default_period_leaves_the_last_years_out():

@@ -1,7 +1,10 @@
+from collections import Counter
+
 import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from dask.callbacks import Callback
 
 from ingest.errors import StoreSchemaError, UnknownVariableError
 from ingest.climatology import climatology_at
@@ -42,6 +45,44 @@ def test_statistics_use_the_training_period_only(store):
     np.testing.assert_allclose(ds["std"].values, train.std(axis=(0, 2, 3)), rtol=1e-4)
     everything = ds["data"].values.astype(np.float64)
     assert not np.allclose(ds["mean"].values, everything.mean(axis=(0, 2, 3)), rtol=1e-7)
+
+
+def test_the_write_is_the_only_compute_and_reads_each_input_chunk_once(era5_files, tmp_path):
+    """Statistics come from the shards being written, and no task of the input graph (file reads,
+    NaN checks) runs twice, even for a file chunk that straddles two shards."""
+    executed = []
+
+    class Recorder(Callback):
+        def _pretask(self, key, dsk, state):
+            executed.append(key)
+
+    data = open_sources(era5_files, VARIABLES, shard_steps=8)  # January (124 steps) ends inside shard 15
+    input_keys = set(data.data.__dask_graph__())
+    with Recorder():
+        store = write_store(data, tmp_path / "store.zarr", STATS, StoreLayout(shard_steps=8))
+    input_runs = Counter(key for key in executed if key in input_keys)
+    assert input_runs and max(input_runs.values()) == 1, [k for k, n in input_runs.items() if n > 1][:3]
+    checks = [key for key in input_runs if "_raise_if_not_finite" in str(key)]
+    assert len(checks) == data.sizes["time"] // 8, "one NaN check per shard, inside the write"
+    train = open_store(store)["data"].sel(time=slice(STATS.start, STATS.end)).values.astype(np.float64)
+    np.testing.assert_allclose(open_store(store)["tendency_std"].values,
+                               (train[1:] - train[:-1]).std(axis=(0, 2, 3)), rtol=1e-5)
+
+
+def test_extending_with_another_period_gives_the_statistics_of_a_fresh_build(tmp_path):
+    data = make_fields("2001-01-01T00", "2001-01-20T18", chunk_steps=8)
+    first = StatsPeriod(np.datetime64("2001-01-01T00"), np.datetime64("2001-01-06T00"))
+    later = StatsPeriod(np.datetime64("2001-01-02T12"), np.datetime64("2001-01-18T00"))
+    extended = tmp_path / "extended.zarr"
+    write_store(data.sel(time=slice(None, "2001-01-09T18")), extended, first, StoreLayout(shard_steps=8))
+    write_store(data, extended, later, StoreLayout(shard_steps=8))  # linked shards reduced again, from disk
+    fresh = write_store(data, tmp_path / "fresh.zarr", later, StoreLayout(shard_steps=8))
+    for name in ("mean", "std", "minimum", "maximum", "tendency_std"):
+        np.testing.assert_array_equal(open_store(extended)[name].values, open_store(fresh)[name].values)
+    for name in ("fields", "tendency"):
+        np.testing.assert_array_equal(zarr.open_array(extended / "partial_statistics" / name)[:],
+                                      zarr.open_array(fresh / "partial_statistics" / name)[:])
+    assert open_store(extended).attrs["stats_end"] == str(later.end)
 
 
 def test_climatology_is_its_own_day_of_year_by_hour_store(store_paths):

@@ -35,7 +35,7 @@ data = data.sel(time=slice(None, np.datetime64(end)))
 data = data.copy(data=data.data.map_blocks(slow, dtype=data.dtype))
 period = StatsPeriod(np.datetime64("{start}"), np.datetime64("{stop}"))
 with dask.config.set(scheduler="threads", num_workers=2):
-    write_store(data, store, period, StoreLayout(shard_steps={shard}), batch_shards=2)
+    write_store(data, store, period, StoreLayout(shard_steps={shard}))
 """
 
 
