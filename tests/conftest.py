@@ -42,3 +42,32 @@ def store_paths(era5_files, tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def store(store_paths) -> Path:
     return store_paths[0]
+
+
+#: A run config for the shared test store (``era5_files``/``store_paths``), slice by slice: the
+#: synthetic period and grid of those files, its statistics period, a one-step afno-tiny training.
+STORE_RUN_CONFIG = {
+    "synthetic": {"period": {"start": "2000-01-01T00:00", "end": "2000-02-29T18:00"}, "nlat": 16, "nlon": 32},
+    "ingest": {"variables": VARIABLES, "statistics": {"start": "2000-01-01T00:00", "end": "2000-01-31T18:00"}},
+    "train": {"model": "afno-tiny", "train": {"start": "2000-01-01T00:00", "end": "2000-01-31T18:00"},
+              "validation": {"start": "2000-02-01T00:00", "end": "2000-02-10T18:00"},
+              "phases": [{"rollout_steps": 1, "optimizer_steps": 1, "learning_rate": 1e-3}]},
+    "forecast": {"inits": {"start": "2000-02-15T00:00", "end": "2000-02-16T00:00"}},
+}
+
+
+@pytest.fixture(scope="session")
+def write_run_config():
+    """``write(path, workdir, **slices)``: write a YAML run config for the shared test store to ``path``.
+
+    Each given slice updates that slice of :data:`STORE_RUN_CONFIG` key by key (new slices are
+    added as given); returns ``path``.
+    """
+    import yaml
+
+    def write(path: Path, workdir: Path, **slices: dict) -> Path:
+        config = {name: {**STORE_RUN_CONFIG.get(name, {}), **values} for name, values in slices.items()}
+        path.write_text(yaml.safe_dump({**STORE_RUN_CONFIG, **config, "workdir": str(workdir)}))
+        return path
+
+    return write

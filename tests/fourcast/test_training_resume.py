@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from fourcast.checkpoint import CheckpointMeta, load_checkpoint, load_training_state
 from fourcast.data import StoreWindows
@@ -154,34 +153,25 @@ def test_training_stage_starts_every_run_from_the_same_weights(store, tmp_path, 
         assert torch.equal(weights[1][name], value), name
 
 
-def _cli_config(tmp_path: Path, store: Path, climatology: Path) -> Path:
+def _cli_config(tmp_path: Path, store: Path, climatology: Path, write_run_config) -> Path:
     (tmp_path / "store.zarr").symlink_to(store)
     (tmp_path / "climatology.zarr").symlink_to(climatology)
-    config = {
-        "workdir": str(tmp_path),
-        "synthetic": {"period": {"start": "2000-01-01T00:00", "end": "2000-02-29T18:00"}, "nlat": 16, "nlon": 32},
-        "ingest": {"variables": ["z500", "u500", "v500"],
-                   "statistics": {"start": "2000-01-01T00:00", "end": "2000-01-31T18:00"}},
-        "train": {"model": "afno-tiny", "train": {"start": "2000-01-01T00:00", "end": "2000-01-31T18:00"},
-                  "validation": {"start": "2000-02-01T00:00", "end": "2000-02-10T18:00"}, "batch_size": 4,
-                  "phases": [{"rollout_steps": 1, "optimizer_steps": 6, "learning_rate": 2e-3}], "warmup_steps": 1,
-                  "validate_every": 3, "checkpoint_every": 3, "validation_lead_hours": [6, 12],
-                  "validation_samples": 4},
-        "forecast": {"inits": {"start": "2000-02-20T00:00", "end": "2000-02-22T00:00"}},
-        "tracking": {"experiment": "resume-test"},
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_run_config(
+        tmp_path / "config.yaml", tmp_path,
+        train={"batch_size": 4, "phases": [{"rollout_steps": 1, "optimizer_steps": 6, "learning_rate": 2e-3}],
+               "warmup_steps": 1, "validate_every": 3, "checkpoint_every": 3, "validation_lead_hours": [6, 12],
+               "validation_samples": 4},
+        forecast={"inits": {"start": "2000-02-20T00:00", "end": "2000-02-22T00:00"}},
+        tracking={"experiment": "resume-test"})
 
 
 @pytest.mark.slow
-def test_cli_resume_records_lineage_and_registers_each_model(store_paths, tmp_path, capsys):
+def test_cli_resume_records_lineage_and_registers_each_model(store_paths, write_run_config, tmp_path, capsys):
     from mlflow.tracking import MlflowClient  # here, not at the top: the killed worker imports this module
 
     from pipeline.cli import main
 
-    config = _cli_config(tmp_path, *store_paths)
+    config = _cli_config(tmp_path, *store_paths, write_run_config)
     assert main(["train", "--config", str(config), "--resume"]) == 1
     assert "no training state file at" in capsys.readouterr().err
     assert main(["train", "--config", str(config)]) == 0

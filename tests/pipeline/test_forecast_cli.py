@@ -32,19 +32,9 @@ from pipeline.stages import Launch, Paths, ScoreStream, StageInputError, forecas
 from pipeline.tracking import NullTracker, default_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = {  # the periods of the shared test store (tests/conftest.py): Jan-Feb 2000, 16 x 32
-    "synthetic": {"period": {"start": "2000-01-01T00:00", "end": "2000-02-29T18:00"}, "nlat": 16, "nlon": 32},
-    "ingest": {"variables": ["z500", "u500", "v500"],
-               "statistics": {"start": "2000-01-01T00:00", "end": "2000-01-31T18:00"}},
-    "train": {"model": "afno-tiny", "train": {"start": "2000-01-01T00:00", "end": "2000-01-31T18:00"},
-              "validation": {"start": "2000-02-01T00:00", "end": "2000-02-10T18:00"},
-              "phases": [{"rollout_steps": 1, "optimizer_steps": 1, "learning_rate": 1e-3}]},
-    # the campaign of the process tests: 6 init times x 4 blocks of 2 members = 24 work items
-    "forecast": {"inits": {"start": "2000-02-15T00:00", "end": "2000-02-16T06:00"}, "init_every_hours": 6,
-                 "members": 8, "lead_hours": 48, "members_per_batch": 2,
-                 "perturbation": {"kind": "gaussian", "amplitude": 0.1}, "seed": 3},
-    "tracking": {"experiment": "forecast-cli"},
-}
+# the campaign of the process tests: 6 init times x 4 blocks of 2 members = 24 work items
+CAMPAIGN = {"inits": {"start": "2000-02-15T00:00", "end": "2000-02-16T06:00"}, "init_every_hours": 6, "members": 8,
+            "lead_hours": 48, "members_per_batch": 2, "perturbation": {"kind": "gaussian", "amplitude": 0.1}, "seed": 3}
 SHORT = ["--init-range", "2000-02-15T00", "2000-02-15T06", "--lead-hours", "24"]  # 2 init times, 1 day
 
 
@@ -65,13 +55,13 @@ def _checkpoint(path: Path, store: Path, channels: list[str] | None = None) -> P
 
 
 @pytest.fixture(scope="module")
-def workdir(store, tmp_path_factory) -> Path:
+def workdir(store, write_run_config, tmp_path_factory) -> Path:
     """A workdir holding the test store, an afno-tiny checkpoint and ``config.yaml``."""
     work = tmp_path_factory.mktemp("forecast-cli")
     paths = Paths(work)
     paths.store.symlink_to(store)
     _checkpoint(paths.checkpoint, store)
-    (work / "config.yaml").write_text(yaml.safe_dump({**CONFIG, "workdir": str(work)}))
+    write_run_config(work / "config.yaml", work, forecast=CAMPAIGN, tracking={"experiment": "forecast-cli"})
     return work
 
 

@@ -120,30 +120,9 @@ def _noisy_archive(store: Path, path: Path, lineage: dict) -> Path:
     return Path(archive.finalize())
 
 
-def _config(workdir: Path) -> Path:
-    """A run config whose workdir holds the store; only its score and tracking slices matter here."""
-    import yaml
-
-    period = lambda start, end: {"start": start, "end": end}  # noqa: E731
-    config = {
-        "workdir": str(workdir),
-        "synthetic": {"period": period("2000-01-01T00:00", "2000-02-29T18:00"), "nlat": 16, "nlon": 32},
-        "ingest": {"variables": ["z500", "u500", "v500"], "statistics": period("2000-01-01T00:00", "2000-01-20T18:00")},
-        "train": {"model": "afno-tiny", "train": period("2000-01-01T00:00", "2000-01-20T18:00"),
-                  "validation": period("2000-01-21T00:00", "2000-01-31T18:00"),
-                  "phases": [{"rollout_steps": 1, "optimizer_steps": 1, "learning_rate": 1e-3}]},
-        "forecast": {"inits": period("2000-02-10T00:00", "2000-02-15T00:00")},
-        "score": {"lead_hours": [24], "regions": ["global", "tropics"],
-                  "boxes": [{"name": "atlantic", "lat": [20, 60], "lon": [280, 10]}]},
-        "tracking": {"experiment": "scores"},
-    }
-    path = workdir / "run.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 @pytest.mark.slow
-def test_fourcast_score_links_its_run_to_the_forecast_and_the_training_run(tmp_path, store_paths, capsys):
+def test_fourcast_score_links_its_run_to_the_forecast_and_the_training_run(tmp_path, store_paths, write_run_config,
+                                                                        capsys):
     from pipeline.cli import main
 
     workdir = tmp_path / "work"
@@ -158,7 +137,16 @@ def test_fourcast_score_links_its_run_to_the_forecast_and_the_training_run(tmp_p
         pass
     archive = _noisy_archive(store, tmp_path / "archive.zarr",
                              {"train_run_id": train.run_id, "forecast_run_id": forecast.run_id})
-    argv = ["score", "--config", str(_config(workdir)), "--archive", str(archive), "--lead-hours", "24", "48",
+    config = write_run_config(  # only its score and tracking slices matter here
+        workdir / "run.yaml", workdir,
+        ingest={"statistics": {"start": "2000-01-01T00:00", "end": "2000-01-20T18:00"}},
+        train={"train": {"start": "2000-01-01T00:00", "end": "2000-01-20T18:00"},
+               "validation": {"start": "2000-01-21T00:00", "end": "2000-01-31T18:00"}},
+        forecast={"inits": {"start": "2000-02-10T00:00", "end": "2000-02-15T00:00"}},
+        score={"lead_hours": [24], "regions": ["global", "tropics"],
+               "boxes": [{"name": "atlantic", "lat": [20, 60], "lon": [280, 10]}]},
+        tracking={"experiment": "scores"})
+    argv = ["score", "--config", str(config), "--archive", str(archive), "--lead-hours", "24", "48",
             "--map-lead-hours", "12"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
