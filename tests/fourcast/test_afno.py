@@ -1,3 +1,6 @@
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -52,7 +55,11 @@ def test_fcn_preset_builds_at_full_size():
     model = build_model("afno-fcn-0p25", (720, 1440), 20)
     # FourCastNet's checkpoint holds 74,691,840 parameters: ours plus its final LayerNorm (2 x 768),
     # which the reference defines but never applies.
+    assert count_parameters(model) == 74_690_304
     assert count_parameters(model) + 2 * 768 == 74_691_840
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    stated = re.search(r"`afno-fcn-0p25` \(FourCastNet's backbone: ([\d,]+) parameters", readme)
+    assert stated and int(stated.group(1).replace(",", "")) == count_parameters(model)
 
 
 def test_overlapping_patch_embedding_wraps_longitude_and_sees_neighbours():
