@@ -381,13 +381,7 @@ def _scan_grib(path: Path) -> tuple[list[str], set[str]]:
                 if handle is None:
                     break
                 try:
-                    start = int(eccodes.codes_get(handle, "offset"))
-                    _check_padding(path, end, start, message)
-                    end = start + int(eccodes.codes_get(handle, "totalLength"))
-                    header = {name: eccodes.codes_get(handle, name) for name in _GRIB_HEADER_KEYS}
-                    expver = eccodes.codes_get(handle, "expver") if eccodes.codes_is_defined(handle, "expver") else ""
-                    member = eccodes.codes_get(handle, "number") if eccodes.codes_is_defined(handle, "number") else 0
-                    digest = eccodes.codes_get(handle, "md5Section4" if header["edition"] == 1 else "md5Section7")
+                    header = _grib_header(eccodes, handle)
                 finally:
                     eccodes.codes_release(handle)
             except eccodes.PrematureEndOfFileError as err:
@@ -400,23 +394,37 @@ def _scan_grib(path: Path) -> tuple[list[str], set[str]]:
                     f"{path}: GRIB message {message} (at byte {offset}) is corrupt: ecCodes says {err!s} "
                     f"({len(experiments)} good messages before it); the file is refused — fetch it again"
                 ) from err
+            _check_padding(path, end, header["offset"], message)
+            end = header["offset"] + header["totalLength"]
             grid_types.add(header["gridType"])
-            experiments.append(expver)
-            key = (expver, member, header["shortName"], header["typeOfLevel"], header["level"],
-                   header["validityDate"], header["validityTime"])
-            if digests.setdefault(key, digest) != digest:
+            experiments.append(header["expver"])
+            key = tuple(header[name] for name in ("expver", "number", "shortName", "typeOfLevel", "level",
+                                                  "validityDate", "validityTime"))
+            if digests.setdefault(key, header["digest"]) != header["digest"]:
                 raise DuplicateTimeError(
                     f"{path}: expected each field once per time, experiment and ensemble member, or repeated "
                     f"identically; found {key[2]} ({key[3]} {key[4]}) at {key[5]} {key[6]:04d} UTC, expver "
-                    f"{key[0] or 'unknown'}, member {member}, twice with different data (message {message})"
+                    f"{key[0] or 'unknown'}, member {key[1]}, twice with different data (message {message})"
                 )
     _check_padding(path, end, path.stat().st_size, len(experiments) + 1)
     return experiments, grid_types
 
 
+def _grib_header(eccodes, handle) -> dict:
+    """The keys of one GRIB message that :func:`_scan_grib` checks, and the digest of its data."""
+    header = {name: eccodes.codes_get(handle, name) for name in _GRIB_HEADER_KEYS}
+    header["offset"], header["totalLength"] = (int(eccodes.codes_get(handle, name)) for name in ("offset", "totalLength"))
+    header["expver"] = eccodes.codes_get(handle, "expver") if eccodes.codes_is_defined(handle, "expver") else ""
+    header["number"] = eccodes.codes_get(handle, "number") if eccodes.codes_is_defined(handle, "number") else 0
+    header["digest"] = eccodes.codes_get(handle, "md5Section4" if header["edition"] == 1 else "md5Section7")
+    return header
+
+
 def _check_padding(path: Path, start: int, stop: int, message: int) -> None:
     """Bytes ``start:stop`` lie between GRIB messages (before ``message``): only zero padding
     (MARS pads GRIB 1 to multiples of 120 bytes) may be there."""
+    if stop <= start:
+        return
     with open(path, "rb") as f:
         f.seek(start)
         rest = f.read(stop - start).lstrip(b"\x00")
@@ -427,8 +435,8 @@ def _check_padding(path: Path, start: int, stop: int, message: int) -> None:
         raise TruncatedFileError(f"{path}: truncated — GRIB message {message} (at byte {at}) ends after "
                                  f"{len(rest)} bytes (an interrupted download or copy; fetch it again)")
     raise CorruptFileError(
-        f"{path}: GRIB message {message} (at byte {at}) is corrupt: {len(rest)} bytes that are neither a GRIB message "
-        f"nor zero padding ({message - 1} good messages before them); the file is refused — fetch it again"
+        f"{path}: GRIB message {message} (at byte {at}) is corrupt: {len(rest)} bytes that are neither a GRIB "
+        f"message nor zero padding ({message - 1} good messages before them); the file is refused — fetch it again"
     )
 
 
@@ -633,7 +641,7 @@ def _expver_runs(times: np.ndarray, labels: dict[str, np.ndarray]) -> list[dict[
             for a, b in zip(starts, stops)]
 
 
-def _check_block(block: np.ndarray, times: np.ndarray, *, channels: tuple[str, ...],
+def _raise_if_not_finite_or_unphysical(block: np.ndarray, times: np.ndarray, *, channels: tuple[str, ...],
                  bounds: tuple[tuple[float, float], ...]) -> np.ndarray:
     """Raise on NaN/inf, then on values outside each channel's physical range, in one chunk."""
     bad = ~np.isfinite(block)
@@ -670,6 +678,6 @@ def _require_finite_and_physical(data: xr.DataArray) -> xr.DataArray:
     times = da.from_array(seconds, chunks=(array.chunks[0],))[:, None, None, None]
     channels = tuple(str(c) for c in data[CHANNEL].values)
     bounds = tuple(valid_range(c) for c in channels)
-    checked = da.map_blocks(_check_block, array, times, channels=channels, bounds=bounds, dtype=array.dtype,
-                            meta=np.empty((0, 0, 0, 0), dtype=array.dtype))
+    checked = da.map_blocks(_raise_if_not_finite_or_unphysical, array, times, channels=channels, bounds=bounds,
+                            dtype=array.dtype, meta=np.empty((0, 0, 0, 0), dtype=array.dtype))
     return data.copy(data=checked)

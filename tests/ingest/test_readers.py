@@ -221,7 +221,8 @@ def test_conflicting_duplicate_times_are_refused(tmp_path):
     write_grib(fields.select(slice(2, 3)), grib, append=True)  # identical copies are fine
     np.testing.assert_array_equal(open_sources([grib], list(ALL_IDS), shard_steps=4).values, fields.stacked())
     write_grib(fields.select(slice(2, 3)).shifted(0.5, "0001"), grib, append=True)
-    with pytest.raises(DuplicateTimeError, match=r"twice.grib: expected each field once per time, experiment and ensemble member.*"
+    with pytest.raises(DuplicateTimeError, match=r"twice.grib: expected each field once per time, experiment and "
+                                                  r"ensemble member.*"
                                                   r"found z \(isobaricInhPa 500\) at 20000101 1200 UTC, expver 0001"):
         open_sources([grib], list(ALL_IDS), shard_steps=4)
 
@@ -371,7 +372,8 @@ def test_a_corrupted_grib_message_is_refused_naming_the_file_and_message(tmp_pat
     else:  # ecCodes would skip the message and read the next ones
         raw[offset: offset + 4] = b"XXXX"
     path.write_bytes(bytes(raw))
-    with pytest.raises(CorruptFileError, match=rf"corrupted.grib: GRIB message {message} \(at byte {offset}\) is corrupt"):
+    with pytest.raises(CorruptFileError,
+                       match=rf"corrupted.grib: GRIB message {message} \(at byte {offset}\) is corrupt"):
         open_sources([path], list(ALL_IDS), shard_steps=4)
 
 
@@ -395,7 +397,8 @@ def test_statistical_products_are_refused_naming_file_variable_and_step_type(tmp
     for attrs, found in [({"GRIB_stepType": "avgua"}, "stepType 'avgua'"), ({"stepType": "max"}, "stepType 'max'"),
                          ({"cell_methods": "time: mean (monthly)"}, r"cell_methods 'time: mean \(monthly\)'")]:
         ds["msl"].attrs = {"units": "Pa", **attrs}
-        with pytest.raises(StepTypeError, match=rf"msl \('msl'\) is expected as an instantaneous field .*found {found}"):
+        with pytest.raises(StepTypeError,
+                           match=rf"msl \('msl'\) is expected as an instantaneous field .*found {found}"):
             normalise(ds)
     ds["msl"].attrs = {"units": "Pa", "GRIB_stepType": "instant", "cell_methods": "area: mean time: point"}
     np.testing.assert_array_equal(normalise(ds)["msl"].values, fields.values["msl"])
@@ -413,7 +416,8 @@ def _cut_points(path: Path) -> list[int]:
 
 def test_a_file_cut_anywhere_gives_the_typed_truncation_error(tmp_path):
     fields = make_fields(ntime=2)
-    originals = {"netcdf4": write_new_cds(fields, tmp_path / "new")[0], "netcdf3": write_old_cds(fields, tmp_path / "old")[0],
+    originals = {"netcdf4": write_new_cds(fields, tmp_path / "new")[0],
+                 "netcdf3": write_old_cds(fields, tmp_path / "old")[0],
                  "grib": write_grib(fields, tmp_path / "a.grib"), "zip": write_cds_zip(fields, tmp_path / "a.zip")}
     grib_boundaries = {offset for offset, _ in _grib_message_spans(originals["grib"])}
     for kind, original in originals.items():
@@ -432,7 +436,8 @@ def test_a_file_cut_anywhere_gives_the_typed_truncation_error(tmp_path):
 def test_values_outside_the_physical_range_are_refused(tmp_path):
     fields = make_fields()
     in_metres = fields.select(slice(None))
-    in_metres.values["z500"] = in_metres.values["z500"] / np.float32(9.80665)  # geopotential height, labelled m**2 s**-2
+    # geopotential height in metres, labelled m**2 s**-2
+    in_metres.values["z500"] = in_metres.values["z500"] / np.float32(9.80665)
     files = write_new_cds(in_metres, tmp_path / "metres")
     with pytest.raises(PhysicalRangeError, match=r"metres/era5_pl.nc: z500 spans 5\d{3}(\.\d+)?\.\.\d+(\.\d+)? at "
                                                  r"2000-01-01T00, outside its physical range 25000\.\.80000"):
