@@ -36,7 +36,11 @@ class DownloadError(IngestError, OSError):
     """A CDS download kept failing after every retry, or delivered a file of the wrong size."""
 
 
-class TruncatedFileError(SourceLayoutError):
+class CorruptFileError(SourceLayoutError):
+    """An input file contradicts its own structure (e.g. a GRIB message whose length or end marker is wrong)."""
+
+
+class TruncatedFileError(CorruptFileError):
     """An input file ends before its own header says it should (an interrupted download or copy)."""
 
 
@@ -53,8 +57,17 @@ class DuplicateTimeError(SourceLayoutError):
 
 
 class UnitsError(SourceLayoutError):
-    """A field's ``units`` attribute is neither the lexicon's units nor convertible to them."""
+    """A field's ``units`` attribute is missing, or neither the lexicon's units nor convertible to them."""
+
+
+class StepTypeError(SourceLayoutError):
+    """A field is a statistic over time (monthly mean, accumulation, maximum, …) where the lexicon
+    expects another kind of product (an instantaneous analysis), or the other way round."""
 
 
 class NonFiniteValueError(IngestError, ValueError):
     """A field that must be finite everywhere holds NaN or infinity after decoding."""
+
+
+class PhysicalRangeError(IngestError, ValueError):
+    """A field holds values outside its variable's physical range (wrong units or corrupt data)."""

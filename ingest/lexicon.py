@@ -32,6 +32,10 @@ class Variable:
         Units as ERA5 delivers them (and as the store keeps them).
     long_name : str
         Human-readable name, used for CF ``long_name`` attributes.
+    step_type : str
+        GRIB ``stepType`` of the ERA5 product fourcast reads: ``"instant"`` for analysed states;
+        an accumulated field (total precipitation) would say ``"accum"``. Files holding another
+        product of the variable (a monthly mean ``avgua``, a maximum ``max``, …) are refused.
     """
 
     id: str
@@ -40,6 +44,7 @@ class Variable:
     level: int | None
     units: str
     long_name: str
+    step_type: str = "instant"
 
     @property
     def dataset(self) -> str:
@@ -113,7 +118,27 @@ _VALID_RANGES: dict[str, tuple[float, float]] = {
     "t2m": (170.0, 345.0), "msl": (8.5e4, 1.1e5), "sp": (4.5e4, 1.1e5), "tcwv": (0.0, 120.0),
 }
 
+#: Geopotential (m² s⁻²) by pressure level (hPa): the standard atmosphere's height times g with
+#: wide margins (deep lows, cold highs, ERA5's extrapolation below the ground; at 500 hPa also the
+#: shallow-water stand-in of :mod:`ingest.synthetic`, whose z500 reaches ~3.8e4). Tight enough
+#: that a geopotential height in metres mislabelled ``m**2 s**-2`` (g ≈ 9.8 times too small)
+#: falls outside at 850 hPa and above; near 1000 hPa the two overlap and only the units tell.
+_GEOPOTENTIAL_RANGES: dict[int, tuple[float, float]] = {
+    50: (1.7e5, 2.3e5), 100: (1.4e5, 1.8e5), 150: (1.15e5, 1.5e5), 200: (9.5e4, 1.3e5),
+    250: (8.5e4, 1.15e5), 300: (7.3e4, 1.0e5), 400: (5.5e4, 8.0e4), 500: (2.5e4, 8.0e4),
+    600: (3.0e4, 4.8e4), 700: (2.0e4, 3.5e4), 850: (5.0e3, 2.0e4), 925: (-1.0e4, 1.5e4),
+    1000: (-1.5e4, 8.0e3),
+}
+
 
 def valid_range(variable_id: str) -> tuple[float, float]:
-    """Inclusive ``(low, high)`` bounds a value of ``variable_id`` can physically take."""
-    return _VALID_RANGES[get_variable(variable_id).short_name]
+    """Inclusive ``(low, high)`` bounds a value of ``variable_id`` can physically take.
+
+    The one table of physical ranges: ``fourcast ingest validate`` checks a whole store
+    against it, and the readers check every field they open (:mod:`ingest.readers`).
+    Geopotential has bounds per pressure level, every other field one range for all levels.
+    """
+    variable = get_variable(variable_id)
+    if variable.short_name == "z" and variable.level is not None:
+        return _GEOPOTENTIAL_RANGES[variable.level]
+    return _VALID_RANGES[variable.short_name]

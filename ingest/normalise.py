@@ -17,20 +17,30 @@ Layouts understood (the readers in :mod:`ingest.readers` open the files):
 
 Packed integers are decoded in float64, as netCDF4 does with auto mask/scale, then cast to
 float32, so the result equals a direct netCDF4 read cast to float32. Everything stays lazy
-except one explicit read: for the old ``expver`` dimension, the first latitude row of each
-(time, expver) is read to learn which experiment holds data.
+except two explicit reads: for the old ``expver`` dimension, the first latitude row of each
+(time, expver) is read to learn which experiment holds data; and the first and last time step
+of every field are read (decoded and converted) to check them against the variable's physical
+range (:func:`ingest.lexicon.valid_range`), so that wrong units or corrupt data are refused
+before any work starts.
+
+Only the product the lexicon names is read: a field whose GRIB ``stepType`` (cfgrib's and the
+new CDS's ``GRIB_stepType`` attribute) or CF ``cell_methods`` over time says it is a statistic
+(monthly mean ``avgua``, accumulation, maximum, …) where the lexicon expects an instantaneous
+analysis is refused. A field without a ``units`` attribute is refused unless its units are
+declared with ``assume_units``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import xarray as xr
 
 from ingest.dims import CHANNEL, LAT, LON, TIME
-from ingest.errors import GridMismatchError, SourceLayoutError, UnitsError
-from ingest.lexicon import LEXICON, Variable, get_variables
+from ingest.errors import GridMismatchError, PhysicalRangeError, SourceLayoutError, StepTypeError, UnitsError
+from ingest.lexicon import LEXICON, Variable, get_variable, get_variables, valid_range
 
 #: The coordinate along ``time`` naming the ERA5 experiment of each step.
 EXPVER = "expver"
@@ -67,7 +77,8 @@ def expver_label(value: object) -> str:
     return text.zfill(4) if text.isdigit() else text
 
 
-def normalise(ds: xr.Dataset, variable_ids: Sequence[str] | None = None, *, time_chunk: int = 1) -> xr.Dataset:
+def normalise(ds: xr.Dataset, variable_ids: Sequence[str] | None = None, *, time_chunk: int = 1,
+              assume_units: Mapping[str, str] | None = None) -> xr.Dataset:
     """Turn one ERA5 dataset, in any supported layout, into the canonical form.
 
     Parameters
@@ -81,6 +92,10 @@ def normalise(ds: xr.Dataset, variable_ids: Sequence[str] | None = None, *, time
         :func:`ingest.readers.open_sources` requires them across its files.
     time_chunk : int
         Time steps per Dask chunk when ``ds`` is not Dask-backed yet.
+    assume_units : mapping of str to str, optional
+        ``{lexicon id: units}`` for fields whose file has no ``units`` attribute (e.g.
+        ``{"z500": "m**2 s**-2"}``); without it such a field is refused. It never overrides a
+        ``units`` attribute the file has (a contradiction is refused).
 
     Returns
     -------
@@ -98,22 +113,51 @@ def normalise(ds: xr.Dataset, variable_ids: Sequence[str] | None = None, *, time
     GridMismatchError
         If the grid is not a regular latitude/longitude one, or repeats a longitude modulo 360.
     UnitsError
-        If a field's units are neither the lexicon's nor convertible to them.
+        If a field's units are missing (and not assumed), or neither the lexicon's nor
+        convertible to them.
+    StepTypeError
+        If a field is another product than the lexicon's (a monthly mean, an accumulation, …).
+    PhysicalRangeError
+        If the first or last time step of a field leaves the variable's physical range.
     UnknownVariableError
-        If an id in ``variable_ids`` is not in the lexicon.
+        If an id in ``variable_ids`` or ``assume_units`` is not in the lexicon.
     """
     wanted = list(LEXICON.values()) if variable_ids is None else get_variables(list(variable_ids))
+    assumed = check_assumed_units(assume_units)
     ds = _drop_member_axis(_rename_axes(ds))
     chosen, labels = _choose_expver(ds)
+    ends = _first_and_last_steps(ds, chosen)  # checked (only the fields wanted) before anything is built
+    held = [var for var in wanted if _holds(ends, var)]
+    for var in held:
+        _check_step_type(ends[var.short_name].attrs, var)
+    units = {var.id: _source_units(ends[var.short_name].attrs, var, assumed) for var in held}
+    for var in held:
+        _check_physical_range(_float32_field(ends, var, units[var.id]), var)
     if not _is_dask_backed(ds):
         ds = ds.chunk({TIME: time_chunk})
     ds = _apply_expver_choice(ds, chosen)
     ds = ds.assign_coords({TIME: ds[TIME].values.astype("datetime64[ns]"),
                            LAT: ds[LAT].values.astype(np.float64), LON: ds[LON].values.astype(np.float64)})
-    fields = {var.id: _float32_field(ds, var) for var in wanted if _holds(ds, var)}
+    fields = {var.id: _float32_field(ds, var, units[var.id]) for var in held}
     out = xr.Dataset(fields, coords={TIME: ds[TIME], LAT: ds[LAT], LON: ds[LON]})
     out = out.assign_coords({EXPVER: (TIME, labels)})
     return _orient(out)
+
+
+def check_assumed_units(assume_units: Mapping[str, str] | None) -> dict[str, str]:
+    """Check ``{lexicon id: units}`` declared for fields without a ``units`` attribute.
+
+    Raises
+    ------
+    UnknownVariableError
+        If a key is not a lexicon id.
+    UnitsError
+        If some units are neither the variable's nor convertible to them.
+    """
+    assumed = dict(assume_units or {})
+    for variable_id, units in assumed.items():
+        _units_converter(units, get_variable(variable_id))
+    return assumed
 
 
 def stack_channels(ds: xr.Dataset, variable_ids: Sequence[str]) -> xr.DataArray:
@@ -179,7 +223,7 @@ def _drop_member_axis(ds: xr.Dataset) -> xr.Dataset:
     if "number" in ds.dims:
         if ds.sizes["number"] != 1:
             raise SourceLayoutError(
-                f"expected one ensemble member (reanalysis), found number = {list(ds['number'].values)}; "
+                f"expected one ensemble member (reanalysis), found number = {ds['number'].values.tolist()}; "
                 "select one member before ingesting"
             )
         ds = ds.isel(number=0)
@@ -229,6 +273,12 @@ def _apply_expver_choice(ds: xr.Dataset, chosen: np.ndarray | None) -> xr.Datase
     return xr.concat(pieces, dim=TIME, data_vars="minimal", coords="minimal", compat="override")
 
 
+def _first_and_last_steps(ds: xr.Dataset, chosen: np.ndarray | None) -> xr.Dataset:
+    """The first and last time step, each from its chosen experiment (still unread where ``ds`` is)."""
+    steps = sorted({0, ds.sizes[TIME] - 1}) if ds.sizes[TIME] else []
+    return _apply_expver_choice(ds.isel({TIME: steps}), None if chosen is None else chosen[steps])
+
+
 def _is_dask_backed(ds: xr.Dataset) -> bool:
     return any(var.chunks is not None for var in ds.data_vars.values())
 
@@ -246,8 +296,8 @@ def _holds(ds: xr.Dataset, variable: Variable) -> bool:
     return variable.level is not None and set(field.dims) <= {TIME, _LEVEL, LAT, LON} and variable.level in levels
 
 
-def _float32_field(ds: xr.Dataset, variable: Variable) -> xr.DataArray:
-    """Select one variable (at its level), decode packing and fill values, convert units."""
+def _float32_field(ds: xr.Dataset, variable: Variable, units: str) -> xr.DataArray:
+    """Select one variable (at its level), decode packing and fill values, convert from ``units``."""
     field = ds[variable.short_name]
     if variable.level is not None:
         levels = np.atleast_1d(field[_LEVEL].values).astype(float)
@@ -255,7 +305,7 @@ def _float32_field(ds: xr.Dataset, variable: Variable) -> xr.DataArray:
         field = field.drop_vars(_LEVEL)
     attrs = dict(field.attrs)
     decoded = _decode(field.transpose(TIME, LAT, LON), attrs)
-    converted = _units_converter(attrs.get("units"), variable)(decoded)
+    converted = _units_converter(units, variable)(decoded)
     converted = converted.astype(np.float32)
     converted.attrs = {"units": variable.units, "long_name": variable.long_name}
     return converted
@@ -290,6 +340,58 @@ def _decode(field: xr.DataArray, attrs: dict) -> xr.DataArray:
     return values.where(~masked)
 
 
+#: CF ``cell_methods`` over time → the GRIB ``stepType`` of the same product.
+_CELL_METHOD_STEP_TYPES = {"point": "instant", "sum": "accum", "mean": "avg", "maximum": "max", "minimum": "min"}
+_STEP_TYPE_NAMES = {"instant": "an instantaneous field", "accum": "an accumulation"}
+
+
+def _check_step_type(attrs: Mapping, variable: Variable) -> None:
+    """Refuse a field whose ``stepType``/``cell_methods`` attributes name another product than the lexicon's."""
+    found = [f"stepType {attrs[key]!r}" for key in ("GRIB_stepType", "stepType")
+             if key in attrs and str(attrs[key]) != variable.step_type]
+    over_time = re.search(r"\btime\s*:\s*(\w+)", str(attrs.get("cell_methods", "")))
+    if over_time and _CELL_METHOD_STEP_TYPES.get(over_time.group(1), over_time.group(1)) != variable.step_type:
+        found.append(f"cell_methods {attrs['cell_methods']!r}")
+    if found:
+        expected = _STEP_TYPE_NAMES.get(variable.step_type, "a statistical product")
+        raise StepTypeError(
+            f"{variable.id} ({variable.short_name!r}) is expected as {expected} (stepType {variable.step_type}); "
+            f"found {' and '.join(found)} — another product (a monthly mean, accumulation, minimum or maximum "
+            "over time), which is never mixed with the analyses; request the hourly product"
+        )
+
+
+def _source_units(attrs: Mapping, variable: Variable, assumed: Mapping[str, str]) -> str:
+    """The units a field is stored in: its ``units`` attribute, or those assumed for it."""
+    units, declared = attrs.get("units"), assumed.get(variable.id)
+    if units is None and declared is None:
+        raise UnitsError(
+            f"{variable.id} ({variable.short_name!r}) has no units attribute; expected {variable.units!r} (or units "
+            f"convertible to it); declare them with assume_units, e.g. {{{variable.id!r}: {variable.units!r}}}"
+        )
+    if units is not None and declared is not None and _unit_key(str(units)) != _unit_key(declared):
+        raise UnitsError(
+            f"{variable.id} ({variable.short_name!r}) has units {units!r} in the file but assume_units says "
+            f"{declared!r}; assume_units only supplies missing units"
+        )
+    return str(units) if units is not None else declared
+
+
+def _check_physical_range(field: xr.DataArray, variable: Variable) -> None:
+    """Read ``field[time, lat, lon]`` (lexicon units); refuse it where a step leaves the physical range."""
+    low, high = valid_range(variable.id)
+    every_step = np.asarray(field.values)
+    for step in range(field.sizes[TIME]):
+        values = every_step[step][np.isfinite(every_step[step])]  # NaN/inf: their own error when computed
+        if values.size and (values.min() < low or values.max() > high):
+            when = np.datetime_as_string(field[TIME].values[step].astype("datetime64[s]"), unit="h")
+            raise PhysicalRangeError(
+                f"{variable.id} spans {values.min():.6g}..{values.max():.6g} at {when}, outside its physical range "
+                f"{low:g}..{high:g} (in {variable.units}) — wrong units (e.g. geopotential height in m labelled "
+                "as geopotential) or corrupt data"
+            )
+
+
 def _unit_key(units: str) -> str:
     return units.replace("**", "").replace("^", "").replace(" ", "").replace("/", "")
 
@@ -309,8 +411,8 @@ _CONVERSIONS: dict[tuple[str, str], Callable[[xr.DataArray], xr.DataArray]] = {
 }
 
 
-def _units_converter(units: str | None, variable: Variable) -> Callable[[xr.DataArray], xr.DataArray]:
-    if units is None or _unit_key(units) == _unit_key(variable.units):
+def _units_converter(units: str, variable: Variable) -> Callable[[xr.DataArray], xr.DataArray]:
+    if _unit_key(units) == _unit_key(variable.units):
         return lambda x: x
     convert = _CONVERSIONS.get((_unit_key(variable.units), _unit_key(units)))
     if convert is None:

@@ -17,7 +17,13 @@ Layouts, recognised from the file's first bytes and its variables:
 
 Before anything is opened, each file is checked against its own header for truncation (an
 interrupted download): the HDF5 superblock's end-of-file address, the netCDF3 header's
-variable offsets, the GRIB messages' end markers, the zip central directory.
+variable offsets, the GRIB messages' end markers, the zip central directory. A GRIB message
+ecCodes cannot decode refuses the whole file (:class:`CorruptFileError`, naming the message).
+
+Values are checked against each variable's physical range (:func:`ingest.lexicon.valid_range`)
+twice: the first and last time step of every file when it is opened (eagerly, before any work
+starts; see :func:`ingest.normalise.normalise`), and every chunk as Dask computes it, together
+with the check for NaN/infinity.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import sqlite3  # noqa: F401  the system SQLite must load before ecCodes' bundle
 import struct
 import zipfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -39,15 +45,18 @@ import xarray as xr
 from ingest.atomic import discard, replace_path, temporary_sibling
 from ingest.dims import CHANNEL, LAT, LON, TIME
 from ingest.errors import (
+    CorruptFileError,
     DuplicateTimeError,
     GridMismatchError,
+    IngestError,
     MissingVariableError,
     NonFiniteValueError,
+    PhysicalRangeError,
     SourceLayoutError,
     TruncatedFileError,
 )
-from ingest.lexicon import Variable, get_variables
-from ingest.normalise import EXPVER, describe_missing, expver_rank, normalise, stack_channels
+from ingest.lexicon import Variable, get_variables, valid_range
+from ingest.normalise import EXPVER, check_assumed_units, describe_missing, expver_rank, normalise, stack_channels
 
 
 class Layout(str, Enum):
@@ -81,6 +90,7 @@ class Source:
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
+_SIGNATURES = (_HDF5_SIGNATURE, b"CDF\x01", b"CDF\x02", b"CDF\x05", b"GRIB", *_ZIP_SIGNATURES)
 _MAX_LISTED = 5
 #: Grids whose coordinates differ by less than this (degrees) are the same grid (float32 vs float64).
 GRID_TOLERANCE = 1e-5
@@ -92,6 +102,7 @@ def open_sources(
     shard_steps: int,
     *,
     unpack_dir: str | Path | None = None,
+    assume_units: Mapping[str, str] | None = None,
 ) -> xr.DataArray:
     """Lazily open ERA5 files of any supported layout as the canonical ``[time, channel, lat, lon]``.
 
@@ -109,6 +120,9 @@ def open_sources(
     unpack_dir : path-like, optional
         Where the members of CDS zips are unpacked (reused while the zip is unchanged);
         default a hidden folder ``.NAME.zip.unpacked`` beside each zip.
+    assume_units : mapping of str to str, optional
+        ``{lexicon id: units}`` for fields stored without a ``units`` attribute, which are
+        otherwise refused (see :func:`ingest.normalise.normalise`).
 
     Returns
     -------
@@ -118,8 +132,9 @@ def open_sources(
         record the experiment chosen for each run of time steps (``expver``), how many
         ``(channel, time)`` fields were superseded by a more preferred experiment
         (``expver_superseded``), and how many files of each layout were read
-        (``source_layouts``). Computing it
-        raises :class:`NonFiniteValueError` where a field holds NaN or infinity.
+        (``source_layouts``). Computing it raises :class:`NonFiniteValueError` where a
+        field holds NaN or infinity, :class:`PhysicalRangeError` where it leaves its physical
+        range.
 
     Raises
     ------
@@ -130,16 +145,19 @@ def open_sources(
         another one has.
     SourceLayoutError
         If a file is missing, empty, or in no supported layout; subclasses
-        :class:`TruncatedFileError`, :class:`GridMismatchError`, :class:`DuplicateTimeError`
-        say more.
+        :class:`TruncatedFileError`, :class:`CorruptFileError`, :class:`GridMismatchError`,
+        :class:`DuplicateTimeError`, :class:`UnitsError`, :class:`StepTypeError` say more.
+    PhysicalRangeError
+        If the first or last time step of a file leaves a variable's physical range.
     """
     variables = get_variables(list(variable_ids))
     if not variables:
         raise MissingVariableError("expected at least one variable id to read, found none")
     if shard_steps < 1:
         raise SourceLayoutError(f"shard_steps must be >= 1, found {shard_steps}")
+    assume_units = check_assumed_units(assume_units)
     sources = _open_all(files, unpack_dir)
-    canonical = [(source, normalise(source.raw, variable_ids, time_chunk=shard_steps)) for source in sources]
+    canonical = [(source, _normalise_source(source, variable_ids, shard_steps, assume_units)) for source in sources]
     canonical = [(source, ds) for source, ds in canonical if ds.data_vars]
     canonical = _on_one_grid(canonical)
     fields, labels, superseded = {}, {}, 0
@@ -152,13 +170,22 @@ def open_sources(
     _check_same_times(fields)
     data = stack_channels(xr.Dataset(fields), list(variable_ids))
     data = data.chunk({TIME: shard_steps, CHANNEL: -1, LAT: -1, LON: -1})
-    data = _require_finite(data)
+    data = _require_finite_and_physical(data)
     data.attrs = {
         "expver": _expver_runs(data[TIME].values, labels),
         "expver_superseded": int(superseded),
         "source_layouts": _files_per_layout(sources),
     }
     return data
+
+
+def _normalise_source(source: Source, variable_ids: Sequence[str], shard_steps: int,
+                      assume_units: Mapping[str, str]) -> xr.Dataset:
+    """:func:`~ingest.normalise.normalise` one source; its errors name the file."""
+    try:
+        return normalise(source.raw, variable_ids, time_chunk=shard_steps, assume_units=assume_units)
+    except IngestError as err:
+        raise type(err)(f"{source.label}: {err}") from err
 
 
 def _files_per_layout(sources: list[Source]) -> dict[str, int]:
@@ -217,6 +244,9 @@ def _sniff(path: Path) -> str:
         return "grib"
     if head.startswith(_ZIP_SIGNATURES):
         return "zip"
+    if len(head) < 8 and any(signature.startswith(head) for signature in _SIGNATURES):
+        raise TruncatedFileError(f"{path}: truncated — {len(head)} bytes, the start of a netCDF, GRIB or zip "
+                                 "signature (an interrupted download or copy; fetch it again)")
     raise SourceLayoutError(
         f"{path}: expected netCDF (HDF5 or CDF signature), GRIB or zip; found first bytes {head!r}"
     )
@@ -235,13 +265,16 @@ def _hdf5_end(path: Path) -> int:
     """End-of-file address from the HDF5 superblock (versions 0–3), in bytes."""
     with open(path, "rb") as f:
         head = f.read(64)
-    version = head[8]
+    version = head[8] if len(head) > 8 else None
     if version in (0, 1):
-        offset_size, base_at = head[13], (24 if version == 0 else 28)
+        offset_size, base_at = (head[13] if len(head) > 13 else 8), (24 if version == 0 else 28)
     elif version in (2, 3):
-        offset_size, base_at = head[9], 12
-    else:
+        offset_size, base_at = (head[9] if len(head) > 9 else 8), 12
+    elif version is not None:
         raise SourceLayoutError(f"{path}: expected HDF5 superblock version 0–3, found {version}")
+    if version is None or len(head) < base_at + 3 * offset_size:
+        raise TruncatedFileError(f"{path}: truncated inside its HDF5 superblock, after {len(head)} bytes "
+                                 "(an interrupted download or copy; fetch it again)")
     address = [int.from_bytes(head[base_at + i * offset_size: base_at + (i + 1) * offset_size], "little")
                for i in range(3)]
     return address[0] + address[2]  # base address + end-of-file address
@@ -329,40 +362,82 @@ _GRIB_HEADER_KEYS = ("edition", "gridType", "shortName", "typeOfLevel", "level",
 def _scan_grib(path: Path) -> tuple[list[str], set[str]]:
     """Experiment (``expver``) of every message and the grid types used.
 
-    Raises :class:`TruncatedFileError` if a message is cut short, and
-    :class:`DuplicateTimeError` if one field, level, time and experiment comes twice with
-    different data (cfgrib would silently keep the first).
+    Raises :class:`TruncatedFileError` if a message is cut short, :class:`CorruptFileError` if
+    ecCodes cannot decode a message (wrong length, no end marker, …) or bytes other than zero
+    padding lie between messages (where ecCodes would skip a message whose start is damaged):
+    the whole file is refused, naming the message, rather than read without it. Raises
+    :class:`DuplicateTimeError` if one field, level, time, experiment and ensemble member comes
+    twice with different data (cfgrib would silently keep the first).
     """
     import eccodes  # imported for GRIB only: loading the ecCodes library takes about a second
 
     experiments, grid_types, digests = [], set(), {}
+    end = 0  # where the previous message ended
     with open(path, "rb") as f:
         while True:
+            message, offset = len(experiments) + 1, f.tell()
             try:
                 handle = eccodes.codes_grib_new_from_file(f)
+                if handle is None:
+                    break
+                try:
+                    header = _grib_header(eccodes, handle)
+                finally:
+                    eccodes.codes_release(handle)
             except eccodes.PrematureEndOfFileError as err:
                 raise TruncatedFileError(
-                    f"{path}: truncated — GRIB message {len(experiments) + 1} ends before its declared length "
+                    f"{path}: truncated — GRIB message {message} ends before its declared length "
                     "(an interrupted download or copy; fetch it again)"
                 ) from err
-            if handle is None:
-                break
-            try:
-                header = {name: eccodes.codes_get(handle, name) for name in _GRIB_HEADER_KEYS}
-                grid_types.add(header["gridType"])
-                experiments.append(eccodes.codes_get(handle, "expver") if eccodes.codes_is_defined(handle, "expver") else "")
-                key = (experiments[-1], header["shortName"], header["typeOfLevel"], header["level"],
-                       header["validityDate"], header["validityTime"])
-                digest = eccodes.codes_get(handle, "md5Section4" if header["edition"] == 1 else "md5Section7")
-            finally:
-                eccodes.codes_release(handle)
-            if digests.setdefault(key, digest) != digest:
+            except eccodes.GribInternalError as err:  # the base of every ecCodes decoding error
+                raise CorruptFileError(
+                    f"{path}: GRIB message {message} (at byte {offset}) is corrupt: ecCodes says {err!s} "
+                    f"({len(experiments)} good messages before it); the file is refused — fetch it again"
+                ) from err
+            _check_padding(path, end, header["offset"], message)
+            end = header["offset"] + header["totalLength"]
+            grid_types.add(header["gridType"])
+            experiments.append(header["expver"])
+            key = tuple(header[name] for name in ("expver", "number", "shortName", "typeOfLevel", "level",
+                                                  "validityDate", "validityTime"))
+            if digests.setdefault(key, header["digest"]) != header["digest"]:
                 raise DuplicateTimeError(
-                    f"{path}: expected each field once per time and experiment, or repeated identically; found "
-                    f"{key[1]} ({key[2]} {key[3]}) at {key[4]} {key[5]:04d} UTC, expver {key[0] or 'unknown'}, "
-                    f"twice with different data (message {len(experiments)})"
+                    f"{path}: expected each field once per time, experiment and ensemble member, or repeated "
+                    f"identically; found {key[2]} ({key[3]} {key[4]}) at {key[5]} {key[6]:04d} UTC, expver "
+                    f"{key[0] or 'unknown'}, member {key[1]}, twice with different data (message {message})"
                 )
+    _check_padding(path, end, path.stat().st_size, len(experiments) + 1)
     return experiments, grid_types
+
+
+def _grib_header(eccodes, handle) -> dict:
+    """The keys of one GRIB message that :func:`_scan_grib` checks, and the digest of its data."""
+    header = {name: eccodes.codes_get(handle, name) for name in _GRIB_HEADER_KEYS}
+    header["offset"], header["totalLength"] = (int(eccodes.codes_get(handle, name)) for name in ("offset", "totalLength"))
+    header["expver"] = eccodes.codes_get(handle, "expver") if eccodes.codes_is_defined(handle, "expver") else ""
+    header["number"] = eccodes.codes_get(handle, "number") if eccodes.codes_is_defined(handle, "number") else 0
+    header["digest"] = eccodes.codes_get(handle, "md5Section4" if header["edition"] == 1 else "md5Section7")
+    return header
+
+
+def _check_padding(path: Path, start: int, stop: int, message: int) -> None:
+    """Bytes ``start:stop`` lie between GRIB messages (before ``message``): only zero padding
+    (MARS pads GRIB 1 to multiples of 120 bytes) may be there."""
+    if stop <= start:
+        return
+    with open(path, "rb") as f:
+        f.seek(start)
+        rest = f.read(stop - start).lstrip(b"\x00")
+    if not rest:
+        return
+    at = stop - len(rest)
+    if at + len(rest) == path.stat().st_size and b"GRIB".startswith(rest):
+        raise TruncatedFileError(f"{path}: truncated — GRIB message {message} (at byte {at}) ends after "
+                                 f"{len(rest)} bytes (an interrupted download or copy; fetch it again)")
+    raise CorruptFileError(
+        f"{path}: GRIB message {message} (at byte {at}) is corrupt: {len(rest)} bytes that are neither a GRIB "
+        f"message nor zero padding ({message - 1} good messages before them); the file is refused — fetch it again"
+    )
 
 
 # --- per-layout readers --------------------------------------------------------------------
@@ -566,26 +641,43 @@ def _expver_runs(times: np.ndarray, labels: dict[str, np.ndarray]) -> list[dict[
             for a, b in zip(starts, stops)]
 
 
-def _raise_if_not_finite(block: np.ndarray, times: np.ndarray, *, channels: tuple[str, ...]) -> np.ndarray:
+def _raise_if_not_finite_or_unphysical(block: np.ndarray, times: np.ndarray, *, channels: tuple[str, ...],
+                 bounds: tuple[tuple[float, float], ...]) -> np.ndarray:
+    """Raise on NaN/inf, then on values outside each channel's physical range, in one chunk."""
     bad = ~np.isfinite(block)
     if bad.any():
         per_field = bad.sum(axis=(2, 3))
         t, c = np.argwhere(per_field)[0]
-        when = np.datetime_as_string(times.ravel()[t].astype("datetime64[s]"), unit="h")
         raise NonFiniteValueError(
-            f"{channels[c]} must be finite everywhere; found {int(per_field[t, c])} NaN/inf grid points at {when} "
-            f"({int(np.count_nonzero(per_field))} (time, channel) fields affected in this chunk) — a fill value "
-            "where data is expected, e.g. an experiment absent at that time"
+            f"{channels[c]} must be finite everywhere; found {int(per_field[t, c])} NaN/inf grid points at "
+            f"{_hour(times, t)} ({int(np.count_nonzero(per_field))} (time, channel) fields affected in this chunk) "
+            "— a fill value where data is expected, e.g. an experiment absent at that time"
+        )
+    low, high = np.array(bounds, dtype=np.float64).T
+    lowest, highest = block.min(axis=(2, 3)), block.max(axis=(2, 3))
+    outside = (lowest < low) | (highest > high)
+    if outside.any():
+        t, c = np.argwhere(outside)[0]
+        raise PhysicalRangeError(
+            f"{channels[c]} spans {lowest[t, c]:.6g}..{highest[t, c]:.6g} at {_hour(times, t)}, outside its "
+            f"physical range {low[c]:g}..{high[c]:g} ({int(np.count_nonzero(outside))} (time, channel) fields "
+            "affected in this chunk) — wrong units or corrupt data"
         )
     return block
 
 
-def _require_finite(data: xr.DataArray) -> xr.DataArray:
-    """Make computing ``data`` raise :class:`NonFiniteValueError` on NaN/inf, chunk by chunk."""
+def _hour(times: np.ndarray, step: int) -> str:
+    return str(np.datetime_as_string(times.ravel()[step].astype("datetime64[s]"), unit="h"))
+
+
+def _require_finite_and_physical(data: xr.DataArray) -> xr.DataArray:
+    """Make computing ``data`` raise :class:`NonFiniteValueError` on NaN/inf and
+    :class:`PhysicalRangeError` outside a channel's physical range, chunk by chunk."""
     array = data.data
     seconds = data[TIME].values.astype("datetime64[s]").astype(np.int64)
     times = da.from_array(seconds, chunks=(array.chunks[0],))[:, None, None, None]
     channels = tuple(str(c) for c in data[CHANNEL].values)
-    checked = da.map_blocks(_raise_if_not_finite, array, times, channels=channels, dtype=array.dtype,
-                            meta=np.empty((0, 0, 0, 0), dtype=array.dtype))
+    bounds = tuple(valid_range(c) for c in channels)
+    checked = da.map_blocks(_raise_if_not_finite_or_unphysical, array, times, channels=channels, bounds=bounds,
+                            dtype=array.dtype, meta=np.empty((0, 0, 0, 0), dtype=array.dtype))
     return data.copy(data=checked)

@@ -253,10 +253,13 @@ def _write_old_cds_file(fields: Fields, ids: tuple[str, ...], path: Path, expver
 
 
 def write_grib(fields: Fields, path: Path, *, lon_west: bool = False, packing_type: str = "grid_ieee",
-               append: bool = False) -> Path:
+               append: bool = False, stream: str = "oper", number: int = 0, step_type: str = "instant") -> Path:
     """GRIB 1 as MARS/CDS deliver it: one message per (time, variable, level), north to south.
 
     ``grid_ieee`` stores float32 values exactly; ``grid_simple`` (16 bits) is what ERA5 uses.
+    ``stream``, ``number`` and ``step_type`` are the MARS stream (``oper``; ``enda`` for the
+    ensemble of data assimilations, ``moda`` for monthly means), the ensemble member and the
+    GRIB ``stepType`` (``instant``; ``avgua`` for a monthly mean of analyses).
     """
     lat, lon, lat_order, lon_order = _grid(fields, lon_west, lat_ascending=False)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -276,6 +279,7 @@ def write_grib(fields: Fields, path: Path, *, lon_west: bool = False, packing_ty
                         "dataDate": int(stamp.strftime("%Y%m%d")), "dataTime": int(stamp.strftime("%H%M")),
                         "shortName": _GRIB_SHORT_NAMES.get(vid, variable.short_name),
                         "expver": str(fields.expver[t]), "packingType": packing_type,
+                        "stream": stream, "number": number, "stepType": step_type,
                     }
                     if variable.level is not None:
                         keys["level"] = variable.level

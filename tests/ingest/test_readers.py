@@ -15,10 +15,14 @@ import pytest
 import xarray as xr
 
 from ingest.errors import (
+    CorruptFileError,
     DuplicateTimeError,
     GridMismatchError,
     MissingVariableError,
     NonFiniteValueError,
+    PhysicalRangeError,
+    SourceLayoutError,
+    StepTypeError,
     TruncatedFileError,
     UnitsError,
     UnknownVariableError,
@@ -217,7 +221,8 @@ def test_conflicting_duplicate_times_are_refused(tmp_path):
     write_grib(fields.select(slice(2, 3)), grib, append=True)  # identical copies are fine
     np.testing.assert_array_equal(open_sources([grib], list(ALL_IDS), shard_steps=4).values, fields.stacked())
     write_grib(fields.select(slice(2, 3)).shifted(0.5, "0001"), grib, append=True)
-    with pytest.raises(DuplicateTimeError, match=r"twice.grib: expected each field once per time and experiment.*"
+    with pytest.raises(DuplicateTimeError, match=r"twice.grib: expected each field once per time, experiment and "
+                                                  r"ensemble member.*"
                                                   r"found z \(isobaricInhPa 500\) at 20000101 1200 UTC, expver 0001"):
         open_sources([grib], list(ALL_IDS), shard_steps=4)
 
@@ -336,3 +341,131 @@ def test_mixed_layouts_ingest_into_a_store_that_records_the_experiments(tmp_path
     np.testing.assert_array_equal(ds["data"].values, fields.stacked())
     assert [(run["expver"], run["steps"]) for run in ds.attrs["expver"]] == [("0001", 8), ("0005", 4)]
     assert ds.attrs["source_layouts"] == {"cds-zip": 1, "grib": 1, "new-cds-netcdf": 1}
+
+
+# --- damaged, misleading and implausible inputs ---------------------------------------------
+
+
+def _grib_message_spans(path: Path) -> list[tuple[int, int]]:
+    """``(offset, length)`` in bytes of every message of an intact GRIB file."""
+    spans = []
+    with open(path, "rb") as f:
+        while (handle := eccodes.codes_grib_new_from_file(f)) is not None:
+            spans.append((int(eccodes.codes_get(handle, "offset")), int(eccodes.codes_get(handle, "totalLength"))))
+            eccodes.codes_release(handle)
+    return spans
+
+
+@pytest.mark.parametrize("damage", ["end marker", "length", "start marker"])
+def test_a_corrupted_grib_message_is_refused_naming_the_file_and_message(tmp_path, damage):
+    fields = make_fields(ntime=2)
+    path = write_grib(fields, tmp_path / "corrupted.grib")
+    raw = bytearray(path.read_bytes())
+    # a bad first message and good ones after it, as cfgrib's sample; the first bytes of a file
+    # are its signature (without it, it is no GRIB file), so a damaged start marker is put on message 2
+    message = 2 if damage == "start marker" else 1
+    offset, length = _grib_message_spans(path)[message - 1]
+    if damage == "end marker":
+        raw[offset + length - 4: offset + length] = b"XXXX"
+    elif damage == "length":
+        raw[offset + 4: offset + 7] = (length // 2).to_bytes(3, "big")
+    else:  # ecCodes would skip the message and read the next ones
+        raw[offset: offset + 4] = b"XXXX"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptFileError,
+                       match=rf"corrupted.grib: GRIB message {message} \(at byte {offset}\) is corrupt"):
+        open_sources([path], list(ALL_IDS), shard_steps=4)
+
+
+def test_an_ensemble_grib_asks_for_one_member(tmp_path):
+    fields = make_fields(ntime=2)
+    path = tmp_path / "eda.grib"
+    for member in range(3):  # the ensemble of data assimilations: other values per member
+        write_grib(fields.shifted(float(member), "0001"), path, stream="enda", number=member, append=member > 0)
+    with pytest.raises(SourceLayoutError, match=r"eda.grib: expected one ensemble member \(reanalysis\), "
+                                                r"found number = \[0, 1, 2\]; select one member"):
+        open_sources([path], list(ALL_IDS), shard_steps=4)
+
+
+def test_statistical_products_are_refused_naming_file_variable_and_step_type(tmp_path):
+    fields = make_fields(ntime=2)
+    monthly = write_grib(fields, tmp_path / "moda.grib", stream="moda", step_type="avgua")
+    with pytest.raises(StepTypeError, match=r"moda.grib: z500 \('z'\) is expected as an instantaneous field "
+                                            r"\(stepType instant\); found stepType 'avgua'"):
+        open_sources([monthly], list(ALL_IDS), shard_steps=4)
+    ds = new_cds_dataset(fields, ("t2m", "msl"))
+    for attrs, found in [({"GRIB_stepType": "avgua"}, "stepType 'avgua'"), ({"stepType": "max"}, "stepType 'max'"),
+                         ({"cell_methods": "time: mean (monthly)"}, r"cell_methods 'time: mean \(monthly\)'")]:
+        ds["msl"].attrs = {"units": "Pa", **attrs}
+        with pytest.raises(StepTypeError,
+                           match=rf"msl \('msl'\) is expected as an instantaneous field .*found {found}"):
+            normalise(ds)
+    ds["msl"].attrs = {"units": "Pa", "GRIB_stepType": "instant", "cell_methods": "area: mean time: point"}
+    np.testing.assert_array_equal(normalise(ds)["msl"].values, fields.values["msl"])
+
+
+def _cut_points(path: Path) -> list[int]:
+    """Ten evenly spaced byte offsets, every offset inside the first 64 bytes (signatures,
+    superblock, netCDF header), and both sides of every GRIB message boundary."""
+    size = path.stat().st_size
+    cuts = set(np.linspace(1, size - 1, 10).astype(int)) | set(range(1, 65))
+    if path.suffix == ".grib":
+        cuts |= {offset + length + delta for offset, length in _grib_message_spans(path) for delta in (-1, 1)}
+    return sorted(c for c in cuts if 0 < c < size)
+
+
+def test_a_file_cut_anywhere_gives_the_typed_truncation_error(tmp_path):
+    fields = make_fields(ntime=2)
+    originals = {"netcdf4": write_new_cds(fields, tmp_path / "new")[0],
+                 "netcdf3": write_old_cds(fields, tmp_path / "old")[0],
+                 "grib": write_grib(fields, tmp_path / "a.grib"), "zip": write_cds_zip(fields, tmp_path / "a.zip")}
+    grib_boundaries = {offset for offset, _ in _grib_message_spans(originals["grib"])}
+    for kind, original in originals.items():
+        raw = original.read_bytes()
+        for cut in _cut_points(original):
+            damaged = tmp_path / "cut" / f"{cut}_{original.name}"
+            damaged.parent.mkdir(exist_ok=True)
+            damaged.write_bytes(raw[:cut])
+            if kind == "grib" and cut in grib_boundaries:  # whole messages only: a valid, shorter file
+                assert open_raw(damaged)
+                continue
+            with pytest.raises(TruncatedFileError, match=rf"{damaged.name}: (truncated|expected a complete zip)"):
+                open_raw(damaged)
+
+
+def test_values_outside_the_physical_range_are_refused(tmp_path):
+    fields = make_fields()
+    in_metres = fields.select(slice(None))
+    # geopotential height in metres, labelled m**2 s**-2
+    in_metres.values["z500"] = in_metres.values["z500"] / np.float32(9.80665)
+    files = write_new_cds(in_metres, tmp_path / "metres")
+    with pytest.raises(PhysicalRangeError, match=r"metres/era5_pl.nc: z500 spans 5\d{3}(\.\d+)?\.\.\d+(\.\d+)? at "
+                                                 r"2000-01-01T00, outside its physical range 25000\.\.80000"):
+        open_sources(files, list(ALL_IDS), shard_steps=4)
+    spike = fields.select(slice(None))
+    spike.values["t850"][3, 2, 2] = 500.0  # a middle step: found when the chunk is computed
+    data = open_sources(write_new_cds(spike, tmp_path / "spike"), list(ALL_IDS), shard_steps=4)
+    with pytest.raises(PhysicalRangeError, match=r"t850 spans .*\.\.500 at 2000-01-01T18, outside its physical "
+                                                 r"range 150\.\.350"):
+        data.compute()
+
+
+def test_a_field_without_units_is_refused_unless_its_units_are_assumed(tmp_path):
+    fields = make_fields()
+    ds = new_cds_dataset(fields, SURFACE_IDS)
+    del ds["t2m"].attrs["units"]
+    path = tmp_path / "no_units.nc"
+    ds.to_netcdf(path)
+    with pytest.raises(UnitsError, match=r"no_units.nc: t2m \('t2m'\) has no units attribute; expected 'K' "
+                                         r"\(or units convertible to it\); declare them with assume_units"):
+        open_sources([path], list(SURFACE_IDS), shard_steps=4)
+    data = open_sources([path], list(SURFACE_IDS), shard_steps=4, assume_units={"t2m": "K"})
+    np.testing.assert_array_equal(data.values, fields.stacked(SURFACE_IDS))
+    celsius = ds.assign(t2m=ds["t2m"] - np.float32(273.15))
+    np.testing.assert_allclose(normalise(celsius, assume_units={"t2m": "degC"})["t2m"].values, fields.values["t2m"],
+                               rtol=0, atol=1e-4)
+    with pytest.raises(UnitsError, match=r"t2m \('t2m'\) is expected in 'K' or units convertible to it; found "
+                                         r"units 'furlong'"):
+        open_sources([path], list(SURFACE_IDS), shard_steps=4, assume_units={"t2m": "furlong"})
+    with pytest.raises(UnitsError, match=r"msl \('msl'\) has units 'Pa' in the file but assume_units says 'hPa'"):
+        normalise(ds, assume_units={"t2m": "K", "msl": "hPa"})

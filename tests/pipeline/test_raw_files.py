@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from dask.distributed import LocalCluster
 
 from ingest.readers import open_sources
-from pipeline.stages import StageInputError, raw_files
+from pipeline.cli import main
+from pipeline.stages import Paths, StageInputError, raw_files
 
 from tests.ingest.layouts import ALL_IDS, PRESSURE_IDS, make_fields, write_cds_zip, write_grib, write_new_cds
 
@@ -35,3 +37,21 @@ def test_a_folder_without_readable_files_is_refused_naming_what_it_holds(tmp_pat
         raw_files(tmp_path)
     with pytest.raises(StageInputError, match="does not exist"):
         raw_files(tmp_path / "missing")
+
+
+@pytest.mark.distributed
+def test_a_corrupted_grib_in_the_raw_folder_stops_ingest_run_with_one_line_naming_it(tmp_path, write_run_config,
+                                                                                    capsys):
+    paths = Paths(tmp_path / "work")
+    grib = write_grib(make_fields(ntime=2), paths.raw / "damaged.grib")
+    raw = bytearray(grib.read_bytes())
+    raw[4:7] = (100).to_bytes(3, "big")  # message 1 now says it is 100 bytes long; its end marker is elsewhere
+    grib.write_bytes(bytes(raw))
+    config = write_run_config(tmp_path / "config.yaml", paths.workdir,
+                              ingest={"source": "files", "variables": list(ALL_IDS), "shard_steps": 4})
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        assert main(["ingest", "run", "--config", str(config), "--scheduler-address", cluster.scheduler_address]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert err.startswith(f"fourcast ingest run: CorruptFileError: {grib}: GRIB message 1 (at byte 0) is corrupt")
+    assert not paths.store.exists()
