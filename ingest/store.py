@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -64,8 +65,10 @@ from ingest.errors import IngestError, StoreSchemaError
 from ingest.lexicon import get_variable
 from ingest.readers import open_sources  # noqa: F401  (re-exported: the store's usual input)
 from ingest.schema import DATA, STEP_HOURS, open_store
-from ingest.statistics import (Moments, Partials, StatsWindow, block_partials, default_period, incoming_span,
-                               incoming_tendency, merge_partials, statistics_dataset)
+from ingest.statistics import (Moments, Partials, StatsWindow, block_partials, choose_default_period,
+                               incoming_span, incoming_tendency, merge_partials, statistics_dataset)
+
+log = logging.getLogger(__name__)
 
 COMPRESSORS = ("none", "zstd", "blosc")
 _PLAN_VERSION = 1
@@ -106,18 +109,22 @@ class StoreLayout:
 class StatsPeriod:
     """Inclusive date range the statistics and the climatology are computed on.
 
-    ``StatsPeriod.default(times)`` leaves the last years out (:func:`ingest.statistics.default_period`).
+    ``StatsPeriod.default(times)`` leaves the last years out, or fits a short record
+    (:func:`ingest.statistics.choose_default_period`), and records why in the provenance.
+    ``remedy`` ends the message refusing a period of fewer than two steps (callers name the
+    setting it came from).
     """
 
     start: np.datetime64
     end: np.datetime64
     provenance: dict = field(default_factory=dict)
+    remedy: str = "give a statistics period of at least 2 time steps inside the data"
 
     @classmethod
     def default(cls, times: np.ndarray, leave_out_years: int = 3, provenance: dict | None = None) -> StatsPeriod:
-        start, end = default_period(times, leave_out_years)
-        return cls(start, end, {"stats_period_default": f"last {leave_out_years} years left out",
-                                **(provenance or {})})
+        start, end, reason = choose_default_period(times, leave_out_years)
+        log.info("statistics period %s..%s (default: %s)", start, end, reason)
+        return cls(start, end, {"stats_period_default": reason, **(provenance or {})})
 
 
 @dataclass(frozen=True)
@@ -502,7 +509,7 @@ def write_store(
     if period is not None and np.count_nonzero((times >= period.start) & (times <= period.end)) < 2:
         selected = np.count_nonzero((times >= period.start) & (times <= period.end))
         raise StoreSchemaError(f"statistics period {period.start}..{period.end} selects {selected} time steps; "
-                               f"the data covers {times[0]}..{times[-1]}")
+                               f"the data covers {times[0]}..{times[-1]}; {period.remedy}")
     if plan is None:
         return paths.store
     step_hours = _hours(check_times(times, str(paths.store)))
