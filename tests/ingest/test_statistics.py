@@ -186,3 +186,31 @@ def test_cli_ingests_two_daily_files_with_the_default_period(tmp_path, write_run
     err = capsys.readouterr().err
     assert "selects 1 time steps" in err and "widen ingest.statistics to at least 2 time steps" in err
     assert "ingest.statistics_leave_out_years" in err and not (tmp_path / "other" / "store.zarr").exists()
+
+
+def test_a_new_statistics_period_without_new_dates_recomputes_the_statistics_and_climatology(tmp_path):
+    data = make_fields("2001-01-01T00", "2001-02-28T18", chunk_steps=40)
+    layout = StoreLayout(shard_steps=40)
+    january = StatsPeriod(np.datetime64("2001-01-01T00", "ns"), np.datetime64("2001-01-31T18", "ns"))
+    later = StatsPeriod(np.datetime64("2001-01-15T00", "ns"), np.datetime64("2001-02-20T18", "ns"))
+    store, climatology = tmp_path / "store.zarr", tmp_path / "climatology.zarr"
+    write_store(data, store, january, layout, climatology_path=climatology)
+    first_shard = store / "data" / "c" / "0" / "0" / "0" / "0"
+    inode = first_shard.stat().st_ino
+
+    write_store(data, store, later, layout, climatology_path=climatology)  # the same dates, another period
+
+    fresh = write_store(data, tmp_path / "fresh.zarr", later, layout, climatology_path=tmp_path / "fresh_clim.zarr")
+    ds, expected = open_store(store), open_store(fresh)
+    assert (ds.attrs["stats_start"], ds.attrs["stats_end"]) == (str(later.start), str(later.end))
+    for name in ("mean", "std", "minimum", "maximum", "tendency_std"):
+        np.testing.assert_array_equal(ds[name].values, expected[name].values, err_msg=name)
+    np.testing.assert_array_equal(ds["data"].values, data.values)
+    assert first_shard.stat().st_ino == inode  # complete shards are linked, not rewritten
+    clim, expected_clim = (xr.open_zarr(path, consolidated=False) for path in (climatology, tmp_path / "fresh_clim.zarr"))
+    assert clim.attrs["stats_start"] == str(later.start)
+    np.testing.assert_array_equal(clim["climatology"].values, expected_clim["climatology"].values)
+
+    stamp = (store / "zarr.json").stat().st_mtime_ns
+    write_store(data, store, later, layout, climatology_path=climatology)  # the same period again: nothing to do
+    assert (store / "zarr.json").stat().st_mtime_ns == stamp
