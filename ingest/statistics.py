@@ -176,10 +176,11 @@ def choose_default_period(times: np.ndarray, leave_out_years: int = 3) -> tuple[
     """The default statistics period of ``times``, and why it is that one.
 
     * With at least ``leave_out_years + 1`` calendar years, the period ends on 31 December of
-      the year ``leave_out_years`` before the last (anemoi-datasets' default).
+      the year ``leave_out_years`` before the last (anemoi-datasets' default), if that keeps
+      at least the two steps statistics need.
     * ``leave_out_years == 0`` takes all the data.
-    * A shorter record has no years to leave out: it keeps its first 80 % of steps, or all of
-      them where 80 % would be fewer than the two steps statistics need (two daily files).
+    * Otherwise there are no years to leave out: the record keeps its first 80 % of steps, or
+      all of them where 80 % would be fewer than two steps (two daily files).
 
     Parameters
     ----------
@@ -207,11 +208,11 @@ def choose_default_period(times: np.ndarray, leave_out_years: int = 3) -> tuple[
     last_kept_year = years[-1] - leave_out_years
     if leave_out_years == 0:
         return times[0], times[-1], "all the data (no years left out)"
-    if last_kept_year >= years[0]:
-        kept = times[years <= last_kept_year]
+    kept = times[years <= last_kept_year]
+    if kept.size >= 2:
         return times[0], kept[-1], f"all but the last {leave_out_years} calendar years"
     spans = (f"the data spans {years[-1] - years[0] + 1} calendar year(s), too few to leave out the last "
-             f"{leave_out_years}")
+             f"{leave_out_years} and keep 2 steps")
     kept_steps = int(0.8 * times.size)
     if kept_steps < 2:
         return times[0], times[-1], f"all {times.size} steps: {spans}, and 80 % of them is under the 2 steps needed"

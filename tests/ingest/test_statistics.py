@@ -124,8 +124,13 @@ def test_the_default_period_fits_records_too_short_to_leave_years_out():
     two_days = np.array(["2001-03-01T00", "2001-03-02T00"], dtype="datetime64[ns]")
     start, end, reason = choose_default_period(two_days, 3)
     assert (start, end) == (two_days[0], two_days[1])  # not one step, which no statistics can use
-    assert reason == ("all 2 steps: the data spans 1 calendar year(s), too few to leave out the last 3, and 80 % of "
-                      "them is under the 2 steps needed")
+    assert reason == ("all 2 steps: the data spans 1 calendar year(s), too few to leave out the last 3 and keep 2 "
+                      "steps, and 80 % of them is under the 2 steps needed")
+    # four calendar years, but the first holds one step: leaving three out would keep just that step
+    late_start = np.arange(np.datetime64("1999-12-31T18"), np.datetime64("2003-01-01T00"), np.timedelta64(6, "h"))
+    start, end, reason = choose_default_period(late_start, 3)
+    assert (start, end) == (late_start[0], late_start[int(0.8 * late_start.size) - 1])
+    assert reason.startswith("the first 80 % of the steps: the data spans 4 calendar year(s), too few to leave out")
     ten_days = np.arange(np.datetime64("2001-03-01T00"), np.datetime64("2001-03-11T00"), np.timedelta64(1, "D"))
     assert choose_default_period(ten_days, 3)[:2] == (ten_days[0], ten_days[7])
     assert choose_default_period(ten_days, 0) == (ten_days[0], ten_days[-1], "all the data (no years left out)")
