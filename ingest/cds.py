@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
+import numpy as np
+
 from ingest.errors import CdsRequestError, RequestTooLargeError
 from ingest.lexicon import PRESSURE_LEVELS_DATASET, SINGLE_LEVELS_DATASET, Variable, get_variables
 
@@ -43,6 +45,8 @@ DEFAULT_MAX_FIELDS = {"grib": 60_000, "netcdf": 10_000}
 #: File name suffix of a download per (data_format, download_format).
 SUFFIXES = {("netcdf", "unarchived"): ".nc", ("grib", "unarchived"): ".grib", ("netcdf", "zip"): ".zip",
             ("grib", "zip"): ".zip"}
+#: ERA5's native grid spacing (dlat, dlon) in degrees: what the CDS delivers for a request without ``grid``.
+NATIVE_GRID = (0.25, 0.25)
 _DATASET_TAGS = {PRESSURE_LEVELS_DATASET: "era5-pl", SINGLE_LEVELS_DATASET: "era5-sl"}
 
 
@@ -236,15 +240,45 @@ def request_fields(request: Mapping) -> int:
     """
     try:
         counts = [len(_as_list(request[key])) for key in ("variable", "time")]
+    except KeyError as err:
+        raise CdsRequestError(f"a CDS request needs 'variable' and 'time' lists; could not count fields of "
+                              f"{dict(request)}: {err}") from err
+    levels = len(_as_list(request.get("pressure_level", [None])))
+    return counts[0] * levels * len(_request_dates(request)) * counts[1]
+
+
+def request_times(request: Mapping) -> np.ndarray:
+    """The valid times a request asks for: its valid dates × its times of day.
+
+    Returns
+    -------
+    numpy.ndarray of datetime64[ns]
+        Sorted and unique.
+
+    Raises
+    ------
+    CdsRequestError
+        If a date part is missing or not a number, or a time is not ``"HH:MM"``.
+    """
+    try:
+        stamps = [np.datetime64(f"{day.isoformat()}T{time}", "ns") for day in _request_dates(request)
+                  for time in _as_list(request["time"])]
+    except (KeyError, ValueError) as err:
+        raise CdsRequestError(f"a CDS request needs a 'time' list of 'HH:MM' strings, found "
+                              f"{request.get('time')!r}: {err}") from err
+    return np.unique(np.array(stamps, dtype="datetime64[ns]"))
+
+
+def _request_dates(request: Mapping) -> list[date]:
+    """Valid calendar dates of the ``year``/``month``/``day`` cross product (30 February is none)."""
+    try:
         years, months, days = (_as_ints(request[key]) for key in ("year", "month", "day"))
     except (KeyError, ValueError) as err:
         raise CdsRequestError(
-            f"a CDS request needs 'variable', 'year', 'month', 'day' and 'time' lists of numbers/names; "
-            f"could not count fields of {dict(request)}: {err}"
+            f"a CDS request needs 'year', 'month' and 'day' lists of numbers; found those of {dict(request)}: {err}"
         ) from err
-    dates = sum(1 for y in years for m in months for d in days if 1 <= m <= 12 and d <= calendar.monthrange(y, m)[1])
-    levels = len(_as_list(request.get("pressure_level", [None])))
-    return counts[0] * levels * dates * counts[1]
+    return [date(y, m, d) for y in years for m in months for d in days
+            if 1 <= m <= 12 and 1 <= d <= calendar.monthrange(y, m)[1]]
 
 
 def check_request(request: Mapping, limit: int) -> int:

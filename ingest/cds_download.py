@@ -9,6 +9,13 @@ time (the CDS queues each user's requests and serves only a few at once), transi
 (5xx, dropped connections, truncated transfers) are retried with exponential backoff, and
 refusals (bad request, job failed, over the cost limit, wrong key) stop with a typed error.
 
+Every download is also checked against its request (:mod:`ingest.cds_check`: variables,
+pressure levels, times, grid and area) before it is renamed into the cache. A result that
+differs is moved to ``cache_dir/rejected/`` (with a ``.json`` saying what differs), never used,
+and stops the run with :class:`~ingest.errors.CdsResultMismatchError`; a re-run asks again.
+The sidecar records that the check passed; a file cached without that record (by an older
+fourcast) is checked when it is next used, and set aside and fetched again if it differs.
+
 The key comes from ``CDSAPI_URL``/``CDSAPI_KEY`` or ``~/.cdsapirc`` (``$CDSAPI_RC``) exactly as
 ``cdsapi`` reads them. It is handed to the client only: it is scrubbed from everything the
 client logs through this module, and never written to the cache, configs or tracking.
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -32,7 +40,9 @@ from ecmwf.datastores.processing import ProcessingFailedError
 
 from ingest.atomic import discard, replace_path, temporary_sibling
 from ingest.cds import CdsRequest, check_request
-from ingest.errors import CdsAuthError, CdsRequestError, DownloadError, RequestTooLargeError
+from ingest.cds_check import check_result
+from ingest.errors import (CdsAuthError, CdsRequestError, CdsResultMismatchError, DownloadError, RequestTooLargeError,
+                           SourceLayoutError)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +51,8 @@ TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 #: First bytes of each format, to refuse an error page saved under a data file's name.
 _MAGIC = {".nc": (b"\x89HDF\r\n\x1a\n", b"CDF\x01", b"CDF\x02"), ".grib": (b"GRIB",), ".zip": (b"PK\x03\x04",)}
 _SIDECAR = ".json"
+#: Folder of the cache where results that do not match their request are set aside.
+REJECTED = "rejected"
 _SECRET_MASK = "***"
 
 
@@ -131,7 +143,10 @@ def cached_path(item: CdsRequest, cache_dir: Path) -> Path | None:
 
     A download counts as finished when its sidecar names the same request and size as the
     file on disk; anything else — including temporary files a killed run left behind — is
-    removed, to be fetched again. (One process at a time per cache directory.)
+    removed, to be fetched again. A finished file whose sidecar does not record that it was
+    checked against its request (cached by an older fourcast) is checked now; if it differs,
+    it is set aside in ``rejected/`` and fetched again. (One process at a time per cache
+    directory.)
     """
     path = Path(cache_dir) / item.filename
     sidecar = path.with_name(path.name + _SIDECAR)
@@ -140,6 +155,8 @@ def cached_path(item: CdsRequest, cache_dir: Path) -> Path | None:
         intact = record.get("key") == item.key and record.get("size") == path.stat().st_size
     except (OSError, ValueError, AttributeError):
         intact = False
+    if intact and record.get("checked") is not True:
+        intact = _recheck(path, item, record)
     if intact:
         return path
     leftovers = [*path.parent.glob(f".{path.name}.partial-*"), *path.parent.glob(f".{sidecar.name}.partial-*")]
@@ -254,6 +271,7 @@ def _fetch_once(item: CdsRequest, target: Path, settings: DownloadSettings, cred
         log.info("%s: requesting %s (%d fields)", item.filename, item.dataset, item.fields)
         client.retrieve(item.dataset, dict(item.request), str(tmp))
         size = _check_download(tmp, item)
+        _check_content(tmp, target, item)
         _write_sidecar(target, item, size)
         replace_path(tmp, target)
         log.info("%s: done, %d bytes", item.filename, size)
@@ -347,11 +365,58 @@ def _check_download(path: Path, item: CdsRequest) -> int:
     return size
 
 
+def _check_content(path: Path, target: Path, item: CdsRequest) -> None:
+    """Check a download against its request; set it aside in ``rejected/`` if it differs.
+
+    Raises
+    ------
+    CdsResultMismatchError
+        Saying what differs and where the file was set aside.
+    """
+    try:
+        check_result(path, item, label=target.name)
+    except (CdsResultMismatchError, SourceLayoutError) as mismatch:
+        kept = _reject(path, target, item, str(mismatch))
+        raise CdsResultMismatchError(f"{mismatch} — set aside as {kept}, not used; ask the CDS again by re-running, "
+                                     f"or report the request to the CDS if it keeps happening") from None
+
+
+def _recheck(path: Path, item: CdsRequest, record: dict) -> bool:
+    """Check a file cached without a record of the check; record it if it passes, else set it aside."""
+    try:
+        _check_content(path, path, item)
+    except CdsResultMismatchError as mismatch:
+        log.warning("%s was cached without being checked and does not match its request; fetching it again: %s",
+                    path.name, mismatch)
+        discard(path.with_name(path.name + _SIDECAR))
+        return False
+    _write_sidecar(path, item, record["size"])
+    return True
+
+
+def _reject(path: Path, target: Path, item: CdsRequest, reason: str) -> Path:
+    """Move ``path`` to ``rejected/<target name>`` beside a record of the request and of ``reason``."""
+    folder = target.parent / REJECTED
+    folder.mkdir(exist_ok=True)
+    kept = folder / target.name
+    os.replace(path, kept)
+    record = {"key": item.key, "dataset": item.dataset, "request": item.request, "month": item.month,
+              "mismatch": reason}
+    _write_json(kept.with_name(kept.name + _SIDECAR), record)
+    log.error("%s", reason)
+    return kept
+
+
 def _write_sidecar(target: Path, item: CdsRequest, size: int) -> None:
-    """Record what the file is (request, hash, size) beside it, atomically, before it is renamed in."""
-    sidecar = target.with_name(target.name + _SIDECAR)
+    """Record what the file is (request, hash, size, checked) beside it, atomically, before it is renamed in."""
     record = {"key": item.key, "dataset": item.dataset, "request": item.request,
-              "variable_ids": list(item.variable_ids), "month": item.month, "fields": item.fields, "size": size}
+              "variable_ids": list(item.variable_ids), "month": item.month, "fields": item.fields, "size": size,
+              "checked": True}
+    _write_json(target.with_name(target.name + _SIDECAR), record)
+
+
+def _write_json(sidecar: Path, record: dict) -> None:
+    """Write ``record`` as JSON at ``sidecar`` through a temporary name."""
     tmp = temporary_sibling(sidecar)
     try:
         tmp.write_text(json.dumps(record, indent=1, sort_keys=True))

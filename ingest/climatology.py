@@ -13,25 +13,47 @@ year, ``K = (window - 1) / 2`` and ``w`` is the triangular window ``0, 1/K, …,
 filled with that year's day 365, so each year has 366 days. Missing values (NaN or times absent
 from the store) drop out of both sums, which is what WeatherBench 2's weighted mean does.
 
-The sums are accumulated lazily with Dask (per year and hour, then summed over years, then a
-circular weighted sum over days); only the write of the climatology store computes.
+The sums are accumulated the way :mod:`ingest.statistics` accumulates moments: each Dask block
+of time steps (a store shard) is reduced in one task to :class:`DaySums` — the sum and count of
+the non-NaN values per (day of year, hour) group it holds — the partial sums merge in a balanced
+tree in block order (so the same blocks always give the same bits), and one last task smooths
+them over days, hour by hour (the triangle is two running box sums, :func:`_triangle_sum`). The
+graph has O(blocks) tasks whatever the number of days, hours or years; only the
+write of the climatology store computes.
+
+A killed write leaves its temporary store ``.NAME.partial-<id>-<pid>-<host>`` behind; the next
+:func:`write_climatology` of ``NAME`` removes those whose process is gone from this host (and
+those named before the process was recorded), never one of a live process.
 """
 
 from __future__ import annotations
 
+import glob
+import logging
+import os
+import re
+import socket
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
+import dask
+import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.delayed import Delayed
 
-from ingest.atomic import discard, replace_path, temporary_sibling
+from ingest.atomic import discard, replace_path
 from ingest.dims import CHANNEL, LAT, LON, TIME
 from ingest.errors import StoreSchemaError
 from ingest.schema import CLIMATOLOGY, CLIMATOLOGY_DIMS, DAYOFYEAR, HOUR, STATS_END, STATS_START
 
+log = logging.getLogger(__name__)
+
 #: WeatherBench 2's default smoothing window, in days.
 DEFAULT_WINDOW_DAYS = 61
 DAYS_IN_CLIMATOLOGY = 366
+_PARTIAL = "partial"
 
 
 def window_weights(window_days: int = DEFAULT_WINDOW_DAYS) -> np.ndarray:
@@ -52,58 +74,128 @@ def window_weights(window_days: int = DEFAULT_WINDOW_DAYS) -> np.ndarray:
     return weights / weights.mean()
 
 
-def _year_by_day(piece: xr.DataArray) -> xr.DataArray:
-    """One year's fields at one hour, relabelled by day of year and reindexed to 1..366.
+#: Key of a (day of year, hour of day) group: ``(day - 1) * HOURS_PER_DAY + hour``.
+HOURS_PER_DAY = 24
 
-    Days the year lacks are NaN; a year without 29 February repeats its day 365 as day 366.
+
+@dataclass(frozen=True)
+class DaySums:
+    """Sums and counts of the non-NaN values of some time steps per (day of year, hour) group.
+
+    Attributes
+    ----------
+    keys : numpy.ndarray of int64, shape (group,)
+        ``(day - 1) * 24 + hour``, sorted and unique; day 1..366, hour 0..23.
+    sums, counts : numpy.ndarray of float64, shape (group, channel, lat, lon)
+        Sum and number of the non-NaN values of each group.
     """
-    days = piece[TIME].dt.dayofyear.values
-    by_day = piece.assign_coords({TIME: days}).rename({TIME: DAYOFYEAR})
-    leap = bool(piece[TIME].dt.is_leap_year.values[0])
-    if not leap and 365 in days:
-        by_day = xr.concat([by_day, by_day.sel({DAYOFYEAR: [365]}).assign_coords({DAYOFYEAR: [366]})], DAYOFYEAR)
-    return by_day.reindex({DAYOFYEAR: np.arange(1, DAYS_IN_CLIMATOLOGY + 1)})
+
+    keys: np.ndarray
+    sums: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def of_block(cls, block: np.ndarray, times: np.ndarray) -> DaySums:
+        """Reduce steps ``block[time, channel, lat, lon]`` at ``times`` to their groups.
+
+        A step on day 365 of a common year also counts as day 366, so each year has 366 days.
+        """
+        block = np.asarray(block)
+        keys, steps = _group_keys(np.asarray(times))
+        values = block[steps].astype(np.float64)
+        present = ~np.isnan(values)
+        return cls(*_sum_by_key(keys, np.where(present, values, 0.0), present.astype(np.float64)))
+
+    def merge(self, other: DaySums) -> DaySums:
+        """The groups of both (sums and counts of a group present in both are added)."""
+        return DaySums(*_sum_by_key(np.concatenate([self.keys, other.keys]),
+                                    np.concatenate([self.sums, other.sums]),
+                                    np.concatenate([self.counts, other.counts])))
+
+    def at_hour(self, hour: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sums and counts at one hour of day as ``[dayofyear (366), channel, lat, lon]`` (zero where absent)."""
+        shape = (DAYS_IN_CLIMATOLOGY, *self.sums.shape[1:])
+        sums, counts = np.zeros(shape), np.zeros(shape)
+        days, hour_of = np.divmod(self.keys, HOURS_PER_DAY)
+        rows = hour_of == hour
+        sums[days[rows]], counts[days[rows]] = self.sums[rows], self.counts[rows]
+        return sums, counts
 
 
-def _day_sums(data: xr.DataArray, hours: np.ndarray) -> tuple[xr.DataArray, xr.DataArray]:
-    """Sums and counts of finite values per (dayofyear, hour) over all years, lazily.
+def _group_keys(times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Group key of each step, with day 365 of a common year repeated as day 366; and the steps, in that order."""
+    days = times.astype("datetime64[D]")
+    years = times.astype("datetime64[Y]")
+    day_of_year = (days - years.astype("datetime64[D]")).astype(np.int64) + 1
+    hour = ((times - days) // np.timedelta64(1, "h")).astype(np.int64)
+    year = years.astype(np.int64) + 1970
+    common = (year % 4 != 0) | ((year % 100 == 0) & (year % 400 != 0))
+    repeated = np.flatnonzero(common & (day_of_year == 365))
+    steps = np.concatenate([np.arange(times.size), repeated])
+    keys = np.concatenate([(day_of_year - 1) * HOURS_PER_DAY + hour, 365 * HOURS_PER_DAY + hour[repeated]])
+    return keys, steps
 
-    Each (year, hour) slice is a strided selection of the store, so the Dask graph grows with
-    years x hours, not with the number of (day, hour) groups.
 
-    Returns
-    -------
-    sums, counts : xarray.DataArray, dims (dayofyear, hour, channel, lat, lon)
+def _sum_by_key(keys: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unique sorted keys, and ``sums``/``counts`` added up over the rows of each key."""
+    if keys.size == 0:
+        return keys, sums, counts
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    return keys[starts], np.add.reduceat(sums[order], starts, axis=0), np.add.reduceat(counts[order], starts, axis=0)
+
+
+def _merge_tree(parts: list) -> Delayed:
+    """Delayed :class:`DaySums` merged pairwise as a balanced tree, in list order."""
+    while len(parts) > 1:
+        merged = [dask.delayed(DaySums.merge)(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
+        parts = merged + ([parts[-1]] if len(parts) % 2 else [])
+    return parts[0]
+
+
+def _box_sum(values: np.ndarray, width: int) -> np.ndarray:
+    """``sum_{j=0}^{width-1} values[(d + j) mod 366]`` along the first axis (day of year), by a running sum.
+
+    Where all the values summed are zero the result is exactly zero (the running sum does not move).
     """
-    stamps = data[TIME].dt
-    sums, counts = [], []
-    for hour in hours:
-        years = [_year_by_day(data.isel({TIME: np.flatnonzero((stamps.year.values == year) & (stamps.hour.values == hour))}))
-                 for year in np.unique(stamps.year.values[stamps.hour.values == hour])]
-        stacked = xr.concat(years, dim="year", coords="minimal", compat="override")
-        sums.append(stacked.astype("float64").sum("year", skipna=True))
-        counts.append(stacked.notnull().sum("year").astype("float64"))
-    return tuple(  # type: ignore[return-value]
-        xr.concat(parts, dim=xr.DataArray(hours, dims=HOUR)).transpose(*CLIMATOLOGY_DIMS).chunk({DAYOFYEAR: -1})
-        for parts in (sums, counts)
-    )
+    days = DAYS_IN_CLIMATOLOGY
+    running = np.empty((days + width, *values.shape[1:]))
+    running[0] = 0.0
+    for day in range(1, days + width):  # row by row: numpy's cumsum along the first axis is ~10x slower
+        np.add(running[day - 1], values[(day - 1) % days], out=running[day])
+    return running[width:width + days] - running[:days]
 
 
-def _circular_convolve(values: np.ndarray, kernel_spectrum: np.ndarray) -> np.ndarray:
-    """Circular convolution along the last axis, by FFT (exact up to float64 rounding)."""
-    return np.fft.irfft(np.fft.rfft(values, axis=-1) * kernel_spectrum, n=values.shape[-1], axis=-1)
+def _triangle_sum(values: np.ndarray, half: int) -> np.ndarray:
+    """``sum_{|m| < K} (K - |m|) values[(d + m) mod 366]`` along the first axis, ``K = half``.
+
+    That is ``K`` times the window of :func:`window_weights` (``2K + 1`` days, zero at both
+    ends) before its normalisation, which cancels in the climatology's ratio. The triangle is
+    the convolution of two boxes of ``K`` days, so it costs two running sums, whatever the
+    window; on whole numbers (the counts) it is exact.
+    """
+    if half == 0:
+        return values.copy()
+    return np.roll(_box_sum(_box_sum(values, half), half), half - 1, axis=0)
 
 
-def _circular_window_sum(array: xr.DataArray, weights: np.ndarray) -> xr.DataArray:
-    """``sum_k w_k array[(d + k) mod 366]`` along ``dayofyear`` (float64, lazily, block by block)."""
-    half = weights.size // 2
-    kernel = np.zeros(DAYS_IN_CLIMATOLOGY)
-    kernel[(-np.arange(-half, half + 1)) % DAYS_IN_CLIMATOLOGY] = weights  # correlation as a convolution
-    spectrum = np.fft.rfft(kernel)
-    summed = xr.apply_ufunc(_circular_convolve, array.astype("float64"), kwargs={"kernel_spectrum": spectrum},
-                            input_core_dims=[[DAYOFYEAR]], output_core_dims=[[DAYOFYEAR]],
-                            dask="parallelized", output_dtypes=[np.float64])
-    return summed.transpose(*array.dims)
+def _smoothed(total: DaySums, hours: np.ndarray, half: int, fill_uncovered: bool) -> np.ndarray:
+    """The climatology ``[dayofyear, hour, channel, lat, lon]`` (float32) from the merged sums, hour by hour.
+
+    A day whose window holds no value has both sums exactly zero, so 0 / 0: NaN, filled with the
+    period's mean at that hour if ``fill_uncovered``.
+    """
+    out = np.empty((DAYS_IN_CLIMATOLOGY, hours.size, *total.sums.shape[1:]), dtype=np.float32)
+    for index, hour in enumerate(hours):
+        sums, counts = total.at_hour(hour)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            smoothed = _triangle_sum(sums, half)
+            smoothed /= _triangle_sum(counts, half)
+            if fill_uncovered:
+                np.copyto(smoothed, sums.sum(axis=0) / counts.sum(axis=0), where=np.isnan(smoothed))
+        out[:, index] = smoothed
+    return out
 
 
 def compute_climatology(data: xr.DataArray, start: np.datetime64, end: np.datetime64,
@@ -132,18 +224,22 @@ def compute_climatology(data: xr.DataArray, start: np.datetime64, end: np.dateti
     if period.sizes[TIME] == 0:
         raise StoreSchemaError(f"climatology period {start}..{end} selects no time steps; the data covers "
                                f"{data[TIME].values[0]}..{data[TIME].values[-1]}")
+    times = period[TIME].values
     hours = np.unique(period[TIME].dt.hour.values)
     minutes = np.unique(period[TIME].dt.minute.values)
     if minutes.size != 1 or minutes[0] != 0:
         raise StoreSchemaError(f"climatology needs times on the full hour, found minutes {minutes}")
-    sums, counts = _day_sums(period, hours)
-    weights = window_weights(window_days)
-    weight_total = _circular_window_sum(counts, weights)
-    # totals are sums of whole weights: anything below the smallest one is FFT rounding of zero
-    smoothed = _circular_window_sum(sums, weights) / weight_total.where(weight_total > 0.5 * weights[weights > 0].min())
-    if fill_uncovered:
-        smoothed = smoothed.fillna(sums.sum(DAYOFYEAR) / counts.sum(DAYOFYEAR))
-    result = smoothed.astype("float32").rename(CLIMATOLOGY)
+    half = window_weights(window_days).size // 2  # also checks the window
+    array = period.chunk({CHANNEL: -1, LAT: -1, LON: -1}).data
+    offsets = np.r_[0, np.cumsum(array.chunks[0])]
+    parts = [dask.delayed(DaySums.of_block)(block, times[a:b])
+             for block, a, b in zip(array.to_delayed().ravel(), offsets[:-1], offsets[1:])]
+    smoothed = dask.delayed(_smoothed)(_merge_tree(parts), hours, half, fill_uncovered)
+    shape = (DAYS_IN_CLIMATOLOGY, hours.size, period.sizes[CHANNEL], period.sizes[LAT], period.sizes[LON])
+    coords = {DAYOFYEAR: np.arange(1, DAYS_IN_CLIMATOLOGY + 1), HOUR: hours,
+              CHANNEL: period[CHANNEL].values, LAT: period[LAT].values, LON: period[LON].values}
+    result = xr.DataArray(da.from_delayed(smoothed, shape, dtype=np.float32), dims=CLIMATOLOGY_DIMS, coords=coords,
+                          name=CLIMATOLOGY)
     result.attrs = {STATS_START: str(start), STATS_END: str(end), "window_days": window_days,
                     "definition": "WeatherBench 2 day-of-year x hour-of-day mean, triangular window over days",
                     "uncovered_days": "period mean at that hour" if fill_uncovered else "NaN"}
@@ -190,14 +286,17 @@ def write_climatology(climatology: xr.DataArray, path: str | Path) -> Path:
     """Compute and write ``climatology`` as its own Zarr v3 store, atomically.
 
     The store holds one chunk per day of year (all hours, channels and the grid), grouped
-    into shards of 61 days.
+    into shards of 61 days. It is written under a temporary name that records this process
+    and renamed into place; temporaries of ``path`` that killed writers left behind are
+    removed first (:func:`remove_stale_temporaries`).
     """
     path = Path(path)
+    remove_stale_temporaries(path)
     nhour, nchan, nlat, nlon = (climatology.sizes[d] for d in (HOUR, CHANNEL, LAT, LON))
     encoding = {CLIMATOLOGY: {"chunks": (1, nhour, nchan, nlat, nlon), "shards": (61, nhour, nchan, nlat, nlon)}}
     dataset = climatology.chunk({DAYOFYEAR: 61, HOUR: -1, CHANNEL: -1, LAT: -1, LON: -1}).to_dataset()
     dataset.attrs = dict(climatology.attrs)
-    tmp = temporary_sibling(path)
+    tmp = owned_temporary(path)
     try:
         dataset.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, encoding=encoding)
         replace_path(tmp, path)
@@ -205,3 +304,43 @@ def write_climatology(climatology: xr.DataArray, path: str | Path) -> Path:
         discard(tmp)
         raise
     return path
+
+
+def owned_temporary(path: str | Path) -> Path:
+    """A fresh sibling of ``path`` naming this process: ``.NAME.partial-<id>-<pid>-<host>``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{_PARTIAL}-{uuid.uuid4().hex[:12]}-{os.getpid()}-{socket.gethostname()}")
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporaries of ``path`` whose writer is dead; returns what was removed.
+
+    A temporary named by :func:`owned_temporary` on this host is stale when its process no
+    longer runs; one named on another host is left alone (its process cannot be checked from
+    here); one named without a process (``.NAME.partial-<id>``, by fourcast before it recorded
+    the writer) is stale.
+    """
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.{_PARTIAL}-[0-9a-f]{{12}}(?:-(\d+)-(.+))?")
+    removed = []
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.{_PARTIAL}-*"):
+        match = pattern.fullmatch(candidate.name)
+        if match is None:
+            continue
+        pid, host = match.groups()
+        if pid is None or (host == socket.gethostname() and not _running(int(pid))):
+            discard(candidate)
+            removed.append(candidate)
+            log.info("removed %s, left by a writer that is no longer running", candidate)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (signal 0 checks without signalling)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's process
+        return True
+    return True

@@ -36,6 +36,10 @@ class DownloadError(IngestError, OSError):
     """A CDS download kept failing after every retry, or delivered a file of the wrong size."""
 
 
+class CdsResultMismatchError(DownloadError):
+    """A CDS download holds other variables, levels, times or another grid than its request asked for."""
+
+
 class CorruptFileError(SourceLayoutError):
     """An input file contradicts its own structure (e.g. a GRIB message whose length or end marker is wrong)."""
 

@@ -161,23 +161,62 @@ def tendency_steps(step_hours: int) -> int:
 def default_period(times: np.ndarray, leave_out_years: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """Statistics period that leaves the last years out, as anemoi-datasets does by default.
 
-    With at least ``leave_out_years + 1`` calendar years the period ends on 31 December of the
-    year ``leave_out_years`` before the last; a shorter record keeps its first 80 % of steps.
+    :func:`choose_default_period` without the reason.
 
     Returns
     -------
     start, end : numpy.datetime64
         Inclusive bounds, both times of ``times``.
     """
+    start, end, _ = choose_default_period(times, leave_out_years)
+    return start, end
+
+
+def choose_default_period(times: np.ndarray, leave_out_years: int = 3) -> tuple[np.datetime64, np.datetime64, str]:
+    """The default statistics period of ``times``, and why it is that one.
+
+    * With at least ``leave_out_years + 1`` calendar years, the period ends on 31 December of
+      the year ``leave_out_years`` before the last (anemoi-datasets' default), if that keeps
+      at least the two steps statistics need.
+    * ``leave_out_years == 0`` takes all the data.
+    * Otherwise there are no years to leave out: the record keeps its first 80 % of steps, or
+      all of them where 80 % would be fewer than two steps (two daily files).
+
+    Parameters
+    ----------
+    times : numpy.ndarray of datetime64
+        Sorted times of the data.
+    leave_out_years : int
+        Calendar years at the end kept out of the statistics.
+
+    Returns
+    -------
+    start, end : numpy.datetime64
+        Inclusive bounds, both times of ``times``, at least two steps apart.
+    reason : str
+        The rule that chose them, to record beside the statistics.
+
+    Raises
+    ------
+    StoreSchemaError
+        If ``times`` holds fewer than two steps.
+    """
     times = np.asarray(times)
     if times.size < 2:
         raise StoreSchemaError(f"statistics need at least 2 time steps, found {times.size}")
     years = times.astype("datetime64[Y]").astype(int) + 1970
     last_kept_year = years[-1] - leave_out_years
-    if leave_out_years > 0 and last_kept_year >= years[0]:
-        kept = times[years <= last_kept_year]
-        return times[0], kept[-1]
-    return times[0], times[max(1, int(0.8 * times.size)) - 1]
+    if leave_out_years == 0:
+        return times[0], times[-1], "all the data (no years left out)"
+    kept = times[years <= last_kept_year]
+    if kept.size >= 2:
+        return times[0], kept[-1], f"all but the last {leave_out_years} calendar years"
+    spans = (f"the data spans {years[-1] - years[0] + 1} calendar year(s), too few to leave out the last "
+             f"{leave_out_years} and keep 2 steps")
+    kept_steps = int(0.8 * times.size)
+    if kept_steps < 2:
+        return times[0], times[-1], f"all {times.size} steps: {spans}, and 80 % of them is under the 2 steps needed"
+    return times[0], times[kept_steps - 1], f"the first 80 % of the steps: {spans}"
 
 
 @dataclass(frozen=True)

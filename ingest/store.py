@@ -5,7 +5,10 @@ killed at any point:
 
 1. **plan**: the times, channels, grid and layout of the store to write, hashed into a
    fingerprint. A store already at ``path`` is *extended*: only times after its last one are
-   new; a run that brings no new times returns at once and touches nothing.
+   new; a run that brings no new times returns at once and touches nothing, unless the store's
+   statistics were taken over another period than the one asked for: then the store is planned
+   again with no new times (every complete shard linked), so that finalising recomputes the
+   statistics and the climatology over the new period.
 2. **init**: an empty store (array metadata and coordinates, no chunks) is created in the hidden
    sibling ``.NAME.building``; the plan goes into the sibling ``.NAME.progress/plan.json``. When
    extending, every *complete* shard of the existing store is hard-linked into it (no bytes are
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -63,9 +67,11 @@ from ingest.dims import CHANNEL, LAT, LON, TIME
 from ingest.errors import IngestError, StoreSchemaError
 from ingest.lexicon import get_variable
 from ingest.readers import open_sources  # noqa: F401  (re-exported: the store's usual input)
-from ingest.schema import DATA, STEP_HOURS, open_store
-from ingest.statistics import (Moments, Partials, StatsWindow, block_partials, default_period, incoming_span,
-                               incoming_tendency, merge_partials, statistics_dataset)
+from ingest.schema import DATA, STATS_END, STATS_START, STEP_HOURS, open_store
+from ingest.statistics import (Moments, Partials, StatsWindow, block_partials, choose_default_period,
+                               incoming_span, incoming_tendency, merge_partials, statistics_dataset)
+
+log = logging.getLogger(__name__)
 
 COMPRESSORS = ("none", "zstd", "blosc")
 _PLAN_VERSION = 1
@@ -106,18 +112,22 @@ class StoreLayout:
 class StatsPeriod:
     """Inclusive date range the statistics and the climatology are computed on.
 
-    ``StatsPeriod.default(times)`` leaves the last years out (:func:`ingest.statistics.default_period`).
+    ``StatsPeriod.default(times)`` leaves the last years out, or fits a short record
+    (:func:`ingest.statistics.choose_default_period`), and records why in the provenance.
+    ``remedy`` ends the message refusing a period of fewer than two steps (callers name the
+    setting it came from).
     """
 
     start: np.datetime64
     end: np.datetime64
     provenance: dict = field(default_factory=dict)
+    remedy: str = "give a statistics period of at least 2 time steps inside the data"
 
     @classmethod
     def default(cls, times: np.ndarray, leave_out_years: int = 3, provenance: dict | None = None) -> StatsPeriod:
-        start, end = default_period(times, leave_out_years)
-        return cls(start, end, {"stats_period_default": f"last {leave_out_years} years left out",
-                                **(provenance or {})})
+        start, end, reason = choose_default_period(times, leave_out_years)
+        log.info("statistics period %s..%s (default: %s)", start, end, reason)
+        return cls(start, end, {"stats_period_default": reason, **(provenance or {})})
 
 
 @dataclass(frozen=True)
@@ -219,8 +229,12 @@ def _new_part(existing: xr.Dataset, data: xr.DataArray, path: Path) -> xr.DataAr
     return new
 
 
-def _plan(data: xr.DataArray, path: Path, layout: StoreLayout) -> _Plan | None:
-    """What to write, or ``None`` when the store at ``path`` already holds every time of ``data``."""
+def _plan(data: xr.DataArray, path: Path, layout: StoreLayout, restatistics: bool = False) -> _Plan | None:
+    """What to write, or ``None`` when the store at ``path`` already holds every time of ``data``.
+
+    With ``restatistics``, a store holding every time is planned over again with no new steps
+    (its complete shards linked), so that finalising recomputes its statistics and climatology.
+    """
     check_times(data[TIME].values)
     for vid in data[CHANNEL].values:
         get_variable(str(vid))
@@ -229,7 +243,7 @@ def _plan(data: xr.DataArray, path: Path, layout: StoreLayout) -> _Plan | None:
     if path.exists():
         existing = open_store(path)
         new = _new_part(existing, data, path)
-        if new.sizes[TIME] == 0:
+        if new.sizes[TIME] == 0 and not restatistics:
             return None
         first_new = existing.sizes[TIME]
         data = xr.concat([existing[DATA].astype(data.dtype), new], dim=TIME, coords="minimal", compat="override",
@@ -239,6 +253,23 @@ def _plan(data: xr.DataArray, path: Path, layout: StoreLayout) -> _Plan | None:
         sizes.append(data.sizes[TIME] % layout.shard_steps)
     data = data.chunk({TIME: tuple(sizes)})
     return _Plan(data, first_new, layout, _fingerprint(data, first_new, layout))
+
+
+def _records_period(path: Path, period: StatsPeriod) -> bool:
+    """Whether the store at ``path`` records statistics over ``period``; logs the change if not."""
+    attrs = open_store(path).attrs
+    recorded = [np.datetime64(attrs[key], "ns") if key in attrs else None for key in (STATS_START, STATS_END)]
+    if recorded == [np.datetime64(period.start, "ns"), np.datetime64(period.end, "ns")]:
+        return True
+    log.info("%s holds every time already, with statistics over %s..%s; recomputing its statistics and climatology "
+             "over the requested %s..%s", path, attrs.get(STATS_START), attrs.get(STATS_END), period.start, period.end)
+    return False
+
+
+def _stored_layout(path: Path, default: StoreLayout) -> StoreLayout:
+    """The layout the store at ``path`` records (``default`` for a store that does not record it)."""
+    recorded = open_store(path).attrs.get("layout")
+    return StoreLayout(**recorded) if recorded else default
 
 
 def _encoding(data: xr.DataArray, layout: StoreLayout) -> dict:
@@ -472,7 +503,9 @@ def write_store(
         computed before the shard writes. Times must be increasing, unique, evenly spaced.
     path : path-like
         Training store. If it exists, only the times of ``data`` after its last time are
-        appended (they must continue it without a gap); if there are none, nothing is done.
+        appended (they must continue it without a gap); if there are none, nothing is done
+        unless the store's statistics period differs from ``period``: then its statistics and
+        the climatology are recomputed over ``period`` (its shards are kept).
     period : StatsPeriod, optional
         Training period of the statistics and the climatology, recorded in the attributes;
         default :meth:`StatsPeriod.default` (the last years left out).
@@ -502,11 +535,13 @@ def write_store(
     if period is not None and np.count_nonzero((times >= period.start) & (times <= period.end)) < 2:
         selected = np.count_nonzero((times >= period.start) & (times <= period.end))
         raise StoreSchemaError(f"statistics period {period.start}..{period.end} selects {selected} time steps; "
-                               f"the data covers {times[0]}..{times[-1]}")
-    if plan is None:
-        return paths.store
-    step_hours = _hours(check_times(times, str(paths.store)))
+                               f"the data covers {times[0]}..{times[-1]}; {period.remedy}")
     period = StatsPeriod.default(times) if period is None else period
+    if plan is None:
+        if _records_period(paths.store, period):
+            return paths.store
+        plan = _plan(data, paths.store, _stored_layout(paths.store, layout), restatistics=True)
+    step_hours = _hours(check_times(times, str(paths.store)))
     plan = replace(plan, window=StatsWindow.of(times, period.start, period.end, step_hours))
     resuming = paths.plan.exists() and paths.building.exists() \
         and json.loads(paths.plan.read_text())["fingerprint"] == plan.fingerprint

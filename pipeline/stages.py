@@ -181,6 +181,10 @@ def raw_files(folder: Path) -> list[Path]:
     return files
 
 
+_STATISTICS_REMEDY = ("widen ingest.statistics to at least 2 time steps inside the data, or remove it to take the "
+                      "default (the data less its last ingest.statistics_leave_out_years years)")
+
+
 def ingest(cfg: IngestConfig, cluster: ClusterConfig, files: list[Path], store: Path, climatology: Path) -> Path:
     """ERA5 files → training store and climatology store, with Dask."""
     provenance = {"sources": [f.name for f in files], "fourcast_version": code_version(), "coarsen": cfg.coarsen}
@@ -189,7 +193,8 @@ def ingest(cfg: IngestConfig, cluster: ClusterConfig, files: list[Path], store: 
         data = coarsen(open_sources(files, cfg.variables, cfg.shard_steps), cfg.coarsen)
         period = StatsPeriod.default(data[TIME].values, cfg.statistics_leave_out_years, provenance) \
             if cfg.statistics is None else \
-            StatsPeriod(_datetime64(cfg.statistics.start), _datetime64(cfg.statistics.end), provenance)
+            StatsPeriod(_datetime64(cfg.statistics.start), _datetime64(cfg.statistics.end), provenance,
+                        remedy=_STATISTICS_REMEDY)
         return write_store(data, store, period, layout, climatology_path=climatology, progress=True)
 
 

@@ -18,7 +18,8 @@ import yaml
 
 from ingest.cds import PlanOptions, plan_requests
 from ingest.cds_download import CdsCredentials, DownloadSettings, download_plan, resolve_credentials
-from ingest.errors import CdsAuthError, CdsRequestError, DownloadError, RequestTooLargeError
+from ingest.errors import (CdsAuthError, CdsRequestError, CdsResultMismatchError, DownloadError,
+                           RequestTooLargeError)
 from ingest.lexicon import get_variable
 from ingest.schema import DATA, open_store
 from pipeline import stages
@@ -254,3 +255,82 @@ def test_the_key_never_appears_in_logs_output_or_the_cache(tmp_path, cds, caplog
         assert cds.key not in text
     for path in settings.cache_dir.iterdir():
         assert cds.key.encode() not in path.read_bytes()
+
+
+THREE_NOONS = dict(start=datetime(2000, 1, 1, 12), end=datetime(2000, 1, 3, 12), step_hours=24)
+
+
+@pytest.mark.parametrize(("wrong", "expected"), [
+    # the case: hourly 07-15Z on one day instead of 12Z on three days
+    ({"day": ["01"], "time": [f"{h:02d}:00" for h in range(7, 16)]},
+     r"times: expected 3 times 2000-01-01T12:00 \.\. 2000-01-03T12:00, found 9 times 2000-01-01T07:00 \.\. "
+     r"2000-01-01T15:00; missing \[2000-01-02T12:00, 2000-01-03T12:00\], unexpected \[2000-01-01T07:00"),
+    ({"pressure_level": ["850"]}, r"variables: expected \['z500'\], found \['z850'\]"),
+    ({"pressure_level": ["500", "850"]}, r"pressure levels: expected \[500\] hPa, found \[500, 850\] hPa"),
+    ({"variable": ["temperature"]}, r"variables: expected \['z500'\], found \['t500'\]"),
+    ({"grid": [10.0, 10.0]},
+     r"grid: expected 30° x 30°, global; found 19 latitudes 90 \.\. -90 every 10°, 36 longitudes 0 \.\. 350"),
+])
+def test_a_result_that_is_not_what_was_requested_is_refused_and_kept_out_of_the_cache(tmp_path, cds, wrong,
+                                                                                      expected):
+    plan = plan_requests(["z500"], options=PlanOptions(grid=(30.0, 30.0)), **THREE_NOONS)
+    settings = _settings(tmp_path)
+    cds.wrong_results.append(wrong)
+    sleeps = Sleeps()
+    with pytest.raises(CdsResultMismatchError, match=expected) as refused:
+        download_plan(plan, settings, CdsCredentials(cds.url, cds.key), sleep=sleeps)
+    message = str(refused.value)
+    assert plan[0].filename in message and "reanalysis-era5-pressure-levels" in message
+    assert len(cds.executions) == 1 and sleeps == []  # refused as it is, not retried
+    rejected = settings.cache_dir / "rejected"
+    assert _cache_names(settings) == ["rejected"]  # nothing in the cache that counts as fetched
+    assert sorted(p.name for p in rejected.iterdir()) == [plan[0].filename, plan[0].filename + ".json"]
+    assert json.loads((rejected / (plan[0].filename + ".json")).read_text())["mismatch"] in message
+    assert f"set aside as {rejected / plan[0].filename}, not used" in message
+
+    files = download_plan(plan, settings, CdsCredentials(cds.url, cds.key))  # the CDS answers right this time
+    assert len(cds.executions) == 2 and files == [settings.cache_dir / plan[0].filename]
+
+
+def test_a_wrong_result_cached_before_results_were_checked_is_rejected_and_fetched_again(tmp_path, cds):
+    credentials = CdsCredentials(cds.url, cds.key)
+    settings = _settings(tmp_path)
+    noons = plan_requests(["z500"], options=PlanOptions(grid=(30.0, 30.0)), **THREE_NOONS)
+    (january,) = download_plan(_january(), settings, credentials)
+    # an older fourcast cached january's file under the three-noons request, with an unchecked sidecar
+    wrong = settings.cache_dir / noons[0].filename
+    wrong.write_bytes(january.read_bytes())
+    record = {"key": noons[0].key, "size": wrong.stat().st_size}
+    wrong.with_name(wrong.name + ".json").write_text(json.dumps(record))
+
+    (fetched,) = download_plan(noons, settings, credentials)
+
+    assert fetched == wrong and len(cds.executions) == 2
+    assert (settings.cache_dir / "rejected" / wrong.name).read_bytes() == january.read_bytes()
+    assert json.loads(wrong.with_name(wrong.name + ".json").read_text())["checked"] is True
+
+
+def test_cli_ingest_run_refuses_a_wrong_cds_result_and_writes_no_store(tmp_path, cds, monkeypatch, capsys):
+    monkeypatch.setenv("CDSAPI_URL", cds.url)
+    monkeypatch.setenv("CDSAPI_KEY", cds.key)
+    cds.wrong_results.append({"time": ["12:00"]})
+    config = tmp_path / "cds.yaml"
+    config.write_text(yaml.safe_dump(cds_run_config(tmp_path / "work", ["z500"], poll_max_seconds=0.01,
+                                                    concurrency=1)))
+    assert main(["ingest", "run", "--config", str(config)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fourcast ingest run: CdsResultMismatchError: ")
+    assert "times: expected 124 times 2000-01-01T00:00 .. 2000-01-31T18:00, found 31 times" in err[0]
+    assert not (tmp_path / "work" / "store.zarr").exists()
+
+
+def test_an_area_across_greenwich_is_accepted_and_another_area_refused(tmp_path, cds):
+    credentials = CdsCredentials(cds.url, cds.key)
+    europe = plan_requests(["t2m"], options=PlanOptions(grid=(10.0, 10.0), area=(60.0, -10.0, 30.0, 20.0)),
+                           **THREE_NOONS)
+    (fetched,) = download_plan(europe, _settings(tmp_path / "good"), credentials)
+    assert fetched.name == europe[0].filename
+    cds.wrong_results.append({"area": [60.0, 30.0, 30.0, 60.0]})
+    with pytest.raises(CdsResultMismatchError, match="grid: expected 10° x 10°, area N 60 W -10 S 30 E 20; found 4 "
+                                                     "latitudes 60 .. 30 every 10°, 4 longitudes 30 .. 60"):
+        download_plan(europe, _settings(tmp_path / "bad"), credentials)

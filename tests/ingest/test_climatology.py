@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import xarray as xr
+from dask.callbacks import Callback
 
 from ingest.climatology import climatology_at, compute_climatology, window_weights, write_climatology
 from ingest.errors import StoreSchemaError
@@ -92,3 +100,94 @@ def test_days_no_window_reaches_take_the_period_mean_at_their_hour():
     at_noon = month.sel(time=month["time"].dt.hour == 12).astype(np.float64).mean("time")
     np.testing.assert_allclose(filled.sel(dayofyear=150, hour=12).values, at_noon.values, rtol=1e-6)
     np.testing.assert_array_equal(filled.sel(dayofyear=20).values, bare.sel(dayofyear=20).values)
+
+
+class _TaskCounter(Callback):
+    """Counts the tasks Dask's local schedulers run while it is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.executed = 0
+
+    def _pretask(self, key, dask, state) -> None:
+        self.executed += 1
+
+
+@pytest.mark.parametrize(("start", "end", "step_hours", "chunk_steps"), [
+    ("2003-01-01T00", "2003-01-10T23", 1, 40),  # hourly: 24 hours of day, 10 days, 6 blocks
+    ("2003-01-01T00", "2005-12-31T18", 6, 730),  # 6-hourly: 4 hours, 3 years with a leap day, 7 blocks
+])
+def test_the_dask_graph_has_a_few_tasks_per_block_whatever_the_hours_days_and_years(tmp_path, start, end,
+                                                                                    step_hours, chunk_steps):
+    data = make_fields(start, end, step_hours=step_hours, nlat=3, nlon=4, chunk_steps=chunk_steps)
+    blocks = data.data.numblocks[0]
+    lazy = compute_climatology(data, np.datetime64(start), np.datetime64(end))
+    assert len(lazy.data.__dask_graph__()) <= 4 * blocks + 4  # read, reduce and merge per block; smooth once
+    with _TaskCounter() as counter:
+        write_climatology(lazy, tmp_path / "climatology.zarr")
+    day_blocks = -(-366 // 61)
+    assert counter.executed <= 4 * blocks + 4 + 3 * day_blocks  # and a few per 61-day shard written
+    expected = compute_climatology(data.chunk({"time": -1}), np.datetime64(start), np.datetime64(end)).values
+    np.testing.assert_allclose(open_climatology(tmp_path / "climatology.zarr").values, expected, rtol=1e-6)
+
+
+def test_the_climatology_does_not_depend_on_where_the_blocks_are_cut(three_years, climatology):
+    # blocks of 5 steps cut days, years and the repeated day 365 of the common years apart
+    lazy = compute_climatology(three_years.chunk({"time": 5}), np.datetime64("2003-01-01T00"),
+                               np.datetime64("2005-12-31T18"))
+    np.testing.assert_allclose(lazy.values, climatology.values, rtol=1e-6)
+
+
+_REPO = Path(__file__).resolve().parents[2]
+_SLOW_WRITE = """
+import sys
+from pathlib import Path
+import numpy as np
+from ingest.climatology import compute_climatology, write_climatology
+from tests.ingest.fields import make_fields
+data = make_fields("2003-01-01T00", "2003-01-20T23", step_hours=1, nlat=32, nlon=64, chunk_steps=48)
+write_climatology(compute_climatology(data, data["time"].values[0], data["time"].values[-1]), Path(sys.argv[1]))
+"""
+_HOLD_A_TEMPORARY = """
+import sys, time
+from pathlib import Path
+from ingest.climatology import owned_temporary
+tmp = owned_temporary(Path(sys.argv[1]))
+tmp.mkdir()
+print(tmp, flush=True)
+time.sleep(120)
+"""
+
+
+def _python(script: str, *args: str, **popen) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(_REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", script, *args], env=env, **popen)
+
+
+def test_leftovers_of_a_killed_write_are_removed_and_a_live_writers_kept(tmp_path, three_years):
+    path = tmp_path / "climatology.zarr"
+    killed = _python(_SLOW_WRITE, str(path), stderr=subprocess.PIPE)
+    live = _python(_HOLD_A_TEMPORARY, str(path), stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(f".climatology.zarr.partial-*-{killed.pid}-*")):
+            assert killed.poll() is None, killed.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the writer never started its temporary store"
+            time.sleep(0.05)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+        held = Path(live.stdout.readline().strip())
+        legacy = tmp_path / ".climatology.zarr.partial-0123456789ab"  # named before writers were recorded
+        legacy.mkdir()
+        (left,) = tmp_path.glob(f".climatology.zarr.partial-*-{killed.pid}-*")
+
+        lazy = compute_climatology(three_years, np.datetime64("2003-01-01T00"), np.datetime64("2005-12-31T18"))
+        write_climatology(lazy, path)
+
+        assert not left.exists() and not legacy.exists()
+        assert held.is_dir()  # a live process's temporary is never touched
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, held.name])
+    finally:
+        killed.kill()
+        live.kill()
+        live.wait(timeout=30)
