@@ -35,7 +35,8 @@ from the same inputs with deterministic codecs; the partial statistics are recor
 floats and merged in shard order). Errors of the input itself
 (:class:`~ingest.errors.IngestError`) discard the leftovers, since a re-run would fail the same
 way; anything else (a kill, an I/O error) keeps them for the re-run to resume. One build per
-store at a time.
+store at a time: a build holds the store's lock (:func:`ingest.locks.exclusive_lock`, the file
+``.NAME.lock``) from start to end, and a second one is refused with the holder's name.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from ingest.climatology import compute_climatology, write_climatology
 from ingest.dims import CHANNEL, LAT, LON, TIME
 from ingest.errors import IngestError, StoreSchemaError
 from ingest.lexicon import get_variable
+from ingest.locks import exclusive_lock
 from ingest.readers import open_sources  # noqa: F401  (re-exported: the store's usual input)
 from ingest.schema import DATA, STEP_HOURS, open_store
 from ingest.statistics import (Moments, Partials, StatsWindow, block_partials, default_period, incoming_span,
@@ -493,8 +495,17 @@ def write_store(
     StoreSchemaError
         If the times, the statistics period or an existing store do not fit (nothing is
         written then).
+    LockHeldError
+        If another process is writing the store (nothing is touched then).
     """
     paths = BuildPaths(Path(path))
+    with exclusive_lock(paths.store, "training store"):
+        return _build(data, paths, period, layout, climatology_path, progress)
+
+
+def _build(data: xr.DataArray, paths: BuildPaths, period: StatsPeriod | None, layout: StoreLayout,
+           climatology_path: str | Path | None, progress: bool) -> Path:
+    """:func:`write_store` once its lock is held."""
     if paths.complete.exists():  # a previous run was killed between finalising and publishing
         _publish(paths)
     plan = _plan(data, paths.store, layout)
