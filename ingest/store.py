@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -68,6 +69,8 @@ from ingest.readers import open_sources  # noqa: F401  (re-exported: the store's
 from ingest.schema import DATA, STEP_HOURS, open_store
 from ingest.statistics import (Moments, Partials, StatsWindow, block_partials, default_period, incoming_span,
                                incoming_tendency, merge_partials, statistics_dataset)
+
+log = logging.getLogger(__name__)
 
 COMPRESSORS = ("none", "zstd", "blosc")
 _PLAN_VERSION = 1
@@ -449,6 +452,22 @@ def _finalise(plan: _Plan, paths: BuildPaths, period: StatsPeriod, step_hours: i
     _write_record(paths.complete, plan.fingerprint)
 
 
+def _discard_abandoned(store: Path, climatology_path: str | Path | None) -> None:
+    """Remove what killed writers left beside the store and the climatology store.
+
+    Called with the store's lock held, so no live process is writing them: a store renamed
+    aside by a publish that was killed before removing it (``.NAME.retired-*``), and a
+    climatology written under a temporary name (``.NAME.partial-*``).
+    """
+    for target in (store, None if climatology_path is None else Path(climatology_path)):
+        if target is None:
+            continue
+        for tag in ("retired", "partial"):
+            for leftover in target.parent.glob(f".{target.name}.{tag}-*"):
+                log.info("removing %s, left by a killed build", leftover)
+                discard(leftover)
+
+
 def _publish(paths: BuildPaths) -> None:
     """Rename the finished build onto the store and drop the progress records."""
     if paths.building.exists():
@@ -506,6 +525,7 @@ def write_store(
 def _build(data: xr.DataArray, paths: BuildPaths, period: StatsPeriod | None, layout: StoreLayout,
            climatology_path: str | Path | None, progress: bool) -> Path:
     """:func:`write_store` once its lock is held."""
+    _discard_abandoned(paths.store, climatology_path)
     if paths.complete.exists():  # a previous run was killed between finalising and publishing
         _publish(paths)
     plan = _plan(data, paths.store, layout)
@@ -514,7 +534,11 @@ def _build(data: xr.DataArray, paths: BuildPaths, period: StatsPeriod | None, la
         selected = np.count_nonzero((times >= period.start) & (times <= period.end))
         raise StoreSchemaError(f"statistics period {period.start}..{period.end} selects {selected} time steps; "
                                f"the data covers {times[0]}..{times[-1]}")
-    if plan is None:
+    if plan is None:  # the store is up to date: a leftover build is of other inputs, and abandoned
+        for leftover in (paths.building, paths.progress):
+            if leftover.exists():
+                log.info("removing %s, left by a killed build of other inputs", leftover)
+                discard(leftover)
         return paths.store
     step_hours = _hours(check_times(times, str(paths.store)))
     period = StatsPeriod.default(times) if period is None else period

@@ -1,3 +1,4 @@
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -140,3 +141,22 @@ def test_layout_and_open_errors_name_what_was_expected(tmp_path):
     xr.Dataset({"data": (("x",), np.zeros(3))}).to_zarr(tmp_path / "other.zarr", zarr_format=3, consolidated=False)
     with pytest.raises(StoreSchemaError, match="missing"):
         open_store(tmp_path / "other.zarr")
+
+
+def test_leftovers_of_killed_builds_are_removed_by_the_next_run(tmp_path):
+    data = make_fields("2001-01-01T00", "2001-01-05T18")
+    period = StatsPeriod(np.datetime64("2001-01-01T00"), np.datetime64("2001-01-04T18"))
+    store, climatology = tmp_path / "store.zarr", tmp_path / "climatology.zarr"
+    write_store(data.isel(time=slice(0, 12)), store, period, StoreLayout(shard_steps=8), climatology)
+    # what kills leave: a store renamed aside by a publish, a climatology being written, and an
+    # extension's build and progress records (the extension is not run again)
+    leftovers = [tmp_path / ".store.zarr.retired-0123456789ab", tmp_path / ".climatology.zarr.partial-0123456789ab",
+                 tmp_path / ".store.zarr.building", tmp_path / ".store.zarr.progress"]
+    shutil.copytree(store, leftovers[0])
+    shutil.copytree(climatology, leftovers[1])
+    shutil.copytree(store, leftovers[2])
+    (leftovers[3] / "done").mkdir(parents=True)
+    before = {p: p.stat().st_mtime_ns for p in store.rglob("*")}
+    write_store(data.isel(time=slice(0, 12)), store, period, StoreLayout(shard_steps=8), climatology)
+    assert [p for p in leftovers if p.exists()] == []
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*")} == before
