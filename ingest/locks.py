@@ -4,11 +4,12 @@ The lock file ``.NAME.lock`` sits next to ``NAME`` and holds, as text, who took 
 id, host, start time) so that a refused writer can say who holds it. The lock belongs to the
 open file, not to the text: the kernel releases it when its holder exits, however it exits
 (a SIGKILL included), so a dead writer never leaves a stale lock behind, and whoever holds the
-lock may treat every temporary sibling of ``NAME`` as abandoned. The file itself stays (removing
-it would let two writers lock two different files of the same name).
+lock may treat every temporary sibling of ``NAME`` as abandoned. The last holder removes the
+file on release; whoever takes a lock checks that the file it locked is still the one at that
+path (the holder may have removed it meanwhile) and otherwise takes the new one.
 
-:func:`exclusive_lock` is one writer; :func:`campaign_lock` lets the processes of one campaign
-share the lock while refusing those of another.
+:func:`exclusive_lock` is one writer; :class:`CampaignLock` lets the processes of one campaign
+share the lock of an archive while refusing those of another.
 """
 
 from __future__ import annotations
@@ -29,15 +30,15 @@ class LockHeldError(IngestError, RuntimeError):
     """Another live process is writing the store (or archive) this process was asked to write."""
 
 
-def lock_path(target: str | Path) -> Path:
-    """The lock file of ``target``: ``.NAME.lock`` beside it."""
+def lock_path(target: str | Path, owner: str = "") -> Path:
+    """The lock file of ``target``: ``.NAME.lock`` beside it (``.NAME.lock-OWNER`` for an owner)."""
     target = Path(target)
-    return target.with_name(f".{target.name}.lock")
+    return target.with_name(f".{target.name}.lock" + (f"-{owner}" if owner else ""))
 
 
-def _holder_text(owner: str = "") -> str:
+def _holder_text() -> str:
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return f"{os.getpid()} {socket.gethostname()} {started} {owner}".rstrip()
+    return f"{os.getpid()} {socket.gethostname()} {started}"
 
 
 def describe_holder(text: str) -> str:
@@ -48,21 +49,6 @@ def describe_holder(text: str) -> str:
     return f"process {parts[0]} on {parts[1]} since {parts[2]}"
 
 
-def _open(path: Path) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-
-
-def _read(fd: int) -> str:
-    os.lseek(fd, 0, os.SEEK_SET)
-    return os.read(fd, 4096).decode(errors="replace")
-
-
-def _write(fd: int, text: str) -> None:
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, text.encode(), 0)
-
-
 def _try_lock(fd: int, mode: int) -> bool:
     try:
         fcntl.flock(fd, mode | fcntl.LOCK_NB)
@@ -71,13 +57,48 @@ def _try_lock(fd: int, mode: int) -> bool:
     return True
 
 
-def _acquire(fd: int, mode: int, timeout: float, poll: float = 0.1) -> bool:
+def _is_at(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is (still) the file at ``path``."""
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _take(path: Path, mode: int, timeout: float, poll: float = 0.05) -> int | None:
+    """A descriptor of ``path`` locked in ``mode``, or ``None`` if others hold it past ``timeout`` s."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout
-    while not _try_lock(fd, mode):
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if _try_lock(fd, mode):
+            if _is_at(fd, path):
+                return fd
+            os.close(fd)  # its holder removed it as we took it: take the file now at the path
+            continue
+        os.close(fd)
         if time.monotonic() >= deadline:
-            return False
+            return None
         time.sleep(poll)
-    return True
+
+
+def _sign(fd: int) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, _holder_text().encode(), 0)
+
+
+def _remove_and_close(fd: int, path: Path) -> None:
+    """Remove ``path`` (this process holds it exclusively), then let go of it."""
+    if _is_at(fd, path):
+        path.unlink()
+    os.close(fd)
 
 
 @contextmanager
@@ -99,68 +120,78 @@ def exclusive_lock(target: str | Path, what: str = "store", timeout: float = 0.0
         If another process holds the lock (still, after ``timeout``); the message names it.
     """
     path = lock_path(target)
-    fd = _open(path)
+    fd = _take(path, fcntl.LOCK_EX, timeout)
+    if fd is None:
+        raise LockHeldError(f"{what} {target} is being written by {describe_holder(_read(path))} "
+                            f"(lock {path}); wait for it to finish, or stop it, then run again")
     try:
-        if not _acquire(fd, fcntl.LOCK_EX, timeout):
-            raise LockHeldError(f"{what} {target} is being written by {describe_holder(_read(fd))} "
-                                f"(lock {path}); wait for it to finish, or stop it, then run again")
-        _write(fd, _holder_text())
+        _sign(fd)
         yield path
     finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        _remove_and_close(fd, path)
 
 
 class CampaignLock:
-    """A lock of ``target`` shared by the processes of one campaign, refused to any other.
+    """The lock of an archive, shared by the processes of one campaign and refused to any other.
 
-    Every process of the campaign holds the lock file shared (``LOCK_SH``); the file names the
-    campaign (its ``owner`` key) and the process that first took it. Taking or joining the lock
-    happens under a short exclusive *gate* (``.NAME.lock.gate``), so that the check "who holds
-    it" and the taking are one step. Released by :meth:`release` or when the process exits.
+    Every process of the campaign holds ``.NAME.lock-OWNER`` shared (``LOCK_SH``), then looks at
+    the lock files of other owners: one that is held means another campaign is writing, and
+    this one is refused (taking one's own lock before looking means two campaigns can never both
+    go on). A lock file nobody holds was left by a killed campaign and is removed. The last
+    process of the campaign to :meth:`release` removes its file.
 
     Parameters
     ----------
     target : path-like
         The archive.
     owner : str
-        Key shared by the processes allowed together (a campaign fingerprint), no spaces.
+        Key shared by the processes allowed together (a campaign fingerprint).
+    what : str
+        What ``target`` is, for the message.
 
     Raises
     ------
     LockHeldError
-        If processes of another campaign hold the lock; the message names the first of them.
+        If processes of another owner hold its lock; the message names the first of them.
     """
 
-    def __init__(self, target: str | Path, owner: str, what: str = "archive", gate_timeout: float = 30.0) -> None:
-        self.path = lock_path(target)
-        gate = _open(self.path.with_name(self.path.name + ".gate"))
-        try:
-            if not _acquire(gate, fcntl.LOCK_EX, gate_timeout):
-                raise LockHeldError(f"{what} {target}: could not take {self.path}.gate within {gate_timeout:.0f} s")
-            self._fd = _open(self.path)
-            try:
-                self._join(target, owner, what)
-            except BaseException:
-                os.close(self._fd)
-                raise
-        finally:
-            os.close(gate)
+    def __init__(self, target: str | Path, owner: str, what: str = "archive", timeout: float = 30.0) -> None:
+        target = Path(target)
+        self.path = lock_path(target, owner)
+        self._fd = _take(self.path, fcntl.LOCK_SH, timeout)  # waits only out another owner's look at it
+        if self._fd is None:
+            raise LockHeldError(f"{what} {target}: could not share {self.path} within {timeout:.0f} s")
+        if os.fstat(self._fd).st_size == 0:
+            _sign(self._fd)
+        for other in sorted(target.parent.glob(f"{lock_path(target).name}-*")):
+            if other != self.path and self._held(other):
+                self.release()
+                raise LockHeldError(f"{what} {target} is being written by {describe_holder(_read(other))} for "
+                                    f"another campaign ({other.name}); wait for it to finish, or stop it, then "
+                                    "run again")
 
-    def _join(self, target: str | Path, owner: str, what: str) -> None:
-        if _try_lock(self._fd, fcntl.LOCK_EX):  # nobody holds it: name the campaign, then share it
-            _write(self._fd, _holder_text(owner))
-            fcntl.flock(self._fd, fcntl.LOCK_SH)
-            return
-        text = _read(self._fd)
-        held_by = text.split()[3] if len(text.split()) > 3 else ""
-        if held_by != owner:
-            raise LockHeldError(f"{what} {target} is being written by {describe_holder(text)} for another campaign "
-                                f"({held_by or 'unknown'}; this one is {owner}); wait for it to finish, or stop it, "
-                                "then run again")
-        fcntl.flock(self._fd, fcntl.LOCK_SH)
+    @staticmethod
+    def _held(path: Path) -> bool:
+        """Whether someone holds ``path``; removes it when nobody does (its holders were killed)."""
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        if not _try_lock(fd, fcntl.LOCK_EX):
+            os.close(fd)
+            return True
+        _remove_and_close(fd, path)
+        return False
 
     def release(self) -> None:
-        """Let go of the lock (idempotent)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Let go of the lock, removing its file if no other process holds it (idempotent)."""
+        if getattr(self, "_fd", None) is None:
+            return
+        fd, self._fd = self._fd, None
+        if _try_lock(fd, fcntl.LOCK_EX):
+            _remove_and_close(fd, self.path)
+        else:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.release()
