@@ -5,10 +5,14 @@ killed at any point:
 
 1. **plan**: the times, channels, grid and layout of the store to write, hashed into a
    fingerprint. A store already at ``path`` is *extended*: only times after its last one are
-   new; a run that brings no new times returns at once and touches nothing.
+   new. Times it already holds are compared, in one Dask pass, by the checksum of each step's
+   values (:func:`step_checksums`, recorded in the store's ``checksums`` group) with the
+   input's: the shards holding steps that differ (final ERA5 replacing ERA5T) are *replaced*,
+   written again from the input like new ones. A run that brings no new or changed times
+   touches nothing.
 2. **init**: an empty store (array metadata and coordinates, no chunks) is created in the hidden
    sibling ``.NAME.building``; the plan goes into the sibling ``.NAME.progress/plan.json``. When
-   extending, every *complete* shard of the existing store is hard-linked into it (no bytes are
+   extending, every *complete* shard of the existing store but the replaced ones is hard-linked into it (no bytes are
    rewritten; zarr replaces files by rename, so the links are never written through) and
    counted as done.
 3. **load**: one Dask task per shard writes that shard's whole region with zarr and, while the
