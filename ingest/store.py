@@ -12,9 +12,9 @@ killed at any point:
    touches nothing.
 2. **init**: an empty store (array metadata and coordinates, no chunks) is created in the hidden
    sibling ``.NAME.building``; the plan goes into the sibling ``.NAME.progress/plan.json``. When
-   extending, every *complete* shard of the existing store but the replaced ones is hard-linked into it (no bytes are
-   rewritten; zarr replaces files by rename, so the links are never written through) and
-   counted as done.
+   extending, every *complete* shard of the existing store but the replaced ones is hard-linked
+   into it (no bytes are rewritten; zarr replaces files by rename, so the links are never
+   written through) and counted as done.
 3. **load**: one Dask task per shard writes that shard's whole region with zarr and, while the
    shard is in memory, reduces it to its partial statistics (:class:`~ingest.statistics.Partials`:
    Chan/Welford moments of the fields and of the tendencies inside the shard, over the
