@@ -192,8 +192,8 @@ def _unreadable_shards(path: Path, ds: xr.Dataset, steps: int) -> list[str]:
             array[start:stop]
         except _DECODE_ERRORS as err:
             key = "/".join(["c", str(start // steps)] + ["0"] * (array.ndim - 1))
-            problems.append(f"data: {path / DATA / key} (steps {_minutes(times[start])} .. {_minutes(times[stop - 1])}) "
-                            f"is unreadable: {type(err).__name__}: {err}")
+            steps_read = f"{_minutes(times[start])} .. {_minutes(times[stop - 1])}"
+            problems.append(f"data: {path / DATA / key} (steps {steps_read}) is unreadable: {type(err).__name__}: {err}")
     return problems
 
 

@@ -197,7 +197,8 @@ def ingest(cfg: IngestConfig, cluster: ClusterConfig, files: list[Path], store: 
 
 def shard_task_bytes(data: xr.DataArray, shard_steps: int) -> int:
     """Peak memory of one shard-writing task: :data:`~pipeline.cluster.SHARD_COPIES` copies of a shard."""
-    return SHARD_COPIES * min(shard_steps, data.sizes[TIME]) * data.sizes[CHANNEL] * data.sizes[LAT] * data.sizes[LON] * data.dtype.itemsize
+    step_bytes = data.sizes[CHANNEL] * data.sizes[LAT] * data.sizes[LON] * data.dtype.itemsize
+    return SHARD_COPIES * min(shard_steps, data.sizes[TIME]) * step_bytes
 
 
 def store_fingerprint(store: Path) -> str:
