@@ -298,7 +298,7 @@ def _plan(data: xr.DataArray, path: Path, layout: StoreLayout) -> _Plan | None:
             replaced = tuple(int(s) for s in np.unique(changed // layout.shard_steps))
             replacing = hashlib.sha256(changed.astype(np.int64).tobytes() + checksums.tobytes()).hexdigest()
             log.info("%s: %d time steps differ from the store, first %s; replacing shards %s", path, changed.size,
-                     existing[TIME].values[changed[0]], list(replaced))
+                     np.datetime_as_string(existing[TIME].values[changed[0]], unit="m"), list(replaced))
         data = old if new.sizes[TIME] == 0 else \
             xr.concat([old, new], dim=TIME, coords="minimal", compat="override", join="override")
     sizes = [layout.shard_steps] * (data.sizes[TIME] // layout.shard_steps)
