@@ -197,12 +197,12 @@ def _hours(step: np.timedelta64) -> int:
 
 
 def _fingerprint(data: xr.DataArray, first_new_step: int, layout: StoreLayout, replacing: str = "") -> str:
-    description = {"replacing": replacing,
+    description = {
         "version": _PLAN_VERSION, "times": [str(data[TIME].values[0]), str(data[TIME].values[-1]), data.sizes[TIME]],
         "channels": [str(c) for c in data[CHANNEL].values], "first_new_step": first_new_step,
         "grid": hashlib.sha256(np.ascontiguousarray(np.concatenate([data[LAT].values, data[LON].values]),
                                                     dtype=np.float64).tobytes()).hexdigest(),
-        "layout": [layout.shard_steps, layout.compressor], "dtype": str(data.dtype),
+        "layout": [layout.shard_steps, layout.compressor], "dtype": str(data.dtype), "replacing": replacing,
     }
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
 
@@ -245,10 +245,10 @@ def _lazy_checksums(data: xr.DataArray) -> dask.array.Array:
 
 def _stored_checksums(path: Path, existing: xr.Dataset, steps: np.ndarray):
     """The checksums recorded for ``steps`` of the store, or those of its values (older stores)."""
-    try:
-        return zarr.open_array(path / CHECKSUMS / "steps", mode="r", zarr_format=3)[steps]
-    except (FileNotFoundError, KeyError, zarr.errors.ArrayNotFoundError, zarr.errors.GroupNotFoundError):
-        return _lazy_checksums(existing[DATA].isel({TIME: steps}).chunk({TIME: 64, CHANNEL: -1, LAT: -1, LON: -1}))
+    recorded = _stored_step_checksums(path)
+    if recorded is not None:
+        return recorded[steps]
+    return _lazy_checksums(existing[DATA].isel({TIME: steps}).chunk({TIME: 64, CHANNEL: -1, LAT: -1, LON: -1}))
 
 
 def _changed_steps(existing: xr.Dataset, data: xr.DataArray, path: Path) -> tuple[np.ndarray, np.ndarray]:
