@@ -18,7 +18,10 @@ disjoint chunks. Completion is recorded in the store itself, in ``progress/done[
 block]`` (one chunk per item, written after the item's fields): a killed run relaunched with
 any number of processes computes only the items not marked done. No process group is needed:
 whichever process finds every item done claims the partial store by renaming it (only one
-rename can succeed), writes the final attributes once and moves it into place.
+rename can succeed), writes the final attributes once and moves it into place. From joining
+until :meth:`CampaignArchive.finalize_when_complete` ends, every process of the campaign shares
+the archive's lock (:class:`ingest.locks.CampaignLock`): processes of another campaign are
+refused meanwhile, even with ``overwrite``, instead of discarding a store being written.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from ensembles.archive import COMPLETE, ArchiveLayout, checked_attrs
 from ensembles.errors import ArchiveError, CampaignIncompleteError, CampaignMismatchError, EnsembleInputError
 from ensembles.protocols import Coords
 from ingest.atomic import discard, replace_path, temporary_sibling
+from ingest.locks import CampaignLock
 
 #: Root attribute holding the campaign's settings (:meth:`Campaign.describe`).
 CAMPAIGN = "campaign"
@@ -197,6 +201,8 @@ class CampaignArchive:
     ------
     CampaignMismatchError
         If ``path`` holds, or is building, another campaign and ``overwrite`` is false.
+    ingest.locks.LockHeldError
+        If processes of another campaign are writing at ``path`` now (whatever ``overwrite``).
     """
 
     def __init__(
@@ -218,12 +224,19 @@ class CampaignArchive:
         self.partial_path = self._sibling("partial", self.fingerprint)
         self.claimed_path = self._sibling("finalising", self.fingerprint)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.complete = self._committed_is_ours(overwrite)
-        if not self.complete:
-            self._check_other_campaigns(overwrite)
-            self._join_or_create()
-            # a process that finished everything may have committed while we were joining
-            self.complete = self._committed_is_ours(overwrite=True)
+        self._lock = CampaignLock(self.path, self.fingerprint)  # held until finalize_when_complete ends
+        try:
+            self.complete = self._committed_is_ours(overwrite)
+            if not self.complete:
+                self._check_other_campaigns(overwrite)
+                self._join_or_create()
+                # a process that finished everything may have committed while we were joining
+                self.complete = self._committed_is_ours(overwrite=True)
+        except BaseException:
+            self._lock.release()
+            raise
+        if self.complete:
+            self._lock.release()
         self._group: zarr.Group | None = None
 
     def _sibling(self, tag: str, fingerprint: str) -> Path:
@@ -365,6 +378,12 @@ class CampaignArchive:
             If no item completed for ``timeout`` seconds while some are missing: another
             process died. Relaunching resumes the campaign.
         """
+        try:
+            return self._commit_when_complete(timeout, poll)
+        finally:
+            self._lock.release()
+
+    def _commit_when_complete(self, timeout: float, poll: float) -> str:
         last_missing, last_change = None, time.monotonic()
         while True:
             if self._committed_is_ours(overwrite=True):

@@ -178,11 +178,37 @@ def _statistics_problems(ds: xr.Dataset) -> list[str]:
     return problems
 
 
-def _value_problems(ds: xr.Dataset) -> list[str]:
-    """NaNs and values outside each variable's physical range (one Dask pass over ``data``)."""
+#: What zarr and its codecs raise for bytes they cannot decode (a truncated or damaged file).
+_DECODE_ERRORS = (ValueError, RuntimeError, OSError, EOFError)
+
+
+def _unreadable_shards(path: Path, ds: xr.Dataset, steps: int) -> list[str]:
+    """One problem per file of ``data`` (``steps`` time steps each) that cannot be read back."""
+    array, times = zarr.open_array(path / DATA, mode="r"), ds[TIME].values
+    problems = []
+    for start in range(0, times.size, steps):
+        stop = min(start + steps, times.size)
+        try:
+            array[start:stop]
+        except _DECODE_ERRORS as err:
+            key = "/".join(["c", str(start // steps)] + ["0"] * (array.ndim - 1))
+            steps_read = f"{_minutes(times[start])} .. {_minutes(times[stop - 1])}"
+            problems.append(f"data: {path / DATA / key} (steps {steps_read}) is unreadable: {type(err).__name__}: {err}")
+    return problems
+
+
+def _value_problems(path: Path, ds: xr.Dataset) -> list[str]:
+    """NaNs and values outside each variable's physical range (one Dask pass over ``data``).
+
+    If some file of ``data`` cannot be decoded, those files are the problems reported instead.
+    """
     shards = ds[DATA].encoding.get("shards")  # read shard by shard, not one time step per task
     data = ds[DATA].chunk({TIME: shards[0] if shards else 64})
-    (moments,) = dask.compute(lazy_moments(data.data))
+    try:
+        (moments,) = dask.compute(lazy_moments(data.data))
+    except _DECODE_ERRORS as err:
+        steps = shards[0] if shards else zarr.open_array(path / DATA, mode="r").chunks[0]
+        return _unreadable_shards(path, ds, steps) or [f"data: unreadable: {type(err).__name__}: {err}"]
     per_channel = data.sizes[TIME] * np.prod([data.sizes[d] for d in data.dims[2:]])
     problems = []
     for i, channel in enumerate(str(c) for c in ds[CHANNEL].values):
@@ -205,10 +231,11 @@ def validate_store(path: str | Path) -> list[str]:
 
     Checks the layout (:func:`ingest.schema.open_store`), that times increase, are unique and
     evenly spaced, that the statistics are finite with a positive std and a recorded period,
-    and that ``data`` holds no NaN/inf and stays within each variable's physical range
-    (:func:`ingest.lexicon.valid_range`).
+    that ``data`` holds no NaN/inf and stays within each variable's physical range
+    (:func:`ingest.lexicon.valid_range`), and that every file of ``data`` can be decoded (a
+    truncated shard is reported by its file name).
     """
     ds, problems = _layout_problems(Path(path))
     if ds is None:
         return problems
-    return _time_problems(ds) + _statistics_problems(ds) + _value_problems(ds)
+    return _time_problems(ds) + _statistics_problems(ds) + _value_problems(Path(path), ds)

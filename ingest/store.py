@@ -5,15 +5,18 @@ killed at any point:
 
 1. **plan**: the times, channels, grid and layout of the store to write, hashed into a
    fingerprint. A store already at ``path`` is *extended*: only times after its last one are
-   new; a run that brings no new times returns at once and touches nothing, unless the store's
-   statistics were taken over another period than the one asked for: then the store is planned
-   again with no new times (every complete shard linked), so that finalising recomputes the
-   statistics and the climatology over the new period.
+   new. Times it already holds are compared, in one Dask pass, by the checksum of each step's
+   values (:func:`step_checksums`, recorded in the store's ``checksums`` group) with the
+   input's: the shards holding steps that differ (final ERA5 replacing ERA5T) are *replaced*,
+   written again from the input like new ones. A run that brings no new or changed times
+   touches nothing, unless the store's statistics were taken over another period than the one
+   asked for: then the store is planned again with no new times (every complete shard linked),
+   so that finalising recomputes the statistics and the climatology over the new period.
 2. **init**: an empty store (array metadata and coordinates, no chunks) is created in the hidden
    sibling ``.NAME.building``; the plan goes into the sibling ``.NAME.progress/plan.json``. When
-   extending, every *complete* shard of the existing store is hard-linked into it (no bytes are
-   rewritten; zarr replaces files by rename, so the links are never written through) and
-   counted as done.
+   extending, every *complete* shard of the existing store but the replaced ones is hard-linked
+   into it (no bytes are rewritten; zarr replaces files by rename, so the links are never
+   written through) and counted as done.
 3. **load**: one Dask task per shard writes that shard's whole region with zarr and, while the
    shard is in memory, reduces it to its partial statistics (:class:`~ingest.statistics.Partials`:
    Chan/Welford moments of the fields and of the tendencies inside the shard, over the
@@ -38,7 +41,8 @@ from the same inputs with deterministic codecs; the partial statistics are recor
 floats and merged in shard order). Errors of the input itself
 (:class:`~ingest.errors.IngestError`) discard the leftovers, since a re-run would fail the same
 way; anything else (a kill, an I/O error) keeps them for the re-run to resume. One build per
-store at a time.
+store at a time: a build holds the store's lock (:func:`ingest.locks.exclusive_lock`, the file
+``.NAME.lock``) from start to end, and a second one is refused with the holder's name.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ from ingest.climatology import compute_climatology, write_climatology
 from ingest.dims import CHANNEL, LAT, LON, TIME
 from ingest.errors import IngestError, StoreSchemaError
 from ingest.lexicon import get_variable
+from ingest.locks import exclusive_lock
 from ingest.readers import open_sources  # noqa: F401  (re-exported: the store's usual input)
 from ingest.schema import DATA, STATS_END, STATS_START, STEP_HOURS, open_store
 from ingest.statistics import (Moments, Partials, StatsWindow, block_partials, choose_default_period,
@@ -75,6 +80,8 @@ log = logging.getLogger(__name__)
 
 COMPRESSORS = ("none", "zstd", "blosc")
 _PLAN_VERSION = 1
+#: Group of the store holding the checksum of every time step's values (``steps``: ``[time]`` uint64).
+CHECKSUMS = "checksums"
 #: Group of the store holding each shard's partial statistics (``fields``, ``tendency``:
 #: ``[shard, moment, channel]`` float64, moments ``count, mean, m2, minimum, maximum``).
 PARTIALS = "partial_statistics"
@@ -165,6 +172,7 @@ class _Plan:
     layout: StoreLayout
     fingerprint: str
     window: StatsWindow | None = None
+    replaced: tuple[int, ...] = ()
 
     @property
     def shard_count(self) -> int:
@@ -194,13 +202,13 @@ def _hours(step: np.timedelta64) -> int:
     return int(step / np.timedelta64(1, "h"))
 
 
-def _fingerprint(data: xr.DataArray, first_new_step: int, layout: StoreLayout) -> str:
+def _fingerprint(data: xr.DataArray, first_new_step: int, layout: StoreLayout, replacing: str = "") -> str:
     description = {
         "version": _PLAN_VERSION, "times": [str(data[TIME].values[0]), str(data[TIME].values[-1]), data.sizes[TIME]],
         "channels": [str(c) for c in data[CHANNEL].values], "first_new_step": first_new_step,
         "grid": hashlib.sha256(np.ascontiguousarray(np.concatenate([data[LAT].values, data[LON].values]),
                                                     dtype=np.float64).tobytes()).hexdigest(),
-        "layout": [layout.shard_steps, layout.compressor], "dtype": str(data.dtype),
+        "layout": [layout.shard_steps, layout.compressor], "dtype": str(data.dtype), "replacing": replacing,
     }
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
 
@@ -229,30 +237,83 @@ def _new_part(existing: xr.Dataset, data: xr.DataArray, path: Path) -> xr.DataAr
     return new
 
 
-def _plan(data: xr.DataArray, path: Path, layout: StoreLayout, restatistics: bool = False) -> _Plan | None:
-    """What to write, or ``None`` when the store at ``path`` already holds every time of ``data``.
+def step_checksums(block: np.ndarray) -> np.ndarray:
+    """A 64-bit BLAKE2b checksum of each time step's values; ``block`` is ``(time, ...)``, C order."""
+    block = np.ascontiguousarray(block)
+    return np.array([int.from_bytes(hashlib.blake2b(step.tobytes(), digest_size=8).digest(), "little")
+                     for step in block], dtype=np.uint64)
 
-    With ``restatistics``, a store holding every time is planned over again with no new steps
-    (its complete shards linked), so that finalising recomputes its statistics and climatology.
+
+def _lazy_checksums(data: xr.DataArray) -> dask.array.Array:
+    """:func:`step_checksums` of every step of ``data`` (whole steps per chunk), lazily."""
+    return data.data.map_blocks(step_checksums, drop_axis=[1, 2, 3], dtype=np.uint64)
+
+
+def _stored_checksums(path: Path, existing: xr.Dataset, steps: np.ndarray):
+    """The checksums recorded for ``steps`` of the store, or those of its values (older stores)."""
+    recorded = _stored_step_checksums(path)
+    if recorded is not None:
+        return recorded[steps]
+    return _lazy_checksums(existing[DATA].isel({TIME: steps}).chunk({TIME: 64, CHANNEL: -1, LAT: -1, LON: -1}))
+
+
+def _changed_steps(existing: xr.Dataset, data: xr.DataArray, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Steps of the store whose values differ in ``data``, and their new checksums (one Dask pass).
+
+    Only ``data``'s times that the store holds are compared, checksum against checksum.
+    """
+    old_times = existing[TIME].values
+    overlap = data.sel({TIME: data[TIME].values[data[TIME].values <= old_times[-1]]})
+    steps = np.flatnonzero(np.isin(old_times, overlap[TIME].values))
+    if steps.size == 0:
+        return steps, np.zeros(0, np.uint64)
+    source, stored = dask.compute(_lazy_checksums(overlap), _stored_checksums(path, existing, steps))
+    differs = np.asarray(source) != np.asarray(stored)
+    return steps[differs], np.asarray(source)[differs]
+
+
+def _with_source_values(old: xr.DataArray, data: xr.DataArray, steps: np.ndarray) -> xr.DataArray:
+    """The store's ``old`` values with ``data``'s at ``steps`` (indices into ``old``)."""
+    replacing = np.zeros(old.sizes[TIME], dtype=bool)
+    replacing[steps] = True
+    source = data.reindex({TIME: old[TIME].values})
+    return xr.where(xr.DataArray(replacing, dims=TIME), source, old).transpose(*old.dims).astype(old.dtype)
+
+
+def _plan(data: xr.DataArray, path: Path, layout: StoreLayout, restatistics: bool = False) -> _Plan | None:
+    """What to write, or ``None`` when the store at ``path`` already holds every time of ``data``, unchanged.
+
+    Times of ``data`` the store holds with other values (a final ERA5 release replacing
+    ERA5T) make their shards *replaced*: written again from ``data``. With ``restatistics``, a
+    store holding every time unchanged is planned over again with no new steps (its complete
+    shards linked), so that finalising recomputes its statistics and climatology.
     """
     check_times(data[TIME].values)
     for vid in data[CHANNEL].values:
         get_variable(str(vid))
     data = data.chunk({CHANNEL: -1, LAT: -1, LON: -1})
-    first_new = 0
+    first_new, replaced, replacing = 0, (), ""
     if path.exists():
         existing = open_store(path)
         new = _new_part(existing, data, path)
-        if new.sizes[TIME] == 0 and not restatistics:
+        changed, checksums = _changed_steps(existing, data, path)
+        if new.sizes[TIME] == 0 and changed.size == 0 and not restatistics:
             return None
         first_new = existing.sizes[TIME]
-        data = xr.concat([existing[DATA].astype(data.dtype), new], dim=TIME, coords="minimal", compat="override",
-                         join="override")
+        old = existing[DATA].astype(data.dtype)
+        if changed.size:
+            old = _with_source_values(old, data, changed)
+            replaced = tuple(int(s) for s in np.unique(changed // layout.shard_steps))
+            replacing = hashlib.sha256(changed.astype(np.int64).tobytes() + checksums.tobytes()).hexdigest()
+            log.info("%s: %d time steps differ from the store, first %s; replacing shards %s", path, changed.size,
+                     np.datetime_as_string(existing[TIME].values[changed[0]], unit="m"), list(replaced))
+        data = old if new.sizes[TIME] == 0 else \
+            xr.concat([old, new], dim=TIME, coords="minimal", compat="override", join="override")
     sizes = [layout.shard_steps] * (data.sizes[TIME] // layout.shard_steps)
     if data.sizes[TIME] % layout.shard_steps:
         sizes.append(data.sizes[TIME] % layout.shard_steps)
     data = data.chunk({TIME: tuple(sizes)})
-    return _Plan(data, first_new, layout, _fingerprint(data, first_new, layout))
+    return _Plan(data, first_new, layout, _fingerprint(data, first_new, layout, replacing), replaced=replaced)
 
 
 def _records_period(path: Path, period: StatsPeriod) -> bool:
@@ -310,15 +371,36 @@ def _link_complete_shards(plan: _Plan, paths: BuildPaths) -> None:
         raise StoreSchemaError(f"{paths.store} was written with another layout (chunks, shards, codecs or dtype) "
                                f"than {plan.layout}; extend it with its own layout or build a new store")
     old_partials = _stored_partials(paths.store, plan.window)
+    old_checksums = _stored_step_checksums(paths.store)
     for shard in range(plan.first_new_step // plan.layout.shard_steps):
+        if shard in plan.replaced:
+            continue
         target = paths.building / _shard_key(shard)
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(paths.store / _shard_key(shard), target)
         except OSError:  # another filesystem, or no hard links: copy the bytes instead
             shutil.copy2(paths.store / _shard_key(shard), target)
-        reused = "" if old_partials is None else _shard_record(plan.window, old_partials[shard], True)
+        start, stop = plan.shard_region(shard)
+        reused = "" if old_partials is None or _reaches_into(plan, shard) else \
+            _shard_record(plan.window, old_partials[shard], True,
+                          None if old_checksums is None else old_checksums[start:stop])
         _write_record(paths.done(shard), reused)  # empty: finalise reduces the linked shard from its bytes
+
+
+def _reaches_into(plan: _Plan, shard: int) -> bool:
+    """Whether the tendencies ending in ``shard`` start in a replaced shard (its partials are stale)."""
+    start, stop = plan.shard_region(shard)
+    span = incoming_span(start, stop - start, plan.window)
+    return span is not None and any(s in plan.replaced for s in range(span[0] // plan.layout.shard_steps, shard))
+
+
+def _stored_step_checksums(store: Path) -> np.ndarray | None:
+    """The per-step checksums a store was finalised with (``None`` for a store written without them)."""
+    try:
+        return zarr.open_array(store / CHECKSUMS / "steps", mode="r", zarr_format=3)[:]
+    except (FileNotFoundError, zarr.errors.ArrayNotFoundError, zarr.errors.GroupNotFoundError):
+        return None
 
 
 def _stored_partials(store: Path, window: StatsWindow) -> list[Partials] | None:
@@ -340,20 +422,24 @@ def _write_record(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _shard_record(window: StatsWindow, partials: Partials, with_incoming: bool) -> str:
+def _shard_record(window: StatsWindow, partials: Partials, with_incoming: bool, checksums: np.ndarray | None) -> str:
     """A completion record: the shard's partial statistics over ``window`` (exact JSON floats).
 
     ``with_incoming`` says whether the tendencies reaching back into the previous shard are
-    merged in already (they are once the shard has been through a finalise).
+    merged in already (they are once the shard has been through a finalise); ``checksums`` are
+    the :func:`step_checksums` of its values (``None``: not known, finalise takes them from the bytes).
     """
-    return json.dumps({"window": window.as_list(), "with_incoming": with_incoming, **partials.to_json()})
+    sums = None if checksums is None else [int(c) for c in checksums]
+    return json.dumps({"window": window.as_list(), "with_incoming": with_incoming, "checksums": sums,
+                       **partials.to_json()})
 
 
 def _write_shard(block: np.ndarray, array_path: str, start: int, record: str, window: StatsWindow) -> int:
     """Write one shard's whole region, reduce it to its partial statistics, then record it as done."""
     array = zarr.open_array(array_path, mode="r+")
     array[start:start + block.shape[0]] = block
-    _write_record(Path(record), _shard_record(window, block_partials(block, start, window), False))
+    _write_record(Path(record), _shard_record(window, block_partials(block, start, window), False,
+                                              step_checksums(block)))
     return block.shape[0]
 
 
@@ -445,6 +531,28 @@ def _shard_partials(plan: _Plan, paths: BuildPaths) -> list[Partials]:
     return parts
 
 
+def _checksums_from_written(array_path: str, start: int, stop: int) -> np.ndarray:
+    return step_checksums(zarr.open_array(array_path, mode="r")[start:stop])
+
+
+def _write_checksums(plan: _Plan, paths: BuildPaths) -> None:
+    """Every step's :func:`step_checksums`, from the completion records or (if absent there) the bytes."""
+    array_path, parts = str(paths.building / DATA), []
+    for shard in range(plan.shard_count):
+        record = _read_record(paths.done(shard)) or {}
+        known = record.get("checksums")
+        parts.append(np.array(known, dtype=np.uint64) if known is not None
+                     else dask.delayed(_checksums_from_written)(array_path, *plan.shard_region(shard)))
+    lazy = [i for i, part in enumerate(parts) if isinstance(part, Delayed)]
+    for i, value in zip(lazy, dask.compute(*[parts[i] for i in lazy])):
+        parts[i] = value
+    values = np.concatenate(parts)
+    group = zarr.open_group(paths.building, mode="r+", zarr_format=3).create_group(
+        CHECKSUMS, overwrite=True, attributes={"steps": "64-bit BLAKE2b of each time step's data values"})
+    group.create_array("steps", shape=values.shape, dtype=np.uint64, chunks=values.shape, compressors=None,
+                       fill_value=0)[...] = values
+
+
 def _write_partials(building: Path, window: StatsWindow, partials: list[Partials]) -> None:
     """The per-shard states, ``[shard, moment, channel]`` float64, for a later extension to reuse."""
     group = zarr.open_group(building, mode="r+", zarr_format=3).create_group(
@@ -465,6 +573,7 @@ def _finalise(plan: _Plan, paths: BuildPaths, period: StatsPeriod, step_hours: i
     stats = statistics_dataset(merge_partials(partials), channels, period.start, period.end, plan.window, step_hours)
     stats.drop_vars(CHANNEL).to_zarr(paths.building, mode="a", zarr_format=3, consolidated=False)
     _write_partials(paths.building, plan.window, partials)
+    _write_checksums(plan, paths)
     if climatology_path is not None:
         written = xr.open_zarr(paths.building, zarr_format=3, consolidated=False,
                                chunks={TIME: plan.layout.shard_steps})[DATA]
@@ -476,6 +585,22 @@ def _finalise(plan: _Plan, paths: BuildPaths, period: StatsPeriod, step_hours: i
              **_jsonable(extra_attrs), **_jsonable(period.provenance)}
     zarr.open_group(paths.building, mode="r+", zarr_format=3).attrs.update(attrs)
     _write_record(paths.complete, plan.fingerprint)
+
+
+def _discard_abandoned(store: Path, climatology_path: str | Path | None) -> None:
+    """Remove what killed writers left beside the store and the climatology store.
+
+    Called with the store's lock held, so no live process is writing them: a store renamed
+    aside by a publish that was killed before removing it (``.NAME.retired-*``), and a
+    climatology written under a temporary name (``.NAME.partial-*``).
+    """
+    for target in (store, None if climatology_path is None else Path(climatology_path)):
+        if target is None:
+            continue
+        for tag in ("retired", "partial"):
+            for leftover in target.parent.glob(f".{target.name}.{tag}-*"):
+                log.info("removing %s, left by a killed build", leftover)
+                discard(leftover)
 
 
 def _publish(paths: BuildPaths) -> None:
@@ -526,8 +651,26 @@ def write_store(
     StoreSchemaError
         If the times, the statistics period or an existing store do not fit (nothing is
         written then).
+    LockHeldError
+        If another process is writing the store (nothing is touched then).
     """
     paths = BuildPaths(Path(path))
+    with exclusive_lock(paths.store, "training store"):
+        return _build(data, paths, period, layout, climatology_path, progress)
+
+
+def _discard_abandoned_build(paths: BuildPaths) -> None:
+    """Remove the hidden build of a store that is already up to date: a killed build of other inputs."""
+    for leftover in (paths.building, paths.progress):
+        if leftover.exists():
+            log.info("removing %s, left by a killed build of other inputs", leftover)
+            discard(leftover)
+
+
+def _build(data: xr.DataArray, paths: BuildPaths, period: StatsPeriod | None, layout: StoreLayout,
+           climatology_path: str | Path | None, progress: bool) -> Path:
+    """:func:`write_store` once its lock is held."""
+    _discard_abandoned(paths.store, climatology_path)
     if paths.complete.exists():  # a previous run was killed between finalising and publishing
         _publish(paths)
     plan = _plan(data, paths.store, layout)
@@ -539,6 +682,7 @@ def write_store(
     period = StatsPeriod.default(times) if period is None else period
     if plan is None:
         if _records_period(paths.store, period):
+            _discard_abandoned_build(paths)
             return paths.store
         plan = _plan(data, paths.store, _stored_layout(paths.store, layout), restatistics=True)
     step_hours = _hours(check_times(times, str(paths.store)))

@@ -257,11 +257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "check-config":
         print(cfg.model_dump_json(indent=2))
         return 0
+    from pipeline.cluster import ClusterError
     from pipeline.stages import StageInputError
 
     try:
         _run_stage(command, cfg, getattr(args, "resume", None))
-    except (IngestError, FourcastError, EnsembleError, StageInputError) as err:
+    except (IngestError, FourcastError, EnsembleError, StageInputError, ClusterError) as err:
         print(f"fourcast {command}: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     return 0

@@ -65,6 +65,7 @@ class ClusterConfig(_Slice):
     threads_per_worker: int = Field(1, ge=1)
     memory_limit: str = "4GiB"
     scheduler_address: str | None = None
+    dashboard_address: str = Field("127.0.0.1:0", description="host:port of a LocalCluster's dashboard")
 
 
 class CdsConfig(_Slice):

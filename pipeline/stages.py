@@ -52,7 +52,7 @@ from ingest.climatology import climatology_at
 from ingest.coarsen import coarsen
 from ingest.synthetic import generate_files
 from pipeline import plots
-from pipeline.cluster import dask_client
+from pipeline.cluster import SHARD_COPIES, check_task_memory, dask_client
 from pipeline.config import (CdsConfig, ClusterConfig, ForecastConfig, IngestConfig, RunConfig, ScoreConfig,
                              SyntheticConfig, TrainConfig)
 from pipeline.tracking import (MODEL_URI_SCHEMES, ModelUriError, NullTracker, Tracker, attach_run,
@@ -189,13 +189,21 @@ def ingest(cfg: IngestConfig, cluster: ClusterConfig, files: list[Path], store: 
     """ERA5 files → training store and climatology store, with Dask."""
     provenance = {"sources": [f.name for f in files], "fourcast_version": code_version(), "coarsen": cfg.coarsen}
     layout = StoreLayout(shard_steps=cfg.shard_steps, compressor=cfg.compressor)
-    with dask_client(cluster):
+    with dask_client(cluster) as client:
         data = coarsen(open_sources(files, cfg.variables, cfg.shard_steps), cfg.coarsen)
+        check_task_memory(client, shard_task_bytes(data, cfg.shard_steps), f"a shard of {cfg.shard_steps} steps of "
+                          f"{data.sizes[CHANNEL]} x {data.sizes[LAT]} x {data.sizes[LON]} {data.dtype}")
         period = StatsPeriod.default(data[TIME].values, cfg.statistics_leave_out_years, provenance) \
             if cfg.statistics is None else \
             StatsPeriod(_datetime64(cfg.statistics.start), _datetime64(cfg.statistics.end), provenance,
                         remedy=_STATISTICS_REMEDY)
         return write_store(data, store, period, layout, climatology_path=climatology, progress=True)
+
+
+def shard_task_bytes(data: xr.DataArray, shard_steps: int) -> int:
+    """Peak memory of one shard-writing task: :data:`~pipeline.cluster.SHARD_COPIES` copies of a shard."""
+    step_bytes = data.sizes[CHANNEL] * data.sizes[LAT] * data.sizes[LON] * data.dtype.itemsize
+    return SHARD_COPIES * min(shard_steps, data.sizes[TIME]) * step_bytes
 
 
 def store_fingerprint(store: Path) -> str:

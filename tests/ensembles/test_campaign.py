@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,10 +17,12 @@ from ensembles.errors import ArchiveError, CampaignIncompleteError, CampaignMism
 from ensembles.perturbations import GaussianPerturbation
 from ensembles.runner import run_campaign, run_ensemble
 from ingest.dims import INIT_TIME, LAT, LON, MEMBER, TIME
+from ingest.locks import LockHeldError
 
 INITS = np.array(["2020-01-01T00", "2020-01-01T12"], dtype="datetime64[ns]")
 STEP = np.timedelta64(6, "h")
 PERTURBATION = GaussianPerturbation(np.array([800.0, 8.0]), 0.3)
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _campaign(**override) -> Campaign:
@@ -136,3 +143,44 @@ def test_sinks_receive_this_ranks_writes_and_are_finalised(tmp_path, drift_progn
     result = _run(tmp_path / "a.zarr", drift_prognostic, truth, coords, sinks=[sink])
     assert sink.dataset.attrs["complete"] is True
     np.testing.assert_array_equal(sink.dataset["z500"].values, open_archive(result.archive)["z500"].values)
+
+
+#: Rank 0 of a two-process campaign: joins the archive, says so, waits for a line on stdin, runs.
+RANK_0 = """
+import sys, torch
+from ensembles.campaign import CampaignArchive
+from ensembles.runner import run_campaign
+from ingest.dims import LAT, LON, TIME
+from tests.ensembles.conftest import DriftPrognostic, grid_coords, make_truth
+from tests.ensembles.test_campaign import PERTURBATION, _campaign
+
+coords, truth, campaign = grid_coords(), make_truth(), _campaign()
+archive = CampaignArchive(sys.argv[1], campaign, coords[LAT], coords[LON], {"code": "test"})
+print("joined", flush=True)
+sys.stdin.readline()
+run_campaign(DriftPrognostic(), lambda t: torch.from_numpy(truth.sel({TIME: t}).values), coords, campaign, archive,
+             PERTURBATION, rank=0, world_size=2, wait_timeout=60)
+"""
+
+
+def test_another_campaign_is_refused_while_one_is_written_and_its_ranks_share_the_lock(tmp_path, drift_prognostic,
+                                                                                       truth, coords):
+    path = tmp_path / "a.zarr"
+    rank_0 = subprocess.Popen([sys.executable, "-c", RANK_0, str(path)], cwd=REPO, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert rank_0.stdout.readline().strip() == b"joined"
+        with pytest.raises(LockHeldError, match=rf"archive {path} is being written by process {rank_0.pid} on \S+ "
+                                                r"since \S+ for another campaign"):
+            CampaignArchive(path, _campaign(seed=8), coords[LAT], coords[LON], overwrite=True)
+        rank_0.stdin.write(b"go\n")
+        rank_0.stdin.close()
+        result = _run(path, drift_prognostic, truth, coords, rank=1, world_size=2, wait_timeout=60)
+        assert rank_0.wait(timeout=120) == 0
+    finally:
+        rank_0.kill()
+    assert result.items_computed == 3
+    alone = _run(tmp_path / "alone.zarr", drift_prognostic, truth, coords)
+    for name, values in _arrays(path).items():
+        assert values.tobytes() == _arrays(alone.archive)[name].tobytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zarr", "alone.zarr"]  # lock files gone with the lock

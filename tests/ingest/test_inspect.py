@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -81,3 +82,14 @@ def test_something_that_is_not_a_store_is_a_schema_problem(tmp_path, capsys):
     assert validate_store(tmp_path / "empty.zarr")[0].startswith("schema:")
     assert main(["ingest", "inspect", str(tmp_path / "missing.zarr")]) == 1
     assert "no training store" in capsys.readouterr().err
+
+
+def test_a_truncated_shard_is_reported_by_its_file_name(damaged, capsys):
+    shard = damaged / "data" / "c" / "1" / "0" / "0" / "0"
+    os.truncate(shard, shard.stat().st_size // 2)
+    problems = validate_store(damaged)
+    assert len(problems) == 1 and problems[0].startswith(f"data: {shard} (steps 2001-01-09T00:00 .. 2001-01-16T18:00)")
+    assert "is unreadable" in problems[0]
+    assert main(["ingest", "validate", str(damaged)]) == 1
+    captured = capsys.readouterr()
+    assert f"{shard} (steps" in captured.out and "1 problem(s)" in captured.out and "Traceback" not in captured.err

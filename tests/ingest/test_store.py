@@ -1,3 +1,5 @@
+import logging
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -140,3 +142,48 @@ def test_layout_and_open_errors_name_what_was_expected(tmp_path):
     xr.Dataset({"data": (("x",), np.zeros(3))}).to_zarr(tmp_path / "other.zarr", zarr_format=3, consolidated=False)
     with pytest.raises(StoreSchemaError, match="missing"):
         open_store(tmp_path / "other.zarr")
+
+
+def test_leftovers_of_killed_builds_are_removed_by_the_next_run(tmp_path):
+    data = make_fields("2001-01-01T00", "2001-01-05T18")
+    period = StatsPeriod(np.datetime64("2001-01-01T00"), np.datetime64("2001-01-04T18"))
+    store, climatology = tmp_path / "store.zarr", tmp_path / "climatology.zarr"
+    write_store(data.isel(time=slice(0, 12)), store, period, StoreLayout(shard_steps=8), climatology)
+    # what kills leave: a store renamed aside by a publish, a climatology being written, and an
+    # extension's build and progress records (the extension is not run again)
+    leftovers = [tmp_path / ".store.zarr.retired-0123456789ab", tmp_path / ".climatology.zarr.partial-0123456789ab",
+                 tmp_path / ".store.zarr.building", tmp_path / ".store.zarr.progress"]
+    shutil.copytree(store, leftovers[0])
+    shutil.copytree(climatology, leftovers[1])
+    shutil.copytree(store, leftovers[2])
+    (leftovers[3] / "done").mkdir(parents=True)
+    before = {p: p.stat().st_mtime_ns for p in store.rglob("*")}
+    write_store(data.isel(time=slice(0, 12)), store, period, StoreLayout(shard_steps=8), climatology)
+    assert [p for p in leftovers if p.exists()] == []
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*")} == before
+
+
+def test_reingesting_corrected_dates_replaces_their_shards_and_the_statistics(tmp_path, caplog):
+    """ERA5T -> final ERA5: the same dates come again with other values, weeks later."""
+    data = make_fields("2001-01-01T00", "2001-01-10T18", chunk_steps=8)  # 40 steps: 5 shards of 8
+    period, layout = StatsPeriod(np.datetime64("2001-01-01T00"), np.datetime64("2001-01-08T18")), StoreLayout(8)
+    store = write_store(data, tmp_path / "store.zarr", period, layout, tmp_path / "climatology.zarr")
+    shard_file = lambda shard: store / "data" / "c" / str(shard) / "0" / "0" / "0"  # noqa: E731
+    inodes = {shard: shard_file(shard).stat().st_ino for shard in range(5)}
+    final = data.copy(data=data.data.copy())
+    final[[9, 10, 33]] = final[[9, 10, 33]] + 0.5 * final.std(("time", "lat", "lon"))  # shards 1 and 4
+    with caplog.at_level(logging.INFO, logger="ingest.store"):
+        write_store(final.isel(time=slice(8, None)), store, period, layout, tmp_path / "climatology.zarr")
+    assert "3 time steps differ from the store, first 2001-01-03T06" in caplog.text and "shards [1, 4]" in caplog.text
+    np.testing.assert_array_equal(open_store(store)["data"].values, final.values)
+    assert [shard for shard in range(5) if shard_file(shard).stat().st_ino != inodes[shard]] == [1, 4]
+    fresh = write_store(final, tmp_path / "fresh.zarr", period, layout, tmp_path / "fresh_climatology.zarr")
+    for name in ("mean", "std", "minimum", "maximum", "tendency_std"):
+        np.testing.assert_array_equal(open_store(store)[name].values, open_store(fresh)[name].values)
+    np.testing.assert_array_equal(open_climatology(tmp_path / "climatology.zarr").values,
+                                  open_climatology(tmp_path / "fresh_climatology.zarr").values)
+    for name in ("checksums/steps", "partial_statistics/fields", "partial_statistics/tendency"):
+        np.testing.assert_array_equal(zarr.open_array(store / name)[:], zarr.open_array(fresh / name)[:])
+    untouched = {p: p.stat().st_mtime_ns for p in store.rglob("*")}
+    write_store(final, store, period, layout)  # the same values again: nothing to replace
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*")} == untouched

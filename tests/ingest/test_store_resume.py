@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ingest.inspect import validate_store
+from ingest.locks import LockHeldError
 from ingest.store import StoreLayout, open_sources, write_store
 
 from tests.conftest import STATS, VARIABLES
@@ -125,3 +127,19 @@ def test_extending_links_finished_shards_and_a_killed_extension_resumes(era5_fil
     untouched = {p: p.stat().st_mtime_ns for p in store.rglob("*")}
     write_store(open_sources(era5_files, VARIABLES, SHARD_STEPS), store, STATS, StoreLayout(shard_steps=SHARD_STEPS))
     assert {p: p.stat().st_mtime_ns for p in store.rglob("*")} == untouched, "re-running present dates changes nothing"
+
+
+def test_a_second_build_of_the_same_store_is_refused_and_the_first_completes_intact(era5_files, tmp_path):
+    script, store = _child(tmp_path), tmp_path / "store.zarr"
+    first = _launch(script, era5_files, store, "2000-02-29T18")
+    deadline = time.monotonic() + 60
+    while _done(store) < 2:  # the first build is writing shards
+        assert first.poll() is None and time.monotonic() < deadline, "the first build ended before the test ran"
+        time.sleep(0.005)
+    data = open_sources(era5_files, VARIABLES, SHARD_STEPS)
+    with pytest.raises(LockHeldError, match=rf"store {store} is being written by process {first.pid} on \S+ since "):
+        write_store(data, store, STATS, StoreLayout(shard_steps=SHARD_STEPS))
+    assert first.wait(timeout=120) == 0, first.stdout.read().decode()
+    assert validate_store(store) == []
+    assert _files_of(store) == _files_of(_reference(era5_files, tmp_path, "2000-02-29T18"))
+    write_store(data, store, STATS, StoreLayout(shard_steps=SHARD_STEPS))  # the lock went with its holder
