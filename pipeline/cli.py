@@ -168,16 +168,17 @@ def _print_scorecard(records: list[dict], lead_hours: list[int]) -> None:
 
 def _outputs(command: str, cfg: RunConfig, paths) -> dict[str, Path]:
     """The folders ``command`` writes to, by what they are (for :func:`pipeline.stages.require_writable`)."""
+    cds = cfg.ingest.cds if cfg.ingest.source == "cds" else None
+    downloads = {"CDS download folder": cds.cache_dir or paths.cds_cache} if cds is not None else {}
     archive = cfg.forecast.archive or paths.archive
-    cds_cache = cfg.ingest.cds.cache_dir if cfg.ingest.cds is not None and cfg.ingest.cds.cache_dir else paths.cds_cache
-    return {"demo": {"workdir": paths.workdir, "CDS download folder": cds_cache},
-            "run": {"workdir": paths.workdir, "CDS download folder": cds_cache},
+    streamed = {"scores folder": paths.scores} if cfg.forecast.stream_scores else {}
+    return {"demo": {"workdir": paths.workdir, **downloads},
+            "run": {"workdir": paths.workdir, **downloads},
             "synthesize": {"ERA5 folder": paths.raw},
             "ingest run": {"store folder": paths.store.parent, "climatology folder": paths.climatology.parent,
-                           **({"CDS download folder": cds_cache} if cfg.ingest.source == "cds" else {})},
+                           **downloads},
             "train": {"checkpoint folder": paths.checkpoint.parent, "MLflow artifact folder": paths.artifacts},
-            "forecast": {"archive folder": archive.parent, "MLflow artifact folder": paths.artifacts,
-                         **({"scores folder": paths.scores} if cfg.forecast.stream_scores else {})},
+            "forecast": {"archive folder": archive.parent, "MLflow artifact folder": paths.artifacts, **streamed},
             "score": {"scores folder": paths.scores, "MLflow artifact folder": paths.artifacts},
             }.get(command, {})
 
@@ -292,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    debug = args.traceback or bool(os.environ.get(DEBUG_ENV))
+    debug = args.traceback or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     command = f"{args.command} {args.action}" if getattr(args, "action", None) else args.command
     try:
         if getattr(args, "store", None) is not None:  # ingest inspect | validate STORE need no config
