@@ -8,8 +8,10 @@ import os
 import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
-from datetime import datetime
 from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
 
 from ensembles.errors import EnsembleError
 from fourcast.errors import FourcastError
@@ -21,12 +23,15 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 CONFIG_ENV = "FOURCAST_CONFIG"
 METRIC_ORDER = ("rmse", "acc", "crps", "ssr")
 RESUME_LAST = "last"
+DEBUG_ENV = "FOURCAST_DEBUG"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fourcast", description="ML weather forecasting pipeline: ERA5 → Zarr v3 → "
                                      "AFNO training → ensembles → verification, tracked in MLflow.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--traceback", action="store_true",
+                        help=f"let errors through with their traceback (also ${DEBUG_ENV}=1)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     def add(name: str, help_text: str, group=commands) -> argparse.ArgumentParser:
@@ -69,7 +74,7 @@ def _forecast_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--model", help="checkpoint path or MLflow model URI (models:/NAME/VERSION, models:/NAME@ALIAS, "
                      "runs:/RUN_ID/PATH); default: the workdir's checkpoint")
     inits = sub.add_mutually_exclusive_group()
-    inits.add_argument("--init-times", nargs="+", metavar="TIME", help="init times, ISO 8601 (2001-01-01T00)")
+    inits.add_argument("--init-times", nargs="+", metavar="TIME", help="init times, ISO 8601 UTC (2001-01-01T00)")
     inits.add_argument("--init-range", nargs=2, metavar=("START", "END"), help="init times from START to END "
                        "inclusive, every --init-every hours")
     sub.add_argument("--init-every", type=int, metavar="HOURS", help="hours between init times of --init-range")
@@ -95,11 +100,10 @@ def _with_forecast_options(cfg: RunConfig, args: argparse.Namespace) -> RunConfi
     forecast.update({key: getattr(args, option) for option, key in keys.items() if getattr(args, option) is not None})
     if args.archive is not None:
         forecast["archive"] = str(args.archive)
-    if args.init_times is not None:
-        forecast["init_times"] = [_iso_time(text) for text in args.init_times]
+    if args.init_times is not None:  # times are parsed by the config (pipeline.config.parse_time), as in YAML
+        forecast["init_times"] = args.init_times
     if args.init_range is not None:
-        forecast.update(inits={"start": _iso_time(args.init_range[0]), "end": _iso_time(args.init_range[1])},
-                        init_times=None)
+        forecast.update(inits={"start": args.init_range[0], "end": args.init_range[1]}, init_times=None)
     if args.perturbation is not None:
         forecast["perturbation"] = {**forecast["perturbation"], "kind": args.perturbation}
     if args.amplitude is not None:
@@ -119,28 +123,23 @@ def _score_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--partial", action="store_true", default=None,
                      help="score an archive that is not finalised, leaving its unwritten forecasts out")
     sub.add_argument("--nan-policy", choices=["fail", "skip"], help="stop at a NaN, or leave such forecasts out")
-    sub.add_argument("--lead-hours", type=int, nargs="+", help="headline lead times (summary, training run)")
-    sub.add_argument("--map-init", metavar="TIME", help="init time of the maps, ISO 8601 (default: the first)")
+    sub.add_argument("--lead-hours", type=int, nargs="+", help="headline lead times (summary, training run); each "
+                     "must be a lead time of the archive")
+    sub.add_argument("--max-lead-hours", type=int, metavar="HOURS",
+                     help="score only lead times up to HOURS (default: all the archive holds)")
+    sub.add_argument("--map-init", metavar="TIME", help="init time of the maps, ISO 8601 UTC (default: the first)")
     sub.add_argument("--map-lead-hours", type=int, help="lead time of the maps (default: the first --lead-hours)")
 
 
 def _with_score_options(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
     """``cfg`` with the ``fourcast score`` options given on the command line, validated again."""
     score = cfg.score.model_dump(mode="json")
-    keys = {"partial": "partial", "nan_policy": "nan_policy", "lead_hours": "lead_hours", "map_init": "map_init",
-            "map_lead_hours": "map_lead_hours"}
+    keys = {"partial": "partial", "nan_policy": "nan_policy", "lead_hours": "lead_hours",
+            "max_lead_hours": "max_lead_hours", "map_init": "map_init", "map_lead_hours": "map_lead_hours"}
     score.update({key: getattr(args, option) for option, key in keys.items() if getattr(args, option) is not None})
     if args.archive is not None:
         score["archive"] = str(args.archive)
     return parse_config({**cfg.model_dump(mode="json"), "score": score}, source="config with score options")
-
-
-def _iso_time(text: str) -> str:
-    """``2001-01-01T06`` (hours only, as ERA5 users write them) as a full ISO 8601 time."""
-    try:
-        return datetime.fromisoformat(text).isoformat()
-    except ValueError as err:
-        raise ConfigError(f"expected an ISO 8601 init time such as 2001-01-01T06, found {text!r}") from err
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
@@ -167,10 +166,44 @@ def _print_scorecard(records: list[dict], lead_hours: list[int]) -> None:
         print(f"{variable:<9}{metric:<7}{system:<13}{cells}")
 
 
+def _outputs(command: str, cfg: RunConfig, paths) -> dict[str, Path]:
+    """The folders ``command`` writes to, by what they are (for :func:`pipeline.stages.require_writable`)."""
+    cds = cfg.ingest.cds if cfg.ingest.source == "cds" else None
+    downloads = {"CDS download folder": cds.cache_dir or paths.cds_cache} if cds is not None else {}
+    archive = cfg.forecast.archive or paths.archive
+    streamed = {"scores folder": paths.scores} if cfg.forecast.stream_scores else {}
+    return {"demo": {"workdir": paths.workdir, **downloads},
+            "run": {"workdir": paths.workdir, **downloads},
+            "synthesize": {"ERA5 folder": paths.raw},
+            "ingest run": {"store folder": paths.store.parent, "climatology folder": paths.climatology.parent,
+                           **downloads},
+            "train": {"checkpoint folder": paths.checkpoint.parent, "MLflow artifact folder": paths.artifacts},
+            "forecast": {"archive folder": archive.parent, "MLflow artifact folder": paths.artifacts, **streamed},
+            "score": {"scores folder": paths.scores, "MLflow artifact folder": paths.artifacts},
+            }.get(command, {})
+
+
+def _preflight(command: str, cfg: RunConfig, paths, stages) -> None:
+    """Before any work: the devices asked for exist here, and every folder the command writes is writable."""
+    if command in ("demo", "run", "train"):
+        stages.require_device(cfg.train.device, "train.device")
+    if command in ("demo", "run", "forecast"):
+        stages.require_device(cfg.forecast.device, "forecast.device")
+    outputs = _outputs(command, cfg, paths)
+    if command in ("demo", "run", "train", "forecast", "score"):
+        from pipeline.tracking import default_tracking_uri
+
+        store = stages.tracking_folder(cfg.tracking.tracking_uri or default_tracking_uri(paths.workdir))
+        outputs.update({"MLflow tracking store folder": store} if store is not None else {})
+    for what, folder in outputs.items():
+        stages.require_writable(folder, what)
+
+
 def _run_stage(command: str, cfg: RunConfig, resume: str | None = None) -> None:
     from pipeline import stages  # heavy imports only once a stage runs
 
     paths = stages.Paths(cfg.workdir)
+    _preflight(command, cfg, paths, stages)
     if command in ("demo", "run"):
         result = stages.run_pipeline(cfg)
         _print_scorecard(result.records, cfg.score.lead_hours)
@@ -226,44 +259,62 @@ def _inspect_store(action: str, store: Path) -> int:
     """``fourcast ingest inspect|validate STORE``: print, and return the exit status."""
     from ingest.inspect import describe_store, format_description, validate_store
 
-    try:
-        if action == "inspect":
-            print(format_description(describe_store(store)))
-            return 0
-        problems = validate_store(store)
-    except IngestError as err:
-        print(f"fourcast ingest {action}: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
+    store = store.expanduser()
+    if action == "inspect":
+        print(format_description(describe_store(store)))
+        return 0
+    problems = validate_store(store)
     for problem in problems:
         print(problem)
     print(f"{store}: " + (f"{len(problems)} problem(s)" if problems else "valid"))
     return 1 if problems else 0
 
 
+def _run_errors() -> tuple[type[Exception], ...]:
+    """Errors of a run that failed on its inputs or environment (exit 1): our packages' types and ``OSError``."""
+    from pipeline.cluster import ClusterError  # heavy imports only once something failed
+    from pipeline.stages import StageInputError
+    from pipeline.tracking import ModelUriError
+
+    return (IngestError, FourcastError, EnsembleError, StageInputError, ModelUriError, ClusterError, ConfigError,
+            OSError)
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message on one line."""
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """``fourcast``: a bad config or option ends as one line on stderr and exit 2, a failed run as one line and exit 1.
+
+    ``--traceback`` (or ``$FOURCAST_DEBUG=1``) lets the error through with its traceback instead.
+    """
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if getattr(args, "store", None) is not None:  # ingest inspect | validate STORE need no config
-        return _inspect_store(args.action, args.store)
-    try:
-        cfg = _config(args)
-    except ConfigError as err:
-        print(f"fourcast: {err}", file=sys.stderr)
-        return 2
+    debug = args.traceback or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     command = f"{args.command} {args.action}" if getattr(args, "action", None) else args.command
-    if command == "check-config":
-        print(cfg.model_dump_json(indent=2))
-        return 0
-    from pipeline.cluster import ClusterError
-    from pipeline.stages import StageInputError
-
     try:
+        if getattr(args, "store", None) is not None:  # ingest inspect | validate STORE need no config
+            return _inspect_store(args.action, args.store)
+        try:
+            cfg = _config(args)
+        except (ConfigError, ValidationError, yaml.YAMLError) as err:
+            if debug:
+                raise
+            print(f"fourcast: {_one_line(err)}", file=sys.stderr)
+            return 2
+        if command == "check-config":
+            print(cfg.model_dump_json(indent=2))
+            return 0
         _run_stage(command, cfg, getattr(args, "resume", None))
-    except (IngestError, FourcastError, EnsembleError, StageInputError, ClusterError) as err:
-        print(f"fourcast {command}: {type(err).__name__}: {err}", file=sys.stderr)
+    except Exception as err:
+        if debug or not isinstance(err, _run_errors()):
+            raise
+        print(f"fourcast {command}: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
         return 1
     return 0
 

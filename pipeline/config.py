@@ -1,18 +1,25 @@
 """Run configuration: YAML → frozen pydantic models, validated before any work starts.
 
-Each stage receives only its own slice (``cfg.ingest``, ``cfg.train``, …). Unknown keys and
-wrong types are refused with a message naming the key path and what is allowed.
+Each stage receives only its own slice (``cfg.ingest``, ``cfg.train``, …). Unknown keys,
+wrong types, values outside their sane range and keys given twice are refused with a message
+naming the key path and what is allowed. Times are ISO 8601 (hours alone will do:
+``2001-01-15T00``) and UTC; one with an offset is converted to UTC. ``~`` and ``$VARIABLES`` in
+paths are expanded.
 """
 
 from __future__ import annotations
 
 import os
-from datetime import datetime
+import re
+from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
+import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from dask.utils import parse_bytes
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from ensembles.regions import REGIONS, Region
 from fourcast.models.registry import PRESETS
@@ -20,20 +27,89 @@ from ingest.lexicon import LEXICON
 
 WORKDIR_ENV = "FOURCAST_WORKDIR"
 
+#: Upper bounds that keep a typo from allocating terabytes: ensemble size, forecast length (a
+#: year), time steps per store shard, and seeds (what both torch and NumPy accept, as int64).
+MAX_MEMBERS = 10_000
+MAX_LEAD_HOURS = 8760
+MAX_SHARD_STEPS = 10_000
+MAX_SEED = 2**63 - 1
+
+#: Device types a stage can run on (``cuda`` may carry an index: ``cuda:1``).
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
 
 class ConfigError(ValueError):
     """The configuration file is missing, not YAML, or does not validate."""
 
 
+def parse_time(value: object) -> object:
+    """A time of the config or the command line as a datetime; every time option goes through here.
+
+    Strings are ISO 8601, hours alone allowed (``2001-01-15T00``); a date is its midnight; other
+    values are left for pydantic to judge.
+    """
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.strip())
+        except ValueError as err:
+            raise ValueError(f"expected an ISO 8601 time such as 2001-01-15T00 or 2001-01-15T06:00 (UTC unless an "
+                             f"offset is given), found {value!r}") from err
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day)
+    return value
+
+
+def _utc_naive(value: datetime) -> datetime:
+    """A time with an offset as the same instant in (naive) UTC, the convention of the store and archive."""
+    return value if value.tzinfo is None else value.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+#: A time in UTC, as the store holds them (see :func:`parse_time`).
+Time = Annotated[datetime, BeforeValidator(parse_time), AfterValidator(_utc_naive)]
+
+_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})")
+
+
+def expand_path(text: str) -> str:
+    """``text`` with ``~`` and ``$VARIABLE``/``${VARIABLE}`` expanded; an unset variable is refused."""
+    unset = [name.strip("{}") for name in _VARIABLE.findall(text) if name.strip("{}") not in os.environ]
+    if unset:
+        raise ValueError(f"path {text!r} uses unset environment variable {', '.join(unset)}")
+    return os.path.expanduser(os.path.expandvars(text))
+
+
+#: A path from the config or the command line, with ``~`` and environment variables expanded.
+UserPath = Annotated[Path, BeforeValidator(
+    lambda value: expand_path(os.fspath(value)) if isinstance(value, (str, os.PathLike)) else value)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+LeadHours = Annotated[int, Field(ge=0, le=MAX_LEAD_HOURS)]
+
+
+def _device_name(value: str | None) -> str | None:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (whether the machine has it is checked when a stage starts)."""
+    if value is None:
+        return value
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES or (device.index is not None and device.type != "cuda"):
+        raise ValueError(f"expected cpu, cuda, cuda:N or mps, found {value!r}")
+    return value
+
+
+Device = Annotated[str | None, AfterValidator(_device_name)]
+
+
 class _Slice(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Period(_Slice):
     """Inclusive date range."""
 
-    start: datetime
-    end: datetime
+    start: Time
+    end: Time
 
     @model_validator(mode="after")
     def _ordered(self) -> Period:
@@ -52,20 +128,33 @@ class SyntheticConfig(_Slice):
     """Shallow-water synthetic ERA5 (the offline default source)."""
 
     period: Period
-    nlat: int = Field(32, ge=8)
-    nlon: int = Field(64, ge=16)
-    seed: int = 0
+    nlat: int = Field(32, ge=8, le=721)
+    nlon: int = Field(64, ge=16, le=1440)
+    seed: Seed = 0
     spinup_days: float = Field(30.0, ge=0)
 
 
 class ClusterConfig(_Slice):
     """Dask cluster: a LocalCluster of ``n_workers`` or an existing scheduler."""
 
-    n_workers: int = Field(2, ge=1)
-    threads_per_worker: int = Field(1, ge=1)
-    memory_limit: str = "4GiB"
+    n_workers: int = Field(2, ge=1, le=1024)
+    threads_per_worker: int = Field(1, ge=1, le=1024)
+    memory_limit: str = Field("4GiB", description="per worker: a size (4GiB, 500MB; 0: no limit) or 'auto'")
     scheduler_address: str | None = None
     dashboard_address: str = Field("127.0.0.1:0", description="host:port of a LocalCluster's dashboard")
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        if value == "auto":
+            return value
+        try:
+            size = parse_bytes(value)
+        except ValueError:
+            size = -1
+        if not value.strip() or size < 0:
+            raise ValueError(f"expected a size such as 4GiB or 500MB, or 'auto', found {value!r}")
+        return value
 
 
 class CdsConfig(_Slice):
@@ -87,7 +176,7 @@ class CdsConfig(_Slice):
     retries: int = Field(3, ge=0)
     backoff_seconds: float = Field(10.0, ge=0)
     poll_max_seconds: float = Field(120.0, gt=0)
-    cache_dir: Path | None = Field(None, description="default: <workdir>/era5/cds")
+    cache_dir: UserPath | None = Field(None, description="default: <workdir>/era5/cds")
 
     @field_validator("step_hours")
     @classmethod
@@ -105,7 +194,7 @@ class IngestConfig(_Slice):
                                       "default: the data less its last statistics_leave_out_years years")
     statistics_leave_out_years: int = Field(3, ge=0)
     coarsen: int = Field(1, ge=1, description="integer factor coarsening the grid with area weights (4: 0.25° → 1°)")
-    shard_steps: int = Field(64, ge=1)
+    shard_steps: int = Field(64, ge=1, le=MAX_SHARD_STEPS)
     compressor: Literal["none", "zstd", "blosc"] = "zstd"
     source: Literal["synthetic", "files", "cds"] = "synthetic"
     cds: CdsConfig | None = None
@@ -143,10 +232,11 @@ class TrainConfig(_Slice):
     warmup_steps: int = Field(50, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     validate_every: int = Field(200, ge=1)
-    validation_lead_hours: list[int] = Field(default_factory=lambda: [6, 24, 72])
+    validation_lead_hours: list[Annotated[int, Field(ge=1, le=MAX_LEAD_HOURS)]] = Field(
+        default_factory=lambda: [6, 24, 72], min_length=1)
     validation_samples: int = Field(32, ge=1)
-    seed: int = 0
-    device: str | None = None
+    seed: Seed = 0
+    device: Device = None
     checkpoint_every: int = Field(200, ge=1, description="optimiser steps between resumable training states")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
@@ -189,22 +279,28 @@ class ForecastConfig(_Slice):
 
     inits: Period
     init_every_hours: int = Field(24, ge=1)
-    init_times: list[datetime] | None = Field(None, min_length=1, description="explicit init times; replaces inits")
+    init_times: list[Time] | None = Field(None, min_length=1, description="explicit init times; replaces inits")
     model: str | None = None
-    members: int = Field(8, ge=1)
-    lead_hours: int = Field(120, ge=1)
-    step_hours: int | None = Field(None, ge=1)
-    members_per_batch: int = Field(8, ge=1)
+    members: int = Field(8, ge=1, le=MAX_MEMBERS)
+    lead_hours: int = Field(120, ge=1, le=MAX_LEAD_HOURS)
+    step_hours: int | None = Field(None, ge=1, le=MAX_LEAD_HOURS)
+    members_per_batch: int = Field(8, ge=1, le=MAX_MEMBERS)
     control_member: bool = True
     perturbation: PerturbationConfig = PerturbationConfig()
-    seed: int = Field(0, ge=0)
-    device: str | None = None
+    seed: Seed = 0
+    device: Device = None
     autocast: bool = Field(True, description="bfloat16 autocast of the network on CUDA")
-    archive: Path | None = Field(None, description="archive path; default <workdir>/forecasts/archive.zarr")
+    archive: UserPath | None = Field(None, description="archive path; default <workdir>/forecasts/archive.zarr")
     overwrite: bool = Field(False, description="replace an archive of a different campaign at the archive path")
     wait_timeout_s: float = Field(600.0, gt=0, description="how long a process waits for the others without progress")
     stream_scores: bool = Field(False, description="also score members as they are produced, into "
                                 "<workdir>/scores/streamed (one process only)")
+
+    @field_validator("model")
+    @classmethod
+    def _expand_model_path(cls, value: str | None) -> str | None:
+        """A checkpoint path gets ``~``/variables expanded; an MLflow URI (``models:/``, ``runs:/``) is left as is."""
+        return value if value is None or ":/" in value else expand_path(value)
 
 
 class RegionBoxConfig(_Slice):
@@ -228,18 +324,20 @@ class ScoreConfig(_Slice):
     the truth or the climatology; ``skip`` leaves that forecast out for every system and counts
     it. ``partial`` scores an archive that was never finalised, leaving unwritten forecasts out.
     ``map_init``/``map_lead_hours`` choose the maps (default: first init, first of ``lead_hours``).
+    ``max_lead_hours`` scores only the archive's lead times up to it (all by default).
     """
 
-    lead_hours: list[int] = Field(default_factory=lambda: [24, 72, 120], min_length=1)
+    lead_hours: list[LeadHours] = Field(default_factory=lambda: [24, 72, 120], min_length=1)
+    max_lead_hours: LeadHours | None = Field(None, description="score only lead times up to this; default all")
     variables: list[str] | None = None
     regions: list[str] = Field(default_factory=lambda: list(REGIONS), min_length=1)
     boxes: list[RegionBoxConfig] = Field(default_factory=list)
     nan_policy: Literal["fail", "skip"] = "fail"
     partial: bool = False
     plots: bool = True
-    map_init: datetime | None = None
-    map_lead_hours: int | None = Field(None, ge=0)
-    archive: Path | None = Field(None, description="archive to score; default forecast.archive or the workdir's")
+    map_init: Time | None = None
+    map_lead_hours: LeadHours | None = None
+    archive: UserPath | None = Field(None, description="archive to score; default forecast.archive or the workdir's")
 
     @field_validator("regions")
     @classmethod
@@ -257,6 +355,16 @@ class ScoreConfig(_Slice):
             raise ValueError(f"region names must be distinct, found {names}")
         return self
 
+    @model_validator(mode="after")
+    def _leads_scored(self) -> ScoreConfig:
+        if self.max_lead_hours is None:
+            return self
+        beyond = [h for h in [*self.lead_hours, self.map_lead_hours] if h is not None and h > self.max_lead_hours]
+        if beyond:
+            raise ValueError(f"score.lead_hours {beyond} exceed score.max_lead_hours {self.max_lead_hours}, the last "
+                             "lead time scored (score.map_lead_hours too)")
+        return self
+
 
 class TrackingConfig(_Slice):
     """MLflow; ``tracking_uri`` defaults to a SQLite file in the workdir."""
@@ -268,7 +376,7 @@ class TrackingConfig(_Slice):
 class RunConfig(_Slice):
     """A whole pipeline run, stage by stage."""
 
-    workdir: Path = Path("demo")
+    workdir: UserPath = Path("demo")
     synthetic: SyntheticConfig | None = None
     cluster: ClusterConfig = ClusterConfig()
     ingest: IngestConfig
@@ -310,9 +418,11 @@ def _describe(err: ValidationError) -> str:
         key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
         if problem["type"] == "extra_forbidden":
             lines.append(f"unknown key {key!r}; allowed here: {_allowed_keys(problem['loc'])}")
+        elif problem["type"] == "value_error":  # our validators' messages say what was found
+            lines.append(f"{key}: {problem['ctx']['error']}")
         else:
             lines.append(f"{key}: {problem['msg']} (found {problem.get('input')!r})")
-    return "\n  ".join(lines)
+    return "; ".join(lines)
 
 
 def _allowed_keys(loc: tuple) -> list[str]:
@@ -335,18 +445,58 @@ def parse_config(raw: dict, source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(f"{source} is invalid:\n  {_describe(err)}") from err
+        raise ConfigError(f"{source} is invalid: {_describe(err)}") from err
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that gives a key twice (plain YAML keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *base`` keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in first_line:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first given on line {first_line[key] + 1})",
+                        key_node.start_mark)
+                first_line[key] = key_node.start_mark.line
+            except TypeError:  # an unhashable key: the base class says so
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(path: Path, err: yaml.YAMLError) -> str:
+    """One line: where in ``path`` the YAML error is, and what it is."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).replace("\n", " ")
+    where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
+    return f"{where}: {problem}"
+
+
+def read_yaml(path: Path) -> object:
+    """The YAML document in ``path``; raises :class:`ConfigError` (one line) if it cannot be read or parsed."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text: byte 0x{err.object[err.start]:02x} at offset {err.start}; "
+                          "save the config as UTF-8") from err
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from err
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"not valid YAML: {_yaml_problem(path, err)}") from err
 
 
 def load_config(path: str | Path, workdir: str | Path | None = None) -> RunConfig:
     """Read and validate a YAML config; ``workdir`` (or ``$FOURCAST_WORKDIR``) overrides its workdir."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    raw = read_yaml(path)
     workdir = workdir or os.environ.get(WORKDIR_ENV)
     if workdir and isinstance(raw, dict):
         raw = {**raw, "workdir": str(workdir)}

@@ -65,6 +65,62 @@ class StageInputError(ValueError):
     """A stage's config does not fit the data it is given (store step, init times, …)."""
 
 
+class OutputPathError(StageInputError):
+    """A folder a stage would write to cannot be created or written (a file in the way, read-only, no permission)."""
+
+
+def require_writable(folder: Path, what: str) -> None:
+    """Raise :class:`OutputPathError` unless files can be created in ``folder``.
+
+    A folder that does not exist yet is judged by the nearest existing one it would be created
+    in. The probe creates and deletes a file there: permission bits say nothing of a read-only
+    filesystem, nor of what root may do. Nothing is left behind.
+
+    Parameters
+    ----------
+    folder : pathlib.Path
+        Where the stage will write.
+    what : str
+        What the folder is, for the message (``"workdir"``, ``"archive folder"``).
+    """
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        raise OutputPathError(f"{what} {folder} cannot be written: {existing} is a file, not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".fourcast-write-probe-")
+    except OSError as err:
+        raise OutputPathError(f"{what} {folder} cannot be written: {err.strerror} in {existing}") from err
+    os.close(handle)
+    os.unlink(probe)
+
+
+def tracking_folder(tracking_uri: str) -> Path | None:
+    """The local folder an MLflow tracking URI writes to (a SQLite file's folder, a file store), else ``None``."""
+    if tracking_uri.startswith("sqlite:///"):
+        database = tracking_uri.removeprefix("sqlite:///").split("?")[0]
+        return None if database in ("", ":memory:") else Path(database).parent
+    if tracking_uri.startswith("file:"):
+        return Path(tracking_uri.removeprefix("file:").removeprefix("//"))
+    return None if "://" in tracking_uri else Path(tracking_uri)
+
+
+def require_device(name: str | None, key: str) -> None:
+    """Raise :class:`StageInputError` unless this machine has the device ``key`` asks for (``None``: any machine)."""
+    if name is None:
+        return
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise StageInputError(f"{key} {name!r} requested but torch.cuda.is_available() is False on this machine; "
+                                  "use cpu, or leave it unset to take CUDA when present")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise StageInputError(f"{key} {name!r} requested but this machine has {torch.cuda.device_count()} CUDA "
+                                  f"device(s): cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise StageInputError(f"{key} {name!r} requested but torch.backends.mps.is_available() is False on this "
+                              "machine")
+
+
 @dataclass(frozen=True)
 class Paths:
     """Where a run keeps what it produces, all under one work directory."""
@@ -229,10 +285,32 @@ def train_model(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tracke
     rank 0 writes checkpoints and reports to ``tracker`` (the others get a :class:`NullTracker`).
     ``resume`` continues exactly from a training state (see :func:`training_state_path`);
     ``climatology`` (the climatology store) is the reference of the validation ACC.
+
+    Raises
+    ------
+    StageInputError
+        Before any work, if the training or validation period reaches outside the store (it
+        would be clipped while the run records the dates asked for).
     """
+    _require_periods_in_store(cfg, store)
     with process_group(cfg.device) as ctx:
         return _train_on_rank(cfg, store, checkpoint, tracker if ctx.is_main else NullTracker(), resume, climatology,
                               ctx)
+
+
+def _require_periods_in_store(cfg: TrainConfig, store: Path) -> None:
+    """Refuse ``train.train``/``train.validation`` periods that start before or end after the store's times."""
+    times = open_store(store)[TIME].values
+    first, last = _datetime64(times[0]), _datetime64(times[-1])
+    for key, period in (("train.train", cfg.train), ("train.validation", cfg.validation)):
+        if _datetime64(period.start) < first or _datetime64(period.end) > last:
+            raise StageInputError(
+                f"{key} {_minutes(period.start)}..{_minutes(period.end)} reaches outside the store, which covers "
+                f"{_minutes(first)}..{_minutes(last)}; training would silently use less: choose dates within the store")
+
+
+def _minutes(time) -> str:
+    return np.datetime_as_string(_datetime64(time), unit="m")
 
 
 class _MetricBuffer:
@@ -595,13 +673,15 @@ def score(cfg: ScoreConfig, archive: Path, store: Path, climatology: Path, out_d
         The global scores as records (:func:`ensembles.scorecard.scorecard_records`).
     """
     forecasts, truth = open_archive(archive, allow_partial=cfg.partial), open_store(store)
+    lead_times = _scored_leads(cfg, forecasts, archive)
     run_ids = {"forecast_run_id": forecast_run_id or str(forecasts.attrs.get("forecast_run_id") or ""),
                "train_run_id": train_run_id or str(forecasts.attrs.get("train_run_id") or "")}
     tracker.set_tags({key: value for key, value in run_ids.items() if value})
     tracker.log_params({**_flatten(cfg.model_dump(mode="json")), "archive": str(archive), "store": str(store),
                         "climatology": str(climatology)})
     clim = open_climatology(climatology)
-    scorecard = score_archive(forecasts, truth[DATA], clim, score_options(cfg), variables=cfg.variables)
+    scorecard = score_archive(forecasts, truth[DATA], clim, score_options(cfg), variables=cfg.variables,
+                              lead_times=lead_times)
     left_out = {"forecasts_skipped_for_nan": int(scorecard["n_skipped"].sum()),
                 "forecasts_unwritten": int(scorecard["n_unwritten"].sum())}
     tracker.log_metrics(left_out)
@@ -617,6 +697,25 @@ def score(cfg: ScoreConfig, archive: Path, store: Path, climatology: Path, out_d
     if tracking_uri and run_ids["train_run_id"]:
         attach_run(tracking_uri, run_ids["train_run_id"]).log_metrics(headline_scores(records, cfg.lead_hours))
     return records
+
+
+def _scored_leads(cfg: ScoreConfig, forecasts: xr.Dataset, archive: Path) -> np.ndarray:
+    """The archive's lead times up to ``cfg.max_lead_hours``, after checking it holds every one of ``cfg.lead_hours``.
+
+    Raises
+    ------
+    StageInputError
+        If a headline lead time (``score.lead_hours``) is not in the archive.
+    """
+    held = forecasts["lead_time"].values.astype("timedelta64[ns]")
+    hours = [int(h) for h in held / np.timedelta64(1, "h")]
+    missing = [h for h in cfg.lead_hours if h not in hours]
+    if missing:
+        raise StageInputError(f"score.lead_hours {missing} are not lead times of the archive {archive}, which holds "
+                              f"{hours} h")
+    if cfg.max_lead_hours is None:
+        return held
+    return held[held <= np.timedelta64(cfg.max_lead_hours, "h")]
 
 
 def record_scorecard(tracker: Tracker, scorecard: xr.Dataset, out_dir: Path, artifact_path: str = "scores",
