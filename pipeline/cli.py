@@ -212,7 +212,7 @@ def _run_tracked_stage(command: str, cfg: RunConfig, paths, stages, resume: str 
             archive = stages.forecast(cfg.forecast, paths.checkpoint, paths.store,
                                       cfg.forecast.archive or paths.archive, tracker,
                                       overwrite=cfg.forecast.overwrite, tracking_uri=uri,
-                                      stream=stages.score_stream(cfg, paths))
+                                      stream=stages.score_stream(cfg, paths), climatology=paths.climatology)
             if main_rank:
                 print(archive)
         else:

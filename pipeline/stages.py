@@ -432,7 +432,7 @@ def score_stream(cfg: RunConfig, paths: Paths) -> ScoreStream | None:
 
 def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, tracker: Tracker, *,
              overwrite: bool = False, tracking_uri: str | None = None, launch: Launch | None = None,
-             stream: ScoreStream | None = None) -> Path:
+             stream: ScoreStream | None = None, climatology: Path | None = None) -> Path:
     """Ensemble campaign from the store's initial conditions into a Zarr archive; this process's share of it.
 
     Every process of a ``torchrun`` launch calls this; the (init time, member block) work items
@@ -452,7 +452,8 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
     tracker : Tracker
         Receives the lineage and throughput.
     overwrite : bool
-        Replace an archive of a different campaign at ``archive`` (refused otherwise).
+        Replace an archive of a different campaign at ``archive`` (refused otherwise). Nothing
+        but a forecast archive is ever replaced.
     tracking_uri : str, optional
         Where MLflow model URIs are resolved.
     launch : Launch, optional
@@ -462,18 +463,24 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
         scorecard (``streamed_``-prefixed metrics, ``streamed`` artifacts). One process only;
         when resuming a campaign whose archive already holds work items, streaming is skipped
         with a warning (those members are not produced again): score the archive instead.
+    climatology : pathlib.Path, optional
+        The climatology store, protected like ``store``: ``archive`` may not be, hold or lie in either.
 
     Raises
     ------
     StageInputError
         Before anything is written: the model step differs from ``cfg.step_hours``, the lead
         time is not a multiple of it, init times are not in the store, the model URI is bad,
-        streaming is asked of several processes.
+        streaming is asked of several processes, the archive path is, holds or lies in the store
+        or the climatology.
+    ArchiveError
+        If ``archive`` holds something that is not a forecast archive.
     CheckpointError
         If the checkpoint's channels or grid differ from the store's.
     CampaignMismatchError
         If ``archive`` holds another campaign and ``overwrite`` is false.
     """
+    _check_archive_path(archive, {"store": store, "climatology": climatology or (stream and stream.climatology)})
     launch = launch or Launch.from_env()
     device = _forecast_device(cfg, launch)
     model = str(cfg.model or checkpoint)
@@ -514,6 +521,19 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
     if launch.rank == 0:
         _log_forecast_map(tracker, archive, store, campaign.init_times[0], min(campaign.n_steps, 4) * campaign.step)
     return archive
+
+
+def _check_archive_path(archive: Path, protected: Mapping[str, Path | None]) -> None:
+    """Refuse an archive path that is, holds or lies inside one of the ``protected`` inputs."""
+    target = Path(archive).resolve()
+    for name, path in protected.items():
+        if not path:
+            continue
+        kept = Path(path).resolve()
+        if target == kept or kept in target.parents or target in kept.parents:
+            relation = "is" if target == kept else "lies inside" if kept in target.parents else "holds"
+            raise StageInputError(f"the archive path {archive} {relation} the {name} {path}; the forecast would "
+                                  "replace it: choose another archive path")
 
 
 def _streaming_scorer(stream: ScoreStream | None, archive: CampaignArchive, truth: xr.Dataset,
@@ -730,7 +750,7 @@ def run_pipeline(cfg: RunConfig) -> PipelineResult:
     with _stage("forecast"), mlflow_run(run_name="forecast", tags={"stage": "forecast", "train_run_id": run_ids["train"]},
                                         **experiment) as tracker:
         forecast(cfg.forecast, paths.checkpoint, paths.store, paths.archive, tracker, overwrite=True, tracking_uri=uri,
-                 stream=score_stream(cfg, paths))
+                 stream=score_stream(cfg, paths), climatology=paths.climatology)
         run_ids["forecast"] = tracker.run_id
     with _stage("score"), mlflow_run(run_name="score", tags={"stage": "score", "forecast_run_id": run_ids["forecast"],
                                                              "train_run_id": run_ids["train"]},

@@ -136,3 +136,19 @@ def test_sinks_receive_this_ranks_writes_and_are_finalised(tmp_path, drift_progn
     result = _run(tmp_path / "a.zarr", drift_prognostic, truth, coords, sinks=[sink])
     assert sink.dataset.attrs["complete"] is True
     np.testing.assert_array_equal(sink.dataset["z500"].values, open_archive(result.archive)["z500"].values)
+
+
+def test_overwrite_never_replaces_what_is_not_a_forecast_archive(tmp_path, store_paths, drift_prognostic, truth,
+                                                                 coords):
+    import shutil
+
+    path = tmp_path / "store.zarr"
+    shutil.copytree(store_paths[0], path)
+    before = sorted((str(p.relative_to(path)), p.read_bytes()) for p in path.rglob("*") if p.is_file())
+    with pytest.raises(ArchiveError, match=f"refusing to replace {path}: it is a fourcast training store "
+                                           r"\(arrays .*\), not a fourcast forecast archive"):
+        _run(path, drift_prognostic, truth, coords, overwrite=True)
+    assert sorted((str(p.relative_to(path)), p.read_bytes()) for p in path.rglob("*") if p.is_file()) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["store.zarr"]
+    campaign_archive = _run(tmp_path / "a.zarr", drift_prognostic, truth, coords).archive
+    assert open_archive(campaign_archive).attrs["fourcast_forecast_archive"] == 1
