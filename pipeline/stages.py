@@ -209,17 +209,19 @@ def training_state_path(checkpoint: Path) -> Path:
 
 
 def train_model(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tracker, resume: Path | None = None,
-                climatology: Path | None = None) -> Path:
+                climatology: Path | None = None, restart: bool = False) -> Path:
     """Train a preset on the store; writes the best checkpoint and logs to ``tracker``.
 
     Launched by ``torchrun``, every rank calls this: the ranks train data-parallel, and only
     rank 0 writes checkpoints and reports to ``tracker`` (the others get a :class:`NullTracker`).
     ``resume`` continues exactly from a training state (see :func:`training_state_path`);
-    ``climatology`` (the climatology store) is the reference of the validation ACC.
+    ``climatology`` (the climatology store) is the reference of the validation ACC. Without
+    ``resume``, a checkpoint folder holding an earlier run is refused unless ``restart`` is
+    given, which moves that run's checkpoints aside (:class:`fourcast.training.CheckpointPlan`).
     """
     with process_group(cfg.device) as ctx:
         return _train_on_rank(cfg, store, checkpoint, tracker if ctx.is_main else NullTracker(), resume, climatology,
-                              ctx)
+                              ctx, restart)
 
 
 class _MetricBuffer:
@@ -245,7 +247,7 @@ class _MetricBuffer:
 
 
 def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tracker, resume: Path | None,
-                   climatology: Path | None, ctx: DistContext) -> Path:
+                   climatology: Path | None, ctx: DistContext, restart: bool = False) -> Path:
     leads_steps = _validation_leads(cfg, store)
     validation = StoreWindows(store, cfg.validation.start, cfg.validation.end, n_ahead=max(leads_steps))
     with seeded_initialisation(cfg.seed):  # the same initial weights in every run of this config
@@ -268,7 +270,7 @@ def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tra
                           extra={"store_fingerprint": fingerprint, "train_start": str(cfg.train.start),
                                  "train_end": str(cfg.train.end), "train_run_id": tracker.run_id or ""})
     plan = CheckpointPlan(checkpoint.parent, meta, cfg.checkpoint_every, config=cfg.model_dump(mode="json"),
-                          resume_from=resume, lineage={"run_id": tracker.run_id or ""})
+                          resume_from=resume, lineage={"run_id": tracker.run_id or ""}, restart=restart)
     report = _MetricBuffer(tracker, cfg.checkpoint_every)
     try:
         result = train(model, lambda n: StoreWindows(store, cfg.train.start, cfg.train.end, n_ahead=n), validation,
@@ -745,7 +747,8 @@ def run_pipeline(cfg: RunConfig) -> PipelineResult:
     run_ids: dict[str, str] = {}
     experiment = dict(tracking_uri=uri, experiment=cfg.tracking.experiment, artifact_root=paths.artifacts)
     with _stage("train"), mlflow_run(run_name="train", tags={"stage": "train"}, **experiment) as tracker:
-        train_model(cfg.train, paths.store, paths.checkpoint, tracker, climatology=paths.climatology)
+        train_model(cfg.train, paths.store, paths.checkpoint, tracker, climatology=paths.climatology,
+                    restart=True)  # a pipeline run starts over: an earlier run's checkpoints are moved aside
         run_ids["train"] = tracker.run_id
     with _stage("forecast"), mlflow_run(run_name="forecast", tags={"stage": "forecast", "train_run_id": run_ids["train"]},
                                         **experiment) as tracker:
