@@ -374,7 +374,7 @@ def open_archive(path: str | Path, allow_partial: bool = False) -> xr.Dataset:
     """
     path = Path(path)
     if not path.exists():
-        unfinished = sorted(path.parent.glob(f".{path.name}.partial-*"))
+        unfinished = unfinished_stores(path)
         if unfinished:
             raise ArchiveError(
                 f"the archive at {path} is unfinished: {unfinished[0]} was never committed (its writer is running "
@@ -395,6 +395,12 @@ def open_archive(path: str | Path, allow_partial: bool = False) -> xr.Dataset:
     if not ds.data_vars or wrong:
         raise ArchiveError(f"{path}: expected variables with dims {ARCHIVE_DIMS}, found {wrong or 'no variables'}")
     return ds
+
+
+def unfinished_stores(path: str | Path) -> list[Path]:
+    """The stores being written, or left unfinished by a killed run, for the archive at ``path``."""
+    path = Path(path)
+    return sorted(p for tag in ("partial", "finalising") for p in path.parent.glob(f".{path.name}.{tag}-*"))
 
 
 def check_replaceable(path: str | Path) -> None:

@@ -406,6 +406,17 @@ class CampaignArchive:
             pass  # a relaunch took the claimed store back; the protocol goes on from there
 
 
+def recorded_items(path: str | Path) -> np.ndarray | None:
+    """The completion records ``[init_time, member block]`` (bool) of the campaign store at ``path``.
+
+    Returns None if the store holds no records (an archive not written by a campaign).
+    """
+    try:
+        return zarr.open_array(Path(path) / DONE, mode="r", zarr_format=3)[...].astype(bool)
+    except (FileNotFoundError, zarr.errors.ArrayNotFoundError, zarr.errors.NodeTypeValidationError):
+        return None
+
+
 def _rename_if_there(source: Path, target: Path) -> None:
     try:
         os.rename(source, target)

@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from ensembles.protocols import Perturbation
 from ensembles.runner import run_campaign
 from ensembles.streaming import StreamingScorer
 from ensembles.regions import GLOBAL, Region, get_region
-from ensembles.scorecard import (ScoreOptions, headline_records, score_archive, scorecard_records,
+from ensembles.scorecard import (ScoreOptions, headline_records, open_for_scoring, score_archive, scorecard_records,
                                  write_scorecard)
 from fourcast.checkpoint import CheckpointMeta, save_checkpoint
 from fourcast.data import StoreWindows
@@ -526,16 +526,16 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
 
 
 def _check_archive_path(archive: Path, protected: Mapping[str, Path | None]) -> None:
-    """Refuse an archive path that is, holds or lies inside one of the ``protected`` inputs."""
-    target = Path(archive).resolve()
+    """Refuse an archive path that is, holds or lies inside one of the ``protected`` inputs (links followed or not)."""
     for name, path in protected.items():
         if not path:
             continue
-        kept = Path(path).resolve()
-        if target == kept or kept in target.parents or target in kept.parents:
-            relation = "is" if target == kept else "lies inside" if kept in target.parents else "holds"
-            raise StageInputError(f"the archive path {archive} {relation} the {name} {path}; the forecast would "
-                                  "replace it: choose another archive path")
+        for target, kept in ((Path(os.path.abspath(archive)), Path(os.path.abspath(path))),
+                             (Path(archive).resolve(), Path(path).resolve())):
+            if target == kept or kept in target.parents or target in kept.parents:
+                relation = "is" if target == kept else "lies inside" if kept in target.parents else "holds"
+                raise StageInputError(f"the archive path {archive} {relation} the {name} {path}; the forecast would "
+                                      "replace it: choose another archive path")
 
 
 def _streaming_scorer(stream: ScoreStream | None, archive: CampaignArchive, truth: xr.Dataset,
@@ -603,16 +603,20 @@ def score(cfg: ScoreConfig, archive: Path, store: Path, climatology: Path, out_d
     list of dict
         The global scores as records (:func:`ensembles.scorecard.scorecard_records`).
     """
-    forecasts, truth = open_archive(archive, allow_partial=cfg.partial), open_store(store)
+    (forecasts, completed), truth = open_for_scoring(archive, cfg.partial), open_store(store)
+    options = score_options(cfg) if completed is None else replace(score_options(cfg), recorded_complete=True)
+    if completed is not None:
+        log.warning("%s", completed.describe())
     run_ids = {"forecast_run_id": forecast_run_id or str(forecasts.attrs.get("forecast_run_id") or ""),
                "train_run_id": train_run_id or str(forecasts.attrs.get("train_run_id") or "")}
     tracker.set_tags({key: value for key, value in run_ids.items() if value})
     tracker.log_params({**_flatten(cfg.model_dump(mode="json")), "archive": str(archive), "store": str(store),
                         "climatology": str(climatology)})
     clim = open_climatology(climatology)
-    scorecard = score_archive(forecasts, truth[DATA], clim, score_options(cfg), variables=cfg.variables)
+    scorecard = score_archive(forecasts, truth[DATA], clim, options, variables=cfg.variables)
     left_out = {"forecasts_skipped_for_nan": int(scorecard["n_skipped"].sum()),
-                "forecasts_unwritten": int(scorecard["n_unwritten"].sum())}
+                "forecasts_unwritten": int(scorecard["n_unwritten"].sum()),
+                **({"init_times_left_out_incomplete": int(completed.left_out.size)} if completed else {})}
     tracker.log_metrics(left_out)
     if any(left_out.values()):
         log.warning("scores leave out %s (variable x init x lead); see n_skipped / n_unwritten in the scorecard",
