@@ -6,12 +6,14 @@ Layout (one store per campaign, Zarr v3)::
                                                          chunk = 1 x 1 x all members x grid,
                                                          attrs units / long_name (lexicon)
     init_time   datetime64     lead_time   timedelta64    member   int    lat, lon   degrees
-    attrs       lineage given by the caller, plus ``complete = True`` once finalised
+    attrs       lineage given by the caller, ``fourcast_forecast_archive = 1`` (the marker
+                that lets a later run replace it), plus ``complete = True`` once finalised
 
 A :class:`ZarrArchive` is created with its full extents and written under a temporary sibling
 path; :meth:`ZarrArchive.finalize` writes the attributes once and moves the store into place,
 replacing a previous archive at that path only then. A run that crashes leaves the previous
-archive untouched. :class:`MemoryArchive` keeps the same layout as an in-memory
+archive untouched. Only a forecast archive is ever replaced: anything else at the path (a
+training or climatology store, another folder, a file) is refused (:func:`check_replaceable`). :class:`MemoryArchive` keeps the same layout as an in-memory
 :class:`xarray.Dataset`. Both locate every write by coordinate label, never by position.
 
 With all members in one chunk, concurrent writers must not share an ``(init_time,
@@ -41,9 +43,15 @@ from ingest.atomic import discard, replace_path, temporary_sibling
 from ingest.dims import ARCHIVE_DIMS, CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER
 from ingest.errors import UnknownVariableError
 from ingest.lexicon import get_variables
+from ingest.schema import CLIMATOLOGY, DATA, MEAN, STD
 
 #: Root attribute set by ``finalize``; readers refuse an archive without it.
 COMPLETE = "complete"
+#: Root attribute marking a store as a fourcast forecast archive, the only kind a run may replace.
+ARCHIVE_MARKER = "fourcast_forecast_archive"
+#: Root attribute holding the fingerprint of the campaign an archive holds (:mod:`ensembles.campaign`);
+#: campaign archives written before :data:`ARCHIVE_MARKER` existed are recognised by it.
+FINGERPRINT = "campaign_fingerprint"
 
 
 @dataclass(frozen=True)
@@ -195,7 +203,8 @@ class ZarrArchive:
     Parameters
     ----------
     path : str or pathlib.Path
-        Final location of the store; an archive already there is replaced at finalize.
+        Final location of the store; a forecast archive already there is replaced at finalize,
+        anything else there is refused (:func:`check_replaceable`).
     variables : sequence of str
         Lexicon ids to archive.
     init_times : array of datetime64, shape (init_time,)
@@ -224,6 +233,7 @@ class ZarrArchive:
         self.path = Path(path)
         self.partial_path = temporary_sibling(self.path)
         self._finalized = False
+        check_replaceable(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         template = self.layout.template(self._lazy_empty, attrs={})
         encoding = {v: {"chunks": self.layout.chunk_shape} for v in self.layout.variables}
@@ -263,7 +273,8 @@ class ZarrArchive:
         """
         if self._finalized:
             raise ArchiveError(f"archive {self.path} is already finalised")
-        self._group.attrs.update({**self.attrs, COMPLETE: True})
+        check_replaceable(self.path)
+        self._group.attrs.update({**self.attrs, ARCHIVE_MARKER: 1, COMPLETE: True})
         replace_path(self.partial_path, self.path)
         self._finalized = True
         return str(self.path)
@@ -316,8 +327,8 @@ class MemoryArchive:
             self.dataset[variable].values[i_init, i_lead, i_members] = field
 
     def finalize(self) -> str:
-        """Set the attributes and ``complete = True``; returns ``"memory"``."""
-        self.dataset.attrs.update({**self.attrs, COMPLETE: True})
+        """Set the attributes, the archive marker and ``complete = True``; returns ``"memory"``."""
+        self.dataset.attrs.update({**self.attrs, ARCHIVE_MARKER: 1, COMPLETE: True})
         return "memory"
 
 
@@ -363,7 +374,7 @@ def open_archive(path: str | Path, allow_partial: bool = False) -> xr.Dataset:
     """
     path = Path(path)
     if not path.exists():
-        unfinished = sorted(path.parent.glob(f".{path.name}.partial-*"))
+        unfinished = unfinished_stores(path)
         if unfinished:
             raise ArchiveError(
                 f"the archive at {path} is unfinished: {unfinished[0]} was never committed (its writer is running "
@@ -384,6 +395,65 @@ def open_archive(path: str | Path, allow_partial: bool = False) -> xr.Dataset:
     if not ds.data_vars or wrong:
         raise ArchiveError(f"{path}: expected variables with dims {ARCHIVE_DIMS}, found {wrong or 'no variables'}")
     return ds
+
+
+def unfinished_stores(path: str | Path) -> list[Path]:
+    """The stores being written, or left unfinished by a killed run, for the archive at ``path``."""
+    path = Path(path)
+    return sorted(p for tag in ("partial", "finalising") for p in path.parent.glob(f".{path.name}.{tag}-*"))
+
+
+def check_replaceable(path: str | Path) -> None:
+    """Refuse to replace ``path`` unless nothing is there or it holds a fourcast forecast archive.
+
+    A forecast archive carries :data:`ARCHIVE_MARKER` (or, written before the marker existed,
+    :data:`FINGERPRINT`) in its root attributes. Anything else — the training store, the
+    climatology store, another Zarr store, a folder, a file — is never replaced.
+
+    Raises
+    ------
+    ArchiveError
+        Naming ``path`` and what it holds.
+    """
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    attrs = _zarr_root_attributes(path)
+    if attrs is not None and (ARCHIVE_MARKER in attrs or FINGERPRINT in attrs):
+        return
+    raise ArchiveError(f"refusing to replace {path}: it is {describe_path(path)}, not a fourcast forecast archive "
+                       f"(no {ARCHIVE_MARKER!r} attribute); choose another archive path")
+
+
+def describe_path(path: str | Path) -> str:
+    """What is at ``path``, in a few words: a training store, a climatology store, a folder, a file, …"""
+    path = Path(path)
+    link = f" (a link to {path.resolve()})" if path.is_symlink() else ""
+    if not path.exists():
+        return "nothing" + link
+    if not path.is_dir():
+        return f"a file of {path.stat().st_size} bytes{link}"
+    attrs = _zarr_root_attributes(path)
+    if attrs is None:
+        return f"a folder that is not a Zarr v3 store ({len(list(path.iterdir()))} entries){link}"
+    arrays = sorted(p.name for p in path.iterdir() if (p / "zarr.json").is_file())
+    if {DATA, MEAN, STD} <= set(arrays):
+        kind = "a fourcast training store"
+    elif CLIMATOLOGY in arrays:
+        kind = "a fourcast climatology store"
+    else:
+        kind = "a Zarr v3 store"
+    return f"{kind} (arrays {arrays}){link}"
+
+
+def _zarr_root_attributes(path: Path) -> dict[str, Any] | None:
+    """Root attributes of the Zarr v3 store at ``path``, or None if it is not one."""
+    try:
+        metadata = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    attributes = metadata.get("attributes", {}) if isinstance(metadata, dict) else None
+    return attributes if isinstance(attributes, dict) else None
 
 
 def _unique_labels(labels: np.ndarray, dim: str) -> np.ndarray:
@@ -428,8 +498,9 @@ def _as_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
 def checked_attrs(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
     """``attrs`` as a plain dict, refusing the reserved ``complete`` key and non-JSON values."""
     attrs = dict(attrs or {})
-    if COMPLETE in attrs:
-        raise ArchiveError(f"attribute {COMPLETE!r} is reserved: finalize sets it")
+    reserved = [key for key in (COMPLETE, ARCHIVE_MARKER) if key in attrs]
+    if reserved:
+        raise ArchiveError(f"attributes {reserved} are reserved: the archive sets them")
     try:
         json.dumps(attrs)
     except TypeError as err:

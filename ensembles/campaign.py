@@ -42,7 +42,7 @@ import torch
 import zarr
 import zarr.errors
 
-from ensembles.archive import COMPLETE, ArchiveLayout, checked_attrs
+from ensembles.archive import ARCHIVE_MARKER, COMPLETE, FINGERPRINT, ArchiveLayout, check_replaceable, checked_attrs
 from ensembles.errors import ArchiveError, CampaignIncompleteError, CampaignMismatchError, EnsembleInputError
 from ensembles.protocols import Coords
 from ingest.atomic import discard, replace_path, temporary_sibling
@@ -50,8 +50,6 @@ from ingest.locks import CampaignLock
 
 #: Root attribute holding the campaign's settings (:meth:`Campaign.describe`).
 CAMPAIGN = "campaign"
-#: Root attribute holding :meth:`Campaign.fingerprint`.
-FINGERPRINT = "campaign_fingerprint"
 #: Completion markers: uint8 ``[init_time, member_block]``, one chunk per work item.
 DONE = "progress/done"
 
@@ -190,7 +188,8 @@ class CampaignArchive:
         URI, code version, …); ``start_time`` is added then and ``end_time`` when committed.
     overwrite : bool
         Replace an archive of a different campaign at ``path`` (at commit) and discard
-        unfinished stores of other campaigns there. Without it, both are refused.
+        unfinished stores of other campaigns there. Without it, both are refused. Whatever
+        it says, something at ``path`` that is not a forecast archive is never replaced.
 
     Attributes
     ----------
@@ -203,6 +202,8 @@ class CampaignArchive:
         If ``path`` holds, or is building, another campaign and ``overwrite`` is false.
     ingest.locks.LockHeldError
         If processes of another campaign are writing at ``path`` now (whatever ``overwrite``).
+    ArchiveError
+        If ``path`` holds something that is not a forecast archive (a training store, a file, …).
     """
 
     def __init__(
@@ -244,8 +245,9 @@ class CampaignArchive:
 
     def _committed_is_ours(self, overwrite: bool) -> bool:
         """Whether ``path`` holds this campaign, complete; refuses another campaign there."""
-        if not self.path.exists():
+        if not self.path.exists() and not self.path.is_symlink():
             return False
+        check_replaceable(self.path)
         attrs = _root_attrs(self.path)
         if attrs.get(FINGERPRINT) == self.fingerprint and attrs.get(COMPLETE) is True:
             return True
@@ -295,7 +297,7 @@ class CampaignArchive:
             "done", shape=(self.campaign.init_times.size, self.campaign.n_blocks), chunks=(1, 1), dtype="uint8",
             fill_value=0, attributes={"long_name": "1 once the (init_time, member block) work item is written"})
         group.attrs.update({**self.lineage, CAMPAIGN: self.campaign.describe(), FINGERPRINT: self.fingerprint,
-                            "start_time": _now()})
+                            ARCHIVE_MARKER: 1, "start_time": _now()})
 
     @property
     def group(self) -> zarr.Group:
@@ -417,9 +419,21 @@ class CampaignArchive:
         try:
             group = zarr.open_group(self.claimed_path, mode="r+", zarr_format=3)
             group.attrs.update({"end_time": _now(), COMPLETE: True})
+            check_replaceable(self.path)  # something else may have been put there since the launch
             replace_path(self.claimed_path, self.path)
         except FileNotFoundError:
             pass  # a relaunch took the claimed store back; the protocol goes on from there
+
+
+def recorded_items(path: str | Path) -> np.ndarray | None:
+    """The completion records ``[init_time, member block]`` (bool) of the campaign store at ``path``.
+
+    Returns None if the store holds no records (an archive not written by a campaign).
+    """
+    try:
+        return zarr.open_array(Path(path) / DONE, mode="r", zarr_format=3)[...].astype(bool)
+    except (FileNotFoundError, zarr.errors.ArrayNotFoundError, zarr.errors.NodeTypeValidationError):
+        return None
 
 
 def _rename_if_there(source: Path, target: Path) -> None:

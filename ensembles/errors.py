@@ -39,6 +39,13 @@ class CampaignIncompleteError(EnsembleError, RuntimeError):
     """
 
 
+class NonFiniteForecastError(EnsembleError, FloatingPointError):
+    """A forecast block holds NaN or infinite values; it is neither written nor recorded complete.
+
+    The message names the init time, the member block, the lead time and the variables.
+    """
+
+
 class ScoringError(EnsembleError, ValueError):
     """Forecasts cannot be scored against the given truth.
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ensembles.archive import Tee
 from ensembles.campaign import Campaign, CampaignArchive
-from ensembles.errors import EnsembleInputError
+from ensembles.errors import EnsembleInputError, NonFiniteForecastError
 from ensembles.protocols import Archive, Coords, Perturbation, Prognostic
 from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER
 
@@ -110,6 +110,9 @@ def run_ensemble(
     EnsembleInputError
         Before anything is written, if counts are not positive or ``coords`` do not match
         ``initial`` or the prognostic's input coordinates.
+    NonFiniteForecastError
+        If a block of members holds a NaN or an infinity at some lead time; that block is not
+        written at that lead (nor later), naming init time, members, lead and variables.
     """
     _check_counts(n_members=n_members, n_steps=n_steps, members_per_batch=members_per_batch, seed=seed)
     run_members = _members_to_run(members, n_members)
@@ -125,6 +128,7 @@ def run_ensemble(
             for step in range(lead_times.size):
                 if step:
                     x, x_coords = prognostic.step(x, x_coords)
+                _check_finite(x, x_coords, init_time, lead_times[step])
                 archive.write(x, {INIT_TIME: init_label, LEAD_TIME: lead_times[step : step + 1], **x_coords})
                 if step and on_step is not None:
                     on_step(int(block.size))
@@ -211,6 +215,12 @@ def run_campaign(
     Returns
     -------
     CampaignRun
+
+    Raises
+    ------
+    NonFiniteForecastError
+        If a work item's forecast holds a NaN or an infinity: the item is not marked done and
+        the archive is not committed (see :func:`run_ensemble`).
     """
     if archive.campaign.fingerprint() != campaign.fingerprint():
         raise EnsembleInputError(
@@ -238,6 +248,23 @@ def run_campaign(
         sink.finalize()
     location = str(archive.path) if archive.complete else archive.finalize_when_complete(wait_timeout)
     return CampaignRun(location, len(mine), member_steps, seconds)
+
+
+def _check_finite(x: torch.Tensor, coords: Coords, init_time: np.datetime64, lead: np.timedelta64) -> None:
+    """Raise :class:`NonFiniteForecastError` if ``x`` ``(member, channel, lat, lon)`` holds a NaN or an infinity."""
+    finite = torch.isfinite(x)
+    if bool(finite.all()):
+        return
+    bad = (~finite).flatten(2).sum(dim=-1).cpu()  # (member, channel) counts
+    variables = {str(c): int(n) for c, n in zip(coords[CHANNEL], bad.sum(dim=0).tolist()) if n}
+    members = [int(m) for m, n in zip(coords[MEMBER], bad.sum(dim=1).tolist()) if n]
+    hours = np.timedelta64(lead, "ns") / np.timedelta64(1, "h")
+    raise NonFiniteForecastError(
+        f"the forecast from init time {str(np.datetime64(init_time, 's'))} for the member block "
+        f"{[int(m) for m in coords[MEMBER]]} is not finite at lead {hours:g} h: NaN or infinite values in variables "
+        f"{list(variables)} (count per variable {variables}, in members {members}); it is not archived and its work "
+        "item is not recorded complete, so the archive stays unfinished. Check the model (did its training diverge?)"
+    )
 
 
 def _check_counts(**counts: int) -> None:

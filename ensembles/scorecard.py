@@ -29,6 +29,12 @@ whose forecast, truth or climatology holds a NaN; ``"skip"`` leaves such a forec
 every system alike (so systems stay comparable) and counts it in ``n_skipped``. Partial
 archives (``allow_partial``): a forecast that is NaN everywhere was never written; it is left
 out and counted in ``n_unwritten`` instead of failing.
+
+Unfinished campaign archives (:func:`open_for_scoring` with ``partial``): the per-item
+completion records decide what is scored, not NaNs. Only the init times whose every member
+block is recorded complete are kept (so every score averages over the same full ensemble); the
+others are left out and counted. The NaN policy then applies to the NaNs of those completed
+forecasts, which are real ones (``ScoreOptions.recorded_complete``).
 """
 
 from __future__ import annotations
@@ -44,9 +50,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ensembles.archive import open_archive, unfinished_stores
 from ensembles.baselines import climatology_at, require_labels
-from ensembles.campaign import CAMPAIGN
-from ensembles.errors import ScoringError
+from ensembles.campaign import CAMPAIGN, recorded_items
+from ensembles.errors import ArchiveError, ScoringError
 from ensembles.metrics import METRICS, RANK, StatisticSums, finalise, forecast_statistics, rank_histogram_frequencies
 from ensembles.regions import REGIONS, Region, weight_matrix
 from ingest.atomic import discard, replace_path, temporary_sibling
@@ -82,12 +89,16 @@ class ScoreOptions:
         Leave out forecasts that were never written (all NaN) instead of failing.
     baselines : bool
         Also score persistence and climatology.
+    recorded_complete : bool
+        Every forecast given is recorded complete by the archive (:func:`open_for_scoring`), so
+        a NaN in it, even everywhere, is a real NaN under ``nan_policy``, never "unwritten".
     """
 
     regions: tuple[Region, ...] = tuple(REGIONS.values())
     nan_policy: Literal["fail", "skip"] = "fail"
     allow_partial: bool = False
     baselines: bool = True
+    recorded_complete: bool = False
 
     def __post_init__(self) -> None:
         if self.nan_policy not in NAN_POLICIES:
@@ -221,7 +232,7 @@ def _usable(accumulator: ScoreAccumulator, variable: str, init_time: np.datetime
     where = f"{variable} from {str(init_time)[:16]} at lead {_hours(lead):g} h"
     key = (variable, np.timedelta64(lead, "ns"))
     missing = np.isnan(forecast)
-    if missing.all():
+    if missing.all() and not options.recorded_complete:
         if options.allow_partial:
             accumulator.unwritten[key] += 1
             return False
@@ -245,6 +256,85 @@ def _usable(accumulator: ScoreAccumulator, variable: str, init_time: np.datetime
                 "was computed from does not cover that day: compute it from a longer period")
     raise ScoringError(f"NaN values in {where}: {found}{hint}; expected none (nan_policy='fail'; 'skip' leaves "
                        "such forecasts out)")
+
+
+@dataclass(frozen=True)
+class CompletedPart:
+    """What :func:`open_for_scoring` kept of an unfinished campaign archive.
+
+    Attributes
+    ----------
+    location : pathlib.Path
+        The store read (the unfinished sibling of the archive path when it was never committed).
+    scored, left_out : numpy.ndarray of datetime64[ns]
+        Init times every member block of which is recorded complete, and the others.
+    items_done, items_total : int
+        Work items (init time x member block) recorded complete, and in the campaign.
+    """
+
+    location: Path
+    scored: np.ndarray
+    left_out: np.ndarray
+    items_done: int
+    items_total: int
+
+    def describe(self) -> str:
+        """One sentence: how much is scored and what is left out."""
+        left = ", ".join(str(t)[:16] for t in self.left_out[:5]) + (", …" if self.left_out.size > 5 else "")
+        return (f"scoring {self.scored.size} of {self.scored.size + self.left_out.size} init times of {self.location} "
+                f"({self.items_done} of {self.items_total} work items recorded complete); left out "
+                + (f"{self.left_out.size} init times with member blocks not recorded complete ({left})"
+                   if self.left_out.size else "nothing"))
+
+
+def open_for_scoring(path: str | Path, partial: bool = False) -> tuple[xr.Dataset, CompletedPart | None]:
+    """The archive at ``path`` to score; with ``partial``, only what an unfinished campaign completed.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The archive's location. With ``partial``, when nothing was committed there, the
+        unfinished campaign store beside it (e.g. of a killed run) is read instead.
+    partial : bool
+        Score an archive that was never finalised. A campaign store's completion records
+        decide what is kept: the init times whose every member block is recorded complete.
+        A store without records (not written by a campaign) is returned whole; its unwritten
+        forecasts are left out by ``ScoreOptions.allow_partial``.
+
+    Returns
+    -------
+    archive : xarray.Dataset
+    completed : CompletedPart or None
+        What was kept, when completion records chose it (score with
+        ``ScoreOptions(recorded_complete=True)`` then).
+
+    Raises
+    ------
+    ArchiveError
+        If there is no archive (or several unfinished stores) at ``path``, or it is not finalised
+        and ``partial`` is false.
+    ScoringError
+        If no init time has every member block recorded complete.
+    """
+    path = Path(path)
+    if not partial:
+        return open_archive(path), None
+    unfinished = [] if path.exists() else unfinished_stores(path)
+    if len(unfinished) > 1:
+        raise ArchiveError(f"no archive was committed at {path} and several unfinished stores lie beside it "
+                           f"({[p.name for p in unfinished]}); score one of them by its path")
+    location = unfinished[0] if unfinished else path
+    archive = open_archive(location, allow_partial=True)
+    done = recorded_items(location)
+    if done is None:
+        return archive, None
+    inits = archive[INIT_TIME].values.astype("datetime64[ns]")
+    complete = done.all(axis=1)
+    if not complete.any():
+        raise ScoringError(f"no init time of {location} has every member block recorded complete ({int(done.sum())} "
+                           f"of {done.size} work items done): nothing to score yet; resume the campaign")
+    return (archive.isel({INIT_TIME: np.flatnonzero(complete)}),
+            CompletedPart(location, inits[complete], inits[~complete], int(done.sum()), int(done.size)))
 
 
 def score_archive(

@@ -3,18 +3,26 @@ training states that let ``fourcast train --resume`` continue a run exactly.
 
 Both are written atomically (temporary name, then rename), so a kill at any moment leaves the
 previous complete file in place, and read with ``torch.load(weights_only=True)`` so a checkpoint
-can never run code: they hold only tensors, numbers, strings, lists and dicts.
+can never run code: they hold only tensors, numbers, strings, lists and dicts. The temporary name
+``.<name>.partial-<pid>-<random>`` carries the writer's process id, so the leftovers of a killed
+writer are recognised and removed (:func:`remove_stale_partials`). Loading refuses weights or
+normalisation statistics that are not finite, and a standard deviation that is not positive.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import shutil
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fourcast.errors import CheckpointError
+from fourcast.errors import CheckpointError, CheckpointWriteError
 from ingest.atomic import discard, replace_path, temporary_sibling
 
 FORMAT_VERSION = 1
@@ -22,6 +30,10 @@ TRAINING_STATE_VERSION = 1
 TRAINING_STATE_KEYS = ("model_state", "optimizer_state", "scheduler_state", "scaler_state", "step", "phase",
                        "phase_step", "cursor", "rng_states", "best_score", "best_step", "history", "config", "meta",
                        "lineage")
+#: Temporary names of checkpoints being written: ``.<name>.partial-<pid>-<random hex>``.
+_PARTIAL = re.compile(r"^\..+\.partial-(?:(?P<pid>\d+)-)?[0-9a-f]+$")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,6 +78,22 @@ class CheckpointMeta:
                 )
 
 
+    def check_usable(self, where: str | Path) -> None:
+        """Raise :class:`CheckpointError` naming the channels whose statistics cannot normalise.
+
+        Each channel needs a finite mean and a finite, positive standard deviation.
+        """
+        if not len(self.mean) == len(self.std) == len(self.channels):
+            raise CheckpointError(f"{where}: expected a mean and a std per channel ({len(self.channels)}), found "
+                                  f"{len(self.mean)} means and {len(self.std)} stds")
+        for name, values, usable in (("mean", self.mean, np.isfinite),
+                                     ("std", self.std, lambda v: np.isfinite(v) & (v > 0))):
+            bad = {c: v for c, v, ok in zip(self.channels, values, usable(np.asarray(values, dtype=float))) if not ok}
+            if bad:
+                wanted = "finite values" if name == "mean" else "finite, positive values"
+                raise CheckpointError(f"{where}: normalisation {name} of channels {sorted(bad)} is {bad}; expected "
+                                      f"{wanted} (the statistics it was trained with are broken)")
+
     def check_statistics(self, mean: np.ndarray, std: np.ndarray) -> None:
         """Raise :class:`CheckpointError` unless the normalisation statistics equal the checkpoint's."""
         for name, mine, theirs in (("mean", self.mean, mean), ("std", self.std, std)):
@@ -77,15 +105,90 @@ class CheckpointMeta:
 
 
 def _save_atomically(payload: dict, path: str | Path) -> Path:
+    """Write ``payload`` to a temporary sibling of ``path``, then move it onto ``path``.
+
+    Raises
+    ------
+    CheckpointWriteError
+        If the file system refuses the write (no space, file-size limit, I/O error); the file
+        at ``path`` is left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(path)
+    tmp = temporary_sibling(path, tag=f"partial-{os.getpid()}")
     try:
         torch.save(payload, tmp)
         return replace_path(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch's zip writer reports a failed write as a RuntimeError
+        discard(tmp)
+        raise CheckpointWriteError(_write_failure(path, err)) from err
     except BaseException:
         discard(tmp)
         raise
+
+
+def _write_failure(path: Path, err: BaseException) -> str:
+    """Why writing ``path`` failed, the free space there, and what is left of the previous file."""
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    previous = f"the previous {path.name} is intact" if path.exists() else f"there was no previous {path.name}"
+    return (f"the checkpoint could not be written to {path} ({type(err).__name__}: {err}); the file system there has "
+            f"{free} (a full disk or a file-size limit stops a write); {previous}")
+
+
+def remove_stale_partials(directory: str | Path) -> list[Path]:
+    """Remove the temporary checkpoint files in ``directory`` left by writers that no longer run.
+
+    A temporary file whose name carries the id of a live process is kept (it may be being
+    written); one without a process id is from an older writer and is removed too.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files removed.
+    """
+    directory = Path(directory)
+    removed = []
+    for path in sorted(directory.glob(".*.partial-*")) if directory.is_dir() else []:
+        match = _PARTIAL.match(path.name)
+        if not path.is_file() or match is None or (match["pid"] and _running(int(match["pid"]))):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+        log.info("removed %s, the leftover of a checkpoint write that was killed", path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def set_aside(directory: str | Path) -> Path | None:
+    """Move the checkpoints (``*.pt``) of an earlier run in ``directory`` into a new subfolder.
+
+    Returns
+    -------
+    pathlib.Path or None
+        ``directory/replaced-<UTC time>``, holding them; None if there were none.
+    """
+    directory = Path(directory)
+    earlier = sorted(p for p in directory.glob("*.pt") if p.is_file()) if directory.is_dir() else []
+    if not earlier:
+        return None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    aside = directory / f"replaced-{stamp}"
+    aside.mkdir()
+    for path in earlier:
+        os.replace(path, aside / path.name)
+    return aside
 
 
 def _load_payload(path: str | Path, what: str) -> dict:
@@ -125,14 +228,27 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Checkpoi
     if payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: expected a fourcast checkpoint of format {FORMAT_VERSION}, "
                               f"found format {payload.get('format_version')!r}")
-    return payload["model_state"], _meta(payload, path)
+    meta = _meta(payload, path)
+    _check_finite(payload["model_state"], path)
+    return payload["model_state"], meta
 
 
 def _meta(payload: dict, path: str | Path) -> CheckpointMeta:
     try:
-        return CheckpointMeta(**payload["meta"])
+        meta = CheckpointMeta(**payload["meta"])
     except (TypeError, KeyError) as err:
         raise CheckpointError(f"{path}: checkpoint metadata does not match CheckpointMeta: {err}") from err
+    meta.check_usable(path)
+    return meta
+
+
+def _check_finite(state: dict, path: str | Path) -> None:
+    """Raise :class:`CheckpointError` naming the first weight tensor holding a NaN or an infinity."""
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            count = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{path}: weight tensor {name!r} holds {count} non-finite values (NaN or inf) of "
+                                  f"{tensor.numel()}; expected finite weights (the run that wrote it diverged?)")
 
 
 def save_training_state(path: str | Path, state: dict) -> Path:
@@ -165,4 +281,6 @@ def load_training_state(path: str | Path) -> dict:
     missing = [key for key in TRAINING_STATE_KEYS if key not in payload]
     if missing:
         raise CheckpointError(f"{path}: training state lacks {missing}")
-    return {**payload, "meta": _meta(payload, path)}
+    meta = _meta(payload, path)
+    _check_finite(payload["model_state"], path)
+    return {**payload, "meta": meta}

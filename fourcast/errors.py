@@ -14,7 +14,11 @@ class DataWindowError(FourcastError, ValueError):
 
 
 class CheckpointError(FourcastError):
-    """A checkpoint is missing, unreadable, or disagrees with the data."""
+    """A checkpoint is missing, unreadable, holds non-finite values, or disagrees with the data."""
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint could not be written (disk full, file-size limit, …); the previous one is intact."""
 
 
 class NonFiniteLossError(FourcastError, FloatingPointError):

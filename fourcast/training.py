@@ -36,7 +36,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as recompute
 
-from fourcast.checkpoint import CheckpointMeta, load_training_state, save_checkpoint, save_training_state
+from fourcast.checkpoint import (CheckpointMeta, load_checkpoint, load_training_state, remove_stale_partials,
+                                 save_checkpoint, save_training_state, set_aside)
 from fourcast.data import BatchCursor, StoreWindows, batch_stream
 from fourcast.distributed import DistContext, all_reduce_mean, all_reduce_sum, barrier, gather_objects, wrap_model
 from fourcast.errors import CheckpointError, DataWindowError, DistributedSetupError, ModelSpecError, NonFiniteLossError
@@ -121,6 +122,10 @@ class CheckpointPlan:
     lineage : dict
         Plain values recorded in every state (e.g. the tracking run id), read back as
         ``TrainResult.resumed_lineage`` by the run that resumes from it.
+    restart : bool
+        Start over in a directory holding an earlier run's checkpoints: they are moved into a
+        ``replaced-<time>`` subfolder first. Without it (and without ``resume_from``) such a
+        directory is refused, so an earlier run is never overwritten silently.
     """
 
     directory: Path
@@ -129,6 +134,7 @@ class CheckpointPlan:
     config: dict = field(default_factory=dict)
     resume_from: Path | None = None
     lineage: dict = field(default_factory=dict)
+    restart: bool = False
 
     @property
     def last(self) -> Path:
@@ -435,6 +441,39 @@ def _check_resumable(state: dict, plan: CheckpointPlan, settings: TrainSettings,
                     "statistics)", path, fingerprint, plan.meta.extra.get("store_fingerprint"))
 
 
+def _prepare_directory(plan: CheckpointPlan, ctx: DistContext) -> None:
+    """Clear leftovers of killed writes; refuse, or set aside, an earlier run's checkpoints when starting afresh."""
+    if ctx.is_main:
+        remove_stale_partials(plan.directory)
+    if plan.resume_from is not None:
+        return
+    if not plan.restart:
+        earlier = _earlier_run(plan)
+        if earlier:
+            raise CheckpointError(
+                f"{plan.directory} holds the checkpoints of an earlier run ({earlier}); starting afresh would overwrite "
+                "them. Continue that run with --resume, or start over with --restart (its checkpoints are then moved "
+                f"into {plan.directory}/replaced-<time>/), or train into another workdir")
+    elif ctx.is_main:
+        aside = set_aside(plan.directory)
+        if aside is not None:
+            log.warning("starting over: the earlier run's checkpoints were moved to %s", aside)
+
+
+def _earlier_run(plan: CheckpointPlan) -> str:
+    """The checkpoints (``*.pt``) in ``plan.directory`` and their steps, or ``""`` if there are none."""
+    found = []
+    for path in sorted(Path(plan.directory).glob("*.pt")):
+        try:
+            if path == plan.last:
+                found.append(f"{path} at step {load_training_state(path)['step']}")
+            else:
+                found.append(f"{path} of step {load_checkpoint(path)[1].extra.get('best_step', '?')}")
+        except CheckpointError as err:
+            found.append(f"{path}, unreadable: {err}")
+    return "; ".join(found)
+
+
 def _prepare(model: nn.Module, settings: TrainSettings, ctx: DistContext) -> tuple[nn.Module, nn.Module]:
     """``(forward module, module that trains)``: optionally recomputed and compiled; DDP across ranks."""
     if settings.activation_checkpointing:
@@ -475,7 +514,11 @@ def train(model: nn.Module, make_windows: Callable[[int], StoreWindows], validat
         On every rank at once, naming the step and the variables whose loss is not finite; the
         last training state written stays as it was.
     CheckpointError
-        If the state to resume from is missing, corrupt, or from other data or settings.
+        If the state to resume from is missing, corrupt, or from other data or settings; or,
+        starting afresh without ``checkpoints.restart``, if the directory holds an earlier
+        run's checkpoints (the message names them and their steps).
+    CheckpointWriteError
+        If a checkpoint cannot be written (e.g. the disk is full); the previous one is intact.
     """
     ctx = ctx or DistContext(device=device)
     device = ctx.device
@@ -487,6 +530,8 @@ def train(model: nn.Module, make_windows: Callable[[int], StoreWindows], validat
     if checkpoints is not None and checkpoints.resume_from is not None:
         state = load_training_state(checkpoints.resume_from)
         _check_resumable(state, checkpoints, settings, Path(checkpoints.resume_from))
+    if checkpoints is not None:
+        _prepare_directory(checkpoints, ctx)
     seed_rank(settings.seed, ctx.rank)
     model.to(device).train()
     forward, trainer = _prepare(model, settings, ctx)

@@ -60,8 +60,12 @@ def _parser() -> argparse.ArgumentParser:
         ingest_actions.add_parser(action, help=help_text, description=help_text).add_argument(
             "store", type=Path, help="path of the Zarr v3 training store")
     train = add("train", "train the configured model preset on the store (under torchrun: data-parallel on all ranks)")
-    train.add_argument("--resume", nargs="?", const=RESUME_LAST, default=None, metavar="PATH",
+    start = train.add_mutually_exclusive_group()
+    start.add_argument("--resume", nargs="?", const=RESUME_LAST, default=None, metavar="PATH",
                        help="continue exactly from a training state (default: checkpoints/last.pt in the workdir)")
+    start.add_argument("--restart", action="store_true",
+                       help="start over although the workdir holds an earlier run: its checkpoints are moved to "
+                            "checkpoints/replaced-<time>/ (without --resume or --restart such a workdir is refused)")
     _forecast_options(add("forecast", "run the ensemble campaign into a Zarr archive; under torchrun its (init time, "
                           "member block) work items are split over the processes; a relaunch resumes it"))
     _score_options(add("score", "score the archive and the baselines against the store into a scorecard (netCDF, "
@@ -199,7 +203,7 @@ def _preflight(command: str, cfg: RunConfig, paths, stages) -> None:
         stages.require_writable(folder, what)
 
 
-def _run_stage(command: str, cfg: RunConfig, resume: str | None = None) -> None:
+def _run_stage(command: str, cfg: RunConfig, resume: str | None = None, restart: bool = False) -> None:
     from pipeline import stages  # heavy imports only once a stage runs
 
     paths = stages.Paths(cfg.workdir)
@@ -224,10 +228,11 @@ def _run_stage(command: str, cfg: RunConfig, resume: str | None = None) -> None:
             files = stages.raw_files(paths.raw)
         print(stages.ingest(cfg.ingest, cfg.cluster, files, paths.store, paths.climatology))
     else:
-        _run_tracked_stage(command, cfg, paths, stages, resume)
+        _run_tracked_stage(command, cfg, paths, stages, resume, restart)
 
 
-def _run_tracked_stage(command: str, cfg: RunConfig, paths, stages, resume: str | None = None) -> None:
+def _run_tracked_stage(command: str, cfg: RunConfig, paths, stages, resume: str | None = None,
+                       restart: bool = False) -> None:
     from pipeline.tracking import NullTracker, default_tracking_uri, mlflow_run
 
     uri = cfg.tracking.tracking_uri or default_tracking_uri(paths.workdir)
@@ -238,14 +243,14 @@ def _run_tracked_stage(command: str, cfg: RunConfig, paths, stages, resume: str 
         if command == "train":
             state = stages.training_state_path(paths.checkpoint) if resume == RESUME_LAST else resume and Path(resume)
             checkpoint = stages.train_model(cfg.train, paths.store, paths.checkpoint, tracker, resume=state,
-                                            climatology=paths.climatology)
+                                            climatology=paths.climatology, restart=restart)
             if main_rank:
                 print(checkpoint)
         elif command == "forecast":
             archive = stages.forecast(cfg.forecast, paths.checkpoint, paths.store,
                                       cfg.forecast.archive or paths.archive, tracker,
                                       overwrite=cfg.forecast.overwrite, tracking_uri=uri,
-                                      stream=stages.score_stream(cfg, paths))
+                                      stream=stages.score_stream(cfg, paths), climatology=paths.climatology)
             if main_rank:
                 print(archive)
         else:
@@ -310,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "check-config":
             print(cfg.model_dump_json(indent=2))
             return 0
-        _run_stage(command, cfg, getattr(args, "resume", None))
+        _run_stage(command, cfg, getattr(args, "resume", None), getattr(args, "restart", False))
     except Exception as err:
         if debug or not isinstance(err, _run_errors()):
             raise

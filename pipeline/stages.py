@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from ensembles.protocols import Perturbation
 from ensembles.runner import run_campaign
 from ensembles.streaming import StreamingScorer
 from ensembles.regions import GLOBAL, Region, get_region
-from ensembles.scorecard import (ScoreOptions, headline_records, score_archive, scorecard_records,
+from ensembles.scorecard import (ScoreOptions, headline_records, open_for_scoring, score_archive, scorecard_records,
                                  write_scorecard)
 from fourcast.checkpoint import CheckpointMeta, save_checkpoint
 from fourcast.data import StoreWindows
@@ -278,13 +278,15 @@ def training_state_path(checkpoint: Path) -> Path:
 
 
 def train_model(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tracker, resume: Path | None = None,
-                climatology: Path | None = None) -> Path:
+                climatology: Path | None = None, restart: bool = False) -> Path:
     """Train a preset on the store; writes the best checkpoint and logs to ``tracker``.
 
     Launched by ``torchrun``, every rank calls this: the ranks train data-parallel, and only
     rank 0 writes checkpoints and reports to ``tracker`` (the others get a :class:`NullTracker`).
     ``resume`` continues exactly from a training state (see :func:`training_state_path`);
-    ``climatology`` (the climatology store) is the reference of the validation ACC.
+    ``climatology`` (the climatology store) is the reference of the validation ACC. Without
+    ``resume``, a checkpoint folder holding an earlier run is refused unless ``restart`` is
+    given, which moves that run's checkpoints aside (:class:`fourcast.training.CheckpointPlan`).
 
     Raises
     ------
@@ -295,7 +297,7 @@ def train_model(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tracke
     _require_periods_in_store(cfg, store)
     with process_group(cfg.device) as ctx:
         return _train_on_rank(cfg, store, checkpoint, tracker if ctx.is_main else NullTracker(), resume, climatology,
-                              ctx)
+                              ctx, restart)
 
 
 def _require_periods_in_store(cfg: TrainConfig, store: Path) -> None:
@@ -336,7 +338,7 @@ class _MetricBuffer:
 
 
 def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tracker, resume: Path | None,
-                   climatology: Path | None, ctx: DistContext) -> Path:
+                   climatology: Path | None, ctx: DistContext, restart: bool = False) -> Path:
     leads_steps = _validation_leads(cfg, store)
     validation = StoreWindows(store, cfg.validation.start, cfg.validation.end, n_ahead=max(leads_steps))
     with seeded_initialisation(cfg.seed):  # the same initial weights in every run of this config
@@ -359,7 +361,7 @@ def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tra
                           extra={"store_fingerprint": fingerprint, "train_start": str(cfg.train.start),
                                  "train_end": str(cfg.train.end), "train_run_id": tracker.run_id or ""})
     plan = CheckpointPlan(checkpoint.parent, meta, cfg.checkpoint_every, config=cfg.model_dump(mode="json"),
-                          resume_from=resume, lineage={"run_id": tracker.run_id or ""})
+                          resume_from=resume, lineage={"run_id": tracker.run_id or ""}, restart=restart)
     report = _MetricBuffer(tracker, cfg.checkpoint_every)
     try:
         result = train(model, lambda n: StoreWindows(store, cfg.train.start, cfg.train.end, n_ahead=n), validation,
@@ -523,7 +525,7 @@ def score_stream(cfg: RunConfig, paths: Paths) -> ScoreStream | None:
 
 def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, tracker: Tracker, *,
              overwrite: bool = False, tracking_uri: str | None = None, launch: Launch | None = None,
-             stream: ScoreStream | None = None) -> Path:
+             stream: ScoreStream | None = None, climatology: Path | None = None) -> Path:
     """Ensemble campaign from the store's initial conditions into a Zarr archive; this process's share of it.
 
     Every process of a ``torchrun`` launch calls this; the (init time, member block) work items
@@ -543,7 +545,8 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
     tracker : Tracker
         Receives the lineage and throughput.
     overwrite : bool
-        Replace an archive of a different campaign at ``archive`` (refused otherwise).
+        Replace an archive of a different campaign at ``archive`` (refused otherwise). Nothing
+        but a forecast archive is ever replaced.
     tracking_uri : str, optional
         Where MLflow model URIs are resolved.
     launch : Launch, optional
@@ -553,18 +556,24 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
         scorecard (``streamed_``-prefixed metrics, ``streamed`` artifacts). One process only;
         when resuming a campaign whose archive already holds work items, streaming is skipped
         with a warning (those members are not produced again): score the archive instead.
+    climatology : pathlib.Path, optional
+        The climatology store, protected like ``store``: ``archive`` may not be, hold or lie in either.
 
     Raises
     ------
     StageInputError
         Before anything is written: the model step differs from ``cfg.step_hours``, the lead
         time is not a multiple of it, init times are not in the store, the model URI is bad,
-        streaming is asked of several processes.
+        streaming is asked of several processes, the archive path is, holds or lies in the store
+        or the climatology.
+    ArchiveError
+        If ``archive`` holds something that is not a forecast archive.
     CheckpointError
         If the checkpoint's channels or grid differ from the store's.
     CampaignMismatchError
         If ``archive`` holds another campaign and ``overwrite`` is false.
     """
+    _check_archive_path(archive, {"store": store, "climatology": climatology or (stream and stream.climatology)})
     launch = launch or Launch.from_env()
     device = _forecast_device(cfg, launch)
     model = str(cfg.model or checkpoint)
@@ -605,6 +614,19 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
     if launch.rank == 0:
         _log_forecast_map(tracker, archive, store, campaign.init_times[0], min(campaign.n_steps, 4) * campaign.step)
     return archive
+
+
+def _check_archive_path(archive: Path, protected: Mapping[str, Path | None]) -> None:
+    """Refuse an archive path that is, holds or lies inside one of the ``protected`` inputs (links followed or not)."""
+    for name, path in protected.items():
+        if not path:
+            continue
+        for target, kept in ((Path(os.path.abspath(archive)), Path(os.path.abspath(path))),
+                             (Path(archive).resolve(), Path(path).resolve())):
+            if target == kept or kept in target.parents or target in kept.parents:
+                relation = "is" if target == kept else "lies inside" if kept in target.parents else "holds"
+                raise StageInputError(f"the archive path {archive} {relation} the {name} {path}; the forecast would "
+                                      "replace it: choose another archive path")
 
 
 def _streaming_scorer(stream: ScoreStream | None, archive: CampaignArchive, truth: xr.Dataset,
@@ -672,18 +694,22 @@ def score(cfg: ScoreConfig, archive: Path, store: Path, climatology: Path, out_d
     list of dict
         The global scores as records (:func:`ensembles.scorecard.scorecard_records`).
     """
-    forecasts, truth = open_archive(archive, allow_partial=cfg.partial), open_store(store)
+    (forecasts, completed), truth = open_for_scoring(archive, cfg.partial), open_store(store)
     lead_times = _scored_leads(cfg, forecasts, archive)
+    options = score_options(cfg) if completed is None else replace(score_options(cfg), recorded_complete=True)
+    if completed is not None:
+        log.warning("%s", completed.describe())
     run_ids = {"forecast_run_id": forecast_run_id or str(forecasts.attrs.get("forecast_run_id") or ""),
                "train_run_id": train_run_id or str(forecasts.attrs.get("train_run_id") or "")}
     tracker.set_tags({key: value for key, value in run_ids.items() if value})
     tracker.log_params({**_flatten(cfg.model_dump(mode="json")), "archive": str(archive), "store": str(store),
                         "climatology": str(climatology)})
     clim = open_climatology(climatology)
-    scorecard = score_archive(forecasts, truth[DATA], clim, score_options(cfg), variables=cfg.variables,
+    scorecard = score_archive(forecasts, truth[DATA], clim, options, variables=cfg.variables,
                               lead_times=lead_times)
     left_out = {"forecasts_skipped_for_nan": int(scorecard["n_skipped"].sum()),
-                "forecasts_unwritten": int(scorecard["n_unwritten"].sum())}
+                "forecasts_unwritten": int(scorecard["n_unwritten"].sum()),
+                **({"init_times_left_out_incomplete": int(completed.left_out.size)} if completed else {})}
     tracker.log_metrics(left_out)
     if any(left_out.values()):
         log.warning("scores leave out %s (variable x init x lead); see n_skipped / n_unwritten in the scorecard",
@@ -837,12 +863,13 @@ def run_pipeline(cfg: RunConfig) -> PipelineResult:
     run_ids: dict[str, str] = {}
     experiment = dict(tracking_uri=uri, experiment=cfg.tracking.experiment, artifact_root=paths.artifacts)
     with _stage("train"), mlflow_run(run_name="train", tags={"stage": "train"}, **experiment) as tracker:
-        train_model(cfg.train, paths.store, paths.checkpoint, tracker, climatology=paths.climatology)
+        train_model(cfg.train, paths.store, paths.checkpoint, tracker, climatology=paths.climatology,
+                    restart=True)  # a pipeline run starts over: an earlier run's checkpoints are moved aside
         run_ids["train"] = tracker.run_id
     with _stage("forecast"), mlflow_run(run_name="forecast", tags={"stage": "forecast", "train_run_id": run_ids["train"]},
                                         **experiment) as tracker:
         forecast(cfg.forecast, paths.checkpoint, paths.store, paths.archive, tracker, overwrite=True, tracking_uri=uri,
-                 stream=score_stream(cfg, paths))
+                 stream=score_stream(cfg, paths), climatology=paths.climatology)
         run_ids["forecast"] = tracker.run_id
     with _stage("score"), mlflow_run(run_name="score", tags={"stage": "score", "forecast_run_id": run_ids["forecast"],
                                                              "train_run_id": run_ids["train"]},

@@ -67,7 +67,7 @@ def test_write_finalize_open_roundtrip(tmp_path, extents, coords):
 
     ds = open_archive(location)
     assert location == str(tmp_path / "run.zarr")
-    assert ds.attrs == {"model": "identity", "seed": 3, "complete": True}
+    assert ds.attrs == {"model": "identity", "seed": 3, "fourcast_forecast_archive": 1, "complete": True}
     for c, variable in enumerate(["z500", "u500"]):
         field = ds[variable]
         assert field.dims == ARCHIVE_DIMS
@@ -215,3 +215,52 @@ def test_bad_construction_leaves_nothing_behind(tmp_path, extents):
     with pytest.raises(ArchiveError, match="JSON-serialisable"):
         ZarrArchive(tmp_path / "run.zarr", **extents, attrs={"when": object()})
     assert list(tmp_path.iterdir()) == []
+
+
+def _snapshot(path) -> dict[str, bytes]:
+    """Every file under ``path`` (or ``path`` itself) with its bytes."""
+    if path.is_file():
+        return {path.name: path.read_bytes()}
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def not_an_archive(tmp_path, store_paths):
+    """``make(kind)``: a copy of the training or climatology store, a folder or a file, in ``tmp_path``."""
+    import shutil
+
+    def make(kind: str):
+        path = tmp_path / f"{kind}.zarr"
+        if kind in ("training", "climatology"):
+            shutil.copytree(store_paths[0 if kind == "training" else 1], path)
+        elif kind == "folder":
+            path.mkdir()
+            (path / "notes.txt").write_text("my results")
+        else:
+            path.write_text("my results")
+        return path
+    return make
+
+
+@pytest.mark.parametrize(("kind", "what"), [
+    ("training", r"a fourcast training store \(arrays \[.*'data'.*'mean'.*'std'"),
+    ("climatology", r"a fourcast climatology store \(arrays \[.*'climatology'"),
+    ("folder", r"a folder that is not a Zarr v3 store \(1 entries\)"),
+    ("file", r"a file of 10 bytes"),
+])
+def test_only_a_forecast_archive_is_ever_replaced(not_an_archive, extents, coords, kind, what):
+    path = not_an_archive(kind)
+    before = _snapshot(path)
+    with pytest.raises(ArchiveError, match=f"refusing to replace {path}: it is {what}.*not a fourcast forecast "
+                                           "archive .*choose another archive path"):
+        ZarrArchive(path, **extents)
+    assert _snapshot(path) == before
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_a_forecast_archive_is_marked_and_the_marker_is_reserved(tmp_path, extents, coords):
+    archive = ZarrArchive(tmp_path / "a.zarr", **extents)
+    _write_all(archive, coords, _fields(coords, 0))
+    assert open_archive(archive.finalize()).attrs["fourcast_forecast_archive"] == 1
+    with pytest.raises(ArchiveError, match=r"attributes \['fourcast_forecast_archive'\] are reserved"):
+        ZarrArchive(tmp_path / "b.zarr", **extents, attrs={"fourcast_forecast_archive": 2})

@@ -184,3 +184,56 @@ def test_another_campaign_is_refused_while_one_is_written_and_its_ranks_share_th
     for name, values in _arrays(path).items():
         assert values.tobytes() == _arrays(alone.archive)[name].tobytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zarr", "alone.zarr"]  # lock files gone with the lock
+
+
+def test_overwrite_never_replaces_what_is_not_a_forecast_archive(tmp_path, store_paths, drift_prognostic, truth,
+                                                                 coords):
+    import shutil
+
+    path = tmp_path / "store.zarr"
+    shutil.copytree(store_paths[0], path)
+    before = sorted((str(p.relative_to(path)), p.read_bytes()) for p in path.rglob("*") if p.is_file())
+    with pytest.raises(ArchiveError, match=f"refusing to replace {path}: it is a fourcast training store "
+                                           r"\(arrays .*\), not a fourcast forecast archive"):
+        _run(path, drift_prognostic, truth, coords, overwrite=True)
+    assert sorted((str(p.relative_to(path)), p.read_bytes()) for p in path.rglob("*") if p.is_file()) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["store.zarr"]
+    campaign_archive = _run(tmp_path / "a.zarr", drift_prognostic, truth, coords).archive
+    assert open_archive(campaign_archive).attrs["fourcast_forecast_archive"] == 1
+
+
+class _DivergingPrognostic:
+    """Drift, except that member 3's u500 turns NaN at every step: a model that blew up for one member."""
+
+    def __init__(self, drift) -> None:
+        self.drift = drift
+
+    def __getattr__(self, name):
+        return getattr(self.drift, name)
+
+    def step(self, x, coords):
+        x, coords = self.drift.step(x, coords)
+        members = coords[MEMBER].tolist()
+        if 3 in members:
+            x[members.index(3), 1] = float("nan")
+        return x, coords
+
+
+def test_a_non_finite_forecast_stops_the_campaign_and_is_never_recorded_complete(tmp_path, drift_prognostic, truth,
+                                                                                 coords):
+    from ensembles.campaign import DONE
+    from ensembles.errors import NonFiniteForecastError
+    import zarr
+
+    path = tmp_path / "a.zarr"
+    with pytest.raises(NonFiniteForecastError, match=r"from init time 2020-01-01T00:00:00 for the member block \[2, 3\] "
+                                                     r"is not finite at lead 6 h: NaN or infinite values in variables "
+                                                     r"\['u500'\] \(count per variable \{'u500': 144\}, in members \[3\]\)"
+                                                     r".*not recorded complete"):
+        _run(path, _DivergingPrognostic(drift_prognostic), truth, coords)
+    assert not path.exists()
+    (partial,) = tmp_path.glob(".a.zarr.partial-*")
+    done = zarr.open_array(partial / DONE, mode="r")[...]
+    assert done.tolist() == [[1, 0, 0], [0, 0, 0]]  # the first block only; the diverged one is not done
+    written = open_archive(partial, allow_partial=True)["u500"].isel({INIT_TIME: 0})
+    assert bool(written.sel({MEMBER: [2, 3]}).isel(lead_time=slice(1, None)).isnull().all())

@@ -9,11 +9,12 @@ import xarray as xr
 
 from ensembles import metrics
 from ensembles.archive import ZarrArchive, open_archive
+from ensembles.errors import ScoringError
 from ensembles.baselines import persistence_forecast
 from ensembles.metrics import METRICS, StatisticSums, finalise, forecast_statistics
 from ensembles.regions import GLOBAL, TROPICS, Region, weight_matrix
-from ensembles.scorecard import (ScoreAccumulator, ScoreOptions, open_scorecard, score_archive, score_chunk,
-                                 scorecard_table, write_scorecard)
+from ensembles.scorecard import (ScoreAccumulator, ScoreOptions, open_for_scoring, open_scorecard, score_archive,
+                                 score_chunk, scorecard_table, write_scorecard)
 from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER, TIME
 
 VARIABLES = ["z500", "u500"]
@@ -191,3 +192,71 @@ def test_empty_accumulator_has_no_means():
     with pytest.raises(metrics.ScoringError, match="no forecast was summed"):
         StatisticSums({}, 0, 1).means()
     assert ScoreAccumulator().sums == {}
+
+
+def _killed_campaign(path, ensemble):
+    """The ensemble as a campaign (blocks of members [0, 1, 2] and [3, 4]) killed part-way.
+
+    Init times 0 and 2: both blocks written and recorded complete; init 1: block 0 complete,
+    block 1 written at lead 0 only (the kill came mid-item); init 3: nothing.
+    """
+    from ensembles.campaign import Campaign, CampaignArchive
+
+    inits = ensemble[INIT_TIME].values
+    campaign = Campaign(variables=tuple(VARIABLES), init_times=inits, step=np.timedelta64(6, "h"), n_steps=2,
+                        n_members=N_MEMBERS, members_per_batch=3, seed=0)
+    archive = CampaignArchive(path, campaign, ensemble[LAT].values, ensemble[LON].values)
+    for item in campaign.work_items():
+        leads = {0: LEADS, 2: LEADS, 1: LEADS if item.block_index == 0 else LEADS[:1]}.get(item.init_index, [])
+        for lead in leads:
+            _write(archive, ensemble, item.init_index, lead, item.members)
+        if len(leads) == LEADS.size:
+            archive.mark_done(item)
+    return archive
+
+
+def _write(archive, ensemble, init_index, lead, members, values=None):
+    l = int(np.flatnonzero(LEADS == lead)[0])
+    x = np.stack([ensemble[v].values[init_index, l, members] for v in VARIABLES], axis=1) if values is None else values
+    archive.write(x, {INIT_TIME: ensemble[INIT_TIME].values[[init_index]], LEAD_TIME: np.array([lead]),
+                      MEMBER: np.asarray(members), CHANNEL: np.array(VARIABLES), LAT: ensemble[LAT].values,
+                      LON: ensemble[LON].values})
+
+
+def test_partial_scoring_of_a_killed_campaign_keeps_the_init_times_recorded_complete(tmp_path, ensemble, truth,
+                                                                                     climatology):
+    path = tmp_path / "campaign.zarr"
+    archive = _killed_campaign(path, ensemble)
+    forecasts, completed = open_for_scoring(path, partial=True)  # nothing committed: the unfinished store is read
+    inits = ensemble[INIT_TIME].values
+    assert completed.location == archive.partial_path
+    np.testing.assert_array_equal(completed.scored, inits[[0, 2]])
+    np.testing.assert_array_equal(completed.left_out, inits[[1, 3]])
+    assert completed.describe() == (
+        f"scoring 2 of 4 init times of {archive.partial_path} (5 of 8 work items recorded complete); left out 2 init "
+        f"times with member blocks not recorded complete ({str(inits[1])[:16]}, {str(inits[3])[:16]})")
+    scorecard = score_archive(forecasts, truth, climatology, ScoreOptions(recorded_complete=True))
+    expected = score_archive(ensemble.isel({INIT_TIME: [0, 2]}), truth, climatology)
+    np.testing.assert_allclose(scorecard["score"], expected["score"], rtol=1e-12)
+    assert (scorecard["n_forecasts"] == 2).all() and int(scorecard["n_unwritten"].sum()) == 0
+
+    poisoned = np.stack([ensemble[v].values[2, 1, :3] for v in VARIABLES], axis=1)
+    poisoned[0, 0, 0, 0] = np.nan  # a real NaN in a completed item: the NaN policy decides
+    _write(archive, ensemble, 2, LEADS[1], [0, 1, 2], poisoned)
+    forecasts, _ = open_for_scoring(path, partial=True)
+    with pytest.raises(ScoringError, match=r"NaN values in z500 from .* at lead 6 h: forecast 1 of"):
+        score_archive(forecasts, truth, climatology, ScoreOptions(recorded_complete=True))
+    skipped = score_archive(forecasts, truth, climatology, ScoreOptions(nan_policy="skip", recorded_complete=True))
+    assert int(skipped["n_skipped"].sum()) == 1
+
+
+def test_partial_scoring_refuses_a_campaign_with_no_complete_init_time(tmp_path, ensemble):
+    from ensembles.campaign import Campaign, CampaignArchive
+
+    campaign = Campaign(variables=tuple(VARIABLES), init_times=ensemble[INIT_TIME].values, step=np.timedelta64(6, "h"),
+                        n_steps=2, n_members=N_MEMBERS, members_per_batch=3, seed=0)
+    archive = CampaignArchive(tmp_path / "c.zarr", campaign, ensemble[LAT].values, ensemble[LON].values)
+    archive.mark_done(campaign.work_items()[0])
+    with pytest.raises(ScoringError, match=r"no init time of .*\.c\.zarr\.partial-\w+ has every member block recorded "
+                                           r"complete \(1 of 8 work items done\): nothing to score yet"):
+        open_for_scoring(tmp_path / "c.zarr", partial=True)

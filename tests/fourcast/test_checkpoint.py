@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +16,9 @@ import torch
 
 from fourcast.checkpoint import CheckpointMeta, load_checkpoint, load_training_state, save_checkpoint
 from fourcast.data import StoreWindows
-from fourcast.errors import CheckpointError, DataWindowError, NonFiniteLossError, StoreStatisticsError
+from fourcast.errors import (CheckpointError, CheckpointWriteError, DataWindowError, NonFiniteLossError,
+                             StoreStatisticsError)
+from fourcast.forecaster import Forecaster
 from fourcast.models.registry import build_model
 from fourcast.training import CheckpointPlan, Phase, TrainSettings, train
 
@@ -148,3 +155,95 @@ class _Exploding(torch.nn.Module):
 class _Unpicklable:
     def __reduce__(self):
         raise OSError("disk full")
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_a_new_run_over_an_earlier_one_is_refused_and_restart_sets_the_earlier_one_aside(trained, store, tmp_path):
+    directory = tmp_path / "checkpoints"
+    shutil.copytree(trained, directory)
+    before = _files(directory)
+    validation = StoreWindows(store, *VALID, n_ahead=1)
+    with pytest.raises(CheckpointError, match=rf"{directory} holds the checkpoints of an earlier run \(.*best.pt of "
+                                              rf"step \d; {directory}/last.pt at step 4\); .*Continue that run with "
+                                              r"--resume, or start over with --restart"):
+        _train(store, CheckpointPlan(directory, _meta(validation), every=2))
+    assert _files(directory) == before  # nothing overwritten
+
+    _train(store, CheckpointPlan(directory, _meta(validation), every=3, restart=True))
+    (aside,) = directory.glob("replaced-*")
+    assert _files(aside) == before  # the earlier run, moved whole
+    assert load_training_state(directory / "last.pt")["step"] == 4 and (directory / "best.pt").exists()
+
+
+def test_stale_partial_checkpoints_are_removed_when_training_starts(store, tmp_path):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, alive = int(finished.stdout), os.getpid()
+    leftovers = {name: tmp_path / name for name in (f".last.pt.partial-{dead}-0a1b2c3d4e5f",  # its writer was killed
+                                                    ".best.pt.partial-0a1b2c3d4e5f",  # an older writer's, no pid
+                                                    f".last.pt.partial-{alive}-0a1b2c3d4e5f")}  # being written
+    for path in leftovers.values():
+        path.write_bytes(b"half a checkpoint")
+    validation = StoreWindows(store, *VALID, n_ahead=1)
+    _train(store, CheckpointPlan(tmp_path, _meta(validation), every=2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["best.pt", "last.pt",
+                                                                 f".last.pt.partial-{alive}-0a1b2c3d4e5f"])
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ("weights", r"weight tensor 'head.weight' holds 3 non-finite values \(NaN or inf\) of \d+; expected finite"),
+    ("mean", r"normalisation mean of channels \['u500'\] is \{'u500': nan\}; expected finite values"),
+    ("std", r"normalisation std of channels \['v500', 'z500'\] is \{'z500': 0.0, 'v500': -1.0\}; expected finite, "
+            "positive values"),
+])
+def test_checkpoints_with_non_finite_weights_or_unusable_statistics_are_refused(store, tmp_path, change, message):
+    windows = StoreWindows(store, *VALID)
+    model = build_model("afno-tiny", (16, 32), 3)
+    meta = _meta(windows)
+    if change == "weights":
+        with torch.no_grad():
+            model.head.weight.view(-1)[:3] = torch.tensor([float("nan"), float("inf"), float("-inf")])
+    elif change == "mean":
+        meta.mean[1] = float("nan")
+    else:
+        meta.std[0], meta.std[2] = 0.0, -1.0
+    path = save_checkpoint(tmp_path / "model.pt", model, meta)
+    for load in (load_checkpoint, Forecaster.meta_of, lambda p: Forecaster.from_checkpoint(p, torch.device("cpu"))):
+        with pytest.raises(CheckpointError, match=f"{path}: {message}"):
+            load(path)
+
+
+def test_a_training_state_with_non_finite_weights_is_refused(trained, tmp_path):
+    state = torch.load(trained / "last.pt", weights_only=True)
+    state["model_state"]["head.weight"].view(-1)[0] = float("nan")
+    torch.save(state, tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match=r"weight tensor 'head.weight' holds 1 non-finite values"):
+        load_training_state(tmp_path / "last.pt")
+
+
+def test_a_checkpoint_write_the_file_system_refuses_names_the_path_and_free_space(store, tmp_path):
+    """A real failed write: a process whose file-size limit (RLIMIT_FSIZE) is below the checkpoint's size."""
+    windows = StoreWindows(store, *VALID)
+    path = save_checkpoint(tmp_path / "model.pt", build_model("afno-tiny", (16, 32), 3), _meta(windows))
+    before = path.read_bytes()
+    script = textwrap.dedent(f"""
+        import resource, signal, sys, torch
+        from fourcast.checkpoint import CheckpointMeta, save_checkpoint
+        from fourcast.errors import CheckpointWriteError
+        meta = CheckpointMeta("afno-tiny", ["z500"], [0.0], [0.0], 6, [0.0], [1.0])
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        try:
+            save_checkpoint({str(path)!r}, torch.nn.Linear(100, 100), meta)
+        except CheckpointWriteError as err:
+            sys.exit(str(err))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(f"the checkpoint could not be written to {path} (")
+    assert "MiB free" in done.stderr and "the previous model.pt is intact" in done.stderr
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    assert issubclass(CheckpointWriteError, CheckpointError)

@@ -191,6 +191,31 @@ def test_cli_resume_records_lineage_and_registers_each_model(store_paths, write_
     assert [a.path for a in client.list_artifacts(first.info.run_id, "checkpoint")] == ["checkpoint/model.pt"]
 
 
+@pytest.mark.slow
+def test_cli_train_refuses_to_overwrite_an_earlier_run_unless_told_to_restart(store_paths, write_run_config,
+                                                                               tmp_path, capsys):
+    from pipeline.cli import main  # here, not at the top: the killed worker imports this module
+
+    config = _cli_config(tmp_path, *store_paths, write_run_config)
+    assert main(["train", "--config", str(config)]) == 0
+    checkpoints = tmp_path / "checkpoints"
+    before = {p.name: p.read_bytes() for p in checkpoints.iterdir()}
+    assert sorted(before) == ["best.pt", "last.pt", "model.pt"]
+    capsys.readouterr()
+    assert main(["train", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert f"CheckpointError: {checkpoints} holds the checkpoints of an earlier run" in err
+    assert f"{checkpoints}/last.pt at step 6" in err and "--resume" in err and "--restart" in err
+    assert {p.name: p.read_bytes() for p in checkpoints.iterdir()} == before
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(config), "--resume", "--restart"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert main(["train", "--config", str(config), "--restart"]) == 0
+    (aside,) = checkpoints.glob("replaced-*")
+    assert {p.name: p.read_bytes() for p in aside.iterdir()} == before  # the earlier run, set aside whole
+    assert load_training_state(checkpoints / "last.pt")["step"] == 6
+
+
 def _worker(argv: list[str]) -> None:
     store, directory, losses = Path(argv[0]), Path(argv[1]), Path(argv[2])
     hang_at = int(argv[argv.index("--hang-at") + 1]) if "--hang-at" in argv else None

@@ -69,3 +69,5 @@ def test_pipeline_end_to_end_twice(tmp_path, capsys):
         xr.testing.assert_allclose(streamed["score"], batch["score"], rtol=1e-6)  # members scored as produced
     leftovers = [p.name for p in (tmp_path / "work").rglob(".*partial*")]
     assert leftovers == []
+    (aside,) = (tmp_path / "work" / "checkpoints").glob("replaced-*")  # the second run started over explicitly
+    assert sorted(p.name for p in aside.iterdir()) == ["best.pt", "last.pt", "model.pt"]

@@ -282,3 +282,83 @@ def test_an_archive_path_holding_another_campaign_is_refused(workdir, tmp_path, 
     assert _data_bytes(archive) == before
     assert main(_command(workdir, archive, *options, "--seed", "4", "--overwrite")) == 0
     assert open_archive(archive).attrs["seed"] == 4
+
+
+@pytest.fixture
+def own_workdir(store_paths, write_run_config, tmp_path) -> Path:
+    """A workdir of this test alone: links to the test store and climatology, a checkpoint, ``config.yaml``."""
+    work = tmp_path / "work"
+    paths = Paths(work)
+    work.mkdir()
+    paths.store.symlink_to(store_paths[0])
+    paths.climatology.symlink_to(store_paths[1])
+    _checkpoint(paths.checkpoint, store_paths[0])
+    write_run_config(work / "config.yaml", work, forecast=CAMPAIGN, tracking={"experiment": "forecast-cli"},
+                     score={"lead_hours": [24], "plots": False})
+    return work
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("store.zarr", r"StageInputError: the archive path .*/work/store.zarr is the store .*/work/store.zarr; the "
+                   "forecast would replace it"),
+    ("climatology.zarr", r"StageInputError: the archive path .*/work/climatology.zarr is the climatology"),
+    (".", r"StageInputError: the archive path .*/work holds the store"),
+    ("store.zarr/forecast.zarr", r"StageInputError: the archive path .*/work/store.zarr/forecast.zarr lies inside "
+                                 "the store"),
+    ("era5", r"ArchiveError: refusing to replace .*/work/era5: it is a folder that is not a Zarr v3 store \(1 "
+             r"entries\), not a fourcast forecast archive"),
+    ("notes.zarr", r"ArchiveError: refusing to replace .*/work/notes.zarr: it is a file of 5 bytes"),
+])
+def test_overwrite_never_replaces_the_inputs_or_what_is_not_an_archive(own_workdir, store_paths, capsys, target,
+                                                                      message):
+    (own_workdir / "era5").mkdir()
+    (own_workdir / "era5" / "a.nc").write_text("data")
+    (own_workdir / "notes.zarr").write_text("notes")
+    before = [_tree(path) for path in (*store_paths, own_workdir)]
+    assert main(_command(own_workdir, own_workdir / target, *SHORT, "--overwrite")) == 1
+    assert re.search(message, capsys.readouterr().err)
+    after = [_tree(path) for path in (*store_paths, own_workdir)]
+    assert after[:2] == before[:2]  # the store and the climatology are untouched
+    assert {name: after[2].get(name) for name in before[2]} == before[2]  # as is every file of the workdir
+    assert list(own_workdir.rglob(".*partial*")) == []
+
+
+@pytest.mark.parametrize(("poison", "message"), [
+    ("weights", r"CheckpointError: .*bad.pt: weight tensor 'head.weight' holds 1 non-finite values"),
+    ("mean", r"CheckpointError: .*bad.pt: normalisation mean of channels \['u500'\] is \{'u500': nan\}"),
+    ("std", r"CheckpointError: .*bad.pt: normalisation std of channels \['v500'\] is \{'v500': 0.0\}"),
+])
+def test_a_checkpoint_with_nan_weights_or_broken_statistics_is_refused(workdir, store, tmp_path, capsys, poison,
+                                                                        message):
+    state = torch.load(_checkpoint(tmp_path / "bad.pt", store), weights_only=True)
+    if poison == "weights":
+        state["model_state"]["head.weight"].view(-1)[0] = float("nan")
+    else:
+        state["meta"][poison][{"mean": 1, "std": 2}[poison]] = float("nan") if poison == "mean" else 0.0
+    torch.save(state, tmp_path / "bad.pt")
+    assert main(_command(workdir, tmp_path / "a.zarr", "--model", str(tmp_path / "bad.pt"), *SHORT)) == 1
+    assert re.search(message, capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt"]
+
+
+def test_score_partial_scores_the_init_times_a_killed_campaign_completed(own_workdir, caplog, capsys):
+    """Three init times in blocks of 2 members; two stopped launches leave inits 0 and 2 complete, init 1 half done."""
+    from ensembles.errors import CampaignIncompleteError
+
+    archive = own_workdir / "forecasts" / "killed.zarr"
+    settings = {"init_times": ["2000-02-15T00:00", "2000-02-15T06:00", "2000-02-15T12:00"], "members": 4,
+                "members_per_batch": 2, "wait_timeout_s": 0.2}
+    for launch in (Launch(rank=0, world_size=2), Launch(rank=1, world_size=4)):  # items 0, 2, 4, then 1 and 5
+        with pytest.raises(CampaignIncompleteError, match="1 work items still missing|3 work items still missing"):
+            _stage(own_workdir, archive, launch=launch, **settings)
+    assert main(["score", "--config", str(own_workdir / "config.yaml"), "--archive", str(archive), "--partial"]) == 0
+    assert re.search(r"scoring 2 of 3 init times of .*\.killed\.zarr\.partial-\w+ \(5 of 6 work items recorded "
+                     r"complete\); left out 1 init times with member blocks not recorded complete \(2000-02-15T06:00\)",
+                     caplog.text)
+    assert "z500" in capsys.readouterr().out
+    with xr.open_dataset(own_workdir / "scores" / "scorecard.nc") as scorecard:
+        assert (scorecard["n_forecasts"] == 2).all() and int(scorecard["n_unwritten"].sum()) == 0
