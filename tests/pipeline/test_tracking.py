@@ -170,3 +170,47 @@ def test_fourcast_score_links_its_run_to_the_forecast_and_the_training_run(tmp_p
     with xr.open_dataset(workdir / "scores" / "scorecard.nc") as scorecard:
         assert list(scorecard["region"].values) == ["global", "tropics", "atlantic"]
         assert (scorecard["n_forecasts"] == 2).all()
+
+
+_HOLD_A_RUN = """
+import sys, time
+from pathlib import Path
+from pipeline.tracking import mlflow_run
+with mlflow_run(sys.argv[1], "killed", "forecast", {"stage": "forecast"}, Path(sys.argv[2])) as tracker:
+    print(tracker.run_id, flush=True)
+    time.sleep(300)
+"""
+
+
+def _process_holding_a_run(uri: str, tmp_path: Path) -> tuple[subprocess.Popen, str]:
+    """A Python process that opens a ``forecast`` run, prints its id and sleeps inside the run."""
+    process = subprocess.Popen([sys.executable, "-c", _HOLD_A_RUN, uri, str(tmp_path / "artifacts")],
+                               cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, text=True)
+    return process, process.stdout.readline().strip()
+
+
+def test_a_terminated_process_ends_its_run_killed(tmp_path):
+    uri = default_tracking_uri(tmp_path)
+    process, run_id = _process_holding_a_run(uri, tmp_path)
+    process.terminate()
+    assert process.wait(timeout=60) == 128 + 15
+    assert MlflowClient(uri).get_run(run_id).info.status == "KILLED"
+
+
+def test_a_run_left_running_by_a_killed_process_is_marked_killed_by_the_next_start(tmp_path):
+    uri = default_tracking_uri(tmp_path)
+    process, run_id = _process_holding_a_run(uri, tmp_path)
+    process.kill()
+    process.wait(timeout=60)
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).info.status == "RUNNING"  # nobody could end it
+    with mlflow_run(uri, "killed", "train", artifact_root=tmp_path / "artifacts"):
+        assert client.get_run(run_id).info.status == "RUNNING"  # another stage leaves it alone
+    live, live_id = _process_holding_a_run(uri, tmp_path)
+    try:
+        assert client.get_run(run_id).info.status == "KILLED"  # the next forecast marks it
+        with mlflow_run(uri, "killed", "forecast", artifact_root=tmp_path / "artifacts"):
+            assert client.get_run(live_id).info.status == "RUNNING"  # a living process's run is not touched
+    finally:
+        live.kill()
+        live.wait(timeout=60)
