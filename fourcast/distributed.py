@@ -168,3 +168,18 @@ def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
         return model
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def share_from_main(value: str, timeout_s: float = 600.0) -> str:
+    """Rank 0's ``value`` on every process of the launch; ``value`` itself for a single process.
+
+    For processes that share no process group otherwise (the ensemble campaign coordinates
+    through its archive): a short-lived gloo group is opened for the one broadcast and closed.
+    Every process of the launch must call it.
+    """
+    if not _launch_environment():
+        return value
+    with process_group("cpu", timeout_s):
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
