@@ -170,16 +170,20 @@ def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
     return DistributedDataParallel(model, device_ids=device_ids)
 
 
-def share_from_main(value: str, timeout_s: float = 600.0) -> str:
-    """Rank 0's ``value`` on every process of the launch; ``value`` itself for a single process.
+@contextmanager
+def main_first(timeout_s: float = 600.0) -> Iterator[None]:
+    """Run the block on rank 0 first, and on the other processes of the launch once rank 0 is through it.
 
     For processes that share no process group otherwise (the ensemble campaign coordinates
-    through its archive): a short-lived gloo group is opened for the one broadcast and closed.
-    Every process of the launch must call it.
+    through its archive): a gloo group is held for the block and closed after it. Every process
+    of the launch must enter it; a single process just runs the block.
     """
     if not _launch_environment():
-        return value
-    with process_group("cpu", timeout_s):
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-    return box[0]
+        yield
+        return
+    with process_group("cpu", timeout_s) as ctx:
+        if not ctx.is_main:
+            dist.barrier()
+        yield
+        if ctx.is_main:
+            dist.barrier()

@@ -198,13 +198,10 @@ def _run_tracked_stage(command: str, cfg: RunConfig, paths, stages, resume: str 
     from pipeline.tracking import NullTracker, default_tracking_uri, mlflow_run
 
     uri = cfg.tracking.tracking_uri or default_tracking_uri(paths.workdir)
-    launch = stages.Launch.from_env()
-    main_rank = launch.rank == 0  # under torchrun only rank 0 opens the MLflow run
+    main_rank = stages.Launch.from_env().rank == 0  # under torchrun only rank 0 opens the MLflow run
     tracked = (mlflow_run(uri, cfg.tracking.experiment, command, {"stage": command}, paths.artifacts) if main_rank
                else nullcontext(NullTracker()))
     with tracked as tracker:
-        if command == "forecast" and launch.world_size > 1:
-            tracker = _with_main_run_id(tracker, main_rank)
         if command == "train":
             state = stages.training_state_path(paths.checkpoint) if resume == RESUME_LAST else resume and Path(resume)
             checkpoint = stages.train_model(cfg.train, paths.store, paths.checkpoint, tracker, resume=state,
@@ -223,19 +220,6 @@ def _run_tracked_stage(command: str, cfg: RunConfig, paths, stages, resume: str 
             records = stages.score(cfg.score, archive, paths.store, paths.climatology, paths.scores, tracker,
                                    tracking_uri=uri, workdir=paths.workdir)
             _print_scorecard(records, cfg.score.lead_hours)
-
-
-def _with_main_run_id(tracker, main_rank: bool):
-    """``tracker`` on rank 0; elsewhere a tracker recording nothing that names rank 0's run.
-
-    Every rank of a campaign may create its archive, whose lineage names the forecast run, so
-    every rank needs rank 0's run id (broadcast once over the launch).
-    """
-    from fourcast.distributed import share_from_main
-    from pipeline.tracking import NullTracker
-
-    run_id = share_from_main(tracker.run_id or "")
-    return tracker if main_rank else NullTracker(run_id)
 
 
 def _inspect_store(action: str, store: Path) -> int:

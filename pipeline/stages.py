@@ -38,7 +38,7 @@ from fourcast.device import default_device
 from fourcast.forecaster import Forecaster
 from fourcast.models.registry import build_model, count_parameters
 from fourcast.normaliser import Normaliser
-from fourcast.distributed import DistContext, process_group
+from fourcast.distributed import DistContext, main_first, process_group
 from fourcast.training import CheckpointPlan, Phase, TrainSettings, seeded_initialisation, train
 from ingest.atomic import replace_path, temporary_sibling
 from ingest.cds import CdsRequest, PlanOptions, plan_requests
@@ -453,7 +453,8 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
 
     Every process of a ``torchrun`` launch calls this; the (init time, member block) work items
     are split over them, items already in the archive are skipped (resume), and the archive is
-    committed once all are done. Only rank 0 should be given a recording ``tracker``.
+    committed once all are done. Only rank 0 should be given a recording ``tracker``; rank 0
+    creates (or joins) the archive before the others join it, so its lineage names rank 0's run.
 
     Parameters
     ----------
@@ -520,7 +521,8 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
         raise StageInputError(f"forecast.stream_scores needs every member of an init time in one process, but "
                               f"{launch.world_size} processes share this campaign; run one process, or score the "
                               "archive afterwards with `fourcast score`")
-    out = CampaignArchive(archive, campaign, truth[LAT].values, truth[LON].values, lineage, overwrite=overwrite)
+    with main_first():  # rank 0 creates the archive, so its lineage names rank 0's run; the others join it
+        out = CampaignArchive(archive, campaign, truth[LAT].values, truth[LON].values, lineage, overwrite=overwrite)
     scorer = _streaming_scorer(stream, out, truth, campaign)
     coords = {CHANNEL: truth[CHANNEL].values, LAT: truth[LAT].values, LON: truth[LON].values}
     result = run_campaign(forecaster, lambda t: torch.as_tensor(truth[DATA].sel({TIME: t}).values), coords, campaign,

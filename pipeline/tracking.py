@@ -51,17 +51,9 @@ class Tracker(Protocol):
 
 
 class NullTracker:
-    """A tracker that keeps nothing (tests, dry runs, the non-main ranks of a launch).
+    """A tracker that keeps nothing (tests, dry runs)."""
 
-    Parameters
-    ----------
-    run_id : str, optional
-        The run another process records for this one (under ``torchrun``, rank 0's), so lineage
-        written by this process names it; ``None`` when there is none.
-    """
-
-    def __init__(self, run_id: str | None = None) -> None:
-        self.run_id = run_id
+    run_id = None
 
     def log_params(self, params: Mapping[str, object]) -> None:
         pass
