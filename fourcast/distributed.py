@@ -168,3 +168,22 @@ def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
         return model
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)
+
+
+@contextmanager
+def main_first(timeout_s: float = 600.0) -> Iterator[None]:
+    """Run the block on rank 0 first, and on the other processes of the launch once rank 0 is through it.
+
+    For processes that share no process group otherwise (the ensemble campaign coordinates
+    through its archive): a gloo group is held for the block and closed after it. Every process
+    of the launch must enter it; a single process just runs the block.
+    """
+    if not _launch_environment():
+        yield
+        return
+    with process_group("cpu", timeout_s) as ctx:
+        if not ctx.is_main:
+            dist.barrier()
+        yield
+        if ctx.is_main:
+            dist.barrier()

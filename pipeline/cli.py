@@ -250,13 +250,14 @@ def _run_tracked_stage(command: str, cfg: RunConfig, paths, stages, resume: str 
             archive = stages.forecast(cfg.forecast, paths.checkpoint, paths.store,
                                       cfg.forecast.archive or paths.archive, tracker,
                                       overwrite=cfg.forecast.overwrite, tracking_uri=uri,
-                                      stream=stages.score_stream(cfg, paths), climatology=paths.climatology)
+                                      stream=stages.score_stream(cfg, paths), climatology=paths.climatology,
+                                      workdir=paths.workdir)
             if main_rank:
                 print(archive)
         else:
             archive = cfg.score.archive or cfg.forecast.archive or paths.archive
             records = stages.score(cfg.score, archive, paths.store, paths.climatology, paths.scores, tracker,
-                                   tracking_uri=uri)
+                                   tracking_uri=uri, workdir=paths.workdir)
             _print_scorecard(records, cfg.score.lead_hours)
 
 

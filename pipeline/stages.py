@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import subprocess
 import tempfile
 import time
@@ -39,7 +38,7 @@ from fourcast.device import default_device
 from fourcast.forecaster import Forecaster
 from fourcast.models.registry import build_model, count_parameters
 from fourcast.normaliser import Normaliser
-from fourcast.distributed import DistContext, process_group
+from fourcast.distributed import DistContext, main_first, process_group
 from fourcast.training import CheckpointPlan, Phase, TrainSettings, seeded_initialisation, train
 from ingest.atomic import replace_path, temporary_sibling
 from ingest.cds import CdsRequest, PlanOptions, plan_requests
@@ -56,7 +55,7 @@ from pipeline.cluster import SHARD_COPIES, check_task_memory, dask_client
 from pipeline.config import (CdsConfig, ClusterConfig, ForecastConfig, IngestConfig, RunConfig, ScoreConfig,
                              SyntheticConfig, TrainConfig)
 from pipeline.tracking import (MODEL_URI_SCHEMES, ModelUriError, NullTracker, Tracker, attach_run,
-                               default_tracking_uri, download_checkpoint, mlflow_run)
+                               default_tracking_uri, download_checkpoint, mlflow_run, run_exists)
 
 log = logging.getLogger(__name__)
 
@@ -344,10 +343,13 @@ def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tra
     with seeded_initialisation(cfg.seed):  # the same initial weights in every run of this config
         model = build_model(cfg.model, (validation.lat.size, validation.lon.size), len(validation.channels))
     fingerprint = store_fingerprint(store)
-    tracker.log_params({**_flatten(cfg.model_dump(mode="json")), "parameters": count_parameters(model)})
-    tracker.set_tags({"git_commit": code_version(), "device": str(ctx.device), "world_size": str(ctx.world_size),
-                      "backend": ctx.backend or "none", "dataset_fingerprint": fingerprint, "torch": torch.__version__,
-                      "host": platform.node(), **({"resumed_from": str(resume)} if resume else {})})
+    workdir = store.parent
+    tracker.log_params(workdir_relative({**_flatten(cfg.model_dump(mode="json")), "parameters": count_parameters(model)},
+                                        workdir))
+    tracker.set_tags(workdir_relative({"git_commit": code_version(), "device": str(ctx.device),
+                                       "world_size": str(ctx.world_size), "backend": ctx.backend or "none",
+                                       "dataset_fingerprint": fingerprint, "torch": torch.__version__,
+                                       **({"resumed_from": Path(resume)} if resume else {})}, workdir))
     settings = TrainSettings(
         phases=tuple(Phase(p.rollout_steps, p.optimizer_steps, p.learning_rate) for p in cfg.phases),
         batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
@@ -411,6 +413,20 @@ def _validation_leads(cfg: TrainConfig, store: Path) -> tuple[int, ...]:
     if bad:
         raise StageInputError(f"train.validation_lead_hours {bad} are not multiples of the store step {step_hours} h")
     return tuple(h // step_hours for h in cfg.validation_lead_hours)
+
+
+def workdir_relative(values: Mapping[str, object], workdir: Path) -> dict[str, object]:
+    """``values`` with each path written relative to ``workdir``, for MLflow params and tags.
+
+    Paths (:class:`pathlib.Path` values, and strings that are absolute paths) become relative to
+    the work directory (``store.zarr``, ``checkpoints/model.pt``, ``../shared/archive.zarr``), so
+    what MLflow records names no home folder and stays true when the workdir moves.
+    """
+    def relative(value: object) -> object:
+        if isinstance(value, Path) or (isinstance(value, str) and os.path.isabs(value)):
+            return os.path.relpath(os.path.abspath(value), os.path.abspath(workdir))
+        return value
+    return {key: relative(value) for key, value in values.items()}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -525,12 +541,14 @@ def score_stream(cfg: RunConfig, paths: Paths) -> ScoreStream | None:
 
 def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, tracker: Tracker, *,
              overwrite: bool = False, tracking_uri: str | None = None, launch: Launch | None = None,
-             stream: ScoreStream | None = None, climatology: Path | None = None) -> Path:
+             stream: ScoreStream | None = None, climatology: Path | None = None,
+             workdir: Path | None = None) -> Path:
     """Ensemble campaign from the store's initial conditions into a Zarr archive; this process's share of it.
 
     Every process of a ``torchrun`` launch calls this; the (init time, member block) work items
     are split over them, items already in the archive are skipped (resume), and the archive is
-    committed once all are done. Only rank 0 should be given a recording ``tracker``.
+    committed once all are done. Only rank 0 should be given a recording ``tracker``; rank 0
+    creates (or joins) the archive before the others join it, so its lineage names rank 0's run.
 
     Parameters
     ----------
@@ -558,6 +576,9 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
         with a warning (those members are not produced again): score the archive instead.
     climatology : pathlib.Path, optional
         The climatology store, protected like ``store``: ``archive`` may not be, hold or lie in either.
+    workdir : pathlib.Path, optional
+        The tracker records paths relative to it (:func:`workdir_relative`); default: the
+        store's folder. The archive's lineage keeps them absolute.
 
     Raises
     ------
@@ -592,13 +613,17 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
                "perturbation": cfg.perturbation.kind, "amplitude": cfg.perturbation.amplitude, "seed": cfg.seed,
                "code_version": code_version(), "train_run_id": str(meta.extra.get("train_run_id", "")),
                "forecast_run_id": tracker.run_id or ""}
-    tracker.log_params({**_flatten(cfg.model_dump(mode="json")), **lineage, "world_size": launch.world_size,
-                        "campaign_fingerprint": campaign.fingerprint()})
+    recorded = {**lineage, "model": model if model.startswith(MODEL_URI_SCHEMES) else Path(model),
+                "initial_conditions": store}
+    tracker.log_params(workdir_relative({**_flatten(cfg.model_dump(mode="json")), **recorded,
+                                         "world_size": launch.world_size,
+                                         "campaign_fingerprint": campaign.fingerprint()}, workdir or store.parent))
     if stream is not None and launch.world_size > 1:
         raise StageInputError(f"forecast.stream_scores needs every member of an init time in one process, but "
                               f"{launch.world_size} processes share this campaign; run one process, or score the "
                               "archive afterwards with `fourcast score`")
-    out = CampaignArchive(archive, campaign, truth[LAT].values, truth[LON].values, lineage, overwrite=overwrite)
+    with main_first():  # rank 0 creates the archive, so its lineage names rank 0's run; the others join it
+        out = CampaignArchive(archive, campaign, truth[LAT].values, truth[LON].values, lineage, overwrite=overwrite)
     scorer = _streaming_scorer(stream, out, truth, campaign)
     coords = {CHANNEL: truth[CHANNEL].values, LAT: truth[LAT].values, LON: truth[LON].values}
     result = run_campaign(forecaster, lambda t: torch.as_tensor(truth[DATA].sel({TIME: t}).values), coords, campaign,
@@ -680,14 +705,19 @@ def _log_forecast_map(tracker: Tracker, archive: Path, store: Path, init: np.dat
 
 def score(cfg: ScoreConfig, archive: Path, store: Path, climatology: Path, out_dir: Path, tracker: Tracker, *,
           tracking_uri: str | None = None, forecast_run_id: str | None = None,
-          train_run_id: str | None = None) -> list[dict]:
+          train_run_id: str | None = None, workdir: Path | None = None) -> list[dict]:
     """Scorecard of the archive and the persistence/climatology baselines against the store's truth.
 
     Writes ``scorecard.nc``/``scorecard.csv`` and the plots under ``out_dir`` and logs them to
     ``tracker`` with every global score per lead time (step = lead hours). The score run is
     tagged with the forecast and training run ids — given, or read from the archive's lineage
-    (``forecast_run_id``, ``train_run_id``) — and, with ``tracking_uri``, the headline scores
-    (:func:`headline_scores` at ``cfg.lead_hours``) are logged on the training run too.
+    (``forecast_run_id``, ``train_run_id``) — and with the archive's :func:`campaign_key`. With
+    ``tracking_uri``, the headline scores (:func:`headline_scores` at ``cfg.lead_hours``, named
+    by the campaign key) are logged on the training run too, which is tagged
+    ``score_run_<campaign key>`` with this run's id. A lineage run the store does not hold (the
+    model was trained against another store) is a warning, recorded in the tag
+    ``missing_lineage_runs``, not a failure. Paths are recorded relative to ``workdir``
+    (default: the store's folder).
 
     Returns
     -------
@@ -701,9 +731,13 @@ def score(cfg: ScoreConfig, archive: Path, store: Path, climatology: Path, out_d
         log.warning("%s", completed.describe())
     run_ids = {"forecast_run_id": forecast_run_id or str(forecasts.attrs.get("forecast_run_id") or ""),
                "train_run_id": train_run_id or str(forecasts.attrs.get("train_run_id") or "")}
-    tracker.set_tags({key: value for key, value in run_ids.items() if value})
-    tracker.log_params({**_flatten(cfg.model_dump(mode="json")), "archive": str(archive), "store": str(store),
-                        "climatology": str(climatology)})
+    campaign = campaign_key(forecasts)
+    tracker.set_tags({**{key: value for key, value in run_ids.items() if value}, "campaign_key": campaign})
+    missing = _missing_lineage_runs(tracking_uri, run_ids) if tracking_uri else []
+    if missing:
+        tracker.set_tags({"missing_lineage_runs": ", ".join(missing)})
+    tracker.log_params(workdir_relative({**_flatten(cfg.model_dump(mode="json")), "archive": archive, "store": store,
+                                         "climatology": climatology}, workdir or store.parent))
     clim = open_climatology(climatology)
     scorecard = score_archive(forecasts, truth[DATA], clim, options, variables=cfg.variables,
                               lead_times=lead_times)
@@ -720,8 +754,11 @@ def score(cfg: ScoreConfig, archive: Path, store: Path, climatology: Path, out_d
         figures += _score_maps(cfg, forecasts, truth[DATA], clim, out_dir / "plots")
         for figure in figures:
             tracker.log_artifact(figure, "plots")
-    if tracking_uri and run_ids["train_run_id"]:
-        attach_run(tracking_uri, run_ids["train_run_id"]).log_metrics(headline_scores(records, cfg.lead_hours))
+    if tracking_uri and run_ids["train_run_id"] and run_ids["train_run_id"] not in missing:
+        train = attach_run(tracking_uri, run_ids["train_run_id"])
+        train.log_metrics(headline_scores(records, cfg.lead_hours, campaign))
+        if tracker.run_id:
+            train.set_tags({f"score_run_{campaign}": tracker.run_id})
     return records
 
 
@@ -742,6 +779,32 @@ def _scored_leads(cfg: ScoreConfig, forecasts: xr.Dataset, archive: Path) -> np.
     if cfg.max_lead_hours is None:
         return held
     return held[held <= np.timedelta64(cfg.max_lead_hours, "h")]
+
+
+def campaign_key(forecasts: xr.Dataset) -> str:
+    """8 hex digits naming an archive's campaign: the start of its ``campaign_fingerprint``.
+
+    An archive written without a fingerprint is named by a hash of its init times, lead times,
+    member count and variables.
+    """
+    fingerprint = forecasts.attrs.get("campaign_fingerprint")
+    if fingerprint:
+        return str(fingerprint)[:8]
+    digest = hashlib.sha256()
+    for name in ("init_time", "lead_time"):
+        digest.update(np.ascontiguousarray(forecasts[name].values).tobytes())
+    digest.update(json.dumps([forecasts.sizes.get("member", 0), sorted(map(str, forecasts.data_vars))]).encode())
+    return digest.hexdigest()[:8]
+
+
+def _missing_lineage_runs(tracking_uri: str, run_ids: Mapping[str, str]) -> list[str]:
+    """The run ids of ``run_ids`` that the store of ``tracking_uri`` does not hold, each logged as a warning."""
+    missing = [run_id for run_id in run_ids.values() if run_id and not run_exists(tracking_uri, run_id)]
+    for key, run_id in run_ids.items():
+        if run_id in missing:
+            log.warning("the %s %s is not in the tracking store %s (recorded in another store?); the score run "
+                        "is not linked to it", key, run_id, tracking_uri)
+    return missing
 
 
 def record_scorecard(tracker: Tracker, scorecard: xr.Dataset, out_dir: Path, artifact_path: str = "scores",
@@ -841,17 +904,22 @@ def _stage(name: str) -> Iterator[None]:
     log.info("stage %s: done in %.0f s", name, time.perf_counter() - started)
 
 
-def headline_scores(records: list[dict], lead_hours: list[int]) -> dict[str, float]:
-    """fourcast's headline scores at ``lead_hours`` as metric names for the training run (``score_z500_rmse_24h``)."""
-    return {f"score_{r['variable']}_{r['metric']}_{r['lead_hours']}h": r["value"] for r in headline_records(records)
-            if r["system"] == "fourcast" and r["lead_hours"] in lead_hours}
+def headline_scores(records: list[dict], lead_hours: list[int], campaign: str) -> dict[str, float]:
+    """fourcast's headline scores at ``lead_hours`` as metric names for the training run.
+
+    The names carry the :func:`campaign_key` (``score_<campaign>_z500_rmse_24h``): a model
+    verified on several campaigns keeps every campaign's scores.
+    """
+    return {f"score_{campaign}_{r['variable']}_{r['metric']}_{r['lead_hours']}h": r["value"]
+            for r in headline_records(records) if r["system"] == "fourcast" and r["lead_hours"] in lead_hours}
 
 
 def run_pipeline(cfg: RunConfig) -> PipelineResult:
     """Every stage in order, each in its own MLflow run where it has something to record.
 
-    The headline scores are also logged back onto the training run of the model, so the run
-    that produced a model shows how its forecasts verified.
+    The headline scores are also logged back onto the training run of the model (named by the
+    campaign, :func:`headline_scores`), so the run that produced a model shows how its forecasts
+    verified.
     """
     paths = Paths(cfg.workdir)
     paths.workdir.mkdir(parents=True, exist_ok=True)
@@ -869,13 +937,14 @@ def run_pipeline(cfg: RunConfig) -> PipelineResult:
     with _stage("forecast"), mlflow_run(run_name="forecast", tags={"stage": "forecast", "train_run_id": run_ids["train"]},
                                         **experiment) as tracker:
         forecast(cfg.forecast, paths.checkpoint, paths.store, paths.archive, tracker, overwrite=True, tracking_uri=uri,
-                 stream=score_stream(cfg, paths), climatology=paths.climatology)
+                 stream=score_stream(cfg, paths), climatology=paths.climatology, workdir=paths.workdir)
         run_ids["forecast"] = tracker.run_id
     with _stage("score"), mlflow_run(run_name="score", tags={"stage": "score", "forecast_run_id": run_ids["forecast"],
                                                              "train_run_id": run_ids["train"]},
                                      **experiment) as tracker:
         records = score(cfg.score, paths.archive, paths.store, paths.climatology, paths.scores, tracker,
-                        tracking_uri=uri, forecast_run_id=run_ids["forecast"], train_run_id=run_ids["train"])
+                        tracking_uri=uri, forecast_run_id=run_ids["forecast"], train_run_id=run_ids["train"],
+                        workdir=paths.workdir)
         run_ids["score"] = tracker.run_id
     summary = publish(paths.summary, records, cfg.score.lead_hours, paths.store, paths.archive, uri, run_ids)
     return PipelineResult(summary, records, uri, run_ids)

@@ -2,12 +2,20 @@
 
 Stages talk to a :class:`Tracker`; :class:`MlflowTracker` records one MLflow run through the
 tracking client (explicit run ids, no global active-run state), :class:`NullTracker` records
-nothing.
+nothing. Every MLflow client comes from :func:`tracking_client`, which initialises a SQLite store
+under a file lock, so processes starting together on a fresh store do not race its migration.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import logging
 import math
+import os
+import signal
+import socket
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -20,6 +28,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 _BATCH = 200  # MLflow caps a batch at 1000 metrics / 100 params
+
+log = logging.getLogger(__name__)
 
 
 class Tracker(Protocol):
@@ -126,32 +136,181 @@ def default_tracking_uri(workdir: Path) -> str:
     return f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
 
 
+_INITIALISED: set[str] = set()  # tracking URIs whose store this process has opened
+_INITIALISING = threading.Lock()
+
+
+def _sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI; ``None`` for other stores and in-memory SQLite."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    path = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+@contextmanager
+def _store_lock(tracking_uri: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``<database>.lock`` beside a SQLite store (nothing for other stores)."""
+    database = _sqlite_path(tracking_uri)
+    if database is None:
+        yield
+        return
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def tracking_client(tracking_uri: str) -> MlflowClient:
+    """An MLflow client of ``tracking_uri`` (tracking store and model registry): fourcast's only way to one.
+
+    The first client of a URI in a process opens its stores while holding the store's file lock
+    (:func:`_store_lock`): opening a fresh SQLite store creates and migrates its tables, which
+    processes doing it at once corrupt (``duplicate column name``), while under the lock the
+    first one migrates and the others find the tables there.
+    """
+    with _INITIALISING:
+        if tracking_uri in _INITIALISED:
+            return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        with _store_lock(tracking_uri):
+            client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)  # opens the tracking store
+            client.search_registered_models(max_results=1)  # and the registry's, in the same database
+        _INITIALISED.add(tracking_uri)
+        return client
+
+
 def _experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     location = artifact_root.resolve().as_uri() if artifact_root else None
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException as err:  # another process created it since we looked
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def attach_run(tracking_uri: str, run_id: str) -> MlflowTracker:
     """A tracker for an existing run (e.g. to add verification scores to a finished training run)."""
-    return MlflowTracker(MlflowClient(tracking_uri=tracking_uri), run_id)
+    return MlflowTracker(tracking_client(tracking_uri), run_id)
+
+
+def run_exists(tracking_uri: str, run_id: str) -> bool:
+    """Whether the store of ``tracking_uri`` holds the run ``run_id``."""
+    try:
+        tracking_client(tracking_uri).get_run(run_id)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return False
+    return True
+
+
+#: Tags naming the process that records a run, so a later start can tell the run was abandoned.
+PROCESS_TAGS = ("process_id", "process_started", "host_id")
+
+
+def _process_started(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot, from /proc); ``""`` if unknown or gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _host_id() -> str:
+    """An opaque id of this host and boot: a hash, so no host name is recorded."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    return hashlib.sha256(f"{socket.gethostname()}/{boot}".encode()).hexdigest()[:16]
+
+
+def _process_tags() -> dict[str, str]:
+    pid = os.getpid()
+    return {"process_id": str(pid), "process_started": _process_started(pid), "host_id": _host_id()}
+
+
+def _process_alive(tags: Mapping[str, str]) -> bool:
+    """Whether the process recorded in ``tags`` (see :func:`_process_tags`) still runs on this host."""
+    try:
+        pid = int(tags.get("process_id", ""))
+    except ValueError:
+        return True  # not recorded: nothing to tell, leave the run alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    return not tags.get("process_started") or _process_started(pid) == tags["process_started"]
+
+
+def mark_abandoned_runs(client: MlflowClient, experiment_id: str, run_name: str) -> list[str]:
+    """End as KILLED the runs named ``run_name`` left RUNNING by a process of this host that is gone.
+
+    A process killed outright (SIGKILL, power loss) cannot end its run; the next start of the
+    same stage in the same store does. Runs of other hosts, and of processes still running, are
+    left alone. Returns the ids of the runs marked.
+    """
+    runs = client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and attributes.run_name = "
+                                               f"'{run_name}' and tags.host_id = '{_host_id()}'", max_results=1000)
+    abandoned = [run.info.run_id for run in runs if not _process_alive(run.data.tags)]
+    for run_id in abandoned:
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+        log.warning("MLflow run %s (%s) was left running by a process that is gone; marked KILLED", run_id, run_name)
+    return abandoned
+
+
+class Terminated(SystemExit):
+    """The process was asked to stop (SIGTERM)."""
+
+
+def _raise_terminated(signum: int, frame) -> None:
+    raise Terminated(128 + signum)
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` in the block (main thread only; elsewhere signals cannot be caught)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
 def mlflow_run(tracking_uri: str, experiment: str, run_name: str, tags: Mapping[str, str] | None = None,
                artifact_root: Path | None = None) -> Iterator[MlflowTracker]:
-    """Start an MLflow run; it ends FINISHED, or FAILED if the block raises.
+    """Start an MLflow run; it ends FINISHED, FAILED if the block raises, KILLED if the process is stopped.
 
+    Stopped means interrupted (Ctrl-C), terminated (SIGTERM) or exiting (``SystemExit``) inside
+    the block. The run records which process holds it (:data:`PROCESS_TAGS`: process id and
+    start, and a hash of host and boot), and starting it first ends as KILLED the runs of the
+    same name that a killed process of this host left RUNNING (:func:`mark_abandoned_runs`).
     ``artifact_root`` sets where a newly created experiment keeps artifacts (a folder).
     """
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = tracking_client(tracking_uri)
     experiment_id = _experiment_id(client, experiment, artifact_root)
-    run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
+    mark_abandoned_runs(client, experiment_id, run_name)
+    run = client.create_run(experiment_id, run_name=run_name, tags={**dict(tags or {}), **_process_tags()})
     tracker = MlflowTracker(client, run.info.run_id)
     try:
-        yield tracker
+        with _sigterm_raises():
+            yield tracker
+    except (KeyboardInterrupt, SystemExit):
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+        raise
     except BaseException:
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
@@ -189,6 +348,7 @@ def download_checkpoint(model_uri: str, tracking_uri: str, dst: Path) -> Path:
         raise ModelUriError(f"expected an MLflow model URI starting with {' or '.join(MODEL_URI_SCHEMES)}, "
                             f"found {model_uri!r}")
     dst.mkdir(parents=True, exist_ok=True)
+    tracking_client(tracking_uri)  # the store opened under its lock before download_artifacts opens it
     try:
         source = _registered_source(model_uri, tracking_uri) if model_uri.startswith("models:/") else model_uri
         local = Path(download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=tracking_uri))
@@ -208,7 +368,7 @@ def _registered_source(model_uri: str, registry_uri: str) -> str:
     Resolved with a client of ``registry_uri`` (``download_artifacts`` would consult the global
     registry URI instead).
     """
-    client = MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri)
+    client = tracking_client(registry_uri)
     reference = model_uri.removeprefix("models:/")
     if "@" in reference:
         name, alias = reference.split("@", 1)

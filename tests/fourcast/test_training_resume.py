@@ -183,6 +183,7 @@ def test_cli_resume_records_lineage_and_registers_each_model(store_paths, write_
     assert second.data.tags["resumed_from_run_id"] == first.info.run_id
     assert second.data.tags["resumed_from_step"] == "6" and second.data.tags["world_size"] == "1"
     assert first.data.tags["dataset_fingerprint"] and first.data.tags["git_commit"]
+    assert second.data.tags["resumed_from"] == "checkpoints/last.pt" and "host" not in first.data.tags  # no home path
     assert [m.step for m in client.get_metric_history(first.info.run_id, "loss")] == [1, 2, 3, 4, 5, 6]
     assert {"val_rmse_z500_12h", "val_persistence_rmse_v500_12h"} <= set(first.data.metrics)
     assert 0.5 < first.data.metrics["val_acc_z500_6h"] <= 1.0  # anomalies against the seasonal climatology

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import numpy as np
 import pytest
@@ -56,7 +57,12 @@ def test_pipeline_end_to_end_twice(tmp_path, capsys):
     assert {stage: run.info.status for stage, run in runs.items()} == dict.fromkeys(("train", "forecast", "score"), "FINISHED")
     assert [m.step for m in client.get_metric_history(runs["train"].info.run_id, "loss")][:2] == [1, 2]  # loss logged every optimizer step
     assert "val_rmse_z500_24h" in runs["train"].data.metrics
-    headline = runs["train"].data.metrics["score_z500_rmse_24h"]  # verification logged back on the model's run
+    campaign = runs["score"].data.tags["campaign_key"]
+    headline = runs["train"].data.metrics[f"score_{campaign}_z500_rmse_24h"]  # verification logged on the model's run
+    assert runs["train"].data.tags[f"score_run_{campaign}"] == runs["score"].info.run_id
+    for run in runs.values():  # paths are relative to the workdir, and no host name is recorded
+        values = {**run.data.params, **run.data.tags}
+        assert [v for v in values.values() if str(tmp_path) in v or socket.gethostname() in v] == []
     assert headline == rmse[("fourcast", 24)]
     assert [a.path for a in client.list_artifacts(runs["train"].info.run_id, "checkpoint")] == ["checkpoint/model.pt"]
     plots = {a.path for a in client.list_artifacts(runs["score"].info.run_id, "plots")}

@@ -56,11 +56,13 @@ def _checkpoint(path: Path, store: Path, channels: list[str] | None = None) -> P
 
 
 @pytest.fixture(scope="module")
-def workdir(store, write_run_config, tmp_path_factory) -> Path:
-    """A workdir holding the test store, an afno-tiny checkpoint and ``config.yaml``."""
+def workdir(store_paths, write_run_config, tmp_path_factory) -> Path:
+    """A workdir holding the test store, its climatology, an afno-tiny checkpoint and ``config.yaml``."""
     work = tmp_path_factory.mktemp("forecast-cli")
     paths = Paths(work)
+    store = store_paths[0]
     paths.store.symlink_to(store)
+    paths.climatology.symlink_to(store_paths[1])
     _checkpoint(paths.checkpoint, store)
     write_run_config(work / "config.yaml", work, forecast=CAMPAIGN, tracking={"experiment": "forecast-cli"})
     return work
@@ -124,10 +126,16 @@ def test_two_processes_write_the_archive_of_one_byte_for_byte(workdir, reference
                               order_by=["attributes.start_time DESC"], max_results=1)
     params = runs[0].data.params  # the two-process launch made one run, rank 0's
     assert params["world_size"] == "2" and params["checkpoint_sha256"] == attrs["checkpoint_sha256"]
-    for key in ("model", "training_store_fingerprint", "initial_conditions", "perturbation", "seed", "code_version",
-                "start_time", "end_time"):
+    for key in ("training_store_fingerprint", "perturbation", "seed", "code_version", "start_time", "end_time"):
         assert params[key] == str(attrs[key])
+    assert params["model"] == "checkpoints/model.pt" and params["initial_conditions"] == "store.zarr"  # not absolute
     assert runs[0].data.metrics["member_steps_per_second"] > 0
+    assert attrs["forecast_run_id"] == runs[0].info.run_id  # whichever rank created the archive
+
+    assert main(["score", "--config", str(workdir / "config.yaml"), "--archive", str(archive)]) == 0
+    (scored,) = client.search_runs([client.get_experiment_by_name("forecast-cli").experiment_id],
+                                   "tags.stage = 'score'")
+    assert scored.data.tags["forecast_run_id"] == runs[0].info.run_id
 
 
 def _descendants(pid: int) -> list[int]:

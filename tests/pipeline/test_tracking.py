@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from ensembles.archive import open_archive
+from pipeline.stages import campaign_key, score
+from pipeline.config import ScoreConfig
 from pipeline.tracking import NullTracker, default_tracking_uri, mlflow_run
 
 
@@ -98,7 +101,7 @@ def test_remote_tracking_server(mlflow_server, tmp_path):
     assert any(served.rglob("note.txt"))  # the artifact went through the server's proxy
 
 
-def _noisy_archive(store: Path, path: Path, lineage: dict) -> Path:
+def _noisy_archive(store: Path, path: Path, lineage: dict, inits=("2000-02-10T00", "2000-02-15T00")) -> Path:
     """A finalised archive of 3 members: the store's truth at each valid time plus seeded noise."""
     import numpy as np
 
@@ -106,7 +109,7 @@ def _noisy_archive(store: Path, path: Path, lineage: dict) -> Path:
     from ingest.schema import DATA, open_store
 
     truth = open_store(store)[DATA]
-    inits = np.array(["2000-02-10T00", "2000-02-15T00"], dtype="datetime64[ns]")
+    inits = np.array(inits, dtype="datetime64[ns]")
     leads = np.arange(0, 49, 12).astype("timedelta64[h]").astype("timedelta64[ns]")
     variables = [str(c) for c in truth["channel"].values]
     archive = ZarrArchive(path, variables, inits, leads, 3, truth["lat"].values, truth["lon"].values, attrs=lineage)
@@ -125,7 +128,7 @@ def test_fourcast_score_links_its_run_to_the_forecast_and_the_training_run(tmp_p
                                                                         capsys):
     from pipeline.cli import main
 
-    workdir = tmp_path / "work"
+    workdir = tmp_path / "my work"  # a space in the path (item 17)
     workdir.mkdir()
     store, climatology = store_paths
     (workdir / "store.zarr").symlink_to(store)
@@ -162,11 +165,112 @@ def test_fourcast_score_links_its_run_to_the_forecast_and_the_training_run(tmp_p
     assert {"plots/rmse_z500.png", "plots/spread_skill_z500.png", "plots/rank_histogram_u500.png",
             "plots/map_v500_12h.png"} <= plots
     rmse_24h = next(m.value for m in client.get_metric_history(run_id, "z500_fourcast_rmse") if m.step == 24)
-    trained = client.get_run(train.run_id).data.metrics
-    assert trained["score_z500_rmse_24h"] == rmse_24h > 0  # the verification is on the model's training run
-    assert "score_z500_crps_48h" in trained and "score_z500_mae_48h" not in trained
+    trained = client.get_run(train.run_id)
+    key = campaign_key(open_archive(archive))
+    assert run.data.tags["campaign_key"] == key and trained.data.tags[f"score_run_{key}"] == run_id
+    assert trained.data.metrics[f"score_{key}_z500_rmse_24h"] == rmse_24h > 0  # the verification is on the model's run
+    assert f"score_{key}_z500_crps_48h" in trained.data.metrics and f"score_{key}_z500_mae_48h" not in trained.data.metrics
+    assert run.data.params["store"] == "store.zarr" and run.data.params["archive"] == "../archive.zarr"
+    _assert_nothing_names_the_host_or_the_workdir(run, workdir)
     import xarray as xr
 
     with xr.open_dataset(workdir / "scores" / "scorecard.nc") as scorecard:
         assert list(scorecard["region"].values) == ["global", "tropics", "atlantic"]
         assert (scorecard["n_forecasts"] == 2).all()
+
+
+_HOLD_A_RUN = """
+import sys, time
+from pathlib import Path
+from pipeline.tracking import mlflow_run
+with mlflow_run(sys.argv[1], "killed", "forecast", {"stage": "forecast"}, Path(sys.argv[2])) as tracker:
+    print(tracker.run_id, flush=True)
+    time.sleep(300)
+"""
+
+
+def _process_holding_a_run(uri: str, tmp_path: Path) -> tuple[subprocess.Popen, str]:
+    """A Python process that opens a ``forecast`` run, prints its id and sleeps inside the run."""
+    process = subprocess.Popen([sys.executable, "-c", _HOLD_A_RUN, uri, str(tmp_path / "artifacts")],
+                               cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, text=True)
+    return process, process.stdout.readline().strip()
+
+
+def test_a_terminated_process_ends_its_run_killed(tmp_path):
+    uri = default_tracking_uri(tmp_path)
+    process, run_id = _process_holding_a_run(uri, tmp_path)
+    process.terminate()
+    assert process.wait(timeout=60) == 128 + 15
+    assert MlflowClient(uri).get_run(run_id).info.status == "KILLED"
+
+
+def test_a_run_left_running_by_a_killed_process_is_marked_killed_by_the_next_start(tmp_path):
+    uri = default_tracking_uri(tmp_path)
+    process, run_id = _process_holding_a_run(uri, tmp_path)
+    process.kill()
+    process.wait(timeout=60)
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).info.status == "RUNNING"  # nobody could end it
+    with mlflow_run(uri, "killed", "train", artifact_root=tmp_path / "artifacts"):
+        assert client.get_run(run_id).info.status == "RUNNING"  # another stage leaves it alone
+    live, live_id = _process_holding_a_run(uri, tmp_path)
+    try:
+        assert client.get_run(run_id).info.status == "KILLED"  # the next forecast marks it
+        with mlflow_run(uri, "killed", "forecast", artifact_root=tmp_path / "artifacts"):
+            assert client.get_run(live_id).info.status == "RUNNING"  # a living process's run is not touched
+    finally:
+        live.kill()
+        live.wait(timeout=60)
+
+
+def _assert_nothing_names_the_host_or_the_workdir(run, workdir: Path) -> None:
+    """No param or tag of ``run`` holds the workdir's absolute path or this host's name."""
+    values = {**run.data.params, **run.data.tags}
+    leaks = {key: value for key, value in values.items()
+             if str(workdir.resolve()) in value or str(workdir.absolute()) in value or socket.gethostname() in value}
+    assert leaks == {}
+
+
+@pytest.mark.slow
+def test_two_campaigns_scored_on_one_training_run_both_keep_their_headline_scores(tmp_path, store_paths):
+    store, climatology = store_paths
+    uri = default_tracking_uri(tmp_path)
+    with mlflow_run(uri, "scores", "train", artifact_root=tmp_path / "mlartifacts") as train:
+        pass
+    cfg = ScoreConfig(lead_hours=[24], plots=False)
+    headline = {}
+    for name, inits in (("first", ("2000-02-10T00", "2000-02-15T00")), ("second", ("2000-02-20T00",))):
+        archive = _noisy_archive(store, tmp_path / f"{name}.zarr", {"train_run_id": train.run_id}, inits)
+        with mlflow_run(uri, "scores", "score", artifact_root=tmp_path / "mlartifacts") as tracker:
+            records = score(cfg, archive, store, climatology, tmp_path / name, tracker, tracking_uri=uri)
+        key = campaign_key(open_archive(archive))
+        headline[key] = next(r["value"] for r in records if (r["variable"], r["metric"], r["system"], r["lead_hours"])
+                             == ("z500", "rmse", "fourcast", 24))
+    assert len(headline) == 2 and len(set(headline.values())) == 2  # two campaigns, two different scores
+    trained = MlflowClient(uri).get_run(train.run_id).data.metrics
+    assert {key: trained[f"score_{key}_z500_rmse_24h"] for key in headline} == headline
+
+
+@pytest.mark.slow
+def test_a_training_run_in_another_store_is_a_warning_not_a_failure(tmp_path, store_paths, write_run_config, capsys,
+                                                                   caplog):
+    from pipeline.cli import main
+
+    store, climatology = store_paths
+    elsewhere = default_tracking_uri(tmp_path / "elsewhere")
+    with mlflow_run(elsewhere, "scores", "train", artifact_root=tmp_path / "elsewhere") as train:
+        pass
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (workdir / "store.zarr").symlink_to(store)
+    (workdir / "climatology.zarr").symlink_to(climatology)
+    archive = _noisy_archive(store, workdir / "archive.zarr", {"train_run_id": train.run_id})
+    config = write_run_config(workdir / "run.yaml", workdir, score={"lead_hours": [24], "plots": False},
+                              tracking={"experiment": "scores"})
+    assert main(["score", "--config", str(config), "--archive", str(archive)]) == 0
+    assert "z500     rmse   fourcast" in capsys.readouterr().out
+    assert f"the train_run_id {train.run_id} is not in the tracking store" in caplog.text
+    client = MlflowClient(default_tracking_uri(workdir))
+    (run,) = client.search_runs([client.get_experiment_by_name("scores").experiment_id], "tags.stage = 'score'")
+    assert run.info.status == "FINISHED" and run.data.tags["missing_lineage_runs"] == train.run_id
+    assert not any(key.startswith("score_") for key in MlflowClient(elsewhere).get_run(train.run_id).data.metrics)
