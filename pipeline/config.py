@@ -198,6 +198,9 @@ class IngestConfig(_Slice):
     compressor: Literal["none", "zstd", "blosc"] = "zstd"
     source: Literal["synthetic", "files", "cds"] = "synthetic"
     cds: CdsConfig | None = None
+    assume_units: dict[str, str] = Field(
+        default_factory=dict, description="{variable id: units} for input fields stored without a units attribute "
+        "(otherwise refused), e.g. {z500: 'm**2 s**-2'}")
 
     @model_validator(mode="after")
     def _cds_configured(self) -> IngestConfig:
@@ -211,6 +214,12 @@ class IngestConfig(_Slice):
         unknown = [v for v in value if v not in LEXICON]
         if unknown:
             raise ValueError(f"unknown variable ids {unknown}; expected lexicon ids such as z500, t850, u10m, t2m, msl")
+        return value
+
+    @field_validator("assume_units")
+    @classmethod
+    def _known_ids(cls, value: dict[str, str]) -> dict[str, str]:
+        cls._known(list(value))
         return value
 
 

@@ -245,7 +245,8 @@ def ingest(cfg: IngestConfig, cluster: ClusterConfig, files: list[Path], store: 
     provenance = {"sources": [f.name for f in files], "fourcast_version": code_version(), "coarsen": cfg.coarsen}
     layout = StoreLayout(shard_steps=cfg.shard_steps, compressor=cfg.compressor)
     with dask_client(cluster) as client:
-        data = coarsen(open_sources(files, cfg.variables, cfg.shard_steps), cfg.coarsen)
+        data = coarsen(open_sources(files, cfg.variables, cfg.shard_steps, assume_units=cfg.assume_units),
+                       cfg.coarsen)
         check_task_memory(client, shard_task_bytes(data, cfg.shard_steps), f"a shard of {cfg.shard_steps} steps of "
                           f"{data.sizes[CHANNEL]} x {data.sizes[LAT]} x {data.sizes[LON]} {data.dtype}")
         period = StatsPeriod.default(data[TIME].values, cfg.statistics_leave_out_years, provenance) \

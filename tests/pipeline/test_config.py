@@ -182,3 +182,11 @@ def test_score_max_lead_hours_bounds_the_headline_and_map_leads():
         parse_config(raw)
     raw["score"]["lead_hours"] = [24, 72]
     assert parse_config(raw).score.max_lead_hours == 72
+
+
+def test_assumed_units_name_lexicon_variables():
+    from pipeline.config import IngestConfig
+
+    assert IngestConfig(variables=["t2m"], assume_units={"t2m": "K"}).assume_units == {"t2m": "K"}
+    with pytest.raises(ValueError, match="unknown variable ids \\['t2metre'\\]"):
+        IngestConfig(variables=["t2m"], assume_units={"t2metre": "K"})

@@ -55,3 +55,25 @@ def test_a_corrupted_grib_in_the_raw_folder_stops_ingest_run_with_one_line_namin
     assert err.count("\n") == 0 and "Traceback" not in err
     assert err.startswith(f"fourcast ingest run: CorruptFileError: {grib}: GRIB message 1 (at byte 0) is corrupt")
     assert not paths.store.exists()
+
+
+@pytest.mark.distributed
+def test_a_field_without_units_stops_ingest_run_unless_the_config_assumes_them(tmp_path, write_run_config, capsys):
+    import xarray as xr
+
+    paths = Paths(tmp_path / "work")
+    _pressure, surface = write_new_cds(make_fields(ntime=2), paths.raw)
+    ds = xr.load_dataset(surface)
+    del ds["t2m"].attrs["units"]
+    ds.to_netcdf(surface)
+    ingest = {"source": "files", "variables": list(ALL_IDS), "shard_steps": 4}
+    refused = write_run_config(tmp_path / "refused.yaml", paths.workdir, ingest=ingest)
+    assumed = write_run_config(tmp_path / "assumed.yaml", paths.workdir, ingest={**ingest, "assume_units": {"t2m": "K"}})
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        address = cluster.scheduler_address
+        assert main(["ingest", "run", "--config", str(refused), "--scheduler-address", address]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "has no units attribute" in err and "t2m" in err
+        assert not paths.store.exists()
+        assert main(["ingest", "run", "--config", str(assumed), "--scheduler-address", address]) == 0
+    assert paths.store.exists()
