@@ -132,7 +132,8 @@ def test_two_processes_write_the_archive_of_one_byte_for_byte(workdir, reference
     assert runs[0].data.metrics["member_steps_per_second"] > 0
     assert attrs["forecast_run_id"] == runs[0].info.run_id  # whichever rank created the archive
 
-    assert main(["score", "--config", str(workdir / "config.yaml"), "--archive", str(archive)]) == 0
+    assert main(["score", "--config", str(workdir / "config.yaml"), "--archive", str(archive),
+                 "--lead-hours", "24", "48"]) == 0
     (scored,) = client.search_runs([client.get_experiment_by_name("forecast-cli").experiment_id],
                                    "tags.stage = 'score'")
     assert scored.data.tags["forecast_run_id"] == runs[0].info.run_id
