@@ -24,6 +24,7 @@ import torch
 
 from fourcast.errors import CheckpointError, CheckpointWriteError
 from ingest.atomic import discard, replace_path, temporary_sibling
+from ingest.locks import process_running
 
 FORMAT_VERSION = 1
 TRAINING_STATE_VERSION = 1
@@ -153,22 +154,12 @@ def remove_stale_partials(directory: str | Path) -> list[Path]:
     removed = []
     for path in sorted(directory.glob(".*.partial-*")) if directory.is_dir() else []:
         match = _PARTIAL.match(path.name)
-        if not path.is_file() or match is None or (match["pid"] and _running(int(match["pid"]))):
+        if not path.is_file() or match is None or (match["pid"] and process_running(int(match["pid"]))):
             continue
         path.unlink(missing_ok=True)
         removed.append(path)
         log.info("removed %s, the leftover of a checkpoint write that was killed", path)
     return removed
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 def set_aside(directory: str | Path) -> Path | None:

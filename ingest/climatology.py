@@ -46,6 +46,7 @@ from dask.delayed import Delayed
 from ingest.atomic import discard, replace_path
 from ingest.dims import CHANNEL, LAT, LON, TIME
 from ingest.errors import StoreSchemaError
+from ingest.locks import process_running
 from ingest.schema import CLIMATOLOGY, CLIMATOLOGY_DIMS, DAYOFYEAR, HOUR, STATS_END, STATS_START
 
 log = logging.getLogger(__name__)
@@ -328,19 +329,8 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
         if match is None:
             continue
         pid, host = match.groups()
-        if pid is None or (host == socket.gethostname() and not _running(int(pid))):
+        if pid is None or (host == socket.gethostname() and not process_running(int(pid))):
             discard(candidate)
             removed.append(candidate)
             log.info("removed %s, left by a writer that is no longer running", candidate)
     return removed
-
-
-def _running(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this host (signal 0 checks without signalling)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, as another user's process
-        return True
-    return True

@@ -30,6 +30,21 @@ class LockHeldError(IngestError, RuntimeError):
     """Another live process is writing the store (or archive) this process was asked to write."""
 
 
+def process_running(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (signal 0 checks without signalling).
+
+    The one test of "is the writer of this leftover still alive" for every temporary that
+    carries its writer's process id (checkpoints, climatology partials, MLflow runs).
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's process
+        return True
+    return True
+
+
 def lock_path(target: str | Path, owner: str = "") -> Path:
     """The lock file of ``target``: ``.NAME.lock`` beside it (``.NAME.lock-OWNER`` for an owner)."""
     target = Path(target)

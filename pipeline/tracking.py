@@ -27,6 +27,8 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from ingest.locks import process_running
+
 _BATCH = 200  # MLflow caps a batch at 1000 metrics / 100 params
 
 log = logging.getLogger(__name__)
@@ -243,12 +245,8 @@ def _process_alive(tags: Mapping[str, str]) -> bool:
         pid = int(tags.get("process_id", ""))
     except ValueError:
         return True  # not recorded: nothing to tell, leave the run alone
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not process_running(pid):
         return False
-    except PermissionError:
-        pass  # alive, another user's
     return not tags.get("process_started") or _process_started(pid) == tags["process_started"]
 
 
