@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fourcast-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast venv clean cylc-env cycle rsync
+.PHONY: demo test test-fast venv clean cylc-env cycle cycle-tiny rsync
 
 venv: $(STAMP)
 
@@ -47,11 +47,19 @@ rsync:
 	@command -v rsync >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get install -y rsync || (apt-get update && apt-get install -y rsync)); } \
 	  || { echo "cylc install needs rsync: install it (Debian/Ubuntu: sudo apt-get install -y rsync)" >&2; exit 1; }
 
-# A bounded hindcast of the forecast cycle (CYCLE_POINTS points) on the demo's outputs
-# (`make demo` first; without them it builds its own tiny inputs: CYCLE_BOOTSTRAP).
+# A bounded hindcast of the forecast cycle (4 daily cycle points) on the demo's outputs: `make demo`
+# first (store, registered fourcast-afno-tiny). `make cycle-tiny` builds its own tiny inputs instead
+# (configs/cycle-tiny.yaml: synthesize, ingest, train, register) and then runs the same hindcast.
+CYCLE_CONFIG ?= configs/demo.yaml
 CYCLE_WORKDIR ?= demo
+CYCLE_RUN = CYLC_CONF_PATH=$(CURDIR)/$(CYLC_CONF) CYLC=$(CURDIR)/$(CYLC_VENV)/bin/cylc $(VENV)/bin/fourcast
+
 cycle: $(STAMP) cylc-env
-	CYLC_CONF_PATH=$(CURDIR)/$(CYLC_CONF) CYLC=$(CYLC_VENV)/bin/cylc $(PY) -m pipeline.cycle_demo --workdir $(CYCLE_WORKDIR)
+	$(CYCLE_RUN) cycle hindcast --config $(CYCLE_CONFIG) --workdir $(CYCLE_WORKDIR)
+
+cycle-tiny: $(STAMP) cylc-env
+	test -e cycle-tiny/store.zarr/zarr.json || $(VENV)/bin/fourcast run --config configs/cycle-tiny.yaml
+	$(CYCLE_RUN) cycle hindcast --config configs/cycle-tiny.yaml
 
 clean:
-	rm -rf demo .pytest_cache
+	rm -rf demo cycle-tiny .pytest_cache

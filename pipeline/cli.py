@@ -130,6 +130,12 @@ def _operations_parsers(commands, add) -> None:
     wait.add_argument("--poll", type=float, default=10.0, metavar="SECONDS")
     with_catalogue(add("report", "log a cycle-report run tagged with the cycle point to MLflow", cycle)).add_argument(
         "--point", required=True)
+    hindcast = add("hindcast", "install and play (cylc play --no-detach) a bounded forecast-cycle hindcast on the "
+                               "workdir's store and registered model; print where the archives and runs are", cycle)
+    hindcast.add_argument("--points", type=int, default=4, help="cycle points (one a day from forecast.inits.start)")
+    hindcast.add_argument("--lead-hours", type=int, default=48)
+    hindcast.add_argument("--members", type=int, default=4)
+    hindcast.add_argument("--name", default="fourcast-cycle", help="Cylc workflow name (each run a new runN)")
 
     tracking = group("tracking", "an MLflow tracking server for concurrent writers: serve | stop")
     serve = add("serve", "start `mlflow server` over the config's tracking store, detached; print its URI", tracking)
@@ -370,14 +376,14 @@ def _run_operation(command: str, cfg: RunConfig, args: argparse.Namespace) -> No
     """``fourcast archive | model | cycle | tracking …``: the verbs the Cylc workflows call."""
     import json
 
-    from ensembles.catalogue import catalogue_location
     from pipeline import operations, tracking
-    from pipeline.stages import Paths
 
-    paths = Paths(cfg.workdir)
-    uri = cfg.tracking.tracking_uri or tracking.default_tracking_uri(paths.workdir)
+    uri = cfg.tracking.tracking_uri or tracking.default_tracking_uri(cfg.workdir)
+    store, artifacts = cfg.workdir / "store.zarr", cfg.workdir / "mlartifacts"  # as pipeline.stages.Paths names them
     group, action = command.split()
     if group == "archive":
+        from ensembles.catalogue import catalogue_location
+
         catalogue = operations.catalogue_of(cfg)
         if action == "publish":
             entry = catalogue.publish(args.archive, args.cycle_point, args.hold)
@@ -421,18 +427,61 @@ def _run_operation(command: str, cfg: RunConfig, args: argparse.Namespace) -> No
     elif group == "cycle":
         if action == "await-data":
             point = operations.cycle_point_time(args.point)
-            step = int(operations.store_step_hours(paths.store))
-            operations.await_data(paths.store, operations.cycle_times(str(point), args.back_hours, step),
+            step = int(operations.store_step_hours(store))
+            operations.await_data(store, operations.cycle_times(str(point), args.back_hours, step),
                                   args.timeout, args.poll)
-            print(f"analyses up to {args.point} are in {paths.store}")
+            print(f"analyses up to {args.point} are in {store}")
+        elif action == "hindcast":
+            _hindcast(cfg, args, uri)
         else:
+            from ensembles.catalogue import catalogue_location
+
             catalogue = operations.catalogue_of(cfg)
             run_id = operations.report_cycle(cfg, uri, args.point, catalogue.entries())
             print(f"cycle {args.point}: report run {run_id} in {uri}; catalogue {catalogue_location(catalogue.url)}")
     elif action == "serve":
-        print(tracking.start_tracking_server(uri, paths.artifacts, args.state_dir))
+        print(tracking.start_tracking_server(uri, artifacts, args.state_dir))
     else:
         print("stopped" if tracking.stop_tracking_server(args.state_dir) else "no server was running")
+
+
+def _hindcast(cfg: RunConfig, args: argparse.Namespace, uri: str) -> None:
+    """``fourcast cycle hindcast``: the forecast cycle over ``--points`` days of the workdir's store, timed."""
+    import time
+
+    from pipeline import cylc, operations, tracking
+    from pipeline.stages import Paths, StageInputError
+
+    paths = Paths(cfg.workdir)
+    model = f"fourcast-{cfg.train.model}"
+    if not (paths.store / "zarr.json").exists():
+        raise StageInputError(f"no store at {paths.store}: run `make demo` (or `fourcast run --config ...`) first")
+    if "champion" not in tracking.model_aliases(uri, model):
+        latest = tracking.model_versions(uri, model)[-1]
+        tracking.set_model_alias(uri, model, "champion", latest)
+        print(f"{model}@champion did not exist: set to the newest version, {latest}")
+    config = args.config or Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG))
+    variables = cylc.hindcast_variables(config, paths.workdir, str(cfg.forecast.inits.start)[:13], args.points,
+                                        lead_hours=args.lead_hours, members=args.members, model=model)
+    env = cylc.cylc_environment()
+    started = time.perf_counter()
+    workflow = cylc.install("forecast-cycle", args.name, env)
+    run = cylc.run_dir(env, workflow).resolve()
+    print(f"cylc play --no-detach {workflow} ({variables['INITIAL']} .. {variables['FINAL']}, run dir {run})",
+          flush=True)
+    result = cylc.play(workflow, env, variables)
+    seconds = time.perf_counter() - started
+    catalogue = operations.catalogue_of(cfg)
+    mine = [e for e in catalogue.entries() if str(run.name) in e.path and f"/{args.name}/" in e.path]
+    for entry in mine:
+        print(f"  {entry.cycle_point}: archive {entry.id} {entry.model_name}/{entry.model_version} {entry.path}")
+    print(f"hindcast of {args.points} cycle points {'finished' if result.returncode == 0 else 'FAILED'} in "
+          f"{seconds:.0f} s\ncatalogue: {catalogue.url} (fourcast archive list --config {config})\n"
+          f"MLflow: mlflow ui --backend-store-uri {uri}  (runs tagged cycle_point; experiment "
+          f"{cfg.tracking.experiment})\nCylc logs: cylc cat-log {workflow}   |   {run}/log")
+    if result.returncode != 0:
+        raise StageInputError(f"cylc play ended with status {result.returncode}:\n{result.stdout[-3000:]}"
+                              f"{result.stderr[-3000:]}")
 
 
 def _inspect_store(action: str, store: Path) -> int:

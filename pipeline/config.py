@@ -15,7 +15,6 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Annotated, Literal
 
-import torch
 import yaml
 from dask.utils import parse_bytes
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
@@ -91,6 +90,8 @@ def _device_name(value: str | None) -> str | None:
     if value is None:
         return value
     try:
+        import torch  # only when a device is named
+
         device = torch.device(value)
     except (RuntimeError, ValueError):
         device = None

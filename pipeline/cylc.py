@@ -41,7 +41,9 @@ def cylc_executable() -> Path:
 
 
 def cylc_environment(home: Path | None = None) -> dict[str, str]:
-    """The environment Cylc commands run in: ``CYLC_CONF_PATH`` (written if missing) and optionally ``HOME``.
+    """The environment Cylc commands run in: ``cylc`` first on ``PATH``, ``CYLC_CONF_PATH`` (written if missing).
+
+    ``home`` replaces ``HOME``, so runs go to ``<home>/cylc-run``.
 
     Raises
     ------
@@ -54,7 +56,8 @@ def cylc_environment(home: Path | None = None) -> dict[str, str]:
     conf = Path(os.environ.get("CYLC_CONF_PATH", CYLC_CONF))
     if not (conf / "global.cylc").is_file():
         write_global_config(conf, cylc_executable().parent)
-    env = {**os.environ, "CYLC_CONF_PATH": str(conf)}
+    path = f"{cylc_executable().parent}{os.pathsep}{os.environ.get('PATH', '')}"  # the scheduler runs `cylc jobs-submit`
+    env = {**os.environ, "CYLC_CONF_PATH": str(conf), "PATH": path}
     if home is not None:
         env["HOME"] = str(home)
     return env
@@ -125,3 +128,18 @@ def start_play(workflow_id: str, env: Mapping[str, str],
 def run_dir(env: Mapping[str, str], workflow_id: str) -> Path:
     """The run directory of the latest run of ``workflow_id`` (``~/cylc-run/<id>/runN``)."""
     return Path(env.get("HOME", str(Path.home()))) / "cylc-run" / workflow_id / "runN"
+
+
+def hindcast_variables(config: Path, workdir: Path, initial: str, points: int, interval_hours: int = 24,
+                       lead_hours: int = 48, members: int = 4, model: str = "fourcast-afno-tiny") -> dict[str, object]:
+    """Template variables of a bounded forecast-cycle hindcast of ``points`` cycle points from ``initial``."""
+    import numpy as np
+
+    start = np.datetime64(initial, "h")
+    final = start + np.timedelta64(interval_hours * (points - 1), "h")
+    score_leads = " ".join(str(h) for h in range(interval_hours, lead_hours + 1, interval_hours))
+    return {"CONFIG": str(Path(config).resolve()), "WORKDIR": str(Path(workdir).resolve()),
+            "FOURCAST": fourcast_command(), "PYTHONPATH": str(ROOT), "INITIAL": str(start)[:13],
+            "FINAL": str(final)[:13], "INTERVAL_HOURS": interval_hours, "LEAD_HOURS": lead_hours,
+            "SCORE_LEAD_HOURS": score_leads, "MEMBERS": members, "MODEL": model, "DATA_TIMEOUT": 60,
+            "DATA_POLL": 5, "RETRY_DELAYS": "PT5S, PT30S"}

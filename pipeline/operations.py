@@ -11,14 +11,16 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ensembles.catalogue import Catalogue, Entry, default_url
-from ensembles.scorecard import FOURCAST, open_scorecard, scorecard_records
 from ingest.dims import TIME
 from ingest.schema import open_store
 from pipeline.config import RunConfig
+
+if TYPE_CHECKING:
+    from ensembles.catalogue import Catalogue, Entry
 from pipeline.tracking import (mlflow_run, model_aliases, resolve_model_version, set_model_alias,
                                score_metric_name, tag_model_version)
 
@@ -31,6 +33,8 @@ class DataNotArrivedError(RuntimeError):
 
 def catalogue_of(cfg: RunConfig) -> Catalogue:
     """The catalogue of a config (``catalogue.url``, default the workdir's SQLite file)."""
+    from ensembles.catalogue import Catalogue, default_url  # opening archives needs the heavy stack
+
     return Catalogue(cfg.catalogue.url or default_url(cfg.workdir))
 
 
@@ -129,6 +133,8 @@ def headline_values(scorecard: Path, headlines: list[Headline]) -> dict[Headline
     ValueError
         If the scorecard lacks one of them (naming what it has).
     """
+    from ensembles.scorecard import FOURCAST, open_scorecard, scorecard_records
+
     records = [r for r in scorecard_records(open_scorecard(scorecard)) if r["system"] == FOURCAST]
     values = {(r["variable"], r["metric"], r["lead_hours"]): r["value"] for r in records}
     found = {}

@@ -528,7 +528,7 @@ def start_tracking_server(backend_uri: str, artifact_root: Path, state_dir: Path
                "--no-serve-artifacts"]
     with open(log_file, "ab") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
+                                   start_new_session=True, cwd=state_dir)  # outlives the caller's folder
     pid_file.write_text(f"{process.pid}\n")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
