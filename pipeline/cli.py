@@ -237,7 +237,9 @@ def _run_tracked_stage(command: str, cfg: RunConfig, paths, stages, resume: str 
 
     uri = cfg.tracking.tracking_uri or default_tracking_uri(paths.workdir)
     main_rank = stages.Launch.from_env().rank == 0  # under torchrun only rank 0 opens the MLflow run
-    tracked = (mlflow_run(uri, cfg.tracking.experiment, command, {"stage": command}, paths.artifacts) if main_rank
+    name = {"train": lambda: stages.train_run_name(cfg.train),
+            "forecast": lambda: stages.forecast_run_name(cfg.forecast)}.get(command, lambda: command)()
+    tracked = (mlflow_run(uri, cfg.tracking.experiment, name, {"stage": command}, paths.artifacts) if main_rank
                else nullcontext(NullTracker()))
     with tracked as tracker:
         if command == "train":
