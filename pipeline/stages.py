@@ -24,6 +24,7 @@ import xarray as xr
 
 from ensembles.archive import open_archive
 from ensembles.campaign import Campaign, CampaignArchive
+from ensembles.export import climatology_to_weatherbench2, to_weatherbench2, truth_to_weatherbench2, write_wb2
 from ensembles.perturbations import (BredVectorPerturbation, GaussianPerturbation, GaussianRandomFieldPerturbation,
                                      NoPerturbation)
 from ensembles.protocols import Perturbation
@@ -161,6 +162,10 @@ class Paths:
     @property
     def summary(self) -> Path:
         return self.workdir / "summary.json"
+
+    @property
+    def wb2(self) -> Path:
+        return self.workdir / "wb2"
 
 
 def _datetime64(value) -> np.datetime64:
@@ -953,6 +958,23 @@ def _score_maps(cfg: ScoreConfig, forecasts, truth, climatology, out_dir: Path) 
     return paths
 
 
+def export_wb2(archive: Path, store: Path, climatology: Path, out_dir: Path, zarr_format: int = 3) -> dict[str, Path]:
+    """The archive, the truth at its valid times and the climatology in WeatherBench 2's layout, under ``out_dir``.
+
+    Writes ``forecast.zarr``, ``truth.zarr`` (the store's fields from the first init time to
+    the last valid time) and ``climatology.zarr``, each atomically, with consolidated metadata,
+    in Zarr ``zarr_format`` (3, or 2 for tools that read only v2). Returns their paths by role.
+    """
+    forecasts = open_archive(archive)
+    inits, leads = forecasts["init_time"].values, forecasts["lead_time"].values
+    truth = open_store(store)[DATA].sel({TIME: slice(inits.min(), inits.max() + leads.max())})
+    written = {"forecast": write_wb2(to_weatherbench2(forecasts), out_dir / "forecast.zarr", zarr_format),
+               "truth": write_wb2(truth_to_weatherbench2(truth), out_dir / "truth.zarr", zarr_format),
+               "climatology": write_wb2(climatology_to_weatherbench2(open_climatology(climatology)),
+                                        out_dir / "climatology.zarr", zarr_format)}
+    return {role: Path(path) for role, path in written.items()}
+
+
 def publish(path: Path, records: list[dict], lead_hours: list[int], store: Path, archive: Path, tracking_uri: str,
             run_ids: dict[str, str]) -> Path:
     """Write ``summary.json`` (headline scores at ``lead_hours`` and where everything lives) atomically."""
@@ -1034,6 +1056,9 @@ def run_pipeline(cfg: RunConfig) -> PipelineResult:
                             workdir=paths.workdir)
             run_ids["score"] = tracker.run_id
         parent.log_metrics(headline_scores(records, cfg.score.lead_hours, campaign_key(open_archive(paths.archive))))
+        with _stage("export wb2"):
+            exported = export_wb2(paths.archive, paths.store, paths.climatology, paths.wb2)
+        parent.set_tags({f"wb2_{role}": os.path.relpath(path, paths.workdir) for role, path in exported.items()})
         summary = publish(paths.summary, records, cfg.score.lead_hours, paths.store, paths.archive, uri, run_ids)
         parent.log_artifact(summary)
     return PipelineResult(summary, records, uri, run_ids)
