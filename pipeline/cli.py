@@ -10,14 +10,10 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
-import yaml
-from pydantic import ValidationError
+from typing import TYPE_CHECKING
 
-from ensembles.errors import EnsembleError
-from fourcast.errors import FourcastError
-from ingest.cds import describe_plan
-from ingest.errors import IngestError
-from pipeline.config import ConfigError, RunConfig, load_config, parse_config
+if TYPE_CHECKING:  # the heavy imports (torch, dask, pydantic models) wait until a command runs: --help stays fast
+    from pipeline.config import RunConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 CONFIG_ENV = "FOURCAST_CONFIG"
@@ -26,16 +22,38 @@ RESUME_LAST = "last"
 DEBUG_ENV = "FOURCAST_DEBUG"
 
 
+def _version() -> str:
+    """The installed fourcast version (the source tree's ``pyproject.toml`` when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fourcast")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+class _Help(argparse.HelpFormatter):
+    """Help that shows each option's default, unless it has none or its help already says what it is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fourcast", description="ML weather forecasting pipeline: ERA5 → Zarr v3 → "
-                                     "AFNO training → ensembles → verification, tracked in MLflow.")
+                                     "AFNO training → ensembles → verification, tracked in MLflow.",
+                                     formatter_class=_Help)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--traceback", action="store_true",
                         help=f"let errors through with their traceback (also ${DEBUG_ENV}=1)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     def add(name: str, help_text: str, group=commands) -> argparse.ArgumentParser:
-        sub = group.add_parser(name, help=help_text, description=help_text)
+        sub = group.add_parser(name, help=help_text, description=help_text, formatter_class=_Help)
         sub.add_argument("--config", type=Path, default=None,
                          help=f"YAML run config (default: ${CONFIG_ENV} or {DEFAULT_CONFIG.name}, the synthetic demo)")
         sub.add_argument("--workdir", type=Path, default=None,
@@ -70,6 +88,15 @@ def _parser() -> argparse.ArgumentParser:
                           "member block) work items are split over the processes; a relaunch resumes it"))
     _score_options(add("score", "score the archive and the baselines against the store into a scorecard (netCDF, "
                        "CSV) and plots, logged to MLflow and onto the model's training run"))
+    export = commands.add_parser("export", help="write outputs in other tools' layouts: wb2",
+                                 description="write outputs in other tools' layouts")
+    export_formats = export.add_subparsers(dest="action", required=True, metavar="format")
+    wb2 = add("wb2", "write the forecast archive, the truth at its valid times and the climatology in WeatherBench 2's "
+              "layout (forecast.zarr, truth.zarr, climatology.zarr)", export_formats)
+    wb2.add_argument("--archive", type=Path, help="archive to export (default: <workdir>/forecasts/archive.zarr)")
+    wb2.add_argument("--out", type=Path, help="output folder (default: <workdir>/wb2)")
+    wb2.add_argument("--zarr-format", type=int, choices=[2, 3], default=3,
+                     help="Zarr format of the stores (2 for tools that read only Zarr v2)")
     _operations_parsers(commands, add)
     return parser
 
@@ -185,6 +212,8 @@ def _tags(args: argparse.Namespace) -> dict[str, str]:
 
 def _with_forecast_options(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
     """``cfg`` with the ``fourcast forecast`` options given on the command line, validated again."""
+    from pipeline.config import parse_config
+
     forecast = cfg.forecast.model_dump(mode="json")
     keys = {"model": "model", "init_every": "init_every_hours", "members": "members",
             "lead_hours": "lead_hours", "step_hours": "step_hours", "seed": "seed",
@@ -232,6 +261,8 @@ def _score_options(sub: argparse.ArgumentParser) -> None:
 
 def _with_score_options(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
     """``cfg`` with the ``fourcast score`` options given on the command line, validated again."""
+    from pipeline.config import parse_config
+
     score = cfg.score.model_dump(mode="json")
     keys = {"partial": "partial", "nan_policy": "nan_policy", "lead_hours": "lead_hours",
             "max_lead_hours": "max_lead_hours", "map_init": "map_init", "map_lead_hours": "map_lead_hours"}
@@ -244,6 +275,8 @@ def _with_score_options(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
+    from pipeline.config import load_config, parse_config
+
     path = args.config or Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG))
     cfg = load_config(path, workdir=args.workdir)
     if getattr(args, "scheduler_address", None):
@@ -284,6 +317,7 @@ def _outputs(command: str, cfg: RunConfig, paths) -> dict[str, Path]:
             "train": {"checkpoint folder": paths.checkpoint.parent, "MLflow artifact folder": paths.artifacts},
             "forecast": {"archive folder": archive.parent, "MLflow artifact folder": paths.artifacts, **streamed},
             "score": {"scores folder": paths.scores, "MLflow artifact folder": paths.artifacts},
+            "export wb2": {"WB2 export folder": paths.wb2},
             }.get(command, {})
 
 
@@ -304,13 +338,14 @@ def _preflight(command: str, cfg: RunConfig, paths, stages) -> None:
 
 
 def _run_stage(command: str, cfg: RunConfig, resume: str | None = None, restart: bool = False,
-               args: argparse.Namespace | None = None) -> None:
+               export_args: dict | None = None, args: argparse.Namespace | None = None) -> None:
     if command.split()[0] in ("archive", "model", "cycle", "tracking"):
         _run_operation(command, cfg, args)
         return
     from pipeline import stages  # heavy imports only once a stage runs
 
     paths = stages.Paths(cfg.workdir)
+    export_args = export_args or {}
     _preflight(command, cfg, paths, stages)
     if command in ("demo", "run"):
         result = stages.run_pipeline(cfg)
@@ -324,6 +359,8 @@ def _run_stage(command: str, cfg: RunConfig, resume: str | None = None, restart:
     elif command == "ingest plan":
         if cfg.ingest.source != "cds":
             raise stages.StageInputError(f"ingest plan needs ingest.source: cds, found {cfg.ingest.source!r}")
+        from ingest.cds import describe_plan
+
         print(describe_plan(stages.cds_plan(cfg.ingest.cds, cfg.ingest.variables)), end="")
     elif command == "ingest run":
         if cfg.ingest.source == "cds":
@@ -331,6 +368,11 @@ def _run_stage(command: str, cfg: RunConfig, resume: str | None = None, restart:
         else:
             files = stages.raw_files(paths.raw)
         print(stages.ingest(cfg.ingest, cfg.cluster, files, paths.store, paths.climatology))
+    elif command == "export wb2":
+        archive = export_args.get("archive") or cfg.score.archive or cfg.forecast.archive or paths.archive
+        written = stages.export_wb2(archive, paths.store, paths.climatology, export_args.get("out") or paths.wb2,
+                                    export_args.get("zarr_format", 3))
+        print("\n".join(str(p) for p in written.values()))
     else:
         _run_tracked_stage(command, cfg, paths, stages, resume, restart, args)
 
@@ -341,8 +383,10 @@ def _run_tracked_stage(command: str, cfg: RunConfig, paths, stages, resume: str 
 
     uri = cfg.tracking.tracking_uri or default_tracking_uri(paths.workdir)
     main_rank = stages.Launch.from_env().rank == 0  # under torchrun only rank 0 opens the MLflow run
+    name = {"train": lambda: stages.train_run_name(cfg.train),
+            "forecast": lambda: stages.forecast_run_name(cfg.forecast)}.get(command, lambda: command)()
     tags = {**(_tags(args) if args is not None else {}), "stage": command}
-    tracked = (mlflow_run(uri, cfg.tracking.experiment, command, tags, paths.artifacts) if main_rank
+    tracked = (mlflow_run(uri, cfg.tracking.experiment, name, tags, paths.artifacts) if main_rank
                else nullcontext(NullTracker()))
     with tracked as tracker:
         if command == "train":
@@ -501,7 +545,11 @@ def _inspect_store(action: str, store: Path) -> int:
 
 def _run_errors() -> tuple[type[Exception], ...]:
     """Errors of a run that failed on its inputs or environment (exit 1): our packages' types and ``OSError``."""
+    from ensembles.errors import EnsembleError
+    from fourcast.errors import FourcastError
+    from ingest.errors import IngestError
     from pipeline.cluster import ClusterError  # heavy imports only once something failed
+    from pipeline.config import ConfigError
     from pipeline.stages import StageInputError
     from pipeline.tracking import ModelUriError
 
@@ -523,6 +571,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``--traceback`` (or ``$FOURCAST_DEBUG=1``) lets the error through with its traceback instead.
     """
     args = _parser().parse_args(argv)
+    import yaml
+    from pydantic import ValidationError
+
+    from pipeline.config import ConfigError
+
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib"):
@@ -530,7 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = args.traceback or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     command = f"{args.command} {args.action}" if getattr(args, "action", None) else args.command
     try:
-        if getattr(args, "store", None) is not None:  # ingest inspect | validate STORE need no config
+        if command in ("ingest inspect", "ingest validate"):  # ingest inspect | validate STORE need no config
             return _inspect_store(args.action, args.store)
         try:
             cfg = _config(args)
@@ -542,7 +595,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "check-config":
             print(cfg.model_dump_json(indent=2))
             return 0
-        _run_stage(command, cfg, getattr(args, "resume", None), getattr(args, "restart", False), args)
+        export_args = {key: getattr(args, key) for key in ("archive", "out", "zarr_format")
+                       if command == "export wb2" and getattr(args, key, None) is not None}
+        _run_stage(command, cfg, getattr(args, "resume", None), getattr(args, "restart", False), export_args, args)
     except Exception as err:
         if debug or not isinstance(err, _run_errors()):
             raise

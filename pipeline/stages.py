@@ -24,6 +24,7 @@ import xarray as xr
 
 from ensembles.archive import open_archive
 from ensembles.campaign import Campaign, CampaignArchive
+from ensembles.export import climatology_to_weatherbench2, to_weatherbench2, truth_to_weatherbench2, write_wb2
 from ensembles.perturbations import (BredVectorPerturbation, GaussianPerturbation, GaussianRandomFieldPerturbation,
                                      NoPerturbation)
 from ensembles.protocols import Perturbation
@@ -56,7 +57,7 @@ from pipeline.config import (CdsConfig, ClusterConfig, ForecastConfig, IngestCon
                              SyntheticConfig, TrainConfig)
 from pipeline.tracking import (MODEL_URI_SCHEMES, ModelUriError, NullTracker, Tracker, attach_run,
                                default_tracking_uri, download_checkpoint, mlflow_run, resolve_model_version,
-                               run_exists)
+                               run_exists, score_metric_name)
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,10 @@ class Paths:
     @property
     def summary(self) -> Path:
         return self.workdir / "summary.json"
+
+    @property
+    def wb2(self) -> Path:
+        return self.workdir / "wb2"
 
 
 def _datetime64(value) -> np.datetime64:
@@ -346,6 +351,7 @@ def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tra
         model = build_model(cfg.model, (validation.lat.size, validation.lon.size), len(validation.channels))
     fingerprint = store_fingerprint(store)
     workdir = store.parent
+    log_store_input(tracker, store, fingerprint, "training")
     tracker.log_params(workdir_relative({**_flatten(cfg.model_dump(mode="json")), "parameters": count_parameters(model)},
                                         workdir))
     tracker.set_tags(workdir_relative({"git_commit": code_version(), "device": str(ctx.device),
@@ -357,7 +363,8 @@ def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tra
         batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
         grad_clip=cfg.grad_clip, validate_every=cfg.validate_every, validation_leads=leads_steps,
         validation_samples=cfg.validation_samples, seed=cfg.seed, precision=cfg.precision, compile=cfg.compile,
-        activation_checkpointing=cfg.activation_checkpointing, loader_workers=cfg.loader_workers)
+        activation_checkpointing=cfg.activation_checkpointing, loader_workers=cfg.loader_workers,
+        prefetch_factor=cfg.loader.prefetch_factor)
     step_hours = int(validation.step / np.timedelta64(1, "h"))
     meta = CheckpointMeta(preset=cfg.model, channels=validation.channels, lat=validation.lat.tolist(),
                           lon=validation.lon.tolist(), step_hours=step_hours, mean=validation.mean.tolist(),
@@ -368,7 +375,8 @@ def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tra
                           resume_from=resume, lineage={"run_id": tracker.run_id or ""}, restart=restart)
     report = _MetricBuffer(tracker, cfg.checkpoint_every)
     try:
-        result = train(model, lambda n: StoreWindows(store, cfg.train.start, cfg.train.end, n_ahead=n), validation,
+        result = train(model, lambda n: StoreWindows(store, cfg.train.start, cfg.train.end, n_ahead=n,
+                                                        cache=cfg.loader.cache), validation,
                        settings, report, ctx.device, ctx=ctx, checkpoints=plan,
                        climatology=_normalised_climatology(climatology, validation))
     finally:
@@ -383,14 +391,71 @@ def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tra
     model.load_state_dict(result.best_state)
     meta.extra.update(best_step=result.best_step, best_score=result.best_score)
     save_checkpoint(checkpoint, model, meta)
-    tracker.log_metrics({"best_val_score": result.best_score, "train_seconds": result.seconds}, result.steps)
-    tracker.log_artifact(checkpoint, "checkpoint")
-    if cfg.register_model:
-        version = tracker.register_model(f"fourcast-{cfg.model}", "checkpoint",
-                                         tags={"dataset_fingerprint": fingerprint, "best_step": result.best_step})
-        if version:
-            tracker.set_tags({"registered_model": f"fourcast-{cfg.model}/{version}"})
+    tracker.log_metrics({"val/best_score": result.best_score, "train/seconds": result.seconds}, result.steps)
+    _log_and_register_model(cfg, tracker, checkpoint, meta, result.history)
     return checkpoint
+
+
+#: Artifact path of the MLflow model in the training run.
+MODEL_ARTIFACT = "model"
+
+
+def model_metadata(meta: CheckpointMeta) -> dict[str, object]:
+    """fourcast facts recorded with the MLflow model: preset, channels and units, grid, step, data, best step."""
+    return {"preset": meta.preset, "channels": list(meta.channels),
+            "units": {c: get_variable(c).units for c in meta.channels}, "n_lat": len(meta.lat), "n_lon": len(meta.lon),
+            "lat_range": [meta.lat[0], meta.lat[-1]], "lon_range": [meta.lon[0], meta.lon[-1]],
+            "step_hours": meta.step_hours, "input_layout": "(batch, channel, lat, lon) float32, physical units",
+            **{key: meta.extra[key] for key in ("store_fingerprint", "train_start", "train_end", "train_run_id",
+                                                "best_step", "best_score") if key in meta.extra}}
+
+
+def _log_and_register_model(cfg: TrainConfig, tracker: Tracker, checkpoint: Path, meta: CheckpointMeta,
+                            history: list[dict]) -> None:
+    """Log the checkpoint as an MLflow pyfunc model and, with ``cfg.register_model``, register it.
+
+    The registered version carries a description (what it forecasts, on which data) and the
+    validation scores of its best step as tags.
+    """
+    uri = tracker.log_model(checkpoint, MODEL_ARTIFACT, model_metadata(meta))
+    if not cfg.register_model or uri is None:
+        return
+    best = next((h for h in history if h.get("step") == meta.extra.get("best_step")), {})
+    scores = {key: f"{value:.6g}" for key, value in best.items() if key.startswith("val/")}
+    description = (f"fourcast {meta.preset}: {', '.join(meta.channels)} on a {len(meta.lat)}x{len(meta.lon)} grid, "
+                   f"{meta.step_hours} h step; trained {_day(cfg.train.start)}..{_day(cfg.train.end)} on store "
+                   f"{meta.extra.get('store_fingerprint', 'unknown')}; best validation score "
+                   f"{meta.extra.get('best_score', float('nan')):.4g} at step {meta.extra.get('best_step')}. "
+                   "Load with mlflow.pyfunc.load_model (input (batch, channel, lat, lon) float32 in physical units) "
+                   "or `fourcast forecast --model models:/...`.")
+    version = tracker.register_model(f"fourcast-{cfg.model}", MODEL_ARTIFACT, description=description,
+                                     tags={"dataset_fingerprint": meta.extra.get("store_fingerprint", ""),
+                                           "best_step": meta.extra.get("best_step"), **scores})
+    if version:
+        tracker.set_tags({"registered_model": f"fourcast-{cfg.model}/{version}"})
+
+
+def log_store_input(tracker: Tracker, store: Path, fingerprint: str, context: str) -> None:
+    """Record a training store as an MLflow input of the run (name, fingerprint as digest, shape as profile)."""
+    ds = open_store(store)
+    tracker.log_input(store.name, fingerprint, str(store.resolve()), context,
+                      {"times": ds.sizes[TIME], "channels": [str(c) for c in ds[CHANNEL].values],
+                       "grid": [ds.sizes[LAT], ds.sizes[LON]], "period": f"{_minutes(ds[TIME].values[0])}.."
+                                                                       f"{_minutes(ds[TIME].values[-1])}"})
+
+
+def _day(time) -> str:
+    return np.datetime_as_string(_datetime64(time), unit="D")
+
+
+def train_run_name(cfg: TrainConfig) -> str:
+    """``train afno-tiny 2000-01-01..2000-10-31``: the preset and training period."""
+    return f"train {cfg.model} {_day(cfg.train.start)}..{_day(cfg.train.end)}"
+
+
+def forecast_run_name(cfg: ForecastConfig) -> str:
+    """``forecast 42 inits × 8 members, 120 h``."""
+    return f"forecast {len(_init_times(cfg))} inits × {cfg.members} members, {cfg.lead_hours} h"
 
 
 def _normalised_climatology(path: Path | None, windows: StoreWindows):
@@ -646,6 +711,7 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
         tracker.set_tags(registered)
     recorded = {**lineage, "model": model if model.startswith(MODEL_URI_SCHEMES) else Path(model),
                 "initial_conditions": store}
+    log_store_input(tracker, store, campaign.identity["initial_conditions_fingerprint"], "initial_conditions")
     tracker.log_params(workdir_relative({**_flatten(cfg.model_dump(mode="json")), **recorded,
                                          "world_size": launch.world_size,
                                          "campaign_fingerprint": campaign.fingerprint()}, workdir or store.parent))
@@ -662,11 +728,11 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
                           sinks=() if scorer is None else (scorer,), device=device, progress=launch.rank == 0,
                           wait_timeout=cfg.wait_timeout_s)
     if scorer is not None:
-        record_scorecard(tracker, scorer.scorecard, stream.out_dir, artifact_path="streamed", prefix="streamed_")
+        record_scorecard(tracker, scorer.scorecard, stream.out_dir, artifact_path="streamed", prefix="streamed")
     attrs = open_archive(archive).attrs
     tracker.log_params({"start_time": attrs["start_time"], "end_time": attrs["end_time"]})
-    tracker.log_metrics({"member_steps_per_second": result.member_steps_per_second,
-                         "work_items_computed": result.items_computed})
+    tracker.log_metrics({"forecast/member_steps_per_second": result.member_steps_per_second,
+                         "forecast/work_items_computed": result.items_computed})
     if launch.rank == 0:
         _log_forecast_map(tracker, archive, store, campaign.init_times[0], min(campaign.n_steps, 4) * campaign.step)
     return archive
@@ -763,7 +829,13 @@ def score(cfg: ScoreConfig, archive: Path, store: Path, climatology: Path, out_d
     run_ids = {"forecast_run_id": forecast_run_id or str(forecasts.attrs.get("forecast_run_id") or ""),
                "train_run_id": train_run_id or str(forecasts.attrs.get("train_run_id") or "")}
     campaign = campaign_key(forecasts)
-    tracker.set_tags({**{key: value for key, value in run_ids.items() if value}, "campaign_key": campaign})
+    tracker.set_tags({**{key: value for key, value in run_ids.items() if value}, "campaign_key": campaign,
+                      "mlflow.runName": score_run_name(campaign, forecasts)})
+    tracker.log_input(archive.name, str(forecasts.attrs.get("campaign_fingerprint") or campaign),
+                      str(archive.resolve()), "forecasts",
+                      {"init_times": forecasts.sizes["init_time"], "lead_times": forecasts.sizes["lead_time"],
+                       "members": forecasts.sizes.get("member", 1), "variables": sorted(map(str, forecasts.data_vars))})
+    log_store_input(tracker, store, store_fingerprint(store), "truth")
     missing = _missing_lineage_runs(tracking_uri, run_ids) if tracking_uri else []
     if missing:
         tracker.set_tags({"missing_lineage_runs": ", ".join(missing)})
@@ -775,7 +847,7 @@ def score(cfg: ScoreConfig, archive: Path, store: Path, climatology: Path, out_d
     left_out = {"forecasts_skipped_for_nan": int(scorecard["n_skipped"].sum()),
                 "forecasts_unwritten": int(scorecard["n_unwritten"].sum()),
                 **({"init_times_left_out_incomplete": int(completed.left_out.size)} if completed else {})}
-    tracker.log_metrics(left_out)
+    tracker.log_metrics({f"score/{key}": value for key, value in left_out.items()})
     if any(left_out.values()):
         log.warning("scores leave out %s (variable x init x lead); see n_skipped / n_unwritten in the scorecard",
                     left_out)
@@ -838,11 +910,19 @@ def _missing_lineage_runs(tracking_uri: str, run_ids: Mapping[str, str]) -> list
     return missing
 
 
-def record_scorecard(tracker: Tracker, scorecard: xr.Dataset, out_dir: Path, artifact_path: str = "scores",
-                     prefix: str = "") -> list[dict]:
-    """Write the scorecard under ``out_dir``, log it as artifacts and its global scores per lead (step = hours).
+def score_run_name(campaign: str, forecasts: xr.Dataset) -> str:
+    """``score 1a2b3c4d: 42 inits × 8 members``: the campaign key and its size."""
+    return f"score {campaign}: {forecasts.sizes['init_time']} inits × {forecasts.sizes.get('member', 1)} members"
 
-    The files go to the run's ``artifact_path``; metric names are ``<prefix><variable>_<system>_<metric>``.
+
+def record_scorecard(tracker: Tracker, scorecard: xr.Dataset, out_dir: Path, artifact_path: str = "scores",
+                     prefix: str = "score") -> list[dict]:
+    """Write the scorecard under ``out_dir``, log it as artifacts and its global scores.
+
+    The files go to the run's ``artifact_path``; metric names are
+    :func:`~pipeline.tracking.score_metric_name` (``score/z500/rmse_24h``; a baseline's metric
+    is prefixed by the baseline: ``score/z500/persistence_rmse_24h``), with ``prefix`` in place
+    of ``score`` (``streamed/z500/rmse_24h`` for scores streamed during the forecast).
 
     Returns
     -------
@@ -852,10 +932,14 @@ def record_scorecard(tracker: Tracker, scorecard: xr.Dataset, out_dir: Path, art
     for path in write_scorecard(scorecard, out_dir):
         tracker.log_artifact(path, artifact_path)
     records = scorecard_records(scorecard, GLOBAL.name)
-    for lead in sorted({r["lead_hours"] for r in records}):
-        tracker.log_metrics({f"{prefix}{r['variable']}_{r['system']}_{r['metric']}": r["value"]
-                             for r in records if r["lead_hours"] == lead}, step=lead)
+    names = {id(r): score_metric_name(r["variable"], _system_metric(r), r["lead_hours"]) for r in records}
+    tracker.log_metrics({prefix + names[id(r)].removeprefix("score"): r["value"] for r in records})
     return records
+
+
+def _system_metric(record: dict) -> str:
+    """A record's metric as named in MLflow: ``rmse`` for fourcast, ``persistence_rmse`` for a baseline."""
+    return record["metric"] if record["system"] == "fourcast" else f"{record['system']}_{record['metric']}"
 
 
 def score_options(cfg: ScoreConfig) -> ScoreOptions:
@@ -906,6 +990,23 @@ def _score_maps(cfg: ScoreConfig, forecasts, truth, climatology, out_dir: Path) 
     return paths
 
 
+def export_wb2(archive: Path, store: Path, climatology: Path, out_dir: Path, zarr_format: int = 3) -> dict[str, Path]:
+    """The archive, the truth at its valid times and the climatology in WeatherBench 2's layout, under ``out_dir``.
+
+    Writes ``forecast.zarr``, ``truth.zarr`` (the store's fields from the first init time to
+    the last valid time) and ``climatology.zarr``, each atomically, with consolidated metadata,
+    in Zarr ``zarr_format`` (3, or 2 for tools that read only v2). Returns their paths by role.
+    """
+    forecasts = open_archive(archive)
+    inits, leads = forecasts["init_time"].values, forecasts["lead_time"].values
+    truth = open_store(store)[DATA].sel({TIME: slice(inits.min(), inits.max() + leads.max())})
+    written = {"forecast": write_wb2(to_weatherbench2(forecasts), out_dir / "forecast.zarr", zarr_format),
+               "truth": write_wb2(truth_to_weatherbench2(truth), out_dir / "truth.zarr", zarr_format),
+               "climatology": write_wb2(climatology_to_weatherbench2(open_climatology(climatology)),
+                                        out_dir / "climatology.zarr", zarr_format)}
+    return {role: Path(path) for role, path in written.items()}
+
+
 def publish(path: Path, records: list[dict], lead_hours: list[int], store: Path, archive: Path, tracking_uri: str,
             run_ids: dict[str, str]) -> Path:
     """Write ``summary.json`` (headline scores at ``lead_hours`` and where everything lives) atomically."""
@@ -938,10 +1039,11 @@ def _stage(name: str) -> Iterator[None]:
 def headline_scores(records: list[dict], lead_hours: list[int], campaign: str) -> dict[str, float]:
     """fourcast's headline scores at ``lead_hours`` as metric names for the training run.
 
-    The names carry the :func:`campaign_key` (``score_<campaign>_z500_rmse_24h``): a model
-    verified on several campaigns keeps every campaign's scores.
+    The names carry the :func:`campaign_key` (``score/<campaign>/z500/rmse_24h``,
+    :func:`~pipeline.tracking.score_metric_name`): a model verified on several campaigns keeps
+    every campaign's scores.
     """
-    return {f"score_{campaign}_{r['variable']}_{r['metric']}_{r['lead_hours']}h": r["value"]
+    return {score_metric_name(r["variable"], r["metric"], r["lead_hours"], campaign): r["value"]
             for r in headline_records(records) if r["system"] == "fourcast" and r["lead_hours"] in lead_hours}
 
 
@@ -961,21 +1063,39 @@ def run_pipeline(cfg: RunConfig) -> PipelineResult:
         ingest(cfg.ingest, cfg.cluster, files, paths.store, paths.climatology)
     run_ids: dict[str, str] = {}
     experiment = dict(tracking_uri=uri, experiment=cfg.tracking.experiment, artifact_root=paths.artifacts)
-    with _stage("train"), mlflow_run(run_name="train", tags={"stage": "train"}, **experiment) as tracker:
-        train_model(cfg.train, paths.store, paths.checkpoint, tracker, climatology=paths.climatology,
-                    restart=True)  # a pipeline run starts over: an earlier run's checkpoints are moved aside
-        run_ids["train"] = tracker.run_id
-    with _stage("forecast"), mlflow_run(run_name="forecast", tags={"stage": "forecast", "train_run_id": run_ids["train"]},
-                                        **experiment) as tracker:
-        forecast(cfg.forecast, paths.checkpoint, paths.store, paths.archive, tracker, overwrite=True, tracking_uri=uri,
-                 stream=score_stream(cfg, paths), climatology=paths.climatology, workdir=paths.workdir)
-        run_ids["forecast"] = tracker.run_id
-    with _stage("score"), mlflow_run(run_name="score", tags={"stage": "score", "forecast_run_id": run_ids["forecast"],
-                                                             "train_run_id": run_ids["train"]},
-                                     **experiment) as tracker:
-        records = score(cfg.score, paths.archive, paths.store, paths.climatology, paths.scores, tracker,
-                        tracking_uri=uri, forecast_run_id=run_ids["forecast"], train_run_id=run_ids["train"],
-                        workdir=paths.workdir)
-        run_ids["score"] = tracker.run_id
-    summary = publish(paths.summary, records, cfg.score.lead_hours, paths.store, paths.archive, uri, run_ids)
+    with mlflow_run(run_name=pipeline_run_name(cfg), tags={"stage": "pipeline"}, **experiment) as parent:
+        run_ids["pipeline"] = parent.run_id
+        parent.log_params(workdir_relative({"workdir": paths.workdir, "source": cfg.ingest.source,
+                                            "variables": ",".join(cfg.ingest.variables)}, paths.workdir))
+        nested = dict(experiment, parent_run_id=parent.run_id)
+        with _stage("train"), mlflow_run(run_name=train_run_name(cfg.train), tags={"stage": "train"},
+                                         **nested) as tracker:
+            train_model(cfg.train, paths.store, paths.checkpoint, tracker, climatology=paths.climatology,
+                        restart=True)  # a pipeline run starts over: an earlier run's checkpoints are moved aside
+            run_ids["train"] = tracker.run_id
+        with _stage("forecast"), mlflow_run(run_name=forecast_run_name(cfg.forecast),
+                                            tags={"stage": "forecast", "train_run_id": run_ids["train"]},
+                                            **nested) as tracker:
+            forecast(cfg.forecast, paths.checkpoint, paths.store, paths.archive, tracker, overwrite=True,
+                     tracking_uri=uri, stream=score_stream(cfg, paths), climatology=paths.climatology,
+                     workdir=paths.workdir)
+            run_ids["forecast"] = tracker.run_id
+        with _stage("score"), mlflow_run(run_name="score", tags={"stage": "score", "forecast_run_id": run_ids["forecast"],
+                                                                 "train_run_id": run_ids["train"]},
+                                         **nested) as tracker:
+            records = score(cfg.score, paths.archive, paths.store, paths.climatology, paths.scores, tracker,
+                            tracking_uri=uri, forecast_run_id=run_ids["forecast"], train_run_id=run_ids["train"],
+                            workdir=paths.workdir)
+            run_ids["score"] = tracker.run_id
+        parent.log_metrics(headline_scores(records, cfg.score.lead_hours, campaign_key(open_archive(paths.archive))))
+        with _stage("export wb2"):
+            exported = export_wb2(paths.archive, paths.store, paths.climatology, paths.wb2)
+        parent.set_tags({f"wb2_{role}": os.path.relpath(path, paths.workdir) for role, path in exported.items()})
+        summary = publish(paths.summary, records, cfg.score.lead_hours, paths.store, paths.archive, uri, run_ids)
+        parent.log_artifact(summary)
     return PipelineResult(summary, records, uri, run_ids)
+
+
+def pipeline_run_name(cfg: RunConfig) -> str:
+    """``pipeline afno-tiny synthetic 2000-01-01..2000-12-31``: the parent run of one pipeline invocation."""
+    return f"pipeline {cfg.train.model} {cfg.ingest.source} {_day(cfg.train.train.start)}..{_day(cfg.train.validation.end)}"

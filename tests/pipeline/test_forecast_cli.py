@@ -129,7 +129,7 @@ def test_two_processes_write_the_archive_of_one_byte_for_byte(workdir, reference
     for key in ("training_store_fingerprint", "perturbation", "seed", "code_version", "start_time", "end_time"):
         assert params[key] == str(attrs[key])
     assert params["model"] == "checkpoints/model.pt" and params["initial_conditions"] == "store.zarr"  # not absolute
-    assert runs[0].data.metrics["member_steps_per_second"] > 0
+    assert runs[0].data.metrics["forecast/member_steps_per_second"] > 0
     assert attrs["forecast_run_id"] == runs[0].info.run_id  # whichever rank created the archive
 
     assert main(["score", "--config", str(workdir / "config.yaml"), "--archive", str(archive),

@@ -66,7 +66,7 @@ def _noisy_checkpoint(path: Path, store: Path) -> Path:
     model = build_model("afno-tiny", (ds["lat"].size, ds["lon"].size), len(channels))
     with torch.no_grad():
         for weights in model.parameters():
-            weights.add_(0.5 * torch.randn_like(weights))
+            weights.add_(0.1 * torch.randn_like(weights))
     meta = CheckpointMeta(preset="afno-tiny", channels=channels, lat=ds["lat"].values.tolist(),
                           lon=ds["lon"].values.tolist(), step_hours=6, mean=ds[MEAN].values.tolist(),
                           std=ds[STD].values.tolist(), extra={"store_fingerprint": store_fingerprint(store)})
