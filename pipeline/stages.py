@@ -791,11 +791,13 @@ def _log_forecast_map(tracker: Tracker, archive: Path, store: Path, init: np.dat
     forecasts, truth = open_archive(archive), open_store(store)
     variable = str(truth[CHANNEL].values[0])
     mean = forecasts[variable].sel(init_time=init, lead_time=lead).mean("member").values
-    observed = truth[DATA].sel({TIME: init + lead, CHANNEL: variable}).values
+    fields = {"ensemble mean": mean}
+    if np.isin(np.datetime64(init + lead, "ns"), truth[TIME].values):  # an operational forecast outruns the truth
+        observed = truth[DATA].sel({TIME: init + lead, CHANNEL: variable}).values
+        fields = {"truth": observed, "ensemble mean": mean, "error": mean - observed}
     hours = int(lead / np.timedelta64(1, "h"))
     path = archive.parent / f"map_{variable}_{hours}h.png"
-    plots.forecast_map(path, truth[LAT].values, truth[LON].values,
-                       {"truth": observed, "ensemble mean": mean, "error": mean - observed},
+    plots.forecast_map(path, truth[LAT].values, truth[LON].values, fields,
                        f"{variable} at +{hours} h from {str(init)[:13]}", get_variable(variable).units)
     tracker.log_artifact(path, "plots")
 

@@ -141,10 +141,10 @@ def test_forecast_cycle_survives_a_kill_follows_the_champion_and_names_missing_d
     try:
         # 1. the scheduler is SIGKILLed once two cycles are published (a third is forecasting)
         scheduler = cylc.start_play(cycle_id, cylc_env, variables)
-        _wait(lambda: len(catalogue.entries()) >= 2, 240, "two published cycles", scheduler)
+        _wait(lambda: len(catalogue.entries()) >= 2, 900, "two published cycles", scheduler)
         os.kill(scheduler.pid, signal.SIGKILL)
         scheduler.wait()
-        _wait(lambda: not _job_processes_running(run), 120, "the orphaned jobs to end")
+        _wait(lambda: not _job_processes_running(run), 600, "the orphaned jobs to end")
         before_kill = {e.cycle_point: e.model_version for e in catalogue.entries()}
 
         # 2. while it is down, train-and-promote trains version 2 and moves the champion (v1 is poor)
