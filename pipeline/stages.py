@@ -1029,6 +1029,16 @@ def run_pipeline(cfg: RunConfig) -> PipelineResult:
         files = source_files(cfg, paths)
     with _stage("ingest"):
         ingest(cfg.ingest, cfg.cluster, files, paths.store, paths.climatology)
+    return run_tracked_stages(cfg, paths, uri)
+
+
+def run_tracked_stages(cfg: RunConfig, paths: Paths, uri: str) -> PipelineResult:
+    """Train, forecast, score, export and publish on an ingested store: one parent MLflow run, a nested run per stage.
+
+    The parent (:func:`pipeline_run_name`) gets the headline scores, the summary and the WB2
+    export's paths; each stage run is named by what it did (:func:`train_run_name`,
+    :func:`forecast_run_name`, :func:`score_run_name`).
+    """
     run_ids: dict[str, str] = {}
     experiment = dict(tracking_uri=uri, experiment=cfg.tracking.experiment, artifact_root=paths.artifacts)
     with mlflow_run(run_name=pipeline_run_name(cfg), tags={"stage": "pipeline"}, **experiment) as parent:
