@@ -88,6 +88,8 @@ class TrainSettings:
         Recompute each block's activations in the backward pass instead of storing them.
     loader_workers : int, optional
         DataLoader worker processes per rank; ``None`` → 2 on CUDA (with pinned memory), 0 on CPU.
+    prefetch_factor : int
+        Batches each loader worker reads ahead (ignored without workers).
     """
 
     phases: tuple[Phase, ...]
@@ -103,6 +105,7 @@ class TrainSettings:
     compile: bool = False
     activation_checkpointing: bool = False
     loader_workers: int | None = None
+    prefetch_factor: int = 2
 
 
 @dataclass(frozen=True)
@@ -578,7 +581,8 @@ def train(model: nn.Module, make_windows: Callable[[int], StoreWindows], validat
         if state is None or index > run.phase:
             run.new_phase(index)
         stream = batch_stream(make_windows(phase.rollout_steps), batch_per_rank, ctx.rank, ctx.world_size,
-                              settings.seed + index, run.cursor, workers, pin_memory=device.type == "cuda")
+                              settings.seed + index, run.cursor, workers, pin_memory=device.type == "cuda",
+                              prefetch_factor=settings.prefetch_factor)
         while run.phase_step < phase.optimizer_steps:
             x, y = (t.to(device, non_blocking=True) for t in next(stream))
             with _autocast(device, settings.precision):

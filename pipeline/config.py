@@ -229,6 +229,14 @@ class PhaseConfig(_Slice):
     learning_rate: float = Field(gt=0)
 
 
+class LoaderConfig(_Slice):
+    """How training windows reach the model (see :class:`fourcast.data.StoreWindows`)."""
+
+    cache: Literal["none", "memory"] = Field(
+        "none", description="none: stream windows from the store (bounded memory); memory: read the range once")
+    prefetch_factor: int = Field(2, ge=1, description="batches each loader worker reads ahead")
+
+
 class TrainConfig(_Slice):
     """Training on the store's train period, validated on its validation period."""
 
@@ -251,6 +259,7 @@ class TrainConfig(_Slice):
     compile: bool = False
     activation_checkpointing: bool = False
     loader_workers: int | None = Field(None, ge=0, description="per rank; default 2 on CUDA, 0 on CPU")
+    loader: LoaderConfig = LoaderConfig()
     register_model: bool = Field(True, description="register the trained model as fourcast-<model> in MLflow")
 
     @field_validator("model")

@@ -362,7 +362,8 @@ def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tra
         batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
         grad_clip=cfg.grad_clip, validate_every=cfg.validate_every, validation_leads=leads_steps,
         validation_samples=cfg.validation_samples, seed=cfg.seed, precision=cfg.precision, compile=cfg.compile,
-        activation_checkpointing=cfg.activation_checkpointing, loader_workers=cfg.loader_workers)
+        activation_checkpointing=cfg.activation_checkpointing, loader_workers=cfg.loader_workers,
+        prefetch_factor=cfg.loader.prefetch_factor)
     step_hours = int(validation.step / np.timedelta64(1, "h"))
     meta = CheckpointMeta(preset=cfg.model, channels=validation.channels, lat=validation.lat.tolist(),
                           lon=validation.lon.tolist(), step_hours=step_hours, mean=validation.mean.tolist(),
@@ -373,7 +374,8 @@ def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tra
                           resume_from=resume, lineage={"run_id": tracker.run_id or ""}, restart=restart)
     report = _MetricBuffer(tracker, cfg.checkpoint_every)
     try:
-        result = train(model, lambda n: StoreWindows(store, cfg.train.start, cfg.train.end, n_ahead=n), validation,
+        result = train(model, lambda n: StoreWindows(store, cfg.train.start, cfg.train.end, n_ahead=n,
+                                                        cache=cfg.loader.cache), validation,
                        settings, report, ctx.device, ctx=ctx, checkpoints=plan,
                        climatology=_normalised_climatology(climatology, validation))
     finally:
