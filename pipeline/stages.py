@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import subprocess
 import tempfile
@@ -40,18 +41,18 @@ from fourcast.forecaster import Forecaster
 from fourcast.models.registry import build_model, count_parameters
 from fourcast.normaliser import Normaliser
 from fourcast.distributed import DistContext, main_first, process_group
-from fourcast.training import CheckpointPlan, Phase, TrainSettings, seeded_initialisation, train
+from fourcast.training import (TRAIN_LOSS, TRAIN_LR, VAL_SCORE, CheckpointPlan, Phase, TrainSettings,
+                               seeded_initialisation, train)
 from ingest.atomic import replace_path, temporary_sibling
 from ingest.cds import CdsRequest, PlanOptions, plan_requests
-from ingest.cds_download import DownloadSettings, download_plan
 from ingest.dims import CHANNEL, LAT, LON, TIME
 from ingest.lexicon import get_variable
+from ingest.progress import progress
 from ingest.schema import DATA, MEAN, STD, open_climatology, open_store
 from ingest.store import StatsPeriod, StoreLayout, open_sources, write_store
 from ingest.climatology import climatology_at
 from ingest.coarsen import coarsen
 from ingest.synthetic import generate_files
-from pipeline import plots
 from pipeline.cluster import SHARD_COPIES, check_task_memory, dask_client
 from pipeline.config import (CdsConfig, ClusterConfig, ForecastConfig, IngestConfig, RunConfig, ScoreConfig,
                              SyntheticConfig, TrainConfig)
@@ -183,9 +184,13 @@ def code_version() -> str:
 
 
 def synthesize(cfg: SyntheticConfig, out_dir: Path) -> list[Path]:
-    """Shallow-water synthetic ERA5 as new-CDS netCDF files (reused if already there)."""
-    return generate_files(out_dir, _datetime64(cfg.period.start), _datetime64(cfg.period.end), nlat=cfg.nlat,
-                          nlon=cfg.nlon, seed=cfg.seed, spinup_days=cfg.spinup_days)
+    """Shallow-water synthetic ERA5 as new-CDS netCDF files (reused if already there); progress in simulated days."""
+    start, end = _datetime64(cfg.period.start), _datetime64(cfg.period.end)
+    days = int(math.ceil(cfg.spinup_days + (end - start) / np.timedelta64(1, "D")))
+    with progress(days, f"simulating {days} days of shallow-water weather on {cfg.nlat}x{cfg.nlon} (spin-up "
+                        f"{cfg.spinup_days:g} d)", "days") as bar:
+        return generate_files(out_dir, start, end, nlat=cfg.nlat, nlon=cfg.nlon, seed=cfg.seed,
+                              spinup_days=cfg.spinup_days, progress=lambda done: bar.update(int(done * days) - bar.n))
 
 
 def _plan_options(cfg: CdsConfig) -> PlanOptions:
@@ -203,6 +208,11 @@ def download(cfg: CdsConfig, variables: list[str], cache_dir: Path) -> list[Path
 
     The key comes from ``CDSAPI_URL``/``CDSAPI_KEY`` or ``~/.cdsapirc``, never from the config.
     """
+    try:  # the CDS client is the [ingest] extra
+        from ingest.cds_download import DownloadSettings, download_plan
+    except ImportError as err:
+        raise StageInputError(f"ingest.source 'cds' needs the CDS client: pip install 'fourcast[ingest]' ({err})") \
+            from err
     settings = DownloadSettings(cache_dir=cfg.cache_dir or cache_dir, max_fields=_plan_options(cfg).field_limit,
                                 concurrency=cfg.concurrency, retries=cfg.retries, backoff_seconds=cfg.backoff_seconds,
                                 poll_max_seconds=cfg.poll_max_seconds)
@@ -342,6 +352,40 @@ class _MetricBuffer:
             self.pending = []
 
 
+class _TrainingReport:
+    """Training's ``report``: metrics to the tracker (batched), step, loss, lr and samples/s to the progress, and
+    a log line per validation with each variable's RMSE (and persistence's) per lead time."""
+
+    def __init__(self, buffer: _MetricBuffer, bar, batch_size: int) -> None:
+        self.buffer, self.bar, self.batch_size = buffer, bar, batch_size
+        self.started, self.first_step = time.perf_counter(), None
+
+    def __call__(self, metrics: dict[str, float], step: int) -> None:
+        self.buffer(metrics, step)
+        if TRAIN_LOSS in metrics:
+            if self.first_step is None:
+                self.first_step = step - 1
+            rate = (step - self.first_step) * self.batch_size / max(time.perf_counter() - self.started, 1e-9)
+            self.bar.set_postfix({"loss": f"{metrics[TRAIN_LOSS]:.4g}", "lr": f"{metrics.get(TRAIN_LR, 0):.2e}",
+                                  "rollout": int(metrics.get("train/rollout_steps", 1)),
+                                  "samples/s": f"{rate:.3g}"}, refresh=False)
+            self.bar.update(step - self.bar.n)
+        if VAL_SCORE in metrics:
+            log.info("validation at step %d: %s", step, _validation_summary(metrics))
+
+
+def _validation_summary(metrics: Mapping[str, float]) -> str:
+    """``z500 RMSE 123 (persistence 456) at 24h; …; score 0.41`` from ``val/<var>/<metric>_<lead>h`` metrics."""
+    parts = []
+    for name, value in metrics.items():
+        pieces = name.split("/")
+        if len(pieces) == 3 and pieces[2].startswith("rmse_"):
+            lead = pieces[2].removeprefix("rmse_")
+            persistence = metrics.get(f"val/{pieces[1]}/persistence_rmse_{lead}", float("nan"))
+            parts.append(f"{pieces[1]} RMSE {value:.4g} (persistence {persistence:.4g}) at {lead}")
+    return "; ".join(parts) + f"; score {metrics[VAL_SCORE]:.4g}"
+
+
 def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tracker, resume: Path | None,
                    climatology: Path | None, ctx: DistContext, restart: bool = False) -> Path:
     leads_steps = _validation_leads(cfg, store)
@@ -372,14 +416,17 @@ def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tra
                                  "train_end": str(cfg.train.end), "train_run_id": tracker.run_id or ""})
     plan = CheckpointPlan(checkpoint.parent, meta, cfg.checkpoint_every, config=cfg.model_dump(mode="json"),
                           resume_from=resume, lineage={"run_id": tracker.run_id or ""}, restart=restart)
-    report = _MetricBuffer(tracker, cfg.checkpoint_every)
-    try:
-        result = train(model, lambda n: StoreWindows(store, cfg.train.start, cfg.train.end, n_ahead=n,
-                                                        cache=cfg.loader.cache), validation,
-                       settings, report, ctx.device, ctx=ctx, checkpoints=plan,
-                       climatology=_normalised_climatology(climatology, validation))
-    finally:
-        report.flush()
+    buffer = _MetricBuffer(tracker, cfg.checkpoint_every)
+    total = sum(p.optimizer_steps for p in cfg.phases)
+    with progress(total, f"training {cfg.model} on {validation.lat.size}x{validation.lon.size}", "steps",
+                  enabled=ctx.is_main) as bar:
+        try:
+            result = train(model, lambda n: StoreWindows(store, cfg.train.start, cfg.train.end, n_ahead=n,
+                                                            cache=cfg.loader.cache), validation,
+                           settings, _TrainingReport(buffer, bar, cfg.batch_size), ctx.device, ctx=ctx,
+                           checkpoints=plan, climatology=_normalised_climatology(climatology, validation))
+        finally:
+            buffer.flush()
     log.info("trained %d steps in %.0f s; best validation score %.4f at step %d", result.steps, result.seconds,
              result.best_score, result.best_step)
     if result.resumed_from_step is not None:
@@ -757,7 +804,20 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _plots():
+    """:mod:`pipeline.plots`, or ``None`` (with a warning) when the [plots] extra (matplotlib, cartopy) is missing."""
+    try:
+        from pipeline import plots
+    except ImportError as err:
+        log.warning("no plots: %s; install them with pip install 'fourcast[plots]'", err)
+        return None
+    return plots
+
+
 def _log_forecast_map(tracker: Tracker, archive: Path, store: Path, init: np.datetime64, lead: np.timedelta64) -> None:
+    plots = _plots()
+    if plots is None:
+        return
     forecasts, truth = open_archive(archive), open_store(store)
     variable = str(truth[CHANNEL].values[0])
     mean = forecasts[variable].sel(init_time=init, lead_time=lead).mean("member").values
@@ -822,9 +882,10 @@ def score(cfg: ScoreConfig, archive: Path, store: Path, climatology: Path, out_d
         log.warning("scores leave out %s (variable x init x lead); see n_skipped / n_unwritten in the scorecard",
                     left_out)
     records = record_scorecard(tracker, scorecard, out_dir)
-    if cfg.plots:
+    plots = _plots() if cfg.plots else None
+    if plots is not None:
         figures = plots.scorecard_plots(out_dir / "plots", scorecard, rank_lead_hours=_rank_leads(cfg, scorecard))
-        figures += _score_maps(cfg, forecasts, truth[DATA], clim, out_dir / "plots")
+        figures += _score_maps(cfg, forecasts, truth[DATA], clim, out_dir / "plots", plots)
         for figure in figures:
             tracker.log_artifact(figure, "plots")
     if tracking_uri and run_ids["train_run_id"] and run_ids["train_run_id"] not in missing:
@@ -929,7 +990,7 @@ def _rank_leads(cfg: ScoreConfig, scorecard) -> list[float] | None:
     return held or None
 
 
-def _score_maps(cfg: ScoreConfig, forecasts, truth, climatology, out_dir: Path) -> list[Path]:
+def _score_maps(cfg: ScoreConfig, forecasts, truth, climatology, out_dir: Path, plots) -> list[Path]:
     """Maps of truth, ensemble mean, error and spread per variable at ``cfg.map_init`` + ``cfg.map_lead_hours``.
 
     Defaults: the first init time, and the first of ``cfg.lead_hours`` the archive holds (else
