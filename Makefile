@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fourcast-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast venv clean
+.PHONY: demo test test-fast bench bench-full venv clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,20 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Side-by-side benchmarks (ratios measured in one run; needs the `bench` extra: xskillscore, numba).
+# `bench` takes a few minutes on 2 cores; `bench-full` runs the ERA5-like sizes (long).
+BENCH_ENV := $(VENV)/.fourcast-bench-installed
+
+$(BENCH_ENV): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	touch $(BENCH_ENV)
+
+bench: $(BENCH_ENV)
+	PYTHONPATH=$(CURDIR) $(PY) benchmarks/run.py --out bench.json
+
+bench-full: $(BENCH_ENV)
+	PYTHONPATH=$(CURDIR) $(PY) benchmarks/run.py --full --out bench-full.json
 
 clean:
 	rm -rf demo .pytest_cache
