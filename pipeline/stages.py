@@ -57,7 +57,8 @@ from pipeline.cluster import SHARD_COPIES, check_task_memory, dask_client
 from pipeline.config import (CdsConfig, ClusterConfig, ForecastConfig, IngestConfig, RunConfig, ScoreConfig,
                              SyntheticConfig, TrainConfig)
 from pipeline.tracking import (MODEL_URI_SCHEMES, ModelUriError, NullTracker, Tracker, attach_run,
-                               default_tracking_uri, download_checkpoint, mlflow_run, run_exists, score_metric_name)
+                               default_tracking_uri, download_checkpoint, mlflow_run, resolve_model_version,
+                               run_exists, score_metric_name)
 
 log = logging.getLogger(__name__)
 
@@ -606,9 +607,33 @@ def _forecast_device(cfg: ForecastConfig, launch: Launch) -> torch.device:
     return default_device(cfg.device)
 
 
+def resolved_model(model: str, tracking_uri: str | None) -> dict[str, str]:
+    """``{"model_name", "model_version"}`` a ``models:/`` URI names now (an alias resolved once); else ``{}``.
+
+    Raises
+    ------
+    StageInputError
+        If the URI names a model, version or alias the registry does not hold (the message
+        names the model and its aliases), or no tracking URI is given.
+    """
+    if not model.startswith("models:/"):
+        return {}
+    if tracking_uri is None:
+        raise StageInputError(f"model {model} is an MLflow URI but no tracking URI was given")
+    try:
+        name, version = resolve_model_version(model, tracking_uri)
+    except ModelUriError as err:
+        raise StageInputError(str(err)) from err
+    return {"model_name": name, "model_version": version}
+
+
 def _load_model(model: str, tracking_uri: str | None, device: torch.device,
                 autocast: bool) -> tuple[Forecaster, CheckpointMeta, str]:
-    """The forecaster, its checkpoint metadata and the checkpoint's SHA-256, from a path or an MLflow model URI."""
+    """The forecaster, its checkpoint metadata and the checkpoint's SHA-256, from a path or an MLflow model URI.
+
+    A ``models:/NAME@ALIAS`` URI should be resolved first (:func:`resolved_model`) and given as
+    ``models:/NAME/VERSION``, so that an alias moved meanwhile cannot change what was loaded.
+    """
     with tempfile.TemporaryDirectory(prefix="fourcast-model-") as scratch:
         if model.startswith(MODEL_URI_SCHEMES):
             if tracking_uri is None:
@@ -711,7 +736,10 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
     launch = launch or Launch.from_env()
     device = _forecast_device(cfg, launch)
     model = str(cfg.model or checkpoint)
-    forecaster, meta, checkpoint_sha256 = _load_model(model, tracking_uri, device, cfg.autocast and device.type == "cuda")
+    registered = resolved_model(model, tracking_uri)
+    pinned = f"models:/{registered['model_name']}/{registered['model_version']}" if registered else model
+    forecaster, meta, checkpoint_sha256 = _load_model(pinned, tracking_uri, device,
+                                                      cfg.autocast and device.type == "cuda")
     truth = open_store(store)
     meta.check_matches(list(truth[CHANNEL].values), truth[LAT].values, truth[LON].values)
     campaign = _campaign(cfg, forecaster, truth, {
@@ -725,7 +753,9 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
                "initial_conditions_fingerprint": campaign.identity["initial_conditions_fingerprint"],
                "perturbation": cfg.perturbation.kind, "amplitude": cfg.perturbation.amplitude, "seed": cfg.seed,
                "code_version": code_version(), "train_run_id": str(meta.extra.get("train_run_id", "")),
-               "forecast_run_id": tracker.run_id or ""}
+               "forecast_run_id": tracker.run_id or "", **registered}
+    if registered:
+        tracker.set_tags(registered)
     recorded = {**lineage, "model": model if model.startswith(MODEL_URI_SCHEMES) else Path(model),
                 "initial_conditions": store}
     log_store_input(tracker, store, campaign.identity["initial_conditions_fingerprint"], "initial_conditions")
