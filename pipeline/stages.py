@@ -40,7 +40,7 @@ from fourcast.forecaster import Forecaster
 from fourcast.models.registry import build_model, count_parameters
 from fourcast.normaliser import Normaliser
 from fourcast.distributed import DistContext, main_first, process_group
-from fourcast.training import CheckpointPlan, Phase, TrainSettings, seeded_initialisation, train
+from fourcast.training import CheckpointPlan, ModeSchedule, Phase, TrainSettings, seeded_initialisation, train
 from ingest.atomic import replace_path, temporary_sibling
 from ingest.cds import CdsRequest, PlanOptions, plan_requests
 from ingest.cds_download import DownloadSettings, download_plan
@@ -357,7 +357,9 @@ def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tra
         batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
         grad_clip=cfg.grad_clip, validate_every=cfg.validate_every, validation_leads=leads_steps,
         validation_samples=cfg.validation_samples, seed=cfg.seed, precision=cfg.precision, compile=cfg.compile,
-        activation_checkpointing=cfg.activation_checkpointing, loader_workers=cfg.loader_workers)
+        activation_checkpointing=cfg.activation_checkpointing, loader_workers=cfg.loader_workers,
+        modes=None if cfg.modes is None else ModeSchedule(**cfg.modes.model_dump()),
+        physics_weight=cfg.physics_weight)
     step_hours = int(validation.step / np.timedelta64(1, "h"))
     meta = CheckpointMeta(preset=cfg.model, channels=validation.channels, lat=validation.lat.tolist(),
                           lon=validation.lon.tolist(), step_hours=step_hours, mean=validation.mean.tolist(),
