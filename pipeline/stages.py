@@ -35,14 +35,15 @@ from ensembles.regions import GLOBAL, Region, get_region
 from ensembles.scorecard import (ScoreOptions, headline_records, open_for_scoring, score_archive, scorecard_records,
                                  write_scorecard)
 from fourcast.checkpoint import CheckpointMeta, save_checkpoint
+from fourcast.errors import CheckpointError
 from fourcast.data import StoreWindows
 from fourcast.device import default_device
 from fourcast.forecaster import Forecaster
 from fourcast.models.registry import build_model, count_parameters
 from fourcast.normaliser import Normaliser
 from fourcast.distributed import DistContext, main_first, process_group
-from fourcast.training import (TRAIN_LOSS, TRAIN_LR, VAL_SCORE, CheckpointPlan, Phase, TrainSettings,
-                               seeded_initialisation, train)
+from fourcast.training import (TRAIN_LOSS, TRAIN_LR, VAL_SCORE, CheckpointPlan, ModeSchedule, Phase,
+                               TrainSettings, seeded_initialisation, train)
 from ingest.atomic import replace_path, temporary_sibling
 from ingest.cds import CdsRequest, PlanOptions, plan_requests
 from ingest.dims import CHANNEL, LAT, LON, TIME
@@ -408,7 +409,9 @@ def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tra
         grad_clip=cfg.grad_clip, validate_every=cfg.validate_every, validation_leads=leads_steps,
         validation_samples=cfg.validation_samples, seed=cfg.seed, precision=cfg.precision, compile=cfg.compile,
         activation_checkpointing=cfg.activation_checkpointing, loader_workers=cfg.loader_workers,
-        prefetch_factor=cfg.loader.prefetch_factor)
+        prefetch_factor=cfg.loader.prefetch_factor,
+        modes=None if cfg.modes is None else ModeSchedule(**cfg.modes.model_dump()),
+        physics_weight=cfg.physics_weight)
     step_hours = int(validation.step / np.timedelta64(1, "h"))
     meta = CheckpointMeta(preset=cfg.model, channels=validation.channels, lat=validation.lat.tolist(),
                           lon=validation.lon.tolist(), step_hours=step_hours, mean=validation.mean.tolist(),
@@ -728,7 +731,9 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
     ArchiveError
         If ``archive`` holds something that is not a forecast archive.
     CheckpointError
-        If the checkpoint's channels or grid differ from the store's.
+        If the checkpoint's channels differ from the store's, or its grid does and the model
+        cannot move to the store's grid (:class:`~fourcast.errors.ResolutionTransferError`:
+        an AFNO). An SFNO forecasts zero-shot on another equiangular grid.
     CampaignMismatchError
         If ``archive`` holds another campaign and ``overwrite`` is false.
     """
@@ -741,7 +746,7 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
     forecaster, meta, checkpoint_sha256 = _load_model(pinned, tracking_uri, device,
                                                       cfg.autocast and device.type == "cuda")
     truth = open_store(store)
-    meta.check_matches(list(truth[CHANNEL].values), truth[LAT].values, truth[LON].values)
+    forecaster = _on_store_grid(forecaster, meta, truth)
     campaign = _campaign(cfg, forecaster, truth, {
         "checkpoint_sha256": checkpoint_sha256, "initial_conditions_fingerprint": store_fingerprint(store),
         "perturbation": cfg.perturbation.model_dump(mode="json"),
@@ -783,6 +788,27 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
     if launch.rank == 0:
         _log_forecast_map(tracker, archive, store, campaign.init_times[0], min(campaign.n_steps, 4) * campaign.step)
     return archive
+
+
+def _on_store_grid(forecaster: Forecaster, meta: CheckpointMeta, truth: xr.Dataset) -> Forecaster:
+    """The forecaster on the store's grid: as it is, or moved there without retraining (SFNO only).
+
+    Raises
+    ------
+    CheckpointError
+        If the channels differ; :class:`~fourcast.errors.ResolutionTransferError` if the grid
+        differs and the model cannot move (AFNO), naming why.
+    """
+    lat, lon = truth[LAT].values, truth[LON].values
+    try:
+        meta.check_matches(list(truth[CHANNEL].values), lat, lon)
+    except CheckpointError:
+        if list(meta.channels) != [str(c) for c in truth[CHANNEL].values]:
+            raise
+        log.warning("the model was trained on a %dx%d grid; forecasting zero-shot on the store's %dx%d grid",
+                    len(meta.lat), len(meta.lon), lat.size, lon.size)
+        return forecaster.on_grid(lat, lon)
+    return forecaster
 
 
 def _check_archive_path(archive: Path, protected: Mapping[str, Path | None]) -> None:
