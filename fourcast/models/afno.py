@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fourcast.errors import ModelSpecError
+from fourcast.errors import ModelSpecError, ResolutionTransferError
 
 MODE_TRUNCATIONS = ("full", "fourcastnet")
 
@@ -277,6 +277,26 @@ class AFNONet(nn.Module):
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+
+    def on_grid(self, nlat: int, nlon: int) -> AFNONet:
+        """Refuse to move to another grid: the AFNO is an operator on its training grid only.
+
+        Raises
+        ------
+        ResolutionTransferError
+            Always for another grid (the message says why); the same grid returns ``self``.
+        """
+        if (nlat, nlon) == self.img_size:
+            return self
+        h, w = self.tokens
+        raise ResolutionTransferError(
+            f"an AFNO trained on a {self.img_size[0]}x{self.img_size[1]} grid cannot forecast on {nlat}x{nlon} "
+            f"without retraining: its learned position embedding holds one vector per patch of the {h}x{w} "
+            f"patch grid (a {nlat // self.patch_size}x{nlon // self.patch_size} patch grid has positions it never "
+            f"learned), and a patch is {self.patch_size}x{self.patch_size} grid points, so its footprint on the "
+            "sphere and the frequencies its FFT mixes change with the grid. Retrain on the new grid, regrid the "
+            "store to the model's grid, or use an SFNO (preset sfno-*), whose weights live on spherical-harmonic "
+            "degrees")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(batch, in_channels, lat, lon) → (batch, out_channels, lat, lon)``."""
