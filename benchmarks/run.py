@@ -58,7 +58,7 @@ QUICK = {
     "ingest": {"days": 60, "nlat": 91, "nlon": 180, "rounds": 3},
     "loader": {"steps": 240, "channels": 8, "grid": (64, 128), "batch": 8, "batches": 12, "rounds": 7},
     "train": {"cases": [("afno-tiny", (32, 64), 3, 16)], "steps": 5, "compile": False},
-    "ensemble": {"presets": ("afno-tiny",), "members": (8, 32), "batches": (1, 8), "steps": 4, "repeats": 3,
+    "ensemble": {"presets": ("afno-tiny",), "members": (8, 32), "batches": (1, 8), "steps": 2, "repeats": 2,
                  "campaign": None},
     "scoring": {"cases": [(20, 50, 32, 64), (20, 10, 91, 180)], "repeats": 5},
 }
