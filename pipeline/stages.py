@@ -35,14 +35,15 @@ from ensembles.regions import GLOBAL, Region, get_region
 from ensembles.scorecard import (ScoreOptions, headline_records, open_for_scoring, score_archive, scorecard_records,
                                  write_scorecard)
 from fourcast.checkpoint import CheckpointMeta, save_checkpoint
+from fourcast.errors import CheckpointError
 from fourcast.data import StoreWindows
 from fourcast.device import default_device
 from fourcast.forecaster import Forecaster
 from fourcast.models.registry import build_model, count_parameters
 from fourcast.normaliser import Normaliser
 from fourcast.distributed import DistContext, main_first, process_group
-from fourcast.training import (TRAIN_LOSS, TRAIN_LR, VAL_SCORE, CheckpointPlan, Phase, TrainSettings,
-                               seeded_initialisation, train)
+from fourcast.training import (TRAIN_LOSS, TRAIN_LR, VAL_SCORE, CheckpointPlan, ModeSchedule, Phase,
+                               TrainSettings, seeded_initialisation, train)
 from ingest.atomic import replace_path, temporary_sibling
 from ingest.cds import CdsRequest, PlanOptions, plan_requests
 from ingest.dims import CHANNEL, LAT, LON, TIME
@@ -57,7 +58,8 @@ from pipeline.cluster import SHARD_COPIES, check_task_memory, dask_client
 from pipeline.config import (CdsConfig, ClusterConfig, ForecastConfig, IngestConfig, RunConfig, ScoreConfig,
                              SyntheticConfig, TrainConfig)
 from pipeline.tracking import (MODEL_URI_SCHEMES, ModelUriError, NullTracker, Tracker, attach_run,
-                               default_tracking_uri, download_checkpoint, mlflow_run, run_exists, score_metric_name)
+                               default_tracking_uri, download_checkpoint, mlflow_run, resolve_model_version,
+                               run_exists, score_metric_name)
 
 log = logging.getLogger(__name__)
 
@@ -407,7 +409,9 @@ def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tra
         grad_clip=cfg.grad_clip, validate_every=cfg.validate_every, validation_leads=leads_steps,
         validation_samples=cfg.validation_samples, seed=cfg.seed, precision=cfg.precision, compile=cfg.compile,
         activation_checkpointing=cfg.activation_checkpointing, loader_workers=cfg.loader_workers,
-        prefetch_factor=cfg.loader.prefetch_factor)
+        prefetch_factor=cfg.loader.prefetch_factor,
+        modes=None if cfg.modes is None else ModeSchedule(**cfg.modes.model_dump()),
+        physics_weight=cfg.physics_weight)
     step_hours = int(validation.step / np.timedelta64(1, "h"))
     meta = CheckpointMeta(preset=cfg.model, channels=validation.channels, lat=validation.lat.tolist(),
                           lon=validation.lon.tolist(), step_hours=step_hours, mean=validation.mean.tolist(),
@@ -606,9 +610,33 @@ def _forecast_device(cfg: ForecastConfig, launch: Launch) -> torch.device:
     return default_device(cfg.device)
 
 
+def resolved_model(model: str, tracking_uri: str | None) -> dict[str, str]:
+    """``{"model_name", "model_version"}`` a ``models:/`` URI names now (an alias resolved once); else ``{}``.
+
+    Raises
+    ------
+    StageInputError
+        If the URI names a model, version or alias the registry does not hold (the message
+        names the model and its aliases), or no tracking URI is given.
+    """
+    if not model.startswith("models:/"):
+        return {}
+    if tracking_uri is None:
+        raise StageInputError(f"model {model} is an MLflow URI but no tracking URI was given")
+    try:
+        name, version = resolve_model_version(model, tracking_uri)
+    except ModelUriError as err:
+        raise StageInputError(str(err)) from err
+    return {"model_name": name, "model_version": version}
+
+
 def _load_model(model: str, tracking_uri: str | None, device: torch.device,
                 autocast: bool) -> tuple[Forecaster, CheckpointMeta, str]:
-    """The forecaster, its checkpoint metadata and the checkpoint's SHA-256, from a path or an MLflow model URI."""
+    """The forecaster, its checkpoint metadata and the checkpoint's SHA-256, from a path or an MLflow model URI.
+
+    A ``models:/NAME@ALIAS`` URI should be resolved first (:func:`resolved_model`) and given as
+    ``models:/NAME/VERSION``, so that an alias moved meanwhile cannot change what was loaded.
+    """
     with tempfile.TemporaryDirectory(prefix="fourcast-model-") as scratch:
         if model.startswith(MODEL_URI_SCHEMES):
             if tracking_uri is None:
@@ -703,7 +731,9 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
     ArchiveError
         If ``archive`` holds something that is not a forecast archive.
     CheckpointError
-        If the checkpoint's channels or grid differ from the store's.
+        If the checkpoint's channels differ from the store's, or its grid does and the model
+        cannot move to the store's grid (:class:`~fourcast.errors.ResolutionTransferError`:
+        an AFNO). An SFNO forecasts zero-shot on another equiangular grid.
     CampaignMismatchError
         If ``archive`` holds another campaign and ``overwrite`` is false.
     """
@@ -711,9 +741,12 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
     launch = launch or Launch.from_env()
     device = _forecast_device(cfg, launch)
     model = str(cfg.model or checkpoint)
-    forecaster, meta, checkpoint_sha256 = _load_model(model, tracking_uri, device, cfg.autocast and device.type == "cuda")
+    registered = resolved_model(model, tracking_uri)
+    pinned = f"models:/{registered['model_name']}/{registered['model_version']}" if registered else model
+    forecaster, meta, checkpoint_sha256 = _load_model(pinned, tracking_uri, device,
+                                                      cfg.autocast and device.type == "cuda")
     truth = open_store(store)
-    meta.check_matches(list(truth[CHANNEL].values), truth[LAT].values, truth[LON].values)
+    forecaster = _on_store_grid(forecaster, meta, truth)
     campaign = _campaign(cfg, forecaster, truth, {
         "checkpoint_sha256": checkpoint_sha256, "initial_conditions_fingerprint": store_fingerprint(store),
         "perturbation": cfg.perturbation.model_dump(mode="json"),
@@ -725,7 +758,9 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
                "initial_conditions_fingerprint": campaign.identity["initial_conditions_fingerprint"],
                "perturbation": cfg.perturbation.kind, "amplitude": cfg.perturbation.amplitude, "seed": cfg.seed,
                "code_version": code_version(), "train_run_id": str(meta.extra.get("train_run_id", "")),
-               "forecast_run_id": tracker.run_id or ""}
+               "forecast_run_id": tracker.run_id or "", **registered}
+    if registered:
+        tracker.set_tags(registered)
     recorded = {**lineage, "model": model if model.startswith(MODEL_URI_SCHEMES) else Path(model),
                 "initial_conditions": store}
     log_store_input(tracker, store, campaign.identity["initial_conditions_fingerprint"], "initial_conditions")
@@ -753,6 +788,27 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
     if launch.rank == 0:
         _log_forecast_map(tracker, archive, store, campaign.init_times[0], min(campaign.n_steps, 4) * campaign.step)
     return archive
+
+
+def _on_store_grid(forecaster: Forecaster, meta: CheckpointMeta, truth: xr.Dataset) -> Forecaster:
+    """The forecaster on the store's grid: as it is, or moved there without retraining (SFNO only).
+
+    Raises
+    ------
+    CheckpointError
+        If the channels differ; :class:`~fourcast.errors.ResolutionTransferError` if the grid
+        differs and the model cannot move (AFNO), naming why.
+    """
+    lat, lon = truth[LAT].values, truth[LON].values
+    try:
+        meta.check_matches(list(truth[CHANNEL].values), lat, lon)
+    except CheckpointError:
+        if list(meta.channels) != [str(c) for c in truth[CHANNEL].values]:
+            raise
+        log.warning("the model was trained on a %dx%d grid; forecasting zero-shot on the store's %dx%d grid",
+                    len(meta.lat), len(meta.lon), lat.size, lon.size)
+        return forecaster.on_grid(lat, lon)
+    return forecaster
 
 
 def _check_archive_path(archive: Path, protected: Mapping[str, Path | None]) -> None:

@@ -455,15 +455,191 @@ def _registered_source(model_uri: str, registry_uri: str) -> str:
     registry URI instead).
     """
     client = tracking_client(registry_uri)
+    name, version = resolve_model_version(model_uri, registry_uri)
+    return client.get_model_version_download_uri(name, version)
+
+
+class AliasError(ModelUriError):
+    """A registered model, or an alias of it, that the registry does not hold."""
+
+
+def _registered_model(client: MlflowClient, name: str):
+    """The registered model ``name``; :class:`AliasError` naming the models there are if it does not exist."""
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        known = sorted(m.name for m in client.search_registered_models(max_results=100))
+        raise AliasError(f"the registry holds no model {name!r}; registered models: {known or 'none'}") from err
+
+
+def model_aliases(tracking_uri: str, name: str) -> dict[str, str]:
+    """The aliases of registered model ``name`` → the version each points to.
+
+    Raises
+    ------
+    AliasError
+        If the registry holds no model ``name``.
+    """
+    return {alias: str(version) for alias, version in
+            (_registered_model(tracking_client(tracking_uri), name).aliases or {}).items()}
+
+
+def model_versions(tracking_uri: str, name: str) -> list[str]:
+    """The version numbers of registered model ``name``, oldest first (:class:`AliasError` if there is none)."""
+    client = tracking_client(tracking_uri)
+    _registered_model(client, name)
+    versions = client.search_model_versions(f"name = '{name}'", max_results=1000)
+    return sorted((str(v.version) for v in versions), key=int)
+
+
+#: ``models:/NAME/latest`` names the highest version number of NAME.
+LATEST = "latest"
+
+
+def resolve_model_version(model_uri: str, tracking_uri: str) -> tuple[str, str]:
+    """``(name, version)`` that ``models:/NAME/VERSION``, ``models:/NAME/latest`` or ``models:/NAME@ALIAS`` names now.
+
+    Raises
+    ------
+    AliasError
+        If the model or the alias does not exist; the message names the model and its aliases.
+    ModelUriError
+        If the URI is not of one of those forms.
+    """
     reference = model_uri.removeprefix("models:/")
+    if not model_uri.startswith("models:/") or not reference:
+        raise ModelUriError(f"expected models:/<name>/<version> or models:/<name>@<alias>, found {model_uri!r}")
     if "@" in reference:
         name, alias = reference.split("@", 1)
-        version = client.get_model_version_by_alias(name, alias).version
-    elif reference.count("/") == 1:
-        name, version = reference.split("/")
-    else:
+        aliases = model_aliases(tracking_uri, name)
+        if alias not in aliases:
+            held = ", ".join(f"{a} -> version {v}" for a, v in sorted(aliases.items())) or "none"
+            raise AliasError(f"registered model {name!r} has no alias {alias!r}; its aliases: {held} (move one with "
+                             f"`fourcast model promote {name} VERSION --alias {alias}`)")
+        return name, aliases[alias]
+    if reference.count("/") != 1:
         raise ModelUriError(f"expected models:/<name>/<version> or models:/<name>@<alias>, found {model_uri!r}")
-    return client.get_model_version_download_uri(name, version)
+    name, version = reference.split("/")
+    versions = model_versions(tracking_uri, name)
+    if version == LATEST:
+        if not versions:
+            raise AliasError(f"registered model {name!r} has no versions")
+        return name, versions[-1]
+    if version not in versions:
+        raise AliasError(f"registered model {name!r} has no version {version!r}; its versions: {versions}")
+    return name, version
+
+
+def set_model_alias(tracking_uri: str, name: str, alias: str, version: str) -> str | None:
+    """Point ``alias`` of model ``name`` at ``version``; returns the version it pointed to before (or ``None``).
+
+    Raises
+    ------
+    AliasError
+        If the model or the version does not exist.
+    """
+    client = tracking_client(tracking_uri)
+    previous = model_aliases(tracking_uri, name).get(alias)
+    _, version = resolve_model_version(f"models:/{name}/{version}", tracking_uri)
+    client.set_registered_model_alias(name, alias, version)
+    return previous
+
+
+def tag_model_version(tracking_uri: str, name: str, version: str, tags: Mapping[str, object]) -> None:
+    """Set tags (e.g. headline scores) on a registered model version."""
+    client = tracking_client(tracking_uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, str(value))
+
+
+
+class TrackingServerError(RuntimeError):
+    """The MLflow tracking server could not be started, or is not running where its state says."""
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def _server_answers(uri: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def start_tracking_server(backend_uri: str, artifact_root: Path, state_dir: Path, host: str = "127.0.0.1",
+                          timeout_s: float = 120.0) -> str:
+    """Start ``mlflow server`` (one process, detached) over ``backend_uri``; returns its ``http://`` URI.
+
+    Many processes logging at once (overlapping Cylc cycles) then talk to one server, which alone
+    opens the database: no two processes race to create or migrate a fresh SQLite store. The
+    server's URI, process id and log go to ``state_dir`` (``uri``, ``pid``, ``server.log``); if a
+    server recorded there still answers, its URI is returned and nothing is started.
+
+    Raises
+    ------
+    TrackingServerError
+        If the server does not answer ``/health`` within ``timeout_s`` (its log's tail is quoted).
+    """
+    import subprocess
+    import sys
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    uri_file, pid_file, log_file = state_dir / "uri", state_dir / "pid", state_dir / "server.log"
+    if uri_file.exists() and _server_answers(uri_file.read_text().strip()):
+        return uri_file.read_text().strip()
+    with _store_lock(backend_uri):  # the store created and migrated once, before the server opens it
+        MlflowClient(tracking_uri=backend_uri, registry_uri=backend_uri).search_registered_models(max_results=1)
+    port = _free_port(host)
+    uri = f"http://{host}:{port}"
+    artifact_root.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri, "--host", host,
+               "--port", str(port), "--workers", "1", "--default-artifact-root", artifact_root.resolve().as_uri(),
+               "--no-serve-artifacts"]
+    with open(log_file, "ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, cwd=state_dir)  # outlives the caller's folder
+    pid_file.write_text(f"{process.pid}\n")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if _server_answers(uri):
+            uri_file.write_text(uri + "\n")
+            return uri
+        if process.poll() is not None:
+            break
+        time.sleep(0.5)
+    stop_tracking_server(state_dir)
+    tail = log_file.read_text(errors="replace")[-2000:]
+    raise TrackingServerError(f"mlflow server over {backend_uri} did not answer on {uri} within {timeout_s:.0f} s; "
+                              f"its log ({log_file}) ends:\n{tail}")
+
+
+def stop_tracking_server(state_dir: Path, timeout_s: float = 30.0) -> bool:
+    """Stop the server :func:`start_tracking_server` recorded in ``state_dir``; ``False`` if none was running."""
+    pid_file = state_dir / "pid"
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return False
+    running = process_running(pid)
+    if running:
+        os.killpg(pid, signal.SIGTERM)  # the server and its workers: it leads its own session
+        deadline = time.monotonic() + timeout_s
+        while process_running(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if process_running(pid):
+            os.killpg(pid, signal.SIGKILL)
+    for name in ("pid", "uri"):
+        (state_dir / name).unlink(missing_ok=True)
+    return running
 
 
 # --- The model as an MLflow model -----------------------------------------------------------------------------

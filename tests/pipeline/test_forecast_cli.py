@@ -253,7 +253,8 @@ def test_a_registered_mlflow_model_is_resolved_to_its_checkpoint(workdir, tmp_pa
     assert open_archive(archive).attrs["model"] == model_uri
     assert _data_bytes(archive) == _data_bytes(by_path)
     assert main(_command(workdir, tmp_path / "r.zarr", "--model", "models:/no-such-model/1", *options)) == 1
-    assert "StageInputError: cannot download models:/no-such-model/1" in capsys.readouterr().err
+    assert "StageInputError: the registry holds no model 'no-such-model'; registered models: ['tiny-forecaster']" \
+        in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("options", "status", "message"), [
