@@ -43,7 +43,7 @@ from ingest.atomic import discard, replace_path, temporary_sibling
 from ingest.dims import ARCHIVE_DIMS, CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER
 from ingest.errors import UnknownVariableError
 from ingest.lexicon import get_variables
-from ingest.schema import CLIMATOLOGY, DATA, MEAN, STD
+from ingest.schema import CF_COORDINATE_ATTRS, CLIMATOLOGY, CONVENTIONS, DATA, MEAN, STD, consolidate
 
 #: Root attribute set by ``finalize``; readers refuse an archive without it.
 COMPLETE = "complete"
@@ -132,11 +132,14 @@ class ArchiveLayout:
             for var in get_variables(list(self.variables))
         }
         coords = {
-            INIT_TIME: (INIT_TIME, self.init_times, {"long_name": "forecast initialisation time"}),
-            LEAD_TIME: (LEAD_TIME, self.lead_times, {"long_name": "time since initialisation"}),
-            MEMBER: (MEMBER, self.members, {"long_name": "ensemble member (0 is the control when run with one)"}),
-            LAT: (LAT, self.lat, {"units": "degrees_north", "long_name": "latitude"}),
-            LON: (LON, self.lon, {"units": "degrees_east", "long_name": "longitude"}),
+            INIT_TIME: (INIT_TIME, self.init_times, {"long_name": "forecast initialisation time",
+                                                     "standard_name": "forecast_reference_time"}),
+            LEAD_TIME: (LEAD_TIME, self.lead_times, {"long_name": "time since initialisation",
+                                                     "standard_name": "forecast_period"}),
+            MEMBER: (MEMBER, self.members, {"long_name": "ensemble member (0 is the control when run with one)",
+                                            "standard_name": "realization"}),
+            LAT: (LAT, self.lat, CF_COORDINATE_ATTRS[LAT]),
+            LON: (LON, self.lon, CF_COORDINATE_ATTRS[LON]),
         }
         return xr.Dataset(data_vars, coords=coords, attrs=dict(attrs))
 
@@ -274,7 +277,8 @@ class ZarrArchive:
         if self._finalized:
             raise ArchiveError(f"archive {self.path} is already finalised")
         check_replaceable(self.path)
-        self._group.attrs.update({**self.attrs, ARCHIVE_MARKER: 1, COMPLETE: True})
+        self._group.attrs.update({**self.attrs, ARCHIVE_MARKER: 1, COMPLETE: True, "Conventions": CONVENTIONS})
+        consolidate(self.partial_path)
         replace_path(self.partial_path, self.path)
         self._finalized = True
         return str(self.path)
@@ -328,7 +332,7 @@ class MemoryArchive:
 
     def finalize(self) -> str:
         """Set the attributes, the archive marker and ``complete = True``; returns ``"memory"``."""
-        self.dataset.attrs.update({**self.attrs, ARCHIVE_MARKER: 1, COMPLETE: True})
+        self.dataset.attrs.update({**self.attrs, ARCHIVE_MARKER: 1, COMPLETE: True, "Conventions": CONVENTIONS})
         return "memory"
 
 

@@ -47,6 +47,7 @@ from ensembles.errors import ArchiveError, CampaignIncompleteError, CampaignMism
 from ensembles.protocols import Coords
 from ingest.atomic import discard, replace_path, temporary_sibling
 from ingest.locks import CampaignLock
+from ingest.schema import CONVENTIONS, consolidate
 
 #: Root attribute holding the campaign's settings (:meth:`Campaign.describe`).
 CAMPAIGN = "campaign"
@@ -418,7 +419,8 @@ class CampaignArchive:
     def _commit(self) -> None:
         try:
             group = zarr.open_group(self.claimed_path, mode="r+", zarr_format=3)
-            group.attrs.update({"end_time": _now(), COMPLETE: True})
+            group.attrs.update({"end_time": _now(), COMPLETE: True, "Conventions": CONVENTIONS})
+            consolidate(self.claimed_path)  # plain xr.open_zarr opens the committed archive without a warning
             check_replaceable(self.path)  # something else may have been put there since the launch
             replace_path(self.claimed_path, self.path)
         except FileNotFoundError:

@@ -29,9 +29,10 @@ import xarray as xr
 
 from ensembles.errors import ArchiveError
 from ingest.atomic import discard, replace_path, temporary_sibling
-from ingest.dims import ARCHIVE_DIMS, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER
+from ingest.dims import ARCHIVE_DIMS, CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER
 from ingest.errors import UnknownVariableError
 from ingest.lexicon import Variable, get_variables
+from ingest.schema import consolidate
 
 WB2_TIME = "time"
 WB2_LEAD = "prediction_timedelta"
@@ -77,35 +78,83 @@ def to_weatherbench2(archive: xr.Dataset) -> xr.Dataset:
         the archive's.
     """
     variables = _lexicon_variables(archive)
-    renamed = archive.rename(_RENAME)
+    return _by_cds_name(archive.rename(_RENAME), variables, _FIELD_DIMS[:3], dict(archive.attrs))
+
+
+def truth_to_weatherbench2(data: xr.DataArray) -> xr.Dataset:
+    """The training store's ``data[time, channel, lat, lon]`` in WB2's ERA5 layout.
+
+    Returns
+    -------
+    xarray.Dataset
+        One variable per CDS name, ``(time[, level], latitude, longitude)``, latitude
+        ascending, as WB2's ERA5 stores (the ``obs`` of its evaluation).
+    """
+    by_id = data.to_dataset(dim=CHANNEL).rename({LAT: WB2_LAT, LON: WB2_LON})
+    variables = get_variables([str(name) for name in by_id.data_vars])
+    return _by_cds_name(by_id, variables, (WB2_TIME,), {"source": "fourcast training store"})
+
+
+def climatology_to_weatherbench2(climatology: xr.DataArray) -> xr.Dataset:
+    """The climatology store's ``climatology[dayofyear, hour, channel, lat, lon]`` in WB2's climatology layout.
+
+    Returns
+    -------
+    xarray.Dataset
+        One variable per CDS name, ``(dayofyear, hour[, level], latitude, longitude)``,
+        latitude ascending, as WB2's climatology stores (``dayofyear`` 1..366, ``hour`` 0..23).
+    """
+    by_id = climatology.to_dataset(dim=CHANNEL).rename({LAT: WB2_LAT, LON: WB2_LON})
+    variables = get_variables([str(name) for name in by_id.data_vars])
+    return _by_cds_name(by_id, variables, ("dayofyear", "hour"), dict(climatology.attrs))
+
+
+def _by_cds_name(by_id: xr.Dataset, variables: list[Variable], leading: tuple[str, ...], attrs: dict) -> xr.Dataset:
+    """Variables of ``by_id`` (named by lexicon id) grouped by CDS name, levels stacked, CF coordinate attributes."""
     groups: dict[str, list[Variable]] = defaultdict(list)
     for var in variables:
         groups[var.cds_name].append(var)
-    data_vars = {name: _wb2_variable(renamed, members) for name, members in groups.items()}
-    exported = xr.Dataset(data_vars, attrs=dict(archive.attrs)).sortby(WB2_LAT)
-    for dim, attrs in _COORD_ATTRS.items():
+    data_vars = {name: _wb2_variable(by_id, members, leading) for name, members in groups.items()}
+    exported = xr.Dataset(data_vars, attrs={**attrs, "Conventions": "CF-1.8"}).sortby(WB2_LAT)
+    for dim, coord_attrs in _COORD_ATTRS.items():
         if dim in exported.coords:
-            exported[dim].attrs = attrs
+            exported[dim].attrs = coord_attrs
     return exported
 
 
-def write_weatherbench2(archive: xr.Dataset, path: str | Path) -> str:
-    """Write :func:`to_weatherbench2` of ``archive`` as a Zarr v3 store at ``path``, atomically.
+def write_weatherbench2(archive: xr.Dataset, path: str | Path, zarr_format: int = 3) -> str:
+    """Write :func:`to_weatherbench2` of ``archive`` as a Zarr store at ``path``, atomically (see :func:`write_wb2`)."""
+    return write_wb2(to_weatherbench2(archive), path, zarr_format)
 
-    The store is written under a temporary sibling and moved into place only when complete,
+
+def write_wb2(exported: xr.Dataset, path: str | Path, zarr_format: int = 3) -> str:
+    """Write an exported dataset as a Zarr store (v3, or v2 for tools that read only v2) at ``path``, atomically.
+
+    The store is written under a temporary sibling with consolidated metadata (so plain
+    ``xr.open_zarr`` opens it without a warning) and moved into place only when complete,
     replacing a previous store at ``path`` then; a failed write leaves nothing behind.
 
     Returns
     -------
     str
         The store's location.
+
+    Raises
+    ------
+    ArchiveError
+        If ``zarr_format`` is not 2 or 3.
     """
-    exported = to_weatherbench2(archive)
+    if zarr_format not in (2, 3):
+        raise ArchiveError(f"expected zarr_format 2 or 3, found {zarr_format!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    exported = exported.copy()
+    for variable in exported.variables.values():  # the source store's codecs and shards need not fit the format
+        variable.encoding = {}
     partial = temporary_sibling(path)
     try:
-        exported.to_zarr(partial, mode="w-", zarr_format=3, consolidated=False)
+        exported.to_zarr(partial, mode="w-", zarr_format=zarr_format, consolidated=False)
+        consolidate(partial)
     except Exception:
         discard(partial)  # leave nothing behind, whatever the write raised
         raise
@@ -126,8 +175,8 @@ def _lexicon_variables(archive: xr.Dataset) -> list[Variable]:
         raise ArchiveError(f"only lexicon variables can be exported: {err}") from err
 
 
-def _wb2_variable(archive: xr.Dataset, variables: list[Variable]) -> xr.DataArray:
-    """One WB2 variable from archive variables sharing a CDS name; stacked on ``level`` if any."""
+def _wb2_variable(archive: xr.Dataset, variables: list[Variable], leading: tuple[str, ...]) -> xr.DataArray:
+    """One WB2 variable from variables sharing a CDS name; stacked on ``level`` (after ``leading`` dims) if any."""
     first = variables[0]
     if first.level is None:
         field = archive[first.id]
@@ -135,7 +184,7 @@ def _wb2_variable(archive: xr.Dataset, variables: list[Variable]) -> xr.DataArra
         ordered = sorted(variables, key=lambda var: var.level)
         levels = np.array([var.level for var in ordered], dtype=np.int64)
         field = xr.concat([archive[var.id] for var in ordered], dim=xr.Variable(WB2_LEVEL, levels))
-        field = field.transpose(*_FIELD_DIMS[:3], WB2_LEVEL, *_FIELD_DIMS[3:])
+        field = field.transpose(*leading, WB2_LEVEL, WB2_LAT, WB2_LON)
     # the lexicon's pressure-level long names end in " at <level> hPa"; the stack spans levels
     long_name = first.long_name if first.level is None else first.long_name.rsplit(" at ", 1)[0]
     return field.astype(np.float32).assign_attrs(units=first.units, long_name=long_name)

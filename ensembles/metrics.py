@@ -34,6 +34,8 @@ results equal the functions above on the same forecasts (tested to 1e-6).
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
@@ -265,17 +267,24 @@ def crps_pointwise(
     .. math:: \frac{1}{M}\sum_i |X_i - y| - \frac{1}{2M^2} \sum_{i,j} |X_i - X_j|
 
     The pair sum is computed from the sorted members, :math:`\sum_{i,j}|X_i - X_j| =
-    2 \sum_k (2k - M - 1) X_{(k)}`, in O(M log M) time and O(M) memory per point.
+    2 \sum_k (2k - M - 1) X_{(k)}`, in O(M log M) time and O(M) memory per point, in one
+    numpy kernel (:func:`_crps_kernel`) that works member plane by member plane in float64.
     Units of the field; lower is better.
     """
     if kind not in CRPS_KINDS:
         raise ScoringError(f"unknown CRPS kind {kind!r}; expected one of {CRPS_KINDS}")
     n = _require_members(ensemble, member_dim, minimum=2 if kind == "fair" else 1, metric=f"{kind} CRPS")
-    ensemble, truth = _exact(ensemble.astype(np.float64), truth)
-    skill = abs(ensemble - truth).mean(member_dim, skipna=False)
-    pair_sum = _pair_abs_sum(ensemble, member_dim)
+    ensemble, truth = _exact(ensemble, truth)
     pairs = 2 * n * (n - 1) if kind == "fair" else 2 * n * n
-    return skill - pair_sum / pairs
+    return xr.apply_ufunc(
+        _in_threads(_crps_kernel),
+        ensemble,
+        truth,
+        input_core_dims=[[member_dim], []],
+        kwargs={"pairs": pairs},
+        dask="parallelized",
+        output_dtypes=[np.float64],
+    )
 
 
 def crps(
@@ -372,10 +381,16 @@ def brier_score(
     metric = "fair Brier score" if fair else "Brier score"
     n = _require_members(ensemble, member_dim, minimum=2 if fair else 1, metric=metric)
     ensemble, truth, threshold = _exact(ensemble, truth, xr.DataArray(threshold))
-    probability = _exceeds(ensemble, threshold).mean(member_dim, skipna=False)
-    score = (probability - _exceeds(truth, threshold)) ** 2
-    if fair:
-        score = score - probability * (1 - probability) / (n - 1)
+    score = xr.apply_ufunc(
+        _in_threads(_brier_kernel),
+        ensemble,
+        truth,
+        threshold,
+        input_core_dims=[[member_dim], [], []],
+        kwargs={"fair": fair},
+        dask="parallelized",
+        output_dtypes=[np.float64],
+    )
     return time_mean(spatial_mean(score, weights), time_dim)
 
 
@@ -445,11 +460,6 @@ def _truth_rank(ensemble: xr.DataArray, truth: xr.DataArray, rng: np.random.Gene
     return (below + tie_break).where(defined)
 
 
-def _exceeds(field: xr.DataArray, threshold: xr.DataArray) -> xr.DataArray:
-    """``1[field > threshold]`` as float, NaN where either is NaN."""
-    return (field > threshold).where(field.notnull() & threshold.notnull())
-
-
 def _pair_norm_sum(ensemble: xr.DataArray, weights: Weights, member_dim: str) -> xr.DataArray:
     """``Σ_i Σ_j ‖X_i − X_j‖`` in the area-weighted RMS norm over ``(lat, lon)``."""
     anomalies = ensemble - ensemble.mean(member_dim, skipna=False)
@@ -474,20 +484,85 @@ def _gram_distance_sum(x: np.ndarray) -> np.ndarray:
     return np.sqrt(np.where(off_diagonal, np.maximum(d2, 0.0), 0.0)).sum((-2, -1))
 
 
-def _pair_abs_sum(ensemble: xr.DataArray, member_dim: str) -> xr.DataArray:
-    """``Σ_i Σ_j |X_i − X_j|`` over members, from the members sorted at each point."""
-    n = ensemble.sizes[member_dim]
-    ordered = xr.apply_ufunc(
-        np.sort,
-        ensemble,
-        input_core_dims=[[member_dim]],
-        output_core_dims=[[member_dim]],
-        kwargs={"axis": -1},
-        dask="parallelized",
-        output_dtypes=[ensemble.dtype],
-    ).drop_vars(member_dim, errors="ignore")
-    rank_weight = xr.DataArray(2.0 * np.arange(1, n + 1) - n - 1, dims=member_dim)
-    return 2 * (ordered * rank_weight).sum(member_dim, skipna=False)
+#: Kernels split arrays of at least this many values into slabs scored in parallel threads
+#: (numpy releases the GIL in its loops).
+THREADED_MIN_VALUES = 2**20
+
+
+def _in_threads(kernel):
+    """``kernel(x, *others, **kw)`` run on slabs of ``x``'s first axis in one thread per core, concatenated.
+
+    ``x`` is (..., member); an array of ``others`` with the same first axis is cut with it,
+    anything else (scalars, size-1 first axes) goes whole to every slab.
+    """
+    def run(x: np.ndarray, *others: np.ndarray, **kwargs) -> np.ndarray:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        rows = x.shape[0] if x.ndim > 1 else 1
+        slabs = min(cores, rows) if x.size >= THREADED_MIN_VALUES else 1
+        if slabs <= 1:
+            return kernel(x, *others, **kwargs)
+        bounds = np.linspace(0, rows, slabs + 1).astype(int)
+
+        def slab(a: int, b: int) -> np.ndarray:
+            cut = [o[a:b] if np.ndim(o) == x.ndim - 1 and o.shape[0] == rows else o for o in others]
+            return np.broadcast_to(kernel(x[a:b], *cut, **kwargs),
+                                   np.broadcast_shapes(x[a:b].shape[:-1], *(np.shape(c) for c in cut)))
+
+        with ThreadPoolExecutor(slabs) as pool:
+            parts = list(pool.map(slab, bounds[:-1], bounds[1:]))
+        return np.concatenate(parts, axis=0)
+
+    return run
+
+
+def _member_planes(x: np.ndarray) -> np.ndarray:
+    """``x`` (..., member) viewed as (member, ...): each member's field a plane, iterated in memory order."""
+    return np.moveaxis(x, -1, 0)
+
+
+def _crps_kernel(x: np.ndarray, y: np.ndarray, pairs: int) -> np.ndarray:
+    r"""Pointwise CRPS :math:`\frac1M\sum_i|X_i - y| - \frac{1}{pairs}\sum_{ij}|X_i - X_j|`, float64.
+
+    ``x`` (..., member), ``y`` broadcastable to ``x[..., 0]``. The pair sum is
+    :math:`2\sum_k (2k - M - 1) X_{(k)}` over the members sorted at each point; both sums
+    accumulate one member plane at a time, so no (..., member) temporary beyond the sorted copy.
+    NaN wherever a member or the truth is NaN.
+    """
+    members = _member_planes(x)
+    n = members.shape[0]
+    ordered = np.sort(members, axis=0)
+    skill = np.zeros(np.broadcast_shapes(members.shape[1:], np.shape(y)), dtype=np.float64)
+    pair = np.zeros_like(skill)
+    scratch = np.empty_like(skill)
+    for k in range(n):
+        np.subtract(members[k], y, out=scratch, dtype=np.float64)
+        skill += np.abs(scratch, out=scratch)
+        weight = 2.0 * (2 * (k + 1) - n - 1)
+        if weight:
+            np.multiply(ordered[k], weight, out=scratch, dtype=np.float64)
+            pair += scratch
+    skill /= n
+    skill -= pair / pairs
+    return skill
+
+
+def _brier_kernel(x: np.ndarray, y: np.ndarray, threshold: np.ndarray, fair: bool) -> np.ndarray:
+    """Pointwise Brier score of ``1[X > threshold]`` (``x`` (..., member)), Ferro's fair form if ``fair``.
+
+    NaN wherever a member, the truth or the threshold is NaN.
+    """
+    members = _member_planes(x)
+    n = members.shape[0]
+    shape = np.broadcast_shapes(members.shape[1:], np.shape(y), np.shape(threshold))
+    count = np.add.reduce(members > threshold, axis=0, dtype=np.int32)
+    missing = np.isnan(y) | np.isnan(threshold) | np.isnan(members).any(axis=0)
+    probability = count / n
+    score = probability - (y > threshold)
+    score *= score
+    if fair:
+        score -= probability * (1 - probability) / (n - 1)
+    score[np.broadcast_to(missing, shape)] = np.nan
+    return score
 
 
 def _require_members(ensemble: xr.DataArray, member_dim: str, minimum: int, metric: str) -> int:
@@ -501,7 +576,7 @@ def _require_members(ensemble: xr.DataArray, member_dim: str, minimum: int, metr
 
 def _weighted_sum(field: xr.DataArray, w: xr.DataArray) -> xr.DataArray:
     """``Σ_jk w_jk f_jk`` over ``lat``/``lon``; points of zero weight count as 0 even if NaN."""
-    return (_unweighted_zeroed(field, w) * w).sum((LAT, LON), skipna=False)
+    return xr.dot(_unweighted_zeroed(field, w), w, dim=[LAT, LON])
 
 
 def _unweighted_zeroed(field: xr.DataArray, w: xr.DataArray) -> xr.DataArray:
@@ -517,7 +592,7 @@ def _grid_sum(w: xr.DataArray, n_lon: int) -> xr.DataArray:
 def _exact(*arrays: xr.DataArray) -> tuple[xr.DataArray, ...]:
     """Align by label, refusing any coordinate mismatch instead of intersecting."""
     try:
-        return xr.align(*arrays, join="exact")
+        return xr.align(*arrays, join="exact", copy=False)  # nothing here writes into its inputs
     except ValueError as err:
         raise ScoringError(f"fields to compare have different coordinates: {err}") from err
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +26,11 @@ from ingest.errors import StoreSchemaError
 from ingest.schema import DATA, MEAN, STD, open_store, step_of
 
 
+#: Where :class:`StoreWindows` keeps the range: ``none`` reads each window from the store when it
+#: is asked for (bounded memory, the default); ``memory`` reads the whole range once (tiny stores).
+CACHES = ("none", "memory")
+
+
 class StoreWindows(torch.utils.data.Dataset):
     """Map-style dataset of ``(input, targets)`` windows over a date range of the store.
 
@@ -37,29 +42,53 @@ class StoreWindows(torch.utils.data.Dataset):
         Inclusive range; every time of every window lies inside it.
     n_ahead : int
         Number of target steps after each input time.
-    in_memory : bool
-        Read the whole range once (fast for small stores) instead of one window per item.
+    cache : {"none", "memory"}
+        ``none`` (default) streams: each item reads its ``n_ahead + 1`` time steps from the store
+        (whole chunks: one chunk is one time step), so memory does not grow with the range;
+        each DataLoader worker opens the store itself. ``memory`` reads the whole range once.
+    channels : sequence of str, optional
+        Subset of the store's channels, in the order wanted; default all of them.
+    in_memory : bool, optional
+        Older spelling of ``cache``: ``True`` is ``"memory"``, ``False`` is ``"none"``.
 
     Items are ``(x, y)`` float32 tensors of shapes ``(channel, lat, lon)`` and
     ``(n_ahead, channel, lat, lon)`` in normalised units.
+
+    Raises
+    ------
+    DataWindowError
+        If ``n_ahead`` < 1, the range holds too few store times, ``cache`` is unknown, or a
+        requested channel is not in the store.
     """
 
-    def __init__(self, store_path: str | Path, start, end, n_ahead: int = 1, in_memory: bool = True) -> None:
+    def __init__(self, store_path: str | Path, start, end, n_ahead: int = 1, cache: str = "none",
+                 channels: Sequence[str] | None = None, in_memory: bool | None = None) -> None:
         if n_ahead < 1:
             raise DataWindowError(f"n_ahead must be >= 1, found {n_ahead}")
+        if in_memory is not None:
+            cache = "memory" if in_memory else "none"
+        if cache not in CACHES:
+            raise DataWindowError(f"cache must be one of {CACHES}, found {cache!r}")
         ds = _open_with_statistics(store_path)
-        self.channels = [str(c) for c in ds[CHANNEL].values]
+        stored = [str(c) for c in ds[CHANNEL].values]
+        self._picks = _channel_picks(stored, channels)
+        self.channels = stored if self._picks is None else [stored[i] for i in self._picks]
         self.lat = ds[LAT].values
         self.lon = ds[LON].values
         self.step = step_of(ds)
-        self.mean = ds[MEAN].values.astype(np.float32)
-        self.std = ds[STD].values.astype(np.float32)
+        self.mean = _pick(ds[MEAN].values.astype(np.float32), self._picks, axis=0)
+        self.std = _pick(ds[STD].values.astype(np.float32), self._picks, axis=0)
+        self._scale = (1.0 / self.std).astype(np.float32)[:, None, None]
+        self._shift = self.mean[:, None, None]
         self.n_ahead = n_ahead
+        self.cache = cache
         self._first, self._last = self._row_range(ds[TIME].values, np.datetime64(start), np.datetime64(end))
         self.times = ds[TIME].values[self._first : self._last + 1]
-        array = zarr.open_array(Path(store_path) / DATA, mode="r")
-        self._array = array[self._first : self._last + 1] if in_memory else array
-        self._offset = 0 if in_memory else self._first
+        self._path = Path(store_path) / DATA
+        self._array = None
+        if cache == "memory":
+            self._array = _pick(zarr.open_array(self._path, mode="r")[self._first : self._last + 1], self._picks, axis=1)
+        self._offset = 0 if cache == "memory" else self._first
 
     def _row_range(self, times: np.ndarray, start: np.datetime64, end: np.datetime64) -> tuple[int, int]:
         rows = np.flatnonzero((times >= start) & (times <= end))
@@ -72,6 +101,18 @@ class StoreWindows(torch.utils.data.Dataset):
             )
         return int(rows[0]), int(rows[-1])
 
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if self.cache == "none":
+            state["_array"] = None  # each worker opens the store itself
+        return state
+
+    def _data(self):
+        """The cached range, or the store's ``data`` array (opened once per process)."""
+        if self._array is None:
+            self._array = zarr.open_array(self._path, mode="r")
+        return self._array
+
     def __len__(self) -> int:
         return self._last - self._first + 1 - self.n_ahead
 
@@ -79,22 +120,77 @@ class StoreWindows(torch.utils.data.Dataset):
         """Valid time of the input state of item ``index``."""
         return self.times[index]
 
+    @property
+    def window_bytes(self) -> int:
+        """Bytes of one item: ``(n_ahead + 1) x channel x lat x lon`` float32."""
+        return 4 * (self.n_ahead + 1) * len(self.channels) * self.lat.size * self.lon.size
+
+    @property
+    def range_bytes(self) -> int:
+        """Bytes of every time step of the range (what ``cache="memory"`` holds)."""
+        return 4 * (self._last - self._first + 1) * len(self.channels) * self.lat.size * self.lon.size
+
+    def memory_budget(self, batch: int, workers: int = 0, prefetch_factor: int = 2) -> int:
+        """Bytes of samples a loader over this dataset holds at once, at most.
+
+        ``workers x prefetch_factor`` batches waiting, plus one being collated (its windows and
+        the stacked batch) and one in use by the trainer; plus the whole range with
+        ``cache="memory"``.
+        """
+        waiting = workers * prefetch_factor if workers else 0
+        held = (waiting + 3) * batch * self.window_bytes
+        return held + (self.range_bytes if self.cache == "memory" else 0)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"window {index} out of range 0..{len(self) - 1}")
-        row = index + self._offset
-        window = np.asarray(self._array[row : row + self.n_ahead + 1], dtype=np.float32)
-        window = (window - self.mean[:, None, None]) / self.std[:, None, None]
-        return torch.from_numpy(window[0]), torch.from_numpy(window[1:])
+        x, y = self.__getitems__([index])
+        return x[0], y[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch at once: ``x`` (batch, channel, lat, lon), ``y`` (batch, n_ahead, channel, lat, lon).
+
+        Each window is read (one store chunk per time step) and shifted straight into the
+        batch's buffer, which is then scaled in one pass: no per-sample tensors to stack.
+        The DataLoader calls this instead of ``__getitem__`` per index (see :func:`batch_stream`).
+        """
+        out = np.empty((len(indices), self.n_ahead + 1, len(self.channels), self.lat.size, self.lon.size),
+                       dtype=np.float32)
+        data = self._data()
+        for slot, index in enumerate(indices):
+            if not 0 <= index < len(self):
+                raise IndexError(f"window {index} out of range 0..{len(self) - 1}")
+            row = index + self._offset
+            window = data[row : row + self.n_ahead + 1]
+            if self.cache == "none":
+                window = _pick(window, self._picks, axis=1)
+            np.subtract(window, self._shift, out=out[slot], dtype=np.float32, casting="unsafe")
+        np.multiply(out, self._scale, out=out)
+        batch = torch.from_numpy(out)
+        return batch[:, 0], batch[:, 1:]
 
     def time_mean(self) -> np.ndarray:
         """Mean normalised state over the range, shape ``(channel, lat, lon)``: a climatology for ACC."""
         total = np.zeros((len(self.channels), self.lat.size, self.lon.size), dtype=np.float64)
         rows = range(self._offset, self._offset + self._last - self._first + 1)
         for row in rows:
-            total += np.asarray(self._array[row], dtype=np.float64)
+            step = self._data()[row]
+            total += np.asarray(step if self.cache == "memory" else _pick(step, self._picks, axis=0), dtype=np.float64)
         mean = (total / len(rows)).astype(np.float32)
         return (mean - self.mean[:, None, None]) / self.std[:, None, None]
+
+
+def _channel_picks(stored: list[str], wanted: Sequence[str] | None) -> np.ndarray | None:
+    """Indices of ``wanted`` among the store's channels; ``None`` for all of them in store order."""
+    if wanted is None or list(wanted) == stored:
+        return None
+    missing = [c for c in wanted if c not in stored]
+    if missing or not wanted:
+        raise DataWindowError(f"channels {list(wanted)} requested; the store holds {stored}"
+                              + (f", not {missing}" if missing else ""))
+    return np.array([stored.index(c) for c in wanted])
+
+
+def _pick(values: np.ndarray, picks: np.ndarray | None, axis: int) -> np.ndarray:
+    return values if picks is None else np.take(values, picks, axis=axis)
 
 
 def _open_with_statistics(store_path: str | Path):
@@ -122,6 +218,11 @@ def _lacks_statistics(store_path: str | Path) -> bool:
     except Exception:  # not a Zarr group at all: open_store's own message says so
         return False
     return DATA in group and not (MEAN in group and STD in group)
+
+
+def _as_read(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The DataLoader's collate step for :meth:`StoreWindows.__getitems__`, which already batches."""
+    return batch
 
 
 class ResumableSampler(DistributedSampler):
@@ -175,11 +276,13 @@ class BatchCursor:
 
 
 def batch_stream(dataset: StoreWindows, batch_per_rank: int, rank: int, world_size: int, seed: int,
-                 cursor: BatchCursor, workers: int = 0,
-                 pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                 cursor: BatchCursor, workers: int = 0, pin_memory: bool = False,
+                 prefetch_factor: int = 2) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless ``(x, y)`` batches for one rank, epoch after epoch, starting at ``cursor``.
 
     ``cursor`` is advanced as batches are handed out, so it always counts the batches consumed.
+    The rank reads only its own windows (:class:`ResumableSampler`); with ``workers`` > 0 each
+    worker keeps ``prefetch_factor`` batches read ahead (see :meth:`StoreWindows.memory_budget`).
 
     Raises
     ------
@@ -191,7 +294,9 @@ def batch_stream(dataset: StoreWindows, batch_per_rank: int, rank: int, world_si
         raise DataWindowError(f"range {dataset.times[0]}..{dataset.times[-1]} yields {len(dataset)} windows, fewer "
                               f"than one batch of {batch_per_rank} for each of {world_size} rank(s)")
     loader = DataLoader(dataset, batch_size=batch_per_rank, sampler=sampler, drop_last=True, num_workers=workers,
-                        pin_memory=pin_memory, persistent_workers=False)
+                        collate_fn=_as_read,
+                        pin_memory=pin_memory, persistent_workers=False,
+                        prefetch_factor=prefetch_factor if workers else None)
     while True:
         sampler.start_at(cursor.epoch, cursor.batch * batch_per_rank)
         for batch in loader:

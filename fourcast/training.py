@@ -49,6 +49,9 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 log = logging.getLogger(__name__)
 
+#: Metric names reported by :func:`train` (MLflow groups charts by the prefix before ``/``).
+TRAIN_LOSS, TRAIN_LR, VAL_SCORE = "train/loss", "train/lr", "val/score"
+
 
 @dataclass(frozen=True)
 class Phase:
@@ -108,6 +111,8 @@ class TrainSettings:
         Recompute each block's activations in the backward pass instead of storing them.
     loader_workers : int, optional
         DataLoader worker processes per rank; ``None`` → 2 on CUDA (with pinned memory), 0 on CPU.
+    prefetch_factor : int
+        Batches each loader worker reads ahead (ignored without workers).
     modes : ModeSchedule, optional
         Incremental spectral modes (models with ``set_active_modes``: the SFNO).
     physics_weight : float
@@ -130,6 +135,7 @@ class TrainSettings:
     compile: bool = False
     activation_checkpointing: bool = False
     loader_workers: int | None = None
+    prefetch_factor: int = 2
     modes: ModeSchedule | None = None
     physics_weight: float = 0.0
 
@@ -277,9 +283,10 @@ def validate(model: nn.Module, dataset: StoreWindows, leads: Sequence[int], samp
     Returns
     -------
     dict
-        ``val_rmse_{channel}_{hours}h`` (physical units), ``val_acc_{channel}_{hours}h``,
-        ``val_persistence_rmse_{channel}_{hours}h`` and ``val_score``, the mean over leads and
-        channels of the RMSE in normalised units.
+        ``val/{channel}/rmse_{hours}h`` (physical units), ``val/{channel}/acc_{hours}h``,
+        ``val/{channel}/persistence_rmse_{hours}h`` and ``val/score`` (:data:`VAL_SCORE`), the
+        mean over leads and channels of the RMSE in normalised units. The names are the ones
+        MLflow shows (``pipeline.tracking.val_metric_name``), grouped under ``val/``.
     """
     ctx = ctx or DistContext(device=device)
     n_lead, n_channel = max(leads), len(dataset.channels)
@@ -309,11 +316,11 @@ def validate(model: nn.Module, dataset: StoreWindows, leads: Sequence[int], samp
     metrics: dict[str, float] = {}
     for lead in leads:
         for i, c in enumerate(dataset.channels):
-            tag = f"{c}_{lead * step_hours}h"
-            metrics[f"val_rmse_{tag}"] = float(mse[lead - 1, i].sqrt() * std[i])
-            metrics[f"val_acc_{tag}"] = float(acc[lead - 1, i])
-            metrics[f"val_persistence_rmse_{tag}"] = float(persistence[lead - 1, i].sqrt() * std[i])
-    metrics["val_score"] = float(torch.stack([mse[lead - 1].sqrt() for lead in leads]).mean())
+            hours = lead * step_hours
+            metrics[f"val/{c}/rmse_{hours}h"] = float(mse[lead - 1, i].sqrt() * std[i])
+            metrics[f"val/{c}/acc_{hours}h"] = float(acc[lead - 1, i])
+            metrics[f"val/{c}/persistence_rmse_{hours}h"] = float(persistence[lead - 1, i].sqrt() * std[i])
+    metrics[VAL_SCORE] = float(torch.stack([mse[lead - 1].sqrt() for lead in leads]).mean())
     return metrics
 
 
@@ -528,7 +535,9 @@ def train(model: nn.Module, make_windows: Callable[[int], StoreWindows], validat
     validation : StoreWindows
         Validation windows with ``n_ahead >= max(settings.validation_leads)``.
     report : callable
-        Receives ``(metrics, step)``: ``loss``, ``lr``, ``rollout_steps`` after every step and
+        Receives ``(metrics, step)``: ``train/loss`` (the latitude-weighted MSE in normalised
+        units, averaged over the rollout's steps, so phases of longer rollouts stay comparable),
+        ``train/lr``, ``train/rollout_steps`` after every step and
         the validation metrics every ``settings.validate_every`` steps and at the end. Only
         rank 0's reports are meant to be kept (losses are averaged over ranks first).
     device : torch.device
@@ -587,12 +596,12 @@ def train(model: nn.Module, make_windows: Callable[[int], StoreWindows], validat
         metrics = validate(forward, validation, settings.validation_leads, settings.validation_samples, device,
                            climatology, ctx, settings.precision, batch_per_rank)
         if growth is not None:
-            growth.after_validation(metrics["val_score"], run.history)
+            growth.after_validation(metrics[VAL_SCORE], run.history)
         report(metrics, run.step)
         run.history.append({"step": run.step, **metrics})
-        if metrics["val_score"] < run.best_score:
+        if metrics[VAL_SCORE] < run.best_score:
             run.best_state = copy.deepcopy(model.state_dict())
-            run.best_score, run.best_step = metrics["val_score"], run.step
+            run.best_score, run.best_step = metrics[VAL_SCORE], run.step
             if checkpoints is not None and ctx.is_main:
                 meta = copy.deepcopy(checkpoints.meta)
                 meta.extra.update(best_step=run.step, best_score=run.best_score)
@@ -612,7 +621,8 @@ def train(model: nn.Module, make_windows: Callable[[int], StoreWindows], validat
         if state is None or index > run.phase:
             run.new_phase(index)
         stream = batch_stream(make_windows(phase.rollout_steps), batch_per_rank, ctx.rank, ctx.world_size,
-                              settings.seed + index, run.cursor, workers, pin_memory=device.type == "cuda")
+                              settings.seed + index, run.cursor, workers, pin_memory=device.type == "cuda",
+                              prefetch_factor=settings.prefetch_factor)
         while run.phase_step < phase.optimizer_steps:
             x, y = (t.to(device, non_blocking=True) for t in next(stream))
             with _autocast(device, settings.precision):
@@ -626,9 +636,9 @@ def train(model: nn.Module, make_windows: Callable[[int], StoreWindows], validat
             if physics is not None:
                 physical = physics(x, pred[:, 0].float(), y[:, 0])
                 loss = loss + settings.physics_weight * physical
-                extra["physics_loss"] = float(all_reduce_mean(physical.detach().reshape(1), ctx))
+                extra["train/physics_loss"] = float(all_reduce_mean(physical.detach().reshape(1), ctx))
             if growth is not None:
-                extra["modes"] = model.active_modes
+                extra["train/modes"] = model.active_modes
             run.optimizer.zero_grad(set_to_none=True)
             run.scaler.scale(loss).backward()
             run.scaler.unscale_(run.optimizer)
@@ -638,8 +648,8 @@ def train(model: nn.Module, make_windows: Callable[[int], StoreWindows], validat
             run.scheduler.step()
             run.step += 1
             run.phase_step += 1
-            report({"loss": float(global_loss.mean()), "lr": run.scheduler.get_last_lr()[0],
-                    "rollout_steps": phase.rollout_steps, **extra}, run.step)
+            report({TRAIN_LOSS: float(global_loss.mean()), TRAIN_LR: run.scheduler.get_last_lr()[0],
+                    "train/rollout_steps": phase.rollout_steps, **extra}, run.step)
             if run.step % settings.validate_every == 0:
                 evaluate()
             if checkpoints is not None and run.step % checkpoints.every == 0:
@@ -681,7 +691,7 @@ class _ModeGrowth:
         active = self.model.active_modes
         if not history or active >= self.most:
             return
-        previous = history[-1]["val_score"]
+        previous = history[-1][VAL_SCORE]
         if previous - score < self.schedule.grow_when * previous:
             grown = min(self.most, active + self.grow_by)
             log.info("validation score %.4f after %.4f: spectral degrees %d -> %d", score, previous, active, grown)

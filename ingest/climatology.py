@@ -47,7 +47,9 @@ from ingest.atomic import discard, replace_path
 from ingest.dims import CHANNEL, LAT, LON, TIME
 from ingest.errors import StoreSchemaError
 from ingest.locks import process_running
-from ingest.schema import CLIMATOLOGY, CLIMATOLOGY_DIMS, DAYOFYEAR, HOUR, STATS_END, STATS_START
+from ingest.lexicon import get_variable
+from ingest.schema import (CF_COORDINATE_ATTRS, CLIMATOLOGY, CLIMATOLOGY_DIMS, DAYOFYEAR, HOUR, STATS_END, STATS_START,
+                           consolidate, write_cf_attributes)
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +302,12 @@ def write_climatology(climatology: xr.DataArray, path: str | Path) -> Path:
     tmp = owned_temporary(path)
     try:
         dataset.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, encoding=encoding)
+        channels = [str(c) for c in climatology[CHANNEL].values]
+        write_cf_attributes(tmp, {**CF_COORDINATE_ATTRS, CLIMATOLOGY: {
+            "long_name": "climatological mean by day of year and hour of day",
+            "channel_units": [get_variable(c).units for c in channels]},
+            DAYOFYEAR: {"long_name": "day of year"}, HOUR: {"long_name": "hour of day (UTC)"}})
+        consolidate(tmp)
         replace_path(tmp, path)
     except BaseException:
         discard(tmp)

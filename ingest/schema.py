@@ -127,3 +127,49 @@ def step_of(ds: xr.Dataset) -> np.timedelta64:
     if deltas.size != 1:
         raise StoreSchemaError(f"store times are not evenly spaced: steps found {deltas.astype('timedelta64[h]')}")
     return deltas[0]
+
+
+#: CF conventions the stores follow (written as the root attribute ``Conventions``).
+CONVENTIONS = "CF-1.8"
+#: CF attributes of the coordinates (``time`` keeps the units and calendar xarray encodes).
+CF_COORDINATE_ATTRS = {
+    LAT: {"axis": "Y", "long_name": "latitude", "standard_name": "latitude", "units": "degrees_north"},
+    LON: {"axis": "X", "long_name": "longitude", "standard_name": "longitude", "units": "degrees_east"},
+    TIME: {"axis": "T", "long_name": "time", "standard_name": "time"},
+    CHANNEL: {"long_name": "variable (fourcast lexicon id)"},
+}
+
+
+def write_cf_attributes(path: str | Path, arrays: dict[str, dict]) -> None:
+    """Add ``arrays[name]`` to the attributes of each array of the Zarr store at ``path``, keys in sorted order.
+
+    Sorted keys make the metadata bytes independent of the order attributes were added in (a
+    store extended later has the same bytes as one built at once). Arrays the store lacks are
+    skipped. The root gets ``Conventions``.
+    """
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r+")
+    for name, attrs in arrays.items():
+        if name in group:
+            array = group[name]
+            merged = {**array.attrs.asdict(), **attrs}
+            array.attrs.put({key: merged[key] for key in sorted(merged)})
+    group.attrs.update({"Conventions": CONVENTIONS})
+
+
+def consolidate(path: str | Path) -> None:
+    """Consolidate the metadata of the Zarr store at ``path``, so plain ``xr.open_zarr(path)`` opens it quietly.
+
+    Call it last, after every write of arrays or attributes: readers given consolidated
+    metadata trust it. fourcast's own readers open with ``consolidated=False`` and so always
+    see the arrays as written. zarr-python warns that consolidated metadata is not yet part
+    of the Zarr v3 specification; xarray and zarr-python read it, so the warning is silenced.
+    """
+    import warnings
+
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        zarr.consolidate_metadata(str(path))

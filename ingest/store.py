@@ -62,7 +62,6 @@ import numpy as np
 import xarray as xr
 import zarr
 from dask.delayed import Delayed
-from tqdm.auto import tqdm
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from ingest.atomic import discard, replace_path
@@ -71,8 +70,10 @@ from ingest.dims import CHANNEL, LAT, LON, TIME
 from ingest.errors import IngestError, StoreSchemaError
 from ingest.lexicon import get_variable
 from ingest.locks import exclusive_lock
+from ingest.progress import progress as progress_of
 from ingest.readers import open_sources  # noqa: F401  (re-exported: the store's usual input)
-from ingest.schema import DATA, STATS_END, STATS_START, STEP_HOURS, open_store
+from ingest.schema import (CF_COORDINATE_ATTRS, DATA, MEAN, STATS_END, STATS_START, STD, STEP_HOURS, consolidate,
+                           open_store, write_cf_attributes)
 from ingest.statistics import (Moments, Partials, StatsWindow, block_partials, choose_default_period,
                                incoming_span, incoming_tendency, merge_partials, statistics_dataset)
 
@@ -366,7 +367,8 @@ def _init(plan: _Plan, paths: BuildPaths) -> None:
 def _link_complete_shards(plan: _Plan, paths: BuildPaths) -> None:
     old, new = zarr.open_array(paths.store / DATA, mode="r"), zarr.open_array(paths.building / DATA, mode="r")
     old_meta, new_meta = old.metadata.to_dict(), new.metadata.to_dict()
-    old_meta.pop("shape"), new_meta.pop("shape")
+    for key in ("shape", "attributes"):  # attributes (CF) are written at the end of a build, the layout at its start
+        old_meta.pop(key, None), new_meta.pop(key, None)
     if old_meta != new_meta:
         raise StoreSchemaError(f"{paths.store} was written with another layout (chunks, shards, codecs or dtype) "
                                f"than {plan.layout}; extend it with its own layout or build a new store")
@@ -453,8 +455,8 @@ def _load(plan: _Plan, paths: BuildPaths, progress: bool) -> None:
     todo = [s for s in range(plan.shard_count) if not paths.done(s).exists()]
     tasks = [dask.delayed(_write_shard)(blocks[s], str(paths.building / DATA), plan.shard_region(s)[0],
                                         str(paths.done(s)), plan.window) for s in todo]
-    with tqdm(total=plan.shard_count, initial=plan.shard_count - len(todo), unit="shard",
-              desc=f"ingest {paths.store.name}", disable=not progress) as bar:
+    with progress_of(plan.shard_count, f"ingest into {paths.store.name}", "shards",
+                     initial=plan.shard_count - len(todo), enabled=progress) as bar:
         with _following_records(bar, paths.done(0).parent, enabled=progress):
             dask.compute(*tasks)
 
@@ -464,7 +466,7 @@ def _count_records(folder: Path) -> int:
 
 
 @contextmanager
-def _following_records(bar: tqdm, folder: Path, enabled: bool, every_s: float = 0.5):
+def _following_records(bar, folder: Path, enabled: bool, every_s: float = 0.5):
     """Advance ``bar`` to the number of completion records in ``folder`` while the body runs."""
     if not enabled:
         yield
@@ -584,7 +586,25 @@ def _finalise(plan: _Plan, paths: BuildPaths, period: StatsPeriod, step_hours: i
              "layout": {"shard_steps": plan.layout.shard_steps, "compressor": plan.layout.compressor},
              **_jsonable(extra_attrs), **_jsonable(period.provenance)}
     zarr.open_group(paths.building, mode="r+", zarr_format=3).attrs.update(attrs)
+    write_cf_attributes(paths.building, store_cf_attributes([str(v) for v in channels]))
+    consolidate(paths.building)  # last: after every array and attribute of the store is written
     _write_record(paths.complete, plan.fingerprint)
+
+
+def store_cf_attributes(channels: list[str]) -> dict[str, dict]:
+    """CF attributes of the training store's arrays: coordinates, and per-channel units of ``data`` and statistics.
+
+    ``data`` holds channels of different units, so its units are listed per channel
+    (``channel_units``, in channel order) beside ``long_name``; CF's single ``units`` would be
+    wrong for all but one channel.
+    """
+    units = [get_variable(c).units for c in channels]
+    names = [get_variable(c).long_name for c in channels]
+    per_channel = {"channel_units": units, "channel_long_names": names}
+    return {**CF_COORDINATE_ATTRS,
+            DATA: {"long_name": "atmospheric state by channel", **per_channel},
+            MEAN: {"long_name": "mean over the statistics period", **per_channel},
+            STD: {"long_name": "standard deviation over the statistics period", **per_channel}}
 
 
 def _discard_abandoned(store: Path, climatology_path: str | Path | None) -> None:

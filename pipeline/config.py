@@ -15,7 +15,6 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Annotated, Literal
 
-import torch
 import yaml
 from dask.utils import parse_bytes
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
@@ -26,6 +25,7 @@ from fourcast.models.registry import PRESETS
 from ingest.lexicon import LEXICON
 
 WORKDIR_ENV = "FOURCAST_WORKDIR"
+TRACKING_URI_ENV = "FOURCAST_TRACKING_URI"
 
 #: Upper bounds that keep a typo from allocating terabytes: ensemble size, forecast length (a
 #: year), time steps per store shard, and seeds (what both torch and NumPy accept, as int64).
@@ -90,6 +90,8 @@ def _device_name(value: str | None) -> str | None:
     if value is None:
         return value
     try:
+        import torch  # only when a device is named
+
         device = torch.device(value)
     except (RuntimeError, ValueError):
         device = None
@@ -229,6 +231,14 @@ class PhaseConfig(_Slice):
     learning_rate: float = Field(gt=0)
 
 
+class LoaderConfig(_Slice):
+    """How training windows reach the model (see :class:`fourcast.data.StoreWindows`)."""
+
+    cache: Literal["none", "memory"] = Field(
+        "none", description="none: stream windows from the store (bounded memory); memory: read the range once")
+    prefetch_factor: int = Field(2, ge=1, description="batches each loader worker reads ahead")
+
+
 class ModesConfig(_Slice):
     """Incremental spectral modes (iFNO) for an SFNO: ``start`` degrees, ``grow_by`` more whenever the
     validation score improved by less than the fraction ``grow_when`` since the last validation, up to ``max``."""
@@ -267,6 +277,7 @@ class TrainConfig(_Slice):
     compile: bool = False
     activation_checkpointing: bool = False
     loader_workers: int | None = Field(None, ge=0, description="per rank; default 2 on CUDA, 0 on CPU")
+    loader: LoaderConfig = LoaderConfig()
     register_model: bool = Field(True, description="register the trained model as fourcast-<model> in MLflow")
     modes: ModesConfig | None = Field(None, description="incremental Fourier modes (SFNO presets only)")
     physics_weight: float = Field(0.0, ge=0, description="weight of the shallow-water residual loss (PINO); needs "
@@ -401,6 +412,21 @@ class TrackingConfig(_Slice):
     experiment: str = "fourcast"
 
 
+class CatalogueConfig(_Slice):
+    """The forecast-archive catalogue and its retention policy (``fourcast archive``)."""
+
+    url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<workdir>/catalogue.db")
+    keep_members_days: float = Field(30.0, ge=0, description="older archives keep only their ensemble mean")
+    delete_after_days: float = Field(365.0, ge=0, description="older archives are deleted (their row is kept)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CatalogueConfig:
+        if self.delete_after_days < self.keep_members_days:
+            raise ValueError(f"catalogue.delete_after_days {self.delete_after_days} must be >= "
+                             f"catalogue.keep_members_days {self.keep_members_days}")
+        return self
+
+
 class RunConfig(_Slice):
     """A whole pipeline run, stage by stage."""
 
@@ -412,6 +438,7 @@ class RunConfig(_Slice):
     forecast: ForecastConfig
     score: ScoreConfig = ScoreConfig()
     tracking: TrackingConfig = TrackingConfig()
+    catalogue: CatalogueConfig = CatalogueConfig()
 
     @model_validator(mode="after")
     def _periods_fit(self) -> RunConfig:
@@ -520,7 +547,10 @@ def read_yaml(path: Path) -> object:
 
 
 def load_config(path: str | Path, workdir: str | Path | None = None) -> RunConfig:
-    """Read and validate a YAML config; ``workdir`` (or ``$FOURCAST_WORKDIR``) overrides its workdir."""
+    """Read and validate a YAML config; ``workdir`` (or ``$FOURCAST_WORKDIR``) overrides its workdir.
+
+    ``$FOURCAST_TRACKING_URI``, when set, replaces ``tracking.tracking_uri``.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -528,4 +558,8 @@ def load_config(path: str | Path, workdir: str | Path | None = None) -> RunConfi
     workdir = workdir or os.environ.get(WORKDIR_ENV)
     if workdir and isinstance(raw, dict):
         raw = {**raw, "workdir": str(workdir)}
+    tracking_uri = os.environ.get(TRACKING_URI_ENV)
+    if tracking_uri and isinstance(raw, dict):  # e.g. the tracking server a Cylc workflow started
+        tracking = raw.get("tracking") if isinstance(raw.get("tracking"), dict) else {}
+        raw = {**raw, "tracking": {**tracking, "tracking_uri": tracking_uri}}
     return parse_config(raw, source=str(path))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import subprocess
 import tempfile
@@ -24,6 +25,7 @@ import xarray as xr
 
 from ensembles.archive import open_archive
 from ensembles.campaign import Campaign, CampaignArchive
+from ensembles.export import climatology_to_weatherbench2, to_weatherbench2, truth_to_weatherbench2, write_wb2
 from ensembles.perturbations import (BredVectorPerturbation, GaussianPerturbation, GaussianRandomFieldPerturbation,
                                      NoPerturbation)
 from ensembles.protocols import Perturbation
@@ -40,23 +42,24 @@ from fourcast.forecaster import Forecaster
 from fourcast.models.registry import build_model, count_parameters
 from fourcast.normaliser import Normaliser
 from fourcast.distributed import DistContext, main_first, process_group
-from fourcast.training import CheckpointPlan, ModeSchedule, Phase, TrainSettings, seeded_initialisation, train
+from fourcast.training import (TRAIN_LOSS, TRAIN_LR, VAL_SCORE, CheckpointPlan, ModeSchedule, Phase,
+                               TrainSettings, seeded_initialisation, train)
 from ingest.atomic import replace_path, temporary_sibling
 from ingest.cds import CdsRequest, PlanOptions, plan_requests
-from ingest.cds_download import DownloadSettings, download_plan
 from ingest.dims import CHANNEL, LAT, LON, TIME
 from ingest.lexicon import get_variable
+from ingest.progress import progress
 from ingest.schema import DATA, MEAN, STD, open_climatology, open_store
 from ingest.store import StatsPeriod, StoreLayout, open_sources, write_store
 from ingest.climatology import climatology_at
 from ingest.coarsen import coarsen
 from ingest.synthetic import generate_files
-from pipeline import plots
 from pipeline.cluster import SHARD_COPIES, check_task_memory, dask_client
 from pipeline.config import (CdsConfig, ClusterConfig, ForecastConfig, IngestConfig, RunConfig, ScoreConfig,
                              SyntheticConfig, TrainConfig)
 from pipeline.tracking import (MODEL_URI_SCHEMES, ModelUriError, NullTracker, Tracker, attach_run,
-                               default_tracking_uri, download_checkpoint, mlflow_run, run_exists)
+                               default_tracking_uri, download_checkpoint, mlflow_run, resolve_model_version,
+                               run_exists, score_metric_name)
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +166,10 @@ class Paths:
     def summary(self) -> Path:
         return self.workdir / "summary.json"
 
+    @property
+    def wb2(self) -> Path:
+        return self.workdir / "wb2"
+
 
 def _datetime64(value) -> np.datetime64:
     return np.datetime64(value, "ns")
@@ -179,9 +186,13 @@ def code_version() -> str:
 
 
 def synthesize(cfg: SyntheticConfig, out_dir: Path) -> list[Path]:
-    """Shallow-water synthetic ERA5 as new-CDS netCDF files (reused if already there)."""
-    return generate_files(out_dir, _datetime64(cfg.period.start), _datetime64(cfg.period.end), nlat=cfg.nlat,
-                          nlon=cfg.nlon, seed=cfg.seed, spinup_days=cfg.spinup_days)
+    """Shallow-water synthetic ERA5 as new-CDS netCDF files (reused if already there); progress in simulated days."""
+    start, end = _datetime64(cfg.period.start), _datetime64(cfg.period.end)
+    days = int(math.ceil(cfg.spinup_days + (end - start) / np.timedelta64(1, "D")))
+    with progress(days, f"simulating {days} days of shallow-water weather on {cfg.nlat}x{cfg.nlon} (spin-up "
+                        f"{cfg.spinup_days:g} d)", "days") as bar:
+        return generate_files(out_dir, start, end, nlat=cfg.nlat, nlon=cfg.nlon, seed=cfg.seed,
+                              spinup_days=cfg.spinup_days, progress=lambda done: bar.update(int(done * days) - bar.n))
 
 
 def _plan_options(cfg: CdsConfig) -> PlanOptions:
@@ -199,6 +210,11 @@ def download(cfg: CdsConfig, variables: list[str], cache_dir: Path) -> list[Path
 
     The key comes from ``CDSAPI_URL``/``CDSAPI_KEY`` or ``~/.cdsapirc``, never from the config.
     """
+    try:  # the CDS client is the [ingest] extra
+        from ingest.cds_download import DownloadSettings, download_plan
+    except ImportError as err:
+        raise StageInputError(f"ingest.source 'cds' needs the CDS client: pip install 'fourcast[ingest]' ({err})") \
+            from err
     settings = DownloadSettings(cache_dir=cfg.cache_dir or cache_dir, max_fields=_plan_options(cfg).field_limit,
                                 concurrency=cfg.concurrency, retries=cfg.retries, backoff_seconds=cfg.backoff_seconds,
                                 poll_max_seconds=cfg.poll_max_seconds)
@@ -338,6 +354,40 @@ class _MetricBuffer:
             self.pending = []
 
 
+class _TrainingReport:
+    """Training's ``report``: metrics to the tracker (batched), step, loss, lr and samples/s to the progress, and
+    a log line per validation with each variable's RMSE (and persistence's) per lead time."""
+
+    def __init__(self, buffer: _MetricBuffer, bar, batch_size: int) -> None:
+        self.buffer, self.bar, self.batch_size = buffer, bar, batch_size
+        self.started, self.first_step = time.perf_counter(), None
+
+    def __call__(self, metrics: dict[str, float], step: int) -> None:
+        self.buffer(metrics, step)
+        if TRAIN_LOSS in metrics:
+            if self.first_step is None:
+                self.first_step = step - 1
+            rate = (step - self.first_step) * self.batch_size / max(time.perf_counter() - self.started, 1e-9)
+            self.bar.set_postfix({"loss": f"{metrics[TRAIN_LOSS]:.4g}", "lr": f"{metrics.get(TRAIN_LR, 0):.2e}",
+                                  "rollout": int(metrics.get("train/rollout_steps", 1)),
+                                  "samples/s": f"{rate:.3g}"}, refresh=False)
+            self.bar.update(step - self.bar.n)
+        if VAL_SCORE in metrics:
+            log.info("validation at step %d: %s", step, _validation_summary(metrics))
+
+
+def _validation_summary(metrics: Mapping[str, float]) -> str:
+    """``z500 RMSE 123 (persistence 456) at 24h; …; score 0.41`` from ``val/<var>/<metric>_<lead>h`` metrics."""
+    parts = []
+    for name, value in metrics.items():
+        pieces = name.split("/")
+        if len(pieces) == 3 and pieces[2].startswith("rmse_"):
+            lead = pieces[2].removeprefix("rmse_")
+            persistence = metrics.get(f"val/{pieces[1]}/persistence_rmse_{lead}", float("nan"))
+            parts.append(f"{pieces[1]} RMSE {value:.4g} (persistence {persistence:.4g}) at {lead}")
+    return "; ".join(parts) + f"; score {metrics[VAL_SCORE]:.4g}"
+
+
 def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tracker, resume: Path | None,
                    climatology: Path | None, ctx: DistContext, restart: bool = False) -> Path:
     leads_steps = _validation_leads(cfg, store)
@@ -346,6 +396,7 @@ def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tra
         model = build_model(cfg.model, (validation.lat.size, validation.lon.size), len(validation.channels))
     fingerprint = store_fingerprint(store)
     workdir = store.parent
+    log_store_input(tracker, store, fingerprint, "training")
     tracker.log_params(workdir_relative({**_flatten(cfg.model_dump(mode="json")), "parameters": count_parameters(model)},
                                         workdir))
     tracker.set_tags(workdir_relative({"git_commit": code_version(), "device": str(ctx.device),
@@ -358,6 +409,7 @@ def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tra
         grad_clip=cfg.grad_clip, validate_every=cfg.validate_every, validation_leads=leads_steps,
         validation_samples=cfg.validation_samples, seed=cfg.seed, precision=cfg.precision, compile=cfg.compile,
         activation_checkpointing=cfg.activation_checkpointing, loader_workers=cfg.loader_workers,
+        prefetch_factor=cfg.loader.prefetch_factor,
         modes=None if cfg.modes is None else ModeSchedule(**cfg.modes.model_dump()),
         physics_weight=cfg.physics_weight)
     step_hours = int(validation.step / np.timedelta64(1, "h"))
@@ -368,13 +420,17 @@ def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tra
                                  "train_end": str(cfg.train.end), "train_run_id": tracker.run_id or ""})
     plan = CheckpointPlan(checkpoint.parent, meta, cfg.checkpoint_every, config=cfg.model_dump(mode="json"),
                           resume_from=resume, lineage={"run_id": tracker.run_id or ""}, restart=restart)
-    report = _MetricBuffer(tracker, cfg.checkpoint_every)
-    try:
-        result = train(model, lambda n: StoreWindows(store, cfg.train.start, cfg.train.end, n_ahead=n), validation,
-                       settings, report, ctx.device, ctx=ctx, checkpoints=plan,
-                       climatology=_normalised_climatology(climatology, validation))
-    finally:
-        report.flush()
+    buffer = _MetricBuffer(tracker, cfg.checkpoint_every)
+    total = sum(p.optimizer_steps for p in cfg.phases)
+    with progress(total, f"training {cfg.model} on {validation.lat.size}x{validation.lon.size}", "steps",
+                  enabled=ctx.is_main) as bar:
+        try:
+            result = train(model, lambda n: StoreWindows(store, cfg.train.start, cfg.train.end, n_ahead=n,
+                                                            cache=cfg.loader.cache), validation,
+                           settings, _TrainingReport(buffer, bar, cfg.batch_size), ctx.device, ctx=ctx,
+                           checkpoints=plan, climatology=_normalised_climatology(climatology, validation))
+        finally:
+            buffer.flush()
     log.info("trained %d steps in %.0f s; best validation score %.4f at step %d", result.steps, result.seconds,
              result.best_score, result.best_step)
     if result.resumed_from_step is not None:
@@ -385,14 +441,71 @@ def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tra
     model.load_state_dict(result.best_state)
     meta.extra.update(best_step=result.best_step, best_score=result.best_score)
     save_checkpoint(checkpoint, model, meta)
-    tracker.log_metrics({"best_val_score": result.best_score, "train_seconds": result.seconds}, result.steps)
-    tracker.log_artifact(checkpoint, "checkpoint")
-    if cfg.register_model:
-        version = tracker.register_model(f"fourcast-{cfg.model}", "checkpoint",
-                                         tags={"dataset_fingerprint": fingerprint, "best_step": result.best_step})
-        if version:
-            tracker.set_tags({"registered_model": f"fourcast-{cfg.model}/{version}"})
+    tracker.log_metrics({"val/best_score": result.best_score, "train/seconds": result.seconds}, result.steps)
+    _log_and_register_model(cfg, tracker, checkpoint, meta, result.history)
     return checkpoint
+
+
+#: Artifact path of the MLflow model in the training run.
+MODEL_ARTIFACT = "model"
+
+
+def model_metadata(meta: CheckpointMeta) -> dict[str, object]:
+    """fourcast facts recorded with the MLflow model: preset, channels and units, grid, step, data, best step."""
+    return {"preset": meta.preset, "channels": list(meta.channels),
+            "units": {c: get_variable(c).units for c in meta.channels}, "n_lat": len(meta.lat), "n_lon": len(meta.lon),
+            "lat_range": [meta.lat[0], meta.lat[-1]], "lon_range": [meta.lon[0], meta.lon[-1]],
+            "step_hours": meta.step_hours, "input_layout": "(batch, channel, lat, lon) float32, physical units",
+            **{key: meta.extra[key] for key in ("store_fingerprint", "train_start", "train_end", "train_run_id",
+                                                "best_step", "best_score") if key in meta.extra}}
+
+
+def _log_and_register_model(cfg: TrainConfig, tracker: Tracker, checkpoint: Path, meta: CheckpointMeta,
+                            history: list[dict]) -> None:
+    """Log the checkpoint as an MLflow pyfunc model and, with ``cfg.register_model``, register it.
+
+    The registered version carries a description (what it forecasts, on which data) and the
+    validation scores of its best step as tags.
+    """
+    uri = tracker.log_model(checkpoint, MODEL_ARTIFACT, model_metadata(meta))
+    if not cfg.register_model or uri is None:
+        return
+    best = next((h for h in history if h.get("step") == meta.extra.get("best_step")), {})
+    scores = {key: f"{value:.6g}" for key, value in best.items() if key.startswith("val/")}
+    description = (f"fourcast {meta.preset}: {', '.join(meta.channels)} on a {len(meta.lat)}x{len(meta.lon)} grid, "
+                   f"{meta.step_hours} h step; trained {_day(cfg.train.start)}..{_day(cfg.train.end)} on store "
+                   f"{meta.extra.get('store_fingerprint', 'unknown')}; best validation score "
+                   f"{meta.extra.get('best_score', float('nan')):.4g} at step {meta.extra.get('best_step')}. "
+                   "Load with mlflow.pyfunc.load_model (input (batch, channel, lat, lon) float32 in physical units) "
+                   "or `fourcast forecast --model models:/...`.")
+    version = tracker.register_model(f"fourcast-{cfg.model}", MODEL_ARTIFACT, description=description,
+                                     tags={"dataset_fingerprint": meta.extra.get("store_fingerprint", ""),
+                                           "best_step": meta.extra.get("best_step"), **scores})
+    if version:
+        tracker.set_tags({"registered_model": f"fourcast-{cfg.model}/{version}"})
+
+
+def log_store_input(tracker: Tracker, store: Path, fingerprint: str, context: str) -> None:
+    """Record a training store as an MLflow input of the run (name, fingerprint as digest, shape as profile)."""
+    ds = open_store(store)
+    tracker.log_input(store.name, fingerprint, str(store.resolve()), context,
+                      {"times": ds.sizes[TIME], "channels": [str(c) for c in ds[CHANNEL].values],
+                       "grid": [ds.sizes[LAT], ds.sizes[LON]], "period": f"{_minutes(ds[TIME].values[0])}.."
+                                                                       f"{_minutes(ds[TIME].values[-1])}"})
+
+
+def _day(time) -> str:
+    return np.datetime_as_string(_datetime64(time), unit="D")
+
+
+def train_run_name(cfg: TrainConfig) -> str:
+    """``train afno-tiny 2000-01-01..2000-10-31``: the preset and training period."""
+    return f"train {cfg.model} {_day(cfg.train.start)}..{_day(cfg.train.end)}"
+
+
+def forecast_run_name(cfg: ForecastConfig) -> str:
+    """``forecast 42 inits × 8 members, 120 h``."""
+    return f"forecast {len(_init_times(cfg))} inits × {cfg.members} members, {cfg.lead_hours} h"
 
 
 def _normalised_climatology(path: Path | None, windows: StoreWindows):
@@ -497,9 +610,33 @@ def _forecast_device(cfg: ForecastConfig, launch: Launch) -> torch.device:
     return default_device(cfg.device)
 
 
+def resolved_model(model: str, tracking_uri: str | None) -> dict[str, str]:
+    """``{"model_name", "model_version"}`` a ``models:/`` URI names now (an alias resolved once); else ``{}``.
+
+    Raises
+    ------
+    StageInputError
+        If the URI names a model, version or alias the registry does not hold (the message
+        names the model and its aliases), or no tracking URI is given.
+    """
+    if not model.startswith("models:/"):
+        return {}
+    if tracking_uri is None:
+        raise StageInputError(f"model {model} is an MLflow URI but no tracking URI was given")
+    try:
+        name, version = resolve_model_version(model, tracking_uri)
+    except ModelUriError as err:
+        raise StageInputError(str(err)) from err
+    return {"model_name": name, "model_version": version}
+
+
 def _load_model(model: str, tracking_uri: str | None, device: torch.device,
                 autocast: bool) -> tuple[Forecaster, CheckpointMeta, str]:
-    """The forecaster, its checkpoint metadata and the checkpoint's SHA-256, from a path or an MLflow model URI."""
+    """The forecaster, its checkpoint metadata and the checkpoint's SHA-256, from a path or an MLflow model URI.
+
+    A ``models:/NAME@ALIAS`` URI should be resolved first (:func:`resolved_model`) and given as
+    ``models:/NAME/VERSION``, so that an alias moved meanwhile cannot change what was loaded.
+    """
     with tempfile.TemporaryDirectory(prefix="fourcast-model-") as scratch:
         if model.startswith(MODEL_URI_SCHEMES):
             if tracking_uri is None:
@@ -604,7 +741,10 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
     launch = launch or Launch.from_env()
     device = _forecast_device(cfg, launch)
     model = str(cfg.model or checkpoint)
-    forecaster, meta, checkpoint_sha256 = _load_model(model, tracking_uri, device, cfg.autocast and device.type == "cuda")
+    registered = resolved_model(model, tracking_uri)
+    pinned = f"models:/{registered['model_name']}/{registered['model_version']}" if registered else model
+    forecaster, meta, checkpoint_sha256 = _load_model(pinned, tracking_uri, device,
+                                                      cfg.autocast and device.type == "cuda")
     truth = open_store(store)
     forecaster = _on_store_grid(forecaster, meta, truth)
     campaign = _campaign(cfg, forecaster, truth, {
@@ -618,9 +758,12 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
                "initial_conditions_fingerprint": campaign.identity["initial_conditions_fingerprint"],
                "perturbation": cfg.perturbation.kind, "amplitude": cfg.perturbation.amplitude, "seed": cfg.seed,
                "code_version": code_version(), "train_run_id": str(meta.extra.get("train_run_id", "")),
-               "forecast_run_id": tracker.run_id or ""}
+               "forecast_run_id": tracker.run_id or "", **registered}
+    if registered:
+        tracker.set_tags(registered)
     recorded = {**lineage, "model": model if model.startswith(MODEL_URI_SCHEMES) else Path(model),
                 "initial_conditions": store}
+    log_store_input(tracker, store, campaign.identity["initial_conditions_fingerprint"], "initial_conditions")
     tracker.log_params(workdir_relative({**_flatten(cfg.model_dump(mode="json")), **recorded,
                                          "world_size": launch.world_size,
                                          "campaign_fingerprint": campaign.fingerprint()}, workdir or store.parent))
@@ -637,11 +780,11 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
                           sinks=() if scorer is None else (scorer,), device=device, progress=launch.rank == 0,
                           wait_timeout=cfg.wait_timeout_s)
     if scorer is not None:
-        record_scorecard(tracker, scorer.scorecard, stream.out_dir, artifact_path="streamed", prefix="streamed_")
+        record_scorecard(tracker, scorer.scorecard, stream.out_dir, artifact_path="streamed", prefix="streamed")
     attrs = open_archive(archive).attrs
     tracker.log_params({"start_time": attrs["start_time"], "end_time": attrs["end_time"]})
-    tracker.log_metrics({"member_steps_per_second": result.member_steps_per_second,
-                         "work_items_computed": result.items_computed})
+    tracker.log_metrics({"forecast/member_steps_per_second": result.member_steps_per_second,
+                         "forecast/work_items_computed": result.items_computed})
     if launch.rank == 0:
         _log_forecast_map(tracker, archive, store, campaign.init_times[0], min(campaign.n_steps, 4) * campaign.step)
     return archive
@@ -717,7 +860,20 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _plots():
+    """:mod:`pipeline.plots`, or ``None`` (with a warning) when the [plots] extra (matplotlib, cartopy) is missing."""
+    try:
+        from pipeline import plots
+    except ImportError as err:
+        log.warning("no plots: %s; install them with pip install 'fourcast[plots]'", err)
+        return None
+    return plots
+
+
 def _log_forecast_map(tracker: Tracker, archive: Path, store: Path, init: np.datetime64, lead: np.timedelta64) -> None:
+    plots = _plots()
+    if plots is None:
+        return
     forecasts, truth = open_archive(archive), open_store(store)
     variable = str(truth[CHANNEL].values[0])
     mean = forecasts[variable].sel(init_time=init, lead_time=lead).mean("member").values
@@ -759,7 +915,13 @@ def score(cfg: ScoreConfig, archive: Path, store: Path, climatology: Path, out_d
     run_ids = {"forecast_run_id": forecast_run_id or str(forecasts.attrs.get("forecast_run_id") or ""),
                "train_run_id": train_run_id or str(forecasts.attrs.get("train_run_id") or "")}
     campaign = campaign_key(forecasts)
-    tracker.set_tags({**{key: value for key, value in run_ids.items() if value}, "campaign_key": campaign})
+    tracker.set_tags({**{key: value for key, value in run_ids.items() if value}, "campaign_key": campaign,
+                      "mlflow.runName": score_run_name(campaign, forecasts)})
+    tracker.log_input(archive.name, str(forecasts.attrs.get("campaign_fingerprint") or campaign),
+                      str(archive.resolve()), "forecasts",
+                      {"init_times": forecasts.sizes["init_time"], "lead_times": forecasts.sizes["lead_time"],
+                       "members": forecasts.sizes.get("member", 1), "variables": sorted(map(str, forecasts.data_vars))})
+    log_store_input(tracker, store, store_fingerprint(store), "truth")
     missing = _missing_lineage_runs(tracking_uri, run_ids) if tracking_uri else []
     if missing:
         tracker.set_tags({"missing_lineage_runs": ", ".join(missing)})
@@ -771,14 +933,15 @@ def score(cfg: ScoreConfig, archive: Path, store: Path, climatology: Path, out_d
     left_out = {"forecasts_skipped_for_nan": int(scorecard["n_skipped"].sum()),
                 "forecasts_unwritten": int(scorecard["n_unwritten"].sum()),
                 **({"init_times_left_out_incomplete": int(completed.left_out.size)} if completed else {})}
-    tracker.log_metrics(left_out)
+    tracker.log_metrics({f"score/{key}": value for key, value in left_out.items()})
     if any(left_out.values()):
         log.warning("scores leave out %s (variable x init x lead); see n_skipped / n_unwritten in the scorecard",
                     left_out)
     records = record_scorecard(tracker, scorecard, out_dir)
-    if cfg.plots:
+    plots = _plots() if cfg.plots else None
+    if plots is not None:
         figures = plots.scorecard_plots(out_dir / "plots", scorecard, rank_lead_hours=_rank_leads(cfg, scorecard))
-        figures += _score_maps(cfg, forecasts, truth[DATA], clim, out_dir / "plots")
+        figures += _score_maps(cfg, forecasts, truth[DATA], clim, out_dir / "plots", plots)
         for figure in figures:
             tracker.log_artifact(figure, "plots")
     if tracking_uri and run_ids["train_run_id"] and run_ids["train_run_id"] not in missing:
@@ -834,11 +997,19 @@ def _missing_lineage_runs(tracking_uri: str, run_ids: Mapping[str, str]) -> list
     return missing
 
 
-def record_scorecard(tracker: Tracker, scorecard: xr.Dataset, out_dir: Path, artifact_path: str = "scores",
-                     prefix: str = "") -> list[dict]:
-    """Write the scorecard under ``out_dir``, log it as artifacts and its global scores per lead (step = hours).
+def score_run_name(campaign: str, forecasts: xr.Dataset) -> str:
+    """``score 1a2b3c4d: 42 inits × 8 members``: the campaign key and its size."""
+    return f"score {campaign}: {forecasts.sizes['init_time']} inits × {forecasts.sizes.get('member', 1)} members"
 
-    The files go to the run's ``artifact_path``; metric names are ``<prefix><variable>_<system>_<metric>``.
+
+def record_scorecard(tracker: Tracker, scorecard: xr.Dataset, out_dir: Path, artifact_path: str = "scores",
+                     prefix: str = "score") -> list[dict]:
+    """Write the scorecard under ``out_dir``, log it as artifacts and its global scores.
+
+    The files go to the run's ``artifact_path``; metric names are
+    :func:`~pipeline.tracking.score_metric_name` (``score/z500/rmse_24h``; a baseline's metric
+    is prefixed by the baseline: ``score/z500/persistence_rmse_24h``), with ``prefix`` in place
+    of ``score`` (``streamed/z500/rmse_24h`` for scores streamed during the forecast).
 
     Returns
     -------
@@ -848,10 +1019,14 @@ def record_scorecard(tracker: Tracker, scorecard: xr.Dataset, out_dir: Path, art
     for path in write_scorecard(scorecard, out_dir):
         tracker.log_artifact(path, artifact_path)
     records = scorecard_records(scorecard, GLOBAL.name)
-    for lead in sorted({r["lead_hours"] for r in records}):
-        tracker.log_metrics({f"{prefix}{r['variable']}_{r['system']}_{r['metric']}": r["value"]
-                             for r in records if r["lead_hours"] == lead}, step=lead)
+    names = {id(r): score_metric_name(r["variable"], _system_metric(r), r["lead_hours"]) for r in records}
+    tracker.log_metrics({prefix + names[id(r)].removeprefix("score"): r["value"] for r in records})
     return records
+
+
+def _system_metric(record: dict) -> str:
+    """A record's metric as named in MLflow: ``rmse`` for fourcast, ``persistence_rmse`` for a baseline."""
+    return record["metric"] if record["system"] == "fourcast" else f"{record['system']}_{record['metric']}"
 
 
 def score_options(cfg: ScoreConfig) -> ScoreOptions:
@@ -871,7 +1046,7 @@ def _rank_leads(cfg: ScoreConfig, scorecard) -> list[float] | None:
     return held or None
 
 
-def _score_maps(cfg: ScoreConfig, forecasts, truth, climatology, out_dir: Path) -> list[Path]:
+def _score_maps(cfg: ScoreConfig, forecasts, truth, climatology, out_dir: Path, plots) -> list[Path]:
     """Maps of truth, ensemble mean, error and spread per variable at ``cfg.map_init`` + ``cfg.map_lead_hours``.
 
     Defaults: the first init time, and the first of ``cfg.lead_hours`` the archive holds (else
@@ -900,6 +1075,23 @@ def _score_maps(cfg: ScoreConfig, forecasts, truth, climatology, out_dir: Path) 
         paths.append(plots.forecast_map(path, forecasts[LAT].values, forecasts[LON].values, fields,
                                         f"{variable} at +{hours} h from {str(init)[:13]}", get_variable(variable).units))
     return paths
+
+
+def export_wb2(archive: Path, store: Path, climatology: Path, out_dir: Path, zarr_format: int = 3) -> dict[str, Path]:
+    """The archive, the truth at its valid times and the climatology in WeatherBench 2's layout, under ``out_dir``.
+
+    Writes ``forecast.zarr``, ``truth.zarr`` (the store's fields from the first init time to
+    the last valid time) and ``climatology.zarr``, each atomically, with consolidated metadata,
+    in Zarr ``zarr_format`` (3, or 2 for tools that read only v2). Returns their paths by role.
+    """
+    forecasts = open_archive(archive)
+    inits, leads = forecasts["init_time"].values, forecasts["lead_time"].values
+    truth = open_store(store)[DATA].sel({TIME: slice(inits.min(), inits.max() + leads.max())})
+    written = {"forecast": write_wb2(to_weatherbench2(forecasts), out_dir / "forecast.zarr", zarr_format),
+               "truth": write_wb2(truth_to_weatherbench2(truth), out_dir / "truth.zarr", zarr_format),
+               "climatology": write_wb2(climatology_to_weatherbench2(open_climatology(climatology)),
+                                        out_dir / "climatology.zarr", zarr_format)}
+    return {role: Path(path) for role, path in written.items()}
 
 
 def publish(path: Path, records: list[dict], lead_hours: list[int], store: Path, archive: Path, tracking_uri: str,
@@ -934,10 +1126,11 @@ def _stage(name: str) -> Iterator[None]:
 def headline_scores(records: list[dict], lead_hours: list[int], campaign: str) -> dict[str, float]:
     """fourcast's headline scores at ``lead_hours`` as metric names for the training run.
 
-    The names carry the :func:`campaign_key` (``score_<campaign>_z500_rmse_24h``): a model
-    verified on several campaigns keeps every campaign's scores.
+    The names carry the :func:`campaign_key` (``score/<campaign>/z500/rmse_24h``,
+    :func:`~pipeline.tracking.score_metric_name`): a model verified on several campaigns keeps
+    every campaign's scores.
     """
-    return {f"score_{campaign}_{r['variable']}_{r['metric']}_{r['lead_hours']}h": r["value"]
+    return {score_metric_name(r["variable"], r["metric"], r["lead_hours"], campaign): r["value"]
             for r in headline_records(records) if r["system"] == "fourcast" and r["lead_hours"] in lead_hours}
 
 
@@ -955,23 +1148,51 @@ def run_pipeline(cfg: RunConfig) -> PipelineResult:
         files = source_files(cfg, paths)
     with _stage("ingest"):
         ingest(cfg.ingest, cfg.cluster, files, paths.store, paths.climatology)
+    return run_tracked_stages(cfg, paths, uri)
+
+
+def run_tracked_stages(cfg: RunConfig, paths: Paths, uri: str) -> PipelineResult:
+    """Train, forecast, score, export and publish on an ingested store: one parent MLflow run, a nested run per stage.
+
+    The parent (:func:`pipeline_run_name`) gets the headline scores, the summary and the WB2
+    export's paths; each stage run is named by what it did (:func:`train_run_name`,
+    :func:`forecast_run_name`, :func:`score_run_name`).
+    """
     run_ids: dict[str, str] = {}
     experiment = dict(tracking_uri=uri, experiment=cfg.tracking.experiment, artifact_root=paths.artifacts)
-    with _stage("train"), mlflow_run(run_name="train", tags={"stage": "train"}, **experiment) as tracker:
-        train_model(cfg.train, paths.store, paths.checkpoint, tracker, climatology=paths.climatology,
-                    restart=True)  # a pipeline run starts over: an earlier run's checkpoints are moved aside
-        run_ids["train"] = tracker.run_id
-    with _stage("forecast"), mlflow_run(run_name="forecast", tags={"stage": "forecast", "train_run_id": run_ids["train"]},
-                                        **experiment) as tracker:
-        forecast(cfg.forecast, paths.checkpoint, paths.store, paths.archive, tracker, overwrite=True, tracking_uri=uri,
-                 stream=score_stream(cfg, paths), climatology=paths.climatology, workdir=paths.workdir)
-        run_ids["forecast"] = tracker.run_id
-    with _stage("score"), mlflow_run(run_name="score", tags={"stage": "score", "forecast_run_id": run_ids["forecast"],
-                                                             "train_run_id": run_ids["train"]},
-                                     **experiment) as tracker:
-        records = score(cfg.score, paths.archive, paths.store, paths.climatology, paths.scores, tracker,
-                        tracking_uri=uri, forecast_run_id=run_ids["forecast"], train_run_id=run_ids["train"],
-                        workdir=paths.workdir)
-        run_ids["score"] = tracker.run_id
-    summary = publish(paths.summary, records, cfg.score.lead_hours, paths.store, paths.archive, uri, run_ids)
+    with mlflow_run(run_name=pipeline_run_name(cfg), tags={"stage": "pipeline"}, **experiment) as parent:
+        run_ids["pipeline"] = parent.run_id
+        parent.log_params(workdir_relative({"workdir": paths.workdir, "source": cfg.ingest.source,
+                                            "variables": ",".join(cfg.ingest.variables)}, paths.workdir))
+        nested = dict(experiment, parent_run_id=parent.run_id)
+        with _stage("train"), mlflow_run(run_name=train_run_name(cfg.train), tags={"stage": "train"},
+                                         **nested) as tracker:
+            train_model(cfg.train, paths.store, paths.checkpoint, tracker, climatology=paths.climatology,
+                        restart=True)  # a pipeline run starts over: an earlier run's checkpoints are moved aside
+            run_ids["train"] = tracker.run_id
+        with _stage("forecast"), mlflow_run(run_name=forecast_run_name(cfg.forecast),
+                                            tags={"stage": "forecast", "train_run_id": run_ids["train"]},
+                                            **nested) as tracker:
+            forecast(cfg.forecast, paths.checkpoint, paths.store, paths.archive, tracker, overwrite=True,
+                     tracking_uri=uri, stream=score_stream(cfg, paths), climatology=paths.climatology,
+                     workdir=paths.workdir)
+            run_ids["forecast"] = tracker.run_id
+        with _stage("score"), mlflow_run(run_name="score", tags={"stage": "score", "forecast_run_id": run_ids["forecast"],
+                                                                 "train_run_id": run_ids["train"]},
+                                         **nested) as tracker:
+            records = score(cfg.score, paths.archive, paths.store, paths.climatology, paths.scores, tracker,
+                            tracking_uri=uri, forecast_run_id=run_ids["forecast"], train_run_id=run_ids["train"],
+                            workdir=paths.workdir)
+            run_ids["score"] = tracker.run_id
+        parent.log_metrics(headline_scores(records, cfg.score.lead_hours, campaign_key(open_archive(paths.archive))))
+        with _stage("export wb2"):
+            exported = export_wb2(paths.archive, paths.store, paths.climatology, paths.wb2)
+        parent.set_tags({f"wb2_{role}": os.path.relpath(path, paths.workdir) for role, path in exported.items()})
+        summary = publish(paths.summary, records, cfg.score.lead_hours, paths.store, paths.archive, uri, run_ids)
+        parent.log_artifact(summary)
     return PipelineResult(summary, records, uri, run_ids)
+
+
+def pipeline_run_name(cfg: RunConfig) -> str:
+    """``pipeline afno-tiny synthetic 2000-01-01..2000-12-31``: the parent run of one pipeline invocation."""
+    return f"pipeline {cfg.train.model} {cfg.ingest.source} {_day(cfg.train.train.start)}..{_day(cfg.train.validation.end)}"

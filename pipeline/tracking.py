@@ -10,21 +10,27 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import logging
 import math
 import os
 import signal
+import subprocess
 import socket
+import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 from mlflow.artifacts import download_artifacts
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
 
 from ingest.locks import process_running
@@ -32,6 +38,32 @@ from ingest.locks import process_running
 _BATCH = 200  # MLflow caps a batch at 1000 metrics / 100 params
 
 log = logging.getLogger(__name__)
+
+#: MLflow's tag of a nested run's parent; the UI draws the run tree from it.
+PARENT_RUN_TAG = "mlflow.parentRunId"
+#: Standard MLflow source tags (the UI shows the commit on every run).
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+SOURCE_NAME_TAG = "mlflow.source.name"
+SOURCE_TYPE_TAG = "mlflow.source.type"
+#: MLflow 3 opens an experiment in GenAI mode unless it is tagged as model training.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
+def val_metric_name(var: str, metric: str, lead_h: int) -> str:
+    """MLflow name of a validation metric: ``val/<var>/<metric>_<lead>h`` (``val/z500/rmse_24h``)."""
+    return f"val/{var}/{metric}_{int(lead_h)}h"
+
+
+def score_metric_name(var: str, metric: str, lead_h: int, campaign: str | None = None) -> str:
+    """MLflow name of a score: ``score/<var>/<metric>_<lead>h`` on the score run.
+
+    With ``campaign`` (a headline score copied onto the training run):
+    ``score/<campaign>/<var>/<metric>_<lead>h``, so scoring a second campaign adds metrics and
+    never overwrites the first campaign's.
+    """
+    head = f"score/{campaign}/" if campaign else "score/"
+    return f"{head}{var}/{metric}_{int(lead_h)}h"
 
 
 class Tracker(Protocol):
@@ -49,7 +81,13 @@ class Tracker(Protocol):
 
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
 
-    def register_model(self, name: str, artifact_path: str, tags: Mapping[str, str] | None = None) -> str | None: ...
+    def register_model(self, name: str, artifact_path: str, tags: Mapping[str, str] | None = None,
+                       description: str | None = None) -> str | None: ...
+
+    def log_input(self, name: str, digest: str, source: str, context: str, profile: Mapping[str, object] | None = None
+                  ) -> None: ...
+
+    def log_model(self, checkpoint: Path, artifact_path: str, metadata: Mapping[str, object]) -> str | None: ...
 
 
 class NullTracker:
@@ -72,7 +110,15 @@ class NullTracker:
     def set_tags(self, tags: Mapping[str, str]) -> None:
         pass
 
-    def register_model(self, name: str, artifact_path: str, tags: Mapping[str, str] | None = None) -> str | None:
+    def register_model(self, name: str, artifact_path: str, tags: Mapping[str, str] | None = None,
+                       description: str | None = None) -> str | None:
+        return None
+
+    def log_input(self, name: str, digest: str, source: str, context: str, profile: Mapping[str, object] | None = None
+                  ) -> None:
+        pass
+
+    def log_model(self, checkpoint: Path, artifact_path: str, metadata: Mapping[str, object]) -> str | None:
         return None
 
 
@@ -116,21 +162,44 @@ class MlflowTracker:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
 
-    def register_model(self, name: str, artifact_path: str, tags: Mapping[str, str] | None = None) -> str | None:
+    def register_model(self, name: str, artifact_path: str, tags: Mapping[str, str] | None = None,
+                       description: str | None = None) -> str | None:
         """Register this run's artifacts under ``artifact_path`` as a new version of model ``name``.
 
-        The registered model is created on first use. Returns the new version number.
+        The registered model is created on first use (with ``description``). Returns the new
+        version number.
         """
         try:
             self.client.get_registered_model(name)
         except MlflowException as err:
             if err.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
-            self.client.create_registered_model(name)
+            self.client.create_registered_model(name, description=description)
         source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
         version = self.client.create_model_version(name, source=source, run_id=self.run_id,
-                                                   tags={k: str(v) for k, v in (tags or {}).items()})
+                                                   tags={k: str(v) for k, v in (tags or {}).items()},
+                                                   description=description)
         return str(version.version)
+
+    def log_input(self, name: str, digest: str, source: str, context: str, profile: Mapping[str, object] | None = None
+                  ) -> None:
+        """Record a dataset the run read (MLflow's *Inputs*): ``digest`` is its fingerprint, ``source`` its path.
+
+        ``context`` says how it was used (``training``, ``initial_conditions``, ``forecasts``).
+        """
+        dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}),
+                          profile=json.dumps(dict(profile or {}), default=str))
+        self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+
+    def log_model(self, checkpoint: Path, artifact_path: str, metadata: Mapping[str, object]) -> str | None:
+        """Log ``checkpoint`` as an MLflow pyfunc model at ``artifact_path`` of this run (see :func:`save_pyfunc`).
+
+        Returns the model's ``runs:/`` URI.
+        """
+        with tempfile.TemporaryDirectory(prefix="fourcast-mlflow-model-") as scratch:
+            folder = save_pyfunc(checkpoint, Path(scratch) / "model", metadata)
+            self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+        return f"runs:/{self.run_id}/{artifact_path}"
 
 
 def default_tracking_uri(workdir: Path) -> str:
@@ -190,7 +259,7 @@ def _experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) 
         return experiment.experiment_id
     location = artifact_root.resolve().as_uri() if artifact_root else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except MlflowException as err:  # another process created it since we looked
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
@@ -250,15 +319,17 @@ def _process_alive(tags: Mapping[str, str]) -> bool:
     return not tags.get("process_started") or _process_started(pid) == tags["process_started"]
 
 
-def mark_abandoned_runs(client: MlflowClient, experiment_id: str, run_name: str) -> list[str]:
-    """End as KILLED the runs named ``run_name`` left RUNNING by a process of this host that is gone.
+def mark_abandoned_runs(client: MlflowClient, experiment_id: str, run_name: str, stage: str | None = None
+                        ) -> list[str]:
+    """End as KILLED the runs of ``stage`` (tag ``stage``; else named ``run_name``) left RUNNING by a gone process.
 
     A process killed outright (SIGKILL, power loss) cannot end its run; the next start of the
     same stage in the same store does. Runs of other hosts, and of processes still running, are
     left alone. Returns the ids of the runs marked.
     """
-    runs = client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and attributes.run_name = "
-                                               f"'{run_name}' and tags.host_id = '{_host_id()}'", max_results=1000)
+    which = f"tags.stage = '{stage}'" if stage else f"attributes.run_name = '{run_name}'"
+    runs = client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and {which} and "
+                                               f"tags.host_id = '{_host_id()}'", max_results=1000)
     abandoned = [run.info.run_id for run in runs if not _process_alive(run.data.tags)]
     for run_id in abandoned:
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
@@ -287,21 +358,38 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def source_tags() -> dict[str, str]:
+    """MLflow's standard source tags: the git commit of fourcast's checkout (when in one) and the entry point."""
+    tags = {SOURCE_NAME_TAG: "fourcast", SOURCE_TYPE_TAG: "LOCAL"}
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return tags
+    commit = out.stdout.strip()
+    return {**tags, GIT_COMMIT_TAG: commit} if out.returncode == 0 and commit else tags
+
+
 @contextmanager
 def mlflow_run(tracking_uri: str, experiment: str, run_name: str, tags: Mapping[str, str] | None = None,
-               artifact_root: Path | None = None) -> Iterator[MlflowTracker]:
+               artifact_root: Path | None = None, parent_run_id: str | None = None) -> Iterator[MlflowTracker]:
     """Start an MLflow run; it ends FINISHED, FAILED if the block raises, KILLED if the process is stopped.
 
     Stopped means interrupted (Ctrl-C), terminated (SIGTERM) or exiting (``SystemExit``) inside
     the block. The run records which process holds it (:data:`PROCESS_TAGS`: process id and
     start, and a hash of host and boot), and starting it first ends as KILLED the runs of the
-    same name that a killed process of this host left RUNNING (:func:`mark_abandoned_runs`).
-    ``artifact_root`` sets where a newly created experiment keeps artifacts (a folder).
+    same stage (tag ``stage``, else the same name) that a killed process of this host left
+    RUNNING (:func:`mark_abandoned_runs`). ``artifact_root`` sets where a newly created
+    experiment keeps artifacts (a folder); the experiment is tagged for model training
+    (:data:`EXPERIMENT_KIND_TAG`). With ``parent_run_id`` the run is nested under that run (the
+    pipeline invocation). Every run carries :func:`source_tags` (the git commit).
     """
     client = tracking_client(tracking_uri)
     experiment_id = _experiment_id(client, experiment, artifact_root)
-    mark_abandoned_runs(client, experiment_id, run_name)
-    run = client.create_run(experiment_id, run_name=run_name, tags={**dict(tags or {}), **_process_tags()})
+    mark_abandoned_runs(client, experiment_id, run_name, (tags or {}).get("stage"))
+    nested = {PARENT_RUN_TAG: parent_run_id} if parent_run_id else {}
+    run = client.create_run(experiment_id, run_name=run_name,
+                            tags={**source_tags(), **dict(tags or {}), **nested, **_process_tags()})
     tracker = MlflowTracker(client, run.info.run_id)
     try:
         with _sigterm_raises():
@@ -367,12 +455,269 @@ def _registered_source(model_uri: str, registry_uri: str) -> str:
     registry URI instead).
     """
     client = tracking_client(registry_uri)
+    name, version = resolve_model_version(model_uri, registry_uri)
+    return client.get_model_version_download_uri(name, version)
+
+
+class AliasError(ModelUriError):
+    """A registered model, or an alias of it, that the registry does not hold."""
+
+
+def _registered_model(client: MlflowClient, name: str):
+    """The registered model ``name``; :class:`AliasError` naming the models there are if it does not exist."""
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        known = sorted(m.name for m in client.search_registered_models(max_results=100))
+        raise AliasError(f"the registry holds no model {name!r}; registered models: {known or 'none'}") from err
+
+
+def model_aliases(tracking_uri: str, name: str) -> dict[str, str]:
+    """The aliases of registered model ``name`` → the version each points to.
+
+    Raises
+    ------
+    AliasError
+        If the registry holds no model ``name``.
+    """
+    return {alias: str(version) for alias, version in
+            (_registered_model(tracking_client(tracking_uri), name).aliases or {}).items()}
+
+
+def model_versions(tracking_uri: str, name: str) -> list[str]:
+    """The version numbers of registered model ``name``, oldest first (:class:`AliasError` if there is none)."""
+    client = tracking_client(tracking_uri)
+    _registered_model(client, name)
+    versions = client.search_model_versions(f"name = '{name}'", max_results=1000)
+    return sorted((str(v.version) for v in versions), key=int)
+
+
+#: ``models:/NAME/latest`` names the highest version number of NAME.
+LATEST = "latest"
+
+
+def resolve_model_version(model_uri: str, tracking_uri: str) -> tuple[str, str]:
+    """``(name, version)`` that ``models:/NAME/VERSION``, ``models:/NAME/latest`` or ``models:/NAME@ALIAS`` names now.
+
+    Raises
+    ------
+    AliasError
+        If the model or the alias does not exist; the message names the model and its aliases.
+    ModelUriError
+        If the URI is not of one of those forms.
+    """
     reference = model_uri.removeprefix("models:/")
+    if not model_uri.startswith("models:/") or not reference:
+        raise ModelUriError(f"expected models:/<name>/<version> or models:/<name>@<alias>, found {model_uri!r}")
     if "@" in reference:
         name, alias = reference.split("@", 1)
-        version = client.get_model_version_by_alias(name, alias).version
-    elif reference.count("/") == 1:
-        name, version = reference.split("/")
-    else:
+        aliases = model_aliases(tracking_uri, name)
+        if alias not in aliases:
+            held = ", ".join(f"{a} -> version {v}" for a, v in sorted(aliases.items())) or "none"
+            raise AliasError(f"registered model {name!r} has no alias {alias!r}; its aliases: {held} (move one with "
+                             f"`fourcast model promote {name} VERSION --alias {alias}`)")
+        return name, aliases[alias]
+    if reference.count("/") != 1:
         raise ModelUriError(f"expected models:/<name>/<version> or models:/<name>@<alias>, found {model_uri!r}")
-    return client.get_model_version_download_uri(name, version)
+    name, version = reference.split("/")
+    versions = model_versions(tracking_uri, name)
+    if version == LATEST:
+        if not versions:
+            raise AliasError(f"registered model {name!r} has no versions")
+        return name, versions[-1]
+    if version not in versions:
+        raise AliasError(f"registered model {name!r} has no version {version!r}; its versions: {versions}")
+    return name, version
+
+
+def set_model_alias(tracking_uri: str, name: str, alias: str, version: str) -> str | None:
+    """Point ``alias`` of model ``name`` at ``version``; returns the version it pointed to before (or ``None``).
+
+    Raises
+    ------
+    AliasError
+        If the model or the version does not exist.
+    """
+    client = tracking_client(tracking_uri)
+    previous = model_aliases(tracking_uri, name).get(alias)
+    _, version = resolve_model_version(f"models:/{name}/{version}", tracking_uri)
+    client.set_registered_model_alias(name, alias, version)
+    return previous
+
+
+def tag_model_version(tracking_uri: str, name: str, version: str, tags: Mapping[str, object]) -> None:
+    """Set tags (e.g. headline scores) on a registered model version."""
+    client = tracking_client(tracking_uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, str(value))
+
+
+
+class TrackingServerError(RuntimeError):
+    """The MLflow tracking server could not be started, or is not running where its state says."""
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def _server_answers(uri: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def start_tracking_server(backend_uri: str, artifact_root: Path, state_dir: Path, host: str = "127.0.0.1",
+                          timeout_s: float = 120.0) -> str:
+    """Start ``mlflow server`` (one process, detached) over ``backend_uri``; returns its ``http://`` URI.
+
+    Many processes logging at once (overlapping Cylc cycles) then talk to one server, which alone
+    opens the database: no two processes race to create or migrate a fresh SQLite store. The
+    server's URI, process id and log go to ``state_dir`` (``uri``, ``pid``, ``server.log``); if a
+    server recorded there still answers, its URI is returned and nothing is started.
+
+    Raises
+    ------
+    TrackingServerError
+        If the server does not answer ``/health`` within ``timeout_s`` (its log's tail is quoted).
+    """
+    import subprocess
+    import sys
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    uri_file, pid_file, log_file = state_dir / "uri", state_dir / "pid", state_dir / "server.log"
+    if uri_file.exists() and _server_answers(uri_file.read_text().strip()):
+        return uri_file.read_text().strip()
+    with _store_lock(backend_uri):  # the store created and migrated once, before the server opens it
+        MlflowClient(tracking_uri=backend_uri, registry_uri=backend_uri).search_registered_models(max_results=1)
+    port = _free_port(host)
+    uri = f"http://{host}:{port}"
+    artifact_root.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri, "--host", host,
+               "--port", str(port), "--workers", "1", "--default-artifact-root", artifact_root.resolve().as_uri(),
+               "--no-serve-artifacts"]
+    with open(log_file, "ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, cwd=state_dir)  # outlives the caller's folder
+    pid_file.write_text(f"{process.pid}\n")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if _server_answers(uri):
+            uri_file.write_text(uri + "\n")
+            return uri
+        if process.poll() is not None:
+            break
+        time.sleep(0.5)
+    stop_tracking_server(state_dir)
+    tail = log_file.read_text(errors="replace")[-2000:]
+    raise TrackingServerError(f"mlflow server over {backend_uri} did not answer on {uri} within {timeout_s:.0f} s; "
+                              f"its log ({log_file}) ends:\n{tail}")
+
+
+def stop_tracking_server(state_dir: Path, timeout_s: float = 30.0) -> bool:
+    """Stop the server :func:`start_tracking_server` recorded in ``state_dir``; ``False`` if none was running."""
+    pid_file = state_dir / "pid"
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return False
+    running = process_running(pid)
+    if running:
+        os.killpg(pid, signal.SIGTERM)  # the server and its workers: it leads its own session
+        deadline = time.monotonic() + timeout_s
+        while process_running(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if process_running(pid):
+            os.killpg(pid, signal.SIGKILL)
+    for name in ("pid", "uri"):
+        (state_dir / name).unlink(missing_ok=True)
+    return running
+
+
+# --- The model as an MLflow model -----------------------------------------------------------------------------
+
+#: Key of the checkpoint among a fourcast pyfunc model's artifacts.
+CHECKPOINT_ARTIFACT = "checkpoint"
+#: Requirements recorded with the model (no inference: that would load the model once more).
+_MODEL_REQUIREMENTS = ("torch", "torch-harmonics", "numpy", "xarray", "zarr", "mlflow-skinny")
+
+
+class FourcastPyfunc(PythonModel):
+    """fourcast's :class:`~fourcast.forecaster.Forecaster` as an MLflow pyfunc model.
+
+    ``predict`` takes states ``(batch, channel, lat, lon)`` float32 in physical units (channel
+    order and grid as in the model's metadata ``fourcast``) and returns the states ``steps``
+    model steps later (param ``steps``, default 1), same shape and units. Loading needs fourcast
+    installed (``pip install fourcast``): the checkpoint is rebuilt by
+    :meth:`~fourcast.forecaster.Forecaster.from_checkpoint` on CPU (CUDA when available).
+    """
+
+    def load_context(self, context) -> None:
+        from fourcast.forecaster import Forecaster
+
+        self.forecaster = Forecaster.from_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT])
+
+    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
+        import torch
+
+        steps = int((params or {}).get("steps", 1))
+        x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+        coords = self.forecaster.input_coords
+        for _ in range(steps):
+            x, coords = self.forecaster.step(x, coords)
+        return x.cpu().numpy()
+
+
+def model_signature(n_channels: int, n_lat: int, n_lon: int):
+    """Input and output ``(batch, channel, lat, lon)`` float32 tensors, and the ``steps`` parameter."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    state = Schema([TensorSpec(np.dtype(np.float32), (-1, n_channels, n_lat, n_lon))])
+    return ModelSignature(inputs=state, outputs=state, params=ParamSchema([ParamSpec("steps", "long", 1)]))
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    pinned = []
+    for name in _MODEL_REQUIREMENTS:
+        try:
+            pinned.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            if name == "mlflow-skinny":  # the full mlflow package brings it
+                pinned.append(f"mlflow-skinny=={version('mlflow')}")
+    return pinned
+
+
+def save_pyfunc(checkpoint: Path, folder: Path, metadata: Mapping[str, object]) -> Path:
+    """Write ``checkpoint`` as an MLflow pyfunc model folder (:class:`FourcastPyfunc`) at ``folder``.
+
+    Parameters
+    ----------
+    checkpoint : pathlib.Path
+        A file of :func:`fourcast.checkpoint.save_checkpoint`; copied to ``artifacts/``.
+    folder : pathlib.Path
+        Must not exist yet.
+    metadata : mapping
+        fourcast facts (preset, channels, units, grid size, step, store fingerprint, run ids),
+        recorded under the ``fourcast`` key of the MLmodel file's metadata; ``channels``,
+        ``n_lat`` and ``n_lon`` also make the signature.
+    """
+    from mlflow.pyfunc import save_model
+
+    signature = model_signature(len(metadata["channels"]), int(metadata["n_lat"]), int(metadata["n_lon"]))
+    with warnings.catch_warnings():  # the signature says what an input is; an example would run the model again
+        warnings.filterwarnings("ignore", message=".*input example was not provided")
+        save_model(str(folder), python_model=FourcastPyfunc(), artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
+                   signature=signature, pip_requirements=_requirements(),
+                   metadata={"fourcast": json.loads(json.dumps(dict(metadata), default=str))})
+    return folder

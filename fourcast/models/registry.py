@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from fourcast.errors import ModelSpecError
-from fourcast.models.afno import AFNONet
-from fourcast.models.sfno import SFNONet
+
+if TYPE_CHECKING:  # the networks (torch, torch-harmonics) are imported when a model is built, so reading
+    from torch import nn  # a config (which checks preset names) stays light for the Cylc task verbs
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,15 @@ PRESETS: dict[str, Preset] = {
                                       normalization="none", predict_increment=True)),
 }
 
-_FAMILIES = {"afno": AFNONet, "sfno": SFNONet}
+def _family(name: str):
+    """The network class of a preset family (imported on first use)."""
+    if name == "afno":
+        from fourcast.models.afno import AFNONet
+
+        return AFNONet
+    from fourcast.models.sfno import SFNONet
+
+    return SFNONet
 
 
 def build_model(preset: str, grid: tuple[int, int], in_channels: int, out_channels: int | None = None) -> nn.Module:
@@ -52,7 +60,7 @@ def build_model(preset: str, grid: tuple[int, int], in_channels: int, out_channe
     if preset not in PRESETS:
         raise ModelSpecError(f"unknown model preset {preset!r}; expected one of {sorted(PRESETS)}")
     spec = PRESETS[preset]
-    return _FAMILIES[spec.family](img_size=tuple(grid), in_channels=in_channels,
+    return _family(spec.family)(img_size=tuple(grid), in_channels=in_channels,
                                   out_channels=out_channels or in_channels, **spec.settings)
 
 

@@ -67,7 +67,8 @@ def test_write_finalize_open_roundtrip(tmp_path, extents, coords):
 
     ds = open_archive(location)
     assert location == str(tmp_path / "run.zarr")
-    assert ds.attrs == {"model": "identity", "seed": 3, "fourcast_forecast_archive": 1, "complete": True}
+    assert ds.attrs == {"model": "identity", "seed": 3, "fourcast_forecast_archive": 1, "complete": True,
+                        "Conventions": "CF-1.8"}
     for c, variable in enumerate(["z500", "u500"]):
         field = ds[variable]
         assert field.dims == ARCHIVE_DIMS

@@ -28,7 +28,7 @@ def _run(store, preset: str, steps: int, **settings):
 
 def test_incremental_modes_train_only_the_active_degrees_and_grow_on_a_plateau(store):
     model, result, reported = _run(store, "sfno-small", 20, modes=ModeSchedule(start=2, grow_when=0.99, grow_by=2))
-    per_step = [metrics["modes"] for _, metrics in reported if "loss" in metrics]
+    per_step = [metrics["train/modes"] for _, metrics in reported if "train/loss" in metrics]
     assert per_step == [2] * 20  # logged every step; the growth comes after the last validation
     assert model.active_modes == 4  # the second validation improved by less than 99 %: two more degrees
     for weight in model.spectral_weights():
@@ -43,7 +43,7 @@ def test_incremental_modes_train_only_the_active_degrees_and_grow_on_a_plateau(s
 def test_physics_loss_is_reported_and_changes_the_training(store):
     plain, _, _ = _run(store, "sfno-small", 3)
     informed, _, reported = _run(store, "sfno-small", 3, physics_weight=1.0)
-    losses = [metrics["physics_loss"] for _, metrics in reported if "loss" in metrics]
+    losses = [metrics["train/physics_loss"] for _, metrics in reported if "train/loss" in metrics]
     assert len(losses) == 3 and all(0 < value < 100 for value in losses)
     # the untrained SFNO is persistence: its residual is the whole deterministic tendency, about
     # the size of the true change (relative residual ~1, squared)

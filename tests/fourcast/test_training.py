@@ -56,8 +56,8 @@ def test_training_beats_persistence_and_reports(store):
     result = train(model, lambda n: StoreWindows(store, *TRAIN, n_ahead=n), validation, _settings(),
                    lambda metrics, step: reported.append((step, metrics)), torch.device("cpu"))
     assert result.steps == 70 and [h["step"] for h in result.history] == [35, 70]
-    assert {"loss", "lr"} <= set(reported[0][1])
-    assert "val_rmse_z500_24h" in result.history[-1]
+    assert {"train/loss", "train/lr"} <= set(reported[0][1])
+    assert "val/z500/rmse_24h" in result.history[-1]
     # persistence error of the same validation windows, in normalised units
     x = torch.stack([validation[i][0] for i in range(len(validation))])
     y = torch.stack([validation[i][1][0] for i in range(len(validation))])
@@ -129,9 +129,9 @@ def test_validation_of_persistence_scores_as_persistence_and_acc_is_a_correlatio
     metrics = validate(torch.nn.Identity(), validation, (1, 2), 6, torch.device("cpu"))
     for lead_hours in (6, 12):
         for channel in validation.channels:
-            assert metrics[f"val_rmse_{channel}_{lead_hours}h"] == pytest.approx(
-                metrics[f"val_persistence_rmse_{channel}_{lead_hours}h"], rel=1e-6)
-            assert -1.0 <= metrics[f"val_acc_{channel}_{lead_hours}h"] <= 1.0
+            assert metrics[f"val/{channel}/rmse_{lead_hours}h"] == pytest.approx(
+                metrics[f"val/{channel}/persistence_rmse_{lead_hours}h"], rel=1e-6)
+            assert -1.0 <= metrics[f"val/{channel}/acc_{lead_hours}h"] <= 1.0
     weights = torch.as_tensor(cell_area_weights(validation.lat), dtype=torch.float32)[:, None]
     anomaly = torch.randn(2, 3, 16, 32)
     torch.testing.assert_close(anomaly_correlation(anomaly, 3.0 * anomaly, weights), torch.ones(2, 3))
@@ -157,6 +157,6 @@ def test_bf16_training_keeps_the_loss_finite(store):
     losses = []
     train(model, lambda n: StoreWindows(store, *TRAIN, n_ahead=n), validation,
           _settings(phases=(Phase(1, 3, 1e-3),), validation_leads=(1,), validation_samples=2, precision="bf16"),
-          lambda metrics, step: losses.append(metrics.get("loss")), torch.device("cpu"))
+          lambda metrics, step: losses.append(metrics.get("train/loss")), torch.device("cpu"))
     assert all(np.isfinite(loss) for loss in losses if loss is not None) and len(losses) == 4
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast, not a bf16 copy of the weights

@@ -184,12 +184,12 @@ def test_cli_resume_records_lineage_and_registers_each_model(store_paths, write_
     assert second.data.tags["resumed_from_step"] == "6" and second.data.tags["world_size"] == "1"
     assert first.data.tags["dataset_fingerprint"] and first.data.tags["git_commit"]
     assert second.data.tags["resumed_from"] == "checkpoints/last.pt" and "host" not in first.data.tags  # no home path
-    assert [m.step for m in client.get_metric_history(first.info.run_id, "loss")] == [1, 2, 3, 4, 5, 6]
-    assert {"val_rmse_z500_12h", "val_persistence_rmse_v500_12h"} <= set(first.data.metrics)
-    assert 0.5 < first.data.metrics["val_acc_z500_6h"] <= 1.0  # anomalies against the seasonal climatology
+    assert [m.step for m in client.get_metric_history(first.info.run_id, "train/loss")] == [1, 2, 3, 4, 5, 6]
+    assert {"val/z500/rmse_12h", "val/v500/persistence_rmse_12h"} <= set(first.data.metrics)
+    assert 0.5 < first.data.metrics["val/z500/acc_6h"] <= 1.0  # anomalies against the seasonal climatology
     versions = client.search_model_versions("name='fourcast-afno-tiny'")
     assert sorted((int(v.version), v.run_id) for v in versions) == [(1, first.info.run_id), (2, second.info.run_id)]
-    assert [a.path for a in client.list_artifacts(first.info.run_id, "checkpoint")] == ["checkpoint/model.pt"]
+    assert [a.path for a in client.list_artifacts(first.info.run_id, "model/artifacts")] == ["model/artifacts/model.pt"]
 
 
 @pytest.mark.slow
@@ -225,10 +225,10 @@ def _worker(argv: list[str]) -> None:
         losses.with_name(f"{losses.name}.rank{ctx.rank}.pid").write_text(str(os.getpid()))
 
         def report(metrics: dict, step: int) -> None:
-            if "loss" in metrics and ctx.is_main:
-                out.write(f"{step} {metrics['loss']!r}\n")
+            if "train/loss" in metrics and ctx.is_main:
+                out.write(f"{step} {metrics['train/loss']!r}\n")
                 out.flush()
-            while "loss" in metrics and step == hang_at:  # the test kills the job here
+            while "train/loss" in metrics and step == hang_at:  # the test kills the job here
                 time.sleep(1)
         _run(store, directory, report, ctx, resume)
 

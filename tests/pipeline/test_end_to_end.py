@@ -54,22 +54,23 @@ def test_pipeline_end_to_end_twice(tmp_path, capsys):
 
     client = MlflowClient(summary["mlflow_tracking_uri"])
     runs = {stage: client.get_run(run_id) for stage, run_id in summary["mlflow_run_ids"].items()}
-    assert {stage: run.info.status for stage, run in runs.items()} == dict.fromkeys(("train", "forecast", "score"), "FINISHED")
-    assert [m.step for m in client.get_metric_history(runs["train"].info.run_id, "loss")][:2] == [1, 2]  # loss logged every optimizer step
-    assert "val_rmse_z500_24h" in runs["train"].data.metrics
+    assert {stage: run.info.status for stage, run in runs.items()} == \
+        dict.fromkeys(("pipeline", "train", "forecast", "score"), "FINISHED")
+    assert [m.step for m in client.get_metric_history(runs["train"].info.run_id, "train/loss")][:2] == [1, 2]  # every step
+    assert "val/z500/rmse_24h" in runs["train"].data.metrics
     campaign = runs["score"].data.tags["campaign_key"]
-    headline = runs["train"].data.metrics[f"score_{campaign}_z500_rmse_24h"]  # verification logged on the model's run
+    headline = runs["train"].data.metrics[f"score/{campaign}/z500/rmse_24h"]  # verification logged on the model's run
     assert runs["train"].data.tags[f"score_run_{campaign}"] == runs["score"].info.run_id
     for run in runs.values():  # paths are relative to the workdir, and no host name is recorded
         values = {**run.data.params, **run.data.tags}
         assert [v for v in values.values() if str(tmp_path) in v or socket.gethostname() in v] == []
     assert headline == rmse[("fourcast", 24)]
-    assert [a.path for a in client.list_artifacts(runs["train"].info.run_id, "checkpoint")] == ["checkpoint/model.pt"]
+    assert [a.path for a in client.list_artifacts(runs["train"].info.run_id, "model/artifacts")] == \
+        ["model/artifacts/model.pt"]
     plots = {a.path for a in client.list_artifacts(runs["score"].info.run_id, "plots")}
     assert "plots/rmse_z500.png" in plots
     assert client.list_artifacts(runs["forecast"].info.run_id, "plots")
-    steps = [m.step for m in client.get_metric_history(runs["score"].info.run_id, "z500_fourcast_rmse")]
-    assert steps == [0, 6, 12, 18, 24, 30, 36, 42, 48]
+    assert {f"score/z500/rmse_{h}h" for h in range(0, 49, 6)} <= set(runs["score"].data.metrics)
     with xr.open_dataset(tmp_path / "work" / "scores" / "scorecard.nc") as batch, \
             xr.open_dataset(tmp_path / "work" / "scores" / "streamed" / "scorecard.nc") as streamed:
         xr.testing.assert_allclose(streamed["score"], batch["score"], rtol=1e-6)  # members scored as produced

@@ -129,7 +129,7 @@ def test_two_processes_write_the_archive_of_one_byte_for_byte(workdir, reference
     for key in ("training_store_fingerprint", "perturbation", "seed", "code_version", "start_time", "end_time"):
         assert params[key] == str(attrs[key])
     assert params["model"] == "checkpoints/model.pt" and params["initial_conditions"] == "store.zarr"  # not absolute
-    assert runs[0].data.metrics["member_steps_per_second"] > 0
+    assert runs[0].data.metrics["forecast/member_steps_per_second"] > 0
     assert attrs["forecast_run_id"] == runs[0].info.run_id  # whichever rank created the archive
 
     assert main(["score", "--config", str(workdir / "config.yaml"), "--archive", str(archive),
@@ -253,7 +253,8 @@ def test_a_registered_mlflow_model_is_resolved_to_its_checkpoint(workdir, tmp_pa
     assert open_archive(archive).attrs["model"] == model_uri
     assert _data_bytes(archive) == _data_bytes(by_path)
     assert main(_command(workdir, tmp_path / "r.zarr", "--model", "models:/no-such-model/1", *options)) == 1
-    assert "StageInputError: cannot download models:/no-such-model/1" in capsys.readouterr().err
+    assert "StageInputError: the registry holds no model 'no-such-model'; registered models: ['tiny-forecaster']" \
+        in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("options", "status", "message"), [

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ensembles.archive import open_archive
-from pipeline.stages import campaign_key, score
+from pipeline.stages import campaign_key, score, store_fingerprint
 from pipeline.config import ScoreConfig
 from pipeline.tracking import NullTracker, default_tracking_uri, mlflow_run
 
@@ -159,17 +159,22 @@ def test_fourcast_score_links_its_run_to_the_forecast_and_the_training_run(tmp_p
     (run,) = client.search_runs([client.get_experiment_by_name("scores").experiment_id], "tags.stage = 'score'")
     run_id = run.info.run_id
     assert run.data.tags["forecast_run_id"] == forecast.run_id and run.data.tags["train_run_id"] == train.run_id
-    assert [m.step for m in client.get_metric_history(run_id, "z500_fourcast_crps")] == [0, 12, 24, 36, 48]
+    assert {f"score/z500/crps_{h}h" for h in (0, 12, 24, 36, 48)} <= set(run.data.metrics)
+    assert "score/z500/persistence_rmse_24h" in run.data.metrics and "score/z500/climatology_acc_48h" in run.data.metrics
     assert {a.path for a in client.list_artifacts(run_id, "scores")} == {"scores/scorecard.nc", "scores/scorecard.csv"}
     plots = {a.path for a in client.list_artifacts(run_id, "plots")}
     assert {"plots/rmse_z500.png", "plots/spread_skill_z500.png", "plots/rank_histogram_u500.png",
             "plots/map_v500_12h.png"} <= plots
-    rmse_24h = next(m.value for m in client.get_metric_history(run_id, "z500_fourcast_rmse") if m.step == 24)
+    rmse_24h = run.data.metrics["score/z500/rmse_24h"]
     trained = client.get_run(train.run_id)
     key = campaign_key(open_archive(archive))
     assert run.data.tags["campaign_key"] == key and trained.data.tags[f"score_run_{key}"] == run_id
-    assert trained.data.metrics[f"score_{key}_z500_rmse_24h"] == rmse_24h > 0  # the verification is on the model's run
-    assert f"score_{key}_z500_crps_48h" in trained.data.metrics and f"score_{key}_z500_mae_48h" not in trained.data.metrics
+    assert trained.data.metrics[f"score/{key}/z500/rmse_24h"] == rmse_24h > 0  # the verification is on the model's run
+    assert f"score/{key}/z500/crps_48h" in trained.data.metrics and f"score/{key}/z500/mae_48h" not in trained.data.metrics
+    assert run.info.run_name == f"score {key}: 2 inits × 3 members"
+    assert {(d.dataset.name, d.dataset.digest, d.tags[0].value) for d in run.inputs.dataset_inputs} == \
+        {("archive.zarr", open_archive(archive).attrs.get("campaign_fingerprint") or key, "forecasts"),
+         ("store.zarr", store_fingerprint(workdir / "store.zarr"), "truth")}
     assert run.data.params["store"] == "store.zarr" and run.data.params["archive"] == "../archive.zarr"
     _assert_nothing_names_the_host_or_the_workdir(run, workdir)
     import xarray as xr
@@ -248,7 +253,7 @@ def test_two_campaigns_scored_on_one_training_run_both_keep_their_headline_score
                              == ("z500", "rmse", "fourcast", 24))
     assert len(headline) == 2 and len(set(headline.values())) == 2  # two campaigns, two different scores
     trained = MlflowClient(uri).get_run(train.run_id).data.metrics
-    assert {key: trained[f"score_{key}_z500_rmse_24h"] for key in headline} == headline
+    assert {key: trained[f"score/{key}/z500/rmse_24h"] for key in headline} == headline
 
 
 @pytest.mark.slow
@@ -273,4 +278,4 @@ def test_a_training_run_in_another_store_is_a_warning_not_a_failure(tmp_path, st
     client = MlflowClient(default_tracking_uri(workdir))
     (run,) = client.search_runs([client.get_experiment_by_name("scores").experiment_id], "tags.stage = 'score'")
     assert run.info.status == "FINISHED" and run.data.tags["missing_lineage_runs"] == train.run_id
-    assert not any(key.startswith("score_") for key in MlflowClient(elsewhere).get_run(train.run_id).data.metrics)
+    assert not any(key.startswith("score/") for key in MlflowClient(elsewhere).get_run(train.run_id).data.metrics)
