@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from fourcast.errors import ResolutionTransferError
 from fourcast.models.registry import build_model
-from fourcast.training import LatWeightedMSE, rollout, seeded_initialisation
+from fourcast.training import VAL_SCORE, LatWeightedMSE, rollout, seeded_initialisation
 from ingest.coarsen import remap
 from ingest.grid import cell_area_weights, equiangular_lats, regular_lons
 from ingest.synthetic import simulate
@@ -299,8 +299,8 @@ def incremental_modes(coarse: dict, steps: int) -> str:
         started = time.perf_counter()
 
         def report(metrics, step, clock=clock, started=started, model=model):
-            if "val_score" in metrics:
-                clock.append((step, time.perf_counter() - started, metrics["val_score"], model.active_modes))
+            if VAL_SCORE in metrics:
+                clock.append((step, time.perf_counter() - started, metrics[VAL_SCORE], model.active_modes))
 
         log(f"iFNO comparison: {name}")
         train(model, lambda n: ArrayWindows(coarse["train"], *coarse["stats"], n_ahead=n), validation,
