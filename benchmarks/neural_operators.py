@@ -111,6 +111,11 @@ class ArrayWindows(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.data[index], self.data[index + 1: index + 1 + self.n_ahead]
 
+    def __getitems__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch at once, as :meth:`fourcast.data.StoreWindows.__getitems__` returns it."""
+        items = [self[int(i)] for i in indices]
+        return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
+
 
 def split(truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(train, validation)`` rows of a ``(time, …)`` array."""
