@@ -28,7 +28,7 @@ test-fast: $(STAMP)
 BENCH_ENV := $(VENV)/.fourcast-bench-installed
 
 $(BENCH_ENV): $(STAMP)
-	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	$(PY) -m pip install --quiet -e ".[all,dev,bench]"
 	touch $(BENCH_ENV)
 
 bench: $(BENCH_ENV)

@@ -27,7 +27,7 @@ Sections (quick sizes by default, ERA5-like sizes with ``--full``):
     Only a note here: ``benchmarks/gpu.py`` is the script for a lent GPU.
 
 Every ratio is "ours per second / theirs per second" (above 1: ours is faster), from medians
-after one warm-up. Where a ratio misses its target the section's cProfile top entries are
+after one warm-up, the compared calls taking turns round after round (:func:`paired_medians`). Where a ratio misses its target the section's cProfile top entries are
 printed below the table and stored in the JSON, to show where the time goes. The machine's
 load average is printed and stored with the figures: a shared machine's ratios wander.
 """
@@ -55,8 +55,8 @@ import numpy as np  # noqa: E402
 
 SECTIONS = ("ingest", "loader", "train", "ensemble", "scoring", "gpu")
 QUICK = {
-    "ingest": {"days": 24, "nlat": 91, "nlon": 180, "rounds": 3},
-    "loader": {"steps": 240, "channels": 8, "grid": (64, 128), "batch": 8, "batches": 12, "rounds": 3},
+    "ingest": {"days": 60, "nlat": 91, "nlon": 180, "rounds": 3},
+    "loader": {"steps": 240, "channels": 8, "grid": (64, 128), "batch": 8, "batches": 12, "rounds": 7},
     "train": {"cases": [("afno-tiny", (32, 64), 3, 16)], "steps": 5, "compile": False},
     "ensemble": {"presets": ("afno-tiny",), "members": (8, 32), "batches": (1, 8), "steps": 4, "repeats": 3,
                  "campaign": None},
@@ -118,6 +118,22 @@ def median_seconds(call: Callable[[], object], repeats: int, warmup: int = 1) ->
     return statistics.median(times)
 
 
+def paired_medians(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median wall time of each call, the calls taking turns round after round after one warm-up each.
+
+    Taking turns puts the compared calls under the same load bursts of a shared machine.
+    """
+    for call in calls.values():
+        call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def profile_top(call: Callable[[], object], lines: int = PROFILE_LINES) -> str:
     """cProfile of one call of ``call``: the top entries by own time, then by cumulative time."""
     profiler = cProfile.Profile()
@@ -134,14 +150,43 @@ def profile_top(call: Callable[[], object], lines: int = PROFILE_LINES) -> str:
 # ---------------------------------------------------------------------------------------- ingest
 
 
-def _ingest_ours_synchronous(files: list[Path], out: Path) -> float:
-    """Our route on Dask's synchronous scheduler, so a profile sees the work instead of a wait."""
-    import dask
+def ingest_breakdown(files: list[Path], out: Path, shard_steps: int) -> str:
+    """Where our ingest's time goes, stage by stage, each timed alone on the same files.
 
-    import ingest_throughput
+    cProfile cannot see inside zarr's I/O thread or Dask's workers, so the stages are run one
+    after another here: opening with decoding and checks (``.values`` of the lazy array), the
+    per-shard statistics, the per-step checksums, and the whole store build from the decoded
+    values already in memory (writes + statistics + checksums + finalise).
+    """
+    import xarray as xr
 
-    with dask.config.set(scheduler="synchronous"):
-        return ingest_throughput._ours(files, out)
+    import ingest_throughput as it
+    from ingest.statistics import StatsWindow, block_partials
+    from ingest.store import StatsPeriod, StoreLayout, step_checksums, write_store
+
+    seconds = {}
+    start = time.perf_counter()
+    data = it.open_sources(files, it.VARIABLES, shard_steps)
+    values = data.values
+    seconds["open + read + decode + finite/range checks"] = time.perf_counter() - start
+    times = data["time"].values
+    window = StatsWindow.of(times, times[0], times[-1], 6)
+    blocks = [values[i : i + shard_steps] for i in range(0, len(values), shard_steps)]
+    start = time.perf_counter()
+    for i, block in enumerate(blocks):
+        block_partials(block, i * shard_steps, window)
+    seconds["statistics (per-shard moments)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for block in blocks:
+        step_checksums(block)
+    seconds["checksums (BLAKE2b per step)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    in_memory = xr.DataArray(values, dims=data.dims, coords=data.coords, attrs=data.attrs).chunk({"time": shard_steps})
+    write_store(in_memory, out, StatsPeriod(times[0], times[-1]), StoreLayout(shard_steps=shard_steps))
+    seconds["store build from memory (zstd shards + stats + checksums + finalise)"] = time.perf_counter() - start
+    total = sum(seconds[k] for k in list(seconds)[:1]) + seconds[list(seconds)[-1]]
+    lines = [f"{name:<72}{s:8.2f} s" for name, s in seconds.items()]
+    return "\n".join(lines + [f"{'open..decode + build from memory (about one full ingest)':<72}{total:8.2f} s"])
 
 
 def bench_ingest(size: dict, report: Report) -> None:
@@ -166,7 +211,7 @@ def bench_ingest(size: dict, report: Report) -> None:
                                megabytes / seconds["copy"], "MB/s", "shutil.copyfile"))
         if not ours.met:
             shutil.rmtree(root / "profiled", ignore_errors=True)
-            report.profiles["ingest"] = profile_top(lambda: _ingest_ours_synchronous(files, root / "profiled"))
+            report.profiles["ingest"] = ingest_breakdown(files, root / "profiled", it.CASE["shard_steps"])
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -222,9 +267,8 @@ def bench_loader(size: dict, report: Report) -> None:
             return run
 
         samples = batch * count
-        raw_s = median_seconds(raw, size["rounds"])
-        ours_s = median_seconds(ours(0), size["rounds"])
-        workers_s = median_seconds(ours(2), size["rounds"])
+        timed = paired_medians({"raw": raw, "ours": ours(0), "workers": ours(2)}, size["rounds"])
+        raw_s, ours_s, workers_s = timed["raw"], timed["ours"], timed["workers"]
         grid = f"{size['channels']}x{size['grid'][0]}x{size['grid'][1]}"
         main = Row("loader", f"samples/s, streaming, 0 workers ({grid}, batch {batch})", samples / ours_s,
                    samples / raw_s, "samples/s", "zarr reads of the same chunks", 0.9)
@@ -352,8 +396,8 @@ def bench_scoring(size: dict, report: Report) -> None:
                                      lambda: xskillscore.rmse(forecast, truth, dim=dims, weights=full), True),
         }
         for metric, (ours, theirs, checked) in pairs.items():
-            ours_s = median_seconds(ours, size["repeats"])
-            theirs_s = median_seconds(theirs, size["repeats"])
+            timed = paired_medians({"ours": ours, "theirs": theirs}, size["repeats"])
+            ours_s, theirs_s = timed["ours"], timed["theirs"]
             diff = abs(float(ours()) / float(theirs()) - 1)
             note = f"rel. diff {diff:.1e}" if checked else "same job (xs has no fair CRPS)"
             if checked and diff > 1e-10:

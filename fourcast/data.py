@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 import zarr
+from zarr.core.buffer import default_buffer_prototype
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
@@ -25,6 +26,8 @@ from ingest.dims import CHANNEL, LAT, LON, TIME
 from ingest.errors import StoreSchemaError
 from ingest.schema import DATA, MEAN, STD, open_store, step_of
 
+
+_BUFFERS = default_buffer_prototype()
 
 #: Where :class:`StoreWindows` keeps the range: ``none`` reads each window from the store when it
 #: is asked for (bounded memory, the default); ``memory`` reads the whole range once (tiny stores).
@@ -148,8 +151,8 @@ class StoreWindows(torch.utils.data.Dataset):
     def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """A whole batch at once: ``x`` (batch, channel, lat, lon), ``y`` (batch, n_ahead, channel, lat, lon).
 
-        Each window is read (one store chunk per time step) and shifted straight into the
-        batch's buffer, which is then scaled in one pass: no per-sample tensors to stack.
+        Each window is decoded straight into the batch's buffer (one store chunk per time step),
+        which is then normalised in place: no per-sample arrays or tensors to stack.
         The DataLoader calls this instead of ``__getitem__`` per index (see :func:`batch_stream`).
         """
         out = np.empty((len(indices), self.n_ahead + 1, len(self.channels), self.lat.size, self.lon.size),
@@ -159,10 +162,13 @@ class StoreWindows(torch.utils.data.Dataset):
             if not 0 <= index < len(self):
                 raise IndexError(f"window {index} out of range 0..{len(self) - 1}")
             row = index + self._offset
-            window = data[row : row + self.n_ahead + 1]
-            if self.cache == "none":
-                window = _pick(window, self._picks, axis=1)
-            np.subtract(window, self._shift, out=out[slot], dtype=np.float32, casting="unsafe")
+            rows = slice(row, row + self.n_ahead + 1)
+            if self.cache == "none" and self._picks is None and data.dtype == np.float32:
+                data.get_basic_selection(rows, out=_BUFFERS.nd_buffer.from_numpy_array(out[slot]))  # decoded in place
+            else:
+                window = data[rows] if self.cache == "memory" else _pick(data[rows], self._picks, axis=1)
+                out[slot] = window
+        np.subtract(out, self._shift, out=out)
         np.multiply(out, self._scale, out=out)
         batch = torch.from_numpy(out)
         return batch[:, 0], batch[:, 1:]

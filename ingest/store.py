@@ -241,7 +241,7 @@ def _new_part(existing: xr.Dataset, data: xr.DataArray, path: Path) -> xr.DataAr
 def step_checksums(block: np.ndarray) -> np.ndarray:
     """A 64-bit BLAKE2b checksum of each time step's values; ``block`` is ``(time, ...)``, C order."""
     block = np.ascontiguousarray(block)
-    return np.array([int.from_bytes(hashlib.blake2b(step.tobytes(), digest_size=8).digest(), "little")
+    return np.array([int.from_bytes(hashlib.blake2b(memoryview(step).cast("B"), digest_size=8).digest(), "little")
                      for step in block], dtype=np.uint64)
 
 
