@@ -282,6 +282,8 @@ class Catalogue:
         forecasts = xr.open_zarr(path, consolidated=False)
         mean = forecasts.mean("member", keep_attrs=True).astype(np.float32)
         mean.attrs.update(retention="ensemble mean only (members pruned)", members_pruned=entry.members)
+        for variable in mean.variables.values():  # chunks and codecs of the member layout do not fit the mean
+            variable.encoding = {}
         tmp = temporary_sibling(path)
         mean.to_zarr(tmp, zarr_format=3, consolidated=False)
         replace_path(tmp, path)

@@ -3,7 +3,7 @@
 ``FOURCAST_PROGRESS`` chooses: ``bar`` (tqdm), ``log`` (a line on the ``fourcast.progress``
 logger every ``FOURCAST_PROGRESS_EVERY`` seconds, default 30, and one when done: readable in log
 files, no carriage returns), ``off``. Unset: ``bar`` when stderr is a terminal, else ``log``.
-Every stage that makes a person wait (synthesis, ingest, training, forecast) reports through
+Every stage that makes a person wait (synthesis, ingest, training, forecast, scoring) reports through
 :func:`progress`, which returns an object with tqdm's ``update``/``set_postfix``/``n`` and a context manager.
 """
 

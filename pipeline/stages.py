@@ -940,10 +940,14 @@ def score(cfg: ScoreConfig, archive: Path, store: Path, climatology: Path, out_d
     records = record_scorecard(tracker, scorecard, out_dir)
     plots = _plots() if cfg.plots else None
     if plots is not None:
-        figures = plots.scorecard_plots(out_dir / "plots", scorecard, rank_lead_hours=_rank_leads(cfg, scorecard))
-        figures += _score_maps(cfg, forecasts, truth[DATA], clim, out_dir / "plots", plots)
+        subtitle = plot_subtitle(forecasts, truth)
+        figures = plots.scorecard_plots(out_dir / "plots", scorecard, rank_lead_hours=_rank_leads(cfg, scorecard),
+                                        subtitle=subtitle)
+        figures += _score_maps(cfg, forecasts, truth[DATA], clim, out_dir / "plots", plots, subtitle)
         for figure in figures:
             tracker.log_artifact(figure, "plots")
+            if figure.with_suffix(".pdf").is_file():
+                tracker.log_artifact(figure.with_suffix(".pdf"), "plots/pdf")
     if tracking_uri and run_ids["train_run_id"] and run_ids["train_run_id"] not in missing:
         train = attach_run(tracking_uri, run_ids["train_run_id"])
         train.log_metrics(headline_scores(records, cfg.lead_hours, campaign))
@@ -1046,7 +1050,31 @@ def _rank_leads(cfg: ScoreConfig, scorecard) -> list[float] | None:
     return held or None
 
 
-def _score_maps(cfg: ScoreConfig, forecasts, truth, climatology, out_dir: Path, plots) -> list[Path]:
+#: g (m s⁻²): geopotential / (10 g) is geopotential height in decametres.
+GRAVITY = 9.80665
+
+
+def plot_subtitle(forecasts: xr.Dataset, truth: xr.Dataset) -> str:
+    """``synthetic data (shallow-water stand-in for ERA5) · 42 inits 2001-01-01..2001-03-25 · 8 members``."""
+    sources = [str(s) for s in truth.attrs.get("sources", [])]
+    data = "synthetic data (shallow-water stand-in for ERA5)" if sources and all(
+        "synthetic" in s for s in sources) else "ERA5"
+    inits = forecasts["init_time"].values
+    return (f"{data} · {inits.size} inits {_day(inits.min())}..{_day(inits.max())} · "
+            f"{forecasts.sizes.get('member', 1)} members")
+
+
+def _in_map_units(variable: str, fields: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str, str]:
+    """Fields, units and name as maps show them: geopotential as geopotential height in dam, others as stored."""
+    units = get_variable(variable).units
+    if get_variable(variable).cds_name == "geopotential":
+        return ({name: value / (10 * GRAVITY) for name, value in fields.items()}, "dam",
+                f"{variable} geopotential height")
+    return fields, units, variable
+
+
+def _score_maps(cfg: ScoreConfig, forecasts, truth, climatology, out_dir: Path, plots,
+                subtitle: str = "") -> list[Path]:
     """Maps of truth, ensemble mean, error and spread per variable at ``cfg.map_init`` + ``cfg.map_lead_hours``.
 
     Defaults: the first init time, and the first of ``cfg.lead_hours`` the archive holds (else
@@ -1072,8 +1100,10 @@ def _score_maps(cfg: ScoreConfig, forecasts, truth, climatology, out_dir: Path, 
         if members.sizes["member"] >= 2:
             fields["spread"] = members.std("member", ddof=1).values
         path = out_dir / f"map_{variable}_{hours}h.png"
+        fields, units, name = _in_map_units(variable, fields)
         paths.append(plots.forecast_map(path, forecasts[LAT].values, forecasts[LON].values, fields,
-                                        f"{variable} at +{hours} h from {str(init)[:13]}", get_variable(variable).units))
+                                        f"{name} at +{hours} h from {str(init)[:13]}" +
+                                        (f"\n{subtitle}" if subtitle else ""), units, contours=True))
     return paths
 
 

@@ -22,6 +22,7 @@ from pipeline.tracking import (EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, GIT_COMMIT_
 from ensembles.archive import open_archive
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # about 80 s on 2 busy cores, beyond the shared store
 
 
 @pytest.fixture(scope="module")
