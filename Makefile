@@ -5,13 +5,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fourcast-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast venv clean cylc-env cycle cycle-tiny rsync
+.PHONY: demo test test-fast bench bench-full venv clean cylc-env cycle cycle-tiny rsync
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[all,dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,6 +22,20 @@ test: $(STAMP) cylc-env
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Side-by-side benchmarks (ratios measured in one run; needs the `bench` extra: xskillscore, numba).
+# `bench` takes a few minutes on 2 cores; `bench-full` runs the ERA5-like sizes (long).
+BENCH_ENV := $(VENV)/.fourcast-bench-installed
+
+$(BENCH_ENV): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[all,dev,bench]"
+	touch $(BENCH_ENV)
+
+bench: $(BENCH_ENV)
+	PYTHONPATH=$(CURDIR) $(PY) benchmarks/run.py --out bench.json
+
+bench-full: $(BENCH_ENV)
+	PYTHONPATH=$(CURDIR) $(PY) benchmarks/run.py --full --out bench-full.json
 
 # Cylc 8 lives in its own venv: cylc-flow pins jinja2/protobuf versions that conflict with mlflow.
 # Its jobs find `cylc` through a generated global.cylc (CYLC_CONF_PATH=$(CYLC_CONF)); nothing

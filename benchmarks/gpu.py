@@ -8,6 +8,10 @@ or, to check the code paths on a CPU at toy size (figures meaningless)::
 
     .venv/bin/python benchmarks/gpu.py --smoke
 
+First a correctness check: the fast path (:func:`fourcast.models.afno.use_fast_filter`: the
+spectral MLP as batched GEMMs over the kept modes) against the compatibility path on the same
+weights and input, as ``max |fast - plain| / std(plain)``, in float32 and under bf16 autocast.
+
 Cases, all at ``afno-fcn-0p25`` size (20 channels, 720 × 1440, patch 8, embed 768, depth 12)
 unless named otherwise, each timed over ``--steps`` steps after warm-up:
 
@@ -16,6 +20,8 @@ unless named otherwise, each timed over ``--steps`` steps after warm-up:
   filter in float32, unfused Adam;
 * ``fourcast``: the same network in bfloat16 autocast (FFTs still float32) with fused AdamW,
   eager and under ``torch.compile``, at batch 1, 2 and 4;
+* ``fourcast fast-filter``: the same weights through the batched-GEMM spectral MLP, bf16,
+  eager and compiled (training) and eager (inference);
 * ``fourcast full-modes``: our default filter (every Fourier mode of the token grid);
 * ``sfno-0p25``: the SFNO preset on the full 721 × 1440 grid, bfloat16;
 * inference (member-steps/s at batch 32, ``torch.inference_mode``): reference-style float16
@@ -38,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from fourcast.models.afno import AFNONet
+from fourcast.models.afno import AFNONet, use_fast_filter
 from fourcast.models.registry import PRESETS, build_model, count_parameters
 from fourcast.training import LatWeightedMSE
 from ingest.grid import equiangular_lats
@@ -72,6 +78,32 @@ class Setup:
     afno_grid: tuple[int, int]
     sfno_grid: tuple[int, int]
     smoke: bool
+
+
+def _afno_fast(setup: Setup) -> torch.nn.Module:
+    """The FourCastNet-compatible network with the batched-GEMM spectral MLP (same weights)."""
+    return use_fast_filter(_afno(setup, "fourcastnet"))
+
+
+def correctness(setup: Setup, batch: int = 2) -> dict[str, float]:
+    """Relative error of the fast path against the compatibility path, same weights and input.
+
+    ``fp32``: the fast filter alone (float32 summation order only); ``bf16``: the fast path as
+    it trains (bf16 autocast, FFTs in float32) against the compatibility path in float32.
+    Relative error = ``max |fast - plain| / std(plain)``.
+    """
+    torch.manual_seed(0)
+    model = _afno(setup, "fourcastnet").eval()
+    x = torch.randn(batch, CHANNELS, *setup.afno_grid, device=setup.device)
+    with torch.inference_mode():
+        plain = model(x).float()
+        use_fast_filter(model)
+        fast32 = model(x).float()
+        with torch.autocast(setup.device.type, dtype=torch.bfloat16):
+            fast16 = model(x).float()
+    spread = plain.std().item()
+    return {"fast_fp32_rel_err": (fast32 - plain).abs().max().item() / spread,
+            "fast_bf16_rel_err": (fast16 - plain).abs().max().item() / spread}
 
 
 def _afno(setup: Setup, mode_truncation: str) -> torch.nn.Module:
@@ -183,6 +215,11 @@ def _cases(setup: Setup, compile_: bool) -> list[tuple[str, str, int, Callable, 
     compat = lambda: _afno(setup, "fourcastnet")  # noqa: E731
     cases = [("train", "reference-style fp16+scaler eager", 4, train(compat, 4, afno, fp16, False, True), 3)]
     cases += [("train", "fourcast bf16 fused eager", b, train(compat, b, afno, bf16, True, False), 3) for b in (1, 2, 4)]
+    fast = lambda: _afno_fast(setup)  # noqa: E731
+    cases.append(("train", "fourcast fast-filter bf16 fused eager", 4, train(fast, 4, afno, bf16, True, False), 3))
+    if compile_:
+        cases.append(("train", "fourcast fast-filter bf16 compiled", 4, train(fast, 4, afno, bf16, True, False, True),
+                      5))
     if compile_:
         cases.append(("train", "fourcast bf16 fused compiled", 4, train(compat, 4, afno, bf16, True, False, True), 5))
     cases.append(("train", "fourcast full-modes bf16 eager", 4,
@@ -190,6 +227,7 @@ def _cases(setup: Setup, compile_: bool) -> list[tuple[str, str, int, Callable, 
     cases.append(("train", "sfno-0p25 bf16 eager (721 rows)", 1, train(lambda: _sfno(setup), 1, sfno, bf16, True, False), 3))
     cases.append(("infer", "reference-style fp16 eager", 32, infer(compat, 32, afno, fp16), 3))
     cases.append(("infer", "fourcast bf16 eager", 32, infer(compat, 32, afno, bf16), 3))
+    cases.append(("infer", "fourcast fast-filter bf16 eager", 32, infer(fast, 32, afno, bf16), 3))
     if compile_:
         cases.append(("infer", "fourcast bf16 compiled", 32, infer(compat, 32, afno, bf16, True), 5))
     return cases
@@ -202,13 +240,13 @@ def _print(result: Result, reference: Result | None) -> None:
           f"{result.s_per_step:>9.4f}{result.peak_gib:>9.2f}{ratio:>7.2f}  {result.note}", flush=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="timed steps per case")
     parser.add_argument("--smoke", action="store_true", help="toy sizes on CPU, to check the code paths")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile cases")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.smoke and not torch.cuda.is_available():
         parser.error("no CUDA device: run on the lent GPU, or pass --smoke to check the code paths on CPU")
     device = torch.device("cpu") if args.smoke else torch.device("cuda")
@@ -217,6 +255,9 @@ def main() -> None:
     name = "cpu (smoke)" if args.smoke else torch.cuda.get_device_name(device)
     print(f"device {name}, torch {torch.__version__}, {args.steps} timed steps per case")
     print(f"{'kind':<6}{'case':<38}{'batch':>6}{'rate':>12} {'':<15}{'s/step':>9}{'peak GiB':>9}{'ratio':>7}")
+    checks = correctness(setup)
+    print("correctness (fast vs compatibility path, max |diff| / std): " +
+          ", ".join(f"{k} {v:.2e}" for k, v in checks.items()), flush=True)
     results: list[Result] = []
     references: dict[str, Result] = {}
     for kind, label, batch, build, warmup in _cases(setup, compile_=not args.no_compile):
@@ -226,7 +267,7 @@ def main() -> None:
         _print(result, references[kind])
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps({"device": name, "torch": torch.__version__,
+            args.out.write_text(json.dumps({"device": name, "torch": torch.__version__, "correctness": checks,
                                             "results": [asdict(r) for r in results]}, indent=2))
 
 

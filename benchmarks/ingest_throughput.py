@@ -45,6 +45,7 @@ REPEATS = 3
 VARIABLES = ["z500", "u500", "v500"]
 _SHORT = {"z500": "z", "u500": "u", "v500": "v"}
 _SCALE = {"z500": (5.5e4, 2e3), "u500": (10.0, 10.0), "v500": (0.0, 8.0)}
+_UNITS = {"z500": "m**2 s**-2", "u500": "m s**-1", "v500": "m s**-1"}
 
 
 def _era5_files(directory: Path, days: int, nlat: int, nlon: int) -> list[Path]:
@@ -60,7 +61,7 @@ def _era5_files(directory: Path, days: int, nlat: int, nlon: int) -> list[Path]:
         drift = np.cumsum(rng.normal(size=times.size)) * 0.05
         values = mean + spread * (pattern[None] * np.cos(drift)[:, None, None]
                                   + 0.1 * rng.standard_normal((times.size, nlat, nlon)))
-        fields[_SHORT[vid]] = (dims, values[:, None].astype(np.float32))
+        fields[_SHORT[vid]] = (dims, values[:, None].astype(np.float32), {"units": _UNITS[vid]})
     ds = xr.Dataset(fields, coords={"valid_time": times.astype("datetime64[ns]"), "pressure_level": [500.0],
                                     "latitude": lat, "longitude": lon, "number": np.int64(0),
                                     "expver": ("valid_time", np.full(times.size, "0001"))})

@@ -148,6 +148,9 @@ def write_wb2(exported: xr.Dataset, path: str | Path, zarr_format: int = 3) -> s
         raise ArchiveError(f"expected zarr_format 2 or 3, found {zarr_format!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    exported = exported.copy()
+    for variable in exported.variables.values():  # the source store's codecs and shards need not fit the format
+        variable.encoding = {}
     partial = temporary_sibling(path)
     try:
         exported.to_zarr(partial, mode="w-", zarr_format=zarr_format, consolidated=False)

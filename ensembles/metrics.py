@@ -485,8 +485,21 @@ def _gram_distance_sum(x: np.ndarray) -> np.ndarray:
 
 
 #: Kernels split arrays of at least this many values into slabs scored in parallel threads
-#: (numpy releases the GIL in its loops).
-THREADED_MIN_VALUES = 2**20
+#: (numpy releases the GIL in its loops); below it, handing work to threads costs more than it saves.
+THREADED_MIN_VALUES = 2**22
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A pool of ``workers`` threads kept for the process (started once, not per call).
+
+    Keyed by process id too: a forked child (DataLoader, Dask worker) gets pools of its own,
+    never one whose threads stayed behind in the parent.
+    """
+    key = (os.getpid(), workers)
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="ensembles-metrics")
+    return _POOLS[key]
 
 
 def _in_threads(kernel):
@@ -508,8 +521,7 @@ def _in_threads(kernel):
             return np.broadcast_to(kernel(x[a:b], *cut, **kwargs),
                                    np.broadcast_shapes(x[a:b].shape[:-1], *(np.shape(c) for c in cut)))
 
-        with ThreadPoolExecutor(slabs) as pool:
-            parts = list(pool.map(slab, bounds[:-1], bounds[1:]))
+        parts = list(_pool(slabs).map(slab, bounds[:-1], bounds[1:]))
         return np.concatenate(parts, axis=0)
 
     return run

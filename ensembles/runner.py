@@ -18,13 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ensembles.archive import Tee
 from ensembles.campaign import Campaign, CampaignArchive
 from ensembles.errors import EnsembleInputError, NonFiniteForecastError
 from ensembles.protocols import Archive, Coords, Perturbation, Prognostic
 from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER
+from ingest.progress import progress as progress_of
 
 _GRID_DIMS = (CHANNEL, LAT, LON)
 
@@ -230,8 +230,9 @@ def run_campaign(
                                         if not archive.is_done(item)]
     destination = Tee(archive, *sinks) if sinks else archive
     member_steps = sum(item.members.size for item in mine) * campaign.n_steps
-    bar = tqdm(total=member_steps, unit="member-step", disable=not progress or not member_steps,
-               desc=f"rank {rank}/{world_size}", dynamic_ncols=True, smoothing=0.1, mininterval=0.5)
+    label = (f"forecast {len({item.init_time for item in mine})} inits x {campaign.n_members} members x "
+             f"{campaign.n_steps} steps" + (f" (process {rank + 1} of {world_size})" if world_size > 1 else ""))
+    bar = progress_of(member_steps, label, "member-steps", enabled=progress)
     started = time.perf_counter()
     cached: tuple[np.datetime64 | None, torch.Tensor | None] = (None, None)
     with bar:

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import dask
+from dask.callbacks import Callback
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -59,6 +60,7 @@ from ensembles.regions import REGIONS, Region, weight_matrix
 from ingest.atomic import discard, replace_path, temporary_sibling
 from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER, TIME
 from ingest.lexicon import get_variable
+from ingest.progress import progress
 
 FOURCAST = "fourcast"
 PERSISTENCE = "persistence"
@@ -399,9 +401,24 @@ def score_archive(
               truth.data[position.get_loc(init)], climate.data[i, l], weights, options)
         for i, init in enumerate(inits) for l, lead in enumerate(leads)
     ]
-    (total,) = dask.compute(_tree_sum(tasks))
+    label = f"scoring {len(variables)} variables x {len(inits)} inits x {len(leads)} leads"
+    with progress(len(tasks), label, "chunks") as reporter, _ChunksDone(reporter):
+        (total,) = dask.compute(_tree_sum(tasks))
     attrs = {"nan_policy": options.nan_policy, "allow_partial": int(options.allow_partial)}
     return total.to_dataset(variables, leads, options.regions, attrs)
+
+
+class _ChunksDone(Callback):
+    """Counts finished :func:`score_chunk` tasks into a progress reporter (Dask's local schedulers)."""
+
+    def __init__(self, reporter: Any) -> None:
+        super().__init__()
+        self._reporter = reporter
+
+    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+        name = key[0] if isinstance(key, tuple) else key
+        if str(name).startswith(score_chunk.__name__):
+            self._reporter.update(1)
 
 
 def _tree_sum(tasks: list) -> Any:

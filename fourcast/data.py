@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 import zarr
+from zarr.core.buffer import default_buffer_prototype
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
@@ -25,6 +26,8 @@ from ingest.dims import CHANNEL, LAT, LON, TIME
 from ingest.errors import StoreSchemaError
 from ingest.schema import DATA, MEAN, STD, open_store, step_of
 
+
+_BUFFERS = default_buffer_prototype()
 
 #: Where :class:`StoreWindows` keeps the range: ``none`` reads each window from the store when it
 #: is asked for (bounded memory, the default); ``memory`` reads the whole range once (tiny stores).
@@ -142,16 +145,33 @@ class StoreWindows(torch.utils.data.Dataset):
         return held + (self.range_bytes if self.cache == "memory" else 0)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"window {index} out of range 0..{len(self) - 1}")
-        row = index + self._offset
-        window = self._data()[row : row + self.n_ahead + 1]
-        if self.cache == "none":
-            window = _pick(window, self._picks, axis=1)
-        window = np.array(window, dtype=np.float32) if self.cache == "memory" else np.asarray(window, np.float32)
-        np.subtract(window, self._shift, out=window)
-        np.multiply(window, self._scale, out=window)
-        return torch.from_numpy(window[0]), torch.from_numpy(window[1:])
+        x, y = self.__getitems__([index])
+        return x[0], y[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch at once: ``x`` (batch, channel, lat, lon), ``y`` (batch, n_ahead, channel, lat, lon).
+
+        Each window is decoded straight into the batch's buffer (one store chunk per time step),
+        which is then normalised in place: no per-sample arrays or tensors to stack.
+        The DataLoader calls this instead of ``__getitem__`` per index (see :func:`batch_stream`).
+        """
+        out = np.empty((len(indices), self.n_ahead + 1, len(self.channels), self.lat.size, self.lon.size),
+                       dtype=np.float32)
+        data = self._data()
+        for slot, index in enumerate(indices):
+            if not 0 <= index < len(self):
+                raise IndexError(f"window {index} out of range 0..{len(self) - 1}")
+            row = index + self._offset
+            rows = slice(row, row + self.n_ahead + 1)
+            if self.cache == "none" and self._picks is None and data.dtype == np.float32:
+                data.get_basic_selection(rows, out=_BUFFERS.nd_buffer.from_numpy_array(out[slot]))  # decoded in place
+            else:
+                window = data[rows] if self.cache == "memory" else _pick(data[rows], self._picks, axis=1)
+                out[slot] = window
+        np.subtract(out, self._shift, out=out)
+        np.multiply(out, self._scale, out=out)
+        batch = torch.from_numpy(out)
+        return batch[:, 0], batch[:, 1:]
 
     def time_mean(self) -> np.ndarray:
         """Mean normalised state over the range, shape ``(channel, lat, lon)``: a climatology for ACC."""
@@ -204,6 +224,11 @@ def _lacks_statistics(store_path: str | Path) -> bool:
     except Exception:  # not a Zarr group at all: open_store's own message says so
         return False
     return DATA in group and not (MEAN in group and STD in group)
+
+
+def _as_read(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The DataLoader's collate step for :meth:`StoreWindows.__getitems__`, which already batches."""
+    return batch
 
 
 class ResumableSampler(DistributedSampler):
@@ -275,6 +300,7 @@ def batch_stream(dataset: StoreWindows, batch_per_rank: int, rank: int, world_si
         raise DataWindowError(f"range {dataset.times[0]}..{dataset.times[-1]} yields {len(dataset)} windows, fewer "
                               f"than one batch of {batch_per_rank} for each of {world_size} rank(s)")
     loader = DataLoader(dataset, batch_size=batch_per_rank, sampler=sampler, drop_last=True, num_workers=workers,
+                        collate_fn=_as_read,
                         pin_memory=pin_memory, persistent_workers=False,
                         prefetch_factor=prefetch_factor if workers else None)
     while True:

@@ -31,3 +31,7 @@ class StoreStatisticsError(FourcastError, ValueError):
 
 class DistributedSetupError(FourcastError, RuntimeError):
     """The process-group environment (``torchrun`` variables, device, batch split) is inconsistent."""
+
+
+class ResolutionTransferError(CheckpointError, ValueError):
+    """A model cannot run on a grid other than the one it was trained on (the message says why)."""

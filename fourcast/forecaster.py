@@ -9,7 +9,7 @@ import torch
 
 from fourcast.checkpoint import CheckpointMeta, load_checkpoint
 from fourcast.device import default_device
-from fourcast.errors import CheckpointError
+from fourcast.errors import CheckpointError, ResolutionTransferError
 from fourcast.models.registry import build_model
 from fourcast.normaliser import Normaliser
 from ingest.dims import CHANNEL, LAT, LON
@@ -63,6 +63,42 @@ class Forecaster:
         return cls(model, Normaliser(meta.mean, meta.std), meta.channels, np.asarray(meta.lat),
                    np.asarray(meta.lon), np.timedelta64(meta.step_hours, "h"), device, autocast)
 
+    def on_grid(self, lat: np.ndarray, lon: np.ndarray, normaliser: Normaliser | None = None) -> Forecaster:
+        """This forecaster on another global equiangular grid, without retraining (zero-shot transfer).
+
+        Parameters
+        ----------
+        lat, lon : numpy.ndarray
+            The new grid in degrees: latitudes 90 → −90 evenly spaced with both poles, longitudes
+            ``0, 360/nlon, …``.
+        normaliser : Normaliser, optional
+            Statistics for the new grid (e.g. the new store's); by default the training ones.
+
+        Returns
+        -------
+        Forecaster
+            ``self`` if the grid is the model's; otherwise a new one around the model's
+            :meth:`on_grid` copy (only models whose weights do not depend on the grid have one).
+
+        Raises
+        ------
+        ResolutionTransferError
+            If the model cannot move (AFNO: the message says why) or the grid is not a global
+            equiangular one with both poles.
+        """
+        lat, lon = np.asarray(lat, dtype=float), np.asarray(lon, dtype=float)
+        mine = self._coords
+        if (lat.shape == mine[LAT].shape and lon.shape == mine[LON].shape and np.allclose(lat, mine[LAT], atol=1e-6)
+                and np.allclose(lon, mine[LON], atol=1e-6) and normaliser is None):
+            return self
+        _check_global_equiangular(lat, lon)
+        if not hasattr(self.model, "on_grid"):
+            raise ResolutionTransferError(f"{type(self.model).__name__} has no way to move to another grid; only "
+                                          "models whose weights do not depend on the grid (SFNO) do")
+        model = self.model.on_grid(lat.size, lon.size)
+        return Forecaster(model, normaliser or self.normaliser, list(mine[CHANNEL]), lat, lon, self._step,
+                          self.device, self.autocast)
+
     @staticmethod
     def meta_of(path: str | Path) -> CheckpointMeta:
         """Metadata of a checkpoint, without building the model."""
@@ -91,3 +127,13 @@ class Forecaster:
             z = self.model(z)
         out = self.normaliser.denormalise(z.float())
         return out.to(x.device), coords
+
+
+def _check_global_equiangular(lat: np.ndarray, lon: np.ndarray) -> None:
+    """Refuse grids other than ``lat`` 90 → −90 evenly spaced and ``lon`` 0, 360/n, … (what the transforms need)."""
+    if lat.ndim != 1 or lat.size < 3 or not np.allclose(lat, np.linspace(90.0, -90.0, lat.size), atol=1e-6):
+        raise ResolutionTransferError(f"a model moves only to an equiangular grid with both poles, latitudes 90 -> -90 "
+                                      f"evenly spaced; found {lat.size} latitudes {lat[:3]}…")
+    if lon.ndim != 1 or lon.size < 4 or not np.allclose(lon, np.arange(lon.size) * 360.0 / lon.size, atol=1e-6):
+        raise ResolutionTransferError(f"a model moves only to a grid of longitudes 0, 360/n, …; found {lon.size} "
+                                      f"longitudes {lon[:3]}…")

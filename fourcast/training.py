@@ -73,6 +73,29 @@ class Phase:
 
 
 @dataclass(frozen=True)
+class ModeSchedule:
+    """Incremental Fourier modes (iFNO): train with few spectral degrees, add more as validation plateaus.
+
+    Attributes
+    ----------
+    start : int
+        Degrees used from the first step.
+    max : int, optional
+        Most degrees used; the model's own count when ``None``.
+    grow_when : float
+        At each validation, when the score improved by less than this fraction of the previous
+        validation's score, ``grow_by`` more degrees are switched on (from zero weights).
+    grow_by : int
+        Degrees added per growth; ``start`` when ``None``.
+    """
+
+    start: int
+    max: int | None = None
+    grow_when: float = 0.02
+    grow_by: int | None = None
+
+
+@dataclass(frozen=True)
 class TrainSettings:
     """Everything the loop needs besides the model and the data.
 
@@ -90,6 +113,13 @@ class TrainSettings:
         DataLoader worker processes per rank; ``None`` → 2 on CUDA (with pinned memory), 0 on CPU.
     prefetch_factor : int
         Batches each loader worker reads ahead (ignored without workers).
+    modes : ModeSchedule, optional
+        Incremental spectral modes (models with ``set_active_modes``: the SFNO).
+    physics_weight : float
+        Weight of the physics-informed loss (PINO): the shallow-water residual
+        (:class:`fourcast.physics.ShallowWaterResidual`) of each sample's first predicted step,
+        per equation relative to the true step's change, squared. 0 (off) by default: measured
+        not to help on the stirred synthetic flow (README, "Neural-operator features").
     """
 
     phases: tuple[Phase, ...]
@@ -106,6 +136,8 @@ class TrainSettings:
     activation_checkpointing: bool = False
     loader_workers: int | None = None
     prefetch_factor: int = 2
+    modes: ModeSchedule | None = None
+    physics_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -545,10 +577,14 @@ def train(model: nn.Module, make_windows: Callable[[int], StoreWindows], validat
     model.to(device).train()
     forward, trainer = _prepare(model, settings, ctx)
     loss_fn = LatWeightedMSE(validation.lat).to(device)
+    growth = _ModeGrowth(model, settings.modes) if settings.modes is not None else None
+    physics = _PhysicsLoss(validation, device) if settings.physics_weight > 0 else None
     run = _Run(model, settings, ctx)
     result = TrainResult(run.best_state, math.inf, 0, 0, 0.0)
     if state is not None:
         run.restore(state)
+        if growth is not None:
+            growth.restore(state.get("active_modes"))
         result.resumed_from_step, result.resumed_lineage = run.step, dict(state["lineage"])
         log.info("resuming from %s at step %d (phase %d, step %d of it)", checkpoints.resume_from, run.step, run.phase,
                  run.phase_step)
@@ -559,6 +595,8 @@ def train(model: nn.Module, make_windows: Callable[[int], StoreWindows], validat
     def evaluate() -> None:
         metrics = validate(forward, validation, settings.validation_leads, settings.validation_samples, device,
                            climatology, ctx, settings.precision, batch_per_rank)
+        if growth is not None:
+            growth.after_validation(metrics[VAL_SCORE], run.history)
         report(metrics, run.step)
         run.history.append({"step": run.step, **metrics})
         if metrics[VAL_SCORE] < run.best_score:
@@ -571,6 +609,8 @@ def train(model: nn.Module, make_windows: Callable[[int], StoreWindows], validat
 
     def save_state() -> None:
         payload = run.state(checkpoints)
+        if growth is not None:
+            payload["active_modes"] = model.active_modes
         if ctx.is_main:
             save_training_state(checkpoints.last, payload)
         run.saved_step = run.step
@@ -592,6 +632,13 @@ def train(model: nn.Module, make_windows: Callable[[int], StoreWindows], validat
             if not torch.isfinite(global_loss).all():
                 _stop_non_finite(global_loss, validation.channels, run, phase, checkpoints)
             loss = per_channel.mean()
+            extra = {}
+            if physics is not None:
+                physical = physics(x, pred[:, 0].float(), y[:, 0])
+                loss = loss + settings.physics_weight * physical
+                extra["train/physics_loss"] = float(all_reduce_mean(physical.detach().reshape(1), ctx))
+            if growth is not None:
+                extra["train/modes"] = model.active_modes
             run.optimizer.zero_grad(set_to_none=True)
             run.scaler.scale(loss).backward()
             run.scaler.unscale_(run.optimizer)
@@ -602,7 +649,7 @@ def train(model: nn.Module, make_windows: Callable[[int], StoreWindows], validat
             run.step += 1
             run.phase_step += 1
             report({TRAIN_LOSS: float(global_loss.mean()), TRAIN_LR: run.scheduler.get_last_lr()[0],
-                    "train/rollout_steps": phase.rollout_steps}, run.step)
+                    "train/rollout_steps": phase.rollout_steps, **extra}, run.step)
             if run.step % settings.validate_every == 0:
                 evaluate()
             if checkpoints is not None and run.step % checkpoints.every == 0:
@@ -615,6 +662,62 @@ def train(model: nn.Module, make_windows: Callable[[int], StoreWindows], validat
     result.best_state, result.best_score, result.best_step = run.best_state, run.best_score, run.best_step
     result.history, result.steps, result.seconds = run.history, run.step, time.perf_counter() - started
     return result
+
+
+class _ModeGrowth:
+    """Applies a :class:`ModeSchedule` to a model with ``set_active_modes`` (the SFNO)."""
+
+    def __init__(self, model: nn.Module, schedule: ModeSchedule) -> None:
+        if not hasattr(model, "set_active_modes"):
+            raise ModelSpecError(f"incremental modes (train.modes) need a model with spectral degrees to switch on "
+                                 f"(an SFNO); {type(model).__name__} has none")
+        most = model.modes if schedule.max is None else schedule.max
+        if not 1 <= schedule.start <= most <= model.modes:
+            raise ModelSpecError(f"train.modes needs 1 <= start <= max <= {model.modes} (the model's degrees); "
+                                 f"found start={schedule.start}, max={schedule.max}")
+        if not 0 < schedule.grow_when < 1:
+            raise ModelSpecError(f"train.modes.grow_when must lie in (0, 1), found {schedule.grow_when}")
+        self.model, self.schedule, self.most = model, schedule, most
+        self.grow_by = schedule.grow_by or schedule.start
+        model.set_active_modes(schedule.start)
+
+    def restore(self, active: int | None) -> None:
+        """Continue with the degrees a training state recorded (the start count if it recorded none)."""
+        if active is not None:
+            self.model.set_active_modes(int(active))
+
+    def after_validation(self, score: float, history: list[dict[str, float]]) -> None:
+        """Switch on ``grow_by`` more degrees when ``score`` improved less than ``grow_when`` on the last one."""
+        active = self.model.active_modes
+        if not history or active >= self.most:
+            return
+        previous = history[-1][VAL_SCORE]
+        if previous - score < self.schedule.grow_when * previous:
+            grown = min(self.most, active + self.grow_by)
+            log.info("validation score %.4f after %.4f: spectral degrees %d -> %d", score, previous, active, grown)
+            self.model.set_active_modes(grown)
+
+
+class _PhysicsLoss(nn.Module):
+    """PINO term: squared shallow-water residual of ``x → prediction``, per equation relative to ``x → truth``'s change."""
+
+    def __init__(self, windows: StoreWindows, device: torch.device) -> None:
+        super().__init__()
+        from fourcast.physics import ShallowWaterResidual  # torch-harmonics' solver only when asked for
+
+        step = float(windows.step / np.timedelta64(1, "s"))
+        self.residual = ShallowWaterResidual(windows.lat.size, windows.lon.size, step, windows.channels).to(device)
+        self.register_buffer("mean", torch.as_tensor(windows.mean, dtype=torch.float32, device=device)[:, None, None])
+        self.register_buffer("std", torch.as_tensor(windows.std, dtype=torch.float32, device=device)[:, None, None])
+
+    def forward(self, x: torch.Tensor, prediction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        """Normalised ``(batch, channel, lat, lon)`` each → scalar: mean over batch and equations of (|r| / |Δs|)²."""
+        x, prediction, truth = (t * self.std + self.mean for t in (x, prediction, truth))
+        r = self.residual.norms(self.residual(x, prediction))
+        with torch.no_grad():
+            change = self.residual.spectral(truth) - self.residual.spectral(x)
+            scale = self.residual.norms(change * self.residual._mask).clamp_min(torch.finfo(torch.float32).tiny)
+        return ((r / scale) ** 2).mean()
 
 
 def _stop_non_finite(per_channel: torch.Tensor, channels: list[str], run: _Run, phase: Phase,

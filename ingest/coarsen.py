@@ -116,3 +116,60 @@ def coarsen(data: xr.DataArray, factor: int) -> xr.DataArray:
     coarse = coarse.transpose(*dims).assign_coords({LAT: coarse_lat, LON: coarse_lon}).astype(data.dtype)
     coarse.attrs = {**data.attrs, "coarsened_by": factor}
     return coarse
+
+
+def _band_overlaps(source_edges: np.ndarray, target_edges: np.ndarray) -> np.ndarray:
+    """Overlap of target bands (rows) with source bands (columns), edges running north to south in ``sin φ``."""
+    top = np.minimum(target_edges[:-1, None], source_edges[None, :-1])
+    bottom = np.maximum(target_edges[1:, None], source_edges[None, 1:])
+    return np.clip(top - bottom, 0.0, None)
+
+
+def remap_weights(lat: np.ndarray, lon: np.ndarray, nlat: int, nlon: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """First-order conservative remap from one global grid to an equiangular ``nlat × nlon`` grid.
+
+    Unlike :func:`coarsen`, the target need not share points with the source: 64 × 128 → 32 × 64
+    (both with poles) works, though 63 rows do not divide by 2. Each target cell takes the
+    area-weighted mean of the source cells it overlaps, weighted by the shared area.
+
+    Parameters
+    ----------
+    lat, lon : numpy.ndarray
+        Source grid in degrees, latitude north to south, longitude evenly spaced over 360°.
+    nlat, nlon : int
+        Target grid: latitudes 90 → −90 with both poles, longitudes ``0, 360/nlon, …``.
+
+    Returns
+    -------
+    target_lat, target_lon : numpy.ndarray, shapes (nlat,), (nlon,)
+    lat_weights : numpy.ndarray, shape (nlat, lat.size)
+    lon_weights : numpy.ndarray, shape (nlon, lon.size)
+        Rows sum to 1.
+    """
+    target_lat = np.linspace(90.0, -90.0, nlat)
+    target_lon = np.arange(nlon) * (360.0 / nlon)
+    overlap = _band_overlaps(np.sin(np.deg2rad(_latitude_edges(np.asarray(lat, dtype=np.float64)))),
+                             np.sin(np.deg2rad(_latitude_edges(target_lat))))
+    lat_w = overlap / overlap.sum(axis=1, keepdims=True)
+    spacing, target_spacing = 360.0 / len(lon), 360.0 / nlon
+    offset = (np.asarray(lon, dtype=np.float64)[None, :] - target_lon[:, None] + 180.0) % 360.0 - 180.0
+    half = 0.5 * target_spacing
+    lon_overlap = np.clip(np.minimum(offset + 0.5 * spacing, half) - np.maximum(offset - 0.5 * spacing, -half),
+                          0.0, None)
+    return target_lat, target_lon, lat_w, lon_overlap / lon_overlap.sum(axis=1, keepdims=True)
+
+
+def remap(data: np.ndarray, lat: np.ndarray, lon: np.ndarray, nlat: int, nlon: int) -> np.ndarray:
+    """Conservatively remap ``data`` of shape ``(..., lat, lon)`` to an equiangular ``nlat × nlon`` grid.
+
+    See :func:`remap_weights`. The area mean over the sphere is kept up to rounding when the
+    target is no finer than the source (each source cell then lies in target cells whole or in parts).
+
+    Returns
+    -------
+    numpy.ndarray, shape (..., nlat, nlon), the dtype of ``data``.
+    """
+    _, _, lat_w, lon_w = remap_weights(lat, lon, nlat, nlon)
+    out = np.einsum("ij,...jk,lk->...il", lat_w, np.asarray(data, dtype=np.float64), lon_w, optimize=True)
+    return out.astype(np.asarray(data).dtype)

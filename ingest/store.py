@@ -62,7 +62,6 @@ import numpy as np
 import xarray as xr
 import zarr
 from dask.delayed import Delayed
-from tqdm.auto import tqdm
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from ingest.atomic import discard, replace_path
@@ -71,6 +70,7 @@ from ingest.dims import CHANNEL, LAT, LON, TIME
 from ingest.errors import IngestError, StoreSchemaError
 from ingest.lexicon import get_variable
 from ingest.locks import exclusive_lock
+from ingest.progress import progress as progress_of
 from ingest.readers import open_sources  # noqa: F401  (re-exported: the store's usual input)
 from ingest.schema import (CF_COORDINATE_ATTRS, DATA, MEAN, STATS_END, STATS_START, STD, STEP_HOURS, consolidate,
                            open_store, write_cf_attributes)
@@ -241,7 +241,7 @@ def _new_part(existing: xr.Dataset, data: xr.DataArray, path: Path) -> xr.DataAr
 def step_checksums(block: np.ndarray) -> np.ndarray:
     """A 64-bit BLAKE2b checksum of each time step's values; ``block`` is ``(time, ...)``, C order."""
     block = np.ascontiguousarray(block)
-    return np.array([int.from_bytes(hashlib.blake2b(step.tobytes(), digest_size=8).digest(), "little")
+    return np.array([int.from_bytes(hashlib.blake2b(memoryview(step).cast("B"), digest_size=8).digest(), "little")
                      for step in block], dtype=np.uint64)
 
 
@@ -455,8 +455,8 @@ def _load(plan: _Plan, paths: BuildPaths, progress: bool) -> None:
     todo = [s for s in range(plan.shard_count) if not paths.done(s).exists()]
     tasks = [dask.delayed(_write_shard)(blocks[s], str(paths.building / DATA), plan.shard_region(s)[0],
                                         str(paths.done(s)), plan.window) for s in todo]
-    with tqdm(total=plan.shard_count, initial=plan.shard_count - len(todo), unit="shard",
-              desc=f"ingest {paths.store.name}", disable=not progress) as bar:
+    with progress_of(plan.shard_count, f"ingest into {paths.store.name}", "shards",
+                     initial=plan.shard_count - len(todo), enabled=progress) as bar:
         with _following_records(bar, paths.done(0).parent, enabled=progress):
             dask.compute(*tasks)
 
@@ -466,7 +466,7 @@ def _count_records(folder: Path) -> int:
 
 
 @contextmanager
-def _following_records(bar: tqdm, folder: Path, enabled: bool, every_s: float = 0.5):
+def _following_records(bar, folder: Path, enabled: bool, every_s: float = 0.5):
     """Advance ``bar`` to the number of completion records in ``folder`` while the body runs."""
     if not enabled:
         yield

@@ -117,38 +117,16 @@ class _ForcedShallowWater:
     """
 
     def __init__(self, nlat: int, nlon: int, step_seconds: float, seed: int) -> None:
-        lmax = (nlat + 1) // 2
-        self.dt = _time_step(lmax)
+        self.solver = solver_for(nlat, nlon)
+        self.dt = self.solver.dt
         self.substeps = round(step_seconds / self.dt)
-        self.solver = ShallowWaterSolver(
-            nlat, nlon, self.dt, lmax=lmax, mmax=lmax, radius=RADIUS, gravity=GRAVITY, havg=MEAN_HEIGHT_M
-        ).double()
         self.generator = torch.Generator().manual_seed(seed)
-        self.target = self._balanced_jet_state()
+        self.target = balanced_jet_state(self.solver)
         self.state = self.target.clone()
         self.stir_mask = self._stir_mask()
         self.stir_decay = math.exp(-self.dt / (STIR_MEMORY_DAYS * _SECONDS_PER_DAY))
         self.stirring = self._stir_noise()
         self.tendencies: list[torch.Tensor] = []
-
-    def _balanced_jet_state(self) -> torch.Tensor:
-        """Zonal jets ``u = JET_SPEED · sin²(2φ)`` with the geopotential in gradient-wind balance.
-
-        Returns
-        -------
-        torch.Tensor, shape (3, lmax, mmax), complex128
-            Spectral geopotential, vorticity and (zero) divergence.
-        """
-        s = self.solver
-        lat = s.lats.reshape(-1, 1).expand(s.nlat, s.nlon)
-        u = JET_SPEED * torch.sin(2 * lat) ** 2
-        wind = torch.stack((u, torch.zeros_like(u)))
-        vrtdiv = s.vrtdivspec(wind)
-        # ∂δ/∂t = 0 for the zonal flow: ∇²(Φ + |v|²/2) = k·∇×((ζ + f) v)
-        flux = s.vrtdivspec(wind * (s.spec2grid(vrtdiv[0]) + s.coriolis))
-        phi = s.invlap * flux[0] - s.grid2spec(0.5 * (wind**2).sum(dim=0))
-        phi[0, 0] = s.grid2spec(torch.full_like(u, GRAVITY * MEAN_HEIGHT_M))[0, 0]
-        return torch.tril(torch.cat((phi[None], vrtdiv)))
 
     def _stir_mask(self) -> torch.Tensor:
         """Amplitude of each stirred spectral coefficient, zero outside the band.
@@ -160,7 +138,7 @@ class _ForcedShallowWater:
             complex coefficients with ``m > 0`` stand for two real modes each.
         """
         lmax, mmax = self.solver.lmax, self.solver.mmax
-        low, high = _stir_band(lmax)
+        low, high = stir_band(lmax)
         l = torch.arange(lmax, dtype=torch.float64).reshape(-1, 1).expand(lmax, mmax)
         m = torch.arange(mmax, dtype=torch.float64).reshape(1, -1).expand(lmax, mmax)
         in_band = (l >= low) & (l <= high) & (m <= l)
@@ -202,6 +180,45 @@ class _ForcedShallowWater:
         return grid[0], grid[1], grid[2]
 
 
+def balanced_jet_state(s: ShallowWaterSolver) -> torch.Tensor:
+    """Zonal jets ``u = JET_SPEED · sin²(2φ)`` with the geopotential in gradient-wind balance.
+
+    The state the geopotential relaxes towards (:data:`RELAXATION_DAYS`).
+
+    Parameters
+    ----------
+    s : ShallowWaterSolver
+        Grid and transforms (any dtype; float64 for the simulation).
+
+    Returns
+    -------
+    torch.Tensor, shape (3, lmax, mmax), complex
+        Spectral geopotential (m² s⁻²), vorticity and (zero) divergence (s⁻¹).
+    """
+    lat = s.lats.reshape(-1, 1).expand(s.nlat, s.nlon)
+    u = JET_SPEED * torch.sin(2 * lat) ** 2
+    wind = torch.stack((u, torch.zeros_like(u)))
+    vrtdiv = s.vrtdivspec(wind)
+    # ∂δ/∂t = 0 for the zonal flow: ∇²(Φ + |v|²/2) = k·∇×((ζ + f) v)
+    flux = s.vrtdivspec(wind * (s.spec2grid(vrtdiv[0]) + s.coriolis))
+    phi = s.invlap * flux[0] - s.grid2spec(0.5 * (wind**2).sum(dim=0))
+    phi[0, 0] = s.grid2spec(torch.full_like(u, GRAVITY * MEAN_HEIGHT_M))[0, 0]
+    return torch.tril(torch.cat((phi[None], vrtdiv)))
+
+
+def stir_band(lmax: int) -> tuple[int, int]:
+    """Stirred total wavenumbers (inclusive): :data:`STIR_WAVENUMBERS` within ``1 … lmax−1``."""
+    high = min(STIR_WAVENUMBERS[1], lmax - 1)
+    return min(STIR_WAVENUMBERS[0], max(1, high // 2)), high
+
+
+def solver_for(nlat: int, nlon: int) -> ShallowWaterSolver:
+    """The (float64) solver whose tendencies drive the flow on an ``nlat × nlon`` grid, at its own time step."""
+    lmax = (nlat + 1) // 2
+    return ShallowWaterSolver(nlat, nlon, _time_step(lmax), lmax=lmax, mmax=lmax, radius=RADIUS, gravity=GRAVITY,
+                              havg=MEAN_HEIGHT_M).double()
+
+
 def _time_step(lmax: int) -> float:
     """Time step (s): the largest that divides one hour and keeps the Courant number <= :data:`COURANT`.
 
@@ -212,12 +229,6 @@ def _time_step(lmax: int) -> float:
     wave_speed = math.sqrt(GRAVITY * MEAN_HEIGHT_M) + 4 * JET_SPEED
     stable = COURANT * RADIUS / (wave_speed * math.sqrt(lmax * (lmax - 1)))
     return 3600.0 / math.ceil(3600.0 / stable)
-
-
-def _stir_band(lmax: int) -> tuple[int, int]:
-    """Stirred total wavenumbers (inclusive): :data:`STIR_WAVENUMBERS` within ``1 … lmax−1``."""
-    high = min(STIR_WAVENUMBERS[1], lmax - 1)
-    return min(STIR_WAVENUMBERS[0], max(1, high // 2)), high
 
 
 def _adams_bashforth(tendencies: list[torch.Tensor]) -> torch.Tensor:

@@ -239,6 +239,22 @@ class LoaderConfig(_Slice):
     prefetch_factor: int = Field(2, ge=1, description="batches each loader worker reads ahead")
 
 
+class ModesConfig(_Slice):
+    """Incremental spectral modes (iFNO) for an SFNO: ``start`` degrees, ``grow_by`` more whenever the
+    validation score improved by less than the fraction ``grow_when`` since the last validation, up to ``max``."""
+
+    start: int = Field(ge=1)
+    max: int | None = Field(None, ge=1, description="default: all the model's degrees")
+    grow_when: float = Field(0.02, gt=0, lt=1)
+    grow_by: int | None = Field(None, ge=1, description="default: start")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ModesConfig:
+        if self.max is not None and self.max < self.start:
+            raise ValueError(f"modes.max ({self.max}) must be >= modes.start ({self.start})")
+        return self
+
+
 class TrainConfig(_Slice):
     """Training on the store's train period, validated on its validation period."""
 
@@ -263,6 +279,9 @@ class TrainConfig(_Slice):
     loader_workers: int | None = Field(None, ge=0, description="per rank; default 2 on CUDA, 0 on CPU")
     loader: LoaderConfig = LoaderConfig()
     register_model: bool = Field(True, description="register the trained model as fourcast-<model> in MLflow")
+    modes: ModesConfig | None = Field(None, description="incremental Fourier modes (SFNO presets only)")
+    physics_weight: float = Field(0.0, ge=0, description="weight of the shallow-water residual loss (PINO); needs "
+                                  "z500, u500, v500 on an equiangular grid with poles")
 
     @field_validator("model")
     @classmethod

@@ -30,6 +30,7 @@ import cartopy.crs as ccrs  # noqa: E402
 import cartopy.feature as cfeature  # noqa: E402
 import cartopy.io  # noqa: E402
 import cartopy.io.shapereader as shapereader  # noqa: E402
+import cartopy.mpl.geoaxes  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import shapely  # noqa: E402
@@ -180,27 +181,55 @@ def _lon_extent(lon: np.ndarray) -> tuple[float, float]:
     return float(lon.min()) - half, float(lon.max()) + half
 
 
+#: Superscript digits for :func:`pretty_units`.
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def pretty_units(units: str) -> str:
+    """Units as a reader writes them: ``m**2 s**-2`` and ``m2 s-2`` → ``m² s⁻²``; ``1`` → dimensionless."""
+    import re
+
+    if units.strip() in ("1", ""):
+        return "dimensionless"
+    return re.sub(r"([A-Za-z]+)(?:\*\*|\^)?(-?\d+)", lambda m: m.group(1) + m.group(2).translate(_SUPERSCRIPT),
+                  units)
+
+
 def map_figure(lat: np.ndarray, lon: np.ndarray, fields: Mapping[str, np.ndarray], title: str,
-               units: str) -> plt.Figure:
-    """Side-by-side maps, e.g. ``{"truth", "ensemble mean", "error", "spread"}``, each ``(lat, lon)``.
+               units: str, contours: bool = False) -> plt.Figure:
+    """Maps, e.g. ``{"truth", "ensemble mean", "error", "spread"}``, each ``(lat, lon)``: 2×2 for four, else a row.
 
     ``lat`` (degrees north) and ``lon`` (degrees east) are the 1-D cell centres. A geographic
     grid is drawn on cartopy axes with :func:`offline_coastlines` — Robinson when it covers the
     globe, Plate Carrée around its cells otherwise — and any other grid on plain axes. Panels
-    other than ``error`` and ``spread`` share one colour scale; ``error`` gets a scale
-    symmetric about 0, ``spread`` its own from 0.
+    other than ``error`` and ``spread`` share one colour scale (with black contours when
+    ``contours``); ``error`` gets a scale symmetric about 0, ``spread`` its own from 0.
+    ``title`` may hold several lines.
     """
-    fig = plt.figure(figsize=(4.2 * len(fields), 2.9), layout="constrained")
+    rows = 2 if len(fields) == 4 else 1
+    columns = -(-len(fields) // rows)
+    fig = plt.figure(figsize=(4.4 * columns, 3.0 * rows + 0.4 * title.count("\n")), layout="constrained")
     shared = [v for k, v in fields.items() if k not in DIVERGING + POSITIVE]
     vmin = min((float(np.nanmin(v)) for v in shared), default=0.0)
     vmax = max((float(np.nanmax(v)) for v in shared), default=1.0)
     draw = _geographic_panel(lat, lon) if _geographic(lat, lon) else _plain_panel(lat, lon)
     for i, (name, field) in enumerate(fields.items()):
-        ax, mesh = draw(fig, (1, len(fields), i + 1), field, _panel_style(name, field, vmin, vmax))
+        style = _panel_style(name, field, vmin, vmax)
+        ax, mesh = draw(fig, (rows, columns, i + 1), field, style)
+        if contours and name not in DIVERGING + POSITIVE:
+            _contour(ax, lat, lon, field, style)
         ax.set_title(name)
-        fig.colorbar(mesh, ax=ax, label=units, shrink=0.85)
+        fig.colorbar(mesh, ax=ax, label=pretty_units(units), shrink=0.85)
     fig.suptitle(title)
     return fig
+
+
+def _contour(ax: plt.Axes, lat: np.ndarray, lon: np.ndarray, field: np.ndarray, style: dict) -> None:
+    """Black contour lines of ``field`` at 8 levels of the panel's colour range, labelled."""
+    levels = np.linspace(style["vmin"], style["vmax"], 10)[1:-1]
+    extra = {"transform": PLATE_CARREE} if isinstance(ax, cartopy.mpl.geoaxes.GeoAxes) else {}
+    lines = ax.contour(lon, lat, field, levels=levels, colors="black", linewidths=0.6, **extra)
+    ax.clabel(lines, fontsize=6, fmt="%.0f")
 
 
 def _panel_style(name: str, field: np.ndarray, vmin: float, vmax: float) -> dict:
@@ -256,9 +285,9 @@ def _plain_panel(lat: np.ndarray, lon: np.ndarray) -> PanelDrawer:
 
 
 def forecast_map(path: Path, lat: np.ndarray, lon: np.ndarray, fields: Mapping[str, np.ndarray], title: str,
-                 units: str) -> Path:
-    """:func:`map_figure` of ``fields`` written to the PNG ``path``, which is returned."""
-    return _save(map_figure(lat, lon, fields, title, units), path)
+                 units: str, contours: bool = False) -> Path:
+    """:func:`map_figure` of ``fields`` written to the PNG ``path`` (and a PDF beside), which is returned."""
+    return _save(map_figure(lat, lon, fields, title, units, contours), path)
 
 
 def _edge_nearest_greenwich(lon_edges: np.ndarray) -> float:
@@ -296,18 +325,22 @@ def _lat_extent(lat: np.ndarray) -> tuple[float, float]:
     return max(-90.0, float(lat.min()) - half), min(90.0, float(lat.max()) + half)
 
 
-def skill_vs_lead(path: Path, scorecard: xr.Dataset, variable: str, metric: str, region: str = "global") -> Path:
-    """``metric`` of ``variable`` against lead time, one line per system (fourcast and the baselines)."""
+def skill_vs_lead(path: Path, scorecard: xr.Dataset, variable: str, metric: str, region: str = "global",
+                  subtitle: str = "") -> Path:
+    """``metric`` of ``variable`` against lead time, one line per system (fourcast and the baselines).
+
+    The climatology's ACC is left out: it is 0 by definition (its anomaly is zero).
+    """
     scores = scorecard["score"].sel(metric=metric, variable=variable, region=region)
     hours = scorecard["lead_hours"].values
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
+    fig, ax = plt.subplots(figsize=(5.5, 3.6 + 0.3 * bool(subtitle)), layout="constrained")
     for system in scores["system"].values:
         values = scores.sel(system=system).values
-        if np.isfinite(values).any():
+        if np.isfinite(values).any() and not (metric == "acc" and str(system) == "climatology"):
             ax.plot(hours, values, marker="o", label=str(system))
     ax.set_xlabel("lead time (h)")
-    ax.set_ylabel(f"{metric} ({_units(scorecard, variable, metric)})")
-    ax.set_title(f"{variable} {metric}, {region}")
+    ax.set_ylabel(f"{metric} ({pretty_units(_units(scorecard, variable, metric))})")
+    ax.set_title(f"{variable} {metric}, {region}" + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
@@ -320,7 +353,7 @@ def spread_vs_skill(path: Path, scorecard: xr.Dataset, variable: str, region: st
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.6), layout="constrained")
     left.plot(hours, scores.sel(metric="rmse"), marker="o", label="ensemble-mean RMSE (skill)")
     left.plot(hours, scores.sel(metric="spread"), marker="s", label="spread")
-    left.set_ylabel(_units(scorecard, variable, "rmse"))
+    left.set_ylabel(pretty_units(_units(scorecard, variable, "rmse")))
     left.set_title(f"{variable} spread and skill, {region}")
     right.plot(hours, scores.sel(metric="ssr"), marker="o", color="C2")
     right.axhline(1.0, color="grey", linestyle="--", linewidth=1)
@@ -351,13 +384,39 @@ def rank_histograms(path: Path, scorecard: xr.Dataset, variable: str, lead_hours
     return _save(fig, path)
 
 
+def skill_score(path: Path, scorecard: xr.Dataset, variable: str, region: str = "global", subtitle: str = "") -> Path:
+    """fourcast's RMSE skill score against each baseline, ``1 − RMSE_fourcast / RMSE_baseline``, against lead time.
+
+    Above 0 fourcast beats the baseline; 1 would be a perfect forecast.
+    """
+    rmse = scorecard["score"].sel(metric="rmse", variable=variable, region=region)
+    hours = scorecard["lead_hours"].values
+    fig, ax = plt.subplots(figsize=(5.5, 3.6 + 0.3 * bool(subtitle)), layout="constrained")
+    for baseline in [str(s) for s in rmse["system"].values if str(s) != "fourcast"]:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values = 1.0 - rmse.sel(system="fourcast").values / rmse.sel(system=baseline).values
+        if np.isfinite(values).any():
+            ax.plot(hours, values, marker="o", label=f"vs {baseline}")
+    ax.axhline(0.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("lead time (h)")
+    ax.set_ylabel("RMSE skill score")
+    ax.set_title(f"{variable} skill score, {region}" + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
 def scorecard_plots(out_dir: Path, scorecard: xr.Dataset, metrics: Sequence[str] = ("rmse", "acc", "crps"),
-                    region: str = "global", rank_lead_hours: Sequence[float] | None = None) -> list[Path]:
+                    region: str = "global", rank_lead_hours: Sequence[float] | None = None,
+                    subtitle: str = "") -> list[Path]:
     """Every score figure of a scorecard, per variable: skill vs lead per metric, spread vs skill, ranks.
 
     Files are named ``<metric>_<variable>.png``, ``spread_skill_<variable>.png`` and
-    ``rank_histogram_<variable>.png`` (the last two only for an ensemble of 2 members or more).
-    ``rank_lead_hours`` default to up to four lead times spread over the scorecard's.
+    ``rank_histogram_<variable>.png`` (the last two only for an ensemble of 2 members or more),
+    ``skill_score_<variable>.png`` (RMSE skill score against the baselines), and
+    ``rmse_<variable>_<region>.png`` for each other region of the scorecard; each with a PDF
+    beside. ``rank_lead_hours`` default to up to four lead times spread over the scorecard's;
+    ``subtitle`` (data, inits, members, period) goes under each title.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     hours = scorecard["lead_hours"].values
@@ -366,7 +425,13 @@ def scorecard_plots(out_dir: Path, scorecard: xr.Dataset, metrics: Sequence[str]
     paths = []
     for variable in scorecard["variable"].values:
         for metric in metrics:
-            paths.append(skill_vs_lead(out_dir / f"{metric}_{variable}.png", scorecard, variable, metric, region))
+            paths.append(skill_vs_lead(out_dir / f"{metric}_{variable}.png", scorecard, variable, metric, region,
+                                       subtitle))
+        if {"persistence", "climatology"} & {str(s) for s in scorecard["system"].values}:
+            paths.append(skill_score(out_dir / f"skill_score_{variable}.png", scorecard, variable, region, subtitle))
+        for other in [str(r) for r in scorecard["region"].values if str(r) != region]:
+            paths.append(skill_vs_lead(out_dir / f"rmse_{variable}_{other}.png", scorecard, variable, "rmse", other,
+                                       subtitle))
         if ensemble:
             paths.append(spread_vs_skill(out_dir / f"spread_skill_{variable}.png", scorecard, variable, region))
             paths.append(rank_histograms(out_dir / f"rank_histogram_{variable}.png", scorecard, variable, chosen,
@@ -388,7 +453,13 @@ def _units(scorecard: xr.Dataset, variable: str, metric: str) -> str:
     return f"({units})²" if metric == "mse" else units
 
 
+#: Resolution of the PNG figures; a PDF (vector) is written beside each.
+DPI = 200
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=110)
+    """Write ``fig`` to the PNG ``path`` at :data:`DPI` and to the PDF beside it; returns the PNG's path."""
+    fig.savefig(path, dpi=DPI)
+    fig.savefig(Path(path).with_suffix(".pdf"))
     plt.close(fig)
     return path

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import subprocess
 import tempfile
@@ -34,24 +35,25 @@ from ensembles.regions import GLOBAL, Region, get_region
 from ensembles.scorecard import (ScoreOptions, headline_records, open_for_scoring, score_archive, scorecard_records,
                                  write_scorecard)
 from fourcast.checkpoint import CheckpointMeta, save_checkpoint
+from fourcast.errors import CheckpointError
 from fourcast.data import StoreWindows
 from fourcast.device import default_device
 from fourcast.forecaster import Forecaster
 from fourcast.models.registry import build_model, count_parameters
 from fourcast.normaliser import Normaliser
 from fourcast.distributed import DistContext, main_first, process_group
-from fourcast.training import CheckpointPlan, Phase, TrainSettings, seeded_initialisation, train
+from fourcast.training import (TRAIN_LOSS, TRAIN_LR, VAL_SCORE, CheckpointPlan, ModeSchedule, Phase,
+                               TrainSettings, seeded_initialisation, train)
 from ingest.atomic import replace_path, temporary_sibling
 from ingest.cds import CdsRequest, PlanOptions, plan_requests
-from ingest.cds_download import DownloadSettings, download_plan
 from ingest.dims import CHANNEL, LAT, LON, TIME
 from ingest.lexicon import get_variable
+from ingest.progress import progress
 from ingest.schema import DATA, MEAN, STD, open_climatology, open_store
 from ingest.store import StatsPeriod, StoreLayout, open_sources, write_store
 from ingest.climatology import climatology_at
 from ingest.coarsen import coarsen
 from ingest.synthetic import generate_files
-from pipeline import plots
 from pipeline.cluster import SHARD_COPIES, check_task_memory, dask_client
 from pipeline.config import (CdsConfig, ClusterConfig, ForecastConfig, IngestConfig, RunConfig, ScoreConfig,
                              SyntheticConfig, TrainConfig)
@@ -184,9 +186,13 @@ def code_version() -> str:
 
 
 def synthesize(cfg: SyntheticConfig, out_dir: Path) -> list[Path]:
-    """Shallow-water synthetic ERA5 as new-CDS netCDF files (reused if already there)."""
-    return generate_files(out_dir, _datetime64(cfg.period.start), _datetime64(cfg.period.end), nlat=cfg.nlat,
-                          nlon=cfg.nlon, seed=cfg.seed, spinup_days=cfg.spinup_days)
+    """Shallow-water synthetic ERA5 as new-CDS netCDF files (reused if already there); progress in simulated days."""
+    start, end = _datetime64(cfg.period.start), _datetime64(cfg.period.end)
+    days = int(math.ceil(cfg.spinup_days + (end - start) / np.timedelta64(1, "D")))
+    with progress(days, f"simulating {days} days of shallow-water weather on {cfg.nlat}x{cfg.nlon} (spin-up "
+                        f"{cfg.spinup_days:g} d)", "days") as bar:
+        return generate_files(out_dir, start, end, nlat=cfg.nlat, nlon=cfg.nlon, seed=cfg.seed,
+                              spinup_days=cfg.spinup_days, progress=lambda done: bar.update(int(done * days) - bar.n))
 
 
 def _plan_options(cfg: CdsConfig) -> PlanOptions:
@@ -204,6 +210,11 @@ def download(cfg: CdsConfig, variables: list[str], cache_dir: Path) -> list[Path
 
     The key comes from ``CDSAPI_URL``/``CDSAPI_KEY`` or ``~/.cdsapirc``, never from the config.
     """
+    try:  # the CDS client is the [ingest] extra
+        from ingest.cds_download import DownloadSettings, download_plan
+    except ImportError as err:
+        raise StageInputError(f"ingest.source 'cds' needs the CDS client: pip install 'fourcast[ingest]' ({err})") \
+            from err
     settings = DownloadSettings(cache_dir=cfg.cache_dir or cache_dir, max_fields=_plan_options(cfg).field_limit,
                                 concurrency=cfg.concurrency, retries=cfg.retries, backoff_seconds=cfg.backoff_seconds,
                                 poll_max_seconds=cfg.poll_max_seconds)
@@ -343,6 +354,40 @@ class _MetricBuffer:
             self.pending = []
 
 
+class _TrainingReport:
+    """Training's ``report``: metrics to the tracker (batched), step, loss, lr and samples/s to the progress, and
+    a log line per validation with each variable's RMSE (and persistence's) per lead time."""
+
+    def __init__(self, buffer: _MetricBuffer, bar, batch_size: int) -> None:
+        self.buffer, self.bar, self.batch_size = buffer, bar, batch_size
+        self.started, self.first_step = time.perf_counter(), None
+
+    def __call__(self, metrics: dict[str, float], step: int) -> None:
+        self.buffer(metrics, step)
+        if TRAIN_LOSS in metrics:
+            if self.first_step is None:
+                self.first_step = step - 1
+            rate = (step - self.first_step) * self.batch_size / max(time.perf_counter() - self.started, 1e-9)
+            self.bar.set_postfix({"loss": f"{metrics[TRAIN_LOSS]:.4g}", "lr": f"{metrics.get(TRAIN_LR, 0):.2e}",
+                                  "rollout": int(metrics.get("train/rollout_steps", 1)),
+                                  "samples/s": f"{rate:.3g}"}, refresh=False)
+            self.bar.update(step - self.bar.n)
+        if VAL_SCORE in metrics:
+            log.info("validation at step %d: %s", step, _validation_summary(metrics))
+
+
+def _validation_summary(metrics: Mapping[str, float]) -> str:
+    """``z500 RMSE 123 (persistence 456) at 24h; …; score 0.41`` from ``val/<var>/<metric>_<lead>h`` metrics."""
+    parts = []
+    for name, value in metrics.items():
+        pieces = name.split("/")
+        if len(pieces) == 3 and pieces[2].startswith("rmse_"):
+            lead = pieces[2].removeprefix("rmse_")
+            persistence = metrics.get(f"val/{pieces[1]}/persistence_rmse_{lead}", float("nan"))
+            parts.append(f"{pieces[1]} RMSE {value:.4g} (persistence {persistence:.4g}) at {lead}")
+    return "; ".join(parts) + f"; score {metrics[VAL_SCORE]:.4g}"
+
+
 def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tracker, resume: Path | None,
                    climatology: Path | None, ctx: DistContext, restart: bool = False) -> Path:
     leads_steps = _validation_leads(cfg, store)
@@ -364,7 +409,9 @@ def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tra
         grad_clip=cfg.grad_clip, validate_every=cfg.validate_every, validation_leads=leads_steps,
         validation_samples=cfg.validation_samples, seed=cfg.seed, precision=cfg.precision, compile=cfg.compile,
         activation_checkpointing=cfg.activation_checkpointing, loader_workers=cfg.loader_workers,
-        prefetch_factor=cfg.loader.prefetch_factor)
+        prefetch_factor=cfg.loader.prefetch_factor,
+        modes=None if cfg.modes is None else ModeSchedule(**cfg.modes.model_dump()),
+        physics_weight=cfg.physics_weight)
     step_hours = int(validation.step / np.timedelta64(1, "h"))
     meta = CheckpointMeta(preset=cfg.model, channels=validation.channels, lat=validation.lat.tolist(),
                           lon=validation.lon.tolist(), step_hours=step_hours, mean=validation.mean.tolist(),
@@ -373,14 +420,17 @@ def _train_on_rank(cfg: TrainConfig, store: Path, checkpoint: Path, tracker: Tra
                                  "train_end": str(cfg.train.end), "train_run_id": tracker.run_id or ""})
     plan = CheckpointPlan(checkpoint.parent, meta, cfg.checkpoint_every, config=cfg.model_dump(mode="json"),
                           resume_from=resume, lineage={"run_id": tracker.run_id or ""}, restart=restart)
-    report = _MetricBuffer(tracker, cfg.checkpoint_every)
-    try:
-        result = train(model, lambda n: StoreWindows(store, cfg.train.start, cfg.train.end, n_ahead=n,
-                                                        cache=cfg.loader.cache), validation,
-                       settings, report, ctx.device, ctx=ctx, checkpoints=plan,
-                       climatology=_normalised_climatology(climatology, validation))
-    finally:
-        report.flush()
+    buffer = _MetricBuffer(tracker, cfg.checkpoint_every)
+    total = sum(p.optimizer_steps for p in cfg.phases)
+    with progress(total, f"training {cfg.model} on {validation.lat.size}x{validation.lon.size}", "steps",
+                  enabled=ctx.is_main) as bar:
+        try:
+            result = train(model, lambda n: StoreWindows(store, cfg.train.start, cfg.train.end, n_ahead=n,
+                                                            cache=cfg.loader.cache), validation,
+                           settings, _TrainingReport(buffer, bar, cfg.batch_size), ctx.device, ctx=ctx,
+                           checkpoints=plan, climatology=_normalised_climatology(climatology, validation))
+        finally:
+            buffer.flush()
     log.info("trained %d steps in %.0f s; best validation score %.4f at step %d", result.steps, result.seconds,
              result.best_score, result.best_step)
     if result.resumed_from_step is not None:
@@ -681,7 +731,9 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
     ArchiveError
         If ``archive`` holds something that is not a forecast archive.
     CheckpointError
-        If the checkpoint's channels or grid differ from the store's.
+        If the checkpoint's channels differ from the store's, or its grid does and the model
+        cannot move to the store's grid (:class:`~fourcast.errors.ResolutionTransferError`:
+        an AFNO). An SFNO forecasts zero-shot on another equiangular grid.
     CampaignMismatchError
         If ``archive`` holds another campaign and ``overwrite`` is false.
     """
@@ -694,7 +746,7 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
     forecaster, meta, checkpoint_sha256 = _load_model(pinned, tracking_uri, device,
                                                       cfg.autocast and device.type == "cuda")
     truth = open_store(store)
-    meta.check_matches(list(truth[CHANNEL].values), truth[LAT].values, truth[LON].values)
+    forecaster = _on_store_grid(forecaster, meta, truth)
     campaign = _campaign(cfg, forecaster, truth, {
         "checkpoint_sha256": checkpoint_sha256, "initial_conditions_fingerprint": store_fingerprint(store),
         "perturbation": cfg.perturbation.model_dump(mode="json"),
@@ -736,6 +788,27 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
     if launch.rank == 0:
         _log_forecast_map(tracker, archive, store, campaign.init_times[0], min(campaign.n_steps, 4) * campaign.step)
     return archive
+
+
+def _on_store_grid(forecaster: Forecaster, meta: CheckpointMeta, truth: xr.Dataset) -> Forecaster:
+    """The forecaster on the store's grid: as it is, or moved there without retraining (SFNO only).
+
+    Raises
+    ------
+    CheckpointError
+        If the channels differ; :class:`~fourcast.errors.ResolutionTransferError` if the grid
+        differs and the model cannot move (AFNO), naming why.
+    """
+    lat, lon = truth[LAT].values, truth[LON].values
+    try:
+        meta.check_matches(list(truth[CHANNEL].values), lat, lon)
+    except CheckpointError:
+        if list(meta.channels) != [str(c) for c in truth[CHANNEL].values]:
+            raise
+        log.warning("the model was trained on a %dx%d grid; forecasting zero-shot on the store's %dx%d grid",
+                    len(meta.lat), len(meta.lon), lat.size, lon.size)
+        return forecaster.on_grid(lat, lon)
+    return forecaster
 
 
 def _check_archive_path(archive: Path, protected: Mapping[str, Path | None]) -> None:
@@ -787,7 +860,20 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _plots():
+    """:mod:`pipeline.plots`, or ``None`` (with a warning) when the [plots] extra (matplotlib, cartopy) is missing."""
+    try:
+        from pipeline import plots
+    except ImportError as err:
+        log.warning("no plots: %s; install them with pip install 'fourcast[plots]'", err)
+        return None
+    return plots
+
+
 def _log_forecast_map(tracker: Tracker, archive: Path, store: Path, init: np.datetime64, lead: np.timedelta64) -> None:
+    plots = _plots()
+    if plots is None:
+        return
     forecasts, truth = open_archive(archive), open_store(store)
     variable = str(truth[CHANNEL].values[0])
     mean = forecasts[variable].sel(init_time=init, lead_time=lead).mean("member").values
@@ -854,11 +940,16 @@ def score(cfg: ScoreConfig, archive: Path, store: Path, climatology: Path, out_d
         log.warning("scores leave out %s (variable x init x lead); see n_skipped / n_unwritten in the scorecard",
                     left_out)
     records = record_scorecard(tracker, scorecard, out_dir)
-    if cfg.plots:
-        figures = plots.scorecard_plots(out_dir / "plots", scorecard, rank_lead_hours=_rank_leads(cfg, scorecard))
-        figures += _score_maps(cfg, forecasts, truth[DATA], clim, out_dir / "plots")
+    plots = _plots() if cfg.plots else None
+    if plots is not None:
+        subtitle = plot_subtitle(forecasts, truth)
+        figures = plots.scorecard_plots(out_dir / "plots", scorecard, rank_lead_hours=_rank_leads(cfg, scorecard),
+                                        subtitle=subtitle)
+        figures += _score_maps(cfg, forecasts, truth[DATA], clim, out_dir / "plots", plots, subtitle)
         for figure in figures:
             tracker.log_artifact(figure, "plots")
+            if figure.with_suffix(".pdf").is_file():
+                tracker.log_artifact(figure.with_suffix(".pdf"), "plots/pdf")
     if tracking_uri and run_ids["train_run_id"] and run_ids["train_run_id"] not in missing:
         train = attach_run(tracking_uri, run_ids["train_run_id"])
         train.log_metrics(headline_scores(records, cfg.lead_hours, campaign))
@@ -961,7 +1052,31 @@ def _rank_leads(cfg: ScoreConfig, scorecard) -> list[float] | None:
     return held or None
 
 
-def _score_maps(cfg: ScoreConfig, forecasts, truth, climatology, out_dir: Path) -> list[Path]:
+#: g (m s⁻²): geopotential / (10 g) is geopotential height in decametres.
+GRAVITY = 9.80665
+
+
+def plot_subtitle(forecasts: xr.Dataset, truth: xr.Dataset) -> str:
+    """``synthetic data (shallow-water stand-in for ERA5) · 42 inits 2001-01-01..2001-03-25 · 8 members``."""
+    sources = [str(s) for s in truth.attrs.get("sources", [])]
+    data = "synthetic data (shallow-water stand-in for ERA5)" if sources and all(
+        "synthetic" in s for s in sources) else "ERA5"
+    inits = forecasts["init_time"].values
+    return (f"{data} · {inits.size} inits {_day(inits.min())}..{_day(inits.max())} · "
+            f"{forecasts.sizes.get('member', 1)} members")
+
+
+def _in_map_units(variable: str, fields: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str, str]:
+    """Fields, units and name as maps show them: geopotential as geopotential height in dam, others as stored."""
+    units = get_variable(variable).units
+    if get_variable(variable).cds_name == "geopotential":
+        return ({name: value / (10 * GRAVITY) for name, value in fields.items()}, "dam",
+                f"{variable} geopotential height")
+    return fields, units, variable
+
+
+def _score_maps(cfg: ScoreConfig, forecasts, truth, climatology, out_dir: Path, plots,
+                subtitle: str = "") -> list[Path]:
     """Maps of truth, ensemble mean, error and spread per variable at ``cfg.map_init`` + ``cfg.map_lead_hours``.
 
     Defaults: the first init time, and the first of ``cfg.lead_hours`` the archive holds (else
@@ -987,8 +1102,10 @@ def _score_maps(cfg: ScoreConfig, forecasts, truth, climatology, out_dir: Path) 
         if members.sizes["member"] >= 2:
             fields["spread"] = members.std("member", ddof=1).values
         path = out_dir / f"map_{variable}_{hours}h.png"
+        fields, units, name = _in_map_units(variable, fields)
         paths.append(plots.forecast_map(path, forecasts[LAT].values, forecasts[LON].values, fields,
-                                        f"{variable} at +{hours} h from {str(init)[:13]}", get_variable(variable).units))
+                                        f"{name} at +{hours} h from {str(init)[:13]}" +
+                                        (f"\n{subtitle}" if subtitle else ""), units, contours=True))
     return paths
 
 
@@ -1063,6 +1180,16 @@ def run_pipeline(cfg: RunConfig) -> PipelineResult:
         files = source_files(cfg, paths)
     with _stage("ingest"):
         ingest(cfg.ingest, cfg.cluster, files, paths.store, paths.climatology)
+    return run_tracked_stages(cfg, paths, uri)
+
+
+def run_tracked_stages(cfg: RunConfig, paths: Paths, uri: str) -> PipelineResult:
+    """Train, forecast, score, export and publish on an ingested store: one parent MLflow run, a nested run per stage.
+
+    The parent (:func:`pipeline_run_name`) gets the headline scores, the summary and the WB2
+    export's paths; each stage run is named by what it did (:func:`train_run_name`,
+    :func:`forecast_run_name`, :func:`score_run_name`).
+    """
     run_ids: dict[str, str] = {}
     experiment = dict(tracking_uri=uri, experiment=cfg.tracking.experiment, artifact_root=paths.artifacts)
     with mlflow_run(run_name=pipeline_run_name(cfg), tags={"stage": "pipeline"}, **experiment) as parent:

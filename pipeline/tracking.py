@@ -256,6 +256,8 @@ def tracking_client(tracking_uri: str) -> MlflowClient:
 def _experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # made by an older fourcast, or by hand
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return experiment.experiment_id
     location = artifact_root.resolve().as_uri() if artifact_root else None
     try:

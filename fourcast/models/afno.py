@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fourcast.errors import ModelSpecError
+from fourcast.errors import ModelSpecError, ResolutionTransferError
 
 MODE_TRUNCATIONS = ("full", "fourcastnet")
 
@@ -40,6 +40,14 @@ class AFNOFilter(nn.Module):
         ``"fourcastnet"`` reproduces the reference code: it keeps meridional rows
         ``[m − k, m + k)`` and zonal columns ``[0, k)`` with ``m = h // 2 + 1``,
         ``k = int(m · f)``, so at most ``h // 2 + 1`` zonal wavenumbers survive.
+
+    Attributes
+    ----------
+    fast : bool
+        Compute the complex MLP as one batched real GEMM per layer over the kept modes
+        (``[re, im] @ [[w_r, w_i], [-w_i, w_r]]`` for every block at once) instead of four
+        einsums; same weights, equal outputs up to float32 summation order (see
+        :func:`use_fast_filter`). Off by default, the layout the reference checkpoints use.
     """
 
     def __init__(self, embed_dim: int, num_blocks: int = 8, sparsity: float = 0.01,
@@ -60,6 +68,7 @@ class AFNOFilter(nn.Module):
         self.sparsity = sparsity
         self.fraction = hard_thresholding_fraction
         self.mode_truncation = mode_truncation
+        self.fast = False
         hidden = self.block_size * hidden_factor
         scale = 0.02
         self.w1 = nn.Parameter(scale * torch.randn(2, num_blocks, self.block_size, hidden))
@@ -81,6 +90,33 @@ class AFNOFilter(nn.Module):
         out_im = torch.einsum("...bi,bio->...bo", im, w[0]) + torch.einsum("...bi,bio->...bo", re, w[1]) + b[1]
         return out_re, out_im
 
+    def _einsum_mlp(self, kept: torch.Tensor) -> torch.Tensor:
+        """Complex MLP of the kept modes ``(batch, rows, cols, block, block_size)``, as the reference writes it."""
+        hid_re, hid_im = self._complex_linear(kept.real, kept.imag, self.w1.float(), self.b1.float())
+        out_re, out_im = self._complex_linear(torch.relu(hid_re), torch.relu(hid_im), self.w2.float(), self.b2.float())
+        return torch.view_as_complex(
+            nn.functional.softshrink(torch.stack([out_re, out_im], dim=-1), self.sparsity).contiguous())
+
+    @staticmethod
+    def _real_block_weights(w: torch.Tensor) -> torch.Tensor:
+        """``(2, block, i, o)`` complex weights as real ``(block, 2i, 2o)``: ``[[w_r, w_i], [-w_i, w_r]]``."""
+        top = torch.cat([w[0], w[1]], dim=-1)
+        bottom = torch.cat([-w[1], w[0]], dim=-1)
+        return torch.cat([top, bottom], dim=-2)
+
+    def _fast_mlp(self, kept: torch.Tensor) -> torch.Tensor:
+        """:meth:`_einsum_mlp` as two batched GEMMs over the blocks: modes x ``[re, im]`` features."""
+        shape = kept.shape
+        modes = kept.reshape(-1, self.num_blocks, self.block_size)
+        features = torch.cat([modes.real, modes.imag], dim=-1).transpose(0, 1)  # (block, modes, 2i)
+        w1, w2 = self._real_block_weights(self.w1.float()), self._real_block_weights(self.w2.float())
+        b1 = torch.cat([self.b1[0], self.b1[1]], dim=-1).float().unsqueeze(1)
+        b2 = torch.cat([self.b2[0], self.b2[1]], dim=-1).float().unsqueeze(1)
+        hidden = torch.relu(torch.baddbmm(b1, features, w1))
+        out = nn.functional.softshrink(torch.baddbmm(b2, hidden, w2), self.sparsity).transpose(0, 1)
+        re, im = out.split(self.block_size, dim=-1)
+        return torch.complex(re, im).reshape(shape)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Mix tokens: ``x`` of shape ``(batch, h, w, embed_dim)``; returns the same shape, plus ``x``."""
         residual = x
@@ -91,14 +127,24 @@ class AFNOFilter(nn.Module):
             spectrum = spectrum.reshape(batch, h, w // 2 + 1, self.num_blocks, self.block_size)
             rows, cols = self._kept_modes(h)
             kept = spectrum[:, rows, cols]
-            hid_re, hid_im = self._complex_linear(kept.real, kept.imag, self.w1.float(), self.b1.float())
-            out_re, out_im = self._complex_linear(torch.relu(hid_re), torch.relu(hid_im), self.w2.float(), self.b2.float())
-            out = torch.view_as_complex(nn.functional.softshrink(torch.stack([out_re, out_im], dim=-1), self.sparsity).contiguous())
+            out = self._fast_mlp(kept) if self.fast else self._einsum_mlp(kept)
             mixed = torch.zeros_like(spectrum)
             mixed[:, rows, cols] = out
             mixed = mixed.reshape(batch, h, w // 2 + 1, channels)
             x = torch.fft.irfft2(mixed, s=(h, w), dim=(1, 2), norm="ortho")
         return x.to(dtype) + residual
+
+
+def use_fast_filter(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switch every :class:`AFNOFilter` of ``model`` to the batched-GEMM spectral MLP (or back).
+
+    The weights and the checkpoint layout do not change; outputs equal the einsum path within
+    float32 rounding (``tests/fourcast/test_afno.py``). Returns ``model``.
+    """
+    for module in model.modules():
+        if isinstance(module, AFNOFilter):
+            module.fast = enabled
+    return model
 
 
 class MLP(nn.Module):
@@ -231,6 +277,26 @@ class AFNONet(nn.Module):
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+
+    def on_grid(self, nlat: int, nlon: int) -> AFNONet:
+        """Refuse to move to another grid: the AFNO is an operator on its training grid only.
+
+        Raises
+        ------
+        ResolutionTransferError
+            Always for another grid (the message says why); the same grid returns ``self``.
+        """
+        if (nlat, nlon) == self.img_size:
+            return self
+        h, w = self.tokens
+        raise ResolutionTransferError(
+            f"an AFNO trained on a {self.img_size[0]}x{self.img_size[1]} grid cannot forecast on {nlat}x{nlon} "
+            f"without retraining: its learned position embedding holds one vector per patch of the {h}x{w} "
+            f"patch grid (a {nlat // self.patch_size}x{nlon // self.patch_size} patch grid has positions it never "
+            f"learned), and a patch is {self.patch_size}x{self.patch_size} grid points, so its footprint on the "
+            "sphere and the frequencies its FFT mixes change with the grid. Retrain on the new grid, regrid the "
+            "store to the model's grid, or use an SFNO (preset sfno-*), whose weights live on spherical-harmonic "
+            "degrees")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(batch, in_channels, lat, lon) → (batch, out_channels, lat, lon)``."""

@@ -100,3 +100,15 @@ def test_scores_use_the_climatology_at_the_valid_time(truth, climatology, init_t
     assert not np.allclose(by_metric.sel(metric="acc", system="persistence"),
                            flat["score"].sel(variable="z500", region="global", lead_time=LEADS[1], metric="acc",
                                              system="persistence"))
+
+
+def test_scoring_reports_progress_chunk_by_chunk(truth, climatology, init_times, monkeypatch, caplog):
+    monkeypatch.setenv("FOURCAST_PROGRESS", "log")
+    monkeypatch.setenv("FOURCAST_PROGRESS_EVERY", "0")
+    ensemble = persistence_forecast(truth, init_times, LEADS, ["z500", "u500"]).expand_dims(member=[0])
+    ensemble = ensemble.transpose(INIT_TIME, LEAD_TIME, "member", LAT, LON)
+    with caplog.at_level("INFO", logger="fourcast.progress"):
+        score_archive(ensemble, truth, climatology)
+    lines = [record.getMessage() for record in caplog.records if record.name == "fourcast.progress"]
+    assert lines and all(line.startswith("scoring 2 variables x 2 inits x 3 leads") for line in lines)
+    assert "6/6 chunks (100%)" in lines[-1]  # one chunk per init x lead, the last line when done

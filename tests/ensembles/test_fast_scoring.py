@@ -22,7 +22,7 @@ from tests.tolerances import assert_close_to_spread
 FLOAT64_REL = 1e-12
 
 
-def _fields(members: int = 8, n_init: int = 4, nlat: int = 181, nlon: int = 360):
+def _fields(members: int = 8, n_init: int = 9, nlat: int = 181, nlon: int = 360):
     rng = np.random.default_rng(4)
     truth = rng.standard_normal((n_init, nlat, nlon))
     ensemble = (truth[:, None] + rng.standard_normal((n_init, members, nlat, nlon))).astype(np.float32)
@@ -66,7 +66,7 @@ def test_fast_brier_equals_the_member_fraction_definition(fair):
     fast = brier_score(ensemble, truth, threshold, fair=fair)
     assert np.isnan(fast)  # NaN in one init time propagates to the time mean
     per_time = [float(brier_score(ensemble.isel({INIT_TIME: [t]}), truth.isel({INIT_TIME: [t]}), threshold, fair=fair))
-                for t in (0, 3)]
+                for t in range(9) if t not in (1, 2)]
     np.testing.assert_allclose(np.mean(per_time), expected, rtol=FLOAT64_REL)
 
 

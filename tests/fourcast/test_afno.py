@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from fourcast.errors import ModelSpecError
-from fourcast.models.afno import AFNOFilter, AFNONet
+from fourcast.models.afno import AFNOFilter, AFNONet, use_fast_filter
 from fourcast.models.registry import PRESETS, build_model, count_parameters
+from tests.tolerances import assert_close_to_spread
 
 
 def test_afno_maps_grid_to_grid_and_learns_increments():
@@ -87,3 +88,23 @@ def test_untrained_increment_model_is_persistence_and_norm_choice_is_checked():
     torch.testing.assert_close(model(x), x)
     with pytest.raises(ModelSpecError, match="norm must be 'layer' or 'none'"):
         AFNONet((16, 32), 3, 3, patch_size=2, embed_dim=16, depth=1, num_blocks=2, norm="batch")
+
+
+@pytest.mark.parametrize("truncation,fraction", [("full", 1.0), ("fourcastnet", 0.5)])
+def test_fast_filter_equals_the_einsum_filter(truncation, fraction):
+    """The batched-GEMM spectral MLP: same outputs and gradients as the reference einsums (float32 order)."""
+    torch.manual_seed(3)
+    model = AFNONet((32, 64), 4, 4, patch_size=4, embed_dim=32, depth=2, num_blocks=4, sparsity=0.01,
+                    hard_thresholding_fraction=fraction, mode_truncation=truncation)
+    x = torch.randn(2, 4, 32, 64)
+    plain = model(x)
+    plain.square().mean().backward()
+    plain_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    fast = use_fast_filter(model)(x)
+    fast.square().mean().backward()
+    assert all(f.fast for f in model.modules() if isinstance(f, AFNOFilter))
+    assert_close_to_spread(fast.detach().numpy(), plain.detach().numpy(), name="output")
+    for p, expected in zip(model.parameters(), plain_grads):
+        assert_close_to_spread(p.grad.numpy(), expected.numpy(), name="gradient")
+    assert not torch.equal(plain_grads[0], torch.zeros_like(plain_grads[0]))

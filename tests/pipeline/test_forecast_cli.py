@@ -183,7 +183,7 @@ def test_a_killed_run_resumed_with_another_rank_count_gives_the_same_archive(wor
     params = MlflowClient(default_tracking_uri(workdir)).search_runs(
         [MlflowClient(default_tracking_uri(workdir)).get_experiment_by_name("forecast-cli").experiment_id],
         order_by=["attributes.start_time DESC"], max_results=1)[0].data
-    assert params.metrics["work_items_computed"] == 24 - done, output
+    assert params.metrics["forecast/work_items_computed"] == 24 - done, output
 
 
 def _stage(workdir: Path, archive: Path, *, launch: Launch = Launch(), stream: ScoreStream | None = None,

@@ -52,8 +52,38 @@ def _drawn(path) -> bool:
 def test_every_score_figure_is_drawn(tmp_path, scorecard):
     paths = plots.scorecard_plots(tmp_path, scorecard, region="tropics")
     assert sorted(p.name for p in paths) == ["acc_z500.png", "crps_z500.png", "rank_histogram_z500.png",
-                                             "rmse_z500.png", "spread_skill_z500.png"]
-    assert all(_drawn(p) for p in paths)
+                                             "rmse_z500.png", "rmse_z500_global.png", "skill_score_z500.png",
+                                             "spread_skill_z500.png"]
+    assert all(_drawn(p) and p.with_suffix(".pdf").stat().st_size > 0 for p in paths)
+    assert matplotlib.image.imread(paths[0]).shape[1] >= 5.5 * plots.DPI  # 200 dpi
+
+
+def test_acc_leaves_out_the_climatology_and_units_read_as_written(tmp_path, scorecard, monkeypatch):
+    assert plots.pretty_units("m**2 s**-2") == "m² s⁻²" and plots.pretty_units("m s**-1") == "m s⁻¹"
+    assert plots.pretty_units("K") == "K" and plots.pretty_units("1") == "dimensionless"
+    assert "climatology" in [str(s) for s in scorecard["system"].values]
+    drawn = {}
+
+    def keep_labels(fig, path):
+        drawn["labels"] = [line.get_label() for line in fig.axes[0].lines]
+        drawn["ylabel"] = fig.axes[0].get_ylabel()
+        plt.close(fig)
+        return path
+
+    monkeypatch.setattr(plots, "_save", keep_labels)
+    plots.skill_vs_lead(tmp_path / "acc.png", scorecard, "z500", "acc")
+    assert "climatology" not in drawn["labels"] and "fourcast" in drawn["labels"]  # its ACC is 0 by definition
+    plots.skill_vs_lead(tmp_path / "rmse.png", scorecard, "z500", "rmse")
+    assert "climatology" in drawn["labels"] and drawn["ylabel"] == f"rmse ({plots.pretty_units(str(scorecard['units'].sel(variable='z500').values))})"
+
+
+def test_four_maps_are_a_2x2_grid_with_contours(tmp_path):
+    lat, lon = equiangular_lats(9), regular_lons(16)
+    fig = plots.map_figure(lat, lon, _fields(lat, lon), "z500 at +6 h\nsynthetic data", "dam", contours=True)
+    maps = [ax for ax in fig.axes if isinstance(ax, GeoAxes)]
+    rows = sorted({round(ax.get_position().y0, 2) for ax in maps})
+    assert len(maps) == 4 and len(rows) == 2
+    plt.close(fig)
 
 
 def test_rank_histograms_at_chosen_leads(tmp_path, scorecard):
