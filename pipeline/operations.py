@@ -21,7 +21,7 @@ from pipeline.config import RunConfig
 
 if TYPE_CHECKING:
     from ensembles.catalogue import Catalogue, Entry
-from pipeline.tracking import (mlflow_run, model_aliases, resolve_model_version, set_model_alias,
+from pipeline.tracking import (mlflow_run, nest_runs_under, model_aliases, resolve_model_version, set_model_alias,
                                score_metric_name, tag_model_version)
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,9 @@ def cycle_point_time(point: str) -> np.datetime64:
 
 
 def report_cycle(cfg: RunConfig, tracking_uri: str, point: str, entries: list[Entry]) -> str | None:
-    """One MLflow run ``cycle-report`` tagged with the cycle point: the cycle's archives and the catalogue's state."""
-    with mlflow_run(tracking_uri, cfg.tracking.experiment, "cycle-report",
+    """The cycle point's parent MLflow run ``cycle <point>`` (stage ``cycle-report``): the cycle's archives and
+    the catalogue's state, with the cycle's stage runs (tagged with the point) nested under it."""
+    with mlflow_run(tracking_uri, cfg.tracking.experiment, f"cycle {point}",
                     {"stage": "cycle-report", "cycle_point": point}, cfg.workdir / "mlartifacts") as tracker:
         mine = [e for e in entries if e.cycle_point == point]
         tracker.set_tags({"archives": ",".join(str(e.id) for e in mine),
@@ -101,6 +102,7 @@ def report_cycle(cfg: RunConfig, tracking_uri: str, point: str, entries: list[En
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps([e.as_dict() for e in mine], indent=2, default=str) + "\n")
         tracker.log_artifact(report, "cycle")
+        nest_runs_under(tracking_uri, cfg.tracking.experiment, tracker.run_id, {"cycle_point": point})
         return tracker.run_id
 
 

@@ -405,6 +405,31 @@ def mlflow_run(tracking_uri: str, experiment: str, run_name: str, tags: Mapping[
     client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
 
 
+def nest_runs_under(tracking_uri: str, experiment: str, parent_run_id: str, tags: Mapping[str, str]) -> list[str]:
+    """Nest the experiment's runs that carry all ``tags`` and have no parent yet under ``parent_run_id``.
+
+    A scheduled cycle's stages run as separate tasks, each with its own run tagged with the cycle
+    point; the cycle's report run adopts them afterwards, so the MLflow UI shows one run tree per
+    cycle point without the tasks having to agree on a parent while they run.
+
+    Returns
+    -------
+    list of str
+        The ids of the runs nested now.
+    """
+    client = tracking_client(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    query = " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
+    adopted = []
+    for run in client.search_runs([found.experiment_id], query, max_results=10_000):
+        if run.info.run_id != parent_run_id and PARENT_RUN_TAG not in run.data.tags:
+            client.set_tag(run.info.run_id, PARENT_RUN_TAG, parent_run_id)
+            adopted.append(run.info.run_id)
+    return adopted
+
+
 class ModelUriError(ValueError):
     """An MLflow model URI cannot be resolved to one checkpoint file."""
 

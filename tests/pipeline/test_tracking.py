@@ -281,3 +281,23 @@ def test_a_training_run_in_another_store_is_a_warning_not_a_failure(tmp_path, st
     (run,) = client.search_runs([client.get_experiment_by_name("scores").experiment_id], "tags.stage = 'score'")
     assert run.info.status == "FINISHED" and run.data.tags["missing_lineage_runs"] == train.run_id
     assert not any(key.startswith("score/") for key in MlflowClient(elsewhere).get_run(train.run_id).data.metrics)
+
+
+def test_a_cycle_run_adopts_the_stage_runs_of_its_cycle_point_only(tmp_path):
+    from pipeline.tracking import PARENT_RUN_TAG, nest_runs_under
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ids = {}
+    for stage, point in [("forecast", "20000101T00"), ("score", "20000101T00"), ("forecast", "20000102T00")]:
+        with mlflow_run(uri, "cycle", stage, {"stage": stage, "cycle_point": point}, tmp_path / "art") as tracker:
+            ids[stage, point] = tracker.run_id
+    with mlflow_run(uri, "cycle", "cycle 20000101T00", {"stage": "cycle-report", "cycle_point": "20000101T00"},
+                    tmp_path / "art") as parent:
+        adopted = nest_runs_under(uri, "cycle", parent.run_id, {"cycle_point": "20000101T00"})
+    assert sorted(adopted) == sorted([ids["forecast", "20000101T00"], ids["score", "20000101T00"]])
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(ids["score", "20000101T00"]).data.tags[PARENT_RUN_TAG] == parent.run_id
+    assert PARENT_RUN_TAG not in client.get_run(ids["forecast", "20000102T00"]).data.tags  # another cycle's
+    assert PARENT_RUN_TAG not in client.get_run(parent.run_id).data.tags
+    assert nest_runs_under(uri, "cycle", parent.run_id, {"cycle_point": "20000101T00"}) == []  # already nested
+    assert nest_runs_under(uri, "no-such-experiment", parent.run_id, {"cycle_point": "x"}) == []

@@ -202,6 +202,12 @@ def test_forecast_cycle_survives_a_kill_follows_the_champion_and_names_missing_d
     assert {e.cycle_point: e.holds for e in catalogue.entries()} == {**{p: () for p in POINTS[:3]}, POINTS[3]: ("score",)}
     reports = client.search_runs([experiment], "tags.stage = 'cycle-report'")
     assert sorted({r.data.tags["cycle_point"] for r in reports}) == POINTS[:-1]
+    for point in POINTS[:-1]:  # one run tree per cycle point: its report run is the parent of its stage runs
+        parents = {r.info.run_id for r in reports if r.data.tags["cycle_point"] == point}  # (a killed report reran)
+        assert {r.info.run_name for r in reports if r.info.run_id in parents} == {f"cycle {point}"}
+        children = client.search_runs([experiment], f"tags.cycle_point = '{point}' and tags.stage != 'cycle-report'")
+        assert "forecast" in {r.data.tags["stage"] for r in children}
+        assert all(r.data.tags.get("mlflow.parentRunId") in parents for r in children)
 
     # retention: a held archive is left alone, the others reduced / deleted by age
     catalogue.hold(entries[1].id, "score")
