@@ -35,3 +35,7 @@ class DistributedSetupError(FourcastError, RuntimeError):
 
 class ResolutionTransferError(CheckpointError, ValueError):
     """A model cannot run on a grid other than the one it was trained on (the message says why)."""
+
+
+class CudaGraphsUnavailableError(FourcastError, ValueError):
+    """CUDA graphs were asked for on a device that is not CUDA (the message names the device)."""

@@ -9,7 +9,8 @@ import torch
 
 from fourcast.checkpoint import CheckpointMeta, load_checkpoint
 from fourcast.device import default_device
-from fourcast.errors import CheckpointError, ResolutionTransferError
+from fourcast.errors import CheckpointError, CudaGraphsUnavailableError, ResolutionTransferError
+from fourcast.graphed import GraphedStep
 from fourcast.models.registry import build_model
 from fourcast.normaliser import Normaliser
 from ingest.dims import CHANNEL, LAT, LON
@@ -37,22 +38,38 @@ class Forecaster:
     autocast : bool, optional
         Run the network under bfloat16 autocast (normalisation and the returned state stay
         float32). Default: on CUDA only; CPU runs stay float32, bit-reproducible.
+    cuda_graphs : bool, optional
+        Replay each step from a CUDA graph captured per input shape (:class:`~fourcast.graphed.GraphedStep`):
+        normalisation, network and denormalisation in one replay. CUDA only. Default: off.
+    compile : bool, optional
+        Run the network through ``torch.compile`` (default mode). Not together with
+        ``cuda_graphs`` (compile's ``reduce-overhead`` mode is its own graph capture). Default: off.
+
+    Raises
+    ------
+    CudaGraphsUnavailableError
+        If ``cuda_graphs`` is asked for and ``device`` is not CUDA, or ``compile`` together with it.
     """
 
     def __init__(self, model: torch.nn.Module, normaliser: Normaliser, variables: list[str], lat: np.ndarray,
                  lon: np.ndarray, step: np.timedelta64, device: torch.device | None = None,
-                 autocast: bool | None = None) -> None:
+                 autocast: bool | None = None, cuda_graphs: bool = False, compile: bool = False) -> None:
         self.device = device or default_device()
         self.autocast = self.device.type == "cuda" if autocast is None else bool(autocast)
+        if cuda_graphs and compile:
+            raise CudaGraphsUnavailableError("cuda_graphs and compile are exclusive: choose one")
         self.model = model.to(self.device).eval()
+        self.cuda_graphs, self.compile = bool(cuda_graphs), bool(compile)
+        self._network = torch.compile(self.model) if compile else self.model
+        self._graphed = GraphedStep(self._physical_step, self.device) if cuda_graphs else None
         self.normaliser = normaliser.to(self.device)
         self._coords = {CHANNEL: np.asarray(variables), LAT: np.asarray(lat, dtype=float),
                         LON: np.asarray(lon, dtype=float)}
         self._step = np.timedelta64(step, "h")
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: torch.device | None = None,
-                        autocast: bool | None = None) -> Forecaster:
+    def from_checkpoint(cls, path: str | Path, device: torch.device | None = None, autocast: bool | None = None,
+                        cuda_graphs: bool = False, compile: bool = False) -> Forecaster:
         """Rebuild the model, normaliser and coordinates saved by :func:`fourcast.checkpoint.save_checkpoint`."""
         state, meta = load_checkpoint(path)
         model = build_model(meta.preset, (len(meta.lat), len(meta.lon)), len(meta.channels))
@@ -61,7 +78,8 @@ class Forecaster:
         except RuntimeError as err:
             raise CheckpointError(f"{path}: weights do not fit preset {meta.preset!r}: {err}") from err
         return cls(model, Normaliser(meta.mean, meta.std), meta.channels, np.asarray(meta.lat),
-                   np.asarray(meta.lon), np.timedelta64(meta.step_hours, "h"), device, autocast)
+                   np.asarray(meta.lon), np.timedelta64(meta.step_hours, "h"), device, autocast,
+                   cuda_graphs, compile)
 
     def on_grid(self, lat: np.ndarray, lon: np.ndarray, normaliser: Normaliser | None = None) -> Forecaster:
         """This forecaster on another global equiangular grid, without retraining (zero-shot transfer).
@@ -97,7 +115,7 @@ class Forecaster:
                                           "models whose weights do not depend on the grid (SFNO) do")
         model = self.model.on_grid(lat.size, lon.size)
         return Forecaster(model, normaliser or self.normaliser, list(mine[CHANNEL]), lat, lon, self._step,
-                          self.device, self.autocast)
+                          self.device, self.autocast, self.cuda_graphs, self.compile)
 
     @staticmethod
     def meta_of(path: str | Path) -> CheckpointMeta:
@@ -122,11 +140,18 @@ class Forecaster:
         for dim in (CHANNEL, LAT, LON):
             if coords[dim].shape != self._coords[dim].shape or not np.array_equal(coords[dim], self._coords[dim]):
                 raise CheckpointError(f"input {dim} {coords[dim][:5]}… differs from the model's {self._coords[dim][:5]}…")
-        z = self.normaliser.normalise(x.to(self.device, torch.float32))
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            z = self.model(z)
-        out = self.normaliser.denormalise(z.float())
+        state = x.to(self.device, torch.float32)
+        out = self._graphed(state) if self._graphed is not None else self._physical_step(state)
         return out.to(x.device), coords
+
+    def _physical_step(self, x: torch.Tensor) -> torch.Tensor:
+        """Physical-unit float32 ``(batch, channel, lat, lon)`` on the device to the state one step later."""
+        z = self.normaliser.normalise(x)
+        # No autocast weight cache under graph capture: the casts are replayed with the graph.
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast,
+                            cache_enabled=self._graphed is None):
+            z = self._network(z)
+        return self.normaliser.denormalise(z.float())
 
 
 def _check_global_equiangular(lat: np.ndarray, lon: np.ndarray) -> None:

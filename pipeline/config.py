@@ -329,11 +329,22 @@ class ForecastConfig(_Slice):
     seed: Seed = 0
     device: Device = None
     autocast: bool = Field(True, description="bfloat16 autocast of the network on CUDA")
+    cuda_graphs: bool = Field(False, description="replay each model step from a CUDA graph (CUDA only)")
+    compile: bool = Field(False, description="run the network through torch.compile (not with cuda_graphs)")
     archive: UserPath | None = Field(None, description="archive path; default <workdir>/forecasts/archive.zarr")
     overwrite: bool = Field(False, description="replace an archive of a different campaign at the archive path")
     wait_timeout_s: float = Field(600.0, gt=0, description="how long a process waits for the others without progress")
     stream_scores: bool = Field(False, description="also score members as they are produced, into "
                                 "<workdir>/scores/streamed (one process only)")
+
+    @model_validator(mode="after")
+    def _fast_path_fits(self) -> ForecastConfig:
+        """``cuda_graphs`` needs a CUDA device (or the default one) and excludes ``compile``."""
+        if self.cuda_graphs and self.compile:
+            raise ValueError("forecast.cuda_graphs and forecast.compile are exclusive: choose one")
+        if self.cuda_graphs and self.device is not None and not self.device.startswith("cuda"):
+            raise ValueError(f"forecast.cuda_graphs needs a CUDA device; found forecast.device {self.device!r}")
+        return self
 
     @field_validator("model")
     @classmethod

@@ -630,8 +630,8 @@ def resolved_model(model: str, tracking_uri: str | None) -> dict[str, str]:
     return {"model_name": name, "model_version": version}
 
 
-def _load_model(model: str, tracking_uri: str | None, device: torch.device,
-                autocast: bool) -> tuple[Forecaster, CheckpointMeta, str]:
+def _load_model(model: str, tracking_uri: str | None, device: torch.device, autocast: bool,
+                cuda_graphs: bool = False, compile: bool = False) -> tuple[Forecaster, CheckpointMeta, str]:
     """The forecaster, its checkpoint metadata and the checkpoint's SHA-256, from a path or an MLflow model URI.
 
     A ``models:/NAME@ALIAS`` URI should be resolved first (:func:`resolved_model`) and given as
@@ -648,7 +648,8 @@ def _load_model(model: str, tracking_uri: str | None, device: torch.device,
         else:
             path = Path(model)
         meta = Forecaster.meta_of(path)
-        return Forecaster.from_checkpoint(path, device, autocast=autocast), meta, _sha256(path)
+        return (Forecaster.from_checkpoint(path, device, autocast=autocast, cuda_graphs=cuda_graphs, compile=compile),
+                meta, _sha256(path))
 
 
 @dataclass(frozen=True)
@@ -744,7 +745,8 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
     registered = resolved_model(model, tracking_uri)
     pinned = f"models:/{registered['model_name']}/{registered['model_version']}" if registered else model
     forecaster, meta, checkpoint_sha256 = _load_model(pinned, tracking_uri, device,
-                                                      cfg.autocast and device.type == "cuda")
+                                                      cfg.autocast and device.type == "cuda", cfg.cuda_graphs,
+                                                      cfg.compile)
     truth = open_store(store)
     forecaster = _on_store_grid(forecaster, meta, truth)
     campaign = _campaign(cfg, forecaster, truth, {
