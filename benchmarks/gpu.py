@@ -10,7 +10,10 @@ or, to check the code paths on a CPU at toy size (figures meaningless)::
 
 First a correctness check: the fast path (:func:`fourcast.models.afno.use_fast_filter`: the
 spectral MLP as batched GEMMs over the kept modes) against the compatibility path on the same
-weights and input, as ``max |fast - plain| / std(plain)``, in float32 and under bf16 autocast.
+weights and input, as ``max |fast - plain| / std(plain)``, in float32 and under bf16 autocast;
+then the CUDA-graph rollout (:class:`fourcast.forecaster.Forecaster` with ``cuda_graphs=True``)
+against the eager one over ``GRAPH_CHECK_STEPS`` steps, same weights, state and bf16 autocast, as
+``max |graphed - eager| / std(eager)`` (on CPU: reported as skipped, with the reason).
 
 Cases, all at ``afno-fcn-0p25`` size (20 channels, 720 × 1440, patch 8, embed 768, depth 12)
 unless named otherwise, each timed over ``--steps`` steps after warm-up:
@@ -25,7 +28,11 @@ unless named otherwise, each timed over ``--steps`` steps after warm-up:
 * ``fourcast full-modes``: our default filter (every Fourier mode of the token grid);
 * ``sfno-0p25``: the SFNO preset on the full 721 × 1440 grid, bfloat16;
 * inference (member-steps/s at batch 32, ``torch.inference_mode``): reference-style float16
-  eager beside ours in bfloat16, eager and compiled.
+  eager beside ours in bfloat16, eager and compiled;
+* ``forecaster``: the whole forecast step as a rollout runs it (normalise, fast-filter network in
+  bf16 on CUDA — float32 on CPU, as the forecast stage does — denormalise: :meth:`fourcast.forecaster.Forecaster.step`) at batch 32, eager beside
+  replayed from a CUDA graph (``forecast.cuda_graphs``) and compiled (``forecast.compile``); the
+  graphed row's note gives its ratio to the eager row. On CPU the graphed row is skipped with the reason.
 
 Each case reports samples/s (or member-steps/s), seconds per step and peak allocated memory; the
 ratio column divides by the reference-style case of the same kind, measured in the same run.
@@ -42,18 +49,25 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from fourcast.errors import CudaGraphsUnavailableError
+from fourcast.forecaster import Forecaster
 from fourcast.models.afno import AFNONet, use_fast_filter
 from fourcast.models.registry import PRESETS, build_model, count_parameters
+from fourcast.normaliser import Normaliser
 from fourcast.training import LatWeightedMSE
-from ingest.grid import equiangular_lats
+from ingest.grid import equiangular_lats, regular_lons
 
 CHANNELS = 20
+GRAPHED = "forecaster fast-filter cuda-graphs"
 AFNO_GRID = (720, 1440)
 SFNO_GRID = (721, 1440)
 SMOKE_AFNO_GRID = (32, 64)
 SMOKE_SFNO_GRID = (33, 64)
+#: Rollout steps compared between the CUDA-graph and the eager forecaster.
+GRAPH_CHECK_STEPS = 3
 
 
 @dataclass
@@ -104,6 +118,41 @@ def correctness(setup: Setup, batch: int = 2) -> dict[str, float]:
     spread = plain.std().item()
     return {"fast_fp32_rel_err": (fast32 - plain).abs().max().item() / spread,
             "fast_bf16_rel_err": (fast16 - plain).abs().max().item() / spread}
+
+
+def _forecaster(model: torch.nn.Module, setup: Setup, **options) -> Forecaster:
+    """``model`` as the forecast stage runs it: unit normaliser, bf16 autocast on CUDA, 6 h step."""
+    nlat, nlon = setup.afno_grid
+    ones = np.ones(CHANNELS)
+    return Forecaster(model, Normaliser(0 * ones, ones), [f"c{i}" for i in range(CHANNELS)],
+                      np.linspace(90, -90, nlat), regular_lons(nlon), np.timedelta64(6, "h"), device=setup.device,
+                      **options)
+
+
+def graph_correctness(setup: Setup, batch: int = 2) -> dict[str, float | str]:
+    """``graphed_rel_err``: the CUDA-graph rollout against the eager one (same weights and state).
+
+    Each rollout runs :data:`GRAPH_CHECK_STEPS` steps, feeding every output back; the relative error
+    is ``max |graphed - eager| / std(eager)`` over all steps. Off CUDA: ``graphed_skipped`` gives the reason.
+    """
+    torch.manual_seed(0)
+    model = _afno_fast(setup).eval()
+    with torch.no_grad():  # a head that is not all zeros, so the state really changes every step
+        torch.nn.init.normal_(model.head.weight, std=0.02)
+    try:
+        graphed = _forecaster(model, setup, cuda_graphs=True)
+    except CudaGraphsUnavailableError as err:
+        return {"graphed_skipped": str(err)}
+    eager = _forecaster(model, setup)
+    x0 = torch.randn(batch, CHANNELS, *setup.afno_grid, device=setup.device)
+    worst, spread = 0.0, 0.0
+    x_eager, x_graphed = x0, x0
+    for _ in range(GRAPH_CHECK_STEPS):
+        x_eager, _ = eager.step(x_eager, eager.input_coords)
+        x_graphed, _ = graphed.step(x_graphed, graphed.input_coords)
+        worst = max(worst, (x_graphed - x_eager).abs().max().item())
+        spread = max(spread, x_eager.std().item())
+    return {"graphed_rel_err": worst / spread}
 
 
 def _afno(setup: Setup, mode_truncation: str) -> torch.nn.Module:
@@ -187,10 +236,23 @@ def _case(kind: str, name: str, batch: int, build: Callable[[], tuple[torch.nn.M
         result.per_s = batch / result.s_per_step
     except torch.OutOfMemoryError:
         result.note = "out of memory"
+    except CudaGraphsUnavailableError as err:
+        result.note = f"skipped: {err}"
     finally:
         if setup.device.type == "cuda":
             torch.cuda.empty_cache()
     return result
+
+
+def _forecast_step(forecaster: Forecaster, batch: int) -> Callable[[], None]:
+    """One :meth:`Forecaster.step` of ``batch`` members on a fixed state (what a rollout repeats)."""
+    coords = forecaster.input_coords
+    x = torch.randn(batch, CHANNELS, coords["lat"].size, coords["lon"].size, device=forecaster.device)
+
+    def step() -> None:
+        forecaster.step(x, coords)
+
+    return step
 
 
 def _cases(setup: Setup, compile_: bool) -> list[tuple[str, str, int, Callable, int]]:
@@ -230,6 +292,17 @@ def _cases(setup: Setup, compile_: bool) -> list[tuple[str, str, int, Callable, 
     cases.append(("infer", "fourcast fast-filter bf16 eager", 32, infer(fast, 32, afno, bf16), 3))
     if compile_:
         cases.append(("infer", "fourcast bf16 compiled", 32, infer(compat, 32, afno, bf16, True), 5))
+
+    def forecaster(**options):
+        def build():
+            model = _afno_fast(setup)
+            return model, lambda m: _forecast_step(_forecaster(m, setup, **options), 32)
+        return build
+
+    cases.append(("infer", "forecaster fast-filter eager", 32, forecaster(), 3))
+    cases.append(("infer", GRAPHED, 32, forecaster(cuda_graphs=True), 3))
+    if compile_:
+        cases.append(("infer", "forecaster fast-filter compiled", 32, forecaster(compile=True), 5))
     return cases
 
 
@@ -258,11 +331,18 @@ def main(argv: list[str] | None = None) -> None:
     checks = correctness(setup)
     print("correctness (fast vs compatibility path, max |diff| / std): " +
           ", ".join(f"{k} {v:.2e}" for k, v in checks.items()), flush=True)
+    checks.update(graph_correctness(setup))
+    print("correctness (CUDA-graph vs eager rollout, max |diff| / std): " +
+          (f"graphed_rel_err {checks['graphed_rel_err']:.2e}" if "graphed_rel_err" in checks
+           else f"skipped: {checks['graphed_skipped']}"), flush=True)
     results: list[Result] = []
     references: dict[str, Result] = {}
     for kind, label, batch, build, warmup in _cases(setup, compile_=not args.no_compile):
         result = _case(kind, label, batch, build, setup, args.steps, warmup)
         references.setdefault(kind, result)
+        eager = next((r for r in results if r.name == "forecaster fast-filter eager"), None)
+        if label.startswith(GRAPHED) and eager and result.per_s == result.per_s:
+            result.note = f"{result.per_s / eager.per_s:.2f}x forecaster eager"
         results.append(result)
         _print(result, references[kind])
         if args.out:

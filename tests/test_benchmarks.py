@@ -32,6 +32,11 @@ def test_gpu_script_runs_at_toy_size_on_cpu_with_its_correctness_check_first(tmp
     assert result["device"] == "cpu (smoke)"
     assert result["correctness"]["fast_fp32_rel_err"] <= FAST_FP32_REL
     assert result["correctness"]["fast_bf16_rel_err"] <= FAST_BF16_REL
-    names = {r["name"] for r in result["results"]}
-    assert {"fourcast fast-filter bf16 fused eager", "fourcast fast-filter bf16 eager"} <= names
-    assert all(math.isfinite(r["per_s"]) and r["per_s"] > 0 for r in result["results"])
+    assert result["correctness"]["graphed_skipped"].startswith("CUDA graphs need a CUDA device; found device cpu")
+    assert "graphed_rel_err" not in result["correctness"]
+    rows = {r["name"]: r for r in result["results"]}
+    assert {"fourcast fast-filter bf16 fused eager", "fourcast fast-filter bf16 eager",
+            "forecaster fast-filter eager"} <= rows.keys()
+    graphed = rows.pop("forecaster fast-filter cuda-graphs")  # on CPU: skipped, with the reason
+    assert graphed["note"].startswith("skipped: CUDA graphs need a CUDA device") and math.isnan(graphed["per_s"])
+    assert all(math.isfinite(r["per_s"]) and r["per_s"] > 0 for r in rows.values())
