@@ -219,8 +219,10 @@ def _open_with_statistics(store_path: str | Path):
 
 
 def _lacks_statistics(store_path: str | Path) -> bool:
+    """Whether the store holds ``data`` but not both statistics, read from its arrays (consolidated
+    metadata written before the statistics were removed or lost would still list them)."""
     try:
-        group = zarr.open_group(str(store_path), mode="r")
+        group = zarr.open_group(str(store_path), mode="r", use_consolidated=False)
     except Exception:  # not a Zarr group at all: open_store's own message says so
         return False
     return DATA in group and not (MEAN in group and STD in group)
