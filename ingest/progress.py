@@ -82,9 +82,12 @@ class LogProgress:
         self._postfix = {**dict(values or {}), **kwargs}
 
     def _line(self, now: float) -> None:
+        """Log one line. Rate and ETA come from the units done since the previous line, so work whose
+        units slow down on the way (longer training rollouts) is not promised an early end."""
+        since_n, since_s = self.n - self._logged_n, now - self._last
         self._last, self._logged_n = now, self.n
-        done = self.n - self._start_n
-        rate = done / max(now - self._started, 1e-9)
+        overall = (self.n - self._start_n) / max(now - self._started, 1e-9)
+        rate = since_n / since_s if since_n > 0 and since_s > 0 else overall
         eta = (self.total - self.n) / rate if rate > 0 else math.inf
         share = f" ({100 * self.n // self.total}%)" if self.total else ""
         extra = "".join(f", {key}={value}" for key, value in self._postfix.items())

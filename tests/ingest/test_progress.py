@@ -40,3 +40,20 @@ def test_the_environment_chooses_the_mode(monkeypatch, caplog):
     assert type(progress(3, "x", "steps")).__name__ == "tqdm" or "tqdm" in type(progress(3, "x", "steps")).__module__
     monkeypatch.delenv("FOURCAST_PROGRESS")
     assert progress_mode() == "log"  # pytest's stderr is not a terminal
+
+
+def test_rate_and_eta_follow_the_recent_pace_when_units_slow_down(caplog, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr("ingest.progress.time.monotonic", lambda: clock[0])
+    caplog.set_level(logging.INFO, logger="fourcast.progress")
+    bar = LogProgress(200, "training", "steps", every_s=5.0)
+    for _ in range(100):  # 100 steps at 10 steps/s
+        clock[0] += 0.1
+        bar.update(1)
+    for _ in range(10):  # then rollouts lengthen: 1 step/s
+        clock[0] += 1.0
+        bar.update(1)
+    bar.close()
+    last = caplog.records[-1].getMessage()
+    assert last.startswith("training: 110/200 steps (55%), 1 steps/s")  # not the 5.5 steps/s average
+    assert "ETA 1m30s" in last  # 90 steps left at the recent 1 step/s
