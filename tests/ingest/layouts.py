@@ -16,7 +16,8 @@ import netCDF4
 import numpy as np
 import xarray as xr
 
-from ingest.lexicon import get_variable
+from ingest.cds_layout import basic_field_attrs, cds_bytes, cds_dataset, write_cds_file
+from ingest.lexicon import Variable, get_variable
 
 PRESSURE_IDS = ("z500", "z850", "t850")
 SURFACE_IDS = ("t2m", "u10m", "msl")
@@ -90,55 +91,28 @@ def _on_grid(values: np.ndarray, lat_order: np.ndarray, lon_order: np.ndarray) -
 
 def new_cds_dataset(fields: Fields, ids: tuple[str, ...], *, lon_west: bool = False,
                     lat_ascending: bool = False) -> xr.Dataset:
-    """The new-CDS layout: ``valid_time``, (``pressure_level``), ``latitude``, ``longitude``."""
+    """The new-CDS layout (:func:`ingest.cds_layout.cds_dataset`), on a grid maybe −180..180 and/or south to north."""
     lat, lon, lat_order, lon_order = _grid(fields, lon_west, lat_ascending)
-    variables = [get_variable(vid) for vid in ids]
-    levels = sorted({v.level for v in variables if v.level is not None})
-    data = {}
-    for short in dict.fromkeys(v.short_name for v in variables):
-        members = [v for v in variables if v.short_name == short]
-        attrs = {"units": members[0].units, "long_name": members[0].long_name.split(" at ")[0],
-                 "GRIB_shortName": _GRIB_SHORT_NAMES.get(members[0].id, short)}
-        if members[0].level is None:
-            data[short] = (("valid_time", "latitude", "longitude"),
-                           _on_grid(fields.values[members[0].id], lat_order, lon_order), attrs)
-            continue
-        cube = np.full((fields.times.size, len(levels), lat.size, lon.size), np.nan, dtype=np.float32)
-        for v in members:
-            cube[:, levels.index(v.level)] = _on_grid(fields.values[v.id], lat_order, lon_order)
-        data[short] = (("valid_time", "pressure_level", "latitude", "longitude"), cube, attrs)
-    coords = {
-        "number": ((), np.int64(0), {"standard_name": "realization"}),
-        "valid_time": ("valid_time", fields.times, {"standard_name": "time"}),
-        "latitude": ("latitude", lat, {"units": "degrees_north"}),
-        "longitude": ("longitude", lon, {"units": "degrees_east"}),
-        "expver": ("valid_time", fields.expver.astype(object)),
-    }
-    if levels:
-        coords["pressure_level"] = ("pressure_level", np.array(levels, dtype=np.float64), {"units": "hPa"})
-    return xr.Dataset(data, coords=coords, attrs={"Conventions": "CF-1.7", "institution": "ECMWF"})
+    values = {vid: _on_grid(fields.values[vid], lat_order, lon_order) for vid in ids}
+    return cds_dataset(fields.times, lat, lon, values, expver=fields.expver, field_attrs=_field_attrs,
+                       attrs={"Conventions": "CF-1.7", "institution": "ECMWF"})
 
 
-def _new_cds_encoding(ds: xr.Dataset) -> dict:
-    encoding = {"valid_time": {"dtype": "int64", "units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian"}}
-    for name in ds.data_vars:
-        encoding[name] = {"dtype": "float32", "zlib": True, "complevel": 1, "shuffle": True,
-                          "_FillValue": np.float32(np.nan)}
-    return encoding
+def _field_attrs(variable: Variable, lat: np.ndarray, lon: np.ndarray) -> dict[str, object]:
+    """The layout's attributes, with the GRIB shortName where it differs from the netCDF name."""
+    return {**basic_field_attrs(variable, lat, lon), "GRIB_shortName": _GRIB_SHORT_NAMES.get(variable.id,
+                                                                                            variable.short_name)}
 
 
 def write_new_cds(fields: Fields, directory: Path, *, stem: str = "era5", lon_west: bool = False,
                   lat_ascending: bool = False) -> list[Path]:
     """``{stem}_pl.nc`` (pressure levels) and ``{stem}_sfc.nc`` (single levels), as two requests give."""
-    directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for suffix, ids in (("pl", PRESSURE_IDS), ("sfc", SURFACE_IDS)):
         ids = tuple(vid for vid in ids if vid in fields.values)
         if ids:
             ds = new_cds_dataset(fields, ids, lon_west=lon_west, lat_ascending=lat_ascending)
-            path = directory / f"{stem}_{suffix}.nc"
-            ds.to_netcdf(path, engine="netcdf4", format="NETCDF4", encoding=_new_cds_encoding(ds))
-            paths.append(path)
+            paths.append(write_cds_file(ds, directory / f"{stem}_{suffix}.nc"))
     return paths
 
 
@@ -156,7 +130,7 @@ def write_cds_zip(fields: Fields, path: Path, *, seed: int = 1) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for member, ds in ((_ZIP_INSTANT, instant), (_ZIP_ACCUM, accum)):
-            archive.writestr(member, ds.to_netcdf(engine="netcdf4", encoding=_new_cds_encoding(ds)))
+            archive.writestr(member, cds_bytes(ds))
     return path
 
 
