@@ -183,7 +183,7 @@ def _forecast_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--members", type=int, help="ensemble size")
     sub.add_argument("--lead-hours", type=int, help="forecast length; a multiple of the model step")
     sub.add_argument("--step-hours", type=int, help="expected model step; refused if the model's differs")
-    sub.add_argument("--perturbation", choices=["none", "gaussian", "grf", "bred"], help="initial perturbation")
+    sub.add_argument("--perturbation", choices=["none", "gaussian", "grf", "balanced", "bred"], help="initial perturbation")
     sub.add_argument("--amplitude", type=float, help="perturbation size in units of each channel's std")
     sub.add_argument("--seed", type=int, help="campaign seed (a member depends on seed, init time, member only)")
     sub.add_argument("--members-per-batch", type=int, help="members stepped together (the work-item block size)")
