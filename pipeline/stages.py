@@ -55,6 +55,7 @@ from ingest.store import StatsPeriod, StoreLayout, open_sources, write_store
 from ingest.climatology import climatology_at
 from ingest.coarsen import coarsen
 from ingest.synthetic import generate_files
+from pipeline.calibration import CALIBRATION_FILE, apply_calibration, calibrate_stage
 from pipeline.cluster import SHARD_COPIES, check_task_memory, dask_client
 from pipeline.config import (CdsConfig, ClusterConfig, ForecastConfig, IngestConfig, ModelErrorConfig,
                              PerturbationConfig, RunConfig, ScoreConfig, SyntheticConfig, TrainConfig)
@@ -162,6 +163,10 @@ class Paths:
     @property
     def artifacts(self) -> Path:
         return self.workdir / "mlartifacts"
+
+    @property
+    def calibration(self) -> Path:
+        return self.workdir / CALIBRATION_FILE
 
     @property
     def summary(self) -> Path:
@@ -707,7 +712,7 @@ def score_stream(cfg: RunConfig, paths: Paths) -> ScoreStream | None:
 def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, tracker: Tracker, *,
              overwrite: bool = False, tracking_uri: str | None = None, launch: Launch | None = None,
              stream: ScoreStream | None = None, climatology: Path | None = None,
-             workdir: Path | None = None) -> Path:
+             workdir: Path | None = None, calibration: Path | None = None) -> Path:
     """Ensemble campaign from the store's initial conditions into a Zarr archive; this process's share of it.
 
     Every process of a ``torchrun`` launch calls this; the (init time, member block) work items
@@ -744,6 +749,10 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
     workdir : pathlib.Path, optional
         The tracker records paths relative to it (:func:`workdir_relative`); default: the
         store's folder. The archive's lineage keeps them absolute.
+    calibration : pathlib.Path, optional
+        ``calibration.json`` of the calibrate stage: with ``cfg.calibrated``, its amplitudes
+        replace the configured ones when it was made for this checkpoint
+        (:func:`pipeline.calibration.apply_calibration`); the lineage names it.
 
     Raises
     ------
@@ -770,6 +779,7 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
     forecaster, meta, checkpoint_sha256 = _load_model(pinned, tracking_uri, device,
                                                       cfg.autocast and device.type == "cuda", cfg.cuda_graphs,
                                                       cfg.compile)
+    cfg, calibrated = apply_calibration(cfg, calibration, checkpoint_sha256)
     truth = open_store(store)
     forecaster = _on_store_grid(forecaster, meta, truth)
     campaign = _campaign(cfg, forecaster, truth, {
@@ -785,7 +795,7 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
                "amplitudes": json.dumps(cfg.perturbation.amplitudes or {}, sort_keys=True),
                "model_error": cfg.model_error.kind, "model_error_amplitude": cfg.model_error.amplitude,
                "code_version": code_version(), "train_run_id": str(meta.extra.get("train_run_id", "")),
-               "forecast_run_id": tracker.run_id or "", **registered}
+               "forecast_run_id": tracker.run_id or "", **registered, **calibrated}
     if registered:
         tracker.set_tags(registered)
     recorded = {**lineage, "model": model if model.startswith(MODEL_URI_SCHEMES) else Path(model),
@@ -1230,12 +1240,19 @@ def run_tracked_stages(cfg: RunConfig, paths: Paths, uri: str) -> PipelineResult
             train_model(cfg.train, paths.store, paths.checkpoint, tracker, climatology=paths.climatology,
                         restart=True)  # a pipeline run starts over: an earlier run's checkpoints are moved aside
             run_ids["train"] = tracker.run_id
+        if cfg.calibrate.enabled:
+            with _stage("calibrate"), mlflow_run(run_name="calibrate", tags={"stage": "calibrate",
+                                                                            "train_run_id": run_ids["train"]},
+                                                 **nested) as tracker:
+                calibrate_stage(cfg, paths.checkpoint, paths.store, paths.calibration, tracker, tracking_uri=uri,
+                                train_run_id=run_ids["train"])
+                run_ids["calibrate"] = tracker.run_id
         with _stage("forecast"), mlflow_run(run_name=forecast_run_name(cfg.forecast),
                                             tags={"stage": "forecast", "train_run_id": run_ids["train"]},
                                             **nested) as tracker:
             forecast(cfg.forecast, paths.checkpoint, paths.store, paths.archive, tracker, overwrite=True,
                      tracking_uri=uri, stream=score_stream(cfg, paths), climatology=paths.climatology,
-                     workdir=paths.workdir)
+                     workdir=paths.workdir, calibration=paths.calibration if cfg.calibrate.enabled else None)
             run_ids["forecast"] = tracker.run_id
         with _stage("score"), mlflow_run(run_name="score", tags={"stage": "score", "forecast_run_id": run_ids["forecast"],
                                                                  "train_run_id": run_ids["train"]},
