@@ -284,6 +284,11 @@ def run_exists(tracking_uri: str, run_id: str) -> bool:
     return True
 
 
+def run_tags(tracking_uri: str, run_id: str) -> dict[str, str]:
+    """The tags of the run ``run_id`` (e.g. ``registered_model`` of a training run)."""
+    return dict(tracking_client(tracking_uri).get_run(run_id).data.tags)
+
+
 #: Tags naming the process that records a run, so a later start can tell the run was abandoned.
 PROCESS_TAGS = ("process_id", "process_started", "host_id")
 
