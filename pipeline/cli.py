@@ -548,21 +548,9 @@ def _run_errors() -> tuple[type[Exception], ...]:
     from ensembles.errors import EnsembleError
     from fourcast.errors import FourcastError
     from ingest.errors import IngestError
-    from pipeline.cluster import ClusterError  # heavy imports only once something failed
-    from pipeline.config import ConfigError
-    from pipeline.stages import StageInputError
-    from pipeline.tracking import ModelUriError
+    from pipeline.errors import PipelineError
 
-    from pipeline.operations import DataNotArrivedError
-    from pipeline.tracking import TrackingServerError
-
-    return (IngestError, FourcastError, EnsembleError, StageInputError, ModelUriError, ClusterError, ConfigError,
-            DataNotArrivedError, TrackingServerError, OSError)
-
-
-def _one_line(err: BaseException) -> str:
-    """The error's message on one line."""
-    return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return (IngestError, FourcastError, EnsembleError, PipelineError, OSError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,14 +15,12 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from pipeline.errors import CylcSetupError  # noqa: F401  (re-exported)
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "workflows"
 CYLC_VENV = ROOT / ".venv-cylc"
 CYLC_CONF = ROOT / ".cylc-conf"
-
-
-class CylcSetupError(RuntimeError):
-    """Cylc, its global config or rsync is missing; the message says how to get them."""
 
 
 def cylc_executable() -> Path:

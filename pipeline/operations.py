@@ -23,12 +23,9 @@ if TYPE_CHECKING:
     from ensembles.catalogue import Catalogue, Entry
 from pipeline.tracking import (mlflow_run, nest_runs_under, model_aliases, resolve_model_version, set_model_alias,
                                score_metric_name, tag_model_version)
+from pipeline.errors import DataNotArrivedError  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
-
-
-class DataNotArrivedError(RuntimeError):
-    """The analyses a cycle needs did not reach the store within the configured wait."""
 
 
 def catalogue_of(cfg: RunConfig) -> Catalogue:

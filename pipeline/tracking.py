@@ -34,6 +34,7 @@ from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
 
 from ingest.locks import process_running
+from pipeline.errors import AliasError, ModelUriError, TrackingServerError  # noqa: F401  (re-exported)
 
 _BATCH = 200  # MLflow caps a batch at 1000 metrics / 100 params
 
@@ -430,10 +431,6 @@ def nest_runs_under(tracking_uri: str, experiment: str, parent_run_id: str, tags
     return adopted
 
 
-class ModelUriError(ValueError):
-    """An MLflow model URI cannot be resolved to one checkpoint file."""
-
-
 MODEL_URI_SCHEMES = ("models:/", "runs:/")
 
 
@@ -484,10 +481,6 @@ def _registered_source(model_uri: str, registry_uri: str) -> str:
     client = tracking_client(registry_uri)
     name, version = resolve_model_version(model_uri, registry_uri)
     return client.get_model_version_download_uri(name, version)
-
-
-class AliasError(ModelUriError):
-    """A registered model, or an alias of it, that the registry does not hold."""
 
 
 def _registered_model(client: MlflowClient, name: str):
@@ -580,10 +573,6 @@ def tag_model_version(tracking_uri: str, name: str, version: str, tags: Mapping[
     for key, value in tags.items():
         client.set_model_version_tag(name, str(version), key, str(value))
 
-
-
-class TrackingServerError(RuntimeError):
-    """The MLflow tracking server could not be started, or is not running where its state says."""
 
 
 def _free_port(host: str) -> int:
