@@ -241,8 +241,8 @@ class ZarrArchive:
                 self.partial_path, mode="w-", compute=False, zarr_format=3, consolidated=False, encoding=encoding
             )
             self._group = zarr.open_group(self.partial_path, mode="r+", zarr_format=3)
-        except Exception:
-            discard(self.partial_path)  # leave nothing behind, whatever zarr raised
+        except BaseException:
+            discard(self.partial_path)  # leave nothing behind, whatever zarr raised (Ctrl-C included)
             raise
 
     def _lazy_empty(self, shape: tuple[int, ...]) -> dask.array.Array:

@@ -57,7 +57,7 @@ from ensembles.campaign import CAMPAIGN, recorded_items
 from ensembles.errors import ArchiveError, ScoringError, ScoringGridError
 from ensembles.metrics import METRICS, RANK, StatisticSums, finalise, forecast_statistics, rank_histogram_frequencies
 from ensembles.regions import REGIONS, Region, weight_matrix
-from ingest.atomic import discard, replace_path, temporary_sibling
+from ingest.atomic import atomic_output
 from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER, TIME
 from ingest.grid import check_coords
 from ingest.lexicon import get_variable
@@ -543,13 +543,8 @@ def write_scorecard(scorecard: xr.Dataset, directory: str | Path, name: str = "s
     writers = (lambda tmp: scorecard.to_netcdf(tmp, engine="netcdf4"),
                lambda tmp: scorecard_table(scorecard).to_csv(tmp, index=False, float_format="%.9g"))
     for path, write in zip(paths, writers, strict=True):
-        tmp = temporary_sibling(path)
-        try:
+        with atomic_output(path) as tmp:
             write(tmp)
-        except BaseException:
-            discard(tmp)
-            raise
-        replace_path(tmp, path)
     return paths
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from fourcast.errors import CheckpointError, CheckpointGridError, CheckpointWriteError
-from ingest.atomic import discard, replace_path, temporary_sibling
+from ingest.atomic import atomic_output
 from ingest.dims import LAT, LON
 from ingest.grid import check_coords
 from ingest.locks import process_running
@@ -112,16 +112,12 @@ def _save_atomically(payload: dict, path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(path, tag=f"partial-{os.getpid()}")
     try:
-        torch.save(payload, tmp)
-        return replace_path(tmp, path)
+        with atomic_output(path, tag=f"partial-{os.getpid()}") as tmp:
+            torch.save(payload, tmp)
     except (OSError, RuntimeError) as err:  # torch's zip writer reports a failed write as a RuntimeError
-        discard(tmp)
         raise CheckpointWriteError(_write_failure(path, err)) from err
-    except BaseException:
-        discard(tmp)
-        raise
+    return path
 
 
 def _write_failure(path: Path, err: BaseException) -> str:

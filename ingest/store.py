@@ -64,7 +64,7 @@ import zarr
 from dask.delayed import Delayed
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from ingest.atomic import discard, replace_path
+from ingest.atomic import atomic_output, discard, replace_path
 from ingest.climatology import compute_climatology, write_climatology
 from ingest.dims import CHANNEL, LAT, LON, TIME
 from ingest.errors import IngestError, StoreGridError, StoreSchemaError
@@ -418,9 +418,8 @@ def _stored_partials(store: Path, window: StatsWindow) -> list[Partials] | None:
 
 def _write_record(path: Path, text: str) -> None:
     """Create a small record file atomically (temp name + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
 
 
 def _shard_record(window: StatsWindow, partials: Partials, with_incoming: bool, checksums: np.ndarray | None) -> str:

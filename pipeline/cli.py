@@ -553,6 +553,11 @@ def _run_errors() -> tuple[type[Exception], ...]:
     return (IngestError, FourcastError, EnsembleError, PipelineError, OSError)
 
 
+def _one_line(err: BaseException) -> str:
+    """The error's message on one line."""
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``fourcast``: a bad config or option ends as one line on stderr and exit 2, a failed run as one line and exit 1.
 

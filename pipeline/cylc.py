@@ -15,6 +15,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from ingest.atomic import atomic_output
 from pipeline.errors import CylcSetupError  # noqa: F401  (re-exported)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,9 +66,8 @@ def write_global_config(folder: Path, cylc_bin: Path) -> Path:
     """Write ``global.cylc`` telling background jobs where ``cylc`` lives (atomically)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "global.cylc"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"[platforms]\n    [[localhost]]\n        cylc path = {Path(cylc_bin).resolve()}\n")
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(f"[platforms]\n    [[localhost]]\n        cylc path = {Path(cylc_bin).resolve()}\n")
     return path
 
 

@@ -44,7 +44,7 @@ from fourcast.normaliser import Normaliser
 from fourcast.distributed import DistContext, main_first, process_group
 from fourcast.training import (TRAIN_LOSS, TRAIN_LR, VAL_SCORE, CheckpointPlan, ModeSchedule, Phase,
                                TrainSettings, seeded_initialisation, train)
-from ingest.atomic import replace_path, temporary_sibling
+from ingest.atomic import atomic_output
 from ingest.cds import CdsRequest, PlanOptions, plan_requests
 from ingest.dims import CHANNEL, LAT, LON, TIME
 from ingest.grid import check_coords
@@ -1126,9 +1126,9 @@ def publish(path: Path, records: list[dict], lead_hours: list[int], store: Path,
     summary = {"scores": [r for r in headline_records(records) if r["lead_hours"] in lead_hours],
                "store": str(store.resolve()), "archive": str(archive.resolve()), "mlflow_tracking_uri": tracking_uri,
                "mlflow_run_ids": run_ids}
-    tmp = temporary_sibling(path)
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    return replace_path(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    return path
 
 
 @dataclass

@@ -33,6 +33,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
 
+from ingest.atomic import atomic_output
 from ingest.locks import process_running
 from pipeline.errors import AliasError, ModelUriError, TrackingServerError  # noqa: F401  (re-exported)
 
@@ -623,11 +624,13 @@ def start_tracking_server(backend_uri: str, artifact_root: Path, state_dir: Path
     with open(log_file, "ab") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, cwd=state_dir)  # outlives the caller's folder
-    pid_file.write_text(f"{process.pid}\n")
+    with atomic_output(pid_file) as tmp:
+        tmp.write_text(f"{process.pid}\n")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if _server_answers(uri):
-            uri_file.write_text(uri + "\n")
+            with atomic_output(uri_file) as tmp:
+                tmp.write_text(uri + "\n")
             return uri
         if process.poll() is not None:
             break
