@@ -554,17 +554,9 @@ def _run_errors() -> tuple[type[Exception], ...]:
     from ensembles.errors import EnsembleError
     from fourcast.errors import FourcastError
     from ingest.errors import IngestError
-    from pipeline.calibration import CalibrationError
-    from pipeline.cluster import ClusterError  # heavy imports only once something failed
-    from pipeline.config import ConfigError
-    from pipeline.stages import StageInputError
-    from pipeline.tracking import ModelUriError
+    from pipeline.errors import PipelineError
 
-    from pipeline.operations import DataNotArrivedError
-    from pipeline.tracking import TrackingServerError
-
-    return (IngestError, FourcastError, EnsembleError, StageInputError, ModelUriError, ClusterError, ConfigError,
-            DataNotArrivedError, TrackingServerError, CalibrationError, OSError)
+    return (IngestError, FourcastError, EnsembleError, PipelineError, OSError)
 
 
 def _one_line(err: BaseException) -> str:

@@ -33,7 +33,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
 
+from ingest.atomic import atomic_output
 from ingest.locks import process_running
+from pipeline.errors import AliasError, ModelUriError, TrackingServerError  # noqa: F401  (re-exported)
 
 _BATCH = 200  # MLflow caps a batch at 1000 metrics / 100 params
 
@@ -435,10 +437,6 @@ def nest_runs_under(tracking_uri: str, experiment: str, parent_run_id: str, tags
     return adopted
 
 
-class ModelUriError(ValueError):
-    """An MLflow model URI cannot be resolved to one checkpoint file."""
-
-
 MODEL_URI_SCHEMES = ("models:/", "runs:/")
 
 
@@ -489,10 +487,6 @@ def _registered_source(model_uri: str, registry_uri: str) -> str:
     client = tracking_client(registry_uri)
     name, version = resolve_model_version(model_uri, registry_uri)
     return client.get_model_version_download_uri(name, version)
-
-
-class AliasError(ModelUriError):
-    """A registered model, or an alias of it, that the registry does not hold."""
 
 
 def _registered_model(client: MlflowClient, name: str):
@@ -587,10 +581,6 @@ def tag_model_version(tracking_uri: str, name: str, version: str, tags: Mapping[
 
 
 
-class TrackingServerError(RuntimeError):
-    """The MLflow tracking server could not be started, or is not running where its state says."""
-
-
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
@@ -639,11 +629,13 @@ def start_tracking_server(backend_uri: str, artifact_root: Path, state_dir: Path
     with open(log_file, "ab") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, cwd=state_dir)  # outlives the caller's folder
-    pid_file.write_text(f"{process.pid}\n")
+    with atomic_output(pid_file) as tmp:
+        tmp.write_text(f"{process.pid}\n")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if _server_answers(uri):
-            uri_file.write_text(uri + "\n")
+            with atomic_output(uri_file) as tmp:
+                tmp.write_text(uri + "\n")
             return uri
         if process.poll() is not None:
             break
