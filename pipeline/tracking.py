@@ -17,6 +17,9 @@ import os
 import signal
 import subprocess
 import socket
+# The system SQLite must load before anything loads ecCodes (ingest reading GRIB): eckit bundles
+# SQLite 3.26, which MLflow's SQLAlchemy store refuses. The one home of this workaround.
+import sqlite3  # noqa: F401
 import tempfile
 import threading
 import time
