@@ -722,8 +722,8 @@ class _PhysicsLoss(nn.Module):
 
 def _stop_non_finite(per_channel: torch.Tensor, channels: list[str], run: _Run, phase: Phase,
                      checkpoints: CheckpointPlan | None) -> None:
-    bad = [c for c, value in zip(channels, per_channel.tolist()) if not math.isfinite(value)]
-    losses = {c: float(v) for c, v in zip(channels, per_channel.tolist())}
+    bad = [c for c, value in zip(channels, per_channel.tolist(), strict=True) if not math.isfinite(value)]
+    losses = {c: float(v) for c, v in zip(channels, per_channel.tolist(), strict=True)}
     kept = (f"the last good training state {checkpoints.last} (step {run.saved_step}) is kept"
             if checkpoints is not None and run.saved_step is not None else "no training state had been written")
     raise NonFiniteLossError(f"loss became non-finite at step {run.step} (rollout {phase.rollout_steps}) in variables "

@@ -584,7 +584,7 @@ def _merge_along_time(variable: Variable, pieces: list[tuple[str, xr.DataArray]]
     keep = order[first_of_time]
     merged = xr.concat([field.drop_vars(EXPVER) for _, field in pieces], dim=TIME, coords="minimal",
                        compat="override", join="override")
-    ties = [(int(w), int(o)) for w, o in zip(winner[~first_of_time], order[~first_of_time]) if ranks[w] == ranks[o]]
+    ties = [(int(w), int(o)) for w, o in zip(winner[~first_of_time], order[~first_of_time], strict=True) if ranks[w] == ranks[o]]
     _check_duplicates_agree(variable, merged, ties, times, [pieces[i][0] for i in origin])
     superseded = int(np.sum(ranks[order][~first_of_time] > ranks[winner][~first_of_time]))
     if keep.size == times.size and np.all(np.diff(keep) > 0):
@@ -638,7 +638,7 @@ def _expver_runs(times: np.ndarray, labels: dict[str, np.ndarray]) -> list[dict[
     stops = np.r_[starts[1:], times.size]
     return [{"expver": str(per_time[a]), "first": str(np.datetime_as_string(times[a], unit="s")),
              "last": str(np.datetime_as_string(times[b - 1], unit="s")), "steps": int(b - a)}
-            for a, b in zip(starts, stops)]
+            for a, b in zip(starts, stops, strict=True)]
 
 
 def _raise_if_not_finite_or_unphysical(block: np.ndarray, times: np.ndarray, *, channels: tuple[str, ...],
