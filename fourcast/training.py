@@ -200,6 +200,8 @@ class TrainResult:
 class LatWeightedMSE(nn.Module):
     """Mean over batch, channels and grid of ``w(lat) · (pred − target)²`` with area weights of mean 1."""
 
+    weights: torch.Tensor  # buffer (lat, 1)
+
     def __init__(self, lat: np.ndarray) -> None:
         super().__init__()
         self.register_buffer("weights", torch.as_tensor(cell_area_weights(lat), dtype=torch.float32)[:, None])
@@ -700,6 +702,9 @@ class _ModeGrowth:
 
 class _PhysicsLoss(nn.Module):
     """PINO term: squared shallow-water residual of ``x → prediction``, per equation relative to ``x → truth``'s change."""
+
+    mean: torch.Tensor  # buffers (channel, 1, 1), physical units
+    std: torch.Tensor
 
     def __init__(self, windows: StoreWindows, device: torch.device) -> None:
         super().__init__()

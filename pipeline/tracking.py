@@ -69,7 +69,9 @@ def score_metric_name(var: str, metric: str, lead_h: int, campaign: str | None =
 class Tracker(Protocol):
     """What stages may record about a run."""
 
-    run_id: str | None
+    @property
+    def run_id(self) -> str | None:
+        """The run's id, or None for a tracker that keeps nothing."""
 
     def log_params(self, params: Mapping[str, object]) -> None: ...
 
@@ -93,7 +95,7 @@ class Tracker(Protocol):
 class NullTracker:
     """A tracker that keeps nothing (tests, dry runs)."""
 
-    run_id = None
+    run_id: str | None = None
 
     def log_params(self, params: Mapping[str, object]) -> None:
         pass
