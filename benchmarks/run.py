@@ -51,7 +51,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 SECTIONS = ("ingest", "loader", "train", "ensemble", "scoring", "gpu")
 QUICK = {
@@ -327,7 +327,7 @@ def bench_ensemble(size: dict, report: Report) -> None:
     for preset in size["presets"]:
         forecaster = et._forecaster(preset, 32, 64)
         cases = [(m, b) for m in size["members"] for b in size["batches"] if b <= m]
-        rates = dict(zip(cases, et._best_rates(forecaster, cases, size["steps"], size["repeats"])))
+        rates = dict(zip(cases, et._best_rates(forecaster, cases, size["steps"], size["repeats"]), strict=True))
         for (members, b), rate in rates.items():
             if b == 1:
                 continue

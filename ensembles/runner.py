@@ -294,11 +294,11 @@ def _check_finite(x: torch.Tensor, coords: Coords, init_time: np.datetime64, lea
     if bool(finite.all()):
         return
     bad = (~finite).flatten(2).sum(dim=-1).cpu()  # (member, channel) counts
-    variables = {str(c): int(n) for c, n in zip(coords[CHANNEL], bad.sum(dim=0).tolist()) if n}
-    members = [int(m) for m, n in zip(coords[MEMBER], bad.sum(dim=1).tolist()) if n]
+    variables = {str(c): int(n) for c, n in zip(coords[CHANNEL], bad.sum(dim=0).tolist(), strict=True) if n}
+    members = [int(m) for m, n in zip(coords[MEMBER], bad.sum(dim=1).tolist(), strict=True) if n]
     hours = np.timedelta64(lead, "ns") / np.timedelta64(1, "h")
     raise NonFiniteForecastError(
-        f"the forecast from init time {str(np.datetime64(init_time, 's'))} for the member block "
+        f"the forecast from init time {np.datetime64(init_time, 's')!s} for the member block "
         f"{[int(m) for m in coords[MEMBER]]} is not finite at lead {hours:g} h: NaN or infinite values in variables "
         f"{list(variables)} (count per variable {variables}, in members {members}); it is not archived and its work "
         "item is not recorded complete, so the archive stays unfinished. Check the model (did its training diverge?)"

@@ -71,10 +71,10 @@ def _parser() -> argparse.ArgumentParser:
                              "(Dask)", ingest_actions))
     add("plan", "print the CDS requests (ingest.source: cds) and their cost in fields, without sending anything",
         ingest_actions)
-    for action, help_text in (("inspect", "print a training store's dates, gaps, shape, layout, size on disk and "
-                                          "per-variable statistics"),
-                              ("validate", "check a training store's schema, times, NaNs and physical ranges; "
-                                           "exits 1 on any problem")):
+    for action, help_text in (("inspect", ("print a training store's dates, gaps, shape, layout, size on disk and "
+                                           "per-variable statistics")),
+                              ("validate", ("check a training store's schema, times, NaNs and physical ranges; "
+                                            "exits 1 on any problem"))):
         ingest_actions.add_parser(action, help=help_text, description=help_text).add_argument(
             "store", type=Path, help="path of the Zarr v3 training store")
     train = add("train", "train the configured model preset on the store (under torchrun: data-parallel on all ranks)")
@@ -203,6 +203,8 @@ def _tag_option(sub: argparse.ArgumentParser) -> None:
 
 
 def _tags(args: argparse.Namespace) -> dict[str, str]:
+    from pipeline.config import ConfigError
+
     tags = {}
     for item in getattr(args, "tag", []) or []:
         key, sep, value = item.partition("=")

@@ -74,7 +74,9 @@ def score_metric_name(var: str, metric: str, lead_h: int, campaign: str | None =
 class Tracker(Protocol):
     """What stages may record about a run."""
 
-    run_id: str | None
+    @property
+    def run_id(self) -> str | None:
+        """The run's id, or None for a tracker that keeps nothing."""
 
     def log_params(self, params: Mapping[str, object]) -> None: ...
 
@@ -98,7 +100,7 @@ class Tracker(Protocol):
 class NullTracker:
     """A tracker that keeps nothing (tests, dry runs)."""
 
-    run_id = None
+    run_id: str | None = None
 
     def log_params(self, params: Mapping[str, object]) -> None:
         pass
@@ -375,7 +377,7 @@ def source_tags() -> dict[str, str]:
     tags = {SOURCE_NAME_TAG: "fourcast", SOURCE_TYPE_TAG: "LOCAL"}
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+                             cwd=Path(__file__).resolve().parent, check=False)
     except (OSError, subprocess.SubprocessError):
         return tags
     commit = out.stdout.strip()
