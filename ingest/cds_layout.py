@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from ingest.atomic import discard, replace_path, temporary_sibling
+from ingest.atomic import atomic_output
 from ingest.errors import SourceLayoutError
 from ingest.expver import EXPVER, EXPVER_FINAL
 from ingest.lexicon import Variable, get_variables
@@ -61,13 +61,24 @@ FieldAttrs = Callable[[Variable, np.ndarray, np.ndarray], Mapping[str, object]]
 
 def basic_field_attrs(variable: Variable, lat: np.ndarray, lon: np.ndarray) -> dict[str, object]:
     """The attributes :func:`~ingest.normalise.normalise` relies on: units, name, GRIB step type."""
-    return {"units": variable.units, "long_name": variable.long_name.split(" at ")[0],
-            "GRIB_shortName": variable.short_name, "GRIB_stepType": variable.step_type}
+    return {
+        "units": variable.units,
+        "long_name": variable.long_name.split(" at ")[0],
+        "GRIB_shortName": variable.short_name,
+        "GRIB_stepType": variable.step_type,
+    }
 
 
-def cds_dataset(times: np.ndarray, lat: np.ndarray, lon: np.ndarray, fields: Mapping[str, np.ndarray], *,
-                expver: Sequence[str] | np.ndarray | None = None, field_attrs: FieldAttrs = basic_field_attrs,
-                attrs: Mapping[str, object] | None = None) -> xr.Dataset:
+def cds_dataset(
+    times: np.ndarray,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    fields: Mapping[str, np.ndarray],
+    *,
+    expver: Sequence[str] | np.ndarray | None = None,
+    field_attrs: FieldAttrs = basic_field_attrs,
+    attrs: Mapping[str, object] | None = None,
+) -> xr.Dataset:
     """Assemble canonical fields into the new-CDS layout.
 
     Parameters
@@ -101,13 +112,15 @@ def cds_dataset(times: np.ndarray, lat: np.ndarray, lon: np.ndarray, fields: Map
     """
     variables = get_variables(list(fields))
     shape = (len(times), len(lat), len(lon))
-    values = {vid: np.asarray(value).reshape(shape) if np.size(value) == np.prod(shape) else value
-              for vid, value in fields.items()}
+    values = {
+        vid: np.asarray(value).reshape(shape) if np.size(value) == np.prod(shape) else value
+        for vid, value in fields.items()
+    }
     bad = {vid: np.shape(value) for vid, value in values.items() if np.shape(value) != shape}
     if bad:
         raise SourceLayoutError(f"expected fields of shape (time, lat, lon) = {shape}, found {bad}")
     levels = sorted({v.level for v in variables if v.level is not None}, reverse=True)
-    data = {}
+    data: dict[str, tuple[tuple[str, ...], np.ndarray, dict[str, object]]] = {}
     for short in dict.fromkeys(v.short_name for v in variables):
         members = [v for v in variables if v.short_name == short]
         if members[0].level is None:
@@ -115,7 +128,7 @@ def cds_dataset(times: np.ndarray, lat: np.ndarray, lon: np.ndarray, fields: Map
             continue
         cube = np.full((shape[0], len(levels), *shape[1:]), np.nan, dtype=np.float32)
         for v in members:
-            cube[:, levels.index(v.level)] = values[v.id]
+            cube[:, levels.index(v.level or 0)] = values[v.id]
         data[short] = (PRESSURE_DIMS, cube, dict(field_attrs(members[0], lat, lon)))
     coords: dict[str, tuple] = {
         "number": ((), np.int64(0), NUMBER_ATTRS),
@@ -139,28 +152,29 @@ def cds_encoding(ds: xr.Dataset) -> dict[str, dict[str, object]]:
     for name in ("pressure_level", "latitude", "longitude"):
         if name in ds.variables:
             encoding[name] = {"dtype": "float64", "_FillValue": np.nan}
-    for name in ds.data_vars:
-        encoding[name] = {"dtype": "float32", "zlib": True, "complevel": 1, "shuffle": True,
-                          "_FillValue": np.float32(np.nan)}
+    for name in map(str, ds.data_vars):
+        encoding[name] = {
+            "dtype": "float32",
+            "zlib": True,
+            "complevel": 1,
+            "shuffle": True,
+            "_FillValue": np.float32(np.nan),
+        }
     return encoding
 
 
 def cds_bytes(ds: xr.Dataset) -> bytes:
     """``ds`` as the bytes of a new-CDS netCDF4 file (e.g. a zip member)."""
-    return ds.to_netcdf(engine="netcdf4", format="NETCDF4", encoding=cds_encoding(ds))
+    return bytes(ds.to_netcdf(engine="netcdf4", format="NETCDF4", encoding=cds_encoding(ds)))
 
 
 def write_cds_file(ds: xr.Dataset, path: str | Path) -> Path:
     """Write ``ds`` as a new-CDS netCDF4 file: to a temporary sibling of ``path``, then renamed into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(path)
-    try:
+    with atomic_output(path) as tmp:
         ds.to_netcdf(tmp, format="NETCDF4", engine="netcdf4", encoding=cds_encoding(ds))
-    except BaseException:
-        discard(tmp)
-        raise
-    return replace_path(tmp, path)
+    return path
 
 
 def write_monthly_files(ds: xr.Dataset, directory: str | Path, *, prefix: str) -> list[Path]:
@@ -193,6 +207,10 @@ def write_monthly_files(ds: xr.Dataset, directory: str | Path, *, prefix: str) -
         )
     directory = Path(directory)
     months = ds["valid_time"].values.astype("datetime64[M]")
-    paths = [write_cds_file(ds.isel(valid_time=months == month), directory / f"{prefix}_{str(month).replace('-', '')}.nc")
-             for month in np.unique(months)]
+    paths = [
+        write_cds_file(
+            ds.isel(valid_time=months == month), directory / f"{prefix}_{str(month).replace('-', '')}.nc"
+        )
+        for month in np.unique(months)
+    ]
     return sorted(paths)

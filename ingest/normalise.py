@@ -241,7 +241,7 @@ def _apply_expver_choice(ds: xr.Dataset, chosen: np.ndarray | None) -> xr.Datase
         return ds.drop_vars(EXPVER, errors="ignore")
     runs = np.flatnonzero(np.diff(chosen)) + 1
     pieces = [ds.isel({TIME: slice(start, stop), EXPVER: int(chosen[start])}).drop_vars(EXPVER)
-              for start, stop in zip(np.r_[0, runs], np.r_[runs, chosen.size])]
+              for start, stop in zip(np.r_[0, runs], np.r_[runs, chosen.size], strict=True)]
     if len(pieces) == 1:
         return pieces[0]
     return xr.concat(pieces, dim=TIME, data_vars="minimal", coords="minimal", compat="override")

@@ -36,7 +36,7 @@ import torch
 import xarray as xr
 from torch_harmonics.examples import ShallowWaterSolver
 
-from ingest.atomic import replace_path, temporary_sibling
+from ingest.atomic import atomic_output
 from ingest.cds_layout import GLOBAL_ATTRS, cds_dataset, write_monthly_files
 from ingest.errors import IngestError
 from ingest.grid import equiangular_lats, regular_lons
@@ -350,7 +350,7 @@ def simulate(
     for _ in times[1:]:
         advance(model.substeps)
         snapshots.append(model.fields())
-    fields = dict(zip(VARIABLE_IDS, (np.stack(field) for field in zip(*snapshots))))
+    fields = dict(zip(VARIABLE_IDS, (np.stack(field) for field in zip(*snapshots, strict=True)), strict=True))
     attrs = {**GLOBAL_ATTRS, "history": _history(seed, nlat, nlon, spinup_days), "source": _SOURCE}
     return cds_dataset(times, equiangular_lats(nlat), regular_lons(nlon), fields, field_attrs=_grib_attrs, attrs=attrs)
 
@@ -567,7 +567,5 @@ def _read_manifest(directory: Path) -> dict:
 
 def _write_manifest(directory: Path, manifest: dict) -> None:
     """Write the manifest atomically (temporary sibling, then rename)."""
-    path = directory / _MANIFEST
-    tmp = temporary_sibling(path)
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    replace_path(tmp, path)
+    with atomic_output(directory / _MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))

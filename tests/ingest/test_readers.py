@@ -100,7 +100,7 @@ def test_every_layout_gives_the_same_canonical_values(tmp_path):
 def test_packed_int16_decodes_to_the_float32_of_a_direct_netcdf4_read(tmp_path):
     fields = make_fields()
     paths = write_old_cds(fields, tmp_path, fill_points={"z850": (2, 3, 4), "t2m": (0, 0, 0)})
-    for path, ids in zip(paths, (PRESSURE_IDS, SURFACE_IDS)):
+    for path, ids in zip(paths, (PRESSURE_IDS, SURFACE_IDS), strict=True):
         canonical = normalise(xr.open_dataset(path, mask_and_scale=False), ids)
         assert list(canonical.data_vars) == list(ids)
         with netCDF4.Dataset(path) as nc:  # auto mask and scale on
@@ -274,7 +274,7 @@ def test_missing_variables_levels_and_times_are_named(tmp_path):
 
 
 def test_unknown_variable_id_is_refused_before_any_file_is_opened(tmp_path):
-    with pytest.raises(UnknownVariableError, match="unknown variable id 'z501'; expected one of: .*z500"):
+    with pytest.raises(UnknownVariableError, match=r"unknown variable id 'z501'; expected one of: .*z500"):
         open_sources([tmp_path / "never-opened.nc"], ["z500", "z501"], shard_steps=4)
 
 
