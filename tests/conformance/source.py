@@ -87,7 +87,7 @@ class SourceConformance:
         wanted = np.concatenate([held[::2], [outside]])
         datasets = list(source.open(self.ids, times=wanted))
         for vid in self.ids:
-            times, values, atol = self.reference(vid)
+            _, values, atol = self.reference(vid)
             field = self._merged(datasets, vid)
             np.testing.assert_array_equal(field[TIME].values, held[::2])
             np.testing.assert_allclose(field.values, values[::2], rtol=0, atol=atol, err_msg=vid)

@@ -1,8 +1,9 @@
-"""Every :class:`ingest.source.Source` (each file format and the synthetic flow) through the conformance suite."""
+"""Every :class:`ingest.source.Source` through the conformance suite."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -83,7 +84,7 @@ class TestZipSource(_FieldsSource):
 
 class TestSyntheticSource(SourceConformance):
     ids = ("z500", "u500", "v500")
-    arguments = dict(
+    arguments: ClassVar[dict] = dict(
         start="2021-01-01",
         end="2021-01-02T12",
         nlat=8,
