@@ -1,6 +1,7 @@
 """Small ERA5 files in every layout the CDS has delivered, all written from one set of fields.
 
-:func:`make_fields` draws seeded fields on a coarse global grid; the writers put the same
+:func:`tests.ingest.fields.make_fields` draws seeded fields on a coarse global grid; the writers put
+the same
 values into the new-CDS netCDF layout, the new-CDS zip, the old-CDS packed-int16 netCDF
 layout, and GRIB 1, mirroring the real files in ``../shared/realdata`` (see its README).
 """
@@ -8,7 +9,6 @@ layout, and GRIB 1, mirroring the real files in ``../shared/realdata`` (see its 
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import eccodes
@@ -18,60 +18,13 @@ import xarray as xr
 
 from ingest.cds_layout import basic_field_attrs, cds_bytes, cds_dataset, write_cds_file
 from ingest.lexicon import Variable, get_variable
+from tests.ingest.fields import PRESSURE_IDS, SURFACE_IDS, Fields
 
-PRESSURE_IDS = ("z500", "z850", "t850")
-SURFACE_IDS = ("t2m", "u10m", "msl")
-ALL_IDS = PRESSURE_IDS + SURFACE_IDS
-
-# plausible mean and spread of each field, in lexicon units
-_CLIMATE = {"z500": (55_000.0, 800.0), "z850": (14_000.0, 500.0), "t850": (275.0, 10.0),
-            "t2m": (285.0, 12.0), "u10m": (0.0, 6.0), "msl": (101_300.0, 1200.0)}
 # GRIB shortName where it differs from the cfgrib variable name the lexicon uses
 _GRIB_SHORT_NAMES = {"t2m": "2t", "u10m": "10u", "v10m": "10v"}
 _INT16_FILL = np.int16(-32767)
 _ZIP_INSTANT = "data_stream-oper_stepType-instant.nc"
 _ZIP_ACCUM = "data_stream-oper_stepType-accum.nc"
-
-
-@dataclass(frozen=True)
-class Fields:
-    """Canonical fields to write: ``values[id]`` has shape (time, lat, lon), float32.
-
-    ``lat`` runs 90 → −90 and ``lon`` 0 → 360, as the canonical form; ``expver`` gives the
-    experiment of each time step.
-    """
-
-    times: np.ndarray
-    lat: np.ndarray
-    lon: np.ndarray
-    values: dict[str, np.ndarray]
-    expver: np.ndarray
-
-    def select(self, steps: slice | np.ndarray, ids: tuple[str, ...] | None = None) -> Fields:
-        """The fields at some time steps (and for some ids)."""
-        ids = tuple(self.values) if ids is None else ids
-        return replace(self, times=self.times[steps].copy(), expver=self.expver[steps].copy(),
-                       values={vid: self.values[vid][steps].copy() for vid in ids})
-
-    def shifted(self, offset: float, expver: str) -> Fields:
-        """The same times with every value moved by ``offset``, labelled with another experiment."""
-        return replace(self, values={k: v + np.float32(offset) for k, v in self.values.items()},
-                       expver=np.full(self.times.size, expver))
-
-    def stacked(self, ids: tuple[str, ...] = ALL_IDS) -> np.ndarray:
-        """Values as the canonical ``[time, channel, lat, lon]`` array."""
-        return np.stack([self.values[vid] for vid in ids], axis=1)
-
-
-def make_fields(ntime: int = 8, nlat: int = 7, nlon: int = 12, *, seed: int = 0,
-                start: str = "2000-01-01T00", ids: tuple[str, ...] = ALL_IDS) -> Fields:
-    """Seeded fields, 6-hourly from ``start``, on an equiangular grid including the poles."""
-    rng = np.random.default_rng(seed)
-    times = np.datetime64(start, "ns") + np.arange(ntime) * np.timedelta64(6, "h")
-    values = {vid: (_CLIMATE[vid][0] + _CLIMATE[vid][1] * rng.standard_normal((ntime, nlat, nlon))).astype(np.float32)
-              for vid in ids}
-    return Fields(times, np.linspace(90.0, -90.0, nlat), np.arange(nlon) * (360.0 / nlon), values,
-                  np.full(ntime, "0001"))
 
 
 def _grid(fields: Fields, lon_west: bool, lat_ascending: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -33,11 +33,8 @@ from ingest.readers import open_sources
 from ingest.source import Layout
 from ingest.store import StatsPeriod, write_store
 
+from tests.ingest.fields import ALL_IDS, PRESSURE_IDS, SURFACE_IDS, make_fields
 from tests.ingest.layouts import (
-    ALL_IDS,
-    PRESSURE_IDS,
-    SURFACE_IDS,
-    make_fields,
     new_cds_dataset,
     write_cds_zip,
     write_grib,

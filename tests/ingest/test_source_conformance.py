@@ -16,11 +16,8 @@ from ingest.lexicon import get_variable
 from ingest.source import Layout
 from ingest.synthetic import FlowSpec, SyntheticSource, simulate
 from tests.conformance.source import SourceConformance
+from tests.ingest.fields import PRESSURE_IDS, SURFACE_IDS, Fields, make_fields
 from tests.ingest.layouts import (
-    PRESSURE_IDS,
-    SURFACE_IDS,
-    Fields,
-    make_fields,
     write_cds_zip,
     write_grib,
     write_new_cds,
