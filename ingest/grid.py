@@ -96,7 +96,8 @@ def check_coords(expected: Mapping, found: Mapping, dims: Sequence[str] = (LAT, 
             differs = f"has other {dim} labels than" if labels else "is on another grid than"
             err = error(f"{what} {differs} {reference}: {sentence}")
             err.dim, err.max_difference = dim, max_difference
-            err.expected, err.found = np.asarray(expected[dim]), np.asarray(found[dim]) if dim in found else None
+            err.expected = np.asarray(expected[dim])
+            err.found = np.asarray(found[dim]) if dim in found else None
             raise err
 
 
@@ -114,8 +115,9 @@ def axis_tolerance(axis: np.ndarray, spacing_fraction: float = SPACING_FRACTION)
     return spacing_fraction * (float(np.median(steps)) if steps.size else 1.0)
 
 
-def _axis_mismatch(dim: str, expected, found: Mapping, spacing_fraction: float) -> tuple[str, float | None] | None:
-    """``(sentence, max difference)`` describing how ``found[dim]`` differs from ``expected``; ``None`` if not."""
+def _axis_mismatch(dim: str, expected, found: Mapping,
+                   spacing_fraction: float) -> tuple[str, float | None] | None:
+    """``(sentence, max difference)`` saying how ``found[dim]`` differs from ``expected``; ``None`` if not."""
     if dim not in found:
         return f"expected a {dim!r} coordinate, found only {sorted(map(str, found))}", None
     want, got = np.asarray(expected), np.asarray(found[dim])
@@ -128,7 +130,8 @@ def _axis_mismatch(dim: str, expected, found: Mapping, spacing_fraction: float) 
         differ = [i for i, (a, b) in enumerate(zip(want.tolist(), got.tolist())) if str(a) != str(b)]
         if not differ:
             return None
-        return f"expected {dim} {want.tolist()}, found {got.tolist()} (first difference at position {differ[0]})", None
+        return (f"expected {dim} {want.tolist()}, found {got.tolist()} "
+                f"(first difference at position {differ[0]})"), None
     difference = np.abs(got.astype(np.float64) - want.astype(np.float64))
     worst = float(difference.max()) if difference.size else 0.0  # NaN if any coordinate is NaN
     tolerance = axis_tolerance(want, spacing_fraction)
