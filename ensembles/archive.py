@@ -351,7 +351,8 @@ class Tee:
 
     def finalize(self) -> str:
         """Finalise every archive; returns the first one's location."""
-        return [archive.finalize() for archive in self.archives][0]
+        locations = [archive.finalize() for archive in self.archives]
+        return locations[0]
 
 
 def open_archive(path: str | Path, allow_partial: bool = False) -> xr.Dataset:

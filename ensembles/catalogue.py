@@ -317,7 +317,7 @@ def _iso(value: np.datetime64) -> str:
 def _row(archive: Path, forecasts: xr.Dataset, cycle_point: str | None) -> dict:
     inits = forecasts["init_time"].values
     leads = forecasts["lead_time"].values.astype("timedelta64[ns]") / np.timedelta64(1, "h")
-    attrs = {key: value for key, value in forecasts.attrs.items()}
+    attrs = dict(forecasts.attrs)
     return {"path": str(archive), "cycle_point": cycle_point, "first_init": _iso(inits.min()),
             "last_init": _iso(inits.max()), "model": str(attrs.get("model", "")),
             "model_name": attrs.get("model_name") or None, "model_version": attrs.get("model_version") or None,
@@ -341,5 +341,16 @@ def catalogue_location(url: str) -> str:
     return str(database) if database is not None else sa.make_url(url).render_as_string(hide_password=True)
 
 
-__all__ = ["ARCHIVES", "Catalogue", "CatalogueError", "DELETED", "Entry", "HOLDS", "PUBLISHED", "REDUCED",
-           "catalogue_location", "default_url", "metadata_checksum"]
+__all__ = [
+    "ARCHIVES",
+    "DELETED",
+    "HOLDS",
+    "PUBLISHED",
+    "REDUCED",
+    "Catalogue",
+    "CatalogueError",
+    "Entry",
+    "catalogue_location",
+    "default_url",
+    "metadata_checksum",
+]

@@ -85,7 +85,7 @@ class CheckpointMeta:
                                   f"{len(self.mean)} means and {len(self.std)} stds")
         for name, values, usable in (("mean", self.mean, np.isfinite),
                                      ("std", self.std, lambda v: np.isfinite(v) & (v > 0))):
-            bad = {c: v for c, v, ok in zip(self.channels, values, usable(np.asarray(values, dtype=float))) if not ok}
+            bad = {c: v for c, v, ok in zip(self.channels, values, usable(np.asarray(values, dtype=float)), strict=True) if not ok}
             if bad:
                 wanted = "finite values" if name == "mean" else "finite, positive values"
                 raise CheckpointError(f"{where}: normalisation {name} of channels {sorted(bad)} is {bad}; expected "
@@ -96,7 +96,8 @@ class CheckpointMeta:
         for name, mine, theirs in (("mean", self.mean, mean), ("std", self.std, std)):
             theirs = np.asarray(theirs, dtype=float)
             if theirs.shape != (len(mine),) or not np.allclose(mine, theirs, rtol=1e-6, atol=0.0):
-                differ = [c for c, a, b in zip(self.channels, mine, theirs.tolist()) if not np.isclose(a, b, rtol=1e-6)]
+                # the store may hold a different number of channels: name those that differ in the shared prefix
+                differ = [c for c, a, b in zip(self.channels, mine, theirs.tolist(), strict=False) if not np.isclose(a, b, rtol=1e-6)]
                 raise CheckpointError(f"checkpoint normalisation {name} differs from the store's for channels "
                                       f"{differ}: checkpoint {mine}, store {theirs.tolist()}")
 

@@ -213,8 +213,8 @@ def _open_with_statistics(store_path: str | Path):
     if not np.all(np.isfinite(std) & (std > 0)) or not np.all(np.isfinite(ds[MEAN].values)):
         raise StoreStatisticsError(
             f"store {store_path} statistics are unusable: std must be positive and finite, mean finite; found "
-            f"mean {dict(zip(ds[CHANNEL].values.tolist(), ds[MEAN].values.tolist()))}, "
-            f"std {dict(zip(ds[CHANNEL].values.tolist(), std.tolist()))}")
+            f"mean {dict(zip(ds[CHANNEL].values.tolist(), ds[MEAN].values.tolist(), strict=True))}, "
+            f"std {dict(zip(ds[CHANNEL].values.tolist(), std.tolist(), strict=True))}")
     return ds
 
 

@@ -125,7 +125,7 @@ def resolve_credentials(url: str | None = None, key: str | None = None) -> CdsCr
     """
     try:
         url, key, _ = cdsapi.api.get_url_key_verify(url, key, None)
-    except Exception as err:  # cdsapi raises a bare Exception for a missing configuration
+    except Exception as err:  # noqa: BLE001 - cdsapi raises a bare Exception for a missing configuration
         raise CdsAuthError(
             "no CDS key found: set CDSAPI_URL and CDSAPI_KEY, or write url: and key: lines to "
             f"~/.cdsapirc (or the file named by $CDSAPI_RC); cdsapi said: {err}"

@@ -236,7 +236,7 @@ def compute_climatology(data: xr.DataArray, start: np.datetime64, end: np.dateti
     array = period.chunk({CHANNEL: -1, LAT: -1, LON: -1}).data
     offsets = np.r_[0, np.cumsum(array.chunks[0])]
     parts = [dask.delayed(DaySums.of_block)(block, times[a:b])
-             for block, a, b in zip(array.to_delayed().ravel(), offsets[:-1], offsets[1:])]
+             for block, a, b in zip(array.to_delayed().ravel(), offsets[:-1], offsets[1:], strict=True)]
     smoothed = dask.delayed(_smoothed)(_merge_tree(parts), hours, half, fill_uncovered)
     shape = (DAYS_IN_CLIMATOLOGY, hours.size, period.sizes[CHANNEL], period.sizes[LAT], period.sizes[LON])
     coords = {DAYOFYEAR: np.arange(1, DAYS_IN_CLIMATOLOGY + 1), HOUR: hours,

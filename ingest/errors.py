@@ -39,6 +39,10 @@ class SourceLayoutError(IngestError, ValueError):
     """An input file does not look like any ERA5 layout fourcast reads."""
 
 
+class SourceRequestError(IngestError, ValueError):
+    """A request to a :class:`~ingest.source.Source` is malformed (e.g. its times are not dates)."""
+
+
 class CdsRequestError(IngestError, ValueError):
     """The Climate Data Store refused a request or failed the job it started for it."""
 

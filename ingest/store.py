@@ -413,7 +413,7 @@ def _stored_partials(store: Path, window: StatsWindow) -> list[Partials] | None:
     if group.attrs.get("window") != window.as_list():
         return None
     fields, tendency = group["fields"][:], group["tendency"][:]
-    return [Partials(Moments(*f), Moments(*t)) for f, t in zip(fields, tendency)]
+    return [Partials(Moments(*f), Moments(*t)) for f, t in zip(fields, tendency, strict=True)]
 
 
 def _write_record(path: Path, text: str) -> None:
@@ -526,7 +526,7 @@ def _shard_partials(plan: _Plan, paths: BuildPaths) -> list[Partials]:
             part = dask.delayed(Partials.with_incoming)(part, incoming)
         parts.append(part)
     lazy = [i for i, part in enumerate(parts) if isinstance(part, Delayed)]
-    for i, value in zip(lazy, dask.compute(*[parts[i] for i in lazy])):
+    for i, value in zip(lazy, dask.compute(*[parts[i] for i in lazy]), strict=True):
         parts[i] = value
     return parts
 
@@ -544,7 +544,7 @@ def _write_checksums(plan: _Plan, paths: BuildPaths) -> None:
         parts.append(np.array(known, dtype=np.uint64) if known is not None
                      else dask.delayed(_checksums_from_written)(array_path, *plan.shard_region(shard)))
     lazy = [i for i, part in enumerate(parts) if isinstance(part, Delayed)]
-    for i, value in zip(lazy, dask.compute(*[parts[i] for i in lazy])):
+    for i, value in zip(lazy, dask.compute(*[parts[i] for i in lazy]), strict=True):
         parts[i] = value
     values = np.concatenate(parts)
     group = zarr.open_group(paths.building, mode="r+", zarr_format=3).create_group(

@@ -88,7 +88,7 @@ def run_cylc(args: list[str], env: Mapping[str, str], timeout: float | None = No
              check: bool = True) -> subprocess.CompletedProcess:
     """Run ``cylc ARGS``; raise :class:`subprocess.CalledProcessError` (output attached) if ``check`` and it fails."""
     result = subprocess.run([str(cylc_executable()), *args], env=dict(env), capture_output=True, text=True,
-                            timeout=timeout)
+                            timeout=timeout, check=False)
     if check and result.returncode != 0:
         raise subprocess.CalledProcessError(result.returncode, result.args, result.stdout, result.stderr)
     return result

@@ -59,3 +59,7 @@ class AliasError(ModelUriError):
 
 class TrackingServerError(PipelineError, RuntimeError):
     """The MLflow tracking server could not be started, or is not running where its state says."""
+
+
+class CalibrationError(PipelineError, ValueError):
+    """The calibration cannot run on the data given (too short a period), or its file does not fit the model."""

@@ -25,16 +25,16 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import cartopy  # noqa: E402
-import cartopy.crs as ccrs  # noqa: E402
-import cartopy.feature as cfeature  # noqa: E402
-import cartopy.io  # noqa: E402
-import cartopy.io.shapereader as shapereader  # noqa: E402
-import cartopy.mpl.geoaxes  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import shapely  # noqa: E402
-import xarray as xr  # noqa: E402
+import cartopy
+import cartopy.crs as ccrs
+import cartopy.feature as cfeature
+import cartopy.io
+import cartopy.io.shapereader as shapereader
+import cartopy.mpl.geoaxes
+import matplotlib.pyplot as plt
+import numpy as np
+import shapely
+import xarray as xr
 
 from ingest.atomic import atomic_output  # noqa: E402
 

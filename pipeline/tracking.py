@@ -17,6 +17,9 @@ import os
 import signal
 import subprocess
 import socket
+# The system SQLite must load before anything loads ecCodes (ingest reading GRIB): eckit bundles
+# SQLite 3.26, which MLflow's SQLAlchemy store refuses. The one home of this workaround.
+import sqlite3  # noqa: F401
 import tempfile
 import threading
 import time
@@ -76,7 +79,9 @@ def score_metric_name(var: str, metric: str, lead_h: int, campaign: str | None =
 class Tracker(Protocol):
     """What stages may record about a run."""
 
-    run_id: str | None
+    @property
+    def run_id(self) -> str | None:
+        """The run's id, or None for a tracker that keeps nothing."""
 
     def log_params(self, params: Mapping[str, object]) -> None: ...
 
@@ -100,7 +105,7 @@ class Tracker(Protocol):
 class NullTracker:
     """A tracker that keeps nothing (tests, dry runs)."""
 
-    run_id = None
+    run_id: str | None = None
 
     def log_params(self, params: Mapping[str, object]) -> None:
         pass
@@ -291,6 +296,11 @@ def run_exists(tracking_uri: str, run_id: str) -> bool:
     return True
 
 
+def run_tags(tracking_uri: str, run_id: str) -> dict[str, str]:
+    """The tags of the run ``run_id`` (e.g. ``registered_model`` of a training run)."""
+    return dict(tracking_client(tracking_uri).get_run(run_id).data.tags)
+
+
 #: Tags naming the process that records a run, so a later start can tell the run was abandoned.
 PROCESS_TAGS = ("process_id", "process_started", "host_id")
 
@@ -372,7 +382,7 @@ def source_tags() -> dict[str, str]:
     tags = {SOURCE_NAME_TAG: "fourcast", SOURCE_TYPE_TAG: "LOCAL"}
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+                             cwd=Path(__file__).resolve().parent, check=False)
     except (OSError, subprocess.SubprocessError):
         return tags
     commit = out.stdout.strip()

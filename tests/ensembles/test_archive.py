@@ -9,7 +9,6 @@ import xarray as xr
 
 from ensembles.archive import ArchiveLayout, MemoryArchive, ZarrArchive, open_archive
 from ensembles.errors import ArchiveError
-from ensembles.protocols import Archive
 from ingest.dims import ARCHIVE_DIMS, CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER
 from ingest.lexicon import get_variable
 
@@ -50,13 +49,6 @@ def _write_all(archive, coords, fields: np.ndarray) -> None:
 def _expected(fields: np.ndarray, channel: int) -> np.ndarray:
     """The archive variable of one channel: (init_time, lead_time, member, lat, lon)."""
     return fields[:, :, :, channel]
-
-
-def test_both_satisfy_the_protocol(tmp_path, extents):
-    assert isinstance(MemoryArchive(**extents), Archive)
-    with ZarrArchive(tmp_path / "a.zarr", **extents) as archive:
-        assert isinstance(archive, Archive)
-        archive.discard()
 
 
 def test_write_finalize_open_roundtrip(tmp_path, extents, coords):
