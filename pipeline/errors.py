@@ -62,4 +62,5 @@ class TrackingServerError(PipelineError, RuntimeError):
 
 
 class CalibrationError(PipelineError, ValueError):
-    """The calibration cannot run on the data given (too short a period), or its file does not fit the model."""
+    """The calibration cannot run on the data given (too short a period), or its file does not fit the
+    model."""
