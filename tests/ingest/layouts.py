@@ -2,7 +2,8 @@
 
 :func:`tests.ingest.fields.make_fields` draws seeded fields on a coarse global grid; the writers
 put the same values into the new-CDS netCDF layout (:mod:`ingest.cds_layout`), the new-CDS zip,
-the old-CDS packed-int16 netCDF layout, and GRIB 1, mirroring the real files in ``../shared/realdata`` (see its README).
+the old-CDS packed-int16 netCDF layout, and GRIB 1, mirroring the real files in
+``../shared/realdata`` (see its README).
 """
 
 from __future__ import annotations
