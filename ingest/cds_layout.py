@@ -112,24 +112,50 @@ def cds_dataset(
     """
     variables = get_variables(list(fields))
     shape = (len(times), len(lat), len(lon))
-    values = {
-        vid: np.asarray(value).reshape(shape) if np.size(value) == np.prod(shape) else value
-        for vid, value in fields.items()
-    }
-    bad = {vid: np.shape(value) for vid, value in values.items() if np.shape(value) != shape}
-    if bad:
-        raise SourceLayoutError(f"expected fields of shape (time, lat, lon) = {shape}, found {bad}")
+    values = {vid: _field_values(vid, value, shape) for vid, value in fields.items()}
     levels = sorted({v.level for v in variables if v.level is not None}, reverse=True)
     data: dict[str, tuple[tuple[str, ...], np.ndarray, dict[str, object]]] = {}
     for short in dict.fromkeys(v.short_name for v in variables):
         members = [v for v in variables if v.short_name == short]
+        attrs_of = dict(field_attrs(members[0], lat, lon))
         if members[0].level is None:
-            data[short] = (SINGLE_DIMS, values[members[0].id], dict(field_attrs(members[0], lat, lon)))
-            continue
-        cube = np.full((shape[0], len(levels), *shape[1:]), np.nan, dtype=np.float32)
-        for v in members:
-            cube[:, levels.index(v.level or 0)] = values[v.id]
-        data[short] = (PRESSURE_DIMS, cube, dict(field_attrs(members[0], lat, lon)))
+            data[short] = (SINGLE_DIMS, values[members[0].id], attrs_of)
+        else:
+            data[short] = (PRESSURE_DIMS, _level_cube(members, values, levels, shape), attrs_of)
+    labels = np.full(shape[0], EXPVER_FINAL) if expver is None else np.asarray(expver, dtype=str)
+    coords = _coordinates(times, lat, lon, levels, labels)
+    return xr.Dataset(data, coords=coords, attrs=dict(GLOBAL_ATTRS if attrs is None else attrs))
+
+
+def _field_values(variable_id: str, value: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """``value`` as ``shape`` (time, lat, lon), a singleton level axis dropped.
+
+    Raises
+    ------
+    SourceLayoutError
+        If it holds another number of values.
+    """
+    if np.size(value) != np.prod(shape):
+        raise SourceLayoutError(
+            f"expected {variable_id} of shape (time, lat, lon) = {shape}, found {np.shape(value)}"
+        )
+    return np.asarray(value).reshape(shape)
+
+
+def _level_cube(
+    members: list[Variable], values: Mapping[str, np.ndarray], levels: list[int], shape: tuple[int, int, int]
+) -> np.ndarray:
+    """The levels of one pressure-level variable stacked as ``(time, level, lat, lon)``, NaN where absent."""
+    cube = np.full((shape[0], len(levels), *shape[1:]), np.nan, dtype=np.float32)
+    for v in members:
+        cube[:, levels.index(v.level or 0)] = values[v.id]
+    return cube
+
+
+def _coordinates(
+    times: np.ndarray, lat: np.ndarray, lon: np.ndarray, levels: list[int], expver: np.ndarray
+) -> dict[str, tuple]:
+    """The layout's coordinates, in the CDS's order, with its attributes."""
     coords: dict[str, tuple] = {
         "number": ((), np.int64(0), NUMBER_ATTRS),
         "valid_time": ("valid_time", np.asarray(times).astype("datetime64[ns]"), TIME_ATTRS),
@@ -138,9 +164,8 @@ def cds_dataset(
         coords["pressure_level"] = ("pressure_level", np.array(levels, dtype=np.float64), PRESSURE_ATTRS)
     coords["latitude"] = ("latitude", np.asarray(lat, dtype=np.float64), LATITUDE_ATTRS)
     coords["longitude"] = ("longitude", np.asarray(lon, dtype=np.float64), LONGITUDE_ATTRS)
-    labels = np.full(shape[0], EXPVER_FINAL) if expver is None else np.asarray(expver, dtype=str)
-    coords[EXPVER] = ("valid_time", labels)
-    return xr.Dataset(data, coords=coords, attrs=dict(GLOBAL_ATTRS if attrs is None else attrs))
+    coords[EXPVER] = ("valid_time", expver)
+    return coords
 
 
 def cds_encoding(ds: xr.Dataset) -> dict[str, dict[str, object]]:
