@@ -71,7 +71,7 @@ class Fields:
         return np.stack([self.values[vid] for vid in (tuple(self.values) if ids is None else ids)], axis=1)
 
     def canonical(self, chunk_steps: int = 16) -> xr.DataArray:
-        """``DataArray[time, channel, lat, lon]`` float32, Dask-backed with ``chunk_steps`` steps per chunk."""
+        """``DataArray[time, channel, lat, lon]`` float32, Dask-backed, ``chunk_steps`` steps per chunk."""
         data = xr.DataArray(
             self.stacked(),
             dims=("time", "channel", "lat", "lon"),
