@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fourcast-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast bench bench-full venv clean cylc-env cycle cycle-tiny rsync
+.PHONY: demo test test-fast lint format bench bench-full venv clean cylc-env cycle cycle-tiny rsync
 
 venv: $(STAMP)
 
@@ -22,6 +22,19 @@ test: $(STAMP) cylc-env
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Style and types (configured in pyproject.toml: [tool.ruff], [tool.mypy]); `.ci/run` runs `lint` first.
+# `format` rewrites the tree: ruff's formatting, then the lint findings ruff can fix itself.
+LINT_PATHS := ingest fourcast ensembles pipeline tests benchmarks
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format $(LINT_PATHS)
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
 
 # Side-by-side benchmarks (ratios measured in one run; needs the `bench` extra: xskillscore, numba).
 # `bench` takes a few minutes on 2 cores; `bench-full` runs the ERA5-like sizes (long).

@@ -68,7 +68,7 @@ def _best_rates(forecaster: Forecaster, cases: list[tuple[int, int]], steps: int
     for _ in range(repeats):
         for i, (members, batch) in enumerate(cases):
             best[i] = min(best[i], _seconds(forecaster, members, batch, steps))
-    return [members * steps / seconds for (members, _), seconds in zip(cases, best)]
+    return [members * steps / seconds for (members, _), seconds in zip(cases, best, strict=True)]
 
 
 def main() -> None:
@@ -86,7 +86,7 @@ def main() -> None:
     for preset in PRESETS:
         forecaster = _forecaster(preset, nlat, nlon)
         cases = [(members, batch) for members in MEMBERS for batch in BATCHES if batch <= members]
-        rates = dict(zip(cases, _best_rates(forecaster, cases, args.steps, args.repeats)))
+        rates = dict(zip(cases, _best_rates(forecaster, cases, args.steps, args.repeats), strict=True))
         for (members, batch), rate in rates.items():
             print(f"{preset:<12}{members:>8}{batch:>7}{rate:>16.1f}{rate / rates[(members, 1)]:>11.2f}x", flush=True)
 

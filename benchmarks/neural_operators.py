@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import sys
 import time
 from pathlib import Path
@@ -274,8 +273,8 @@ def resolution_transfer(truth: dict, minutes: float, cache: Path) -> tuple[str, 
         refusal = "AFNO moved (unexpected)"
     except ResolutionTransferError as err:
         refusal = f"AFNO (afno-tiny, 32x64) on 64x128 is refused: ResolutionTransferError: {err}"
-    text = "\n\n".join([f"{len(inits)} initial times, {minutes:g} min of training per model "
-                        f"({steps[COARSE]} steps at 32x64, {steps[FINE]} at 64x128)",
+    text = "\n\n".join([(f"{len(inits)} initial times, {minutes:g} min of training per model "
+                         f"({steps[COARSE]} steps at 32x64, {steps[FINE]} at 64x128)"),
                         own, table_fine, table_band, table_coarser, refusal])
     return text, coarse_model, {"stats": stats[COARSE], "train": coarse_train, "val": coarse_val, "inits": inits}
 
@@ -311,9 +310,9 @@ def incremental_modes(coarse: dict, steps: int) -> str:
         train(model, lambda n: ArrayWindows(coarse["train"], *coarse["stats"], n_ahead=n), validation,
               _train_settings(steps, modes=schedule), report, torch.device("cpu"))
         runs[name] = clock
-    target = list(runs.values())[0][-1][2]
-    lines = [f"**iFNO** ({steps} steps, batch 8, validation every {max(1, steps // 12)} steps; target: the fixed-modes "
-             f"run's final validation score {target:.4f}, normalised RMSE at 24 h)", "",
+    target = next(iter(runs.values()))[-1][2]
+    lines = [(f"**iFNO** ({steps} steps, batch 8, validation every {max(1, steps // 12)} steps; target: the fixed-modes "
+              f"run's final validation score {target:.4f}, normalised RMSE at 24 h)"), "",
              "| run | final score | first step at target | wall time to target (s) | total wall time (s) | degrees at end |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, clock in runs.items():

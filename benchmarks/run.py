@@ -51,7 +51,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 SECTIONS = ("ingest", "loader", "train", "ensemble", "scoring", "gpu")
 QUICK = {
@@ -309,30 +309,10 @@ def bench_train(size: dict, report: Report) -> None:
         report.rows.append(Row("train", f"samples/s eager ({where})", eager["samples_per_s"], unit="samples/s",
                                note=f"peak RSS growth {eager['peak_mib']:.0f} MiB"))
         if size["compile"]:
-            compiled = _run_compiled(case, size["steps"])
+            compiled = tt._run_isolated(case, size["steps"], 2, compiled=True)
             report.rows.append(Row("train", f"samples/s compiled vs eager ({where})", compiled["samples_per_s"],
                                    eager["samples_per_s"], "samples/s", "eager",
                                    note=f"peak RSS growth {compiled['peak_mib']:.0f} MiB"))
-
-
-def _measure_compiled(case, steps: int) -> dict[str, float]:
-    import torch
-
-    import train_throughput as tt
-
-    real = tt.build_model
-    tt.build_model = lambda *args: torch.compile(real(*args))
-    try:
-        return tt._measure(case, steps, 2)
-    finally:
-        tt.build_model = real
-
-
-def _run_compiled(case, steps: int) -> dict[str, float]:
-    import multiprocessing
-
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_measure_compiled, (case, steps))
 
 
 # -------------------------------------------------------------------------------------- ensemble
@@ -347,7 +327,7 @@ def bench_ensemble(size: dict, report: Report) -> None:
     for preset in size["presets"]:
         forecaster = et._forecaster(preset, 32, 64)
         cases = [(m, b) for m in size["members"] for b in size["batches"] if b <= m]
-        rates = dict(zip(cases, et._best_rates(forecaster, cases, size["steps"], size["repeats"])))
+        rates = dict(zip(cases, et._best_rates(forecaster, cases, size["steps"], size["repeats"]), strict=True))
         for (members, b), rate in rates.items():
             if b == 1:
                 continue

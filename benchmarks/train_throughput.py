@@ -52,12 +52,14 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _measure(case: Case, steps: int, threads: int) -> dict[str, float]:
-    """Time ``steps`` training steps of ``case`` in this process; returns the figures."""
+def _measure(case: Case, steps: int, threads: int, compiled: bool = False) -> dict[str, float]:
+    """Time ``steps`` training steps of ``case`` in this process (``compiled``: under ``torch.compile``)."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     baseline = _peak_rss_mib()
     model = build_model(case.preset, case.grid, case.channels)
+    if compiled:
+        model = torch.compile(model)
     loss_fn = LatWeightedMSE(equiangular_lats(case.grid[0]))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(case.batch, case.channels, *case.grid)
@@ -79,9 +81,10 @@ def _measure(case: Case, steps: int, threads: int) -> dict[str, float]:
             "parameters": float(count_parameters(model)), "peak_mib": _peak_rss_mib() - baseline}
 
 
-def _run_isolated(case: Case, steps: int, threads: int) -> dict[str, float]:
+def _run_isolated(case: Case, steps: int, threads: int, compiled: bool = False) -> dict[str, float]:
+    """:func:`_measure` in a fresh process, so each case's peak memory is its own."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_measure, (case, steps, threads))
+        return pool.apply(_measure, (case, steps, threads, compiled))
 
 
 def main() -> None:

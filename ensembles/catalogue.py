@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ensembles.archive import open_archive
 from ensembles.errors import EnsembleError
-from ingest.atomic import replace_path, temporary_sibling
+from ingest.atomic import atomic_output
 
 
 class CatalogueError(EnsembleError):
@@ -284,9 +284,8 @@ class Catalogue:
         mean.attrs.update(retention="ensemble mean only (members pruned)", members_pruned=entry.members)
         for variable in mean.variables.values():  # chunks and codecs of the member layout do not fit the mean
             variable.encoding = {}
-        tmp = temporary_sibling(path)
-        mean.to_zarr(tmp, zarr_format=3, consolidated=False)
-        replace_path(tmp, path)
+        with atomic_output(path) as tmp:
+            mean.to_zarr(tmp, zarr_format=3, consolidated=False)
         with self._transaction() as db:
             db.execute(ARCHIVES.update().where(ARCHIVES.c.id == entry.id).values(
                 status=REDUCED, bytes=_bytes(path), metadata_sha256=metadata_checksum(path), pruned_at=_now()))
@@ -318,7 +317,7 @@ def _iso(value: np.datetime64) -> str:
 def _row(archive: Path, forecasts: xr.Dataset, cycle_point: str | None) -> dict:
     inits = forecasts["init_time"].values
     leads = forecasts["lead_time"].values.astype("timedelta64[ns]") / np.timedelta64(1, "h")
-    attrs = {key: value for key, value in forecasts.attrs.items()}
+    attrs = dict(forecasts.attrs)
     return {"path": str(archive), "cycle_point": cycle_point, "first_init": _iso(inits.min()),
             "last_init": _iso(inits.max()), "model": str(attrs.get("model", "")),
             "model_name": attrs.get("model_name") or None, "model_version": attrs.get("model_version") or None,
@@ -342,5 +341,16 @@ def catalogue_location(url: str) -> str:
     return str(database) if database is not None else sa.make_url(url).render_as_string(hide_password=True)
 
 
-__all__ = ["ARCHIVES", "Catalogue", "CatalogueError", "DELETED", "Entry", "HOLDS", "PUBLISHED", "REDUCED",
-           "catalogue_location", "default_url", "metadata_checksum"]
+__all__ = [
+    "ARCHIVES",
+    "DELETED",
+    "HOLDS",
+    "PUBLISHED",
+    "REDUCED",
+    "Catalogue",
+    "CatalogueError",
+    "Entry",
+    "catalogue_location",
+    "default_url",
+    "metadata_checksum",
+]

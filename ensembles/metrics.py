@@ -379,7 +379,7 @@ def brier_score(
         Dimensionless, in [0, 1] for ``fair=False``; 0 is perfect. NaN where inputs are NaN.
     """
     metric = "fair Brier score" if fair else "Brier score"
-    n = _require_members(ensemble, member_dim, minimum=2 if fair else 1, metric=metric)
+    _require_members(ensemble, member_dim, minimum=2 if fair else 1, metric=metric)
     ensemble, truth, threshold = _exact(ensemble, truth, xr.DataArray(threshold))
     score = xr.apply_ufunc(
         _in_threads(_brier_kernel),

@@ -194,7 +194,7 @@ class GaussianRandomFieldPerturbation(GaussianPerturbation):
         sigma = self._channel_scale(coords, n_channels=x.shape[1]) * self.amplitude
         if self.amplitude == 0:
             return x, coords
-        lat, lon = _state_grid(coords, x.shape[-2:])
+        lat, lon = _state_grid(coords, (x.shape[-2], x.shape[-1]))
         nlat = self.grid_nlat or lat.size
         noise = torch.stack([self._unit_fields(nlat, x.shape[1], generator) for _ in range(x.shape[0])])
         noise = _to_grid(noise, nlat, lat, lon) * sigma[None, :, None, None]

@@ -60,7 +60,7 @@ class Archive(Protocol):
     those four dims plus one-element ``init_time`` and ``lead_time`` arrays.
     """
 
-    def write(self, x: torch.Tensor, coords: Coords) -> None: ...
+    def write(self, x: torch.Tensor | np.ndarray, coords: Coords) -> None: ...
 
     def finalize(self) -> str:
         """Commit what was written; returns the archive's location."""

@@ -21,9 +21,10 @@ import torch
 
 from ensembles.archive import Tee
 from ensembles.campaign import Campaign, CampaignArchive
-from ensembles.errors import EnsembleInputError, NonFiniteForecastError
+from ensembles.errors import EnsembleGridError, EnsembleInputError, NonFiniteForecastError
 from ensembles.protocols import Archive, Coords, ModelError, Perturbation, Prognostic, StepNoise
 from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER
+from ingest.grid import check_coords
 from ingest.progress import progress as progress_of
 
 _GRID_DIMS = (CHANNEL, LAT, LON)
@@ -293,11 +294,11 @@ def _check_finite(x: torch.Tensor, coords: Coords, init_time: np.datetime64, lea
     if bool(finite.all()):
         return
     bad = (~finite).flatten(2).sum(dim=-1).cpu()  # (member, channel) counts
-    variables = {str(c): int(n) for c, n in zip(coords[CHANNEL], bad.sum(dim=0).tolist()) if n}
-    members = [int(m) for m, n in zip(coords[MEMBER], bad.sum(dim=1).tolist()) if n]
+    variables = {str(c): int(n) for c, n in zip(coords[CHANNEL], bad.sum(dim=0).tolist(), strict=True) if n}
+    members = [int(m) for m, n in zip(coords[MEMBER], bad.sum(dim=1).tolist(), strict=True) if n]
     hours = np.timedelta64(lead, "ns") / np.timedelta64(1, "h")
     raise NonFiniteForecastError(
-        f"the forecast from init time {str(np.datetime64(init_time, 's'))} for the member block "
+        f"the forecast from init time {np.datetime64(init_time, 's')!s} for the member block "
         f"{[int(m) for m in coords[MEMBER]]} is not finite at lead {hours:g} h: NaN or infinite values in variables "
         f"{list(variables)} (count per variable {variables}, in members {members}); it is not archived and its work "
         "item is not recorded complete, so the archive stays unfinished. Check the model (did its training diverge?)"
@@ -325,7 +326,7 @@ def _members_to_run(members: Sequence[int] | None, n_members: int) -> np.ndarray
 
 
 def _model_input(prognostic: Prognostic, initial: torch.Tensor, coords: Coords) -> tuple[torch.Tensor, Coords]:
-    """``initial`` with its channels in the prognostic's order, and the prognostic's coords."""
+    """``initial`` with its channels in the prognostic's order, and its coords (grid checked, not relabelled)."""
     absent = [dim for dim in _GRID_DIMS if dim not in coords]
     if absent:
         raise EnsembleInputError(f"initial coords lack {absent}; expected {list(_GRID_DIMS)}, found {list(coords)}")
@@ -347,18 +348,10 @@ def _model_input(prognostic: Prognostic, initial: torch.Tensor, coords: Coords) 
         raise EnsembleInputError(
             f"initial state lacks channels {missing} the prognostic needs; expected {wanted}, found {given}"
         )
-    for dim in (LAT, LON):
-        _check_axis(dim, np.asarray(coords[dim], dtype=np.float64), np.asarray(expected[dim], dtype=np.float64))
+    check_coords(expected, coords, (LAT, LON), what="the initial state", reference="the prognostic",
+                 error=EnsembleGridError)
     state = initial[[given.index(c) for c in wanted]]
-    return state, {dim: np.asarray(expected[dim]) for dim in _GRID_DIMS}
-
-
-def _check_axis(dim: str, found: np.ndarray, expected: np.ndarray) -> None:
-    if found.shape != expected.shape or not np.allclose(found, expected):
-        raise EnsembleInputError(
-            f"initial {dim} does not match the prognostic's grid: expected {expected.size} values "
-            f"{expected[:1]}…{expected[-1:]}, found {found.size} values {found[:1]}…{found[-1:]}"
-        )
+    return state, {CHANNEL: np.asarray(wanted), LAT: np.asarray(coords[LAT]), LON: np.asarray(coords[LON])}
 
 
 def _blocks(members: np.ndarray, size: int) -> Iterator[np.ndarray]:

@@ -213,8 +213,8 @@ def _open_with_statistics(store_path: str | Path):
     if not np.all(np.isfinite(std) & (std > 0)) or not np.all(np.isfinite(ds[MEAN].values)):
         raise StoreStatisticsError(
             f"store {store_path} statistics are unusable: std must be positive and finite, mean finite; found "
-            f"mean {dict(zip(ds[CHANNEL].values.tolist(), ds[MEAN].values.tolist()))}, "
-            f"std {dict(zip(ds[CHANNEL].values.tolist(), std.tolist()))}")
+            f"mean {dict(zip(ds[CHANNEL].values.tolist(), ds[MEAN].values.tolist(), strict=True))}, "
+            f"std {dict(zip(ds[CHANNEL].values.tolist(), std.tolist(), strict=True))}")
     return ds
 
 
@@ -223,7 +223,7 @@ def _lacks_statistics(store_path: str | Path) -> bool:
     metadata written before the statistics were removed or lost would still list them)."""
     try:
         group = zarr.open_group(str(store_path), mode="r", use_consolidated=False)
-    except Exception:  # not a Zarr group at all: open_store's own message says so
+    except Exception:  # noqa: BLE001 - not a Zarr group at all: open_store's own message says so
         return False
     return DATA in group and not (MEAN in group and STD in group)
 

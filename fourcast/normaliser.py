@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 
@@ -17,7 +18,10 @@ class Normaliser(torch.nn.Module):
     Tensors passed in have the channel axis third from last: ``(..., channel, lat, lon)``.
     """
 
-    def __init__(self, mean: np.ndarray | torch.Tensor, std: np.ndarray | torch.Tensor) -> None:
+    mean: torch.Tensor  # buffers, shape (channel, 1, 1)
+    std: torch.Tensor
+
+    def __init__(self, mean: npt.ArrayLike | torch.Tensor, std: npt.ArrayLike | torch.Tensor) -> None:
         super().__init__()
         mean = torch.as_tensor(np.asarray(mean), dtype=torch.float32)
         std = torch.as_tensor(np.asarray(std), dtype=torch.float32)

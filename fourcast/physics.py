@@ -62,6 +62,10 @@ class ShallowWaterResidual(nn.Module):
         If a channel the equations need is missing.
     """
 
+    target_phi: torch.Tensor  # buffers (lmax, mmax)
+    hyperdiffusion: torch.Tensor
+    vorticity_mask: torch.Tensor
+
     def __init__(self, nlat: int, nlon: int, step_seconds: float, channels, dtype: torch.dtype = torch.float32,
                  substeps: int | None = None) -> None:
         super().__init__()

@@ -200,6 +200,8 @@ class TrainResult:
 class LatWeightedMSE(nn.Module):
     """Mean over batch, channels and grid of ``w(lat) · (pred − target)²`` with area weights of mean 1."""
 
+    weights: torch.Tensor  # buffer (lat, 1)
+
     def __init__(self, lat: np.ndarray) -> None:
         super().__init__()
         self.register_buffer("weights", torch.as_tensor(cell_area_weights(lat), dtype=torch.float32)[:, None])
@@ -701,6 +703,9 @@ class _ModeGrowth:
 class _PhysicsLoss(nn.Module):
     """PINO term: squared shallow-water residual of ``x → prediction``, per equation relative to ``x → truth``'s change."""
 
+    mean: torch.Tensor  # buffers (channel, 1, 1), physical units
+    std: torch.Tensor
+
     def __init__(self, windows: StoreWindows, device: torch.device) -> None:
         super().__init__()
         from fourcast.physics import ShallowWaterResidual  # torch-harmonics' solver only when asked for
@@ -722,8 +727,8 @@ class _PhysicsLoss(nn.Module):
 
 def _stop_non_finite(per_channel: torch.Tensor, channels: list[str], run: _Run, phase: Phase,
                      checkpoints: CheckpointPlan | None) -> None:
-    bad = [c for c, value in zip(channels, per_channel.tolist()) if not math.isfinite(value)]
-    losses = {c: float(v) for c, v in zip(channels, per_channel.tolist())}
+    bad = [c for c, value in zip(channels, per_channel.tolist(), strict=True) if not math.isfinite(value)]
+    losses = {c: float(v) for c, v in zip(channels, per_channel.tolist(), strict=True)}
     kept = (f"the last good training state {checkpoints.last} (step {run.saved_step}) is kept"
             if checkpoints is not None and run.saved_step is not None else "no training state had been written")
     raise NonFiniteLossError(f"loss became non-finite at step {run.step} (rollout {phase.rollout_steps}) in variables "

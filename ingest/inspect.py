@@ -127,7 +127,7 @@ def format_description(d: StoreDescription) -> str:
         f"dates        {_minutes(d.first)} .. {_minutes(d.last)}  every {hours} h, {d.shape[TIME]} steps",
         f"gaps         {len(d.gaps)}" + "".join(f"\n  after {_minutes(g.after)}: {g.missing_steps} missing, next "
                                                 f"{_minutes(g.before)}" for g in d.gaps[:20]),
-        f"shape        " + " x ".join(f"{k}={v}" for k, v in d.shape.items()),
+        "shape        " + " x ".join(f"{k}={v}" for k, v in d.shape.items()),
         f"chunks       {d.chunks}  shards {d.shards}  compressors {d.compressors or ['none']}",
         f"on disk      {_human(d.bytes_on_disk)} in {d.files} files",
         f"statistics   {d.attrs.get(STATS_START)} .. {d.attrs.get(STATS_END)}",

@@ -200,9 +200,10 @@ class CampaignLock:
 
     def release(self) -> None:
         """Let go of the lock, removing its file if no other process holds it (idempotent)."""
-        if getattr(self, "_fd", None) is None:
+        fd = getattr(self, "_fd", None)
+        if fd is None:
             return
-        fd, self._fd = self._fd, None
+        self._fd = None
         if _try_lock(fd, fcntl.LOCK_EX):
             _remove_and_close(fd, self.path)
         else:

@@ -76,7 +76,7 @@ class Moments:
     @classmethod
     def of_rows(cls, rows: list[tuple[float, float, float, float, float]]) -> Moments:
         """From one ``(count, mean, m2, minimum, maximum)`` tuple per channel."""
-        return cls(*(np.array(column, dtype=np.float64) for column in zip(*rows)))
+        return cls(*(np.array(column, dtype=np.float64) for column in zip(*rows, strict=True)))
 
     def merge(self, other: Moments) -> Moments:
         """The state of both sets of values together (Chan et al. 1979)."""
@@ -354,7 +354,7 @@ def statistics_dataset(total: Partials, channels: np.ndarray, start: np.datetime
     fields, changes = total.fields, total.tendency
     if np.any(~np.isfinite(fields.std)) or np.any(fields.std <= 0):
         raise StoreSchemaError(f"channel std must be positive and finite, found "
-                               f"{dict(zip(np.asarray(channels).tolist(), fields.std.tolist()))}")
+                               f"{dict(zip(np.asarray(channels).tolist(), fields.std.tolist(), strict=True))}")
     values = {MEAN: fields.mean, STD: fields.std, MINIMUM: fields.minimum, MAXIMUM: fields.maximum,
               TENDENCY_STD: changes.std}
     stats = xr.Dataset({name: (CHANNEL, v.astype(np.float32)) for name, v in values.items()},
@@ -392,7 +392,7 @@ def compute_statistics(data: xr.DataArray, start: np.datetime64, end: np.datetim
     array = data.data if hasattr(data.data, "to_delayed") else data.chunk().data
     offsets = np.r_[0, np.cumsum(array.chunks[0])[:-1]]
     parts = []
-    for block, offset, size in zip(array.to_delayed().ravel(), offsets, array.chunks[0]):
+    for block, offset, size in zip(array.to_delayed().ravel(), offsets, array.chunks[0], strict=True):
         part = dask.delayed(block_partials)(block, int(offset), window)
         span = incoming_span(int(offset), size, window)
         if span is not None:

@@ -64,10 +64,11 @@ import zarr
 from dask.delayed import Delayed
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from ingest.atomic import discard, replace_path
+from ingest.atomic import atomic_output, discard, replace_path
 from ingest.climatology import compute_climatology, write_climatology
 from ingest.dims import CHANNEL, LAT, LON, TIME
-from ingest.errors import IngestError, StoreSchemaError
+from ingest.errors import IngestError, StoreGridError, StoreSchemaError
+from ingest.grid import check_coords
 from ingest.lexicon import get_variable
 from ingest.locks import exclusive_lock
 from ingest.progress import progress as progress_of
@@ -220,10 +221,8 @@ def _new_part(existing: xr.Dataset, data: xr.DataArray, path: Path) -> xr.DataAr
     if list(old[CHANNEL].values) != list(data[CHANNEL].values):
         raise StoreSchemaError(f"{path} holds channels {list(old[CHANNEL].values)}; the new data has "
                                f"{list(data[CHANNEL].values)}; build a new store to change channels")
-    for dim in (LAT, LON):
-        if old.sizes[dim] != data.sizes[dim] or not np.allclose(old[dim].values, data[dim].values):
-            raise StoreSchemaError(f"{path} is on another {dim} grid ({old.sizes[dim]} values from {old[dim].values[0]})"
-                                   f" than the new data ({data.sizes[dim]} from {data[dim].values[0]})")
+    check_coords(old.coords, data.coords, (LAT, LON), what="the new data", reference=str(path),
+                 error=StoreGridError)
     old_times, new_times = old[TIME].values, data[TIME].values
     last, step = old_times[-1], np.timedelta64(int(existing.attrs[STEP_HOURS]), "h")
     overlap = new_times[new_times <= last]
@@ -414,14 +413,13 @@ def _stored_partials(store: Path, window: StatsWindow) -> list[Partials] | None:
     if group.attrs.get("window") != window.as_list():
         return None
     fields, tendency = group["fields"][:], group["tendency"][:]
-    return [Partials(Moments(*f), Moments(*t)) for f, t in zip(fields, tendency)]
+    return [Partials(Moments(*f), Moments(*t)) for f, t in zip(fields, tendency, strict=True)]
 
 
 def _write_record(path: Path, text: str) -> None:
     """Create a small record file atomically (temp name + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
 
 
 def _shard_record(window: StatsWindow, partials: Partials, with_incoming: bool, checksums: np.ndarray | None) -> str:
@@ -528,7 +526,7 @@ def _shard_partials(plan: _Plan, paths: BuildPaths) -> list[Partials]:
             part = dask.delayed(Partials.with_incoming)(part, incoming)
         parts.append(part)
     lazy = [i for i, part in enumerate(parts) if isinstance(part, Delayed)]
-    for i, value in zip(lazy, dask.compute(*[parts[i] for i in lazy])):
+    for i, value in zip(lazy, dask.compute(*[parts[i] for i in lazy]), strict=True):
         parts[i] = value
     return parts
 
@@ -546,7 +544,7 @@ def _write_checksums(plan: _Plan, paths: BuildPaths) -> None:
         parts.append(np.array(known, dtype=np.uint64) if known is not None
                      else dask.delayed(_checksums_from_written)(array_path, *plan.shard_region(shard)))
     lazy = [i for i, part in enumerate(parts) if isinstance(part, Delayed)]
-    for i, value in zip(lazy, dask.compute(*[parts[i] for i in lazy])):
+    for i, value in zip(lazy, dask.compute(*[parts[i] for i in lazy]), strict=True):
         parts[i] = value
     values = np.concatenate(parts)
     group = zarr.open_group(paths.building, mode="r+", zarr_format=3).create_group(

@@ -310,8 +310,8 @@ def simulate(
     for _ in times[1:]:
         advance(model.substeps)
         snapshots.append(model.fields())
-    z, u, v = (np.stack(field)[:, None] for field in zip(*snapshots))
-    return _cds_dataset(times, dict(zip(VARIABLE_IDS, (z, u, v))), _history(seed, nlat, nlon, spinup_days))
+    z, u, v = (np.stack(field)[:, None] for field in zip(*snapshots, strict=True))
+    return _cds_dataset(times, dict(zip(VARIABLE_IDS, (z, u, v), strict=True)), _history(seed, nlat, nlon, spinup_days))
 
 
 def write_cds_netcdf(ds: xr.Dataset, directory: str | Path, *, prefix: str = "era5_synthetic") -> list[Path]:

@@ -21,20 +21,17 @@ import numpy as np
 import torch
 
 from ensembles.calibration import Calibration, calibrate, measure_spread_skill
-from ingest.atomic import replace_path, temporary_sibling
+from ingest.atomic import atomic_output
 from ingest.dims import CHANNEL, LAT, LON, TIME
 from ingest.schema import DATA, open_store
 from pipeline.config import CalibrationConfig, ForecastConfig, ModelErrorConfig, Period, RunConfig
+from pipeline.errors import CalibrationError
 from pipeline.tracking import Tracker, run_tags, tag_model_version
 
 log = logging.getLogger(__name__)
 
 #: The calibration file's name in the workdir.
 CALIBRATION_FILE = "calibration.json"
-
-
-class CalibrationError(ValueError):
-    """The calibration cannot run on the data given (too short a period), or its file does not fit the model."""
 
 
 def calibration_init_times(cfg: CalibrationConfig, validation: Period, times: np.ndarray,
@@ -135,9 +132,9 @@ def calibrate_model(cfg: CalibrationConfig, forecast_cfg: ForecastConfig, valida
 def write_calibration(path: Path, document: dict) -> Path:
     """Write the calibration document as JSON, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(path)
-    tmp.write_text(json.dumps(document, indent=2) + "\n")
-    return replace_path(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(document, indent=2) + "\n")
+    return path
 
 
 def calibration_tags(result: Calibration) -> dict[str, str]:

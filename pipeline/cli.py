@@ -71,10 +71,10 @@ def _parser() -> argparse.ArgumentParser:
                              "(Dask)", ingest_actions))
     add("plan", "print the CDS requests (ingest.source: cds) and their cost in fields, without sending anything",
         ingest_actions)
-    for action, help_text in (("inspect", "print a training store's dates, gaps, shape, layout, size on disk and "
-                                          "per-variable statistics"),
-                              ("validate", "check a training store's schema, times, NaNs and physical ranges; "
-                                           "exits 1 on any problem")):
+    for action, help_text in (("inspect", ("print a training store's dates, gaps, shape, layout, size on disk and "
+                                           "per-variable statistics")),
+                              ("validate", ("check a training store's schema, times, NaNs and physical ranges; "
+                                            "exits 1 on any problem"))):
         ingest_actions.add_parser(action, help=help_text, description=help_text).add_argument(
             "store", type=Path, help="path of the Zarr v3 training store")
     train = add("train", "train the configured model preset on the store (under torchrun: data-parallel on all ranks)")
@@ -203,6 +203,8 @@ def _tag_option(sub: argparse.ArgumentParser) -> None:
 
 
 def _tags(args: argparse.Namespace) -> dict[str, str]:
+    from pipeline.config import ConfigError
+
     tags = {}
     for item in getattr(args, "tag", []) or []:
         key, sep, value = item.partition("=")
@@ -554,17 +556,9 @@ def _run_errors() -> tuple[type[Exception], ...]:
     from ensembles.errors import EnsembleError
     from fourcast.errors import FourcastError
     from ingest.errors import IngestError
-    from pipeline.calibration import CalibrationError
-    from pipeline.cluster import ClusterError  # heavy imports only once something failed
-    from pipeline.config import ConfigError
-    from pipeline.stages import StageInputError
-    from pipeline.tracking import ModelUriError
+    from pipeline.errors import PipelineError
 
-    from pipeline.operations import DataNotArrivedError
-    from pipeline.tracking import TrackingServerError
-
-    return (IngestError, FourcastError, EnsembleError, StageInputError, ModelUriError, ClusterError, ConfigError,
-            DataNotArrivedError, TrackingServerError, CalibrationError, OSError)
+    return (IngestError, FourcastError, EnsembleError, PipelineError, OSError)
 
 
 def _one_line(err: BaseException) -> str:

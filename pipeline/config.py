@@ -23,6 +23,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from ensembles.regions import REGIONS, Region
 from fourcast.models.registry import PRESETS
 from ingest.lexicon import LEXICON
+from pipeline.errors import ConfigError  # noqa: F401  (re-exported)
 
 WORKDIR_ENV = "FOURCAST_WORKDIR"
 TRACKING_URI_ENV = "FOURCAST_TRACKING_URI"
@@ -36,10 +37,6 @@ MAX_SEED = 2**63 - 1
 
 #: Device types a stage can run on (``cuda`` may carry an index: ``cuda:1``).
 DEVICE_TYPES = ("cpu", "cuda", "mps")
-
-
-class ConfigError(ValueError):
-    """The configuration file is missing, not YAML, or does not validate."""
 
 
 def parse_time(value: object) -> object:

@@ -25,16 +25,18 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import cartopy  # noqa: E402
-import cartopy.crs as ccrs  # noqa: E402
-import cartopy.feature as cfeature  # noqa: E402
-import cartopy.io  # noqa: E402
-import cartopy.io.shapereader as shapereader  # noqa: E402
-import cartopy.mpl.geoaxes  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import shapely  # noqa: E402
-import xarray as xr  # noqa: E402
+import cartopy
+import cartopy.crs as ccrs
+import cartopy.feature as cfeature
+import cartopy.io
+import cartopy.io.shapereader as shapereader
+import cartopy.mpl.geoaxes
+import matplotlib.pyplot as plt
+import numpy as np
+import shapely
+import xarray as xr
+
+from ingest.atomic import atomic_output  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -465,7 +467,11 @@ DPI = 200
 
 def _save(fig: plt.Figure, path: Path) -> Path:
     """Write ``fig`` to the PNG ``path`` at :data:`DPI` and to the PDF beside it; returns the PNG's path."""
-    fig.savefig(path, dpi=DPI)
-    fig.savefig(Path(path).with_suffix(".pdf"))
-    plt.close(fig)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=DPI, format="png")
+        with atomic_output(Path(path).with_suffix(".pdf")) as tmp:
+            fig.savefig(tmp, format="pdf")
+    finally:
+        plt.close(fig)
     return path

@@ -41,13 +41,13 @@ from fourcast.data import StoreWindows
 from fourcast.device import default_device
 from fourcast.forecaster import Forecaster
 from fourcast.models.registry import build_model, count_parameters
-from fourcast.normaliser import Normaliser
 from fourcast.distributed import DistContext, main_first, process_group
 from fourcast.training import (TRAIN_LOSS, TRAIN_LR, VAL_SCORE, CheckpointPlan, ModeSchedule, Phase,
                                TrainSettings, seeded_initialisation, train)
-from ingest.atomic import replace_path, temporary_sibling
+from ingest.atomic import atomic_output
 from ingest.cds import CdsRequest, PlanOptions, plan_requests
 from ingest.dims import CHANNEL, LAT, LON, TIME
+from ingest.grid import check_coords
 from ingest.lexicon import get_variable
 from ingest.progress import progress
 from ingest.schema import DATA, MEAN, STD, open_climatology, open_store
@@ -62,16 +62,9 @@ from pipeline.config import (CdsConfig, ClusterConfig, ForecastConfig, IngestCon
 from pipeline.tracking import (MODEL_URI_SCHEMES, ModelUriError, NullTracker, Tracker, attach_run,
                                default_tracking_uri, download_checkpoint, mlflow_run, resolve_model_version,
                                run_exists, score_metric_name)
+from pipeline.errors import OutputPathError, StageGridError, StageInputError  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
-
-
-class StageInputError(ValueError):
-    """A stage's config does not fit the data it is given (store step, init times, …)."""
-
-
-class OutputPathError(StageInputError):
-    """A folder a stage would write to cannot be created or written (a file in the way, read-only, no permission)."""
 
 
 def require_writable(folder: Path, what: str) -> None:
@@ -185,7 +178,7 @@ def code_version() -> str:
     """Git commit of the working tree, or ``unknown`` outside a checkout."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+                             cwd=Path(__file__).resolve().parent, check=False)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() or "unknown"
@@ -519,10 +512,8 @@ def _normalised_climatology(path: Path | None, windows: StoreWindows):
     if path is None or not Path(path).exists():
         return None
     clim = open_climatology(path)
-    if list(clim[CHANNEL].values) != windows.channels or clim[LAT].size != windows.lat.size \
-            or clim[LON].size != windows.lon.size:
-        raise StageInputError(f"climatology {path} ({list(clim[CHANNEL].values)}, {clim[LAT].size}x{clim[LON].size}) "
-                              f"does not match the store ({windows.channels}, {windows.lat.size}x{windows.lon.size})")
+    check_coords({CHANNEL: windows.channels, LAT: windows.lat, LON: windows.lon}, clim.coords, (CHANNEL, LAT, LON),
+                 what=f"climatology {path}", reference="the store", error=StageGridError)
     mean, std = windows.mean[:, None, None], windows.std[:, None, None]
 
     def at(times: np.ndarray) -> np.ndarray:
@@ -1183,9 +1174,9 @@ def publish(path: Path, records: list[dict], lead_hours: list[int], store: Path,
     summary = {"scores": [r for r in headline_records(records) if r["lead_hours"] in lead_hours],
                "store": str(store.resolve()), "archive": str(archive.resolve()), "mlflow_tracking_uri": tracking_uri,
                "mlflow_run_ids": run_ids}
-    tmp = temporary_sibling(path)
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    return replace_path(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    return path
 
 
 @dataclass

@@ -25,7 +25,7 @@ def test_gpu_script_runs_at_toy_size_on_cpu_with_its_correctness_check_first(tmp
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--smoke", "--no-compile",
                            "--steps", "1", "--out", str(out)], capture_output=True, text=True, env=env, timeout=600,
-                          cwd=ROOT)
+                          cwd=ROOT, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.index("correctness") < done.stdout.index("reference-style")
     result = json.loads(out.read_text())

@@ -88,7 +88,7 @@ def test_a_rank_alone_times_out_and_a_relaunch_computes_only_what_is_missing(tmp
                                                                              coords):
     uninterrupted = _arrays(_run(tmp_path / "full.zarr", drift_prognostic, truth, coords).archive)
     path = tmp_path / "resumed.zarr"
-    with pytest.raises(CampaignIncompleteError, match="3 work items still missing.*relaunch"):
+    with pytest.raises(CampaignIncompleteError, match=r"3 work items still missing.*relaunch"):
         _run(path, drift_prognostic, truth, coords, rank=0, world_size=2, wait_timeout=0.3)
     (partial,) = tmp_path.glob(".resumed.zarr.partial-*")
     with pytest.raises(ArchiveError, match=f"archive at {path} is unfinished: {partial} was never committed .*"

@@ -9,7 +9,6 @@ import torch
 from ensembles.errors import EnsembleInputError
 from ensembles.perturbations import (BredVectorPerturbation, GaussianPerturbation, GaussianRandomFieldPerturbation,
                                      NoPerturbation)
-from ensembles.protocols import Perturbation
 from ingest.dims import CHANNEL, MEMBER
 
 
@@ -28,11 +27,6 @@ def state(coords) -> torch.Tensor:
 @pytest.fixture
 def member_coords(coords):
     return {MEMBER: np.arange(3), **coords}
-
-
-def test_both_satisfy_the_protocol():
-    assert isinstance(NoPerturbation(), Perturbation)
-    assert isinstance(GaussianPerturbation(np.ones(2), 0.3), Perturbation)
 
 
 def test_no_perturbation_is_identity(state, member_coords):

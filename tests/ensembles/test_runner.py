@@ -193,7 +193,7 @@ def test_missing_channel_is_named(identity_prognostic, initial, coords):
 
 def test_grid_mismatch_is_refused(identity_prognostic, initial, coords):
     shifted = {**coords, LAT: coords[LAT] - 1.0}
-    with pytest.raises(EnsembleInputError, match="lat does not match the prognostic's grid"):
+    with pytest.raises(EnsembleInputError, match="the initial state is on another grid than the prognostic: expected lat of"):
         run_ensemble(
             identity_prognostic,
             initial,

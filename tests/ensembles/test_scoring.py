@@ -141,7 +141,7 @@ def test_lead_times_beyond_the_truth_are_named(archive, truth, climatology):
 def test_a_grid_mismatch_is_refused(archive, truth, climatology):
     with pytest.raises(ScoringError, match=r"truth is on another grid than the forecasts: expected lat of 9 values"):
         score_forecasts(archive, truth.assign_coords({LAT: truth[LAT].values * 0.5}), climatology)
-    with pytest.raises(ScoringError, match="climatology is on another grid .* expected lon of 16 values"):
+    with pytest.raises(ScoringError, match=r"climatology is on another grid .* expected lon of 16 values"):
         score_forecasts(archive, truth, climatology.isel({LON: slice(0, 8)}))
 
 
@@ -182,7 +182,7 @@ def test_unwritten_forecasts_fail_unless_partial(truth, climatology, coords, ide
     archive = MemoryArchive(VARIABLES, init_times, forecast_lead_times(STEP, 1), 2, coords[LAT], coords[LON])
     run_ensemble(identity_prognostic, torch.from_numpy(truth.sel({TIME: init_times[0]}).values), coords,
                  init_times[0], n_members=2, n_steps=1, perturbation=NoPerturbation(), archive=archive, seed=0)
-    with pytest.raises(ScoringError, match="the forecast of z500 from 2020-01-02T00:00 at lead (0|6) h is NaN "
+    with pytest.raises(ScoringError, match=r"the forecast of z500 from 2020-01-02T00:00 at lead (0|6) h is NaN "
                        "everywhere: it was never written"):
         score_forecasts(archive.dataset, truth, climatology)
     scorecard = score_archive(archive.dataset, truth, climatology, ScoreOptions(allow_partial=True))

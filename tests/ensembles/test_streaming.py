@@ -57,7 +57,7 @@ def test_missing_members_are_named_at_finalize(truth, climatology, coords):
     labels = {INIT_TIME: np.array([init]), LEAD_TIME: np.array([np.timedelta64(0, "ns")]), MEMBER: np.array([0, 1]),
               **coords}
     scorer.write(x, labels)
-    with pytest.raises(ScoringError, match="member 1 of 2020-01-01T00:00 .* is written twice"):
+    with pytest.raises(ScoringError, match=r"member 1 of 2020-01-01T00:00 .* is written twice"):
         scorer.write(x[:1], {**labels, MEMBER: np.array([1])})
     with pytest.raises(ScoringError, match=r"1 forecasts did not receive all 3 members, e.g. \(members received\) "
                        r"\{'2020-01-01T00:00 \+0 h': \[0, 1\]\}"):

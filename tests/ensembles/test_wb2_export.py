@@ -82,7 +82,7 @@ def test_rewrite_replaces_the_store(archive, tmp_path):
 
 
 def test_unknown_variable_is_refused(archive):
-    with pytest.raises(ArchiveError, match="lexicon variables.*'bogus'"):
+    with pytest.raises(ArchiveError, match=r"lexicon variables.*'bogus'"):
         to_weatherbench2(archive.assign(bogus=archive["t2m"]))
 
 

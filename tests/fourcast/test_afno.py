@@ -47,7 +47,7 @@ def test_presets_and_errors():
         build_model("afno-huge", (32, 64), 3)
     with pytest.raises(ModelSpecError, match="divisible by patch_size"):
         AFNONet((33, 64), 3, 3, patch_size=2)
-    with pytest.raises(ModelSpecError, match="hard_thresholding_fraction must be 1.0"):
+    with pytest.raises(ModelSpecError, match=r"hard_thresholding_fraction must be 1.0"):
         AFNOFilter(16, 4, hard_thresholding_fraction=0.5)
 
 
@@ -105,6 +105,6 @@ def test_fast_filter_equals_the_einsum_filter(truncation, fraction):
     fast.square().mean().backward()
     assert all(f.fast for f in model.modules() if isinstance(f, AFNOFilter))
     assert_close_to_spread(fast.detach().numpy(), plain.detach().numpy(), name="output")
-    for p, expected in zip(model.parameters(), plain_grads):
+    for p, expected in zip(model.parameters(), plain_grads, strict=True):
         assert_close_to_spread(p.grad.numpy(), expected.numpy(), name="gradient")
     assert not torch.equal(plain_grads[0], torch.zeros_like(plain_grads[0]))

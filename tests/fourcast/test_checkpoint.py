@@ -71,7 +71,7 @@ def test_training_state_holds_everything_needed_to_resume(trained, store):
 
 def test_resume_refuses_missing_corrupt_and_model_only_files(trained, store, tmp_path):
     validation = StoreWindows(store, *VALID, n_ahead=1)
-    with pytest.raises(CheckpointError, match="no training state file at .*nowhere.pt"):
+    with pytest.raises(CheckpointError, match=r"no training state file at .*nowhere.pt"):
         _train(store, CheckpointPlan(tmp_path, _meta(validation), resume_from=tmp_path / "nowhere.pt"))
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes((trained / "last.pt").read_bytes()[:5000])
@@ -86,7 +86,7 @@ def test_resume_refuses_other_grids_channels_and_settings(trained, store, tmp_pa
     validation = StoreWindows(store, *VALID, n_ahead=1)
     last = trained / "last.pt"
     other_grid = _meta(validation, lat=np.linspace(89, -89, 16).tolist())
-    expected = r"cannot resume .*lat grid .* differs from the data's \(16 points, 89\.000\.\.-89\.000\)"
+    expected = r"cannot resume .*another grid .* expected lat of 16 values .*, found 16 values 89…-89; max difference "
     with pytest.raises(CheckpointError, match=expected):
         _train(store, CheckpointPlan(tmp_path, other_grid, resume_from=last))
     other_channels = _meta(validation, channels=["z500", "t850", "v500"])
@@ -122,9 +122,9 @@ def test_non_finite_loss_names_step_and_variable_and_keeps_the_last_state(store,
 
 
 def test_bad_date_ranges_and_stores_are_refused(store, tmp_path):
-    with pytest.raises(DataWindowError, match="range 2000-01-05..2000-01-01 is empty"):
+    with pytest.raises(DataWindowError, match=r"range 2000-01-05..2000-01-01 is empty"):
         StoreWindows(store, "2000-01-05", "2000-01-01")
-    with pytest.raises(DataWindowError, match="holds 0 store times.*store covers 2000-01-01"):
+    with pytest.raises(DataWindowError, match=r"holds 0 store times.*store covers 2000-01-01"):
         StoreWindows(store, "2000-03-10", "2000-03-20")
     copy = tmp_path / "no-stats.zarr"
     shutil.copytree(store, copy)
@@ -179,7 +179,7 @@ def test_a_new_run_over_an_earlier_one_is_refused_and_restart_sets_the_earlier_o
 
 
 def test_stale_partial_checkpoints_are_removed_when_training_starts(store, tmp_path):
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=False)
     dead, alive = int(finished.stdout), os.getpid()
     leftovers = {name: tmp_path / name for name in (f".last.pt.partial-{dead}-0a1b2c3d4e5f",  # its writer was killed
                                                     ".best.pt.partial-0a1b2c3d4e5f",  # an older writer's, no pid
@@ -195,8 +195,8 @@ def test_stale_partial_checkpoints_are_removed_when_training_starts(store, tmp_p
 @pytest.mark.parametrize(("change", "message"), [
     ("weights", r"weight tensor 'head.weight' holds 3 non-finite values \(NaN or inf\) of \d+; expected finite"),
     ("mean", r"normalisation mean of channels \['u500'\] is \{'u500': nan\}; expected finite values"),
-    ("std", r"normalisation std of channels \['v500', 'z500'\] is \{'z500': 0.0, 'v500': -1.0\}; expected finite, "
-            "positive values"),
+    ("std", (r"normalisation std of channels \['v500', 'z500'\] is \{'z500': 0.0, 'v500': -1.0\}; expected finite, "
+             "positive values")),
 ])
 def test_checkpoints_with_non_finite_weights_or_unusable_statistics_are_refused(store, tmp_path, change, message):
     windows = StoreWindows(store, *VALID)
@@ -241,7 +241,7 @@ def test_a_checkpoint_write_the_file_system_refuses_names_the_path_and_free_spac
             sys.exit(str(err))
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).resolve().parents[2])
+                          cwd=Path(__file__).resolve().parents[2], check=False)
     assert done.returncode == 1, done.stderr
     assert done.stderr.startswith(f"the checkpoint could not be written to {path} (")
     assert "MiB free" in done.stderr and "the previous model.pt is intact" in done.stderr

@@ -105,7 +105,7 @@ def test_two_gloo_ranks_equal_one_process_on_the_combined_batch(store, tmp_path)
     out = tmp_path / "ddp.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           __file__, str(store), str(out)], env=env, capture_output=True, text=True, timeout=300)
+                           __file__, str(store), str(out)], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     ddp = torch.load(out, weights_only=True)
     single = _train(store, DistContext())

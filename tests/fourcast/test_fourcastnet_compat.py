@@ -93,7 +93,7 @@ def test_key_mapping_both_ways():
     for unknown in ("norm.weight", "blocks.0.attn.qkv.weight", "blocks.x.norm1.weight", "head.bias"):
         with pytest.raises(CheckpointError, match=f"unknown FourCastNet tensor name.*{unknown}"):
             fourcastnet_key_to_ours(unknown)
-    with pytest.raises(CheckpointError, match="unknown fourcast AFNONet tensor name.*blocks.0.mlp.fc1.weight"):
+    with pytest.raises(CheckpointError, match=r"unknown fourcast AFNONet tensor name.*blocks.0.mlp.fc1.weight"):
         our_key_to_fourcastnet("blocks.0.mlp.fc1.weight")
 
 
@@ -167,7 +167,7 @@ def test_missing_file_is_refused(tmp_path):
 
 
 def test_only_fourcastnet_compatible_models_are_exported():
-    with pytest.raises(ModelSpecError, match="predict_increment.*embed_kernel.*norm is 'none'.*mode_truncation"):
+    with pytest.raises(ModelSpecError, match=r"predict_increment.*embed_kernel.*norm is 'none'.*mode_truncation"):
         to_fourcastnet_state(build_model("afno-tiny", GRID, 3))
 
 

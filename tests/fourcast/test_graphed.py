@@ -74,7 +74,7 @@ def test_config_refuses_cuda_graphs_off_cuda_and_with_compile():
     assert not ForecastConfig.model_validate(base).cuda_graphs
     assert ForecastConfig.model_validate({**base, "cuda_graphs": True}).cuda_graphs  # default device: checked at run
     assert ForecastConfig.model_validate({**base, "cuda_graphs": True, "device": "cuda:1"}).device == "cuda:1"
-    with pytest.raises(ValidationError, match="needs a CUDA device; found forecast.device 'cpu'"):
+    with pytest.raises(ValidationError, match=r"needs a CUDA device; found forecast.device 'cpu'"):
         ForecastConfig.model_validate({**base, "cuda_graphs": True, "device": "cpu"})
     with pytest.raises(ValidationError, match="exclusive"):
         ForecastConfig.model_validate({**base, "cuda_graphs": True, "compile": True})

@@ -37,7 +37,7 @@ def test_sfno_on_a_finer_grid_keeps_the_degrees_it_learned_and_gives_the_same_fi
     coarse = _random_sfno((17, 32))
     fine = coarse.on_grid(33, 64)
     assert coarse.modes == fine.modes == grid_modes((17, 32), 2) == 8  # tied to the training grid, not 16
-    for mine, theirs in zip(coarse.spectral_weights(), fine.spectral_weights()):
+    for mine, theirs in zip(coarse.spectral_weights(), fine.spectral_weights(), strict=True):
         assert torch.equal(mine, theirs)
     with torch.no_grad():
         x_coarse, x_fine = _smooth_fields(17, 32), _smooth_fields(33, 64)
@@ -70,7 +70,7 @@ def test_modes_out_of_range_and_layer_norm_are_refused():
     with pytest.raises(ModelSpecError, match=r"modes must lie in 1\.\.8 .*found 9"):
         SFNONet((17, 32), 3, 3, embed_dim=8, num_layers=1, scale_factor=2, modes=9)
     model = SFNONet((17, 32), 3, 3, embed_dim=8, num_layers=1, scale_factor=2, normalization="layer_norm")
-    with pytest.raises(ResolutionTransferError, match="layer_norm.*one learned weight per grid point"):
+    with pytest.raises(ResolutionTransferError, match=r"layer_norm.*one learned weight per grid point"):
         model.on_grid(33, 64)
 
 

@@ -4,7 +4,7 @@ import torch
 
 from fourcast.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from fourcast.data import StoreWindows
-from fourcast.errors import CheckpointError, DataWindowError, NonFiniteLossError
+from fourcast.errors import CheckpointError, CheckpointGridError, DataWindowError, NonFiniteLossError
 from fourcast.forecaster import Forecaster
 from fourcast.models.registry import build_model
 from fourcast.normaliser import Normaliser
@@ -87,13 +87,13 @@ def test_checkpoint_round_trip_reproduces_the_forecast(store, tmp_path):
     windows = StoreWindows(store, *TRAIN)
     model = build_model("afno-tiny", (16, 32), 3)
     path = save_checkpoint(tmp_path / "ck" / "model.pt", model, _meta(windows))
-    state, meta = load_checkpoint(path)
+    _state, meta = load_checkpoint(path)
     assert meta.channels == ["z500", "u500", "v500"] and meta.extra["store_fingerprint"] == "abc"
     forecaster = Forecaster.from_checkpoint(path, torch.device("cpu"))
     x = torch.as_tensor(open_store(store)["data"].values[:2])
     direct = Normaliser(windows.mean, windows.std)
     expected = direct.denormalise(model(direct.normalise(x)))
-    out, coords = forecaster.step(x, {"member": np.arange(2), **forecaster.input_coords})
+    out, _coords = forecaster.step(x, {"member": np.arange(2), **forecaster.input_coords})
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-3)
     assert forecaster.step_size == np.timedelta64(6, "h")
     assert [p.name for p in path.parent.iterdir()] == ["model.pt"]
@@ -104,7 +104,7 @@ def test_checkpoint_errors_say_what_differs(store, tmp_path):
     meta = _meta(windows)
     with pytest.raises(CheckpointError, match=r"channels \['z500', 'u500', 'v500'\] differ.*\['z500', 't850'\]"):
         meta.check_matches(["z500", "t850"], windows.lat, windows.lon)
-    with pytest.raises(CheckpointError, match="lat grid"):
+    with pytest.raises(CheckpointGridError, match="data is on another grid than the checkpoint: expected lat of"):
         meta.check_matches(windows.channels, windows.lat[:-1], windows.lon)
     with pytest.raises(CheckpointError, match="no checkpoint file"):
         load_checkpoint(tmp_path / "missing.pt")
@@ -147,7 +147,7 @@ def test_activation_checkpointing_keeps_keys_and_gradients(store):
     assert list(recomputed.state_dict()) == list(plain.state_dict())
     for model in (plain, recomputed):
         model(x).square().mean().backward()
-    for (name, a), b in zip(plain.named_parameters(), recomputed.parameters()):
+    for (name, a), b in zip(plain.named_parameters(), recomputed.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7, msg=name)
 
 

@@ -144,7 +144,7 @@ def test_a_wrong_key_fails_with_an_auth_error_and_leaves_nothing(tmp_path, cds):
 def test_a_failed_job_is_a_request_error_not_retried_and_leaves_nothing(tmp_path, cds):
     cds.fail_jobs = 1
     sleeps = Sleeps()
-    with pytest.raises(CdsRequestError, match="(?s)job .* failed.*injected job failure"):
+    with pytest.raises(CdsRequestError, match=r"(?s)job .* failed.*injected job failure"):
         download_plan(_january(), _settings(tmp_path), CdsCredentials(cds.url, cds.key), sleep=sleeps)
     assert len(cds.executions) == 1 and sleeps == []
     assert _cache_names(_settings(tmp_path)) == []
@@ -164,7 +164,7 @@ def test_transient_5xx_are_retried_with_backoff_then_succeed(tmp_path, cds):
 def test_persistent_5xx_end_in_a_download_error_after_doubling_waits(tmp_path, cds):
     cds.transient_errors.update(execution=100)
     sleeps = Sleeps()
-    with pytest.raises(DownloadError, match="(?s)failed 3 times; last error: .*503"):
+    with pytest.raises(DownloadError, match=r"(?s)failed 3 times; last error: .*503"):
         download_plan(_january(), _settings(tmp_path), CdsCredentials(cds.url, cds.key), sleep=sleeps)
     assert sleeps == [0.5, 1.0]
     assert cds.executions == [] and _cache_names(_settings(tmp_path)) == []
@@ -186,7 +186,7 @@ def test_oversized_requests_are_refused_by_the_planner_limit_or_by_the_cds(tmp_p
     assert cds.calls == []  # refused before sending
     cds.max_fields = 200  # the CDS's own cost limit is lower than ours
     sleeps = Sleeps()
-    with pytest.raises(RequestTooLargeError, match="(?s)refused .* as too large.*cost limits exceeded"):
+    with pytest.raises(RequestTooLargeError, match=r"(?s)refused .* as too large.*cost limits exceeded"):
         download_plan(plan, _settings(tmp_path), credentials, sleep=sleeps)
     assert sleeps == [] and cds.executions == [] and _cache_names(_settings(tmp_path)) == []
 
@@ -263,8 +263,8 @@ THREE_NOONS = dict(start=datetime(2000, 1, 1, 12), end=datetime(2000, 1, 3, 12),
 @pytest.mark.parametrize(("wrong", "expected"), [
     # the case: hourly 07-15Z on one day instead of 12Z on three days
     ({"day": ["01"], "time": [f"{h:02d}:00" for h in range(7, 16)]},
-     r"times: expected 3 times 2000-01-01T12:00 \.\. 2000-01-03T12:00, found 9 times 2000-01-01T07:00 \.\. "
-     r"2000-01-01T15:00; missing \[2000-01-02T12:00, 2000-01-03T12:00\], unexpected \[2000-01-01T07:00"),
+     (r"times: expected 3 times 2000-01-01T12:00 \.\. 2000-01-03T12:00, found 9 times 2000-01-01T07:00 \.\. "
+      r"2000-01-01T15:00; missing \[2000-01-02T12:00, 2000-01-03T12:00\], unexpected \[2000-01-01T07:00")),
     ({"pressure_level": ["850"]}, r"variables: expected \['z500'\], found \['z850'\]"),
     ({"pressure_level": ["500", "850"]}, r"pressure levels: expected \[500\] hPa, found \[500, 850\] hPa"),
     ({"variable": ["temperature"]}, r"variables: expected \['z500'\], found \['t500'\]"),
@@ -331,6 +331,6 @@ def test_an_area_across_greenwich_is_accepted_and_another_area_refused(tmp_path,
     (fetched,) = download_plan(europe, _settings(tmp_path / "good"), credentials)
     assert fetched.name == europe[0].filename
     cds.wrong_results.append({"area": [60.0, 30.0, 30.0, 60.0]})
-    with pytest.raises(CdsResultMismatchError, match="grid: expected 10° x 10°, area N 60 W -10 S 30 E 20; found 4 "
+    with pytest.raises(CdsResultMismatchError, match=r"grid: expected 10° x 10°, area N 60 W -10 S 30 E 20; found 4 "
                                                      "latitudes 60 .. 30 every 10°, 4 longitudes 30 .. 60"):
         download_plan(europe, _settings(tmp_path / "bad"), credentials)

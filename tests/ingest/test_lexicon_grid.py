@@ -16,7 +16,7 @@ def test_lexicon_maps_ids_to_era5_names_and_units():
 
 
 def test_unknown_variable_names_the_choices():
-    with pytest.raises(UnknownVariableError, match="unknown variable id 'z501'.*z500"):
+    with pytest.raises(UnknownVariableError, match=r"unknown variable id 'z501'.*z500"):
         get_variable("z501")
     with pytest.raises(UnknownVariableError, match="more than once"):
         get_variables(["z500", "z500"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def test_partial_states_merge_to_the_whole_in_any_grouping():
     values = rng.normal(5.0, 3.0, size=(50, 2, 4, 5))
     values[rng.random(values.shape) < 0.05] = np.nan
     cuts = [0, 3, 4, 17, 30, 31, 50]
-    states = [Moments.of_block(values[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+    states = [Moments.of_block(values[a:b]) for a, b in itertools.pairwise(cuts)]
     by_tree = merge_all(states)
     in_order = states[0]
     for state in states[1:]:

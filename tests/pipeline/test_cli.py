@@ -124,7 +124,16 @@ def test_traceback_option_lets_the_error_through(tmp_path):
 def test_errors_end_as_one_line_from_a_real_process(tmp_path):
     (tmp_path / "fc").write_text("not a folder")
     done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--workdir", "fc"], cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 1, done.stderr
     assert _one_line(done.stderr) == ("fourcast run: OutputPathError: workdir fc cannot be written: fc is a file, not a "
                                       "folder")
+
+
+def test_a_malformed_tag_is_a_config_error_naming_it():
+    from pipeline.cli import _tags
+    from pipeline.config import ConfigError
+
+    assert _tags(_parser().parse_args(["forecast", "--tag", "cycle_point=2001"])) == {"cycle_point": "2001"}
+    with pytest.raises(ConfigError, match="--tag expects KEY=VALUE, found 'cycle_point'"):
+        _tags(_parser().parse_args(["forecast", "--tag", "cycle_point"]))

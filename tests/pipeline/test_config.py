@@ -44,7 +44,7 @@ def test_unknown_preset_and_variable_list_the_choices():
 def test_forecasting_on_training_dates_is_refused():
     raw = _demo()
     raw["forecast"]["inits"] = {"start": "2000-06-01T00:00", "end": "2000-06-10T00:00"}
-    with pytest.raises(ConfigError, match="forecast.inits overlaps train.train"):
+    with pytest.raises(ConfigError, match=r"forecast.inits overlaps train.train"):
         parse_config(raw)
 
 

@@ -259,8 +259,8 @@ def test_a_registered_mlflow_model_is_resolved_to_its_checkpoint(workdir, tmp_pa
 
 @pytest.mark.parametrize(("options", "status", "message"), [
     (["--init-times", "2000-02-15T00", "2000-03-09T00"], 1,
-     r"StageInputError: initial conditions for \['2000-03-09T00:00:00.000000000'\] \(1 init times\) are not in the "
-     r"store, which covers 2000-01-01T00:00:00.000000000..2000-02-29T18:00:00.000000000"),
+     (r"StageInputError: initial conditions for \['2000-03-09T00:00:00.000000000'\] \(1 init times\) are not in the "
+      r"store, which covers 2000-01-01T00:00:00.000000000..2000-02-29T18:00:00.000000000")),
     (["--lead-hours", "9"], 1, "StageInputError: forecast.lead_hours 9 is not a multiple of the model step 6 hours"),
     (["--step-hours", "12"], 1, "StageInputError: forecast.step_hours 12 differs from the model's step 6 hours"),
     (["--members", "0"], 2, r"forecast.members: Input should be greater than or equal to 1 \(found 0\)"),
@@ -313,14 +313,14 @@ def _tree(path: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize(("target", "message"), [
-    ("store.zarr", r"StageInputError: the archive path .*/work/store.zarr is the store .*/work/store.zarr; the "
-                   "forecast would replace it"),
+    ("store.zarr", (r"StageInputError: the archive path .*/work/store.zarr is the store .*/work/store.zarr; the "
+                    "forecast would replace it")),
     ("climatology.zarr", r"StageInputError: the archive path .*/work/climatology.zarr is the climatology"),
     (".", r"StageInputError: the archive path .*/work holds the store"),
-    ("store.zarr/forecast.zarr", r"StageInputError: the archive path .*/work/store.zarr/forecast.zarr lies inside "
-                                 "the store"),
-    ("era5", r"ArchiveError: refusing to replace .*/work/era5: it is a folder that is not a Zarr v3 store \(1 "
-             r"entries\), not a fourcast forecast archive"),
+    ("store.zarr/forecast.zarr", (r"StageInputError: the archive path .*/work/store.zarr/forecast.zarr lies inside "
+                                  "the store")),
+    ("era5", (r"ArchiveError: refusing to replace .*/work/era5: it is a folder that is not a Zarr v3 store \(1 "
+              r"entries\), not a fourcast forecast archive")),
     ("notes.zarr", r"ArchiveError: refusing to replace .*/work/notes.zarr: it is a file of 5 bytes"),
 ])
 def test_overwrite_never_replaces_the_inputs_or_what_is_not_an_archive(own_workdir, store_paths, capsys, target,
@@ -363,7 +363,7 @@ def test_score_partial_scores_the_init_times_a_killed_campaign_completed(own_wor
     settings = {"init_times": ["2000-02-15T00:00", "2000-02-15T06:00", "2000-02-15T12:00"], "members": 4,
                 "members_per_batch": 2, "wait_timeout_s": 0.2}
     for launch in (Launch(rank=0, world_size=2), Launch(rank=1, world_size=4)):  # items 0, 2, 4, then 1 and 5
-        with pytest.raises(CampaignIncompleteError, match="1 work items still missing|3 work items still missing"):
+        with pytest.raises(CampaignIncompleteError, match=r"1 work items still missing|3 work items still missing"):
             _stage(own_workdir, archive, launch=launch, **settings)
     assert main(["score", "--config", str(own_workdir / "config.yaml"), "--archive", str(archive), "--partial"]) == 0
     assert re.search(r"scoring 2 of 3 init times of .*\.killed\.zarr\.partial-\w+ \(5 of 6 work items recorded "

@@ -1,8 +1,10 @@
 """The Cylc workflows, for real: ``cylc validate``, and ``cylc play --no-detach`` with background jobs.
 
-One forecast-cycle run covers five cycle points of the 16 x 32 test store (the last one beyond the
-store's end, so its data never arrives): the scheduler is SIGKILLed mid-cycle, the champion is
-moved by a real train-and-promote run while it is down, and ``cylc play`` restarts it. The tasks
+One forecast-cycle run covers six cycle points of a copy of the 16 x 32 test store (the last two
+beyond the store's end): the scheduler is SIGKILLed mid-cycle, the champion is moved by a real
+train-and-promote run while it is down, and ``cylc play`` restarts it. The fifth point's ingest
+fails naming the missing dates; the test then appends two days to the store, and the retry and
+the sixth cycle run to the end. The tasks
 call the real ``fourcast`` CLI against an MLflow tracking server the workflow starts. Needs
 ``make cylc-env`` (cylc in ``.venv-cylc``) and rsync; skipped without them.
 """
@@ -11,12 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -25,15 +29,20 @@ from ensembles.archive import open_archive
 from ensembles.catalogue import DELETED, REDUCED, Catalogue, default_url
 from fourcast.checkpoint import CheckpointMeta, save_checkpoint
 from fourcast.models.registry import build_model
-from ingest.schema import MEAN, STD, open_store
+from ingest.schema import MEAN, STD, TIME, open_store
+from ingest.store import StoreLayout, open_sources, write_store
+from ingest.synthetic import generate_files
 from pipeline import cylc
 from pipeline.stages import Paths, store_fingerprint
 from pipeline.tracking import default_tracking_uri, model_aliases, score_metric_name, stop_tracking_server
+from tests.conftest import STATS, VARIABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "fourcast-afno-tiny"
-POINTS = ["2000-02-26T00", "2000-02-27T00", "2000-02-28T00", "2000-02-29T00", "2000-03-01T00"]  # the last: no data
-FAST = {"RETRY_DELAYS": "PT1S", "DATA_POLL": 1, "DATA_TIMEOUT": 4, "MEMBERS": 2}
+# the store ends at 2000-02-29T18: the last two points' data arrives only while the workflow runs
+POINTS = ["2000-02-26T00", "2000-02-27T00", "2000-02-28T00", "2000-02-29T00", "2000-03-01T00", "2000-03-02T00"]
+LATE = POINTS[4]
+FAST = {"RETRY_DELAYS": "PT1S", "DATA_POLL": 1, "DATA_TIMEOUT": 4, "MEMBERS": 2, "INGEST_RETRY_DELAYS": "120*PT2S"}
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +65,26 @@ def _template(workdir: Path, config: Path) -> dict[str, object]:
 def test_workflow_validates(workflow, cylc_env, tmp_path):
     out = cylc.validate(workflow, _template(tmp_path, tmp_path / "run.yaml"), cylc_env)
     assert "Valid for cylc-8" in out
+
+
+def test_slurm_platform_gives_the_train_job_gpus_and_torchrun(cylc_env, tmp_path):
+    """The README's Slurm recipe, rendered by Cylc: a GPU request on one node and torchrun across it."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    cylc_bin = cylc.cylc_executable().parent
+    (conf / "global.cylc").write_text(
+        f"[platforms]\n    [[localhost]]\n        cylc path = {cylc_bin}\n"
+        f"    [[slurm_gpu]]\n        hosts = localhost\n        job runner = slurm\n        cylc path = {cylc_bin}\n")
+    env = {**cylc_env, "CYLC_CONF_PATH": str(conf)}
+    variables = {**_template(tmp_path, tmp_path / "run.yaml"), "TRAIN_PLATFORM": "slurm_gpu", "GPUS": 4,
+                 "TRAIN_LAUNCHER": "torchrun --standalone --nproc-per-node=4 -m pipeline.cli"}
+    assert "Valid for cylc-8" in cylc.validate("train-and-promote", variables, env)
+    train = cylc.run_cylc(["config", str(cylc.WORKFLOWS / "train-and-promote"), "-i", "[runtime][train]",
+                           *cylc.template_options(variables)], env).stdout
+    assert "platform = slurm_gpu" in train and "--gres = gpu:4" in train and "--nodes = 1" in train, train
+    assert "torchrun --standalone --nproc-per-node=4 -m pipeline.cli train" in train, train
+    platform = cylc.run_cylc(["config", "-i", "[platforms][slurm_gpu]"], env).stdout
+    assert "job runner = slurm" in platform, platform
 
 
 def _noisy_checkpoint(path: Path, store: Path) -> Path:
@@ -88,10 +117,10 @@ def _register_champion(workdir: Path, checkpoint: Path) -> str:
 
 @pytest.fixture(scope="module")
 def cycle_workdir(store_paths, write_run_config, tmp_path_factory) -> tuple[Path, Path]:
-    """A workdir with the test store, its climatology, config and a poor champion (version 1) registered."""
+    """A workdir with a copy of the test store, its climatology, config and a poor champion (v1) registered."""
     work = tmp_path_factory.mktemp("cycle")
     paths = Paths(work)
-    paths.store.symlink_to(store_paths[0])
+    shutil.copytree(store_paths[0], paths.store)  # a copy: the test appends to it
     paths.climatology.symlink_to(store_paths[1])
     config = write_run_config(
         work / "run.yaml", work, tracking={"experiment": "cycle"}, score={"lead_hours": [24], "plots": False},
@@ -128,9 +157,17 @@ def _job_err(run: Path, point: str, task: str) -> str:
     return "".join(p.read_text() for p in sorted(run.glob(f"log/job/{point}/{task}/[0-9]*/job.err")))
 
 
+def _append_analyses(store: Path, folder: Path, start: str, end: str) -> None:
+    """The late analyses arrive: synthetic files for ``start..end`` appended to the store."""
+    files = generate_files(folder, np.datetime64(start), np.datetime64(end), nlat=16, nlon=32, seed=2,
+                           spinup_days=5.0)
+    write_store(open_sources(files, VARIABLES, shard_steps=40), store, STATS, StoreLayout(shard_steps=40))
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_forecast_cycle_survives_a_kill_follows_the_champion_and_names_missing_data(cycle_workdir, cylc_env):
+def test_forecast_cycle_survives_a_kill_follows_the_champion_and_names_missing_data(cycle_workdir, cylc_env,
+                                                                                      tmp_path):
     workdir, config = cycle_workdir
     catalogue = Catalogue(default_url(workdir))
     variables = {**_template(workdir, config), **FAST, "INITIAL": POINTS[0], "FINAL": POINTS[-1],
@@ -164,64 +201,76 @@ def test_forecast_cycle_survives_a_kill_follows_the_champion_and_names_missing_d
                                           "tags.stage = 'promote'")
         assert [r.data.tags["promoted"] for r in promote_runs] == ["True"]
 
-        # 3. restarted, it runs to the end; the last cycle's data never arrives
-        restarted = cylc.play(cycle_id, cylc_env, timeout=900)
-        log = restarted.stdout + restarted.stderr
-        assert restarted.returncode != 0, log  # stalled on the failed ingest, then aborted
-        err = _job_err(run, POINTS[-1], "ingest")
-        assert "analyses for 2000-03-01T00 did not arrive" in err and "store ends at 2000-02-29T18" in err, err
+        # 3. restarted, it runs on until the fifth cycle, whose data is not there: its ingest fails
+        #    after the configured wait, naming the missing dates
+        scheduler = cylc.start_play(cycle_id, cylc_env)
+        first_try = run / "log" / "job" / LATE / "ingest" / "01" / "job.err"
+        _wait(lambda: first_try.exists() and "did not arrive" in first_try.read_text(), 900,
+              f"the {LATE} ingest to fail", scheduler)
+        err = first_try.read_text()
+        assert f"analyses for {LATE} did not arrive" in err and "store ends at 2000-02-29T18" in err, err
+
+        # 4. the data arrives: the ingest's next try picks it up and the cycles behind it run to the end
+        _append_analyses(Paths(workdir).store, tmp_path / "late", "2000-03-01T00", "2000-03-02T18")
+        assert open_store(Paths(workdir).store)[TIME].values[-1] == np.datetime64("2000-03-02T18")
+        log, _ = scheduler.communicate(timeout=900)
+        assert scheduler.returncode == 0, log
+        tries = sorted(p.parent.name for p in run.glob(f"log/job/{LATE}/ingest/[0-9]*/job.status"))
+        assert len(tries) >= 2, tries
+        assert "CYLC_JOB_EXIT=SUCCEEDED" in (run / "log" / "job" / LATE / "ingest" / tries[-1] / "job.status").read_text()
     finally:
         if scheduler is not None and scheduler.poll() is None:
             os.killpg(scheduler.pid, signal.SIGKILL)
         stop_tracking_server(run / "share" / "tracking")
         stop_tracking_server(cylc.run_dir(cylc_env, "tp") / "share" / "tracking")
 
-    # every cycle with data has exactly one archive, on disk and complete; the missing one has none
+    # every cycle has exactly one archive, on disk and complete (the late one's too)
     entries = catalogue.entries()
-    assert [e.cycle_point for e in entries] == POINTS[:-1]
+    assert [e.cycle_point for e in entries] == POINTS
     for entry in entries:
         attrs = open_archive(entry.path).attrs
         assert (attrs["model_name"], attrs["model_version"]) == (MODEL, entry.model_version)
     versions = {e.cycle_point: e.model_version for e in entries}
     assert versions[POINTS[0]] == versions[POINTS[1]] == "1"  # published before the kill: lineage kept
     assert {k: versions[k] for k in before_kill} == before_kill
-    assert versions[POINTS[3]] == "2" == model_aliases(uri, MODEL)["champion"]
+    assert versions[POINTS[3]] == versions[LATE] == versions[POINTS[5]] == "2" == model_aliases(uri, MODEL)["champion"]
 
     # each forecast whose truth arrived is scored in MLflow, tagged with its cycle point; holds released
     experiment = client.get_experiment_by_name("cycle").experiment_id
     scores = {r.data.tags["forecast_cycle_point"]: r for r in  # (train-and-promote's scores have no cycle point)
               client.search_runs([experiment], "tags.stage = 'score' and attributes.status = 'FINISHED'")
               if "forecast_cycle_point" in r.data.tags}
-    assert sorted(scores) == POINTS[:3]
+    assert sorted(scores) == POINTS[:-1]
     for point, score_run in scores.items():
         assert score_run.data.tags["cycle_point"] == POINTS[POINTS.index(point) + 1]
         names = set(score_run.data.metrics)  # the metric naming of pipeline.tracking, or the older flat one
         assert score_metric_name("z500", "rmse", 24) in names or "z500_fourcast_rmse" in names, sorted(names)[:20]
         assert score_run.info.run_id in catalogue.get(next(e.id for e in entries if e.cycle_point == point)).score_run_ids
-    # the last forecast's truth (2000-03-01T00) never arrived: its score is unfinished, so it stays held
-    assert {e.cycle_point: e.holds for e in catalogue.entries()} == {**{p: () for p in POINTS[:3]}, POINTS[3]: ("score",)}
+    # every score finished, so no hold is left (the last forecast's truth lies beyond the final point)
+    assert {e.cycle_point: e.holds for e in catalogue.entries()} == dict.fromkeys(POINTS, ())
     reports = client.search_runs([experiment], "tags.stage = 'cycle-report'")
-    assert sorted({r.data.tags["cycle_point"] for r in reports}) == POINTS[:-1]
-    for point in POINTS[:-1]:  # one run tree per cycle point: its report run is the parent of its stage runs
+    assert sorted({r.data.tags["cycle_point"] for r in reports}) == POINTS
+    for point in POINTS:  # one run tree per cycle point: its report run is the parent of its stage runs
         parents = {r.info.run_id for r in reports if r.data.tags["cycle_point"] == point}  # (a killed report reran)
         assert {r.info.run_name for r in reports if r.info.run_id in parents} == {f"cycle {point}"}
         children = client.search_runs([experiment], f"tags.cycle_point = '{point}' and tags.stage != 'cycle-report'")
         assert "forecast" in {r.data.tags["stage"] for r in children}
         assert all(r.data.tags.get("mlflow.parentRunId") in parents for r in children)
 
-    # retention: a held archive is left alone, the others reduced / deleted by age
+    # retention, ages from the newest init (2000-03-02): a held archive is left alone, the others
+    # reduced after 1 day and deleted after 4
     catalogue.hold(entries[1].id, "score")
     prune = subprocess.run([sys.executable, "-m", "pipeline.cli", "archive", "prune", "--config", str(config),
-                            "--keep-members-days", "1", "--delete-after-days", "2"], capture_output=True, text=True,
-                           env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+                            "--keep-members-days", "1", "--delete-after-days", "4"], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, check=False)
     assert prune.returncode == 0, prune.stderr
     after = {e.cycle_point: e for e in catalogue.entries()}
-    assert after[POINTS[0]].status == DELETED and not Path(after[POINTS[0]].path).exists()
+    assert after[POINTS[0]].status == DELETED and not Path(after[POINTS[0]].path).exists()  # 5 days old
     assert after[POINTS[1]].status == "published" and after[POINTS[1]].holds == ("score",)  # held: untouched
-    assert after[POINTS[2]].status == "published"  # 1 day old: kept whole
-    assert after[POINTS[3]].status == "published"
+    assert after[POINTS[2]].status == after[POINTS[3]].status == REDUCED  # 3 and 2 days old: mean only
+    assert after[LATE].status == after[POINTS[5]].status == "published"  # 1 and 0 days old: kept whole
     catalogue.release(entries[1].id, "score")
-    catalogue.prune(1, 2)
+    catalogue.prune(1, 4)
     reduced = catalogue.get(entries[1].id)
     assert reduced.status == REDUCED and "member" not in open_archive_dims(reduced.path)
     assert reduced.bytes < entries[1].bytes
