@@ -14,8 +14,9 @@ amplitude by fixed-point iteration on the SSR:
    at a short lead is proportional to the initial amplitude, so this is Newton's step in
    log-amplitude for that regime);
 2. if the SSR at the long lead is then short of ``1 − tolerance`` on average over the
-   variables, model error is switched on and its amplitude ``σ ← σ / mean_v SSR_v(long lead)``
-   is iterated together with step 1's update of the initial amplitudes.
+   variables, model error is switched on and its per-variable amplitude
+   ``σ_v ← σ_v / SSR_v(long lead)`` is iterated together with step 1's update of the initial
+   amplitudes.
 
 Each evaluation runs a small ensemble (:func:`measure_spread_skill`) from init times the
 caller chooses — the validation period, never the scored inits.
@@ -169,8 +170,8 @@ class Calibration:
     ----------
     amplitudes : dict of str to float
         Initial-perturbation amplitude per variable (units of each channel's std).
-    model_error : float
-        Model-error amplitude (0: no model error).
+    model_error : dict of str to float
+        Model-error amplitude per variable (all 0: no model error).
     reference_step, long_step : int
         The lead steps matched.
     ssr_reference, ssr_long : dict of str to float
@@ -180,7 +181,7 @@ class Calibration:
     """
 
     amplitudes: dict[str, float]
-    model_error: float
+    model_error: dict[str, float]
     reference_step: int
     long_step: int
     ssr_reference: dict[str, float]
@@ -192,8 +193,9 @@ class Calibration:
         return asdict(self)
 
 
-#: ``measure(amplitudes, model_error, lead_steps) -> SpreadSkill``: one evaluation of the ensemble.
-Measure = Callable[[dict[str, float], float, Sequence[int]], SpreadSkill]
+#: ``measure(amplitudes, model_error, lead_steps) -> SpreadSkill``: one evaluation of the ensemble, with
+#: initial and model-error amplitudes per variable.
+Measure = Callable[[dict[str, float], dict[str, float], Sequence[int]], SpreadSkill]
 
 
 def calibrate(
@@ -222,7 +224,7 @@ def calibrate(
     iterations : int
         Updates in each phase.
     model_error : float
-        Starting model-error amplitude when model error is switched on.
+        Starting model-error amplitude of every variable when model error is switched on.
     allow_model_error : bool
         Never switch model error on when false.
     tolerance : float
@@ -241,36 +243,37 @@ def calibrate(
         raise EnsembleInputError(f"expected 1 <= reference_step <= long_step, found {reference_step}, {long_step}")
     history: list[dict] = []
 
-    def evaluate(current: dict[str, float], sigma: float, steps: Sequence[int]) -> SpreadSkill:
+    def evaluate(current: dict[str, float], sigma: dict[str, float], steps: Sequence[int]) -> SpreadSkill:
         result = measure(current, sigma, steps)
-        record = {"amplitudes": dict(current), "model_error": sigma,
+        record = {"amplitudes": dict(current), "model_error": dict(sigma),
                   **{f"ssr_{s}": result.at(s) for s in result.lead_steps}}
         history.append(record)
         if on_evaluation is not None:
             on_evaluation(record)
         return result
 
-    current, sigma = dict(amplitudes), 0.0
+    current, sigma = dict(amplitudes), {v: 0.0 for v in amplitudes}
     for _ in range(iterations):
         current = _rescaled(current, evaluate(current, sigma, [reference_step]).at(reference_step))
     both = [reference_step, long_step]
     result = evaluate(current, sigma, both)
     if allow_model_error and np.mean(list(result.at(long_step).values())) < 1 - tolerance:
-        sigma = model_error
+        sigma = {v: model_error for v in amplitudes}
         for _ in range(iterations):
             result = evaluate(current, sigma, both)
             current = _rescaled(current, result.at(reference_step))
-            sigma = float(np.clip(sigma / np.mean(list(result.at(long_step).values())), *MODEL_ERROR_BOUNDS))
+            sigma = _rescaled(sigma, result.at(long_step), MODEL_ERROR_BOUNDS)
         result = evaluate(current, sigma, both)
     return Calibration(current, sigma, reference_step, long_step, result.at(reference_step), result.at(long_step),
                        history)
 
 
-def _rescaled(amplitudes: dict[str, float], ssr: dict[str, float]) -> dict[str, float]:
-    """``a_v / SSR_v`` per variable, within :data:`AMPLITUDE_BOUNDS` (a variable without a finite SSR keeps ``a_v``)."""
+def _rescaled(amplitudes: dict[str, float], ssr: dict[str, float],
+              bounds: tuple[float, float] = AMPLITUDE_BOUNDS) -> dict[str, float]:
+    """``a_v / SSR_v`` per variable, within ``bounds`` (a variable without a finite SSR keeps ``a_v``)."""
     out = {}
     for variable, amplitude in amplitudes.items():
         ratio = ssr.get(variable, float("nan"))
         factor = 1.0 / ratio if np.isfinite(ratio) and ratio > 0 else 1.0
-        out[variable] = float(np.clip(amplitude * factor, *AMPLITUDE_BOUNDS))
+        out[variable] = float(np.clip(amplitude * factor, *bounds))
     return out

@@ -103,7 +103,8 @@ def calibrate_model(cfg: CalibrationConfig, forecast_cfg: ForecastConfig, valida
 
     def measure(amplitudes, model_error, lead_steps):
         perturbation = build_perturbation(settings.model_copy(update={"amplitudes": amplitudes}), forecaster)
-        noise = build_model_error(sppt.model_copy(update={"amplitude": model_error}), forecaster.step_size)
+        noise = build_model_error(sppt.model_copy(update={"amplitude": 0.0, "amplitudes": model_error}),
+                                  forecaster.step_size)
         return measure_spread_skill(forecaster, state, state, coords, inits, perturbation, n_members=cfg.members,
                                     lead_steps=lead_steps, seed=cfg.seed, model_error=noise)
 
@@ -122,7 +123,7 @@ def calibrate_model(cfg: CalibrationConfig, forecast_cfg: ForecastConfig, valida
         str(period.start), str(period.end)], "members": cfg.members, "seed": cfg.seed,
         "reference_lead_hours": cfg.reference_lead_hours, "long_lead_hours": cfg.long_lead_hours,
         "perturbation": settings.model_dump(mode="json", exclude={"amplitudes"}),
-        "model_error_settings": sppt.model_dump(mode="json", exclude={"amplitude"}),
+        "model_error_settings": sppt.model_dump(mode="json", exclude={"amplitude", "amplitudes"}),
         "checkpoint_sha256": checkpoint_sha256, "seconds": round(time.perf_counter() - started, 1)}
     write_calibration(out, document)
     record_calibration(tracker, result, cfg)
@@ -140,7 +141,7 @@ def write_calibration(path: Path, document: dict) -> Path:
 def calibration_tags(result: Calibration) -> dict[str, str]:
     """``calibration/<var>/amplitude``, ``calibration/model_error``: what a run or a model version is tagged with."""
     return {**{f"calibration/{v}/amplitude": f"{a:.6g}" for v, a in result.amplitudes.items()},
-            "calibration/model_error": f"{result.model_error:.6g}"}
+            **{f"calibration/{v}/model_error": f"{s:.6g}" for v, s in result.model_error.items()}}
 
 
 def record_calibration(tracker: Tracker, result: Calibration, cfg: CalibrationConfig) -> None:
@@ -192,8 +193,9 @@ def apply_calibration(cfg: ForecastConfig, path: Path | None, checkpoint_sha256:
                     "configured amplitudes: rerun `fourcast calibrate`", path,
                     str(document.get("checkpoint_sha256"))[:12], checkpoint_sha256[:12])
         return cfg, {}
-    sigma = float(document["model_error"])
-    model_error = cfg.model_error.model_copy(update={"kind": "sppt" if sigma > 0 else "none", "amplitude": sigma})
+    sigma = {k: float(v) for k, v in dict(document["model_error"]).items()}
+    model_error = cfg.model_error.model_copy(update={"kind": "sppt" if any(sigma.values()) else "none",
+                                                     "amplitudes": sigma})
     perturbation = cfg.perturbation.model_copy(update={"amplitudes": {k: float(v) for k, v in
                                                                       document["amplitudes"].items()}})
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -223,8 +225,8 @@ def calibrate_stage(cfg: RunConfig, checkpoint: Path, store: Path, out: Path, tr
     version = _registered_version(registered, tracking_uri, train_run_id)
     if version is not None:
         tag_model_version(tracking_uri, version[0], version[1], calibration_tags(result))
-    log.info("calibrated amplitudes %s, model error %.3g; SSR %s at %d h, %s at %d h", result.amplitudes,
-             result.model_error, _rounded(result.ssr_reference), cfg.calibrate.reference_lead_hours,
+    log.info("calibrated amplitudes %s, model error %s; SSR %s at %d h, %s at %d h", _rounded(result.amplitudes),
+             _rounded(result.model_error), _rounded(result.ssr_reference), cfg.calibrate.reference_lead_hours,
              _rounded(result.ssr_long), cfg.calibrate.long_lead_hours)
     return out
 

@@ -329,6 +329,8 @@ class ModelErrorConfig(_Slice):
 
     kind: Literal["none", "sppt"] = "none"
     amplitude: float = Field(0.0, ge=0, le=5, description="std of the multiplier's pattern")
+    amplitudes: dict[str, Annotated[float, Field(ge=0, le=5)]] | None = Field(
+        None, description="per-variable std of the multiplier (one pattern for all); variables left out take amplitude")
     length_scale_km: float = Field(2000.0, gt=0)
     decorrelation_hours: float = Field(72.0, gt=0)
 

@@ -616,9 +616,10 @@ def build_perturbation(settings: PerturbationConfig, forecaster: Forecaster) -> 
 
 def build_model_error(settings: ModelErrorConfig, step: np.timedelta64) -> ModelError | None:
     """The stochastic model error ``settings`` describe (``None`` for ``none`` or a zero amplitude)."""
-    if settings.kind == "none" or settings.amplitude == 0:
+    if settings.kind == "none" or not any([settings.amplitude, *(settings.amplitudes or {}).values()]):
         return None
-    return StochasticTendencyPerturbation(settings.amplitude, step_hours=float(step / np.timedelta64(1, "h")),
+    return StochasticTendencyPerturbation(settings.amplitude, amplitudes=settings.amplitudes,
+                                          step_hours=float(step / np.timedelta64(1, "h")),
                                           length_scale_km=settings.length_scale_km,
                                           decorrelation_hours=settings.decorrelation_hours)
 
@@ -785,6 +786,7 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
                "perturbation": cfg.perturbation.kind, "amplitude": cfg.perturbation.amplitude, "seed": cfg.seed,
                "amplitudes": json.dumps(cfg.perturbation.amplitudes or {}, sort_keys=True),
                "model_error": cfg.model_error.kind, "model_error_amplitude": cfg.model_error.amplitude,
+               "model_error_amplitudes": json.dumps(cfg.model_error.amplitudes or {}, sort_keys=True),
                "code_version": code_version(), "train_run_id": str(meta.extra.get("train_run_id", "")),
                "forecast_run_id": tracker.run_id or "", **registered, **calibrated}
     if registered:

@@ -88,7 +88,7 @@ def test_forecast_uses_the_calibration_of_its_checkpoint_by_default(workdir, tmp
     cfg = load_config(workdir / "config.yaml").forecast
     applied, lineage = apply_calibration(cfg, paths.calibration, _sha256(paths.checkpoint))
     assert applied.perturbation.amplitudes == document["amplitudes"]
-    assert applied.model_error.amplitude == document["model_error"]
+    assert applied.model_error.amplitudes == document["model_error"]
     assert lineage["calibration"] == str(paths.calibration.resolve())
     unchanged, none = apply_calibration(cfg, paths.calibration, "another checkpoint")
     assert unchanged == cfg and none == {}
@@ -97,7 +97,7 @@ def test_forecast_uses_the_calibration_of_its_checkpoint_by_default(workdir, tmp
     assert main(["forecast", "--config", str(workdir / "config.yaml"), "--archive", str(archive)]) == 0
     attrs = open_archive(archive).attrs
     assert json.loads(attrs["amplitudes"]) == document["amplitudes"]
-    assert attrs["calibration_sha256"] and attrs["model_error_amplitude"] == document["model_error"]
+    assert attrs["calibration_sha256"] and json.loads(attrs["model_error_amplitudes"]) == document["model_error"]
 
     client = MlflowClient(default_tracking_uri(workdir))
     runs = client.search_runs([client.get_experiment_by_name("calibrate").experiment_id],
