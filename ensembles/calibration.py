@@ -70,8 +70,13 @@ class SpreadSkill:
 class _SpreadSkillSink:
     """An :class:`~ensembles.protocols.Archive` summing ensemble-mean squared error and member variance."""
 
-    def __init__(self, truth_state: Callable[[np.datetime64], torch.Tensor], truth_channels: Sequence[str],
-                 lead_times: np.ndarray, lat: np.ndarray) -> None:
+    def __init__(
+        self,
+        truth_state: Callable[[np.datetime64], torch.Tensor],
+        truth_channels: Sequence[str],
+        lead_times: np.ndarray,
+        lat: np.ndarray,
+    ) -> None:
         self.truth_state, self.truth_channels = truth_state, [str(c) for c in truth_channels]
         self.lead_times = lead_times
         weights = cell_area_weights(np.asarray(lat, dtype=np.float64))
@@ -93,8 +98,12 @@ class _SpreadSkillSink:
         members = x.detach().cpu().numpy().astype(np.float64)
         self.n_members = members.shape[0]
         valid = np.datetime64(coords[INIT_TIME][0], "ns") + lead
-        truth = self.truth_state(valid).cpu().numpy().astype(np.float64)[[self.truth_channels.index(c)
-                                                                            for c in channels]]
+        truth = (
+            self.truth_state(valid)
+            .cpu()
+            .numpy()
+            .astype(np.float64)[[self.truth_channels.index(c) for c in channels]]
+        )
         error = members.mean(0) - truth
         self.se[row] += self._area_mean(error**2)
         self.variance[row] += self._area_mean(members.var(0, ddof=1))
@@ -147,14 +156,26 @@ def measure_spread_skill(
     """
     steps = sorted({int(s) for s in lead_steps})
     if n_members < 2 or not len(init_times) or not steps or steps[0] < 1:
-        raise EnsembleInputError(f"expected at least 2 members, one init time and lead steps >= 1; found "
-                                 f"n_members={n_members}, {len(init_times)} init times, lead_steps={list(lead_steps)}")
+        raise EnsembleInputError(
+            f"expected at least 2 members, one init time and lead steps >= 1; found "
+            f"n_members={n_members}, {len(init_times)} init times, lead_steps={list(lead_steps)}"
+        )
     step = np.timedelta64(prognostic.step_size).astype("timedelta64[ns]")
     sink = _SpreadSkillSink(truth_state, coords[CHANNEL], np.array(steps) * step, coords[LAT])
     for init in init_times:
-        run_ensemble(prognostic, initial_state(init), coords, np.datetime64(init, "ns"), n_members=n_members,
-                     n_steps=steps[-1], perturbation=perturbation, archive=sink, seed=seed,
-                     members_per_batch=n_members, model_error=model_error)
+        run_ensemble(
+            prognostic,
+            initial_state(init),
+            coords,
+            np.datetime64(init, "ns"),
+            n_members=n_members,
+            n_steps=steps[-1],
+            perturbation=perturbation,
+            archive=sink,
+            seed=seed,
+            members_per_batch=n_members,
+            model_error=model_error,
+        )
     se, variance = sink.se / sink.count[:, None], sink.variance / sink.count[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
         ssr = np.sqrt((n_members + 1) / n_members) * np.sqrt(variance / se)
@@ -240,36 +261,43 @@ def calibrate(
     if not amplitudes or any(not np.isfinite(a) or a <= 0 for a in amplitudes.values()):
         raise EnsembleInputError(f"expected positive starting amplitudes per variable, found {amplitudes}")
     if not 1 <= reference_step <= long_step:
-        raise EnsembleInputError(f"expected 1 <= reference_step <= long_step, found {reference_step}, {long_step}")
+        raise EnsembleInputError(
+            f"expected 1 <= reference_step <= long_step, found {reference_step}, {long_step}"
+        )
     history: list[dict] = []
 
     def evaluate(current: dict[str, float], sigma: dict[str, float], steps: Sequence[int]) -> SpreadSkill:
         result = measure(current, sigma, steps)
-        record = {"amplitudes": dict(current), "model_error": dict(sigma),
-                  **{f"ssr_{s}": result.at(s) for s in result.lead_steps}}
+        record = {
+            "amplitudes": dict(current),
+            "model_error": dict(sigma),
+            **{f"ssr_{s}": result.at(s) for s in result.lead_steps},
+        }
         history.append(record)
         if on_evaluation is not None:
             on_evaluation(record)
         return result
 
-    current, sigma = dict(amplitudes), {v: 0.0 for v in amplitudes}
+    current, sigma = dict(amplitudes), dict.fromkeys(amplitudes, 0.0)
     for _ in range(iterations):
         current = _rescaled(current, evaluate(current, sigma, [reference_step]).at(reference_step))
     both = [reference_step, long_step]
     result = evaluate(current, sigma, both)
     if allow_model_error and np.mean(list(result.at(long_step).values())) < 1 - tolerance:
-        sigma = {v: model_error for v in amplitudes}
+        sigma = dict.fromkeys(amplitudes, model_error)
         for _ in range(iterations):
             result = evaluate(current, sigma, both)
             current = _rescaled(current, result.at(reference_step))
             sigma = _rescaled(sigma, result.at(long_step), MODEL_ERROR_BOUNDS)
         result = evaluate(current, sigma, both)
-    return Calibration(current, sigma, reference_step, long_step, result.at(reference_step), result.at(long_step),
-                       history)
+    return Calibration(
+        current, sigma, reference_step, long_step, result.at(reference_step), result.at(long_step), history
+    )
 
 
-def _rescaled(amplitudes: dict[str, float], ssr: dict[str, float],
-              bounds: tuple[float, float] = AMPLITUDE_BOUNDS) -> dict[str, float]:
+def _rescaled(
+    amplitudes: dict[str, float], ssr: dict[str, float], bounds: tuple[float, float] = AMPLITUDE_BOUNDS
+) -> dict[str, float]:
     """``a_v / SSR_v`` per variable, within ``bounds`` (a variable without a finite SSR keeps ``a_v``)."""
     out = {}
     for variable, amplitude in amplitudes.items():

@@ -26,8 +26,14 @@ import numpy as np
 import torch
 
 from ensembles.errors import EnsembleInputError
-from ensembles.perturbations import (_state_grid, _to_grid, random_field, tau_of_length_scale, unit_variance,
-                                     white_coefficients)
+from ensembles.perturbations import (
+    _state_grid,
+    _to_grid,
+    random_field,
+    tau_of_length_scale,
+    unit_variance,
+    white_coefficients,
+)
 from ensembles.protocols import Coords
 from ingest.dims import CHANNEL, MEMBER
 
@@ -54,14 +60,27 @@ class StochasticTendencyPerturbation:
         Latitudes of the equiangular grid the pattern is drawn on; default the state's.
     """
 
-    def __init__(self, amplitude: float, *, step_hours: float, amplitudes: Mapping[str, float] | None = None, length_scale_km: float = 2000.0,
-                 decorrelation_hours: float = 72.0, alpha: float = 3.0, grid_nlat: int | None = None) -> None:
+    def __init__(
+        self,
+        amplitude: float,
+        *,
+        step_hours: float,
+        amplitudes: Mapping[str, float] | None = None,
+        length_scale_km: float = 2000.0,
+        decorrelation_hours: float = 72.0,
+        alpha: float = 3.0,
+        grid_nlat: int | None = None,
+    ) -> None:
         values = [amplitude, *(amplitudes or {}).values()]
         if any(not np.isfinite(a) or a < 0 for a in values):
-            raise EnsembleInputError(f"expected finite, non-negative model-error amplitudes, found {amplitude}")
+            raise EnsembleInputError(
+                f"expected finite, non-negative model-error amplitudes, found {amplitude}"
+            )
         if not step_hours > 0 or not decorrelation_hours > 0:
-            raise EnsembleInputError(f"expected positive step and decorrelation times, found step_hours={step_hours}, "
-                                     f"decorrelation_hours={decorrelation_hours}")
+            raise EnsembleInputError(
+                f"expected positive step and decorrelation times, found step_hours={step_hours}, "
+                f"decorrelation_hours={decorrelation_hours}"
+            )
         if not np.isfinite(alpha) or alpha <= 1:
             raise EnsembleInputError(f"expected a finite spectral exponent alpha > 1, found {alpha}")
         self.amplitude = float(amplitude)
@@ -76,8 +95,9 @@ class StochasticTendencyPerturbation:
     def start(self, coords: Coords, generators: list[torch.Generator]) -> _Pattern:
         """The noise of the members ``coords["member"]``, each drawing from its own generator."""
         if len(generators) != len(coords[MEMBER]):
-            raise EnsembleInputError(f"expected one generator per member ({len(coords[MEMBER])}), found "
-                                     f"{len(generators)}")
+            raise EnsembleInputError(
+                f"expected one generator per member ({len(coords[MEMBER])}), found {len(generators)}"
+            )
         return _Pattern(self, coords, list(generators), self.channel_amplitudes(coords))
 
     def channel_amplitudes(self, coords: Coords) -> torch.Tensor:
@@ -86,7 +106,7 @@ class StochasticTendencyPerturbation:
         return torch.tensor([self.amplitudes.get(c, self.amplitude) for c in channels], dtype=torch.float64)
 
     def unit_pattern(self, nlat: int, generator: torch.Generator) -> torch.Tensor:
-        """One unit-RMS pattern on the equiangular grid with ``nlat`` latitudes, shape (nlat, 2 nlat), float64."""
+        """A unit-RMS pattern on the equiangular grid of ``nlat`` latitudes, shape (nlat, 2 nlat), float64."""
         if nlat not in self._fields:
             self._fields[nlat] = random_field(nlat, self.alpha, self.tau)
         field = self._fields[nlat]
@@ -96,15 +116,23 @@ class StochasticTendencyPerturbation:
 class _Pattern:
     """The AR(1) patterns of one block of members; :meth:`apply` advances them one step."""
 
-    def __init__(self, owner: StochasticTendencyPerturbation, coords: Coords, generators: list[torch.Generator],
-                 sigma: torch.Tensor):
+    def __init__(
+        self,
+        owner: StochasticTendencyPerturbation,
+        coords: Coords,
+        generators: list[torch.Generator],
+        sigma: torch.Tensor,
+    ):
         self.owner, self.generators, self.sigma = owner, generators, sigma
-        self.lat, self.lon = np.asarray(coords["lat"], dtype=np.float64), np.asarray(coords["lon"], dtype=np.float64)
+        self.lat, self.lon = (
+            np.asarray(coords["lat"], dtype=np.float64),
+            np.asarray(coords["lon"], dtype=np.float64),
+        )
         self.nlat = owner.grid_nlat or self.lat.size
         self.pattern: torch.Tensor | None = None
 
     def apply(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-        """``before + (1 + clip(σ_c e, −1, 1)) (after − before)`` for each member; (member, channel, lat, lon)."""
+        """``before + (1 + clip(σ_c e, −1, 1)) (after − before)``, each (member, channel, lat, lon)."""
         if not bool((self.sigma > 0).any()):
             return after
         _state_grid({"lat": self.lat, "lon": self.lon}, after.shape[-2:])
