@@ -14,9 +14,11 @@ amplitude by fixed-point iteration on the SSR:
    at a short lead is proportional to the initial amplitude, so this is Newton's step in
    log-amplitude for that regime);
 2. if the SSR at the long lead is then short of ``1 − tolerance`` on average over the
-   variables, model error is switched on and its per-variable amplitude
-   ``σ_v ← σ_v / SSR_v(long lead)`` is iterated together with step 1's update of the initial
-   amplitudes.
+   variables, model error is switched on and both amplitudes are iterated per variable. The
+   debiased spread ``E = SSR · RMSE`` is split as ``E² = (a/a₀)² E₀² + G(σ)`` at each of the two
+   leads, with ``E₀`` measured without model error at amplitude ``a₀`` (the end of step 1) and
+   the model-error part ``G ∝ σ²``; the next ``(a, σ)`` solve ``E² = RMSE²`` at both leads (two
+   linear equations in ``a²`` and ``σ²``), each factor kept within [1/2, 2] per iteration.
 
 Each evaluation runs a small ensemble (:func:`measure_spread_skill`) from init times the
 caller chooses — the validation period, never the scored inits.
@@ -60,6 +62,14 @@ class SpreadSkill:
     ssr: np.ndarray
     rmse: np.ndarray
     spread: np.ndarray
+
+    def effective(self, step: int) -> dict[str, tuple[float, float]]:
+        """``(E, RMSE)`` per channel at lead ``step``: the debiased spread ``E = SSR · RMSE`` and the RMSE."""
+        row = self.lead_steps.index(step)
+        return {
+            c: (float(self.ssr[row, i] * self.rmse[row, i]), float(self.rmse[row, i]))
+            for i, c in enumerate(self.channels)
+        }
 
     def at(self, step: int) -> dict[str, float]:
         """The SSR of every channel at lead ``step``."""
@@ -284,15 +294,53 @@ def calibrate(
     both = [reference_step, long_step]
     result = evaluate(current, sigma, both)
     if allow_model_error and np.mean(list(result.at(long_step).values())) < 1 - tolerance:
+        base, base_amplitudes = result, dict(current)
         sigma = dict.fromkeys(amplitudes, model_error)
         for _ in range(iterations):
             result = evaluate(current, sigma, both)
-            current = _rescaled(current, result.at(reference_step))
-            sigma = _rescaled(sigma, result.at(long_step), MODEL_ERROR_BOUNDS)
+            current, sigma = _split_update(
+                current, sigma, base_amplitudes, base, result, reference_step, long_step
+            )
         result = evaluate(current, sigma, both)
     return Calibration(
         current, sigma, reference_step, long_step, result.at(reference_step), result.at(long_step), history
     )
+
+
+def _split_update(
+    amplitudes: dict[str, float],
+    sigma: dict[str, float],
+    base_amplitudes: dict[str, float],
+    base: SpreadSkill,
+    result: SpreadSkill,
+    reference: int,
+    long: int,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The next initial and model-error amplitudes from the spread split (module docstring, step 2).
+
+    A variable whose split is degenerate (no model-error spread measured, or the two leads
+    carry the same proportions) falls back to ``a ← a / SSR(reference)``, ``σ ← σ / SSR(long)``.
+    """
+    new_a, new_sigma = {}, {}
+    now = {lead: result.effective(lead) for lead in (reference, long)}
+    before = {lead: base.effective(lead) for lead in (reference, long)}
+    for v, a in amplitudes.items():
+        ratio2 = (a / base_amplitudes[v]) ** 2
+        e0 = [before[lead][v][0] ** 2 for lead in (reference, long)]
+        e2 = [now[lead][v][0] ** 2 for lead in (reference, long)]
+        r2 = [now[lead][v][1] ** 2 for lead in (reference, long)]
+        g = [max(e - ratio2 * e_0, 0.0) for e, e_0 in zip(e2, e0, strict=True)]
+        det = e0[0] * g[1] - e0[1] * g[0]
+        if not np.isfinite(det) or g[1] <= 0 or abs(det) <= 1e-9 * e0[0] * g[1] or sigma[v] <= 0:
+            new_a[v] = _rescaled({v: a}, result.at(reference))[v]
+            new_sigma[v] = _rescaled({v: sigma[v]}, result.at(long), MODEL_ERROR_BOUNDS)[v]
+            continue
+        x = (r2[0] * g[1] - r2[1] * g[0]) / det  # (a'/a0)²
+        y = (e0[0] * r2[1] - e0[1] * r2[0]) / det  # (σ'/σ)²
+        a_factor = np.clip(np.sqrt(max(x, 0.0) / ratio2), 0.5, 2.0)
+        new_a[v] = float(np.clip(a * a_factor, *AMPLITUDE_BOUNDS))
+        new_sigma[v] = float(np.clip(sigma[v] * np.clip(np.sqrt(max(y, 0.0)), 0.5, 2.0), *MODEL_ERROR_BOUNDS))
+    return new_a, new_sigma
 
 
 def _rescaled(

@@ -171,3 +171,57 @@ def test_bad_requests_are_refused():
         calibrate(_measure(world), {"z500": 0.1}, reference_step=3, long_step=2)
     with pytest.raises(EnsembleInputError, match="at least 2 members"):
         _measure(world, n_members=1)({"z500": 0.1, "u500": 0.1}, {}, [1])
+
+
+class AdditiveNoise:
+    """A model error adding white noise of std ``sigma_v · SCALE_v`` after every step (a real ModelError)."""
+
+    def __init__(self, sigma: dict[str, float]) -> None:
+        self.size = torch.as_tensor(
+            [sigma.get(c, 0.0) for c in CHANNELS], dtype=torch.float64
+        ) * torch.as_tensor(SCALE)
+
+    def start(self, coords, generators):
+        size = self.size
+
+        class Noise:
+            def apply(self, before, after):
+                noise = torch.stack(
+                    [torch.randn(after.shape[1:], generator=g, dtype=torch.float64) for g in generators]
+                )
+                return after + (size[None, :, None, None] * noise).to(after.dtype)
+
+        return Noise()
+
+
+def test_calibration_recovers_initial_and_model_error_amplitudes_together():
+    """Truth with additive noise each step; an ensemble with the same kind of model error finds both sizes."""
+    world = ModelErrorWorld(GrowingPrognostic(1.0))
+    coords = world.model.input_coords
+
+    def measure(amplitudes, model_error, steps):
+        size = SCALE * np.array([amplitudes[c] for c in CHANNELS])
+        noise = AdditiveNoise(model_error) if any(model_error.values()) else None
+        return measure_spread_skill(
+            world.model,
+            world.analysis,
+            world.truth,
+            coords,
+            INITS,
+            GaussianPerturbation(size, 1.0, channels=CHANNELS),
+            n_members=M,
+            lead_steps=steps,
+            seed=3,
+            model_error=noise,
+        )
+
+    result = calibrate(
+        measure, {"z500": 0.05, "u500": 0.1}, reference_step=1, long_step=16, iterations=4, model_error=0.01
+    )
+    expected_sigma = (
+        0.2 * ANALYSIS_ERROR / SCALE * np.sqrt(M / (M - 1))
+    )  # the truth's noise, control excluded
+    np.testing.assert_allclose([result.model_error[c] for c in CHANNELS], expected_sigma, rtol=0.2)
+    np.testing.assert_allclose([result.amplitudes[c] for c in CHANNELS], RIGHT, rtol=0.2)
+    for ssr in (*result.ssr_reference.values(), *result.ssr_long.values()):
+        assert ssr == pytest.approx(1.0, abs=0.1)
