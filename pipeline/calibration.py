@@ -92,6 +92,13 @@ def calibrate_model(
     """
     from pipeline.stages import build_model_error, build_perturbation
 
+    long_hours = cfg.long_lead_hours or forecast_cfg.lead_hours
+    cfg = cfg.model_copy(
+        update={
+            "long_lead_hours": long_hours,
+            "reference_lead_hours": min(cfg.reference_lead_hours, long_hours),
+        }
+    )
     step = np.timedelta64(forecaster.step_size).astype("timedelta64[ns]")
     leads = {}
     for key in ("reference_lead_hours", "long_lead_hours"):
@@ -310,13 +317,13 @@ def calibrate_stage(
     if version is not None:
         tag_model_version(tracking_uri, version[0], version[1], calibration_tags(result))
     log.info(
-        "calibrated amplitudes %s, model error %s; SSR %s at %d h, %s at %d h",
+        "calibrated amplitudes %s, model error %s; SSR %s at step %d, %s at step %d",
         _rounded(result.amplitudes),
         _rounded(result.model_error),
         _rounded(result.ssr_reference),
-        cfg.calibrate.reference_lead_hours,
+        result.reference_step,
         _rounded(result.ssr_long),
-        cfg.calibrate.long_lead_hours,
+        result.long_step,
     )
     return out
 
