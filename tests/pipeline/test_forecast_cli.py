@@ -119,7 +119,8 @@ def test_two_processes_write_the_archive_of_one_byte_for_byte(workdir, reference
         "campaign_fingerprint"]
     assert attrs["model"] == str(Paths(workdir).checkpoint.resolve())
     assert attrs["training_store_fingerprint"] == attrs["initial_conditions_fingerprint"] != "unknown"
-    assert attrs["perturbation"] == "gaussian" and attrs["seed"] == 3 and attrs["code_version"]
+    assert attrs["perturbation"] == "balanced" and attrs["model_error"] == "sppt" and attrs["seed"] == 3
+    assert attrs["code_version"]
     assert attrs["start_time"] <= attrs["end_time"]
 
     client = MlflowClient(default_tracking_uri(workdir))
