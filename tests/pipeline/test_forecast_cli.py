@@ -218,7 +218,9 @@ def test_streaming_over_several_processes_is_refused(workdir, store_paths, tmp_p
 
 
 def test_members_per_batch_changes_the_archive_only_by_rounding(workdir, tmp_path):
-    one_init = {"init_times": ["2000-02-15T00:00"]}
+    # the random model's states grow huge and SPPT doubles increments: rounding of the batched step would
+    # outgrow the tolerance; SPPT's batch independence is exact and tested in tests/ensembles/test_runner.py
+    one_init = {"init_times": ["2000-02-15T00:00"], "model_error": {"kind": "none"}}
     single = open_archive(_stage(workdir, tmp_path / "one.zarr", members_per_batch=1, **one_init))
     together = open_archive(_stage(workdir, tmp_path / "eight.zarr", members_per_batch=8, **one_init))
     for name in single.data_vars:
