@@ -384,10 +384,11 @@ def _run_stage(command: str, cfg: RunConfig, resume: str | None = None, restart:
 
 def _run_tracked_stage(command: str, cfg: RunConfig, paths, stages, resume: str | None = None,
                        restart: bool = False, args: argparse.Namespace | None = None) -> None:
+    from fourcast.distributed import LaunchEnv
     from pipeline.tracking import NullTracker, default_tracking_uri, mlflow_run
 
     uri = cfg.tracking.tracking_uri or default_tracking_uri(paths.workdir)
-    main_rank = stages.Launch.from_env().rank == 0  # under torchrun only rank 0 opens the MLflow run
+    main_rank = LaunchEnv.from_environ().rank == 0  # under torchrun only rank 0 opens the MLflow run
     name = {"train": lambda: stages.train_run_name(cfg.train),
             "forecast": lambda: stages.forecast_run_name(cfg.forecast)}.get(command, lambda: command)()
     tags = {**(_tags(args) if args is not None else {}), "stage": command}
