@@ -808,6 +808,23 @@ def _fair_or_plain(fair: str, plain: str) -> Finaliser:
     return Finaliser((fair,), lambda m, n: m[fair if n >= 2 else plain], one_member_needs=(plain,))
 
 
+def reliability_index(frequencies: np.ndarray) -> np.ndarray:
+    """Flatness of rank histograms: ``Σ_i |f_i − 1/(M+1)|`` (Delle Monache et al. 2006), 0 when flat.
+
+    Parameters
+    ----------
+    frequencies : numpy.ndarray, shape (rank, ...)
+        Rank frequencies summing to 1 over the ``M + 1`` ranks.
+
+    Returns
+    -------
+    numpy.ndarray, shape (...)
+        0 for a flat histogram, ``2 M/(M+1)`` at most (every truth in one bin).
+    """
+    frequencies = np.asarray(frequencies, dtype=np.float64)
+    return np.abs(frequencies - 1.0 / frequencies.shape[0]).sum(axis=0)
+
+
 def _ssr(m: Mapping[str, np.ndarray], n: int) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.sqrt((n + 1) / n) * np.sqrt(m["variance"]) / np.sqrt(m["se"])
@@ -829,6 +846,7 @@ FINALISERS = {
     "spread": Finaliser(("variance",), lambda m, n: np.sqrt(m["variance"])),
     "ssr": Finaliser(("variance", "se"), _ssr),
     "debiased_rmse": Finaliser(("debiased_se",), lambda m, n: np.sqrt(np.maximum(m["debiased_se"], 0.0))),
+    "reliability": Finaliser(("rank",), lambda m, n: reliability_index(m["rank"])),
 }
 #: Metrics of the scorecard, in display order.
 METRICS = tuple(FINALISERS)

@@ -34,7 +34,7 @@ from ensembles.runner import run_campaign
 from ensembles.streaming import StreamingScorer
 from ensembles.regions import GLOBAL, Region, get_region
 from ensembles.scorecard import (ScoreOptions, headline_records, open_for_scoring, score_archive, scorecard_records,
-                                 write_scorecard)
+                                 time_mean_field, write_scorecard)
 from fourcast.checkpoint import CheckpointMeta, save_checkpoint
 from fourcast.errors import CheckpointError
 from fourcast.data import StoreWindows
@@ -589,9 +589,10 @@ def build_perturbation(settings: PerturbationConfig, forecaster: Forecaster) -> 
 
 def build_model_error(settings: ModelErrorConfig, step: np.timedelta64) -> ModelError | None:
     """The stochastic model error ``settings`` describe (``None`` for ``none`` or a zero amplitude)."""
-    if settings.kind == "none" or settings.amplitude == 0:
+    if settings.kind == "none" or not any([settings.amplitude, *(settings.amplitudes or {}).values()]):
         return None
-    return StochasticTendencyPerturbation(settings.amplitude, step_hours=float(step / np.timedelta64(1, "h")),
+    return StochasticTendencyPerturbation(settings.amplitude, amplitudes=settings.amplitudes,
+                                          step_hours=float(step / np.timedelta64(1, "h")),
                                           length_scale_km=settings.length_scale_km,
                                           decorrelation_hours=settings.decorrelation_hours)
 
@@ -758,6 +759,7 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
                "perturbation": cfg.perturbation.kind, "amplitude": cfg.perturbation.amplitude, "seed": cfg.seed,
                "amplitudes": json.dumps(cfg.perturbation.amplitudes or {}, sort_keys=True),
                "model_error": cfg.model_error.kind, "model_error_amplitude": cfg.model_error.amplitude,
+               "model_error_amplitudes": json.dumps(cfg.model_error.amplitudes or {}, sort_keys=True),
                "code_version": code_version(), "train_run_id": str(meta.extra.get("train_run_id", "")),
                "forecast_run_id": tracker.run_id or "", **registered, **calibrated}
     if registered:
@@ -933,7 +935,7 @@ def score(cfg: ScoreConfig, archive: Path, store: Path, climatology: Path, out_d
                                          "climatology": climatology}, workdir or store.parent))
     clim = open_climatology(climatology)
     scorecard = score_archive(forecasts, truth[DATA], clim, options, variables=cfg.variables,
-                              lead_times=lead_times)
+                              lead_times=lead_times, time_mean=statistics_time_mean(truth))
     left_out = {"forecasts_skipped_for_nan": int(scorecard["n_skipped"].sum()),
                 "forecasts_unwritten": int(scorecard["n_unwritten"].sum()),
                 **({"init_times_left_out_incomplete": int(completed.left_out.size)} if completed else {})}
@@ -958,6 +960,19 @@ def score(cfg: ScoreConfig, archive: Path, store: Path, climatology: Path, out_d
         if tracker.run_id:
             train.set_tags({f"score_run_{campaign}": tracker.run_id})
     return records
+
+
+def statistics_time_mean(truth: xr.Dataset) -> xr.DataArray | None:
+    """The per-point time mean of the store's statistics period (``stats_start..stats_end``), or ``None`` without one.
+
+    The ``time_mean`` baseline: for a flow without seasons it beats the day-of-year × hour
+    climatology, which is estimated from one sample per day and hour.
+    """
+    start, end = truth.attrs.get("stats_start"), truth.attrs.get("stats_end")
+    if not start or not end:
+        log.warning("the store records no statistics period; the time-mean baseline is left out")
+        return None
+    return time_mean_field(truth[DATA], np.datetime64(start), np.datetime64(end))
 
 
 def _scored_leads(cfg: ScoreConfig, forecasts: xr.Dataset, archive: Path) -> np.ndarray:

@@ -36,7 +36,8 @@ from pipeline.tracking import NullTracker, default_tracking_uri
 ROOT = Path(__file__).resolve().parents[2]
 # the campaign of the process tests: 6 init times x 4 blocks of 2 members = 24 work items
 CAMPAIGN = {"inits": {"start": "2000-02-15T00:00", "end": "2000-02-16T06:00"}, "init_every_hours": 6, "members": 8,
-            "lead_hours": 48, "members_per_batch": 2, "perturbation": {"kind": "gaussian", "amplitude": 0.1}, "seed": 3}
+            "lead_hours": 48, "members_per_batch": 2, "perturbation": {"kind": "balanced", "amplitude": 0.1},
+            "model_error": {"kind": "sppt", "amplitude": 0.5}, "seed": 3}
 SHORT = ["--init-range", "2000-02-15T00", "2000-02-15T06", "--lead-hours", "24"]  # 2 init times, 1 day
 
 
@@ -225,7 +226,7 @@ def test_members_per_batch_changes_the_archive_only_by_rounding(workdir, tmp_pat
     assert single.attrs["campaign_fingerprint"] != together.attrs["campaign_fingerprint"]
 
 
-@pytest.mark.parametrize("kind", ["none", "gaussian", "grf", "bred"])
+@pytest.mark.parametrize("kind", ["none", "gaussian", "grf", "balanced", "bred"])
 def test_every_perturbation_runs_and_member_zero_is_the_control(workdir, tmp_path, kind):
     ds = open_archive(_stage(workdir, tmp_path / f"{kind}.zarr", members=3, perturbation={"kind": kind,
                                                                                           "amplitude": 0.1}))
