@@ -384,10 +384,11 @@ def _run_stage(command: str, cfg: RunConfig, resume: str | None = None, restart:
 
 def _run_tracked_stage(command: str, cfg: RunConfig, paths, stages, resume: str | None = None,
                        restart: bool = False, args: argparse.Namespace | None = None) -> None:
+    from fourcast.distributed import LaunchEnv
     from pipeline.tracking import NullTracker, default_tracking_uri, mlflow_run
 
     uri = cfg.tracking.tracking_uri or default_tracking_uri(paths.workdir)
-    main_rank = stages.Launch.from_env().rank == 0  # under torchrun only rank 0 opens the MLflow run
+    main_rank = LaunchEnv.from_environ().rank == 0  # under torchrun only rank 0 opens the MLflow run
     name = {"train": lambda: stages.train_run_name(cfg.train),
             "forecast": lambda: stages.forecast_run_name(cfg.forecast)}.get(command, lambda: command)()
     tags = {**(_tags(args) if args is not None else {}), "stage": command}
@@ -569,6 +570,10 @@ def _one_line(err: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """``fourcast``: a bad config or option ends as one line on stderr and exit 2, a failed run as one line and exit 1.
 
+    Every error a user can trigger is a typed error of a package hierarchy (``IngestError``,
+    ``FourcastError``, ``EnsembleError``, ``PipelineError``) or an ``OSError``; a
+    :class:`~pipeline.errors.UsageError` (bad option value) exits 2.
+
     ``--traceback`` (or ``$FOURCAST_DEBUG=1``) lets the error through with its traceback instead.
     """
     args = _parser().parse_args(argv)
@@ -602,8 +607,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         if debug or not isinstance(err, _run_errors()):
             raise
+        from pipeline.errors import UsageError
+
         print(f"fourcast {command}: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(err, UsageError) else 1
     return 0
 
 

@@ -41,7 +41,7 @@ from fourcast.data import StoreWindows
 from fourcast.device import default_device
 from fourcast.forecaster import Forecaster
 from fourcast.models.registry import build_model, count_parameters
-from fourcast.distributed import DistContext, main_first, process_group
+from fourcast.distributed import DistContext, LaunchEnv, main_first, process_group
 from fourcast.training import (TRAIN_LOSS, TRAIN_LR, VAL_SCORE, CheckpointPlan, ModeSchedule, Phase,
                                TrainSettings, seeded_initialisation, train)
 from ingest.atomic import atomic_output
@@ -512,8 +512,8 @@ def _normalised_climatology(path: Path | None, windows: StoreWindows):
     if path is None or not Path(path).exists():
         return None
     clim = open_climatology(path)
-    check_coords({CHANNEL: windows.channels, LAT: windows.lat, LON: windows.lon}, clim.coords, (CHANNEL, LAT, LON),
-                 what=f"climatology {path}", reference="the store", error=StageGridError)
+    check_coords({CHANNEL: windows.channels, LAT: windows.lat, LON: windows.lon}, clim.coords,
+                 (CHANNEL, LAT, LON), what=f"climatology {path}", reference="the store", error=StageGridError)
     mean, std = windows.mean[:, None, None], windows.std[:, None, None]
 
     def at(times: np.ndarray) -> np.ndarray:
@@ -551,33 +551,6 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
-
-
-@dataclass(frozen=True)
-class Launch:
-    """This process's place in a launch: ``torchrun``'s ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, or one process."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Launch:
-        """Read the launcher's variables (absent: a single process).
-
-        Raises
-        ------
-        StageInputError
-            If a variable is not an integer or ``0 <= RANK < WORLD_SIZE`` does not hold.
-        """
-        env = os.environ if env is None else env
-        try:
-            launch = cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
-        except ValueError as err:
-            raise StageInputError(f"expected integer RANK, WORLD_SIZE, LOCAL_RANK from the launcher: {err}") from err
-        if not 0 <= launch.rank < launch.world_size or launch.local_rank < 0:
-            raise StageInputError(f"expected 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0, found {launch}")
-        return launch
 
 
 def _init_times(cfg: ForecastConfig) -> np.ndarray:
@@ -624,7 +597,7 @@ def build_model_error(settings: ModelErrorConfig, step: np.timedelta64) -> Model
                                           decorrelation_hours=settings.decorrelation_hours)
 
 
-def _forecast_device(cfg: ForecastConfig, launch: Launch) -> torch.device:
+def _forecast_device(cfg: ForecastConfig, launch: LaunchEnv) -> torch.device:
     if cfg.device is None and torch.cuda.is_available():
         return torch.device("cuda", launch.local_rank % torch.cuda.device_count())
     return default_device(cfg.device)
@@ -702,7 +675,7 @@ def score_stream(cfg: RunConfig, paths: Paths) -> ScoreStream | None:
 
 
 def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, tracker: Tracker, *,
-             overwrite: bool = False, tracking_uri: str | None = None, launch: Launch | None = None,
+             overwrite: bool = False, tracking_uri: str | None = None, launch: LaunchEnv | None = None,
              stream: ScoreStream | None = None, climatology: Path | None = None,
              workdir: Path | None = None, calibration: Path | None = None) -> Path:
     """Ensemble campaign from the store's initial conditions into a Zarr archive; this process's share of it.
@@ -729,7 +702,7 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
         but a forecast archive is ever replaced.
     tracking_uri : str, optional
         Where MLflow model URIs are resolved.
-    launch : Launch, optional
+    launch : fourcast.distributed.LaunchEnv, optional
         Rank and world size; read from the environment by default.
     stream : ScoreStream, optional
         Also score the members as they are produced, against the store's truth, and record the
@@ -763,7 +736,7 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
         If ``archive`` holds another campaign and ``overwrite`` is false.
     """
     _check_archive_path(archive, {"store": store, "climatology": climatology or (stream and stream.climatology)})
-    launch = launch or Launch.from_env()
+    launch = launch or LaunchEnv.from_environ()
     device = _forecast_device(cfg, launch)
     model = str(cfg.model or checkpoint)
     registered = resolved_model(model, tracking_uri)
