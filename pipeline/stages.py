@@ -1228,4 +1228,5 @@ def run_tracked_stages(cfg: RunConfig, paths: Paths, uri: str) -> PipelineResult
 
 def pipeline_run_name(cfg: RunConfig) -> str:
     """``pipeline afno-tiny synthetic 2000-01-01..2000-12-31``: the parent run of one pipeline invocation."""
-    return f"pipeline {cfg.train.model} {cfg.ingest.source} {_day(cfg.train.train.start)}..{_day(cfg.train.validation.end)}"
+    period = f"{_day(cfg.train.train.start)}..{_day(cfg.train.validation.end)}"
+    return f"pipeline {cfg.train.model} {cfg.ingest.source} {period}"

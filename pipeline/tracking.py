@@ -671,7 +671,7 @@ def stop_tracking_server(state_dir: Path, timeout_s: float = 30.0) -> bool:
     return running
 
 
-# --- The model as an MLflow model -----------------------------------------------------------------------------
+# --- The model as an MLflow model ---------------------------------------------------------------------
 
 #: Key of the checkpoint among a fourcast pyfunc model's artifacts.
 CHECKPOINT_ARTIFACT = "checkpoint"
