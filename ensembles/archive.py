@@ -37,11 +37,12 @@ import torch
 import xarray as xr
 import zarr
 
-from ensembles.errors import ArchiveError
+from ensembles.errors import ArchiveError, ArchiveGridError
 from ensembles.protocols import Archive, Coords
 from ingest.atomic import discard, replace_path, temporary_sibling
 from ingest.dims import ARCHIVE_DIMS, CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER
 from ingest.errors import UnknownVariableError
+from ingest.grid import check_coords
 from ingest.lexicon import get_variables
 from ingest.schema import CF_COORDINATE_ATTRS, CLIMATOLOGY, CONVENTIONS, DATA, MEAN, STD, consolidate
 
@@ -186,13 +187,8 @@ class ArchiveLayout:
         return (int(i_init), int(i_lead), i_members), fields
 
     def _check_grid(self, coords: Coords) -> None:
-        for dim, axis in ((LAT, self.lat), (LON, self.lon)):
-            given = np.asarray(coords[dim], dtype=np.float64)
-            if given.shape != axis.shape or not np.allclose(given, axis):
-                raise ArchiveError(
-                    f"write {dim} does not match the archive's: expected {axis.size} values "
-                    f"{axis[0]}…{axis[-1]}, found {given.size} values {given[:1]}…{given[-1:]}"
-                )
+        check_coords({LAT: self.lat, LON: self.lon}, coords, (LAT, LON), what="the write", reference="the archive",
+                     error=ArchiveGridError)
 
 
 class ZarrArchive:
@@ -245,8 +241,8 @@ class ZarrArchive:
                 self.partial_path, mode="w-", compute=False, zarr_format=3, consolidated=False, encoding=encoding
             )
             self._group = zarr.open_group(self.partial_path, mode="r+", zarr_format=3)
-        except Exception:
-            discard(self.partial_path)  # leave nothing behind, whatever zarr raised
+        except BaseException:
+            discard(self.partial_path)  # leave nothing behind, whatever zarr raised (Ctrl-C included)
             raise
 
     def _lazy_empty(self, shape: tuple[int, ...]) -> dask.array.Array:

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ensembles.archive import open_archive
 from ensembles.errors import EnsembleError
-from ingest.atomic import replace_path, temporary_sibling
+from ingest.atomic import atomic_output
 
 
 class CatalogueError(EnsembleError):
@@ -284,9 +284,8 @@ class Catalogue:
         mean.attrs.update(retention="ensemble mean only (members pruned)", members_pruned=entry.members)
         for variable in mean.variables.values():  # chunks and codecs of the member layout do not fit the mean
             variable.encoding = {}
-        tmp = temporary_sibling(path)
-        mean.to_zarr(tmp, zarr_format=3, consolidated=False)
-        replace_path(tmp, path)
+        with atomic_output(path) as tmp:
+            mean.to_zarr(tmp, zarr_format=3, consolidated=False)
         with self._transaction() as db:
             db.execute(ARCHIVES.update().where(ARCHIVES.c.id == entry.id).values(
                 status=REDUCED, bytes=_bytes(path), metadata_sha256=metadata_checksum(path), pruned_at=_now()))

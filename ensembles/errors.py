@@ -4,6 +4,8 @@ Every message says what was expected and what was found, so a failing campaign c
 from the message alone.
 """
 
+from ingest.errors import CoordinateMismatchError
+
 
 class EnsembleError(Exception):
     """Base class of every error raised by :mod:`ensembles`."""
@@ -17,12 +19,20 @@ class EnsembleInputError(EnsembleError, ValueError):
     """
 
 
+class EnsembleGridError(EnsembleInputError, CoordinateMismatchError):
+    """An initial state is on another grid than the prognostic's input coordinates."""
+
+
 class ArchiveError(EnsembleError, ValueError):
     """A forecast archive cannot be written or opened as asked.
 
     Raised for writes whose labels or shapes do not fit the archive's extents, and for opening
     an archive that is missing or was never finalised.
     """
+
+
+class ArchiveGridError(ArchiveError, CoordinateMismatchError):
+    """A write is on another grid than the archive's."""
 
 
 class CampaignMismatchError(ArchiveError):
@@ -53,6 +63,10 @@ class ScoringError(EnsembleError, ValueError):
     in forecast or truth, or a metric's requirements (e.g. two members for fair CRPS) are
     not met.
     """
+
+
+class ScoringGridError(ScoringError, CoordinateMismatchError):
+    """Truth or climatology is on another grid than the forecasts."""
 
 
 class RegionError(ScoringError):

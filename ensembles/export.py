@@ -28,7 +28,7 @@ import numpy as np
 import xarray as xr
 
 from ensembles.errors import ArchiveError
-from ingest.atomic import discard, replace_path, temporary_sibling
+from ingest.atomic import atomic_output
 from ingest.dims import ARCHIVE_DIMS, CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER
 from ingest.errors import UnknownVariableError
 from ingest.lexicon import Variable, get_variables
@@ -151,14 +151,9 @@ def write_wb2(exported: xr.Dataset, path: str | Path, zarr_format: int = 3) -> s
     exported = exported.copy()
     for variable in exported.variables.values():  # the source store's codecs and shards need not fit the format
         variable.encoding = {}
-    partial = temporary_sibling(path)
-    try:
+    with atomic_output(path) as partial:
         exported.to_zarr(partial, mode="w-", zarr_format=zarr_format, consolidated=False)
         consolidate(partial)
-    except Exception:
-        discard(partial)  # leave nothing behind, whatever the write raised
-        raise
-    replace_path(partial, path)
     return str(path)
 
 

@@ -12,12 +12,29 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch_harmonics import InverseRealVectorSHT, RealSHT
 from torch_harmonics.random_fields import GaussianRandomFieldS2
 
 from ensembles.errors import EnsembleInputError
 from ensembles.protocols import Coords, Perturbation, Prognostic
 from ingest.dims import CHANNEL, LAT, LON
 from ingest.grid import cell_area_weights, equiangular_lats, regular_lons
+from ingest.lexicon import LEXICON
+
+#: Mean radius of the Earth (km): a length scale ``L`` on the Earth is ``tau = EARTH_RADIUS_KM / L``.
+EARTH_RADIUS_KM = 6371.0
+
+
+def tau_of_length_scale(length_scale_km: float) -> float:
+    """The inverse correlation length ``tau`` on the unit sphere of a length scale on the Earth (km).
+
+    The fields' spectrum ``C_l ∝ (l(l+1) + tau²)^(-alpha)`` is flat for ``l ≲ tau`` and falls
+    off beyond: ``tau = R / L`` puts the knee at wavelength ``2πL``, the Matérn length scale
+    ``L`` (a correlation length of order ``L``).
+    """
+    if not np.isfinite(length_scale_km) or length_scale_km <= 0:
+        raise EnsembleInputError(f"expected a finite, positive length scale in km, found {length_scale_km}")
+    return EARTH_RADIUS_KM / float(length_scale_km)
 
 
 class NoPerturbation:
@@ -185,26 +202,167 @@ class GaussianRandomFieldPerturbation(GaussianPerturbation):
 
     def _unit_fields(self, nlat: int, n_channels: int, generator: torch.Generator) -> torch.Tensor:
         """One member's fields, shape (channel, nlat, 2 nlat), unit area-weighted std, float64."""
-        field = self._field(nlat)
-        n_l, n_m = field.sqrt_eig.shape[-2:]
-        white = torch.randn(
-            (n_channels, n_l, n_m, 2), generator=generator, device=generator.device, dtype=torch.float64
-        )
-        fields = field(n_channels, xi=torch.view_as_complex(white.cpu()))
-        weights = torch.as_tensor(cell_area_weights(equiangular_lats(nlat)))[:, None]
-        variance = (weights * fields**2).mean(dim=(-2, -1), keepdim=True)
-        return fields / variance.sqrt()
+        return unit_variance(self._field(nlat)(n_channels, xi=white_coefficients(self._field(nlat), n_channels,
+                                                                               generator)))
 
     def _field(self, nlat: int) -> GaussianRandomFieldS2:
         """The (cached) float64 random field on the equiangular grid with ``nlat`` latitudes."""
         if nlat not in self._fields:
-            with warnings.catch_warnings():
-                # the field cannot pass lmax on; its default truncation is the one we want
-                warnings.filterwarnings("ignore", message="Default SHT truncation", category=UserWarning)
-                self._fields[nlat] = GaussianRandomFieldS2(
-                    nlat, alpha=self.alpha, tau=self.tau, grid="equiangular", dtype=torch.float64
-                )
+            self._fields[nlat] = random_field(nlat, self.alpha, self.tau)
         return self._fields[nlat]
+
+
+def random_field(nlat: int, alpha: float, tau: float) -> GaussianRandomFieldS2:
+    """The float64 :class:`GaussianRandomFieldS2` on the equiangular grid with ``nlat`` latitudes (poles included)."""
+    with warnings.catch_warnings():
+        # the field cannot pass lmax on; its default truncation is the one we want
+        warnings.filterwarnings("ignore", message="Default SHT truncation", category=UserWarning)
+        return GaussianRandomFieldS2(nlat, alpha=alpha, tau=tau, grid="equiangular", dtype=torch.float64)
+
+
+def white_coefficients(field: GaussianRandomFieldS2, count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` sets of white complex spectral coefficients, shape (count, l, m), drawn from ``generator`` only.
+
+    Drawn in float64 on the generator's device (so the stream does not depend on where the
+    state lives), returned on the CPU.
+    """
+    n_l, n_m = field.sqrt_eig.shape[-2:]
+    white = torch.randn((count, n_l, n_m, 2), generator=generator, device=generator.device, dtype=torch.float64)
+    return torch.view_as_complex(white.cpu())
+
+
+def unit_variance(fields: torch.Tensor) -> torch.Tensor:
+    """``fields`` (..., nlat, 2 nlat) on the equiangular grid, each divided by its area-weighted RMS."""
+    weights = torch.as_tensor(cell_area_weights(equiangular_lats(fields.shape[-2])), dtype=fields.dtype)[:, None]
+    variance = (weights * fields**2).mean(dim=(-2, -1), keepdim=True)
+    return fields / variance.sqrt().clamp_min(torch.finfo(fields.dtype).tiny)
+
+
+#: Lexicon CDS names of the fields a streamfunction perturbation balances, by role.
+_BALANCED_ROLES = {"geopotential": "z", "u_component_of_wind": "u", "v_component_of_wind": "v"}
+
+
+class BalancedRandomFieldPerturbation(GaussianRandomFieldPerturbation):
+    """Spatially correlated, geostrophically balanced noise: one streamfunction per level drives z, u and v.
+
+    For every member and pressure level holding geopotential and/or wind channels, one
+    streamfunction ``ψ`` is drawn as a realisation of the Gaussian random field of
+    :class:`GaussianRandomFieldPerturbation` (spectrum ``C_l ∝ (l(l+1) + tau²)^(-alpha)``,
+    ``tau = R / L`` for a length scale ``L``, :func:`tau_of_length_scale`). From it:
+
+    - the wind is the non-divergent flow of ``ψ``: ``u = −∂ψ/∂φ / R``, ``v = ∂ψ/∂λ / (R cos φ)``,
+      computed exactly in spectral space (the inverse vector spherical-harmonic transform of
+      the toroidal coefficients of ``ψ``);
+    - the geopotential is in geostrophic balance with it: ``Φ' = f ψ`` with ``f = 2Ω sin φ``,
+      so ``u ≈ −∂Φ'/∂y / f`` and ``v ≈ ∂Φ'/∂x / f`` away from the equator (no geopotential
+      perturbation on the equator, where geostrophy does not hold).
+
+    Each of the three fields is then divided by its own area-weighted RMS (as the
+    :class:`GaussianRandomFieldPerturbation` does) and scaled by ``amplitude * scale[c]``: the
+    per-channel sizes are free (they are what calibration chooses), the structure — wind
+    along the geopotential contours, cyclonic around lows — is balanced. Channels of other
+    quantities (temperature, humidity, surface fields) get independent random fields. The
+    wind, being a derivative of ``ψ``, holds relatively more small-scale variance than ``ψ``
+    itself (its spectrum is ``l(l+1) C_l``).
+
+    Draws: every member draws one set of white coefficients per channel, in channel order (so
+    the stream does not depend on which channels are balanced); a balanced level uses the set
+    of its first channel. Members are drawn one after another in member order, so a member's
+    perturbation does not depend on the batch it is drawn in.
+
+    Parameters
+    ----------
+    scale, amplitude, channels, grid_nlat
+        As for :class:`GaussianRandomFieldPerturbation`.
+    length_scale_km : float
+        Length scale ``L`` of ``ψ`` on the Earth (km); sets ``tau = 6371 / L``.
+    alpha : float
+        Spectral exponent of ``ψ``; must exceed 1.
+    """
+
+    def __init__(
+        self,
+        scale: np.ndarray | torch.Tensor,
+        amplitude: float,
+        *,
+        length_scale_km: float = 1000.0,
+        alpha: float = 3.0,
+        channels: Sequence[str] | None = None,
+        grid_nlat: int | None = None,
+    ) -> None:
+        super().__init__(scale, amplitude, alpha=alpha, tau=tau_of_length_scale(length_scale_km),
+                         channels=channels, grid_nlat=grid_nlat)
+        self.length_scale_km = float(length_scale_km)
+        self._transforms: dict[int, tuple[RealSHT, InverseRealVectorSHT]] = {}
+
+    def __call__(self, x: torch.Tensor, coords: Coords, generator: torch.Generator) -> tuple[torch.Tensor, Coords]:
+        """Add balanced noise to ``x`` of shape ``(member, channel, lat, lon)``.
+
+        Raises
+        ------
+        EnsembleInputError
+            As :meth:`GaussianRandomFieldPerturbation.__call__`.
+        """
+        if x.ndim != 4:
+            raise EnsembleInputError(f"expected x of shape (member, channel, lat, lon), found shape {tuple(x.shape)}")
+        sigma = self._channel_scale(coords, n_channels=x.shape[1]) * self.amplitude
+        if self.amplitude == 0:
+            return x, coords
+        lat, lon = _state_grid(coords, x.shape[-2:])
+        nlat = self.grid_nlat or lat.size
+        roles = balanced_roles([str(c) for c in coords[CHANNEL]])
+        noise = torch.stack([self._member_fields(nlat, roles, generator) for _ in range(x.shape[0])])
+        noise = _to_grid(noise, nlat, lat, lon) * sigma[None, :, None, None]
+        return x + noise.to(device=x.device, dtype=x.dtype), coords
+
+    def _member_fields(self, nlat: int, roles: list[tuple[str, int] | None], generator: torch.Generator) -> torch.Tensor:
+        """One member's unit-RMS fields, shape (channel, nlat, 2 nlat), float64."""
+        field = self._field(nlat)
+        fields = field(len(roles), xi=white_coefficients(field, len(roles), generator))
+        out = fields.clone()
+        lat = torch.as_tensor(np.deg2rad(equiangular_lats(nlat)), dtype=fields.dtype)[:, None]
+        for c, role in enumerate(roles):
+            if role is None:
+                continue
+            kind, first = role
+            psi = fields[first]
+            if kind == "z":
+                out[c] = torch.sin(lat) * psi
+            else:
+                forward, inverse = self._transform(nlat)
+                spectral = forward(psi)
+                wind = inverse(torch.stack([spectral, torch.zeros_like(spectral)]))
+                out[c] = wind[0 if kind == "u" else 1]
+        return unit_variance(out)
+
+    def _transform(self, nlat: int) -> tuple[RealSHT, InverseRealVectorSHT]:
+        """The (cached) scalar forward and vector inverse transforms on the equiangular grid."""
+        if nlat not in self._transforms:
+            lmax = self._field(nlat).sqrt_eig.shape[-2]
+            self._transforms[nlat] = (
+                RealSHT(nlat, 2 * nlat, lmax=lmax, mmax=lmax, grid="equiangular").to(torch.float64),
+                InverseRealVectorSHT(nlat, 2 * nlat, lmax=lmax, mmax=lmax, grid="equiangular").to(torch.float64))
+        return self._transforms[nlat]
+
+
+def balanced_roles(channels: Sequence[str]) -> list[tuple[str, int] | None]:
+    """Per channel, ``(role, index of the level's first balanced channel)`` or ``None`` (not balanced).
+
+    Roles are ``z`` (geopotential), ``u`` and ``v`` (wind components) of one pressure level
+    (:data:`ingest.lexicon.LEXICON`); channels the lexicon does not know, or other quantities,
+    are ``None``.
+    """
+    first: dict[int, int] = {}
+    roles: list[tuple[str, int] | None] = []
+    for c, channel in enumerate(channels):
+        variable = LEXICON.get(channel)
+        role = _BALANCED_ROLES.get(variable.cds_name) if variable is not None else None
+        if role is None or variable.level is None:
+            roles.append(None)
+            continue
+        first.setdefault(variable.level, c)
+        roles.append((role, first[variable.level]))
+    return roles
 
 
 def _state_grid(coords: Coords, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -64,3 +64,23 @@ class Archive(Protocol):
 
     def finalize(self) -> str:
         """Commit what was written; returns the archive's location."""
+
+
+@runtime_checkable
+class StepNoise(Protocol):
+    """The model-error noise of one block of members through one forecast (see :class:`ModelError`)."""
+
+    def apply(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        """The perturbed state after one model step from ``before`` to ``after``, both (member, channel, lat, lon)."""
+
+
+@runtime_checkable
+class ModelError(Protocol):
+    """Stochastic model error: perturbs every model step of every member.
+
+    ``start(coords, generators)`` begins a forecast of the members labelled by
+    ``coords["member"]``, each drawing only from its own generator (one per member, in
+    order), and returns the :class:`StepNoise` the runner applies after each step.
+    """
+
+    def start(self, coords: Coords, generators: list[torch.Generator]) -> StepNoise: ...

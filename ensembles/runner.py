@@ -21,9 +21,10 @@ import torch
 
 from ensembles.archive import Tee
 from ensembles.campaign import Campaign, CampaignArchive
-from ensembles.errors import EnsembleInputError, NonFiniteForecastError
-from ensembles.protocols import Archive, Coords, Perturbation, Prognostic
+from ensembles.errors import EnsembleGridError, EnsembleInputError, NonFiniteForecastError
+from ensembles.protocols import Archive, Coords, ModelError, Perturbation, Prognostic, StepNoise
 from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER
+from ingest.grid import check_coords
 from ingest.progress import progress as progress_of
 
 _GRID_DIMS = (CHANNEL, LAT, LON)
@@ -34,15 +35,21 @@ def forecast_lead_times(step_size: np.timedelta64, n_steps: int) -> np.ndarray:
     return np.arange(n_steps + 1) * np.timedelta64(step_size).astype("timedelta64[ns]")
 
 
-def member_generator(seed: int, init_time: np.datetime64, member: int) -> torch.Generator:
-    """A CPU generator seeded from ``(seed, init_time, member)`` and nothing else.
+#: Generator streams of a member: its initial perturbation, and its model-error noise.
+INITIAL_STREAM, MODEL_ERROR_STREAM = 0, 1
 
-    The three values are mixed by :class:`numpy.random.SeedSequence`, so neighbouring seeds,
-    members or init times give unrelated streams.
+
+def member_generator(seed: int, init_time: np.datetime64, member: int, stream: int = INITIAL_STREAM) -> torch.Generator:
+    """A CPU generator seeded from ``(seed, init_time, member, stream)`` and nothing else.
+
+    The values are mixed by :class:`numpy.random.SeedSequence`, so neighbouring seeds,
+    members, init times or streams give unrelated streams. ``stream`` 0 (the initial
+    perturbation) is the stream of ``(seed, init_time, member)`` alone, as before streams existed.
     """
     seconds = np.datetime64(init_time, "s").astype(np.int64)
     time_key = int(np.array(seconds, dtype=np.int64).view(np.uint64))
-    state = np.random.SeedSequence([int(seed), time_key, int(member)]).generate_state(1, dtype=np.uint64)[0]
+    entropy = [int(seed), time_key, int(member)] + ([int(stream)] if stream else [])
+    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
     generator = torch.Generator(device="cpu")
     generator.manual_seed(int(state))
     return generator
@@ -64,6 +71,7 @@ def run_ensemble(
     members: Sequence[int] | None = None,
     device: torch.device | str | None = None,
     on_step: Callable[[int], None] | None = None,
+    model_error: ModelError | None = None,
 ) -> None:
     """Forecast ``n_members`` perturbed copies of ``initial`` for ``n_steps`` steps into ``archive``.
 
@@ -104,6 +112,9 @@ def run_ensemble(
     on_step : callable, optional
         Called with the number of member-steps just completed (the batch size) after each
         model step has been written.
+    model_error : ModelError, optional
+        Stochastic model error applied after every step to every member but the control,
+        each member drawing from its own generator (stream :data:`MODEL_ERROR_STREAM`).
 
     Raises
     ------
@@ -125,9 +136,13 @@ def run_ensemble(
         for block in _blocks(run_members, members_per_batch):
             x = _initial_members(state, state_coords, block, init_time, perturbation, seed, control_member)
             x_coords = {MEMBER: block, **state_coords}
+            noise = _model_error_noise(model_error, x_coords, block, init_time, seed, control_member)
             for step in range(lead_times.size):
                 if step:
+                    before = x
                     x, x_coords = prognostic.step(x, x_coords)
+                    if noise is not None:
+                        x = _keep_control(noise.apply(before, x), x, block, control_member)
                 _check_finite(x, x_coords, init_time, lead_times[step])
                 archive.write(x, {INIT_TIME: init_label, LEAD_TIME: lead_times[step : step + 1], **x_coords})
                 if step and on_step is not None:
@@ -175,6 +190,7 @@ def run_campaign(
     device: torch.device | str | None = None,
     progress: bool = False,
     wait_timeout: float = 600.0,
+    model_error: ModelError | None = None,
 ) -> CampaignRun:
     """Compute this rank's missing work items of ``campaign``, then commit the archive.
 
@@ -211,6 +227,8 @@ def run_campaign(
         Show a progress bar of member-steps with their rate.
     wait_timeout : float
         Seconds to wait for the other ranks without any of their items completing.
+    model_error : ModelError, optional
+        Stochastic model error of every step (see :func:`run_ensemble`).
 
     Returns
     -------
@@ -242,13 +260,32 @@ def run_campaign(
             run_ensemble(prognostic, cached[1], coords, item.init_time, n_members=campaign.n_members,
                          n_steps=campaign.n_steps, perturbation=perturbation, archive=destination, seed=campaign.seed,
                          members_per_batch=campaign.members_per_batch, control_member=campaign.control_member,
-                         members=item.members, device=device, on_step=bar.update)
+                         members=item.members, device=device, on_step=bar.update, model_error=model_error)
             archive.mark_done(item)
     seconds = time.perf_counter() - started
     for sink in sinks:
         sink.finalize()
     location = str(archive.path) if archive.complete else archive.finalize_when_complete(wait_timeout)
     return CampaignRun(location, len(mine), member_steps, seconds)
+
+
+def _model_error_noise(model_error: ModelError | None, coords: Coords, block: np.ndarray, init_time: np.datetime64,
+                       seed: int, control_member: bool) -> StepNoise | None:
+    """The block's model-error noise, each member on its own generator; ``None`` without model error."""
+    if model_error is None or (control_member and block.tolist() == [0]):
+        return None
+    generators = [member_generator(seed, init_time, member, MODEL_ERROR_STREAM) for member in block.tolist()]
+    return model_error.start(coords, generators)
+
+
+def _keep_control(perturbed: torch.Tensor, plain: torch.Tensor, block: np.ndarray, control_member: bool) -> torch.Tensor:
+    """``perturbed`` with the control member's row (member 0, if in ``block``) taken from ``plain``."""
+    if not control_member or 0 not in block:
+        return perturbed
+    perturbed = perturbed.clone()
+    row = int(np.flatnonzero(block == 0)[0])
+    perturbed[row] = plain[row]
+    return perturbed
 
 
 def _check_finite(x: torch.Tensor, coords: Coords, init_time: np.datetime64, lead: np.timedelta64) -> None:
@@ -289,7 +326,7 @@ def _members_to_run(members: Sequence[int] | None, n_members: int) -> np.ndarray
 
 
 def _model_input(prognostic: Prognostic, initial: torch.Tensor, coords: Coords) -> tuple[torch.Tensor, Coords]:
-    """``initial`` with its channels in the prognostic's order, and the prognostic's coords."""
+    """``initial`` with its channels in the prognostic's order, and its coords (grid checked, not relabelled)."""
     absent = [dim for dim in _GRID_DIMS if dim not in coords]
     if absent:
         raise EnsembleInputError(f"initial coords lack {absent}; expected {list(_GRID_DIMS)}, found {list(coords)}")
@@ -311,18 +348,10 @@ def _model_input(prognostic: Prognostic, initial: torch.Tensor, coords: Coords) 
         raise EnsembleInputError(
             f"initial state lacks channels {missing} the prognostic needs; expected {wanted}, found {given}"
         )
-    for dim in (LAT, LON):
-        _check_axis(dim, np.asarray(coords[dim], dtype=np.float64), np.asarray(expected[dim], dtype=np.float64))
+    check_coords(expected, coords, (LAT, LON), what="the initial state", reference="the prognostic",
+                 error=EnsembleGridError)
     state = initial[[given.index(c) for c in wanted]]
-    return state, {dim: np.asarray(expected[dim]) for dim in _GRID_DIMS}
-
-
-def _check_axis(dim: str, found: np.ndarray, expected: np.ndarray) -> None:
-    if found.shape != expected.shape or not np.allclose(found, expected):
-        raise EnsembleInputError(
-            f"initial {dim} does not match the prognostic's grid: expected {expected.size} values "
-            f"{expected[:1]}…{expected[-1:]}, found {found.size} values {found[:1]}…{found[-1:]}"
-        )
+    return state, {CHANNEL: np.asarray(wanted), LAT: np.asarray(coords[LAT]), LON: np.asarray(coords[LON])}
 
 
 def _blocks(members: np.ndarray, size: int) -> Iterator[np.ndarray]:

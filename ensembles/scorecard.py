@@ -54,11 +54,12 @@ import xarray as xr
 from ensembles.archive import open_archive, unfinished_stores
 from ensembles.baselines import climatology_at, require_labels
 from ensembles.campaign import CAMPAIGN, recorded_items
-from ensembles.errors import ArchiveError, ScoringError
+from ensembles.errors import ArchiveError, ScoringError, ScoringGridError
 from ensembles.metrics import METRICS, RANK, StatisticSums, finalise, forecast_statistics, rank_histogram_frequencies
 from ensembles.regions import REGIONS, Region, weight_matrix
-from ingest.atomic import discard, replace_path, temporary_sibling
+from ingest.atomic import atomic_output
 from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER, TIME
+from ingest.grid import check_coords
 from ingest.lexicon import get_variable
 from ingest.progress import progress
 
@@ -457,15 +458,11 @@ def require_valid_times(truth: xr.DataArray, inits: np.ndarray, leads: np.ndarra
 def on_grid(field: xr.DataArray, lat: np.ndarray, lon: np.ndarray, what: str,
             reference: str = "the forecasts") -> xr.DataArray:
     """``field`` relabelled with ``lat``/``lon`` (the grid of ``reference``) after checking they agree to rounding."""
-    for dim, expected in ((LAT, lat), (LON, lon)):
+    for dim in (LAT, LON):
         if dim not in field.dims:
             raise ScoringError(f"{what}: expected a {dim!r} dim, found dims {field.dims}")
-        found = field[dim].values
-        if expected.shape != found.shape or not np.allclose(expected, found):
-            raise ScoringError(
-                f"{what} is on another grid than {reference}: expected {dim} of {expected.size} values "
-                f"{expected[:1]}…{expected[-1:]}, found {found.size} values {found[:1]}…{found[-1:]}"
-            )
+    check_coords({LAT: lat, LON: lon}, field.coords, (LAT, LON), what=what, reference=reference,
+                 error=ScoringGridError)
     return field.assign_coords({LAT: lat, LON: lon})
 
 
@@ -546,13 +543,8 @@ def write_scorecard(scorecard: xr.Dataset, directory: str | Path, name: str = "s
     writers = (lambda tmp: scorecard.to_netcdf(tmp, engine="netcdf4"),
                lambda tmp: scorecard_table(scorecard).to_csv(tmp, index=False, float_format="%.9g"))
     for path, write in zip(paths, writers, strict=True):
-        tmp = temporary_sibling(path)
-        try:
+        with atomic_output(path) as tmp:
             write(tmp)
-        except BaseException:
-            discard(tmp)
-            raise
-        replace_path(tmp, path)
     return paths
 
 

@@ -22,8 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fourcast.errors import CheckpointError, CheckpointWriteError
-from ingest.atomic import discard, replace_path, temporary_sibling
+from fourcast.errors import CheckpointError, CheckpointGridError, CheckpointWriteError
+from ingest.atomic import atomic_output
+from ingest.dims import LAT, LON
+from ingest.grid import check_coords
 from ingest.locks import process_running
 
 FORMAT_VERSION = 1
@@ -70,14 +72,8 @@ class CheckpointMeta:
         """Raise :class:`CheckpointError` unless channels and grid equal the checkpoint's."""
         if list(channels) != list(self.channels):
             raise CheckpointError(f"checkpoint channels {self.channels} differ from the data's {list(channels)}")
-        for name, mine, theirs in (("lat", self.lat, lat), ("lon", self.lon, lon)):
-            theirs = np.asarray(theirs, dtype=float)
-            if len(mine) != theirs.size or not np.allclose(mine, theirs, atol=1e-6):
-                raise CheckpointError(
-                    f"checkpoint {name} grid ({len(mine)} points, {mine[0]:.3f}..{mine[-1]:.3f}) differs from the data's "
-                    f"({theirs.size} points, {theirs[0]:.3f}..{theirs[-1]:.3f})"
-                )
-
+        check_coords({LAT: self.lat, LON: self.lon}, {LAT: lat, LON: lon}, what="the data",
+                     reference="the checkpoint", error=CheckpointGridError)
 
     def check_usable(self, where: str | Path) -> None:
         """Raise :class:`CheckpointError` naming the channels whose statistics cannot normalise.
@@ -117,16 +113,12 @@ def _save_atomically(payload: dict, path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(path, tag=f"partial-{os.getpid()}")
     try:
-        torch.save(payload, tmp)
-        return replace_path(tmp, path)
+        with atomic_output(path, tag=f"partial-{os.getpid()}") as tmp:
+            torch.save(payload, tmp)
     except (OSError, RuntimeError) as err:  # torch's zip writer reports a failed write as a RuntimeError
-        discard(tmp)
         raise CheckpointWriteError(_write_failure(path, err)) from err
-    except BaseException:
-        discard(tmp)
-        raise
+    return path
 
 
 def _write_failure(path: Path, err: BaseException) -> str:

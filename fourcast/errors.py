@@ -1,5 +1,7 @@
 """Exception types raised by :mod:`fourcast`."""
 
+from ingest.errors import CoordinateMismatchError
+
 
 class FourcastError(Exception):
     """Base class of every error raised by :mod:`fourcast`."""
@@ -15,6 +17,10 @@ class DataWindowError(FourcastError, ValueError):
 
 class CheckpointError(FourcastError):
     """A checkpoint is missing, unreadable, holds non-finite values, or disagrees with the data."""
+
+
+class CheckpointGridError(CheckpointError, CoordinateMismatchError):
+    """Data (or a resumed run) has other channels or another grid than the model/checkpoint."""
 
 
 class CheckpointWriteError(CheckpointError, OSError):

@@ -9,11 +9,13 @@ import torch
 
 from fourcast.checkpoint import CheckpointMeta, load_checkpoint
 from fourcast.device import default_device
-from fourcast.errors import CheckpointError, CudaGraphsUnavailableError, ResolutionTransferError
+from fourcast.errors import (CheckpointError, CheckpointGridError, CudaGraphsUnavailableError,
+                             ResolutionTransferError)
 from fourcast.graphed import GraphedStep
 from fourcast.models.registry import build_model
 from fourcast.normaliser import Normaliser
 from ingest.dims import CHANNEL, LAT, LON
+from ingest.grid import check_coords, same_coords
 
 Coords = dict[str, np.ndarray]
 
@@ -106,8 +108,7 @@ class Forecaster:
         """
         lat, lon = np.asarray(lat, dtype=float), np.asarray(lon, dtype=float)
         mine = self._coords
-        if (lat.shape == mine[LAT].shape and lon.shape == mine[LON].shape and np.allclose(lat, mine[LAT], atol=1e-6)
-                and np.allclose(lon, mine[LON], atol=1e-6) and normaliser is None):
+        if normaliser is None and same_coords(mine, {LAT: lat, LON: lon}):
             return self
         _check_global_equiangular(lat, lon)
         if not hasattr(self.model, "on_grid"):
@@ -137,9 +138,8 @@ class Forecaster:
     @torch.inference_mode()
     def step(self, x: torch.Tensor, coords: Coords) -> tuple[torch.Tensor, Coords]:
         """One step: ``x`` of shape ``(batch, channel, lat, lon)`` in physical units."""
-        for dim in (CHANNEL, LAT, LON):
-            if coords[dim].shape != self._coords[dim].shape or not np.array_equal(coords[dim], self._coords[dim]):
-                raise CheckpointError(f"input {dim} {coords[dim][:5]}… differs from the model's {self._coords[dim][:5]}…")
+        check_coords(self._coords, coords, (CHANNEL, LAT, LON), what="the input", reference="the model",
+                     error=CheckpointGridError)
         state = x.to(self.device, torch.float32)
         out = self._graphed(state) if self._graphed is not None else self._physical_step(state)
         return out.to(x.device), coords

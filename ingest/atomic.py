@@ -1,11 +1,55 @@
-"""Replace a file or directory in one step, so readers never see a half-written result."""
+"""Replace a file or directory in one step, so readers never see a half-written result.
+
+Every writer of fourcast (stores, archives, checkpoints, manifests, catalogue, summaries, reports)
+goes through :func:`atomic_output`::
+
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)          # or dataset.to_zarr(tmp), torch.save(..., tmp), …
+
+On success ``tmp`` is renamed onto ``path``; on any exception — ``KeyboardInterrupt`` included —
+``tmp`` is removed and ``path`` keeps its previous content (or stays absent).
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+
+@contextmanager
+def atomic_output(path: str | Path, *, temporary: str | Path | None = None, tag: str = "partial") -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write; rename it onto ``path`` when the block succeeds.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file or directory to produce (replaced as a whole if it exists, see :func:`replace_path`).
+    temporary : str or Path, optional
+        The temporary to use, for writers that name theirs (e.g. recording the writing process);
+        by default a fresh :func:`temporary_sibling` of ``path`` tagged ``tag``.
+
+    Yields
+    ------
+    Path
+        The temporary path: absent at first; the block creates it (file or directory).
+
+    Notes
+    -----
+    Catches :class:`BaseException`, so Ctrl-C or ``SystemExit`` inside the block (or in the final
+    rename) leaves neither a partial file nor a temporary behind.
+    """
+    final = Path(path)
+    tmp = Path(temporary) if temporary is not None else temporary_sibling(final, tag)
+    try:
+        yield tmp
+        replace_path(tmp, final)
+    except BaseException:
+        discard(tmp)
+        raise
 
 
 def temporary_sibling(path: str | Path, tag: str = "partial") -> Path:

@@ -1,7 +1,7 @@
 """Check that a CDS result holds what its request asked for, before it is cached or ingested.
 
 The CDS has answered requests with other fields than asked for (an hourly morning of one day
-for the noons of three days). A file is read as :mod:`ingest.readers` reads it, brought into
+for the noons of three days). A file is read as :mod:`ingest.readers` reads it (:mod:`ingest.formats`), brought into
 the canonical form, and compared with its request on four things:
 
 * **variables**: the lexicon ids it holds are exactly the request's (a field at another
@@ -27,8 +27,8 @@ import xarray as xr
 from ingest.cds import NATIVE_GRID, CdsRequest, request_times
 from ingest.dims import LAT, LON, TIME
 from ingest.errors import CdsResultMismatchError
+from ingest.formats import file_source
 from ingest.normalise import normalise
-from ingest.readers import open_raw
 
 _LEVEL_AXES = ("pressure_level", "isobaricInhPa", "level")
 _LISTED = 4
@@ -58,7 +58,7 @@ def check_result(path: Path, item: CdsRequest, label: str | None = None) -> None
         If the file cannot be read as ERA5 at all.
     """
     with tempfile.TemporaryDirectory(prefix=".check-", dir=path.parent) as unpack_dir:
-        raws = [source.raw for source in open_raw(path, unpack_dir=unpack_dir)]
+        raws = [raw.raw for raw in file_source(path, unpack_dir=unpack_dir).raw()]
         try:
             problems = _differences(raws, item)
         finally:

@@ -38,7 +38,7 @@ import requests
 from ecmwf.datastores.processing import DownloadError as ClientSizeError
 from ecmwf.datastores.processing import ProcessingFailedError
 
-from ingest.atomic import discard, replace_path, temporary_sibling
+from ingest.atomic import atomic_output, discard
 from ingest.cds import CdsRequest, check_request
 from ingest.cds_check import check_result
 from ingest.errors import (CdsAuthError, CdsRequestError, CdsResultMismatchError, DownloadError, RequestTooLargeError,
@@ -264,16 +264,15 @@ class _TransientFailure(Exception):
 
 def _fetch_once(item: CdsRequest, target: Path, settings: DownloadSettings, credentials: CdsCredentials) -> Path:
     """One attempt: retrieve into a temporary sibling, check it, write the sidecar, rename."""
-    tmp = temporary_sibling(target)
     secret = credentials.key
     try:
-        client = _client(settings, credentials)
-        log.info("%s: requesting %s (%d fields)", item.filename, item.dataset, item.fields)
-        client.retrieve(item.dataset, dict(item.request), str(tmp))
-        size = _check_download(tmp, item)
-        _check_content(tmp, target, item)
-        _write_sidecar(target, item, size)
-        replace_path(tmp, target)
+        with atomic_output(target) as tmp:
+            client = _client(settings, credentials)
+            log.info("%s: requesting %s (%d fields)", item.filename, item.dataset, item.fields)
+            client.retrieve(item.dataset, dict(item.request), str(tmp))
+            size = _check_download(tmp, item)
+            _check_content(tmp, target, item)
+            _write_sidecar(target, item, size)
         log.info("%s: done, %d bytes", item.filename, size)
         return target
     except requests.HTTPError as err:
@@ -284,8 +283,6 @@ def _fetch_once(item: CdsRequest, target: Path, settings: DownloadSettings, cred
     except ProcessingFailedError as err:
         raise CdsRequestError(f"the CDS job for {item.filename} ({item.dataset}, {item.month}) failed: "
                               f"{_scrub(str(err), secret)}") from err
-    finally:
-        discard(tmp)
 
 
 def _client(settings: DownloadSettings, credentials: CdsCredentials) -> cdsapi.Client:
@@ -417,10 +414,5 @@ def _write_sidecar(target: Path, item: CdsRequest, size: int) -> None:
 
 def _write_json(sidecar: Path, record: dict) -> None:
     """Write ``record`` as JSON at ``sidecar`` through a temporary name."""
-    tmp = temporary_sibling(sidecar)
-    try:
+    with atomic_output(sidecar) as tmp:
         tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
-        replace_path(tmp, sidecar)
-    except BaseException:
-        discard(tmp)
-        raise

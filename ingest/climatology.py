@@ -44,7 +44,7 @@ import numpy as np
 import xarray as xr
 from dask.delayed import Delayed
 
-from ingest.atomic import discard, replace_path
+from ingest.atomic import atomic_output, discard
 from ingest.dims import CHANNEL, LAT, LON, TIME
 from ingest.errors import StoreSchemaError
 from ingest.locks import process_running
@@ -300,8 +300,7 @@ def write_climatology(climatology: xr.DataArray, path: str | Path) -> Path:
     encoding = {CLIMATOLOGY: {"chunks": (1, nhour, nchan, nlat, nlon), "shards": (61, nhour, nchan, nlat, nlon)}}
     dataset = climatology.chunk({DAYOFYEAR: 61, HOUR: -1, CHANNEL: -1, LAT: -1, LON: -1}).to_dataset()
     dataset.attrs = dict(climatology.attrs)
-    tmp = owned_temporary(path)
-    try:
+    with atomic_output(path, temporary=owned_temporary(path)) as tmp:
         dataset.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, encoding=encoding)
         channels = [str(c) for c in climatology[CHANNEL].values]
         write_cf_attributes(tmp, {**CF_COORDINATE_ATTRS, CLIMATOLOGY: {
@@ -309,10 +308,6 @@ def write_climatology(climatology: xr.DataArray, path: str | Path) -> Path:
             "channel_units": [get_variable(c).units for c in channels]},
             DAYOFYEAR: {"long_name": "day of year"}, HOUR: {"long_name": "hour of day (UTC)"}})
         consolidate(tmp)
-        replace_path(tmp, path)
-    except BaseException:
-        discard(tmp)
-        raise
     return path
 
 

@@ -16,8 +16,31 @@ class StoreSchemaError(IngestError, ValueError):
     """A store, or a dataset about to be written, does not have the fourcast layout."""
 
 
+class CoordinateMismatchError(IngestError, ValueError):
+    """Two sets of coordinates that must agree do not (raised by :func:`ingest.grid.check_coords`).
+
+    Other packages raise subclasses that also belong to their own hierarchy (e.g. a checkpoint's
+    grid against the data's is also a ``CheckpointError``), so one handshake serves every door.
+    """
+
+    #: The dim that differs, both axes (``found`` is ``None`` when it lacks the dim), and the
+    #: largest difference (``None`` when sizes or labels differ).
+    dim: str | None = None
+    expected: object = None
+    found: object = None
+    max_difference: float | None = None
+
+
+class StoreGridError(StoreSchemaError, CoordinateMismatchError):
+    """New data is on another grid (or has other channels) than the store it should extend."""
+
+
 class SourceLayoutError(IngestError, ValueError):
     """An input file does not look like any ERA5 layout fourcast reads."""
+
+
+class SourceRequestError(IngestError, ValueError):
+    """A request to a :class:`~ingest.source.Source` is malformed (e.g. its times are not dates)."""
 
 
 class CdsRequestError(IngestError, ValueError):
@@ -48,7 +71,7 @@ class TruncatedFileError(CorruptFileError):
     """An input file ends before its own header says it should (an interrupted download or copy)."""
 
 
-class GridMismatchError(SourceLayoutError):
+class GridMismatchError(SourceLayoutError, CoordinateMismatchError):
     """Input files disagree on the latitude/longitude grid, or a grid is not a regular one."""
 
 

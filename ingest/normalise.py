@@ -5,7 +5,8 @@ per lexicon id (pressure-level fields split per level: ``z`` at 500 hPa becomes 
 the lexicon's units, latitude 90 → −90, longitude 0 → 360, and a ``expver`` coordinate along
 ``time`` saying which ERA5 experiment each step comes from.
 
-Layouts understood (the readers in :mod:`ingest.readers` open the files):
+Layouts understood (the sources in :mod:`ingest.formats` open the files; :mod:`ingest.expver`
+says what the experiments are):
 
 * new CDS netCDF (since 2024): ``valid_time``, ``pressure_level``, ``latitude``/``longitude``,
   scalar or 1-d ``number``, string ``expver`` per time, float32;
@@ -40,41 +41,14 @@ import xarray as xr
 
 from ingest.dims import CHANNEL, LAT, LON, TIME
 from ingest.errors import GridMismatchError, PhysicalRangeError, SourceLayoutError, StepTypeError, UnitsError
+from ingest.expver import EXPVER, EXPVER_UNKNOWN, expver_label, expver_rank
 from ingest.lexicon import LEXICON, Variable, get_variable, get_variables, valid_range
-
-#: The coordinate along ``time`` naming the ERA5 experiment of each step.
-EXPVER = "expver"
-#: Final ERA5 data.
-EXPVER_FINAL = "0001"
-#: ERA5T, the preliminary data of the last ~3 months, later replaced by final data.
-EXPVER_ERA5T = "0005"
-#: Label of steps whose experiment the file does not say (old files without ``expver``).
-EXPVER_UNKNOWN = ""
 
 _LEVEL = "level"
 _TIME_NAMES = ("valid_time", "time")
 _LAT_NAMES = ("latitude", "lat")
 _LON_NAMES = ("longitude", "lon")
 _LEVEL_NAMES = ("pressure_level", "isobaricInhPa", "level")
-
-
-def expver_rank(label: str) -> int:
-    """Preference of an experiment label, lower is better.
-
-    Final ERA5 (``0001``) beats a step whose experiment is not recorded, which beats ERA5T
-    (``0005``), which beats any other experiment.
-    """
-    return {EXPVER_FINAL: 0, EXPVER_UNKNOWN: 1, EXPVER_ERA5T: 2}.get(label, 3)
-
-
-def expver_label(value: object) -> str:
-    """Normalise an ``expver`` value (``1``, ``b"0001"``, ``"1"``, ``"0001"``) to four digits."""
-    if isinstance(value, bytes):
-        value = value.decode()
-    text = str(value).strip()
-    if not text:
-        return EXPVER_UNKNOWN
-    return text.zfill(4) if text.isdigit() else text
 
 
 def normalise(ds: xr.Dataset, variable_ids: Sequence[str] | None = None, *, time_chunk: int = 1,

@@ -64,10 +64,11 @@ import zarr
 from dask.delayed import Delayed
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from ingest.atomic import discard, replace_path
+from ingest.atomic import atomic_output, discard, replace_path
 from ingest.climatology import compute_climatology, write_climatology
 from ingest.dims import CHANNEL, LAT, LON, TIME
-from ingest.errors import IngestError, StoreSchemaError
+from ingest.errors import IngestError, StoreGridError, StoreSchemaError
+from ingest.grid import check_coords
 from ingest.lexicon import get_variable
 from ingest.locks import exclusive_lock
 from ingest.progress import progress as progress_of
@@ -220,10 +221,8 @@ def _new_part(existing: xr.Dataset, data: xr.DataArray, path: Path) -> xr.DataAr
     if list(old[CHANNEL].values) != list(data[CHANNEL].values):
         raise StoreSchemaError(f"{path} holds channels {list(old[CHANNEL].values)}; the new data has "
                                f"{list(data[CHANNEL].values)}; build a new store to change channels")
-    for dim in (LAT, LON):
-        if old.sizes[dim] != data.sizes[dim] or not np.allclose(old[dim].values, data[dim].values):
-            raise StoreSchemaError(f"{path} is on another {dim} grid ({old.sizes[dim]} values from {old[dim].values[0]})"
-                                   f" than the new data ({data.sizes[dim]} from {data[dim].values[0]})")
+    check_coords(old.coords, data.coords, (LAT, LON), what="the new data", reference=str(path),
+                 error=StoreGridError)
     old_times, new_times = old[TIME].values, data[TIME].values
     last, step = old_times[-1], np.timedelta64(int(existing.attrs[STEP_HOURS]), "h")
     overlap = new_times[new_times <= last]
@@ -419,9 +418,8 @@ def _stored_partials(store: Path, window: StatsWindow) -> list[Partials] | None:
 
 def _write_record(path: Path, text: str) -> None:
     """Create a small record file atomically (temp name + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
 
 
 def _shard_record(window: StatsWindow, partials: Partials, with_incoming: bool, checksums: np.ndarray | None) -> str:

@@ -84,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--restart", action="store_true",
                        help="start over although the workdir holds an earlier run: its checkpoints are moved to "
                             "checkpoints/replaced-<time>/ (without --resume or --restart such a workdir is refused)")
+    add("calibrate", "choose the perturbation amplitudes (and SPPT model error) on the validation period so that the "
+        "debiased spread/skill is 1; writes <workdir>/calibration.json, which forecast then uses")
     _forecast_options(add("forecast", "run the ensemble campaign into a Zarr archive; under torchrun its (init time, "
                           "member block) work items are split over the processes; a relaunch resumes it"))
     _score_options(add("score", "score the archive and the baselines against the store into a scorecard (netCDF, "
@@ -183,7 +185,7 @@ def _forecast_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--members", type=int, help="ensemble size")
     sub.add_argument("--lead-hours", type=int, help="forecast length; a multiple of the model step")
     sub.add_argument("--step-hours", type=int, help="expected model step; refused if the model's differs")
-    sub.add_argument("--perturbation", choices=["none", "gaussian", "grf", "bred"], help="initial perturbation")
+    sub.add_argument("--perturbation", choices=["none", "gaussian", "grf", "balanced", "bred"], help="initial perturbation")
     sub.add_argument("--amplitude", type=float, help="perturbation size in units of each channel's std")
     sub.add_argument("--seed", type=int, help="campaign seed (a member depends on seed, init time, member only)")
     sub.add_argument("--members-per-batch", type=int, help="members stepped together (the work-item block size)")
@@ -317,6 +319,7 @@ def _outputs(command: str, cfg: RunConfig, paths) -> dict[str, Path]:
             "ingest run": {"store folder": paths.store.parent, "climatology folder": paths.climatology.parent,
                            **downloads},
             "train": {"checkpoint folder": paths.checkpoint.parent, "MLflow artifact folder": paths.artifacts},
+            "calibrate": {"workdir": paths.workdir, "MLflow artifact folder": paths.artifacts},
             "forecast": {"archive folder": archive.parent, "MLflow artifact folder": paths.artifacts, **streamed},
             "score": {"scores folder": paths.scores, "MLflow artifact folder": paths.artifacts},
             "export wb2": {"WB2 export folder": paths.wb2},
@@ -330,7 +333,7 @@ def _preflight(command: str, cfg: RunConfig, paths, stages) -> None:
     if command in ("demo", "run", "forecast"):
         stages.require_device(cfg.forecast.device, "forecast.device")
     outputs = _outputs(command, cfg, paths)
-    if command in ("demo", "run", "train", "forecast", "score"):
+    if command in ("demo", "run", "train", "calibrate", "forecast", "score"):
         from pipeline.tracking import default_tracking_uri
 
         store = stages.tracking_folder(cfg.tracking.tracking_uri or default_tracking_uri(paths.workdir))
@@ -402,9 +405,12 @@ def _run_tracked_stage(command: str, cfg: RunConfig, paths, stages, resume: str 
                                       cfg.forecast.archive or paths.archive, tracker,
                                       overwrite=cfg.forecast.overwrite, tracking_uri=uri,
                                       stream=stages.score_stream(cfg, paths), climatology=paths.climatology,
-                                      workdir=paths.workdir)
+                                      workdir=paths.workdir, calibration=paths.calibration)
             if main_rank:
                 print(archive)
+        elif command == "calibrate":
+            print(stages.calibrate_stage(cfg, paths.checkpoint, paths.store, paths.calibration, tracker,
+                                         tracking_uri=uri))
         else:
             archive = cfg.score.archive or cfg.forecast.archive or paths.archive
             scores_dir = getattr(args, "scores_dir", None) or paths.scores
@@ -550,16 +556,9 @@ def _run_errors() -> tuple[type[Exception], ...]:
     from ensembles.errors import EnsembleError
     from fourcast.errors import FourcastError
     from ingest.errors import IngestError
-    from pipeline.cluster import ClusterError  # heavy imports only once something failed
-    from pipeline.config import ConfigError
-    from pipeline.stages import StageInputError
-    from pipeline.tracking import ModelUriError
+    from pipeline.errors import PipelineError
 
-    from pipeline.operations import DataNotArrivedError
-    from pipeline.tracking import TrackingServerError
-
-    return (IngestError, FourcastError, EnsembleError, StageInputError, ModelUriError, ClusterError, ConfigError,
-            DataNotArrivedError, TrackingServerError, OSError)
+    return (IngestError, FourcastError, EnsembleError, PipelineError, OSError)
 
 
 def _one_line(err: BaseException) -> str:

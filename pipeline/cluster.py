@@ -11,6 +11,7 @@ from dask.distributed import Client, KilledWorker, LocalCluster
 from dask.utils import format_bytes, parse_bytes
 
 from pipeline.config import ClusterConfig
+from pipeline.errors import ClusterError  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -19,10 +20,6 @@ log = logging.getLogger(__name__)
 WORKER_BASELINE_BYTES = 256 * 2**20
 #: Copies of a shard a shard task holds at once: its values, and a float64 copy for the statistics.
 SHARD_COPIES = 3
-
-
-class ClusterError(RuntimeError):
-    """The Dask cluster cannot run the work: too little memory per worker, or a worker died."""
 
 
 def _quiet_dask_logs() -> None:

@@ -23,6 +23,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from ensembles.regions import REGIONS, Region
 from fourcast.models.registry import PRESETS
 from ingest.lexicon import LEXICON
+from pipeline.errors import ConfigError  # noqa: F401  (re-exported)
 
 WORKDIR_ENV = "FOURCAST_WORKDIR"
 TRACKING_URI_ENV = "FOURCAST_TRACKING_URI"
@@ -36,10 +37,6 @@ MAX_SEED = 2**63 - 1
 
 #: Device types a stage can run on (``cuda`` may carry an index: ``cuda:1``).
 DEVICE_TYPES = ("cpu", "cuda", "mps")
-
-
-class ConfigError(ValueError):
-    """The configuration file is missing, not YAML, or does not validate."""
 
 
 def parse_time(value: object) -> object:
@@ -298,13 +295,71 @@ class TrainConfig(_Slice):
 
 
 class PerturbationConfig(_Slice):
-    """Initial-condition perturbation: none, Gaussian, spherical Gaussian random field, bred vectors."""
+    """Initial-condition perturbation: none, Gaussian, spherical Gaussian random field, balanced fields, bred vectors.
 
-    kind: Literal["none", "gaussian", "grf", "bred"] = "gaussian"
+    ``balanced`` (the default) draws one smooth streamfunction per pressure level with the
+    length scale ``length_scale_km`` and derives z, u and v from it in geostrophic balance
+    (:class:`ensembles.perturbations.BalancedRandomFieldPerturbation`). ``amplitudes`` gives
+    per-variable sizes (in units of each channel's std) in place of ``amplitude``; the
+    calibration stage writes them, and ``forecast`` takes them from there by default.
+    """
+
+    kind: Literal["none", "gaussian", "grf", "balanced", "bred"] = "balanced"
     amplitude: float = Field(0.05, ge=0, description="in units of each channel's std")
-    alpha: float = Field(2.0, gt=1, description="grf: spectral exponent (smoothness)")
+    amplitudes: dict[str, Annotated[float, Field(ge=0)]] | None = Field(
+        None, description="per-variable amplitudes {z500: 0.02, ...}; variables left out take amplitude")
+    alpha: float | None = Field(None, gt=1, description="grf/balanced: spectral exponent (smoothness); default 2 "
+                                "(grf), 3 (balanced)")
     tau: float = Field(3.0, gt=0, description="grf: inverse correlation length on the unit sphere")
+    length_scale_km: float = Field(1000.0, gt=0, description="balanced: length scale of the streamfunction (km)")
     cycles: int = Field(2, ge=1, description="bred: breeding cycles")
+
+    @field_validator("amplitudes")
+    @classmethod
+    def _known_amplitudes(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        unknown = [v for v in (value or {}) if v not in LEXICON]
+        if unknown:
+            raise ValueError(f"unknown variable ids {unknown} in amplitudes; expected lexicon ids such as z500")
+        return value
+
+
+class ModelErrorConfig(_Slice):
+    """Stochastic model error of every forecast step: none, or SPPT-like multiplicative noise on the increments
+    (:class:`ensembles.model_error.StochasticTendencyPerturbation`)."""
+
+    kind: Literal["none", "sppt"] = "none"
+    amplitude: float = Field(0.0, ge=0, le=5, description="std of the multiplier's pattern")
+    length_scale_km: float = Field(2000.0, gt=0)
+    decorrelation_hours: float = Field(72.0, gt=0)
+
+
+class CalibrationConfig(_Slice):
+    """``fourcast calibrate``: per-variable perturbation amplitudes (and the model-error amplitude) chosen on the
+    validation period so that the debiased spread/skill ratio is 1.
+
+    The initial amplitudes are matched at ``reference_lead_hours``, the model-error amplitude
+    at ``long_lead_hours`` (model error is used only when the spread at that lead falls short
+    by more than ``tolerance`` without it). Init times: ``n_inits`` spread evenly over
+    ``period`` (default: ``train.validation``), never the scored ones.
+    """
+
+    enabled: bool = True
+    period: Period | None = Field(None, description="default: train.validation")
+    n_inits: int = Field(6, ge=1, le=1000)
+    members: int = Field(8, ge=2, le=MAX_MEMBERS)
+    reference_lead_hours: int = Field(24, ge=1, le=MAX_LEAD_HOURS)
+    long_lead_hours: int = Field(120, ge=1, le=MAX_LEAD_HOURS)
+    iterations: int = Field(4, ge=1, le=20)
+    tolerance: float = Field(0.1, gt=0, lt=1)
+    model_error: bool = Field(True, description="allow SPPT model error when initial perturbations fall short")
+    seed: Seed = 1
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CalibrationConfig:
+        if self.long_lead_hours < self.reference_lead_hours:
+            raise ValueError(f"calibrate.long_lead_hours {self.long_lead_hours} must be >= reference_lead_hours "
+                             f"{self.reference_lead_hours}")
+        return self
 
 
 class ForecastConfig(_Slice):
@@ -326,6 +381,9 @@ class ForecastConfig(_Slice):
     members_per_batch: int = Field(8, ge=1, le=MAX_MEMBERS)
     control_member: bool = True
     perturbation: PerturbationConfig = PerturbationConfig()
+    model_error: ModelErrorConfig = ModelErrorConfig()
+    calibrated: bool = Field(True, description="take the amplitudes of <workdir>/calibration.json when it is there "
+                             "and was made for the same model")
     seed: Seed = 0
     device: Device = None
     autocast: bool = Field(True, description="bfloat16 autocast of the network on CUDA")
@@ -448,6 +506,7 @@ class RunConfig(_Slice):
     train: TrainConfig
     forecast: ForecastConfig
     score: ScoreConfig = ScoreConfig()
+    calibrate: CalibrationConfig = CalibrationConfig()
     tracking: TrackingConfig = TrackingConfig()
     catalogue: CatalogueConfig = CatalogueConfig()
 
@@ -460,6 +519,9 @@ class RunConfig(_Slice):
                              ("train.validation", self.train.validation), ("forecast.inits", self.forecast.inits)):
             if data is not None and period is not None and not data.contains(period):
                 raise ValueError(f"{name} {period.start}..{period.end} lies outside the data {data.start}..{data.end}")
+        calibration = self.calibrate.period
+        if calibration is not None and calibration.overlaps(self.forecast.inits):
+            raise ValueError("calibrate.period overlaps forecast.inits: calibration must never see the scored inits")
         for name, period in (("train.train", self.train.train), ("train.validation", self.train.validation)):
             if period.overlaps(self.forecast.inits):
                 raise ValueError(f"forecast.inits overlaps {name}: forecasts must be scored on unseen dates")

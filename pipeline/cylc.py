@@ -15,14 +15,13 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from ingest.atomic import atomic_output
+from pipeline.errors import CylcSetupError  # noqa: F401  (re-exported)
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "workflows"
 CYLC_VENV = ROOT / ".venv-cylc"
 CYLC_CONF = ROOT / ".cylc-conf"
-
-
-class CylcSetupError(RuntimeError):
-    """Cylc, its global config or rsync is missing; the message says how to get them."""
 
 
 def cylc_executable() -> Path:
@@ -67,9 +66,8 @@ def write_global_config(folder: Path, cylc_bin: Path) -> Path:
     """Write ``global.cylc`` telling background jobs where ``cylc`` lives (atomically)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "global.cylc"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"[platforms]\n    [[localhost]]\n        cylc path = {Path(cylc_bin).resolve()}\n")
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(f"[platforms]\n    [[localhost]]\n        cylc path = {Path(cylc_bin).resolve()}\n")
     return path
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ingest.atomic import atomic_output
 from ingest.dims import TIME
 from ingest.schema import open_store
 from pipeline.config import RunConfig
@@ -23,12 +24,9 @@ if TYPE_CHECKING:
     from ensembles.catalogue import Catalogue, Entry
 from pipeline.tracking import (mlflow_run, nest_runs_under, model_aliases, resolve_model_version, set_model_alias,
                                score_metric_name, tag_model_version)
+from pipeline.errors import DataNotArrivedError  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
-
-
-class DataNotArrivedError(RuntimeError):
-    """The analyses a cycle needs did not reach the store within the configured wait."""
 
 
 def catalogue_of(cfg: RunConfig) -> Catalogue:
@@ -100,7 +98,8 @@ def report_cycle(cfg: RunConfig, tracking_uri: str, point: str, entries: list[En
                              "cycle_archives": len(mine)})
         report = cfg.workdir / "cycles" / f"report-{point}.json"
         report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps([e.as_dict() for e in mine], indent=2, default=str) + "\n")
+        with atomic_output(report) as tmp:
+            tmp.write_text(json.dumps([e.as_dict() for e in mine], indent=2, default=str) + "\n")
         tracker.log_artifact(report, "cycle")
         nest_runs_under(tracking_uri, cfg.tracking.experiment, tracker.run_id, {"cycle_point": point})
         return tracker.run_id
@@ -192,7 +191,8 @@ def promote_if_better(cfg: RunConfig, tracking_uri: str, name: str, candidate: s
                              **{f"champion/{score_metric_name(h.variable, h.metric, h.lead_hours)}": v
                                 for h, v in old.items()}})
         out = candidate_scores.parent / "promotion.json"
-        out.write_text(json.dumps(decision, indent=2) + "\n")
+        with atomic_output(out) as tmp:
+            tmp.write_text(json.dumps(decision, indent=2) + "\n")
         tracker.log_artifact(out, "promotion")
         tracker.log_artifact(candidate_scores, "scorecards/candidate")
         if champion_scores and champion is not None:

@@ -36,6 +36,8 @@ import numpy as np
 import shapely
 import xarray as xr
 
+from ingest.atomic import atomic_output  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 #: Panels drawn with a colour scale symmetric about zero.
@@ -459,7 +461,11 @@ DPI = 200
 
 def _save(fig: plt.Figure, path: Path) -> Path:
     """Write ``fig`` to the PNG ``path`` at :data:`DPI` and to the PDF beside it; returns the PNG's path."""
-    fig.savefig(path, dpi=DPI)
-    fig.savefig(Path(path).with_suffix(".pdf"))
-    plt.close(fig)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=DPI, format="png")
+        with atomic_output(Path(path).with_suffix(".pdf")) as tmp:
+            fig.savefig(tmp, format="pdf")
+    finally:
+        plt.close(fig)
     return path

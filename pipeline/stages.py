@@ -26,9 +26,10 @@ import xarray as xr
 from ensembles.archive import open_archive
 from ensembles.campaign import Campaign, CampaignArchive
 from ensembles.export import climatology_to_weatherbench2, to_weatherbench2, truth_to_weatherbench2, write_wb2
-from ensembles.perturbations import (BredVectorPerturbation, GaussianPerturbation, GaussianRandomFieldPerturbation,
-                                     NoPerturbation)
-from ensembles.protocols import Perturbation
+from ensembles.model_error import StochasticTendencyPerturbation
+from ensembles.perturbations import (BalancedRandomFieldPerturbation, BredVectorPerturbation, GaussianPerturbation,
+                                     GaussianRandomFieldPerturbation, NoPerturbation)
+from ensembles.protocols import ModelError, Perturbation
 from ensembles.runner import run_campaign
 from ensembles.streaming import StreamingScorer
 from ensembles.regions import GLOBAL, Region, get_region
@@ -43,9 +44,10 @@ from fourcast.models.registry import build_model, count_parameters
 from fourcast.distributed import DistContext, main_first, process_group
 from fourcast.training import (TRAIN_LOSS, TRAIN_LR, VAL_SCORE, CheckpointPlan, ModeSchedule, Phase,
                                TrainSettings, seeded_initialisation, train)
-from ingest.atomic import replace_path, temporary_sibling
+from ingest.atomic import atomic_output
 from ingest.cds import CdsRequest, PlanOptions, plan_requests
 from ingest.dims import CHANNEL, LAT, LON, TIME
+from ingest.grid import check_coords
 from ingest.lexicon import get_variable
 from ingest.progress import progress
 from ingest.schema import DATA, MEAN, STD, open_climatology, open_store
@@ -53,22 +55,16 @@ from ingest.store import StatsPeriod, StoreLayout, open_sources, write_store
 from ingest.climatology import climatology_at
 from ingest.coarsen import coarsen
 from ingest.synthetic import generate_files
+from pipeline.calibration import CALIBRATION_FILE, apply_calibration, calibrate_stage
 from pipeline.cluster import SHARD_COPIES, check_task_memory, dask_client
-from pipeline.config import (CdsConfig, ClusterConfig, ForecastConfig, IngestConfig, RunConfig, ScoreConfig,
-                             SyntheticConfig, TrainConfig)
+from pipeline.config import (CdsConfig, ClusterConfig, ForecastConfig, IngestConfig, ModelErrorConfig,
+                             PerturbationConfig, RunConfig, ScoreConfig, SyntheticConfig, TrainConfig)
 from pipeline.tracking import (MODEL_URI_SCHEMES, ModelUriError, NullTracker, Tracker, attach_run,
                                default_tracking_uri, download_checkpoint, mlflow_run, resolve_model_version,
                                run_exists, score_metric_name)
+from pipeline.errors import OutputPathError, StageGridError, StageInputError  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
-
-
-class StageInputError(ValueError):
-    """A stage's config does not fit the data it is given (store step, init times, …)."""
-
-
-class OutputPathError(StageInputError):
-    """A folder a stage would write to cannot be created or written (a file in the way, read-only, no permission)."""
 
 
 def require_writable(folder: Path, what: str) -> None:
@@ -160,6 +156,10 @@ class Paths:
     @property
     def artifacts(self) -> Path:
         return self.workdir / "mlartifacts"
+
+    @property
+    def calibration(self) -> Path:
+        return self.workdir / CALIBRATION_FILE
 
     @property
     def summary(self) -> Path:
@@ -512,10 +512,8 @@ def _normalised_climatology(path: Path | None, windows: StoreWindows):
     if path is None or not Path(path).exists():
         return None
     clim = open_climatology(path)
-    if list(clim[CHANNEL].values) != windows.channels or clim[LAT].size != windows.lat.size \
-            or clim[LON].size != windows.lon.size:
-        raise StageInputError(f"climatology {path} ({list(clim[CHANNEL].values)}, {clim[LAT].size}x{clim[LON].size}) "
-                              f"does not match the store ({windows.channels}, {windows.lat.size}x{windows.lon.size})")
+    check_coords({CHANNEL: windows.channels, LAT: windows.lat, LON: windows.lon}, clim.coords, (CHANNEL, LAT, LON),
+                 what=f"climatology {path}", reference="the store", error=StageGridError)
     mean, std = windows.mean[:, None, None], windows.std[:, None, None]
 
     def at(times: np.ndarray) -> np.ndarray:
@@ -590,17 +588,39 @@ def _init_times(cfg: ForecastConfig) -> np.ndarray:
 
 
 def _perturbation(cfg: ForecastConfig, forecaster: Forecaster) -> Perturbation:
-    settings = cfg.perturbation
+    """The initial perturbation of ``cfg.perturbation``; per-variable ``amplitudes`` scale each channel's std."""
+    return build_perturbation(cfg.perturbation, forecaster)
+
+
+def build_perturbation(settings: PerturbationConfig, forecaster: Forecaster) -> Perturbation:
+    """The initial perturbation ``settings`` describe for ``forecaster``'s channels (physical units).
+
+    Each channel's size is its std times its amplitude (``settings.amplitudes`` where given,
+    else ``settings.amplitude``); the perturbation's own amplitude is then 1.
+    """
     if settings.kind == "none":
         return NoPerturbation()
-    std = forecaster.normaliser.std.flatten().cpu().numpy()
-    channels = list(forecaster.input_coords[CHANNEL])
+    channels = [str(c) for c in forecaster.input_coords[CHANNEL]]
+    amplitudes = np.array([(settings.amplitudes or {}).get(c, settings.amplitude) for c in channels])
+    size = forecaster.normaliser.std.flatten().cpu().numpy().astype(np.float64) * amplitudes
     if settings.kind == "grf":
-        return GaussianRandomFieldPerturbation(std, settings.amplitude, alpha=settings.alpha, tau=settings.tau,
+        return GaussianRandomFieldPerturbation(size, 1.0, alpha=settings.alpha or 2.0, tau=settings.tau,
                                                channels=channels)
+    if settings.kind == "balanced":
+        return BalancedRandomFieldPerturbation(size, 1.0, length_scale_km=settings.length_scale_km,
+                                               alpha=settings.alpha or 3.0, channels=channels)
     if settings.kind == "bred":
-        return BredVectorPerturbation(forecaster, std, settings.amplitude, cycles=settings.cycles, channels=channels)
-    return GaussianPerturbation(std, settings.amplitude, channels=channels)
+        return BredVectorPerturbation(forecaster, size, 1.0, cycles=settings.cycles, channels=channels)
+    return GaussianPerturbation(size, 1.0, channels=channels)
+
+
+def build_model_error(settings: ModelErrorConfig, step: np.timedelta64) -> ModelError | None:
+    """The stochastic model error ``settings`` describe (``None`` for ``none`` or a zero amplitude)."""
+    if settings.kind == "none" or settings.amplitude == 0:
+        return None
+    return StochasticTendencyPerturbation(settings.amplitude, step_hours=float(step / np.timedelta64(1, "h")),
+                                          length_scale_km=settings.length_scale_km,
+                                          decorrelation_hours=settings.decorrelation_hours)
 
 
 def _forecast_device(cfg: ForecastConfig, launch: Launch) -> torch.device:
@@ -683,7 +703,7 @@ def score_stream(cfg: RunConfig, paths: Paths) -> ScoreStream | None:
 def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, tracker: Tracker, *,
              overwrite: bool = False, tracking_uri: str | None = None, launch: Launch | None = None,
              stream: ScoreStream | None = None, climatology: Path | None = None,
-             workdir: Path | None = None) -> Path:
+             workdir: Path | None = None, calibration: Path | None = None) -> Path:
     """Ensemble campaign from the store's initial conditions into a Zarr archive; this process's share of it.
 
     Every process of a ``torchrun`` launch calls this; the (init time, member block) work items
@@ -720,6 +740,10 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
     workdir : pathlib.Path, optional
         The tracker records paths relative to it (:func:`workdir_relative`); default: the
         store's folder. The archive's lineage keeps them absolute.
+    calibration : pathlib.Path, optional
+        ``calibration.json`` of the calibrate stage: with ``cfg.calibrated``, its amplitudes
+        replace the configured ones when it was made for this checkpoint
+        (:func:`pipeline.calibration.apply_calibration`); the lineage names it.
 
     Raises
     ------
@@ -746,11 +770,12 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
     forecaster, meta, checkpoint_sha256 = _load_model(pinned, tracking_uri, device,
                                                       cfg.autocast and device.type == "cuda", cfg.cuda_graphs,
                                                       cfg.compile)
+    cfg, calibrated = apply_calibration(cfg, calibration, checkpoint_sha256)
     truth = open_store(store)
     forecaster = _on_store_grid(forecaster, meta, truth)
     campaign = _campaign(cfg, forecaster, truth, {
         "checkpoint_sha256": checkpoint_sha256, "initial_conditions_fingerprint": store_fingerprint(store),
-        "perturbation": cfg.perturbation.model_dump(mode="json"),
+        "perturbation": cfg.perturbation.model_dump(mode="json"), "model_error": cfg.model_error.model_dump(mode="json"),
         "precision": f"{device.type}-{'bfloat16-autocast' if forecaster.autocast else 'float32'}"})
     lineage = {"model": model if model.startswith(MODEL_URI_SCHEMES) else str(Path(model).resolve()),
                "checkpoint_sha256": checkpoint_sha256,
@@ -758,8 +783,10 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
                "initial_conditions": str(store.resolve()),
                "initial_conditions_fingerprint": campaign.identity["initial_conditions_fingerprint"],
                "perturbation": cfg.perturbation.kind, "amplitude": cfg.perturbation.amplitude, "seed": cfg.seed,
+               "amplitudes": json.dumps(cfg.perturbation.amplitudes or {}, sort_keys=True),
+               "model_error": cfg.model_error.kind, "model_error_amplitude": cfg.model_error.amplitude,
                "code_version": code_version(), "train_run_id": str(meta.extra.get("train_run_id", "")),
-               "forecast_run_id": tracker.run_id or "", **registered}
+               "forecast_run_id": tracker.run_id or "", **registered, **calibrated}
     if registered:
         tracker.set_tags(registered)
     recorded = {**lineage, "model": model if model.startswith(MODEL_URI_SCHEMES) else Path(model),
@@ -779,7 +806,8 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
     result = run_campaign(forecaster, lambda t: torch.as_tensor(truth[DATA].sel({TIME: t}).values), coords, campaign,
                           out, _perturbation(cfg, forecaster), rank=launch.rank, world_size=launch.world_size,
                           sinks=() if scorer is None else (scorer,), device=device, progress=launch.rank == 0,
-                          wait_timeout=cfg.wait_timeout_s)
+                          wait_timeout=cfg.wait_timeout_s,
+                          model_error=build_model_error(cfg.model_error, forecaster.step_size))
     if scorer is not None:
         record_scorecard(tracker, scorer.scorecard, stream.out_dir, artifact_path="streamed", prefix="streamed")
     attrs = open_archive(archive).attrs
@@ -1133,9 +1161,9 @@ def publish(path: Path, records: list[dict], lead_hours: list[int], store: Path,
     summary = {"scores": [r for r in headline_records(records) if r["lead_hours"] in lead_hours],
                "store": str(store.resolve()), "archive": str(archive.resolve()), "mlflow_tracking_uri": tracking_uri,
                "mlflow_run_ids": run_ids}
-    tmp = temporary_sibling(path)
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    return replace_path(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    return path
 
 
 @dataclass
@@ -1203,12 +1231,19 @@ def run_tracked_stages(cfg: RunConfig, paths: Paths, uri: str) -> PipelineResult
             train_model(cfg.train, paths.store, paths.checkpoint, tracker, climatology=paths.climatology,
                         restart=True)  # a pipeline run starts over: an earlier run's checkpoints are moved aside
             run_ids["train"] = tracker.run_id
+        if cfg.calibrate.enabled:
+            with _stage("calibrate"), mlflow_run(run_name="calibrate", tags={"stage": "calibrate",
+                                                                            "train_run_id": run_ids["train"]},
+                                                 **nested) as tracker:
+                calibrate_stage(cfg, paths.checkpoint, paths.store, paths.calibration, tracker, tracking_uri=uri,
+                                train_run_id=run_ids["train"])
+                run_ids["calibrate"] = tracker.run_id
         with _stage("forecast"), mlflow_run(run_name=forecast_run_name(cfg.forecast),
                                             tags={"stage": "forecast", "train_run_id": run_ids["train"]},
                                             **nested) as tracker:
             forecast(cfg.forecast, paths.checkpoint, paths.store, paths.archive, tracker, overwrite=True,
                      tracking_uri=uri, stream=score_stream(cfg, paths), climatology=paths.climatology,
-                     workdir=paths.workdir)
+                     workdir=paths.workdir, calibration=paths.calibration if cfg.calibrate.enabled else None)
             run_ids["forecast"] = tracker.run_id
         with _stage("score"), mlflow_run(run_name="score", tags={"stage": "score", "forecast_run_id": run_ids["forecast"],
                                                                  "train_run_id": run_ids["train"]},

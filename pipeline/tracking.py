@@ -17,6 +17,9 @@ import os
 import signal
 import subprocess
 import socket
+# The system SQLite must load before anything loads ecCodes (ingest reading GRIB): eckit bundles
+# SQLite 3.26, which MLflow's SQLAlchemy store refuses. The one home of this workaround.
+import sqlite3  # noqa: F401
 import tempfile
 import threading
 import time
@@ -33,7 +36,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
 
+from ingest.atomic import atomic_output
 from ingest.locks import process_running
+from pipeline.errors import AliasError, ModelUriError, TrackingServerError  # noqa: F401  (re-exported)
 
 _BATCH = 200  # MLflow caps a batch at 1000 metrics / 100 params
 
@@ -286,6 +291,11 @@ def run_exists(tracking_uri: str, run_id: str) -> bool:
     return True
 
 
+def run_tags(tracking_uri: str, run_id: str) -> dict[str, str]:
+    """The tags of the run ``run_id`` (e.g. ``registered_model`` of a training run)."""
+    return dict(tracking_client(tracking_uri).get_run(run_id).data.tags)
+
+
 #: Tags naming the process that records a run, so a later start can tell the run was abandoned.
 PROCESS_TAGS = ("process_id", "process_started", "host_id")
 
@@ -432,10 +442,6 @@ def nest_runs_under(tracking_uri: str, experiment: str, parent_run_id: str, tags
     return adopted
 
 
-class ModelUriError(ValueError):
-    """An MLflow model URI cannot be resolved to one checkpoint file."""
-
-
 MODEL_URI_SCHEMES = ("models:/", "runs:/")
 
 
@@ -486,10 +492,6 @@ def _registered_source(model_uri: str, registry_uri: str) -> str:
     client = tracking_client(registry_uri)
     name, version = resolve_model_version(model_uri, registry_uri)
     return client.get_model_version_download_uri(name, version)
-
-
-class AliasError(ModelUriError):
-    """A registered model, or an alias of it, that the registry does not hold."""
 
 
 def _registered_model(client: MlflowClient, name: str):
@@ -584,10 +586,6 @@ def tag_model_version(tracking_uri: str, name: str, version: str, tags: Mapping[
 
 
 
-class TrackingServerError(RuntimeError):
-    """The MLflow tracking server could not be started, or is not running where its state says."""
-
-
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
@@ -636,11 +634,13 @@ def start_tracking_server(backend_uri: str, artifact_root: Path, state_dir: Path
     with open(log_file, "ab") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, cwd=state_dir)  # outlives the caller's folder
-    pid_file.write_text(f"{process.pid}\n")
+    with atomic_output(pid_file) as tmp:
+        tmp.write_text(f"{process.pid}\n")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if _server_answers(uri):
-            uri_file.write_text(uri + "\n")
+            with atomic_output(uri_file) as tmp:
+                tmp.write_text(uri + "\n")
             return uri
         if process.poll() is not None:
             break

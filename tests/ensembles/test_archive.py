@@ -167,7 +167,7 @@ def _one_write(coords, **override):
         ({INIT_TIME: np.array(["2021-01-01"], dtype="datetime64[ns]")}, "init_time labels .* not in the archive"),
         ({MEMBER: np.array([3, 4])}, r"member labels \[4\] are not in the archive"),
         ({CHANNEL: np.array(["z500", "t850"])}, r"lacks archive variables \['u500'\]"),
-        ({LAT: np.linspace(80, -80, 9)}, "lat does not match"),
+        ({LAT: np.linspace(80, -80, 9)}, "the write is on another grid than the archive: expected lat of"),
         ({INIT_TIME: INIT_TIMES}, "exactly one init_time"),
     ],
 )

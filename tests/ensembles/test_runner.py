@@ -8,8 +8,9 @@ import torch
 
 from ensembles.archive import MemoryArchive
 from ensembles.errors import EnsembleInputError
-from ensembles.perturbations import (BredVectorPerturbation, GaussianPerturbation, GaussianRandomFieldPerturbation,
-                                     NoPerturbation)
+from ensembles.model_error import StochasticTendencyPerturbation
+from ensembles.perturbations import (BalancedRandomFieldPerturbation, BredVectorPerturbation, GaussianPerturbation,
+                                     GaussianRandomFieldPerturbation, NoPerturbation)
 from ensembles.runner import forecast_lead_times, member_generator, run_ensemble
 from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER, TIME
 from tests.tolerances import assert_close_to_spread
@@ -68,13 +69,20 @@ def test_control_member_is_unperturbed(identity_prognostic, initial, coords):
     assert not np.allclose(uncontrolled_0.values, initial[0].numpy())
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "grf", "bred"])
+def _sppt(amplitude: float = 0.5) -> StochasticTendencyPerturbation:
+    return StochasticTendencyPerturbation(amplitude, step_hours=6, length_scale_km=2000, decorrelation_hours=24)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "grf", "balanced", "bred", "balanced+sppt"])
 def test_a_member_run_alone_equals_it_in_a_batch(kind, drift_prognostic, initial, coords):
     perturbation = {"gaussian": lambda: GaussianPerturbation(SCALE, 0.3),
                     "grf": lambda: GaussianRandomFieldPerturbation(SCALE, 0.3),
+                    "balanced": lambda: BalancedRandomFieldPerturbation(SCALE, 0.3),
+                    "balanced+sppt": lambda: BalancedRandomFieldPerturbation(SCALE, 0.3),
                     "bred": lambda: BredVectorPerturbation(drift_prognostic, SCALE, 0.3, cycles=2)}[kind]()
-    batch = _run(drift_prognostic, initial, coords, members_per_batch=8, perturbation=perturbation)
-    alone = _run(drift_prognostic, initial, coords, members=[3], perturbation=perturbation)
+    extra = {"model_error": _sppt()} if kind.endswith("sppt") else {}
+    batch = _run(drift_prognostic, initial, coords, members_per_batch=8, perturbation=perturbation, **extra)
+    alone = _run(drift_prognostic, initial, coords, members=[3], perturbation=perturbation, **extra)
     for variable in ("z500", "u500"):
         np.testing.assert_array_equal(alone[variable].sel({MEMBER: 3}).values, batch[variable].sel({MEMBER: 3}).values)
     assert bool(alone["z500"].sel({MEMBER: [0, 1, 2, 4]}).isnull().all())
@@ -89,13 +97,49 @@ def test_batch_size_does_not_change_the_forecast(drift_prognostic, initial, coor
             assert_close_to_spread(other[variable].values, single[variable].values, name=variable)
 
 
+def test_batch_size_does_not_change_the_forecast_with_model_error(drift_prognostic, initial, coords):
+    settings = {"perturbation": BalancedRandomFieldPerturbation(SCALE, 0.3), "model_error": _sppt()}
+    single = _run(drift_prognostic, initial, coords, members_per_batch=1, **settings)
+    for size in (8, 3):
+        other = _run(drift_prognostic, initial, coords, members_per_batch=size, **settings)
+        for variable in ("z500", "u500"):
+            assert_close_to_spread(other[variable].values, single[variable].values, name=variable)
+
+
+def test_model_error_perturbs_every_step_but_the_controls(drift_prognostic, initial, coords):
+    plain = _run(drift_prognostic, initial, coords, perturbation=NoPerturbation(), n_members=3)
+    noisy = _run(drift_prognostic, initial, coords, perturbation=NoPerturbation(), n_members=3,
+                 model_error=_sppt())
+    silent = _run(drift_prognostic, initial, coords, perturbation=NoPerturbation(), n_members=3,
+                  model_error=_sppt(0.0))
+    for variable in ("z500", "u500"):
+        np.testing.assert_array_equal(noisy[variable].sel({MEMBER: 0}).values, plain[variable].sel({MEMBER: 0}).values)
+        np.testing.assert_array_equal(silent[variable].values, plain[variable].values)
+        lead0 = {LEAD_TIME: 0}
+        np.testing.assert_array_equal(noisy[variable].isel(lead0).values, plain[variable].isel(lead0).values)
+        later = noisy[variable].isel({LEAD_TIME: slice(1, None)}).sel({MEMBER: [1, 2]}).values
+        assert not np.allclose(later, plain[variable].isel({LEAD_TIME: slice(1, None)}).sel({MEMBER: [1, 2]}).values)
+
+
+def test_model_error_scales_each_increment_within_zero_and_twice(identity_prognostic, coords):
+    before = torch.zeros(2, 2, 9, 16, dtype=torch.float64)
+    after = torch.ones(2, 2, 9, 16, dtype=torch.float64)
+    generators = [member_generator(1, INIT, m, stream=1) for m in range(2)]
+    noise = _sppt(3.0).start({MEMBER: np.arange(2), **coords}, generators)
+    multiplier = noise.apply(before, after)
+    assert float(multiplier.min()) >= 0.0 and float(multiplier.max()) <= 2.0
+    torch.testing.assert_close(multiplier[:, 0], multiplier[:, 1])  # one pattern for every channel
+    assert float(multiplier.std()) > 0.3
+
+
 def test_seeds_depend_on_seed_init_time_and_member():
     def draw(*key):
         return torch.randn(4, generator=member_generator(*key))
 
     base = draw(1, INIT, 2)
     assert torch.equal(base, draw(1, INIT, 2))
-    for other in ((2, INIT, 2), (1, INIT + np.timedelta64(6, "h"), 2), (1, INIT, 3)):
+    assert torch.equal(base, draw(1, INIT, 2, 0))
+    for other in ((2, INIT, 2), (1, INIT + np.timedelta64(6, "h"), 2), (1, INIT, 3), (1, INIT, 2, 1)):
         assert not torch.equal(base, draw(*other))
 
 
@@ -149,7 +193,7 @@ def test_missing_channel_is_named(identity_prognostic, initial, coords):
 
 def test_grid_mismatch_is_refused(identity_prognostic, initial, coords):
     shifted = {**coords, LAT: coords[LAT] - 1.0}
-    with pytest.raises(EnsembleInputError, match="lat does not match the prognostic's grid"):
+    with pytest.raises(EnsembleInputError, match="the initial state is on another grid than the prognostic: expected lat of"):
         run_ensemble(
             identity_prognostic,
             initial,

@@ -4,7 +4,7 @@ import torch
 
 from fourcast.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from fourcast.data import StoreWindows
-from fourcast.errors import CheckpointError, DataWindowError, NonFiniteLossError
+from fourcast.errors import CheckpointError, CheckpointGridError, DataWindowError, NonFiniteLossError
 from fourcast.forecaster import Forecaster
 from fourcast.models.registry import build_model
 from fourcast.normaliser import Normaliser
@@ -104,7 +104,7 @@ def test_checkpoint_errors_say_what_differs(store, tmp_path):
     meta = _meta(windows)
     with pytest.raises(CheckpointError, match=r"channels \['z500', 'u500', 'v500'\] differ.*\['z500', 't850'\]"):
         meta.check_matches(["z500", "t850"], windows.lat, windows.lon)
-    with pytest.raises(CheckpointError, match="lat grid"):
+    with pytest.raises(CheckpointGridError, match="data is on another grid than the checkpoint: expected lat of"):
         meta.check_matches(windows.channels, windows.lat[:-1], windows.lon)
     with pytest.raises(CheckpointError, match="no checkpoint file"):
         load_checkpoint(tmp_path / "missing.pt")

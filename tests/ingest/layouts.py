@@ -7,7 +7,6 @@ layout, and GRIB 1, mirroring the real files in ``../shared/realdata`` (see its 
 
 from __future__ import annotations
 
-import sqlite3  # noqa: F401  before ecCodes, whose bundled older SQLite MLflow refuses
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path

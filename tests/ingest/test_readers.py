@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3  # noqa: F401  before ecCodes, whose bundled older SQLite MLflow refuses
 from pathlib import Path
 
 import dask
@@ -29,7 +28,9 @@ from ingest.errors import (
 )
 from ingest.lexicon import get_variable
 from ingest.normalise import normalise
-from ingest.readers import Layout, open_raw, open_sources
+from ingest.formats import file_source
+from ingest.readers import open_sources
+from ingest.source import Layout
 from ingest.store import StatsPeriod, write_store
 
 from tests.ingest.layouts import (
@@ -316,12 +317,12 @@ def test_units_are_converted_to_the_lexicon_or_refused():
 def test_zip_members_are_unpacked_once_beside_the_zip(tmp_path):
     fields = make_fields()
     archive = write_cds_zip(fields, tmp_path / "sfc.zip")
-    sources = open_raw(archive)
+    sources = file_source(archive).raw()
     assert [s.label.split("::")[1] for s in sources] == ["data_stream-oper_stepType-accum.nc",
                                                          "data_stream-oper_stepType-instant.nc"]
     unpacked = tmp_path / ".sfc.zip.unpacked"
     stamp = (unpacked / "data_stream-oper_stepType-instant.nc").stat().st_mtime_ns
-    open_raw(archive)
+    file_source(archive).raw()
     assert (unpacked / "data_stream-oper_stepType-instant.nc").stat().st_mtime_ns == stamp
     write_cds_zip(fields.shifted(1.0, "0001"), archive)  # a new download under the same name
     data = open_sources([archive], list(SURFACE_IDS), shard_steps=4)
@@ -427,10 +428,10 @@ def test_a_file_cut_anywhere_gives_the_typed_truncation_error(tmp_path):
             damaged.parent.mkdir(exist_ok=True)
             damaged.write_bytes(raw[:cut])
             if kind == "grib" and cut in grib_boundaries:  # whole messages only: a valid, shorter file
-                assert open_raw(damaged)
+                assert file_source(damaged).raw()
                 continue
             with pytest.raises(TruncatedFileError, match=rf"{damaged.name}: (truncated|expected a complete zip)"):
-                open_raw(damaged)
+                file_source(damaged).raw()
 
 
 def test_values_outside_the_physical_range_are_refused(tmp_path):

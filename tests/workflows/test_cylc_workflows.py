@@ -67,6 +67,26 @@ def test_workflow_validates(workflow, cylc_env, tmp_path):
     assert "Valid for cylc-8" in out
 
 
+def test_slurm_platform_gives_the_train_job_gpus_and_torchrun(cylc_env, tmp_path):
+    """The README's Slurm recipe, rendered by Cylc: a GPU request on one node and torchrun across it."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    cylc_bin = cylc.cylc_executable().parent
+    (conf / "global.cylc").write_text(
+        f"[platforms]\n    [[localhost]]\n        cylc path = {cylc_bin}\n"
+        f"    [[slurm_gpu]]\n        hosts = localhost\n        job runner = slurm\n        cylc path = {cylc_bin}\n")
+    env = {**cylc_env, "CYLC_CONF_PATH": str(conf)}
+    variables = {**_template(tmp_path, tmp_path / "run.yaml"), "TRAIN_PLATFORM": "slurm_gpu", "GPUS": 4,
+                 "TRAIN_LAUNCHER": "torchrun --standalone --nproc-per-node=4 -m pipeline.cli"}
+    assert "Valid for cylc-8" in cylc.validate("train-and-promote", variables, env)
+    train = cylc.run_cylc(["config", str(cylc.WORKFLOWS / "train-and-promote"), "-i", "[runtime][train]",
+                           *cylc.template_options(variables)], env).stdout
+    assert "platform = slurm_gpu" in train and "--gres = gpu:4" in train and "--nodes = 1" in train, train
+    assert "torchrun --standalone --nproc-per-node=4 -m pipeline.cli train" in train, train
+    platform = cylc.run_cylc(["config", "-i", "[platforms][slurm_gpu]"], env).stdout
+    assert "job runner = slurm" in platform, platform
+
+
 def _noisy_checkpoint(path: Path, store: Path) -> Path:
     """An afno-tiny checkpoint with large random weights: a poor forecaster any trained model beats."""
     ds = open_store(store)
