@@ -187,8 +187,8 @@ class ArchiveLayout:
         return (int(i_init), int(i_lead), i_members), fields
 
     def _check_grid(self, coords: Coords) -> None:
-        check_coords({LAT: self.lat, LON: self.lon}, coords, (LAT, LON), what="the write", reference="the archive",
-                     error=ArchiveGridError)
+        check_coords({LAT: self.lat, LON: self.lon}, coords, (LAT, LON), what="the write",
+                     reference="the archive", error=ArchiveGridError)
 
 
 class ZarrArchive:

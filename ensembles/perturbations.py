@@ -18,7 +18,7 @@ from torch_harmonics.random_fields import GaussianRandomFieldS2
 from ensembles.errors import EnsembleInputError
 from ensembles.protocols import Coords, Perturbation, Prognostic
 from ingest.dims import CHANNEL, LAT, LON
-from ingest.grid import cell_area_weights, equiangular_lats, regular_lons
+from ingest.grid import cell_area_weights, equiangular_lats, regular_lons, same_coords
 from ingest.lexicon import LEXICON
 
 #: Mean radius of the Earth (km): a length scale ``L`` on the Earth is ``tau = EARTH_RADIUS_KM / L``.
@@ -387,9 +387,7 @@ def _to_grid(fields: torch.Tensor, nlat: int, lat: np.ndarray, lon: np.ndarray) 
     Returns ``fields`` itself when the grids already coincide.
     """
     nlon = 2 * nlat
-    if lat.size == nlat and lon.size == nlon and np.allclose(lat, equiangular_lats(nlat)) and np.allclose(
-        lon, regular_lons(nlon)
-    ):
+    if same_coords({LAT: equiangular_lats(nlat), LON: regular_lons(nlon)}, {LAT: lat, LON: lon}):
         return fields
     lat_position = np.clip((90.0 - lat) * (nlat - 1) / 180.0, 0, nlat - 1)
     lat_low = np.minimum(np.floor(lat_position).astype(np.int64), nlat - 2)

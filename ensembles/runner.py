@@ -326,7 +326,7 @@ def _members_to_run(members: Sequence[int] | None, n_members: int) -> np.ndarray
 
 
 def _model_input(prognostic: Prognostic, initial: torch.Tensor, coords: Coords) -> tuple[torch.Tensor, Coords]:
-    """``initial`` with its channels in the prognostic's order, and its coords (grid checked, not relabelled)."""
+    """``initial`` with its channels in the prognostic's order, and its coords (grid checked, kept)."""
     absent = [dim for dim in _GRID_DIMS if dim not in coords]
     if absent:
         raise EnsembleInputError(f"initial coords lack {absent}; expected {list(_GRID_DIMS)}, found {list(coords)}")

@@ -223,7 +223,7 @@ def _lacks_statistics(store_path: str | Path) -> bool:
     metadata written before the statistics were removed or lost would still list them)."""
     try:
         group = zarr.open_group(str(store_path), mode="r", use_consolidated=False)
-    except Exception:  # noqa: BLE001 - not a Zarr group at all: open_store's own message says so
+    except (OSError, ValueError):  # absent, not a group, bad metadata: open_store's own message says which
         return False
     return DATA in group and not (MEAN in group and STD in group)
 

@@ -35,6 +35,14 @@ class StoreStatisticsError(FourcastError, ValueError):
     """The training store lacks usable normalisation statistics (``mean``/``std`` per channel)."""
 
 
+class DeviceUnavailableError(FourcastError, RuntimeError):
+    """A requested compute device is not a device name torch knows, or is absent on this machine."""
+
+
+class NormaliserError(FourcastError, ValueError):
+    """Normalisation statistics of the wrong shape, or a standard deviation that is not positive."""
+
+
 class DistributedSetupError(FourcastError, RuntimeError):
     """The process-group environment (``torchrun`` variables, device, batch split) is inconsistent."""
 

@@ -15,7 +15,7 @@ from fourcast.graphed import GraphedStep
 from fourcast.models.registry import build_model
 from fourcast.normaliser import Normaliser
 from ingest.dims import CHANNEL, LAT, LON
-from ingest.grid import check_coords, same_coords
+from ingest.grid import check_coords, equiangular_lats, regular_lons, same_coords
 
 Coords = dict[str, np.ndarray]
 
@@ -156,9 +156,9 @@ class Forecaster:
 
 def _check_global_equiangular(lat: np.ndarray, lon: np.ndarray) -> None:
     """Refuse grids other than ``lat`` 90 → −90 evenly spaced and ``lon`` 0, 360/n, … (what the transforms need)."""
-    if lat.ndim != 1 or lat.size < 3 or not np.allclose(lat, np.linspace(90.0, -90.0, lat.size), atol=1e-6):
+    if lat.ndim != 1 or lat.size < 3 or not same_coords({LAT: equiangular_lats(lat.size)}, {LAT: lat}, (LAT,)):
         raise ResolutionTransferError(f"a model moves only to an equiangular grid with both poles, latitudes 90 -> -90 "
                                       f"evenly spaced; found {lat.size} latitudes {lat[:3]}…")
-    if lon.ndim != 1 or lon.size < 4 or not np.allclose(lon, np.arange(lon.size) * 360.0 / lon.size, atol=1e-6):
+    if lon.ndim != 1 or lon.size < 4 or not same_coords({LON: regular_lons(lon.size)}, {LON: lon}, (LON,)):
         raise ResolutionTransferError(f"a model moves only to a grid of longitudes 0, 360/n, …; found {lon.size} "
                                       f"longitudes {lon[:3]}…")

@@ -21,7 +21,9 @@ from pathlib import Path
 
 
 @contextmanager
-def atomic_output(path: str | Path, *, temporary: str | Path | None = None, tag: str = "partial") -> Iterator[Path]:
+def atomic_output(
+    path: str | Path, *, temporary: str | Path | None = None, tag: str = "partial"
+) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write; rename it onto ``path`` when the block succeeds.
 
     Parameters

@@ -57,10 +57,16 @@ def cell_area_weights(lat: np.ndarray) -> np.ndarray:
     return band / band.mean()
 
 
-def check_coords(expected: Mapping, found: Mapping, dims: Sequence[str] = (LAT, LON), *,
-                 what: str = "the input", reference: str = "the expected grid",
-                 error: type[CoordinateMismatchError] = CoordinateMismatchError,
-                 spacing_fraction: float = SPACING_FRACTION) -> None:
+def check_coords(
+    expected: Mapping,
+    found: Mapping,
+    dims: Sequence[str] = (LAT, LON),
+    *,
+    what: str = "the input",
+    reference: str = "the expected grid",
+    error: type[CoordinateMismatchError] = CoordinateMismatchError,
+    spacing_fraction: float = SPACING_FRACTION,
+) -> None:
     """Raise ``error`` unless ``found`` has ``expected``'s coordinates along every dim of ``dims``.
 
     The one coordinate handshake: every door where data meets a model, archive, store,
@@ -96,12 +102,18 @@ def check_coords(expected: Mapping, found: Mapping, dims: Sequence[str] = (LAT, 
             differs = f"has other {dim} labels than" if labels else "is on another grid than"
             err = error(f"{what} {differs} {reference}: {sentence}")
             err.dim, err.max_difference = dim, max_difference
-            err.expected, err.found = np.asarray(expected[dim]), np.asarray(found[dim]) if dim in found else None
+            err.expected = np.asarray(expected[dim])
+            err.found = np.asarray(found[dim]) if dim in found else None
             raise err
 
 
-def same_coords(expected: Mapping, found: Mapping, dims: Sequence[str] = (LAT, LON), *,
-                spacing_fraction: float = SPACING_FRACTION) -> bool:
+def same_coords(
+    expected: Mapping,
+    found: Mapping,
+    dims: Sequence[str] = (LAT, LON),
+    *,
+    spacing_fraction: float = SPACING_FRACTION,
+) -> bool:
     """Whether :func:`check_coords` would accept ``found`` (for callers that choose, not refuse)."""
     return all(_axis_mismatch(dim, expected[dim], found, spacing_fraction) is None for dim in dims)
 
@@ -114,8 +126,10 @@ def axis_tolerance(axis: np.ndarray, spacing_fraction: float = SPACING_FRACTION)
     return spacing_fraction * (float(np.median(steps)) if steps.size else 1.0)
 
 
-def _axis_mismatch(dim: str, expected, found: Mapping, spacing_fraction: float) -> tuple[str, float | None] | None:
-    """``(sentence, max difference)`` describing how ``found[dim]`` differs from ``expected``; ``None`` if not."""
+def _axis_mismatch(
+    dim: str, expected, found: Mapping, spacing_fraction: float
+) -> tuple[str, float | None] | None:
+    """``(sentence, max difference)`` saying how ``found[dim]`` differs from ``expected``; ``None`` if not."""
     if dim not in found:
         return f"expected a {dim!r} coordinate, found only {sorted(map(str, found))}", None
     want, got = np.asarray(expected), np.asarray(found[dim])
@@ -125,18 +139,24 @@ def _axis_mismatch(dim: str, expected, found: Mapping, spacing_fraction: float) 
     if want.size != got.size:
         return sizes, None
     if not (np.issubdtype(want.dtype, np.number) and np.issubdtype(got.dtype, np.number)):
-        differ = [i for i, (a, b) in enumerate(zip(want.tolist(), got.tolist())) if str(a) != str(b)]
+        differ = [
+            i for i, (a, b) in enumerate(zip(want.tolist(), got.tolist(), strict=True)) if str(a) != str(b)
+        ]
         if not differ:
             return None
-        return f"expected {dim} {want.tolist()}, found {got.tolist()} (first difference at position {differ[0]})", None
+        return (
+            f"expected {dim} {want.tolist()}, found {got.tolist()} (first difference at position {differ[0]})"
+        ), None
     difference = np.abs(got.astype(np.float64) - want.astype(np.float64))
     worst = float(difference.max()) if difference.size else 0.0  # NaN if any coordinate is NaN
     tolerance = axis_tolerance(want, spacing_fraction)
     if worst <= tolerance:
         return None
     where = int(np.argmax(np.nan_to_num(difference, nan=np.inf)))
-    return (f"{sizes}; max difference {worst:.3g} at position {where} exceeds the tolerance {tolerance:.3g} "
-            f"({spacing_fraction:g} of the spacing)"), worst
+    return (
+        f"{sizes}; max difference {worst:.3g} at position {where} exceeds the tolerance {tolerance:.3g} "
+        f"({spacing_fraction:g} of the spacing)"
+    ), worst
 
 
 def _ends(values: np.ndarray) -> str:

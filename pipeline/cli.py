@@ -569,6 +569,10 @@ def _one_line(err: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """``fourcast``: a bad config or option ends as one line on stderr and exit 2, a failed run as one line and exit 1.
 
+    Every error a user can trigger is a typed error of a package hierarchy (``IngestError``,
+    ``FourcastError``, ``EnsembleError``, ``PipelineError``) or an ``OSError``; a
+    :class:`~pipeline.errors.UsageError` (bad option value) exits 2.
+
     ``--traceback`` (or ``$FOURCAST_DEBUG=1``) lets the error through with its traceback instead.
     """
     args = _parser().parse_args(argv)
@@ -602,8 +606,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         if debug or not isinstance(err, _run_errors()):
             raise
+        from pipeline.errors import UsageError
+
         print(f"fourcast {command}: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(err, UsageError) else 1
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Every one a user can trigger derives from :class:`PipelineError`, so the CLI turns it (like the
 other packages' ``IngestError``, ``FourcastError`` and ``EnsembleError``) into one line on stderr
-and exit status 1 (2 for a bad config). The modules that raise them re-export them.
+and exit status 1 (2 for a :class:`UsageError`: a bad config or option). The modules that
+raise them re-export them.
 """
 
 from ingest.errors import CoordinateMismatchError
@@ -12,8 +13,16 @@ class PipelineError(Exception):
     """Base class of every error raised by :mod:`pipeline`."""
 
 
-class ConfigError(PipelineError, ValueError):
+class UsageError(PipelineError, ValueError):
+    """A command-line value or the config is malformed: the CLI exits with status 2, not 1."""
+
+
+class ConfigError(UsageError):
     """The configuration file is missing, not YAML, or does not validate."""
+
+
+class OptionError(UsageError):
+    """A command-line value (headline score, cycle point, …) does not parse; the message shows the form."""
 
 
 class StageInputError(PipelineError, ValueError):
@@ -21,7 +30,7 @@ class StageInputError(PipelineError, ValueError):
 
 
 class OutputPathError(StageInputError):
-    """A folder a stage would write to cannot be created or written (a file in the way, read-only, no permission)."""
+    """A folder a stage would write to cannot be created or written (a file in the way, read-only, …)."""
 
 
 class StageGridError(StageInputError, CoordinateMismatchError):
@@ -53,4 +62,5 @@ class TrackingServerError(PipelineError, RuntimeError):
 
 
 class CalibrationError(PipelineError, ValueError):
-    """The calibration cannot run on the data given (too short a period), or its file does not fit the model."""
+    """The calibration cannot run on the data given (too short a period), or its file does not fit the
+    model."""

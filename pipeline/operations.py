@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ensembles.catalogue import Catalogue, Entry
 from pipeline.tracking import (mlflow_run, nest_runs_under, model_aliases, resolve_model_version, set_model_alias,
                                score_metric_name, tag_model_version)
-from pipeline.errors import DataNotArrivedError  # noqa: F401  (re-exported)
+from pipeline.errors import DataNotArrivedError, OptionError, StageInputError  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,11 @@ def cycle_times(point: str, back_hours: int, step_hours: int) -> np.ndarray:
 def cycle_point_time(point: str) -> np.datetime64:
     """A Cylc cycle point (``20010101T0000Z``, ``2001-01-01T00:00Z``) as a ``datetime64``."""
     text = point.rstrip("Z").replace("-", "").replace(":", "")
-    return np.datetime64(f"{text[0:4]}-{text[4:6]}-{text[6:8]}T{text[9:11] or '00'}:{text[11:13] or '00'}", "ns")
+    try:
+        return np.datetime64(f"{text[0:4]}-{text[4:6]}-{text[6:8]}T{text[9:11] or '00'}:{text[11:13] or '00'}", "ns")
+    except ValueError as err:
+        raise OptionError(
+            f"expected a cycle point such as 20010101T0000Z or 2001-01-01T00:00Z, found {point!r}") from err
 
 
 def report_cycle(cfg: RunConfig, tracking_uri: str, point: str, entries: list[Entry]) -> str | None:
@@ -118,7 +122,8 @@ class Headline:
         """``z500:rmse:24`` → ``Headline("z500", "rmse", 24)``."""
         parts = text.split(":")
         if len(parts) != 3 or not parts[2].isdigit():
-            raise ValueError(f"expected a headline score VARIABLE:METRIC:LEAD_HOURS (z500:rmse:24), found {text!r}")
+            raise OptionError(f"expected a headline score VARIABLE:METRIC:LEAD_HOURS (z500:rmse:24), "
+                              f"found {text!r}")
         return cls(parts[0], parts[1], int(parts[2]))
 
     @property
@@ -131,7 +136,7 @@ def headline_values(scorecard: Path, headlines: list[Headline]) -> dict[Headline
 
     Raises
     ------
-    ValueError
+    StageInputError
         If the scorecard lacks one of them (naming what it has).
     """
     from ensembles.scorecard import FOURCAST, open_scorecard, scorecard_records
@@ -141,8 +146,8 @@ def headline_values(scorecard: Path, headlines: list[Headline]) -> dict[Headline
     found = {}
     for h in headlines:
         if (h.variable, h.metric, h.lead_hours) not in values:
-            raise ValueError(f"scorecard {scorecard} has no fourcast {h.variable} {h.metric} at {h.lead_hours} h; "
-                             f"it has {sorted(values)[:12]}")
+            raise StageInputError(f"scorecard {scorecard} has no fourcast {h.variable} {h.metric} at "
+                                  f"{h.lead_hours} h; it has {sorted(values)[:12]}")
         found[h] = values[(h.variable, h.metric, h.lead_hours)]
     return found
 

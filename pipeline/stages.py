@@ -512,8 +512,8 @@ def _normalised_climatology(path: Path | None, windows: StoreWindows):
     if path is None or not Path(path).exists():
         return None
     clim = open_climatology(path)
-    check_coords({CHANNEL: windows.channels, LAT: windows.lat, LON: windows.lon}, clim.coords, (CHANNEL, LAT, LON),
-                 what=f"climatology {path}", reference="the store", error=StageGridError)
+    check_coords({CHANNEL: windows.channels, LAT: windows.lat, LON: windows.lon}, clim.coords,
+                 (CHANNEL, LAT, LON), what=f"climatology {path}", reference="the store", error=StageGridError)
     mean, std = windows.mean[:, None, None], windows.std[:, None, None]
 
     def at(times: np.ndarray) -> np.ndarray:

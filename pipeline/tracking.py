@@ -44,6 +44,11 @@ _BATCH = 200  # MLflow caps a batch at 1000 metrics / 100 params
 
 log = logging.getLogger(__name__)
 
+# mlflow installs its own INFO handler on import ("Creating initial MLflow database tables..."), which
+# would turn a one-line CLI error into three; its chatter is shown only when debugging (-v).
+if not logging.getLogger().isEnabledFor(logging.DEBUG):
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
 #: MLflow's tag of a nested run's parent; the UI draws the run tree from it.
 PARENT_RUN_TAG = "mlflow.parentRunId"
 #: Standard MLflow source tags (the UI shows the commit on every run).

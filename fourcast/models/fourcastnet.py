@@ -35,6 +35,8 @@ from torch import nn
 from fourcast.errors import CheckpointError, ModelSpecError
 from fourcast.models.afno import AFNONet
 from fourcast.models.registry import PRESETS, build_model
+from ingest.dims import LAT
+from ingest.grid import same_coords
 
 FOURCASTNET_PRESET = "afno-fcn-0p25"
 
@@ -124,7 +126,7 @@ def crop_to_fourcastnet_grid(x: np.ndarray | torch.Tensor,
         raise ModelSpecError(f"expected fields on ERA5's {ERA5_GRID[0]}x{ERA5_GRID[1]} grid (lat, lon last), "
                              f"found shape {tuple(x.shape)}")
     era5_lat = np.linspace(90.0, -90.0, ERA5_GRID[0])
-    if lat.shape != era5_lat.shape or not np.allclose(lat, era5_lat, atol=1e-6):
+    if lat.ndim != 1 or not same_coords({LAT: era5_lat}, {LAT: lat}, (LAT,)):
         found = f"{lat.size} values, {lat[0]:.3f}..{lat[-1]:.3f}" if lat.size else "no values"
         raise ModelSpecError(f"expected {ERA5_GRID[0]} latitudes 90 → -90 at {GRID_SPACING_DEG}°, found {found}")
     return x[..., :-1, :], lat[:-1]

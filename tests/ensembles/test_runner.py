@@ -9,10 +9,17 @@ import torch
 from ensembles.archive import MemoryArchive
 from ensembles.errors import EnsembleInputError
 from ensembles.model_error import StochasticTendencyPerturbation
-from ensembles.perturbations import (BalancedRandomFieldPerturbation, BredVectorPerturbation, GaussianPerturbation,
-                                     GaussianRandomFieldPerturbation, NoPerturbation)
+from ensembles.perturbations import (
+    BalancedRandomFieldPerturbation,
+    BredVectorPerturbation,
+    GaussianPerturbation,
+    GaussianRandomFieldPerturbation,
+    NoPerturbation,
+)
+from ensembles.protocols import Coords
 from ensembles.runner import forecast_lead_times, member_generator, run_ensemble
 from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER, TIME
+from tests.ensembles.conftest import IdentityPrognostic
 from tests.tolerances import assert_close_to_spread
 
 INIT = np.datetime64("2020-01-01T00", "ns")
@@ -220,3 +227,24 @@ def test_shape_mismatch_is_refused(identity_prognostic, initial, coords):
             archive=None,
             seed=0,
         )
+
+
+class _SeeingPrognostic(IdentityPrognostic):
+    """Persistence that remembers the coordinates it was stepped with."""
+
+    def step(self, x: torch.Tensor, coords: Coords) -> tuple[torch.Tensor, Coords]:
+        self.seen = coords
+        return x, coords
+
+
+def test_a_rounded_grid_is_checked_and_kept_not_relabelled(initial, coords):
+    prognostic = _SeeingPrognostic()
+    rounded = {**coords, LAT: coords[LAT].astype(np.float32), LON: coords[LON].astype(np.float32)}
+    leads = forecast_lead_times(np.timedelta64(6, "h"), 1)
+    archive = MemoryArchive(["z500", "u500"], [INIT], leads, 1, coords[LAT], coords[LON])
+    run_ensemble(
+        prognostic, initial, rounded, INIT, n_members=1, n_steps=1, perturbation=NoPerturbation(), archive=archive,
+        seed=0,
+    )
+    assert prognostic.seen[LAT].dtype == np.float32  # the caller's labels reach the model as given
+    np.testing.assert_array_equal(prognostic.seen[LON], rounded[LON])

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from fourcast.errors import NormaliserError
 from fourcast.normaliser import Normaliser
 
 
@@ -18,7 +19,7 @@ def test_normalise_then_denormalise_is_the_identity():
 
 
 def test_normaliser_refuses_bad_statistics():
-    with pytest.raises(ValueError, match="std must be positive"):
+    with pytest.raises(NormaliserError, match="std must be positive"):
         Normaliser([0.0, 1.0], [1.0, 0.0])
-    with pytest.raises(ValueError, match="equal length"):
+    with pytest.raises(NormaliserError, match="equal length"):
         Normaliser([0.0, 1.0], [1.0])
