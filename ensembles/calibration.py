@@ -80,7 +80,7 @@ class _SpreadSkillSink:
         self.count = np.zeros(lead_times.size)
         self.n_members = 0
 
-    def write(self, x: torch.Tensor, coords: Coords) -> None:
+    def write(self, x: torch.Tensor | np.ndarray, coords: Coords) -> None:
         lead = np.timedelta64(coords[LEAD_TIME][0], "ns")
         if lead not in self.lead_times:
             return
@@ -89,7 +89,7 @@ class _SpreadSkillSink:
         if self.se.shape[1] == 0:
             self.se = np.zeros((self.lead_times.size, len(channels)))
             self.variance = np.zeros_like(self.se)
-        members = x.detach().cpu().numpy().astype(np.float64)
+        members = torch.as_tensor(x).detach().cpu().numpy().astype(np.float64)
         self.n_members = members.shape[0]
         valid = np.datetime64(coords[INIT_TIME][0], "ns") + lead
         truth = self.truth_state(valid).cpu().numpy().astype(np.float64)[[self.truth_channels.index(c)

@@ -131,7 +131,7 @@ def merge_along_time(variable: Variable, pieces: list[tuple[str, xr.DataArray]])
     keep, dropped, winner = choose_copies(times, ranks)
     merged = xr.concat([field.drop_vars(EXPVER) for _, field in pieces], dim=TIME, coords="minimal",
                        compat="override", join="override")
-    ties = [(int(w), int(o)) for w, o in zip(winner, dropped) if ranks[w] == ranks[o]]
+    ties = [(int(w), int(o)) for w, o in zip(winner, dropped, strict=True) if ranks[w] == ranks[o]]
     _check_duplicates_agree(variable, merged, ties, times, [pieces[i][0] for i in origin])
     superseded = int(np.sum(ranks[dropped] > ranks[winner]))
     if keep.size == times.size and np.all(np.diff(keep) > 0):
@@ -179,4 +179,4 @@ def expver_runs(times: np.ndarray, labels: dict[str, np.ndarray]) -> list[dict[s
     stops = np.r_[starts[1:], times.size]
     return [{"expver": str(per_time[a]), "first": str(np.datetime_as_string(times[a], unit="s")),
              "last": str(np.datetime_as_string(times[b - 1], unit="s")), "steps": int(b - a)}
-            for a, b in zip(starts, stops)]
+            for a, b in zip(starts, stops, strict=True)]

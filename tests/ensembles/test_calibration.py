@@ -107,8 +107,8 @@ def test_calibration_recovers_the_amplitude_of_the_known_initial_error(growth):
 
 def test_spread_skill_of_a_known_ensemble():
     world = ToyWorld(GrowingPrognostic(1.05))
-    too_small = _measure(world)(dict(zip(CHANNELS, ANALYSIS_ERROR / SCALE / 2)), 0.0, [1, 4])
-    right = _measure(world)(dict(zip(CHANNELS, RIGHT)), 0.0, [1, 4])
+    too_small = _measure(world)(dict(zip(CHANNELS, ANALYSIS_ERROR / SCALE / 2, strict=True)), 0.0, [1, 4])
+    right = _measure(world)(dict(zip(CHANNELS, RIGHT, strict=True)), 0.0, [1, 4])
     assert expected_ssr(np.sqrt(M / (M - 1))) == pytest.approx(1.0)
     np.testing.assert_allclose(right.ssr, 1.0, atol=0.05)
     np.testing.assert_allclose(too_small.ssr, expected_ssr(0.5), rtol=0.05)
@@ -141,7 +141,7 @@ def test_model_error_is_switched_on_when_spread_falls_short_at_the_long_lead():
             result.ssr[-1] = result.ssr[-1] * (1 + model_error)
         return result
 
-    result = calibrate(measure, dict(zip(CHANNELS, RIGHT)), reference_step=1, long_step=16, iterations=3)
+    result = calibrate(measure, dict(zip(CHANNELS, RIGHT, strict=True)), reference_step=1, long_step=16, iterations=3)
     assert 0.0 in seen and result.model_error > 0
     assert np.mean(list(result.ssr_long.values())) == pytest.approx(1.0, abs=0.1)
 
