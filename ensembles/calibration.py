@@ -69,7 +69,7 @@ class SpreadSkill:
 class _SpreadSkillSink:
     """An :class:`~ensembles.protocols.Archive` summing ensemble-mean squared error and member variance."""
 
-    def __init__(self, truth_state: Callable[[np.datetime64], torch.Tensor], truth_channels: Sequence[str],
+    def __init__(self, truth_state: Callable[[np.datetime64], torch.Tensor], truth_channels: Sequence[str] | np.ndarray,
                  lead_times: np.ndarray, lat: np.ndarray) -> None:
         self.truth_state, self.truth_channels = truth_state, [str(c) for c in truth_channels]
         self.lead_times = lead_times
@@ -112,7 +112,7 @@ def measure_spread_skill(
     initial_state: Callable[[np.datetime64], torch.Tensor],
     truth_state: Callable[[np.datetime64], torch.Tensor],
     coords: Coords,
-    init_times: Sequence[np.datetime64],
+    init_times: Sequence[np.datetime64] | np.ndarray,
     perturbation: Perturbation,
     *,
     n_members: int,
@@ -151,7 +151,8 @@ def measure_spread_skill(
     step = np.timedelta64(prognostic.step_size).astype("timedelta64[ns]")
     sink = _SpreadSkillSink(truth_state, coords[CHANNEL], np.array(steps) * step, coords[LAT])
     for init in init_times:
-        run_ensemble(prognostic, initial_state(init), coords, np.datetime64(init, "ns"), n_members=n_members,
+        run_ensemble(prognostic, initial_state(init), coords, np.datetime64(init).astype("datetime64[ns]"),
+                     n_members=n_members,
                      n_steps=steps[-1], perturbation=perturbation, archive=sink, seed=seed,
                      members_per_batch=n_members, model_error=model_error)
     se, variance = sink.se / sink.count[:, None], sink.variance / sink.count[:, None]
