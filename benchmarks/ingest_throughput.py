@@ -37,7 +37,7 @@ from ingest.climatology import compute_climatology, write_climatology
 from ingest.grid import equiangular_lats, regular_lons
 from ingest.readers import open_sources
 from ingest.store import StatsPeriod, StoreLayout, write_store
-from ingest.synthetic import write_cds_netcdf
+from ingest.cds_layout import write_monthly_files
 
 #: 1° grid, 6-hourly, three 500 hPa fields: ~190 MB of float32 for 60 days.
 CASE = {"days": 60, "nlat": 181, "nlon": 360, "shard_steps": 28}
@@ -65,7 +65,7 @@ def _era5_files(directory: Path, days: int, nlat: int, nlon: int) -> list[Path]:
     ds = xr.Dataset(fields, coords={"valid_time": times.astype("datetime64[ns]"), "pressure_level": [500.0],
                                     "latitude": lat, "longitude": lon, "number": np.int64(0),
                                     "expver": ("valid_time", np.full(times.size, "0001"))})
-    return write_cds_netcdf(ds, directory, prefix="era5_bench")
+    return write_monthly_files(ds, directory, prefix="era5_bench")
 
 
 def _ours(files: list[Path], out: Path) -> float:

@@ -14,8 +14,11 @@ amplitude by fixed-point iteration on the SSR:
    at a short lead is proportional to the initial amplitude, so this is Newton's step in
    log-amplitude for that regime);
 2. if the SSR at the long lead is then short of ``1 − tolerance`` on average over the
-   variables, model error is switched on and its amplitude ``σ ← σ / mean_v SSR_v(long lead)``
-   is iterated together with step 1's update of the initial amplitudes.
+   variables, model error is switched on and both amplitudes are iterated per variable. The
+   debiased spread ``E = SSR · RMSE`` is split as ``E² = (a/a₀)² E₀² + G(σ)`` at each of the two
+   leads, with ``E₀`` measured without model error at amplitude ``a₀`` (the end of step 1) and
+   the model-error part ``G ∝ σ²``; the next ``(a, σ)`` solve ``E² = RMSE²`` at both leads (two
+   linear equations in ``a²`` and ``σ²``), each factor kept within [1/2, 2] per iteration.
 
 Each evaluation runs a small ensemble (:func:`measure_spread_skill`) from init times the
 caller chooses — the validation period, never the scored inits.
@@ -60,6 +63,14 @@ class SpreadSkill:
     rmse: np.ndarray
     spread: np.ndarray
 
+    def effective(self, step: int) -> dict[str, tuple[float, float]]:
+        """``(E, RMSE)`` per channel at lead ``step``: the debiased spread ``E = SSR · RMSE`` and the RMSE."""
+        row = self.lead_steps.index(step)
+        return {
+            c: (float(self.ssr[row, i] * self.rmse[row, i]), float(self.rmse[row, i]))
+            for i, c in enumerate(self.channels)
+        }
+
     def at(self, step: int) -> dict[str, float]:
         """The SSR of every channel at lead ``step``."""
         row = self.lead_steps.index(step)
@@ -69,8 +80,13 @@ class SpreadSkill:
 class _SpreadSkillSink:
     """An :class:`~ensembles.protocols.Archive` summing ensemble-mean squared error and member variance."""
 
-    def __init__(self, truth_state: Callable[[np.datetime64], torch.Tensor], truth_channels: Sequence[str] | np.ndarray,
-                 lead_times: np.ndarray, lat: np.ndarray) -> None:
+    def __init__(
+        self,
+        truth_state: Callable[[np.datetime64], torch.Tensor],
+        truth_channels: Sequence[str] | np.ndarray,
+        lead_times: np.ndarray,
+        lat: np.ndarray,
+    ) -> None:
         self.truth_state, self.truth_channels = truth_state, [str(c) for c in truth_channels]
         self.lead_times = lead_times
         weights = cell_area_weights(np.asarray(lat, dtype=np.float64))
@@ -92,8 +108,12 @@ class _SpreadSkillSink:
         members = torch.as_tensor(x).detach().cpu().numpy().astype(np.float64)
         self.n_members = members.shape[0]
         valid = np.datetime64(coords[INIT_TIME][0], "ns") + lead
-        truth = self.truth_state(valid).cpu().numpy().astype(np.float64)[[self.truth_channels.index(c)
-                                                                            for c in channels]]
+        truth = (
+            self.truth_state(valid)
+            .cpu()
+            .numpy()
+            .astype(np.float64)[[self.truth_channels.index(c) for c in channels]]
+        )
         error = members.mean(0) - truth
         self.se[row] += self._area_mean(error**2)
         self.variance[row] += self._area_mean(members.var(0, ddof=1))
@@ -146,15 +166,26 @@ def measure_spread_skill(
     """
     steps = sorted({int(s) for s in lead_steps})
     if n_members < 2 or not len(init_times) or not steps or steps[0] < 1:
-        raise EnsembleInputError(f"expected at least 2 members, one init time and lead steps >= 1; found "
-                                 f"n_members={n_members}, {len(init_times)} init times, lead_steps={list(lead_steps)}")
+        raise EnsembleInputError(
+            f"expected at least 2 members, one init time and lead steps >= 1; found "
+            f"n_members={n_members}, {len(init_times)} init times, lead_steps={list(lead_steps)}"
+        )
     step = np.timedelta64(prognostic.step_size).astype("timedelta64[ns]")
     sink = _SpreadSkillSink(truth_state, coords[CHANNEL], np.array(steps) * step, coords[LAT])
     for init in init_times:
-        run_ensemble(prognostic, initial_state(init), coords, np.datetime64(init).astype("datetime64[ns]"),
-                     n_members=n_members,
-                     n_steps=steps[-1], perturbation=perturbation, archive=sink, seed=seed,
-                     members_per_batch=n_members, model_error=model_error)
+        run_ensemble(
+            prognostic,
+            initial_state(init),
+            coords,
+            np.datetime64(init).astype("datetime64[ns]"),
+            n_members=n_members,
+            n_steps=steps[-1],
+            perturbation=perturbation,
+            archive=sink,
+            seed=seed,
+            members_per_batch=n_members,
+            model_error=model_error,
+        )
     se, variance = sink.se / sink.count[:, None], sink.variance / sink.count[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
         ssr = np.sqrt((n_members + 1) / n_members) * np.sqrt(variance / se)
@@ -170,8 +201,8 @@ class Calibration:
     ----------
     amplitudes : dict of str to float
         Initial-perturbation amplitude per variable (units of each channel's std).
-    model_error : float
-        Model-error amplitude (0: no model error).
+    model_error : dict of str to float
+        Model-error amplitude per variable (all 0: no model error).
     reference_step, long_step : int
         The lead steps matched.
     ssr_reference, ssr_long : dict of str to float
@@ -181,7 +212,7 @@ class Calibration:
     """
 
     amplitudes: dict[str, float]
-    model_error: float
+    model_error: dict[str, float]
     reference_step: int
     long_step: int
     ssr_reference: dict[str, float]
@@ -193,8 +224,9 @@ class Calibration:
         return asdict(self)
 
 
-#: ``measure(amplitudes, model_error, lead_steps) -> SpreadSkill``: one evaluation of the ensemble.
-Measure = Callable[[dict[str, float], float, Sequence[int]], SpreadSkill]
+#: ``measure(amplitudes, model_error, lead_steps) -> SpreadSkill``: one evaluation of the ensemble, with
+#: initial and model-error amplitudes per variable.
+Measure = Callable[[dict[str, float], dict[str, float], Sequence[int]], SpreadSkill]
 
 
 def calibrate(
@@ -223,7 +255,7 @@ def calibrate(
     iterations : int
         Updates in each phase.
     model_error : float
-        Starting model-error amplitude when model error is switched on.
+        Starting model-error amplitude of every variable when model error is switched on.
     allow_model_error : bool
         Never switch model error on when false.
     tolerance : float
@@ -239,39 +271,85 @@ def calibrate(
     if not amplitudes or any(not np.isfinite(a) or a <= 0 for a in amplitudes.values()):
         raise EnsembleInputError(f"expected positive starting amplitudes per variable, found {amplitudes}")
     if not 1 <= reference_step <= long_step:
-        raise EnsembleInputError(f"expected 1 <= reference_step <= long_step, found {reference_step}, {long_step}")
+        raise EnsembleInputError(
+            f"expected 1 <= reference_step <= long_step, found {reference_step}, {long_step}"
+        )
     history: list[dict] = []
 
-    def evaluate(current: dict[str, float], sigma: float, steps: Sequence[int]) -> SpreadSkill:
+    def evaluate(current: dict[str, float], sigma: dict[str, float], steps: Sequence[int]) -> SpreadSkill:
         result = measure(current, sigma, steps)
-        record = {"amplitudes": dict(current), "model_error": sigma,
-                  **{f"ssr_{s}": result.at(s) for s in result.lead_steps}}
+        record = {
+            "amplitudes": dict(current),
+            "model_error": dict(sigma),
+            **{f"ssr_{s}": result.at(s) for s in result.lead_steps},
+        }
         history.append(record)
         if on_evaluation is not None:
             on_evaluation(record)
         return result
 
-    current, sigma = dict(amplitudes), 0.0
+    current, sigma = dict(amplitudes), dict.fromkeys(amplitudes, 0.0)
     for _ in range(iterations):
         current = _rescaled(current, evaluate(current, sigma, [reference_step]).at(reference_step))
     both = [reference_step, long_step]
     result = evaluate(current, sigma, both)
     if allow_model_error and np.mean(list(result.at(long_step).values())) < 1 - tolerance:
-        sigma = model_error
+        base, base_amplitudes = result, dict(current)
+        sigma = dict.fromkeys(amplitudes, model_error)
         for _ in range(iterations):
             result = evaluate(current, sigma, both)
-            current = _rescaled(current, result.at(reference_step))
-            sigma = float(np.clip(sigma / np.mean(list(result.at(long_step).values())), *MODEL_ERROR_BOUNDS))
+            current, sigma = _split_update(
+                current, sigma, base_amplitudes, base, result, reference_step, long_step
+            )
         result = evaluate(current, sigma, both)
-    return Calibration(current, sigma, reference_step, long_step, result.at(reference_step), result.at(long_step),
-                       history)
+    return Calibration(
+        current, sigma, reference_step, long_step, result.at(reference_step), result.at(long_step), history
+    )
 
 
-def _rescaled(amplitudes: dict[str, float], ssr: dict[str, float]) -> dict[str, float]:
-    """``a_v / SSR_v`` per variable, within :data:`AMPLITUDE_BOUNDS` (a variable without a finite SSR keeps ``a_v``)."""
+def _split_update(
+    amplitudes: dict[str, float],
+    sigma: dict[str, float],
+    base_amplitudes: dict[str, float],
+    base: SpreadSkill,
+    result: SpreadSkill,
+    reference: int,
+    long: int,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The next initial and model-error amplitudes from the spread split (module docstring, step 2).
+
+    A variable whose split is degenerate (no model-error spread measured, or the two leads
+    carry the same proportions) falls back to ``a ← a / SSR(reference)``, ``σ ← σ / SSR(long)``.
+    """
+    new_a, new_sigma = {}, {}
+    now = {lead: result.effective(lead) for lead in (reference, long)}
+    before = {lead: base.effective(lead) for lead in (reference, long)}
+    for v, a in amplitudes.items():
+        ratio2 = (a / base_amplitudes[v]) ** 2
+        e0 = [before[lead][v][0] ** 2 for lead in (reference, long)]
+        e2 = [now[lead][v][0] ** 2 for lead in (reference, long)]
+        r2 = [now[lead][v][1] ** 2 for lead in (reference, long)]
+        g = [max(e - ratio2 * e_0, 0.0) for e, e_0 in zip(e2, e0, strict=True)]
+        det = e0[0] * g[1] - e0[1] * g[0]
+        if not np.isfinite(det) or g[1] <= 0 or abs(det) <= 1e-9 * e0[0] * g[1] or sigma[v] <= 0:
+            new_a[v] = _rescaled({v: a}, result.at(reference))[v]
+            new_sigma[v] = _rescaled({v: sigma[v]}, result.at(long), MODEL_ERROR_BOUNDS)[v]
+            continue
+        x = (r2[0] * g[1] - r2[1] * g[0]) / det  # (a'/a0)²
+        y = (e0[0] * r2[1] - e0[1] * r2[0]) / det  # (σ'/σ)²
+        a_factor = np.clip(np.sqrt(max(x, 0.0) / ratio2), 0.5, 2.0)
+        new_a[v] = float(np.clip(a * a_factor, *AMPLITUDE_BOUNDS))
+        new_sigma[v] = float(np.clip(sigma[v] * np.clip(np.sqrt(max(y, 0.0)), 0.5, 2.0), *MODEL_ERROR_BOUNDS))
+    return new_a, new_sigma
+
+
+def _rescaled(
+    amplitudes: dict[str, float], ssr: dict[str, float], bounds: tuple[float, float] = AMPLITUDE_BOUNDS
+) -> dict[str, float]:
+    """``a_v / SSR_v`` per variable, within ``bounds`` (a variable without a finite SSR keeps ``a_v``)."""
     out = {}
     for variable, amplitude in amplitudes.items():
         ratio = ssr.get(variable, float("nan"))
         factor = 1.0 / ratio if np.isfinite(ratio) and ratio > 0 else 1.0
-        out[variable] = float(np.clip(amplitude * factor, *AMPLITUDE_BOUNDS))
+        out[variable] = float(np.clip(amplitude * factor, *bounds))
     return out

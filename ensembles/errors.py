@@ -71,3 +71,11 @@ class ScoringGridError(ScoringError, CoordinateMismatchError):
 
 class RegionError(ScoringError):
     """A region is malformed, unknown, or holds no point of the grid it is applied to."""
+
+
+class MissingStatisticsError(ScoringError):
+    """Merged statistics lack one that a metric's finaliser reads (the message names them).
+
+    Raised instead of a ``KeyError`` deep in a finaliser, or a silently missing score, when
+    statistics were summed from a subset of :data:`ensembles.metrics.STATISTICS`.
+    """

@@ -35,13 +35,15 @@ results equal the functions above on the same forecasts (tested to 1e-6).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import xarray as xr
 
-from ensembles.errors import ScoringError
+from ensembles.errors import MissingStatisticsError, ScoringError
 from ingest.dims import INIT_TIME, LAT, LON, MEMBER
 from ingest.grid import cell_area_weights
 
@@ -635,6 +637,9 @@ STATISTICS = {
     "brier_fair": "<(p - o)² - p(1 - p)/(M - 1)> (M ≥ 2)",
     "rank": "frequency of each rank of y among the members, M + 1 bins, ties split evenly (M ≥ 2)",
 }
+#: The statistics :func:`forecast_statistics` computes only for an ensemble (M ≥ 2): the metrics
+#: that read them are NaN for a single member.
+ENSEMBLE_STATISTICS = frozenset({"variance", "debiased_se", "crps_fair", "energy_fair", "brier_fair", "rank"})
 
 
 def forecast_statistics(members: np.ndarray, truth: np.ndarray, climatology: np.ndarray,
@@ -772,27 +777,76 @@ class StatisticSums:
         return {k: v / self.count for k, v in self.totals.items()}
 
 
-def _ssr(m: dict[str, np.ndarray], n: int) -> np.ndarray:
+@dataclass(frozen=True)
+class Finaliser:
+    """How one metric follows from the means of statistics over forecasts.
+
+    Attributes
+    ----------
+    needs : tuple of str
+        The statistics (:data:`STATISTICS`) ``function`` reads for an ensemble (M ≥ 2).
+    function : callable
+        ``function(means, n_members) -> numpy.ndarray`` of shape (region,); ``means`` holds
+        exactly the statistics of :meth:`needed`, each of shape (region,) (``rank``:
+        (member + 1, region)), so reading an undeclared one fails at once.
+    one_member_needs : tuple of str, optional
+        What it reads for a single member, where that differs (the plain estimators in
+        place of the fair ones); ``needs`` by default.
+    """
+
+    needs: tuple[str, ...]
+    function: Callable[[Mapping[str, np.ndarray], int], np.ndarray]
+    one_member_needs: tuple[str, ...] | None = None
+
+    def needed(self, n_members: int) -> tuple[str, ...]:
+        """The statistics read for ``n_members``-member forecasts."""
+        return self.needs if n_members >= 2 or self.one_member_needs is None else self.one_member_needs
+
+
+def _fair_or_plain(fair: str, plain: str) -> Finaliser:
+    """The statistic ``fair`` for an ensemble, ``plain`` for a single member."""
+    return Finaliser((fair,), lambda m, n: m[fair if n >= 2 else plain], one_member_needs=(plain,))
+
+
+def reliability_index(frequencies: np.ndarray) -> np.ndarray:
+    """Flatness of rank histograms: ``Σ_i |f_i − 1/(M+1)|`` (Delle Monache et al. 2006), 0 when flat.
+
+    Parameters
+    ----------
+    frequencies : numpy.ndarray, shape (rank, ...)
+        Rank frequencies summing to 1 over the ``M + 1`` ranks.
+
+    Returns
+    -------
+    numpy.ndarray, shape (...)
+        0 for a flat histogram, ``2 M/(M+1)`` at most (every truth in one bin).
+    """
+    frequencies = np.asarray(frequencies, dtype=np.float64)
+    return np.abs(frequencies - 1.0 / frequencies.shape[0]).sum(axis=0)
+
+
+def _ssr(m: Mapping[str, np.ndarray], n: int) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.sqrt((n + 1) / n) * np.sqrt(m["variance"]) / np.sqrt(m["se"])
 
 
-#: Finalisers: metric name → (statistics it needs, ``f(means, n_members)``). The CRPS, energy
-#: and Brier scores use the fair estimators for ensembles (M ≥ 2) and the plain ones for a
-#: single member, where the CRPS is the MAE; the ``_plain`` variants are always plain.
+#: Finalisers: metric name → :class:`Finaliser`. The CRPS, energy and Brier scores use the fair
+#: estimators for ensembles (M ≥ 2) and the plain ones for a single member, where the CRPS is
+#: the MAE; the ``_plain`` variants are always plain.
 FINALISERS = {
-    "rmse": (("se",), lambda m, n: np.sqrt(m["se"])),
-    "mse": (("se",), lambda m, n: m["se"]),
-    "mae": (("ae",), lambda m, n: m["ae"]),
-    "bias": (("error",), lambda m, n: m["error"]),
-    "acc": (("acc",), lambda m, n: m["acc"]),
-    "crps": (("crps_plain",), lambda m, n: m["crps_fair"] if n >= 2 else m["crps_plain"]),
-    "crps_plain": (("crps_plain",), lambda m, n: m["crps_plain"]),
-    "energy_score": (("energy_plain",), lambda m, n: m["energy_fair"] if n >= 2 else m["energy_plain"]),
-    "brier": (("brier",), lambda m, n: m["brier_fair"] if n >= 2 else m["brier"]),
-    "spread": (("variance",), lambda m, n: np.sqrt(m["variance"])),
-    "ssr": (("variance", "se"), _ssr),
-    "debiased_rmse": (("debiased_se",), lambda m, n: np.sqrt(np.maximum(m["debiased_se"], 0.0))),
+    "rmse": Finaliser(("se",), lambda m, n: np.sqrt(m["se"])),
+    "mse": Finaliser(("se",), lambda m, n: m["se"]),
+    "mae": Finaliser(("ae",), lambda m, n: m["ae"]),
+    "bias": Finaliser(("error",), lambda m, n: m["error"]),
+    "acc": Finaliser(("acc",), lambda m, n: m["acc"]),
+    "crps": _fair_or_plain("crps_fair", "crps_plain"),
+    "crps_plain": Finaliser(("crps_plain",), lambda m, n: m["crps_plain"]),
+    "energy_score": _fair_or_plain("energy_fair", "energy_plain"),
+    "brier": _fair_or_plain("brier_fair", "brier"),
+    "spread": Finaliser(("variance",), lambda m, n: np.sqrt(m["variance"])),
+    "ssr": Finaliser(("variance", "se"), _ssr),
+    "debiased_rmse": Finaliser(("debiased_se",), lambda m, n: np.sqrt(np.maximum(m["debiased_se"], 0.0))),
+    "reliability": Finaliser(("rank",), lambda m, n: reliability_index(m["rank"])),
 }
 #: Metrics of the scorecard, in display order.
 METRICS = tuple(FINALISERS)
@@ -801,15 +855,31 @@ METRICS = tuple(FINALISERS)
 def finalise(sums: StatisticSums, metric: str) -> np.ndarray:
     """The score ``metric`` (:data:`FINALISERS`) from merged statistics; shape (region,).
 
-    NaN where the metric needs an ensemble and ``sums`` are of one member (spread, SSR, …).
+    NaN where the metric reads statistics of an ensemble (:data:`ENSEMBLE_STATISTICS`: spread,
+    SSR, …) and ``sums`` are of one member.
+
+    Raises
+    ------
+    ScoringError
+        If ``metric`` is unknown or nothing was summed.
+    MissingStatisticsError
+        If ``sums`` lack a statistic the metric reads (other than an ensemble statistic of a
+        single member); the message names the missing and the present ones.
     """
     if metric not in FINALISERS:
         raise ScoringError(f"unknown metric {metric!r}; expected one of {list(FINALISERS)}")
-    needed, function = FINALISERS[metric]
+    finaliser = FINALISERS[metric]
+    needed = finaliser.needed(sums.n_members)
     means = sums.means()
-    if any(k not in means for k in needed):
-        return np.full(means["se"].shape, np.nan)
-    return function(means, sums.n_members)
+    missing = [k for k in needed if k not in means]
+    if missing and means and sums.n_members < 2 and ENSEMBLE_STATISTICS.issuperset(missing):
+        return np.full(next(iter(means.values())).shape[-1:], np.nan)  # every statistic ends in (region,)
+    if missing:
+        raise MissingStatisticsError(
+            f"metric {metric!r} of {sums.n_members}-member forecasts reads statistics {list(needed)}; "
+            f"missing {missing}, found {sorted(means)}"
+        )
+    return finaliser.function({k: means[k] for k in needed}, sums.n_members)
 
 
 def rank_histogram_frequencies(sums: StatisticSums) -> np.ndarray | None:

@@ -18,9 +18,11 @@ It is built from mergeable partial results (:class:`ScoreAccumulator`, holding a
 Dask, one archive chunk per task, so an archive is never loaded whole;
 :class:`ensembles.streaming.StreamingScorer` does the same while the runner produces members.
 
-Systems: ``fourcast`` (the archive's ensemble), ``persistence`` (the truth at init time) and
-``climatology`` (the climatology at the valid time), scored at the same points by the same
-statistics. The ACC of the climatology forecast is 0 by convention (its anomaly is identically
+Systems: ``fourcast`` (the archive's ensemble), ``persistence`` (the truth at init time),
+``climatology`` (the day-of-year × hour climatology at the valid time), ``time_mean`` (the
+per-point time mean of the statistics period, when given: the stronger climatology of a flow
+without seasons) and ``control`` (member 0 of the ensemble alone, its control forecast), scored at
+the same points by the same statistics. The ACC of the climatology forecast is 0 by convention (its anomaly is identically
 zero, the correlation 0/0).
 
 NaN policy (``ScoreOptions.nan_policy``): ``"fail"`` (default) raises
@@ -66,12 +68,16 @@ from ingest.progress import progress
 FOURCAST = "fourcast"
 PERSISTENCE = "persistence"
 CLIMATOLOGY = "climatology"
-SYSTEMS = (FOURCAST, PERSISTENCE, CLIMATOLOGY)
+TIME_MEAN = "time_mean"
+CONTROL = "control"
+SYSTEMS = (FOURCAST, PERSISTENCE, CLIMATOLOGY, TIME_MEAN, CONTROL)
+#: The two climatological baselines; the stronger (lower RMSE) of them is the one to beat.
+CLIMATOLOGIES = (CLIMATOLOGY, TIME_MEAN)
 NAN_POLICIES = ("fail", "skip")
 METRIC, VARIABLE, REGION, SYSTEM = "metric", "variable", "region", "system"
 SCORE_DIMS = (METRIC, VARIABLE, REGION, LEAD_TIME, SYSTEM)
 #: Metrics without units (the others are in the variable's units, ``mse`` in its square).
-DIMENSIONLESS = ("acc", "ssr", "brier")
+DIMENSIONLESS = ("acc", "ssr", "brier", "reliability")
 #: Chunks summed per task of the Dask reduction tree.
 _FAN_IN = 16
 
@@ -141,15 +147,17 @@ class ScoreAccumulator:
 
     def to_dataset(self, variables: Sequence[str], lead_times: np.ndarray, regions: Sequence[Region],
                    attrs: dict[str, Any] | None = None) -> xr.Dataset:
-        """The scorecard (module docstring) of everything accumulated."""
+        """The scorecard (module docstring) of everything accumulated: the systems scored, in :data:`SYSTEMS` order."""
         leads = np.asarray(lead_times).astype("timedelta64[ns]")
-        shape = (len(METRICS), len(variables), len(regions), leads.size, len(SYSTEMS))
+        held = {key[0] for key in self.sums}
+        systems = [s for s in SYSTEMS if s in held or s in (FOURCAST, PERSISTENCE, CLIMATOLOGY)]
+        shape = (len(METRICS), len(variables), len(regions), leads.size, len(systems))
         score = np.full(shape, np.nan)
         n_members = max((s.n_members for k, s in self.sums.items() if k[0] == FOURCAST), default=1)
         ranks = np.full((len(variables), len(regions), leads.size, n_members + 1), np.nan)
-        counts = np.zeros((len(variables), leads.size, len(SYSTEMS)), dtype=np.int64)
+        counts = np.zeros((len(variables), leads.size, len(systems)), dtype=np.int64)
         for (system, variable, lead), sums in self.sums.items():
-            v, l, s = list(variables).index(variable), int(np.flatnonzero(leads == lead)[0]), SYSTEMS.index(system)
+            v, l, s = list(variables).index(variable), int(np.flatnonzero(leads == lead)[0]), systems.index(system)
             counts[v, l, s] = sums.count
             for m, metric in enumerate(METRICS):
                 score[m, v, :, l, s] = finalise(sums, metric)
@@ -160,7 +168,7 @@ class ScoreAccumulator:
                     for name, table in (("n_skipped", self.skipped), ("n_unwritten", self.unwritten))}
         coords = {
             METRIC: list(METRICS), VARIABLE: list(variables), REGION: [r.name for r in regions],
-            LEAD_TIME: leads, SYSTEM: list(SYSTEMS), RANK: np.arange(n_members + 1),
+            LEAD_TIME: leads, SYSTEM: systems, RANK: np.arange(n_members + 1),
             "lead_hours": (LEAD_TIME, leads / np.timedelta64(1, "h")),
             "units": (VARIABLE, [get_variable(v).units for v in variables]),
         }
@@ -188,6 +196,7 @@ def score_chunk(
     climatology_valid: np.ndarray,
     region_weights: np.ndarray,
     options: ScoreOptions,
+    time_mean: np.ndarray | None = None,
 ) -> ScoreAccumulator:
     """Score one forecast (one init and lead, every variable) for every system and region.
 
@@ -205,6 +214,8 @@ def score_chunk(
     region_weights : numpy.ndarray, shape (region, lat·lon)
         :func:`ensembles.regions.weight_matrix`.
     options : ScoreOptions
+    time_mean : numpy.ndarray, shape (channel, lat, lon), optional
+        Per-point time mean of the statistics period: scored as the ``time_mean`` baseline.
 
     Raises
     ------
@@ -218,6 +229,8 @@ def score_chunk(
         inputs = {"truth": truth_valid[c].ravel(), "climatology": climatology_valid[c].ravel()}
         if options.baselines:
             inputs["truth at init time"] = truth_init[c].ravel()
+            if time_mean is not None:
+                inputs["time mean"] = time_mean[c].ravel()
         if not _usable(accumulator, variable, init_time, lead, forecast, inputs, options):
             continue
         y, clim = inputs["truth"], inputs["climatology"]
@@ -226,6 +239,11 @@ def score_chunk(
             persistence = inputs["truth at init time"][None]
             accumulator.add(PERSISTENCE, variable, lead, forecast_statistics(persistence, y, clim, region_weights), 1)
             accumulator.add(CLIMATOLOGY, variable, lead, forecast_statistics(clim[None], y, clim, region_weights), 1)
+            if time_mean is not None:
+                accumulator.add(TIME_MEAN, variable, lead,
+                                forecast_statistics(inputs["time mean"][None], y, clim, region_weights), 1)
+            if n_members >= 2:
+                accumulator.add(CONTROL, variable, lead, forecast_statistics(forecast[:1], y, clim, region_weights), 1)
     return accumulator
 
 
@@ -348,6 +366,7 @@ def score_archive(
     *,
     variables: Sequence[str] | None = None,
     lead_times: Sequence[np.timedelta64] | np.ndarray | None = None,
+    time_mean: xr.DataArray | None = None,
 ) -> xr.Dataset:
     """Scorecard of an archive and its baselines against the truth, computed chunk by chunk with Dask.
 
@@ -372,6 +391,9 @@ def score_archive(
         Archive variables to score (default all).
     lead_times : array of timedelta64, optional
         Archive lead times to score (default all).
+    time_mean : xarray.DataArray, dims (channel, lat, lon), optional
+        Per-point time mean of the statistics period (:func:`time_mean_field`), scored as the
+        ``time_mean`` baseline.
 
     Raises
     ------
@@ -388,6 +410,10 @@ def score_archive(
     require_labels(truth, CHANNEL, np.asarray(variables), "truth")
     require_labels(climatology, CHANNEL, np.asarray(variables), "climatology")
     require_valid_times(truth, inits, leads)
+    if time_mean is not None:
+        time_mean = on_grid(time_mean, archive[LAT].values, archive[LON].values, "time mean")
+        require_labels(time_mean, CHANNEL, np.asarray(variables), "time mean")
+        time_mean = dask.delayed(time_mean.sel({CHANNEL: variables}).transpose(CHANNEL, LAT, LON).values, pure=True)
     weights = dask.delayed(weight_matrix(options.regions, archive[LAT].values, archive[LON].values), pure=True)
     members = archive[variables].to_dataarray(CHANNEL).transpose(INIT_TIME, LEAD_TIME, MEMBER, CHANNEL, LAT, LON)
     members = members.sel({LEAD_TIME: leads})
@@ -399,7 +425,7 @@ def score_archive(
     chunk = dask.delayed(score_chunk)
     tasks = [
         chunk(init, lead, variables, members.data[i, l], truth.data[position.get_loc(init + lead)],
-              truth.data[position.get_loc(init)], climate.data[i, l], weights, options)
+              truth.data[position.get_loc(init)], climate.data[i, l], weights, options, time_mean)
         for i, init in enumerate(inits) for l, lead in enumerate(leads)
     ]
     label = f"scoring {len(variables)} variables x {len(inits)} inits x {len(leads)} leads"
@@ -435,6 +461,21 @@ def _sum_all(accumulators: list[ScoreAccumulator]) -> ScoreAccumulator:
     for accumulator in accumulators[1:]:
         total = total + accumulator
     return total
+
+
+def time_mean_field(truth: xr.DataArray, start: np.datetime64, end: np.datetime64) -> xr.DataArray:
+    """Per-point time mean ``[channel, lat, lon]`` of ``truth`` (time, channel, lat, lon) over ``start..end``, loaded.
+
+    Raises
+    ------
+    ScoringError
+        If the truth holds no time in the period.
+    """
+    period = truth.sel({TIME: slice(np.datetime64(start, "ns"), np.datetime64(end, "ns"))})
+    if not period.sizes[TIME]:
+        raise ScoringError(f"the truth holds no time in the statistics period {str(start)[:16]}..{str(end)[:16]} "
+                           "for the time-mean baseline")
+    return period.mean(TIME).astype(np.float64).load()
 
 
 def require_valid_times(truth: xr.DataArray, inits: np.ndarray, leads: np.ndarray) -> None:
@@ -556,10 +597,39 @@ def open_scorecard(path: str | Path) -> xr.Dataset:
 
 #: The scores a summary shows per system: fourcast's ensemble-mean skill, ACC, CRPS and
 #: spread-skill ratio; the baselines' RMSE and ACC.
-HEADLINE_METRICS = {FOURCAST: ("rmse", "acc", "crps", "ssr"), PERSISTENCE: ("rmse", "acc"),
-                    CLIMATOLOGY: ("rmse", "acc")}
+HEADLINE_METRICS = {FOURCAST: ("rmse", "acc", "crps", "ssr", "reliability", "crpss_climatology",
+                              "crpss_persistence"),
+                    PERSISTENCE: ("rmse", "acc", "crps"), CLIMATOLOGY: ("rmse", "acc", "crps"),
+                    TIME_MEAN: ("rmse", "acc", "crps"), CONTROL: ("mae",), "best_climatology": ("rmse", "crps")}
 
 
 def headline_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The records of :data:`HEADLINE_METRICS`, in their order."""
+    """The records of :data:`HEADLINE_METRICS`, in their order, with the skill scores of :func:`skill_records`."""
+    records = [*records, *skill_records(records)]
     return [r for r in records if r["metric"] in HEADLINE_METRICS.get(r["system"], ())]
+
+
+def skill_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Derived records: the stronger climatology and fourcast's CRPS skill scores.
+
+    - ``best_climatology``: per variable, lead and metric (RMSE, CRPS), the lower of the
+      ``climatology`` and ``time_mean`` baselines;
+    - fourcast's ``crpss_climatology`` = ``1 − CRPS / CRPS(best climatology)`` and
+      ``crpss_persistence`` = ``1 − CRPS / CRPS(persistence)`` (a deterministic forecast's CRPS is its MAE).
+    """
+    value = {(r["variable"], r["lead_hours"], r["system"], r["metric"]): r["value"] for r in records}
+    derived = []
+    for variable, lead in sorted({(r["variable"], r["lead_hours"]) for r in records}):
+        for metric in ("rmse", "crps"):
+            held = [value[(variable, lead, s, metric)] for s in CLIMATOLOGIES if (variable, lead, s, metric) in value]
+            if held:
+                derived.append({"variable": variable, "lead_hours": lead, "system": "best_climatology",
+                                "metric": metric, "value": min(held)})
+                value[(variable, lead, "best_climatology", metric)] = min(held)
+        crps = value.get((variable, lead, FOURCAST, "crps"))
+        for name, baseline in (("crpss_climatology", "best_climatology"), ("crpss_persistence", PERSISTENCE)):
+            reference = value.get((variable, lead, baseline, "crps"))
+            if crps is not None and reference:
+                derived.append({"variable": variable, "lead_hours": lead, "system": FOURCAST, "metric": name,
+                                "value": 1.0 - crps / reference})
+    return derived

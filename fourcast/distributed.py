@@ -3,7 +3,8 @@
 Launch with ``torchrun`` (one node: ``torchrun --nproc-per-node N …``; several nodes:
 ``torchrun --nnodes M --nproc-per-node N --rdzv-backend c10d --rdzv-endpoint HOST:PORT …``, or
 Slurm's ``srun`` exporting the same variables). The launcher sets ``RANK``, ``WORLD_SIZE``,
-``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`process_group` reads them through
+``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; :class:`LaunchEnv` is the one parser and
+check of them (the pipeline's stages read it too), and :func:`process_group` joins the job through
 the ``env://`` rendezvous. Without them (``python -m …``) everything runs as a single process of
 world size 1 and no collective is ever issued, so the single-process path costs nothing extra.
 
@@ -13,7 +14,7 @@ Backends: NCCL when the process drives a CUDA device (``cuda:LOCAL_RANK``), gloo
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -64,16 +65,73 @@ class DistContext:
         return self.backend is not None
 
 
-def _launch_environment() -> dict[str, str]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return {}
-    missing = [name for name in LAUNCH_VARIABLES if name not in os.environ]
-    if missing:
-        raise DistributedSetupError(
-            f"WORLD_SIZE={world} but {missing} are not set; start the job with torchrun (or export all of "
-            f"{list(LAUNCH_VARIABLES)})")
-    return {name: os.environ[name] for name in LAUNCH_VARIABLES}
+@dataclass(frozen=True)
+class LaunchEnv:
+    """This process's place in a launch, as the launcher's environment describes it.
+
+    The one parser of ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (``torchrun``, or Slurm's
+    ``srun`` exporting the same): the process group and the pipeline's stages both read it.
+    Without the variables it is a single process (rank 0 of 1).
+
+    Attributes
+    ----------
+    rank : int
+        Global rank, ``0 <= rank < world_size``.
+    world_size : int
+        Number of processes, at least 1.
+    local_rank : int
+        Rank on this node, ``0 <= local_rank < world_size``; picks the CUDA device.
+
+    Raises
+    ------
+    DistributedSetupError
+        On construction, if the values do not satisfy those bounds.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    def __post_init__(self) -> None:
+        world = self.world_size
+        if world < 1 or not 0 <= self.rank < world or not 0 <= self.local_rank < world:
+            raise DistributedSetupError(
+                f"expected WORLD_SIZE >= 1, 0 <= RANK < WORLD_SIZE and 0 <= LOCAL_RANK < WORLD_SIZE, found "
+                f"RANK={self.rank} WORLD_SIZE={self.world_size} LOCAL_RANK={self.local_rank}"
+            )
+
+    @property
+    def is_distributed(self) -> bool:
+        """True for a launch of more than one process."""
+        return self.world_size > 1
+
+    @classmethod
+    def from_environ(cls, env: Mapping[str, str] | None = None) -> LaunchEnv:
+        """Read the launcher's variables from ``env`` (default ``os.environ``).
+
+        Raises
+        ------
+        DistributedSetupError
+            If a variable is not an integer, the bounds of :class:`LaunchEnv` do not hold, or
+            ``WORLD_SIZE > 1`` while any of :data:`LAUNCH_VARIABLES` (the rendezvous) is unset.
+        """
+        env = os.environ if env is None else env
+        values = {}
+        for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
+            text = env.get(name)
+            try:
+                values[name] = default if text is None else int(text)
+            except ValueError as err:
+                message = f"expected an integer {name} from the launcher, found {text!r}"
+                raise DistributedSetupError(message) from err
+        launch = cls(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"])
+        missing = [name for name in LAUNCH_VARIABLES if name not in env]
+        if launch.is_distributed and missing:
+            raise DistributedSetupError(
+                f"WORLD_SIZE={launch.world_size} but {missing} are not set; start the job with torchrun (or "
+                f"export all of {list(LAUNCH_VARIABLES)})"
+            )
+        return launch
 
 
 def _rank_device(requested: str | None, local_rank: int) -> torch.device:
@@ -108,13 +166,14 @@ def process_group(device: str | None = None, timeout_s: float = 1800.0) -> Itera
     Raises
     ------
     DistributedSetupError
-        If ``WORLD_SIZE > 1`` but the rendezvous variables are incomplete.
+        If the launcher's variables are malformed or, with ``WORLD_SIZE > 1``, incomplete
+        (:meth:`LaunchEnv.from_environ`).
     """
-    env = _launch_environment()
-    if not env:
+    launch = LaunchEnv.from_environ()
+    if not launch.is_distributed:
         yield DistContext(device=default_device(device))
         return
-    rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"])
+    rank, world, local = launch.rank, launch.world_size, launch.local_rank
     rank_device = _rank_device(device, local)
     backend = "nccl" if rank_device.type == "cuda" else "gloo"
     if rank_device.type == "cuda":
@@ -178,7 +237,7 @@ def main_first(timeout_s: float = 600.0) -> Iterator[None]:
     through its archive): a gloo group is held for the block and closed after it. Every process
     of the launch must enter it; a single process just runs the block.
     """
-    if not _launch_environment():
+    if not LaunchEnv.from_environ().is_distributed:
         yield
         return
     with process_group("cpu", timeout_s) as ctx:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from fourcast.errors import ModelSpecError
-from ingest.synthetic import DRAG_DAYS, RELAXATION_DAYS, balanced_jet_state, solver_for, stir_band
+from ingest.synthetic import DEFAULT_FLOW, balanced_jet_state, solver_for, stir_band
 
 #: Channels the residual needs, in the order it reads them.
 SHALLOW_WATER_CHANNELS = ("z500", "u500", "v500")
@@ -112,8 +112,8 @@ class ShallowWaterResidual(nn.Module):
         flux = s.vrtdivspec(uv * (vort_grid + s.coriolis).unsqueeze(-3))
         mass = s.vrtdivspec(uv * phi_grid.unsqueeze(-3))
         energy = s.grid2spec(phi_grid + 0.5 * (uv ** 2).sum(dim=-3))
-        dphi = -mass[..., 1, :, :] + (self.target_phi - spec[..., 0, :, :]) / (RELAXATION_DAYS * _DAY)
-        damping = 1.0 / (DRAG_DAYS * _DAY) + self.hyperdiffusion
+        dphi = -mass[..., 1, :, :] + (self.target_phi - spec[..., 0, :, :]) / (DEFAULT_FLOW.relaxation_days * _DAY)
+        damping = 1.0 / (DEFAULT_FLOW.drag_days * _DAY) + self.hyperdiffusion
         dvort = -flux[..., 1, :, :] - damping * spec[..., 1, :, :]
         ddiv = flux[..., 0, :, :] - s.lap * energy - damping * spec[..., 2, :, :]
         return torch.stack((dphi, dvort, ddiv), dim=-3)

@@ -79,6 +79,10 @@ class MissingVariableError(UnknownVariableError):
     """A requested variable (or pressure level) is absent from the inputs, or absent at some times."""
 
 
+class SourceGridError(GridMismatchError, CoordinateMismatchError):
+    """An input file is on another latitude/longitude grid than the first one read (grid.check_coords)."""
+
+
 class DuplicateTimeError(SourceLayoutError):
     """The same valid time comes twice from equally preferred sources with different values."""
 

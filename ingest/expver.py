@@ -99,7 +99,9 @@ def choose_copies(times: np.ndarray, ranks: np.ndarray) -> tuple[np.ndarray, np.
     return order[starts_group], order[~starts_group], winner[~starts_group]
 
 
-def merge_along_time(variable: Variable, pieces: list[tuple[str, xr.DataArray]]) -> tuple[xr.DataArray, np.ndarray, int]:
+def merge_along_time(
+    variable: Variable, pieces: list[tuple[str, xr.DataArray]]
+) -> tuple[xr.DataArray, np.ndarray, int]:
     """Concatenate one variable's pieces along time, keeping one copy per time step.
 
     Parameters
@@ -129,8 +131,13 @@ def merge_along_time(variable: Variable, pieces: list[tuple[str, xr.DataArray]])
     origin = np.concatenate([np.full(field.sizes[TIME], i) for i, (_, field) in enumerate(pieces)])
     ranks = np.array([expver_rank(label) for label in labels])
     keep, dropped, winner = choose_copies(times, ranks)
-    merged = xr.concat([field.drop_vars(EXPVER) for _, field in pieces], dim=TIME, coords="minimal",
-                       compat="override", join="override")
+    merged = xr.concat(
+        [field.drop_vars(EXPVER) for _, field in pieces],
+        dim=TIME,
+        coords="minimal",
+        compat="override",
+        join="override",
+    )
     ties = [(int(w), int(o)) for w, o in zip(winner, dropped, strict=True) if ranks[w] == ranks[o]]
     _check_duplicates_agree(variable, merged, ties, times, [pieces[i][0] for i in origin])
     superseded = int(np.sum(ranks[dropped] > ranks[winner]))
@@ -139,8 +146,13 @@ def merge_along_time(variable: Variable, pieces: list[tuple[str, xr.DataArray]])
     return merged.isel({TIME: keep}), labels[keep], superseded
 
 
-def _check_duplicates_agree(variable: Variable, merged: xr.DataArray, ties: list[tuple[int, int]],
-                            times: np.ndarray, origin_labels: list[str]) -> None:
+def _check_duplicates_agree(
+    variable: Variable,
+    merged: xr.DataArray,
+    ties: list[tuple[int, int]],
+    times: np.ndarray,
+    origin_labels: list[str],
+) -> None:
     """Equally preferred copies ``(kept, other)`` of a time step must hold the same values.
 
     These few steps are read eagerly (their chunks only).
@@ -149,8 +161,10 @@ def _check_duplicates_agree(variable: Variable, merged: xr.DataArray, ties: list
     for kept, other in ties:
         a, b = merged.isel({TIME: kept}).values, merged.isel({TIME: other}).values
         if not np.array_equal(a, b, equal_nan=True):
-            conflicts.append(f"{np.datetime_as_string(times[kept], unit='h')} in {origin_labels[kept]} and "
-                             f"{origin_labels[other]} (max difference {np.nanmax(np.abs(a - b)):g})")
+            conflicts.append(
+                f"{np.datetime_as_string(times[kept], unit='h')} in {origin_labels[kept]} and "
+                f"{origin_labels[other]} (max difference {np.nanmax(np.abs(a - b)):g})"
+            )
     if conflicts:
         raise DuplicateTimeError(
             f"{variable.id}: expected each time step once, or repeated with identical values, or from a more "
@@ -173,10 +187,18 @@ def expver_runs(times: np.ndarray, labels: dict[str, np.ndarray]) -> list[dict[s
     list of dict
         ``{"expver", "first", "last", "steps"}`` per run, in time order.
     """
-    per_time = np.array(["+".join(sorted({str(lab[t]) or "unknown" for lab in labels.values()}))
-                         for t in range(times.size)], dtype=object)
+    per_time = np.array(
+        ["+".join(sorted({str(lab[t]) or "unknown" for lab in labels.values()})) for t in range(times.size)],
+        dtype=object,
+    )
     starts = np.r_[0, np.flatnonzero(per_time[1:] != per_time[:-1]) + 1]
     stops = np.r_[starts[1:], times.size]
-    return [{"expver": str(per_time[a]), "first": str(np.datetime_as_string(times[a], unit="s")),
-             "last": str(np.datetime_as_string(times[b - 1], unit="s")), "steps": int(b - a)}
-            for a, b in zip(starts, stops, strict=True)]
+    return [
+        {
+            "expver": str(per_time[a]),
+            "first": str(np.datetime_as_string(times[a], unit="s")),
+            "last": str(np.datetime_as_string(times[b - 1], unit="s")),
+            "steps": int(b - a),
+        }
+        for a, b in zip(starts, stops, strict=True)
+    ]

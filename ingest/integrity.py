@@ -64,19 +64,22 @@ def sniff(path: Path) -> Kind:
     if head.startswith(ZIP_SIGNATURES):
         return "zip"
     if len(head) < 8 and any(signature.startswith(head) for signature in _SIGNATURES):
-        raise TruncatedFileError(f"{path}: truncated — {len(head)} bytes, the start of a netCDF, GRIB or zip "
-                                 "signature (an interrupted download or copy; fetch it again)")
+        raise TruncatedFileError(
+            f"{path}: truncated — {len(head)} bytes, the start of a netCDF, GRIB or zip "
+            "signature (an interrupted download or copy; fetch it again)"
+        )
     raise SourceLayoutError(
         f"{path}: expected netCDF (HDF5 or CDF signature), GRIB or zip; found first bytes {head!r}"
     )
 
 
 def check_length(path: Path, expected: int, what: str) -> None:
-    """Raise :class:`TruncatedFileError` if ``path`` is shorter than the ``expected`` bytes its ``what`` says."""
+    """Raise :class:`TruncatedFileError` if ``path`` is shorter than its ``what`` says (``expected``)."""
     size = path.stat().st_size
     if size < expected:
         raise TruncatedFileError(
-            f"{path}: truncated — its {what} says it is {expected} bytes long, found {size} bytes {_FETCH_AGAIN}"
+            f"{path}: truncated — its {what} says it is {expected} bytes long, found {size} bytes "
+            f"{_FETCH_AGAIN}"
         )
 
 
@@ -97,10 +100,13 @@ def hdf5_end(path: Path) -> int:
     elif version is not None:
         raise SourceLayoutError(f"{path}: expected HDF5 superblock version 0–3, found {version}")
     if version is None or len(head) < base_at + 3 * offset_size:
-        raise TruncatedFileError(f"{path}: truncated inside its HDF5 superblock, after {len(head)} bytes "
-                                 f"{_FETCH_AGAIN}")
-    address = [int.from_bytes(head[base_at + i * offset_size: base_at + (i + 1) * offset_size], "little")
-               for i in range(3)]
+        raise TruncatedFileError(
+            f"{path}: truncated inside its HDF5 superblock, after {len(head)} bytes {_FETCH_AGAIN}"
+        )
+    address = [
+        int.from_bytes(head[base_at + i * offset_size : base_at + (i + 1) * offset_size], "little")
+        for i in range(3)
+    ]
     return address[0] + address[2]  # base address + end-of-file address
 
 
@@ -218,7 +224,15 @@ def check_netcdf(path: Path, kind: Kind) -> None:
 
 # --- GRIB ----------------------------------------------------------------------------------
 
-_GRIB_HEADER_KEYS = ("edition", "gridType", "shortName", "typeOfLevel", "level", "validityDate", "validityTime")
+_GRIB_HEADER_KEYS = (
+    "edition",
+    "gridType",
+    "shortName",
+    "typeOfLevel",
+    "level",
+    "validityDate",
+    "validityTime",
+)
 #: Keys that identify one field: a second message with the same key must hold the same data.
 _GRIB_FIELD_KEY = ("expver", "number", "shortName", "typeOfLevel", "level", "validityDate", "validityTime")
 
@@ -298,9 +312,15 @@ def _next_grib_header(eccodes, f: IO[bytes], path: Path, message: int) -> dict |
 def _grib_header(eccodes, handle) -> dict:
     """The keys of one GRIB message that :func:`scan_grib` checks, and the digest of its data."""
     header = {name: eccodes.codes_get(handle, name) for name in _GRIB_HEADER_KEYS}
-    header["offset"], header["totalLength"] = (int(eccodes.codes_get(handle, name)) for name in ("offset", "totalLength"))
-    header["expver"] = eccodes.codes_get(handle, "expver") if eccodes.codes_is_defined(handle, "expver") else ""
-    header["number"] = eccodes.codes_get(handle, "number") if eccodes.codes_is_defined(handle, "number") else 0
+    header["offset"], header["totalLength"] = (
+        int(eccodes.codes_get(handle, name)) for name in ("offset", "totalLength")
+    )
+    header["expver"] = (
+        eccodes.codes_get(handle, "expver") if eccodes.codes_is_defined(handle, "expver") else ""
+    )
+    header["number"] = (
+        eccodes.codes_get(handle, "number") if eccodes.codes_is_defined(handle, "number") else 0
+    )
     header["digest"] = eccodes.codes_get(handle, "md5Section4" if header["edition"] == 1 else "md5Section7")
     return header
 
@@ -328,9 +348,12 @@ def _check_padding(path: Path, start: int, stop: int, message: int) -> None:
         return
     at = stop - len(rest)
     if at + len(rest) == path.stat().st_size and b"GRIB".startswith(rest):
-        raise TruncatedFileError(f"{path}: truncated — GRIB message {message} (at byte {at}) ends after "
-                                 f"{len(rest)} bytes {_FETCH_AGAIN}")
+        raise TruncatedFileError(
+            f"{path}: truncated — GRIB message {message} (at byte {at}) ends after "
+            f"{len(rest)} bytes {_FETCH_AGAIN}"
+        )
     raise CorruptFileError(
-        f"{path}: GRIB message {message} (at byte {at}) is corrupt: {len(rest)} bytes that are neither a GRIB "
-        f"message nor zero padding ({message - 1} good messages before them); the file is refused — fetch it again"
+        f"{path}: GRIB message {message} (at byte {at}) is corrupt: {len(rest)} bytes that are neither a "
+        f"GRIB message nor zero padding ({message - 1} good messages before them); the file is refused — "
+        "fetch it again"
     )

@@ -35,21 +35,20 @@ import xarray as xr
 
 from ingest.dims import CHANNEL, LAT, LON, TIME
 from ingest.errors import (
-    GridMismatchError,
     MissingVariableError,
     NonFiniteValueError,
     PhysicalRangeError,
+    SourceGridError,
     SourceLayoutError,
 )
 from ingest.expver import expver_runs, merge_along_time
 from ingest.formats import file_source
+from ingest.grid import check_coords
 from ingest.lexicon import get_variables, valid_range
 from ingest.normalise import check_assumed_units, describe_missing, stack_channels
 from ingest.source import SOURCE_ATTR, Source
 
 _MAX_LISTED = 5
-#: Grids whose coordinates differ by less than this (degrees) are the same grid (float32 vs float64).
-GRID_TOLERANCE = 1e-5
 
 
 def open_sources(
@@ -155,26 +154,21 @@ def _files_per_layout(sources: list[Source]) -> dict[str, int]:
 # --- combining files -----------------------------------------------------------------------
 
 
-def _grid_summary(ds: xr.Dataset) -> str:
-    lat, lon = ds[LAT].values, ds[LON].values
-    return f"lat {lat.size} points {lat[0]:g}..{lat[-1]:g}, lon {lon.size} points {lon[0]:g}..{lon[-1]:g}"
-
-
-def _same_axis(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and bool(np.all(np.abs(a - b) <= GRID_TOLERANCE))
-
-
 def _on_one_grid(canonical: list[xr.Dataset]) -> list[xr.Dataset]:
-    """Check every dataset is on the first one's grid, and label them all with its coordinates."""
+    """Check every dataset is on the first one's grid (:func:`ingest.grid.check_coords`), then give
+    them all its coordinates, so float32 and float64 copies of one grid concatenate exactly.
+
+    Raises
+    ------
+    SourceGridError
+        Naming both files, the axis, its sizes and ends, and the largest difference.
+    """
     if not canonical:
         return canonical
     first = canonical[0]
     for ds in canonical[1:]:
-        if not (_same_axis(ds[LAT].values, first[LAT].values) and _same_axis(ds[LON].values, first[LON].values)):
-            raise GridMismatchError(
-                f"{ds.attrs[SOURCE_ATTR]}: expected the grid of {first.attrs[SOURCE_ATTR]} ({_grid_summary(first)}); "
-                f"found {_grid_summary(ds)}"
-            )
+        check_coords(first.coords, ds.coords, (LAT, LON), what=ds.attrs[SOURCE_ATTR],
+                     reference=f"the grid of {first.attrs[SOURCE_ATTR]}", error=SourceGridError)
     return [ds.assign_coords({LAT: first[LAT], LON: first[LON]}) for ds in canonical]
 
 

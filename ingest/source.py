@@ -86,8 +86,14 @@ class Source(Protocol):
         """
         ...
 
-    def open(self, variable_ids: Sequence[str], times: np.ndarray | None = None, *, time_chunk: int = 1,
-             assume_units: Mapping[str, str] | None = None) -> Iterator[xr.Dataset]:
+    def open(
+        self,
+        variable_ids: Sequence[str],
+        times: np.ndarray | None = None,
+        *,
+        time_chunk: int = 1,
+        assume_units: Mapping[str, str] | None = None,
+    ) -> Iterator[xr.Dataset]:
         """The requested fields this source holds, in canonical form.
 
         Parameters
@@ -125,8 +131,12 @@ class Source(Protocol):
         ...
 
 
-def check_request(variable_ids: Sequence[str], times: np.ndarray | None, time_chunk: int,
-                  assume_units: Mapping[str, str] | None) -> tuple[np.ndarray | None, dict[str, str]]:
+def check_request(
+    variable_ids: Sequence[str],
+    times: np.ndarray | None,
+    time_chunk: int,
+    assume_units: Mapping[str, str] | None,
+) -> tuple[np.ndarray | None, dict[str, str]]:
     """Validate a :meth:`Source.open` request before anything is read.
 
     Returns
@@ -149,13 +159,21 @@ def check_request(variable_ids: Sequence[str], times: np.ndarray | None, time_ch
         return None, assumed
     array = np.asarray(times)
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.datetime64) or np.isnat(array).any():
-        raise SourceRequestError(f"times must be a 1-d array of datetime64 dates without NaT, found "
-                                 f"{array.dtype} of shape {array.shape}")
+        raise SourceRequestError(
+            f"times must be a 1-d array of datetime64 dates without NaT, found "
+            f"{array.dtype} of shape {array.shape}"
+        )
     return array.astype("datetime64[ns]"), assumed
 
 
-def normalised(raw: RawDataset, variable_ids: Sequence[str], times: np.ndarray | None, time_chunk: int,
-               assume_units: Mapping[str, str], source: Source) -> xr.Dataset | None:
+def normalised(
+    raw: RawDataset,
+    variable_ids: Sequence[str],
+    times: np.ndarray | None,
+    time_chunk: int,
+    assume_units: Mapping[str, str],
+    source: Source,
+) -> xr.Dataset | None:
     """One raw dataset in canonical form, limited to ``times``; ``None`` if nothing requested is in it.
 
     Errors of :func:`~ingest.normalise.normalise` are raised again with the dataset's label in front.
@@ -193,15 +211,26 @@ class RawSource:
             self._raws = self._open_raw()
         return self._raws
 
-    def open(self, variable_ids: Sequence[str], times: np.ndarray | None = None, *, time_chunk: int = 1,
-             assume_units: Mapping[str, str] | None = None) -> Iterator[xr.Dataset]:
+    def open(
+        self,
+        variable_ids: Sequence[str],
+        times: np.ndarray | None = None,
+        *,
+        time_chunk: int = 1,
+        assume_units: Mapping[str, str] | None = None,
+    ) -> Iterator[xr.Dataset]:
         """The requested fields in canonical form (see :meth:`Source.open`); the request is
         checked on the call, the datasets are opened as they are taken."""
         wanted, assumed = check_request(variable_ids, times, time_chunk, assume_units)
         return self._normalised(variable_ids, wanted, time_chunk, assumed)
 
-    def _normalised(self, variable_ids: Sequence[str], times: np.ndarray | None, time_chunk: int,
-                    assume_units: dict[str, str]) -> Iterator[xr.Dataset]:
+    def _normalised(
+        self,
+        variable_ids: Sequence[str],
+        times: np.ndarray | None,
+        time_chunk: int,
+        assume_units: dict[str, str],
+    ) -> Iterator[xr.Dataset]:
         for raw in self.raw():
             ds = normalised(raw, variable_ids, times, time_chunk, assume_units, self)
             if ds is not None:

@@ -5,24 +5,30 @@ of fluid on the rotating sphere is integrated with torch-harmonics' spectral
 :class:`~torch_harmonics.examples.ShallowWaterSolver` tendencies, to which this module adds
 
 * Newtonian relaxation of the geopotential towards a zonally symmetric, balanced two-jet state
-  (time scale :data:`RELAXATION_DAYS`), which keeps the jets alive;
-* linear drag on vorticity and divergence (time scale :data:`DRAG_DAYS`);
-* red-noise (AR(1)) vorticity stirring in total wavenumbers :data:`STIR_WAVENUMBERS`, with
-  memory :data:`STIR_MEMORY_DAYS`, which keeps the flow unsteady;
+  (time scale :attr:`FlowSpec.relaxation_days`), which keeps the jets alive;
+* linear drag on vorticity and divergence (time scale :attr:`FlowSpec.drag_days`);
+* red-noise (AR(1)) vorticity stirring in total wavenumbers :attr:`FlowSpec.stir_wavenumbers`,
+  with memory :attr:`FlowSpec.stir_memory_days`, which keeps the flow unsteady;
 * the solver's own implicit hyperdiffusion of vorticity and divergence.
+
+The constants that shape the flow form one frozen :class:`FlowSpec` (:data:`DEFAULT_FLOW` for
+the demo), passed explicitly to everything that integrates the flow and hashed into the
+manifest of :func:`generate_files`, so a change of any of them regenerates the files.
 
 After a spin-up the flow is statistically stationary, so any period is as good as another for
 training. The shallow-water geopotential ``g·h`` is written as ``z`` at 500 hPa and the winds
-as ``u`` and ``v``, in the layout the Climate Data Store has returned since September 2024:
-dims ``valid_time, pressure_level, latitude, longitude``, ``valid_time`` in seconds since
-1970, scalar ``number``, string ``expver`` per time, float32 with zlib compression.
+as ``u`` and ``v``, in the layout the Climate Data Store has returned since September 2024
+(:mod:`ingest.cds_layout`). :class:`SyntheticSource` serves the flow through the source
+protocol (:class:`ingest.source.Source`) without writing files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,32 +36,87 @@ import torch
 import xarray as xr
 from torch_harmonics.examples import ShallowWaterSolver
 
-from ingest.atomic import discard, replace_path, temporary_sibling
+from ingest.atomic import atomic_output
+from ingest.cds_layout import GLOBAL_ATTRS, cds_dataset, write_monthly_files
 from ingest.errors import IngestError
 from ingest.grid import equiangular_lats, regular_lons
-from ingest.lexicon import Variable, get_variable
+from ingest.lexicon import Variable
+from ingest.source import Layout, RawDataset, RawSource
 
-#: Global mean height of the fluid (m); ``g`` times it is the mean of ``z``.
-MEAN_HEIGHT_M = 5600.0
-#: Peak zonal wind (m s⁻¹) of the relaxation state ``u = JET_SPEED · sin²(2φ)``, jets at ±45°.
-JET_SPEED = 25.0
-#: E-folding time of the geopotential's relaxation towards the jet state (days).
-RELAXATION_DAYS = 5.0
-#: E-folding time of the linear drag on vorticity and divergence (days).
-DRAG_DAYS = 20.0
-#: Total wavenumbers stirred (inclusive), clipped to the resolved range at coarse grids.
-STIR_WAVENUMBERS = (6, 12)
-#: Memory (e-folding time) of the red-noise stirring (days).
-STIR_MEMORY_DAYS = 2.0
-#: Grid-point root-mean-square of the stirring's vorticity tendency (s⁻²).
-STIR_RMS = 1.2e-10
 #: Gravity (m s⁻²) and Earth radius (m), as the solver's defaults.
 GRAVITY = 9.80616
 RADIUS = 6.37122e6
-#: Courant number that sets the time step, for a deliberately fast wave (gravity wave plus
-#: 4 × JET_SPEED of advection). At 32×64 it gives 900 s; 1200 s was found stable, 1800 s not.
-COURANT = 0.75
 
+
+class SyntheticSpecError(IngestError, ValueError):
+    """Arguments to the synthetic source are out of range or inconsistent."""
+
+
+@dataclass(frozen=True)
+class FlowSpec:
+    """The constants that shape the synthetic flow (DESIGN.md §7b), as one hashable value.
+
+    Attributes
+    ----------
+    mean_height_m : float
+        Global mean height of the fluid (m); ``g`` times it is the mean of ``z``.
+    jet_speed : float
+        Peak zonal wind (m s⁻¹) of the relaxation state ``u = jet_speed · sin²(2φ)``, jets at ±45°.
+    relaxation_days : float
+        E-folding time of the geopotential's relaxation towards the jet state (days).
+    drag_days : float
+        E-folding time of the linear drag on vorticity and divergence (days).
+    stir_wavenumbers : tuple of int
+        Total wavenumbers stirred (inclusive), clipped to the resolved range at coarse grids.
+    stir_memory_days : float
+        Memory (e-folding time) of the red-noise stirring (days).
+    stir_rms : float
+        Grid-point root-mean-square of the stirring's vorticity tendency (s⁻²); 0 switches it off.
+    courant : float
+        Courant number that sets the time step, for a deliberately fast wave (gravity wave plus
+        4 × ``jet_speed`` of advection). At 32×64 it gives 900 s; 1200 s was found stable, 1800 s not.
+
+    Raises
+    ------
+    SyntheticSpecError
+        If a value is out of range.
+    """
+
+    mean_height_m: float = 5600.0
+    jet_speed: float = 25.0
+    relaxation_days: float = 5.0
+    drag_days: float = 20.0
+    stir_wavenumbers: tuple[int, int] = (6, 12)
+    stir_memory_days: float = 2.0
+    stir_rms: float = 1.2e-10
+    courant: float = 0.75
+
+    def __post_init__(self) -> None:
+        for name in ("mean_height_m", "relaxation_days", "drag_days", "stir_memory_days", "courant"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise SyntheticSpecError(f"FlowSpec.{name} must be a finite number > 0, found {value!r}")
+        for name in ("jet_speed", "stir_rms"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise SyntheticSpecError(f"FlowSpec.{name} must be a finite number >= 0, found {value!r}")
+        low_high = tuple(self.stir_wavenumbers)
+        if len(low_high) != 2 or not all(isinstance(k, int) for k in low_high) or not 1 <= low_high[0] <= low_high[1]:
+            raise SyntheticSpecError(f"FlowSpec.stir_wavenumbers must be two integers 1 <= low <= high, "
+                                     f"found {self.stir_wavenumbers!r}")
+        object.__setattr__(self, "stir_wavenumbers", low_high)
+
+    def as_dict(self) -> dict[str, object]:
+        """The constants as JSON-ready values."""
+        return {**asdict(self), "stir_wavenumbers": list(self.stir_wavenumbers)}
+
+    def digest(self) -> str:
+        """SHA-256 (hex) of the constants' canonical JSON: equal for equal specs, on any machine."""
+        return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()
+
+
+#: The flow of the demo and of every default.
+DEFAULT_FLOW = FlowSpec()
 #: Canonical ids of the fields written, in file order.
 VARIABLE_IDS = ("z500", "u500", "v500")
 #: What CDS files carry as ``GRIB_paramId`` and ``standard_name`` per GRIB short name.
@@ -65,37 +126,8 @@ _GRIB_IDENTITY = {
     "v": (132, "northward_wind"),
 }
 _SECONDS_PER_DAY = 86400.0
-_EPOCH_UNITS = "seconds since 1970-01-01"
-_CALENDAR = "proleptic_gregorian"
 _MANIFEST = "synthetic_manifest.json"
-_PRESSURE_ATTRS = {
-    "long_name": "pressure",
-    "units": "hPa",
-    "positive": "down",
-    "stored_direction": "decreasing",
-    "standard_name": "air_pressure",
-}
-_LATITUDE_ATTRS = {
-    "units": "degrees_north",
-    "standard_name": "latitude",
-    "long_name": "latitude",
-    "stored_direction": "decreasing",
-}
-_LONGITUDE_ATTRS = {"units": "degrees_east", "standard_name": "longitude", "long_name": "longitude"}
-_NUMBER_ATTRS = {"long_name": "ensemble member numerical id", "units": "1", "standard_name": "realization"}
-_TIME_ATTRS = {"long_name": "time", "standard_name": "time"}
 _SOURCE = "fourcast ingest.synthetic (torch-harmonics ShallowWaterSolver)"
-_GLOBAL_ATTRS = {
-    "GRIB_centre": "ecmf",
-    "GRIB_centreDescription": "European Centre for Medium-Range Weather Forecasts",
-    "GRIB_subCentre": np.int64(0),
-    "Conventions": "CF-1.7",
-    "institution": "European Centre for Medium-Range Weather Forecasts",
-}
-
-
-class SyntheticSpecError(IngestError, ValueError):
-    """Arguments to the synthetic source are out of range or inconsistent."""
 
 
 class _ForcedShallowWater:
@@ -114,17 +146,20 @@ class _ForcedShallowWater:
         Output interval (s), a whole number of hours.
     seed : int
         Seed of the stirring's random numbers.
+    spec : FlowSpec
+        The constants of the flow.
     """
 
-    def __init__(self, nlat: int, nlon: int, step_seconds: float, seed: int) -> None:
-        self.solver = solver_for(nlat, nlon)
+    def __init__(self, nlat: int, nlon: int, step_seconds: float, seed: int, spec: FlowSpec = DEFAULT_FLOW) -> None:
+        self.spec = spec
+        self.solver = solver_for(nlat, nlon, spec)
         self.dt = self.solver.dt
         self.substeps = round(step_seconds / self.dt)
         self.generator = torch.Generator().manual_seed(seed)
-        self.target = balanced_jet_state(self.solver)
+        self.target = balanced_jet_state(self.solver, spec)
         self.state = self.target.clone()
         self.stir_mask = self._stir_mask()
-        self.stir_decay = math.exp(-self.dt / (STIR_MEMORY_DAYS * _SECONDS_PER_DAY))
+        self.stir_decay = math.exp(-self.dt / (spec.stir_memory_days * _SECONDS_PER_DAY))
         self.stirring = self._stir_noise()
         self.tendencies: list[torch.Tensor] = []
 
@@ -134,16 +169,16 @@ class _ForcedShallowWater:
         Returns
         -------
         torch.Tensor, shape (lmax, mmax), float64
-            Standard deviation (s⁻²) per coefficient for a grid-point RMS of :data:`STIR_RMS`;
+            Standard deviation (s⁻²) per coefficient for a grid-point RMS of :attr:`FlowSpec.stir_rms`;
             complex coefficients with ``m > 0`` stand for two real modes each.
         """
         lmax, mmax = self.solver.lmax, self.solver.mmax
-        low, high = stir_band(lmax)
+        low, high = stir_band(lmax, self.spec)
         l = torch.arange(lmax, dtype=torch.float64).reshape(-1, 1).expand(lmax, mmax)
         m = torch.arange(mmax, dtype=torch.float64).reshape(1, -1).expand(lmax, mmax)
         in_band = (l >= low) & (l <= high) & (m <= l)
         modes = (high + 1) ** 2 - low**2
-        return torch.where(in_band, STIR_RMS * math.sqrt(4 * math.pi / modes), 0.0)
+        return torch.where(in_band, self.spec.stir_rms * math.sqrt(4 * math.pi / modes), 0.0)
 
     def _stir_noise(self) -> torch.Tensor:
         """One draw of the stirring's stationary distribution, shape (lmax, mmax), complex128.
@@ -160,8 +195,8 @@ class _ForcedShallowWater:
     def _tendency(self, state: torch.Tensor) -> torch.Tensor:
         """Total tendency: shallow-water dynamics + relaxation + drag + stirring, per second."""
         forcing = torch.zeros_like(state)
-        forcing[0] = (self.target[0] - state[0]) / (RELAXATION_DAYS * _SECONDS_PER_DAY)
-        forcing[1:] = -state[1:] / (DRAG_DAYS * _SECONDS_PER_DAY)
+        forcing[0] = (self.target[0] - state[0]) / (self.spec.relaxation_days * _SECONDS_PER_DAY)
+        forcing[1:] = -state[1:] / (self.spec.drag_days * _SECONDS_PER_DAY)
         forcing[1] += self.stirring
         return self.solver.dudtspec(state) + forcing
 
@@ -180,15 +215,17 @@ class _ForcedShallowWater:
         return grid[0], grid[1], grid[2]
 
 
-def balanced_jet_state(s: ShallowWaterSolver) -> torch.Tensor:
-    """Zonal jets ``u = JET_SPEED · sin²(2φ)`` with the geopotential in gradient-wind balance.
+def balanced_jet_state(s: ShallowWaterSolver, spec: FlowSpec = DEFAULT_FLOW) -> torch.Tensor:
+    """Zonal jets ``u = jet_speed · sin²(2φ)`` with the geopotential in gradient-wind balance.
 
-    The state the geopotential relaxes towards (:data:`RELAXATION_DAYS`).
+    The state the geopotential relaxes towards (:attr:`FlowSpec.relaxation_days`).
 
     Parameters
     ----------
     s : ShallowWaterSolver
         Grid and transforms (any dtype; float64 for the simulation).
+    spec : FlowSpec
+        Jet speed and mean height.
 
     Returns
     -------
@@ -196,38 +233,38 @@ def balanced_jet_state(s: ShallowWaterSolver) -> torch.Tensor:
         Spectral geopotential (m² s⁻²), vorticity and (zero) divergence (s⁻¹).
     """
     lat = s.lats.reshape(-1, 1).expand(s.nlat, s.nlon)
-    u = JET_SPEED * torch.sin(2 * lat) ** 2
+    u = spec.jet_speed * torch.sin(2 * lat) ** 2
     wind = torch.stack((u, torch.zeros_like(u)))
     vrtdiv = s.vrtdivspec(wind)
     # ∂δ/∂t = 0 for the zonal flow: ∇²(Φ + |v|²/2) = k·∇×((ζ + f) v)
     flux = s.vrtdivspec(wind * (s.spec2grid(vrtdiv[0]) + s.coriolis))
     phi = s.invlap * flux[0] - s.grid2spec(0.5 * (wind**2).sum(dim=0))
-    phi[0, 0] = s.grid2spec(torch.full_like(u, GRAVITY * MEAN_HEIGHT_M))[0, 0]
+    phi[0, 0] = s.grid2spec(torch.full_like(u, GRAVITY * spec.mean_height_m))[0, 0]
     return torch.tril(torch.cat((phi[None], vrtdiv)))
 
 
-def stir_band(lmax: int) -> tuple[int, int]:
-    """Stirred total wavenumbers (inclusive): :data:`STIR_WAVENUMBERS` within ``1 … lmax−1``."""
-    high = min(STIR_WAVENUMBERS[1], lmax - 1)
-    return min(STIR_WAVENUMBERS[0], max(1, high // 2)), high
+def stir_band(lmax: int, spec: FlowSpec = DEFAULT_FLOW) -> tuple[int, int]:
+    """Stirred total wavenumbers (inclusive): :attr:`FlowSpec.stir_wavenumbers` within ``1 … lmax−1``."""
+    high = min(spec.stir_wavenumbers[1], lmax - 1)
+    return min(spec.stir_wavenumbers[0], max(1, high // 2)), high
 
 
-def solver_for(nlat: int, nlon: int) -> ShallowWaterSolver:
+def solver_for(nlat: int, nlon: int, spec: FlowSpec = DEFAULT_FLOW) -> ShallowWaterSolver:
     """The (float64) solver whose tendencies drive the flow on an ``nlat × nlon`` grid, at its own time step."""
     lmax = (nlat + 1) // 2
-    return ShallowWaterSolver(nlat, nlon, _time_step(lmax), lmax=lmax, mmax=lmax, radius=RADIUS, gravity=GRAVITY,
-                              havg=MEAN_HEIGHT_M).double()
+    return ShallowWaterSolver(nlat, nlon, _time_step(lmax, spec), lmax=lmax, mmax=lmax, radius=RADIUS,
+                              gravity=GRAVITY, havg=spec.mean_height_m).double()
 
 
-def _time_step(lmax: int) -> float:
-    """Time step (s): the largest that divides one hour and keeps the Courant number <= :data:`COURANT`.
+def _time_step(lmax: int, spec: FlowSpec) -> float:
+    """Time step (s): the largest that divides one hour and keeps the Courant number <= ``spec.courant``.
 
     The fastest resolved wave is a gravity wave at total wavenumber ``lmax − 1`` carried by a
-    wind of 4 × :data:`JET_SPEED`. Dividing the hour makes the step, and hence the flow, the
+    wind of 4 × ``spec.jet_speed``. Dividing the hour makes the step, and hence the flow, the
     same for every output interval.
     """
-    wave_speed = math.sqrt(GRAVITY * MEAN_HEIGHT_M) + 4 * JET_SPEED
-    stable = COURANT * RADIUS / (wave_speed * math.sqrt(lmax * (lmax - 1)))
+    wave_speed = math.sqrt(GRAVITY * spec.mean_height_m) + 4 * spec.jet_speed
+    stable = spec.courant * RADIUS / (wave_speed * math.sqrt(lmax * (lmax - 1)))
     return 3600.0 / math.ceil(3600.0 / stable)
 
 
@@ -250,6 +287,7 @@ def simulate(
     step_hours: int = 6,
     spinup_days: float = 30.0,
     progress: Callable[[float], None] | None = None,
+    flow: FlowSpec = DEFAULT_FLOW,
 ) -> xr.Dataset:
     """Integrate the synthetic flow and return it in the new-CDS netCDF layout.
 
@@ -274,6 +312,8 @@ def simulate(
         Model days integrated before ``start`` and discarded, ``>= 0``.
     progress : callable, optional
         Called with the fraction of the integration done (0–1) after every output interval.
+    flow : FlowSpec
+        The constants of the flow.
 
     Returns
     -------
@@ -291,7 +331,7 @@ def simulate(
     times = _valid_times(start, end, step_hours)
     _check_grid(nlat, nlon)
     _check_seed_and_spinup(seed, spinup_days)
-    model = _ForcedShallowWater(nlat, nlon, step_hours * 3600.0, seed)
+    model = _ForcedShallowWater(nlat, nlon, step_hours * 3600.0, seed, flow)
     spinup_steps = round(spinup_days * _SECONDS_PER_DAY / model.dt)
     total_steps = spinup_steps + (len(times) - 1) * model.substeps
     done = 0
@@ -310,48 +350,9 @@ def simulate(
     for _ in times[1:]:
         advance(model.substeps)
         snapshots.append(model.fields())
-    z, u, v = (np.stack(field)[:, None] for field in zip(*snapshots, strict=True))
-    return _cds_dataset(times, dict(zip(VARIABLE_IDS, (z, u, v), strict=True)), _history(seed, nlat, nlon, spinup_days))
-
-
-def write_cds_netcdf(ds: xr.Dataset, directory: str | Path, *, prefix: str = "era5_synthetic") -> list[Path]:
-    """Write one netCDF4 file per calendar month, ``{prefix}_{YYYY}{MM}.nc``, as CDS does.
-
-    Each file is written under a temporary name in ``directory`` and renamed into place, so a
-    reader never sees a partial file. Data variables are written as float32 with zlib level 1
-    and shuffle and a NaN ``_FillValue``; ``valid_time`` is int64 seconds since 1970-01-01.
-
-    Parameters
-    ----------
-    ds : xarray.Dataset
-        Fields with a ``valid_time`` dimension, e.g. from :func:`simulate`.
-    directory : str or pathlib.Path
-        Created if missing; existing files of the same names are replaced.
-    prefix : str
-        File name prefix.
-
-    Returns
-    -------
-    list of pathlib.Path
-        The files written, sorted.
-
-    Raises
-    ------
-    SyntheticSpecError
-        If ``ds`` has no non-empty ``valid_time`` dimension.
-    """
-    if ds.sizes.get("valid_time", 0) == 0:
-        raise SyntheticSpecError(
-            f"expected a dataset with a non-empty 'valid_time' dimension, found dims {dict(ds.sizes)}"
-        )
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    months = ds["valid_time"].values.astype("datetime64[M]")
-    paths = []
-    for month in np.unique(months):
-        name = f"{prefix}_{str(month).replace('-', '')}.nc"
-        paths.append(_write_atomically(ds.isel(valid_time=months == month), directory / name))
-    return sorted(paths)
+    fields = dict(zip(VARIABLE_IDS, (np.stack(field) for field in zip(*snapshots, strict=True)), strict=True))
+    attrs = {**GLOBAL_ATTRS, "history": _history(seed, nlat, nlon, spinup_days), "source": _SOURCE}
+    return cds_dataset(times, equiangular_lats(nlat), regular_lons(nlon), fields, field_attrs=_grib_attrs, attrs=attrs)
 
 
 def generate_files(
@@ -366,22 +367,24 @@ def generate_files(
     spinup_days: float = 30.0,
     prefix: str = "era5_synthetic",
     progress: Callable[[float], None] | None = None,
+    flow: FlowSpec = DEFAULT_FLOW,
 ) -> list[Path]:
     """Simulate and write monthly files, or reuse those a previous identical call wrote.
 
-    A JSON manifest (``synthetic_manifest.json``) recording the arguments, the model constants
-    and the file names is written atomically after the last file. When it matches this call
-    and all its files exist, nothing is recomputed. Files listed by a previous, different
-    manifest and not produced by this call are removed, so the directory holds one flow only.
+    A JSON manifest (``synthetic_manifest.json``) recording the arguments, the flow's
+    constants and their SHA-256 (:meth:`FlowSpec.digest`) and the file names is written
+    atomically after the last file. When it matches this call and all its files exist,
+    nothing is recomputed. Files listed by a previous, different manifest and not produced by
+    this call are removed, so the directory holds one flow only.
 
     Parameters
     ----------
     directory : str or pathlib.Path
         Where the files and the manifest go; created if missing.
-    start, end, nlat, nlon, seed, step_hours, spinup_days, progress
+    start, end, nlat, nlon, seed, step_hours, spinup_days, progress, flow
         As for :func:`simulate`.
     prefix : str
-        As for :func:`write_cds_netcdf`.
+        File names are ``{prefix}_{YYYY}{MM}.nc`` (:func:`ingest.cds_layout.write_monthly_files`).
 
     Returns
     -------
@@ -399,7 +402,8 @@ def generate_files(
         "step_hours": step_hours,
         "spinup_days": float(spinup_days),
         "prefix": prefix,
-        "model": _model_constants(),
+        "flow": flow.as_dict(),
+        "flow_sha256": flow.digest(),
     }
     previous = _read_manifest(directory)
     if previous.get("request") == request:
@@ -409,13 +413,42 @@ def generate_files(
     (directory / _MANIFEST).unlink(missing_ok=True)
     ds = simulate(
         times[0], times[-1], nlat=nlat, nlon=nlon, seed=seed, step_hours=step_hours,
-        spinup_days=spinup_days, progress=progress,
+        spinup_days=spinup_days, progress=progress, flow=flow,
     )
-    paths = write_cds_netcdf(ds, directory, prefix=prefix)
+    paths = write_monthly_files(ds, directory, prefix=prefix)
     for stale in set(previous.get("files", [])) - {path.name for path in paths}:
         (directory / stale).unlink(missing_ok=True)
     _write_manifest(directory, {"request": request, "files": [path.name for path in paths]})
     return paths
+
+
+class SyntheticSource(RawSource):
+    """The synthetic flow as a :class:`~ingest.source.Source`: simulated in memory on first use.
+
+    Parameters
+    ----------
+    start, end, nlat, nlon, seed, step_hours, spinup_days, flow
+        As for :func:`simulate`; checked here, before anything is simulated.
+
+    Raises
+    ------
+    SyntheticSpecError
+        If an argument is out of range or the times do not fit the output grid.
+    """
+
+    layout = Layout.NEW_CDS_NETCDF
+
+    def __init__(self, start: str | np.datetime64, end: str | np.datetime64, *, nlat: int = 32, nlon: int = 64,
+                 seed: int = 0, step_hours: int = 6, spinup_days: float = 30.0, flow: FlowSpec = DEFAULT_FLOW) -> None:
+        times = _valid_times(start, end, step_hours)
+        _check_grid(nlat, nlon)
+        _check_seed_and_spinup(seed, spinup_days)
+        self._arguments = dict(start=times[0], end=times[-1], nlat=nlat, nlon=nlon, seed=seed, step_hours=step_hours,
+                               spinup_days=spinup_days, flow=flow)
+        self.label = f"synthetic flow (seed {seed}, {nlat}x{nlon}, spec {flow.digest()[:12]})"
+
+    def _open_raw(self) -> list[RawDataset]:
+        return [RawDataset(self.label, self.layout, simulate(**self._arguments))]
 
 
 def _valid_times(start: str | np.datetime64, end: str | np.datetime64, step_hours: int) -> np.ndarray:
@@ -476,35 +509,6 @@ def _history(seed: int, nlat: int, nlon: int, spinup_days: float) -> str:
     )
 
 
-def _cds_dataset(times: np.ndarray, fields: dict[str, np.ndarray], history: str) -> xr.Dataset:
-    """Assemble fields into the new-CDS layout.
-
-    Parameters
-    ----------
-    times : numpy.ndarray, shape (ntime,), datetime64
-        Valid times.
-    fields : dict of str to numpy.ndarray, each shape (ntime, 1, nlat, nlon), float32
-        Keyed by canonical id (:data:`VARIABLE_IDS`).
-    history : str
-        Provenance note for the global ``history`` attribute.
-    """
-    variables = [get_variable(vid) for vid in fields]
-    nlat, nlon = next(iter(fields.values())).shape[-2:]
-    lat, lon = equiangular_lats(nlat), regular_lons(nlon)
-    dims = ("valid_time", "pressure_level", "latitude", "longitude")
-    coords = {
-        "number": ((), np.int64(0), _NUMBER_ATTRS),
-        "valid_time": ("valid_time", times.astype("datetime64[ns]"), _TIME_ATTRS),
-        "pressure_level": ("pressure_level", np.array([float(variables[0].level)]), _PRESSURE_ATTRS),
-        "latitude": ("latitude", lat, _LATITUDE_ATTRS),
-        "longitude": ("longitude", lon, _LONGITUDE_ATTRS),
-        "expver": ("valid_time", np.full(len(times), "0001")),
-    }
-    data = {var.short_name: (dims, fields[var.id], _grib_attrs(var, lat, lon)) for var in variables}
-    attrs = {**_GLOBAL_ATTRS, "history": history, "source": _SOURCE}
-    return xr.Dataset(data, coords=coords, attrs=attrs)
-
-
 def _grib_attrs(var: Variable, lat: np.ndarray, lon: np.ndarray) -> dict[str, object]:
     """Attributes cfgrib gives a pressure-level field in a CDS netCDF file.
 
@@ -552,50 +556,6 @@ def _grib_attrs(var: Variable, lat: np.ndarray, lon: np.ndarray) -> dict[str, ob
     }
 
 
-def _encoding(ds: xr.Dataset) -> dict[str, dict[str, object]]:
-    """netCDF encodings as CDS writes them: unpacked float32 with zlib, int64 epoch seconds."""
-    encoding: dict[str, dict[str, object]] = {
-        "valid_time": {"dtype": "int64", "units": _EPOCH_UNITS, "calendar": _CALENDAR},
-        "number": {"dtype": "int64"},
-    }
-    for name in ("pressure_level", "latitude", "longitude"):
-        encoding[name] = {"dtype": "float64", "_FillValue": np.nan}
-    for name in ds.data_vars:
-        encoding[name] = {
-            "dtype": "float32",
-            "zlib": True,
-            "complevel": 1,
-            "shuffle": True,
-            "_FillValue": np.float32(np.nan),
-        }
-    return encoding
-
-
-def _write_atomically(ds: xr.Dataset, path: Path) -> Path:
-    """Write ``ds`` as netCDF4 to a temporary sibling of ``path``, then rename it into place."""
-    tmp = temporary_sibling(path)
-    try:
-        ds.to_netcdf(tmp, format="NETCDF4", engine="netcdf4", encoding=_encoding(ds))
-    except BaseException:
-        discard(tmp)
-        raise
-    return replace_path(tmp, path)
-
-
-def _model_constants() -> dict[str, object]:
-    """The constants that shape the flow, recorded in the manifest so a change invalidates it."""
-    return {
-        "mean_height_m": MEAN_HEIGHT_M,
-        "jet_speed": JET_SPEED,
-        "relaxation_days": RELAXATION_DAYS,
-        "drag_days": DRAG_DAYS,
-        "stir_wavenumbers": list(STIR_WAVENUMBERS),
-        "stir_memory_days": STIR_MEMORY_DAYS,
-        "stir_rms": STIR_RMS,
-        "courant": COURANT,
-    }
-
-
 def _read_manifest(directory: Path) -> dict:
     """The manifest in ``directory``, or ``{}`` when there is none or it is unreadable."""
     try:
@@ -607,7 +567,5 @@ def _read_manifest(directory: Path) -> dict:
 
 def _write_manifest(directory: Path, manifest: dict) -> None:
     """Write the manifest atomically (temporary sibling, then rename)."""
-    path = directory / _MANIFEST
-    tmp = temporary_sibling(path)
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    replace_path(tmp, path)
+    with atomic_output(directory / _MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))

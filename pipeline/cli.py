@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # the heavy imports (torch, dask, pydantic models) wait until
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 CONFIG_ENV = "FOURCAST_CONFIG"
-METRIC_ORDER = ("rmse", "acc", "crps", "ssr")
+METRIC_ORDER = ("rmse", "acc", "crps", "mae", "ssr", "reliability", "crpss_climatology", "crpss_persistence")
 RESUME_LAST = "last"
 DEBUG_ENV = "FOURCAST_DEBUG"
 
@@ -301,10 +301,10 @@ def _print_scorecard(records: list[dict], lead_hours: list[int]) -> None:
     keys = sorted({(r["variable"], r["metric"], r["system"]) for r in rows},
                   key=lambda k: (k[0], METRIC_ORDER.index(k[1]) if k[1] in METRIC_ORDER else len(METRIC_ORDER), k[2]))
     value = {(r["variable"], r["metric"], r["system"], r["lead_hours"]): r["value"] for r in rows}
-    print(f"{'variable':<9}{'metric':<7}{'system':<13}" + "".join(f"{h:>10d}h" for h in lead_hours))
+    print(f"{'variable':<9}{'metric':<18}{'system':<17}" + "".join(f"{h:>10d}h" for h in lead_hours))
     for variable, metric, system in keys:
         cells = "".join(f"{value.get((variable, metric, system, h), float('nan')):>11.4g}" for h in lead_hours)
-        print(f"{variable:<9}{metric:<7}{system:<13}{cells}")
+        print(f"{variable:<9}{metric:<18}{system:<17}{cells}")
 
 
 def _outputs(command: str, cfg: RunConfig, paths) -> dict[str, Path]:
@@ -384,10 +384,11 @@ def _run_stage(command: str, cfg: RunConfig, resume: str | None = None, restart:
 
 def _run_tracked_stage(command: str, cfg: RunConfig, paths, stages, resume: str | None = None,
                        restart: bool = False, args: argparse.Namespace | None = None) -> None:
+    from fourcast.distributed import LaunchEnv
     from pipeline.tracking import NullTracker, default_tracking_uri, mlflow_run
 
     uri = cfg.tracking.tracking_uri or default_tracking_uri(paths.workdir)
-    main_rank = stages.Launch.from_env().rank == 0  # under torchrun only rank 0 opens the MLflow run
+    main_rank = LaunchEnv.from_environ().rank == 0  # under torchrun only rank 0 opens the MLflow run
     name = {"train": lambda: stages.train_run_name(cfg.train),
             "forecast": lambda: stages.forecast_run_name(cfg.forecast)}.get(command, lambda: command)()
     tags = {**(_tags(args) if args is not None else {}), "stage": command}

@@ -23,7 +23,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from ensembles.regions import REGIONS, Region
 from fourcast.models.registry import PRESETS
 from ingest.lexicon import LEXICON
-from pipeline.errors import ConfigError  # noqa: F401  (re-exported)
+from pipeline.errors import ConfigError  # re-exported
 
 WORKDIR_ENV = "FOURCAST_WORKDIR"
 TRACKING_URI_ENV = "FOURCAST_TRACKING_URI"
@@ -329,6 +329,8 @@ class ModelErrorConfig(_Slice):
 
     kind: Literal["none", "sppt"] = "none"
     amplitude: float = Field(0.0, ge=0, le=5, description="std of the multiplier's pattern")
+    amplitudes: dict[str, Annotated[float, Field(ge=0, le=5)]] | None = Field(
+        None, description="per-variable std of the multiplier (one pattern for all); variables left out take amplitude")
     length_scale_km: float = Field(2000.0, gt=0)
     decorrelation_hours: float = Field(72.0, gt=0)
 
@@ -338,17 +340,19 @@ class CalibrationConfig(_Slice):
     validation period so that the debiased spread/skill ratio is 1.
 
     The initial amplitudes are matched at ``reference_lead_hours``, the model-error amplitude
-    at ``long_lead_hours`` (model error is used only when the spread at that lead falls short
-    by more than ``tolerance`` without it). Init times: ``n_inits`` spread evenly over
-    ``period`` (default: ``train.validation``), never the scored ones.
+    at ``long_lead_hours`` (default: ``forecast.lead_hours``; model error is used only when the
+    spread at that lead falls short by more than ``tolerance`` without it). Init times:
+    ``n_inits`` spread evenly over ``period`` (default: ``train.validation``), never the scored
+    ones. ``enabled`` runs the stage in ``fourcast run``/``demo`` (the demo config turns it on);
+    ``fourcast calibrate`` runs it whatever ``enabled`` says.
     """
 
-    enabled: bool = True
+    enabled: bool = Field(False, description="run the calibrate stage in `fourcast run` before the forecast")
     period: Period | None = Field(None, description="default: train.validation")
     n_inits: int = Field(6, ge=1, le=1000)
     members: int = Field(8, ge=2, le=MAX_MEMBERS)
     reference_lead_hours: int = Field(24, ge=1, le=MAX_LEAD_HOURS)
-    long_lead_hours: int = Field(120, ge=1, le=MAX_LEAD_HOURS)
+    long_lead_hours: int | None = Field(None, ge=1, le=MAX_LEAD_HOURS, description="default forecast.lead_hours")
     iterations: int = Field(4, ge=1, le=20)
     tolerance: float = Field(0.1, gt=0, lt=1)
     model_error: bool = Field(True, description="allow SPPT model error when initial perturbations fall short")
@@ -356,7 +360,7 @@ class CalibrationConfig(_Slice):
 
     @model_validator(mode="after")
     def _ordered(self) -> CalibrationConfig:
-        if self.long_lead_hours < self.reference_lead_hours:
+        if self.long_lead_hours is not None and self.long_lead_hours < self.reference_lead_hours:
             raise ValueError(f"calibrate.long_lead_hours {self.long_lead_hours} must be >= reference_lead_hours "
                              f"{self.reference_lead_hours}")
         return self

@@ -36,7 +36,7 @@ import numpy as np
 import shapely
 import xarray as xr
 
-from ingest.atomic import atomic_output  # noqa: E402
+from ingest.atomic import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -379,19 +379,22 @@ def rank_histograms(path: Path, scorecard: xr.Dataset, variable: str, lead_hours
         values = frequencies.isel(lead_time=int(np.flatnonzero(hours == lead)[0])).values
         ax.bar(frequencies["rank"].values, values, color="C0")
         ax.axhline(1.0 / values.size, color="grey", linestyle="--", linewidth=1)
-        ax.set_title(f"+{lead:g} h")
+        flatness = np.abs(values - 1.0 / values.size).sum()
+        ax.set_title(f"+{lead:g} h, reliability index {flatness:.3f}")
         ax.set_xlabel("rank of the truth")
     axes[0, 0].set_ylabel("frequency")
     fig.suptitle(f"{variable} rank histograms, {region}")
     return _save(fig, path)
 
 
-def skill_score(path: Path, scorecard: xr.Dataset, variable: str, region: str = "global", subtitle: str = "") -> Path:
-    """fourcast's RMSE skill score against each baseline, ``1 − RMSE_fourcast / RMSE_baseline``, against lead time.
+def skill_score(path: Path, scorecard: xr.Dataset, variable: str, region: str = "global", subtitle: str = "",
+                metric: str = "rmse") -> Path:
+    """fourcast's skill score against each baseline, ``1 − score_fourcast / score_baseline``, against lead time.
 
-    Above 0 fourcast beats the baseline; 1 would be a perfect forecast.
+    ``metric`` is ``rmse`` or ``crps`` (a baseline's CRPS is its MAE). Above 0 fourcast beats
+    the baseline; 1 would be a perfect forecast.
     """
-    rmse = scorecard["score"].sel(metric="rmse", variable=variable, region=region)
+    rmse = scorecard["score"].sel(metric=metric, variable=variable, region=region)
     hours = scorecard["lead_hours"].values
     fig, ax = plt.subplots(figsize=(5.5, 3.6 + 0.3 * bool(subtitle)), layout="constrained")
     for baseline in [str(s) for s in rmse["system"].values if str(s) != "fourcast"]:
@@ -401,7 +404,7 @@ def skill_score(path: Path, scorecard: xr.Dataset, variable: str, region: str = 
             ax.plot(hours, values, marker="o", label=f"vs {baseline}")
     ax.axhline(0.0, color="grey", linestyle="--", linewidth=1)
     ax.set_xlabel("lead time (h)")
-    ax.set_ylabel("RMSE skill score")
+    ax.set_ylabel(f"{metric.upper()} skill score")
     ax.set_title(f"{variable} skill score, {region}" + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -431,6 +434,9 @@ def scorecard_plots(out_dir: Path, scorecard: xr.Dataset, metrics: Sequence[str]
                                        subtitle))
         if {"persistence", "climatology"} & {str(s) for s in scorecard["system"].values}:
             paths.append(skill_score(out_dir / f"skill_score_{variable}.png", scorecard, variable, region, subtitle))
+            if "crps" in scorecard["metric"].values:
+                paths.append(skill_score(out_dir / f"crps_skill_score_{variable}.png", scorecard, variable, region,
+                                         subtitle, metric="crps"))
         for other in [str(r) for r in scorecard["region"].values if str(r) != region]:
             paths.append(skill_vs_lead(out_dir / f"rmse_{variable}_{other}.png", scorecard, variable, "rmse", other,
                                        subtitle))

@@ -34,14 +34,14 @@ from ensembles.runner import run_campaign
 from ensembles.streaming import StreamingScorer
 from ensembles.regions import GLOBAL, Region, get_region
 from ensembles.scorecard import (ScoreOptions, headline_records, open_for_scoring, score_archive, scorecard_records,
-                                 write_scorecard)
+                                 time_mean_field, write_scorecard)
 from fourcast.checkpoint import CheckpointMeta, save_checkpoint
 from fourcast.errors import CheckpointError
 from fourcast.data import StoreWindows
 from fourcast.device import default_device
 from fourcast.forecaster import Forecaster
 from fourcast.models.registry import build_model, count_parameters
-from fourcast.distributed import DistContext, main_first, process_group
+from fourcast.distributed import DistContext, LaunchEnv, main_first, process_group
 from fourcast.training import (TRAIN_LOSS, TRAIN_LR, VAL_SCORE, CheckpointPlan, ModeSchedule, Phase,
                                TrainSettings, seeded_initialisation, train)
 from ingest.atomic import atomic_output
@@ -62,7 +62,7 @@ from pipeline.config import (CdsConfig, ClusterConfig, ForecastConfig, IngestCon
 from pipeline.tracking import (MODEL_URI_SCHEMES, ModelUriError, NullTracker, Tracker, attach_run,
                                default_tracking_uri, download_checkpoint, mlflow_run, resolve_model_version,
                                run_exists, score_metric_name)
-from pipeline.errors import OutputPathError, StageGridError, StageInputError  # noqa: F401  (re-exported)
+from pipeline.errors import OutputPathError, StageGridError, StageInputError  # re-exported
 
 log = logging.getLogger(__name__)
 
@@ -553,33 +553,6 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-@dataclass(frozen=True)
-class Launch:
-    """This process's place in a launch: ``torchrun``'s ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, or one process."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Launch:
-        """Read the launcher's variables (absent: a single process).
-
-        Raises
-        ------
-        StageInputError
-            If a variable is not an integer or ``0 <= RANK < WORLD_SIZE`` does not hold.
-        """
-        env = os.environ if env is None else env
-        try:
-            launch = cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
-        except ValueError as err:
-            raise StageInputError(f"expected integer RANK, WORLD_SIZE, LOCAL_RANK from the launcher: {err}") from err
-        if not 0 <= launch.rank < launch.world_size or launch.local_rank < 0:
-            raise StageInputError(f"expected 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0, found {launch}")
-        return launch
-
-
 def _init_times(cfg: ForecastConfig) -> np.ndarray:
     if cfg.init_times:
         return np.array([_datetime64(t) for t in cfg.init_times])
@@ -616,14 +589,15 @@ def build_perturbation(settings: PerturbationConfig, forecaster: Forecaster) -> 
 
 def build_model_error(settings: ModelErrorConfig, step: np.timedelta64) -> ModelError | None:
     """The stochastic model error ``settings`` describe (``None`` for ``none`` or a zero amplitude)."""
-    if settings.kind == "none" or settings.amplitude == 0:
+    if settings.kind == "none" or not any([settings.amplitude, *(settings.amplitudes or {}).values()]):
         return None
-    return StochasticTendencyPerturbation(settings.amplitude, step_hours=float(step / np.timedelta64(1, "h")),
+    return StochasticTendencyPerturbation(settings.amplitude, amplitudes=settings.amplitudes,
+                                          step_hours=float(step / np.timedelta64(1, "h")),
                                           length_scale_km=settings.length_scale_km,
                                           decorrelation_hours=settings.decorrelation_hours)
 
 
-def _forecast_device(cfg: ForecastConfig, launch: Launch) -> torch.device:
+def _forecast_device(cfg: ForecastConfig, launch: LaunchEnv) -> torch.device:
     if cfg.device is None and torch.cuda.is_available():
         return torch.device("cuda", launch.local_rank % torch.cuda.device_count())
     return default_device(cfg.device)
@@ -701,7 +675,7 @@ def score_stream(cfg: RunConfig, paths: Paths) -> ScoreStream | None:
 
 
 def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, tracker: Tracker, *,
-             overwrite: bool = False, tracking_uri: str | None = None, launch: Launch | None = None,
+             overwrite: bool = False, tracking_uri: str | None = None, launch: LaunchEnv | None = None,
              stream: ScoreStream | None = None, climatology: Path | None = None,
              workdir: Path | None = None, calibration: Path | None = None) -> Path:
     """Ensemble campaign from the store's initial conditions into a Zarr archive; this process's share of it.
@@ -728,7 +702,7 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
         but a forecast archive is ever replaced.
     tracking_uri : str, optional
         Where MLflow model URIs are resolved.
-    launch : Launch, optional
+    launch : fourcast.distributed.LaunchEnv, optional
         Rank and world size; read from the environment by default.
     stream : ScoreStream, optional
         Also score the members as they are produced, against the store's truth, and record the
@@ -762,7 +736,7 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
         If ``archive`` holds another campaign and ``overwrite`` is false.
     """
     _check_archive_path(archive, {"store": store, "climatology": climatology or (stream and stream.climatology)})
-    launch = launch or Launch.from_env()
+    launch = launch or LaunchEnv.from_environ()
     device = _forecast_device(cfg, launch)
     model = str(cfg.model or checkpoint)
     registered = resolved_model(model, tracking_uri)
@@ -785,6 +759,7 @@ def forecast(cfg: ForecastConfig, checkpoint: Path, store: Path, archive: Path, 
                "perturbation": cfg.perturbation.kind, "amplitude": cfg.perturbation.amplitude, "seed": cfg.seed,
                "amplitudes": json.dumps(cfg.perturbation.amplitudes or {}, sort_keys=True),
                "model_error": cfg.model_error.kind, "model_error_amplitude": cfg.model_error.amplitude,
+               "model_error_amplitudes": json.dumps(cfg.model_error.amplitudes or {}, sort_keys=True),
                "code_version": code_version(), "train_run_id": str(meta.extra.get("train_run_id", "")),
                "forecast_run_id": tracker.run_id or "", **registered, **calibrated}
     if registered:
@@ -960,7 +935,7 @@ def score(cfg: ScoreConfig, archive: Path, store: Path, climatology: Path, out_d
                                          "climatology": climatology}, workdir or store.parent))
     clim = open_climatology(climatology)
     scorecard = score_archive(forecasts, truth[DATA], clim, options, variables=cfg.variables,
-                              lead_times=lead_times)
+                              lead_times=lead_times, time_mean=statistics_time_mean(truth))
     left_out = {"forecasts_skipped_for_nan": int(scorecard["n_skipped"].sum()),
                 "forecasts_unwritten": int(scorecard["n_unwritten"].sum()),
                 **({"init_times_left_out_incomplete": int(completed.left_out.size)} if completed else {})}
@@ -985,6 +960,19 @@ def score(cfg: ScoreConfig, archive: Path, store: Path, climatology: Path, out_d
         if tracker.run_id:
             train.set_tags({f"score_run_{campaign}": tracker.run_id})
     return records
+
+
+def statistics_time_mean(truth: xr.Dataset) -> xr.DataArray | None:
+    """The per-point time mean of the store's statistics period (``stats_start..stats_end``), or ``None`` without one.
+
+    The ``time_mean`` baseline: for a flow without seasons it beats the day-of-year × hour
+    climatology, which is estimated from one sample per day and hour.
+    """
+    start, end = truth.attrs.get("stats_start"), truth.attrs.get("stats_end")
+    if not start or not end:
+        log.warning("the store records no statistics period; the time-mean baseline is left out")
+        return None
+    return time_mean_field(truth[DATA], np.datetime64(start), np.datetime64(end))
 
 
 def _scored_leads(cfg: ScoreConfig, forecasts: xr.Dataset, archive: Path) -> np.ndarray:

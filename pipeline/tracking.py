@@ -38,7 +38,7 @@ from mlflow.tracking import MlflowClient
 
 from ingest.atomic import atomic_output
 from ingest.locks import process_running
-from pipeline.errors import AliasError, ModelUriError, TrackingServerError  # noqa: F401  (re-exported)
+from pipeline.errors import AliasError, ModelUriError, TrackingServerError  # re-exported
 
 _BATCH = 200  # MLflow caps a batch at 1000 metrics / 100 params
 

@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ALLOWED = {"ingest": set(), "fourcast": {"ingest"}, "ensembles": {"ingest"},
            "pipeline": {"ingest", "fourcast", "ensembles"}}
 HOMES = {"mlflow": "pipeline/tracking.py", "torch.distributed": "fourcast/distributed.py",
-         "dask.distributed": "pipeline/cluster.py", "argparse": "pipeline/cli.py"}
+         "dask.distributed": "pipeline/cluster.py", "argparse": "pipeline/cli.py",
+         "sqlite3": "pipeline/tracking.py"}  # loaded before ecCodes for MLflow (see tracking.py)
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:

@@ -36,8 +36,9 @@ class GribSource(RawSource):
             raise SourceLayoutError(f"{self.path}: expected GRIB messages, found none")
         if scan.grid_types != {"regular_ll"}:
             raise GridMismatchError(
-                f"{self.path}: expected GRIB on a regular latitude/longitude grid (gridType regular_ll), found "
-                f"{sorted(scan.grid_types)} — request 'grid' (e.g. [0.25, 0.25]) from the CDS to get one"
+                f"{self.path}: expected GRIB on a regular latitude/longitude grid (gridType regular_ll), "
+                f"found {sorted(scan.grid_types)} — request 'grid' (e.g. [0.25, 0.25]) from the CDS to get "
+                "one"
             )
         # One experiment at a time: cfgrib cannot hold two messages for the same field and time.
         filters = [None] if "" in scan.experiments else sorted(set(scan.experiments))
@@ -54,7 +55,7 @@ class GribSource(RawSource):
             datasets = cfgrib.open_datasets(str(self.path), backend_kwargs=kwargs, cache=False)
         except cfgrib.dataset.DatasetBuildError as err:
             raise SourceLayoutError(
-                f"{self.path}: expected GRIB messages that form regular hypercubes (one message per field, level "
-                f"and time{'' if expver is None else f' for expver {expver}'}); cfgrib says: {err}"
+                f"{self.path}: expected GRIB messages that form regular hypercubes (one message per field, "
+                f"level and time{'' if expver is None else f' for expver {expver}'}); cfgrib says: {err}"
             ) from err
         return [raw if expver is None else raw.assign_coords({EXPVER: expver}) for raw in datasets]

@@ -25,7 +25,9 @@ def open_netcdf(path: Path) -> RawDataset:
     try:
         raw = xr.open_dataset(path, engine="netcdf4", mask_and_scale=False, chunks=None, cache=False)
     except (OSError, ValueError) as err:
-        raise SourceLayoutError(f"{path}: expected a readable netCDF file; the netCDF library says: {err}") from err
+        raise SourceLayoutError(
+            f"{path}: expected a readable netCDF file; the netCDF library says: {err}"
+        ) from err
     layout = Layout.NEW_CDS_NETCDF if "valid_time" in raw.variables else Layout.OLD_CDS_NETCDF
     return RawDataset(str(path), layout, raw)
 

@@ -11,7 +11,7 @@ import json
 import zipfile
 from pathlib import Path
 
-from ingest.atomic import discard, replace_path, temporary_sibling
+from ingest.atomic import atomic_output
 from ingest.errors import SourceLayoutError, TruncatedFileError
 from ingest.source import Layout, RawDataset, RawSource
 
@@ -34,8 +34,11 @@ class ZipSource(RawSource):
     def __init__(self, path: Path, unpack_dir: str | Path | None = None) -> None:
         self.path = Path(path)
         self.label = str(self.path)
-        self.target = (Path(unpack_dir) / f"{self.path.name}.unpacked" if unpack_dir
-                       else self.path.with_name(f".{self.path.name}.unpacked"))
+        self.target = (
+            Path(unpack_dir) / f"{self.path.name}.unpacked"
+            if unpack_dir
+            else self.path.with_name(f".{self.path.name}.unpacked")
+        )
 
     def _open_raw(self) -> list[RawDataset]:
         from ingest.formats import file_source  # members are files of any format
@@ -43,8 +46,11 @@ class ZipSource(RawSource):
         manifest = self._unpacked()
         if not manifest:
             raise SourceLayoutError(f"{self.path}: expected netCDF or GRIB members in the zip, found none")
-        return [RawDataset(f"{self.path}::{member}", Layout.CDS_ZIP, raw.raw)
-                for member in sorted(manifest) for raw in file_source(self.target / Path(member).name).raw()]
+        return [
+            RawDataset(f"{self.path}::{member}", Layout.CDS_ZIP, raw.raw)
+            for member in sorted(manifest)
+            for raw in file_source(self.target / Path(member).name).raw()
+        ]
 
     def _unpacked(self) -> dict[str, list[int]]:
         """Unpack the members unless an identical unpacking is there; returns the zip's manifest."""
@@ -55,8 +61,8 @@ class ZipSource(RawSource):
                     unpack(archive, self.target, manifest)
         except zipfile.BadZipFile as err:
             raise TruncatedFileError(
-                f"{self.path}: expected a complete zip archive (as the CDS returns for mixed instantaneous and "
-                f"accumulated fields); it cannot be read: {err} — an interrupted download?"
+                f"{self.path}: expected a complete zip archive (as the CDS returns for mixed instantaneous "
+                f"and accumulated fields); it cannot be read: {err} — an interrupted download?"
             ) from err
         return manifest
 
@@ -71,8 +77,10 @@ def unpacked_matches(target: Path, manifest: dict[str, list[int]]) -> bool:
     record = target / _MANIFEST
     if not record.is_file() or json.loads(record.read_text()) != manifest:
         return False
-    return all((target / Path(m).name).is_file() and (target / Path(m).name).stat().st_size == size
-               for m, (size, _) in manifest.items())
+    return all(
+        (target / Path(m).name).is_file() and (target / Path(m).name).stat().st_size == size
+        for m, (size, _) in manifest.items()
+    )
 
 
 def unpack(archive: zipfile.ZipFile, target: Path, manifest: dict[str, list[int]]) -> None:
@@ -85,17 +93,14 @@ def unpack(archive: zipfile.ZipFile, target: Path, manifest: dict[str, list[int]
     """
     names = [Path(m).name for m in manifest]
     if len(set(names)) != len(names) or _MANIFEST in names:
-        raise SourceLayoutError(f"{archive.filename}: expected distinct member file names, found {sorted(manifest)}")
+        raise SourceLayoutError(
+            f"{archive.filename}: expected distinct member file names, found {sorted(manifest)}"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(target)
-    try:
+    with atomic_output(target) as tmp:
         tmp.mkdir()
         for member in manifest:
             with archive.open(member) as src, open(tmp / Path(member).name, "wb") as dst:
                 while chunk := src.read(1 << 22):
                     dst.write(chunk)
         (tmp / _MANIFEST).write_text(json.dumps(manifest))
-        replace_path(tmp, target)
-    except BaseException:
-        discard(tmp)
-        raise

@@ -7,8 +7,12 @@ import pytest
 import torch
 from torch_harmonics import RealSHT
 
-from ensembles.perturbations import (EARTH_RADIUS_KM, BalancedRandomFieldPerturbation, balanced_roles,
-                                     tau_of_length_scale)
+from ensembles.perturbations import (
+    EARTH_RADIUS_KM,
+    BalancedRandomFieldPerturbation,
+    balanced_roles,
+    tau_of_length_scale,
+)
 from ingest.dims import CHANNEL, LAT, LON, MEMBER
 from ingest.grid import cell_area_weights, equiangular_lats, regular_lons
 
@@ -22,15 +26,20 @@ def _generator(seed: int) -> torch.Generator:
 
 
 def _draw(perturbation, n_members: int, nlat: int, seed: int = 0, channels=CHANNELS) -> np.ndarray:
-    coords = {MEMBER: np.arange(n_members), CHANNEL: np.array(channels), LAT: equiangular_lats(nlat),
-              LON: regular_lons(2 * nlat)}
-    x, _ = perturbation(torch.zeros(n_members, len(channels), nlat, 2 * nlat, dtype=torch.float64), coords,
-                        _generator(seed))
+    coords = {
+        MEMBER: np.arange(n_members),
+        CHANNEL: np.array(channels),
+        LAT: equiangular_lats(nlat),
+        LON: regular_lons(2 * nlat),
+    }
+    x, _ = perturbation(
+        torch.zeros(n_members, len(channels), nlat, 2 * nlat, dtype=torch.float64), coords, _generator(seed)
+    )
     return x.numpy()
 
 
 def _fitted_length_scale(fields: np.ndarray, alpha: float) -> float:
-    """The length scale (km) whose spectrum ``(l(l+1) + tau²)^-alpha`` best fits the fields' measured power."""
+    """The length scale (km) whose spectrum ``(l(l+1) + tau²)^-alpha`` fits the measured power best."""
     nlat = fields.shape[-2]
     sht = RealSHT(nlat, 2 * nlat, grid="equiangular", norm="backward").to(torch.float64)
     coefficients = sht(torch.as_tensor(fields)).numpy()
@@ -49,16 +58,23 @@ def _fitted_length_scale(fields: np.ndarray, alpha: float) -> float:
 @pytest.mark.parametrize("length_scale_km", [800.0, 2500.0])
 def test_the_measured_spectrum_has_the_requested_length_scale(length_scale_km):
     alpha = 3.0
-    perturbation = BalancedRandomFieldPerturbation(np.ones(1), 1.0, length_scale_km=length_scale_km, alpha=alpha,
-                                                   channels=["t850"])
+    perturbation = BalancedRandomFieldPerturbation(
+        np.ones(1), 1.0, length_scale_km=length_scale_km, alpha=alpha, channels=["t850"]
+    )
     fields = _draw(perturbation, 48, 64, channels=["t850"])[:, 0]
     assert _fitted_length_scale(fields, alpha) == pytest.approx(length_scale_km, rel=0.15)
 
 
 def test_a_longer_length_scale_correlates_further():
     def lag_correlation(length_scale_km: float, lag: int) -> float:
-        fields = _draw(BalancedRandomFieldPerturbation(np.ones(1), 1.0, length_scale_km=length_scale_km,
-                                                       channels=["t850"]), 16, 32, channels=["t850"])[:, 0]
+        fields = _draw(
+            BalancedRandomFieldPerturbation(
+                np.ones(1), 1.0, length_scale_km=length_scale_km, channels=["t850"]
+            ),
+            16,
+            32,
+            channels=["t850"],
+        )[:, 0]
         band = fields[:, 8:24]  # away from the poles
         return float((band * np.roll(band, lag, axis=-1)).mean() / (band**2).mean())
 
@@ -100,7 +116,14 @@ def test_members_are_drawn_in_order_and_zero_amplitude_is_identity():
 
 def test_roles_pair_channels_by_level():
     assert balanced_roles(["u850", "z500", "t850", "v500", "v850", "u500", "msl"]) == [
-        ("u", 0), ("z", 1), None, ("v", 1), ("v", 0), ("u", 1), None]
+        ("u", 0),
+        ("z", 1),
+        None,
+        ("v", 1),
+        ("v", 0),
+        ("u", 1),
+        None,
+    ]
 
 
 def test_length_scale_sets_tau():

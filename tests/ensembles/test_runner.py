@@ -137,6 +137,11 @@ def test_model_error_scales_each_increment_within_zero_and_twice(identity_progno
     assert float(multiplier.min()) >= 0.0 and float(multiplier.max()) <= 2.0
     torch.testing.assert_close(multiplier[:, 0], multiplier[:, 1])  # one pattern for every channel
     assert float(multiplier.std()) > 0.3
+    per_channel = StochasticTendencyPerturbation(3.0, amplitudes={"u500": 0.0}, step_hours=6)
+    fresh = [member_generator(1, INIT, m, stream=1) for m in range(2)]
+    scaled = per_channel.start({MEMBER: np.arange(2), **coords}, fresh).apply(before, after)
+    torch.testing.assert_close(scaled[:, 1], after[:, 1])  # u500's increment is left as the model made it
+    assert float(scaled[:, 0].std()) > 0.3
 
 
 def test_seeds_depend_on_seed_init_time_and_member():

@@ -14,7 +14,8 @@ from ensembles.baselines import persistence_forecast
 from ensembles.metrics import METRICS, StatisticSums, finalise, forecast_statistics
 from ensembles.regions import GLOBAL, TROPICS, Region, weight_matrix
 from ensembles.scorecard import (ScoreAccumulator, ScoreOptions, open_for_scoring, open_scorecard, score_archive,
-                                 score_chunk, scorecard_table, write_scorecard)
+                                 score_chunk, scorecard_records, scorecard_table, skill_records,
+                                 write_scorecard)
 from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER, TIME
 
 VARIABLES = ["z500", "u500"]
@@ -69,6 +70,7 @@ def _reference(ensemble, truth, climatology, variable, region, weights):
     y = truth.sel({CHANNEL: variable, TIME: valid}, drop=True).astype(np.float64).drop_vars(TIME, errors="ignore")
     c = climatology.sel({CHANNEL: variable}, drop=True).astype(np.float64)
     mean = x.mean(MEMBER)
+    rank = metrics.rank_histogram(x, y, np.random.default_rng(0), weights, normalise=True)
     return {
         "rmse": metrics.rmse(mean, y, weights), "mse": metrics.mse(mean, y, weights),
         "mae": metrics.mae(mean, y, weights), "bias": metrics.bias(mean, y, weights),
@@ -78,7 +80,8 @@ def _reference(ensemble, truth, climatology, variable, region, weights):
         "brier": metrics.brier_score(x, y, c, weights, fair=True),
         "spread": metrics.ensemble_spread(x, weights), "ssr": metrics.spread_skill_ratio(x, y, weights),
         "debiased_rmse": metrics.debiased_ensemble_mean_rmse(x, y, weights),
-        "rank": metrics.rank_histogram(x, y, np.random.default_rng(0), weights, normalise=True),
+        "rank": rank,
+        "reliability": np.abs(rank - 1.0 / rank.sizes["rank"]).sum("rank"),  # Delle Monache's index, by definition
     }
 
 
@@ -96,6 +99,37 @@ def test_dask_chunked_scores_equal_the_in_memory_definitions(on_disk, ensemble, 
                                            atol=1e-9, err_msg=f"{metric} {variable} {region.name}")
             ranks = scorecard["rank_histogram"].sel(variable=variable, region=region.name)
             np.testing.assert_allclose(ranks, expected["rank"].transpose(LEAD_TIME, "rank"), rtol=1e-6, atol=1e-12)
+
+
+def test_control_and_time_mean_baselines_and_the_skill_records(on_disk, ensemble, truth, climatology):
+    time_mean = truth.isel({TIME: slice(0, 6)}).mean(TIME)
+    scorecard = score_archive(on_disk, truth, climatology, ScoreOptions(regions=REGIONS), time_mean=time_mean)
+    region = REGIONS[0]
+    weights = region.weights(truth[LAT].values, truth[LON].values)
+    for variable in VARIABLES:
+        x = ensemble[variable].astype(np.float64)
+        inits = x[INIT_TIME].values
+        valid = xr.DataArray(inits[:, None] + LEADS[None, :], dims=(INIT_TIME, LEAD_TIME),
+                             coords={INIT_TIME: inits, LEAD_TIME: LEADS})
+        y = truth.sel({CHANNEL: variable, TIME: valid}, drop=True).astype(np.float64).drop_vars(TIME, errors="ignore")
+        got = scorecard["score"].sel(variable=variable, region=region.name)
+        control_mae = metrics.mae(x.sel({MEMBER: 0}, drop=True), y, weights)
+        np.testing.assert_allclose(got.sel(metric="mae", system="control"), control_mae.transpose(LEAD_TIME),
+                                   rtol=1e-6)
+        flat = time_mean.sel({CHANNEL: variable}, drop=True).astype(np.float64)
+        np.testing.assert_allclose(got.sel(metric="rmse", system="time_mean"),
+                                   metrics.rmse(flat.broadcast_like(y), y, weights).transpose(LEAD_TIME), rtol=1e-6)
+    records = scorecard_records(scorecard, region.name)
+    derived = {(r["variable"], r["lead_hours"], r["system"], r["metric"]): r["value"] for r in skill_records(records)}
+    value = {(r["variable"], r["lead_hours"], r["system"], r["metric"]): r["value"] for r in records}
+    for (variable, lead, system, metric), result in derived.items():
+        if system == "best_climatology":
+            assert result == min(value[(variable, lead, "climatology", metric)],
+                                 value[(variable, lead, "time_mean", metric)])
+        elif metric == "crpss_persistence":
+            assert result == pytest.approx(1 - value[(variable, lead, "fourcast", "crps")]
+                                           / value[(variable, lead, "persistence", "crps")])
+    assert any(key[3] == "crpss_climatology" for key in derived)
 
 
 def test_dask_and_loaded_archives_score_the_same(on_disk, truth, climatology):

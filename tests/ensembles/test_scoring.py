@@ -78,14 +78,18 @@ def test_persistence_model_scores_as_the_persistence_baseline(
         assert table[(variable, 24, "persistence", "rmse")] > table[(variable, 24, "climatology", "rmse")] > 0
 
 
+SINGLE = ("persistence", "climatology", "control")
+
+
 def test_records_cover_every_variable_lead_system_and_metric(archive, truth, climatology):
     records = score_forecasts(archive, truth, climatology)
     assert set(records[0]) == {"variable", "lead_hours", "system", "metric", "value"}
     assert all(isinstance(r["value"], float) and np.isfinite(r["value"]) for r in records)
     keys = {(r["system"], r["metric"]) for r in records}
     deterministic = set(METRICS) - {"spread", "ssr", "debiased_rmse"}
-    baselines = {(s, m) for s in ("persistence", "climatology") for m in deterministic}
-    expected = {("fourcast", m) for m in METRICS} | baselines
+    # the control member is scored alone as a deterministic forecast too
+    baselines = {(s, m) for s in ("persistence", "climatology", "control") for m in deterministic}
+    expected = {("fourcast", m) for m in METRICS} | (baselines - {(s, "reliability") for s in SINGLE})
     assert keys == expected
     assert len(records) == len(VARIABLES) * (N_STEPS + 1) * len(expected)
     table = _table(records)

@@ -40,6 +40,7 @@ import numpy as np
 import xarray as xr
 import yaml
 
+from ingest.cds_layout import basic_field_attrs, cds_dataset, write_cds_file
 from ingest.lexicon import LEXICON, PRESSURE_LEVELS_DATASET, SINGLE_LEVELS_DATASET, Variable
 from pipeline.cli import DEFAULT_CONFIG
 
@@ -322,7 +323,7 @@ def write_result(dataset: str, inputs: dict, stem: Path) -> Path:
     """Write the request's netCDF file (zipped if asked) next to ``stem``; returns its path."""
     ds = _result_dataset(dataset, inputs)
     nc = stem.with_suffix(".nc")
-    ds.to_netcdf(nc, format="NETCDF4", engine="netcdf4", encoding=_encoding(ds))
+    write_cds_file(ds, nc)
     if inputs.get("download_format", "unarchived") != "zip":
         return nc
     archive = stem.with_suffix(".zip")
@@ -335,48 +336,17 @@ def write_result(dataset: str, inputs: dict, stem: Path) -> Path:
 def _result_dataset(dataset: str, inputs: dict) -> xr.Dataset:
     times = request_times(inputs)
     lat, lon = request_grid(inputs)
-    levels = sorted((int(level) for level in _listed(inputs.get("pressure_level", []))), reverse=True)
-    coords = {
-        "number": ((), np.int64(0), {"long_name": "ensemble member numerical id", "units": "1",
-                                     "standard_name": "realization"}),
-        "valid_time": ("valid_time", times, {"long_name": "time", "standard_name": "time"}),
-        "latitude": ("latitude", lat, {"units": "degrees_north", "standard_name": "latitude",
-                                       "long_name": "latitude", "stored_direction": "decreasing"}),
-        "longitude": ("longitude", lon, {"units": "degrees_east", "standard_name": "longitude",
-                                         "long_name": "longitude"}),
-        "expver": ("valid_time", np.full(times.size, "0001", dtype=object)),
-    }
-    data = {}
-    for name in _listed(inputs["variable"]):
-        if levels:
-            variables = [_BY_NAME[(name, level)] for level in levels]
-            values = np.stack([field_values(v, times, lat, lon) for v in variables], axis=1)
-            dims = ("valid_time", "pressure_level", "latitude", "longitude")
-        else:
-            variables = [_BY_NAME[(name, None)]]
-            values, dims = field_values(variables[0], times, lat, lon), ("valid_time", "latitude", "longitude")
-        first = variables[0]
-        data[first.short_name] = (dims, values, {"units": first.units, "long_name": first.long_name.split(" at ")[0],
-                                                 "GRIB_shortName": first.short_name, "GRIB_stepType": "instant",
-                                                 "GRIB_gridType": "regular_ll", "GRIB_dataType": "an"})
-    if levels:
-        coords["pressure_level"] = ("pressure_level", np.array(levels, dtype=np.float64),
-                                    {"long_name": "pressure", "units": "hPa", "positive": "down",
-                                     "stored_direction": "decreasing", "standard_name": "air_pressure"})
+    levels = [int(level) for level in _listed(inputs.get("pressure_level", []))] or [None]
+    variables = [_BY_NAME[(name, level)] for name in _listed(inputs["variable"]) for level in levels]
+    fields = {v.id: field_values(v, times, lat, lon) for v in variables}
     attrs = {"GRIB_centre": "ecmf", "Conventions": "CF-1.7",
              "institution": "European Centre for Medium-Range Weather Forecasts",
              "history": "fourcast tests: local CDS server (smooth deterministic fields, not ERA5)"}
-    return xr.Dataset(data, coords=coords, attrs=attrs)
+    return cds_dataset(times, lat, lon, fields, field_attrs=_field_attrs, attrs=attrs)
 
 
-def _encoding(ds: xr.Dataset) -> dict:
-    encoding = {"valid_time": {"dtype": "int64", "units": "seconds since 1970-01-01",
-                               "calendar": "proleptic_gregorian"},
-                "number": {"dtype": "int64"}, "latitude": {"_FillValue": np.nan}, "longitude": {"_FillValue": np.nan}}
-    for name in ds.data_vars:
-        encoding[name] = {"dtype": "float32", "zlib": True, "complevel": 1, "shuffle": True,
-                          "_FillValue": np.float32(np.nan)}
-    return encoding
+def _field_attrs(variable: Variable, lat: np.ndarray, lon: np.ndarray) -> dict[str, object]:
+    return {**basic_field_attrs(variable, lat, lon), "GRIB_gridType": "regular_ll", "GRIB_dataType": "an"}
 
 
 def _listed(value) -> list:

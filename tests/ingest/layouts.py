@@ -1,14 +1,14 @@
 """Small ERA5 files in every layout the CDS has delivered, all written from one set of fields.
 
-:func:`make_fields` draws seeded fields on a coarse global grid; the writers put the same
-values into the new-CDS netCDF layout, the new-CDS zip, the old-CDS packed-int16 netCDF
-layout, and GRIB 1, mirroring the real files in ``../shared/realdata`` (see its README).
+:func:`tests.ingest.fields.make_fields` draws seeded fields on a coarse global grid; the writers
+put the same values into the new-CDS netCDF layout (:mod:`ingest.cds_layout`), the new-CDS zip,
+the old-CDS packed-int16 netCDF layout, and GRIB 1, mirroring the real files in
+``../shared/realdata`` (see its README).
 """
 
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import eccodes
@@ -16,61 +16,15 @@ import netCDF4
 import numpy as np
 import xarray as xr
 
-from ingest.lexicon import get_variable
+from ingest.cds_layout import basic_field_attrs, cds_bytes, cds_dataset, write_cds_file
+from ingest.lexicon import Variable, get_variable
+from tests.ingest.fields import PRESSURE_IDS, SURFACE_IDS, Fields
 
-PRESSURE_IDS = ("z500", "z850", "t850")
-SURFACE_IDS = ("t2m", "u10m", "msl")
-ALL_IDS = PRESSURE_IDS + SURFACE_IDS
-
-# plausible mean and spread of each field, in lexicon units
-_CLIMATE = {"z500": (55_000.0, 800.0), "z850": (14_000.0, 500.0), "t850": (275.0, 10.0),
-            "t2m": (285.0, 12.0), "u10m": (0.0, 6.0), "msl": (101_300.0, 1200.0)}
 # GRIB shortName where it differs from the cfgrib variable name the lexicon uses
 _GRIB_SHORT_NAMES = {"t2m": "2t", "u10m": "10u", "v10m": "10v"}
 _INT16_FILL = np.int16(-32767)
 _ZIP_INSTANT = "data_stream-oper_stepType-instant.nc"
 _ZIP_ACCUM = "data_stream-oper_stepType-accum.nc"
-
-
-@dataclass(frozen=True)
-class Fields:
-    """Canonical fields to write: ``values[id]`` has shape (time, lat, lon), float32.
-
-    ``lat`` runs 90 → −90 and ``lon`` 0 → 360, as the canonical form; ``expver`` gives the
-    experiment of each time step.
-    """
-
-    times: np.ndarray
-    lat: np.ndarray
-    lon: np.ndarray
-    values: dict[str, np.ndarray]
-    expver: np.ndarray
-
-    def select(self, steps: slice | np.ndarray, ids: tuple[str, ...] | None = None) -> Fields:
-        """The fields at some time steps (and for some ids)."""
-        ids = tuple(self.values) if ids is None else ids
-        return replace(self, times=self.times[steps].copy(), expver=self.expver[steps].copy(),
-                       values={vid: self.values[vid][steps].copy() for vid in ids})
-
-    def shifted(self, offset: float, expver: str) -> Fields:
-        """The same times with every value moved by ``offset``, labelled with another experiment."""
-        return replace(self, values={k: v + np.float32(offset) for k, v in self.values.items()},
-                       expver=np.full(self.times.size, expver))
-
-    def stacked(self, ids: tuple[str, ...] = ALL_IDS) -> np.ndarray:
-        """Values as the canonical ``[time, channel, lat, lon]`` array."""
-        return np.stack([self.values[vid] for vid in ids], axis=1)
-
-
-def make_fields(ntime: int = 8, nlat: int = 7, nlon: int = 12, *, seed: int = 0,
-                start: str = "2000-01-01T00", ids: tuple[str, ...] = ALL_IDS) -> Fields:
-    """Seeded fields, 6-hourly from ``start``, on an equiangular grid including the poles."""
-    rng = np.random.default_rng(seed)
-    times = np.datetime64(start, "ns") + np.arange(ntime) * np.timedelta64(6, "h")
-    values = {vid: (_CLIMATE[vid][0] + _CLIMATE[vid][1] * rng.standard_normal((ntime, nlat, nlon))).astype(np.float32)
-              for vid in ids}
-    return Fields(times, np.linspace(90.0, -90.0, nlat), np.arange(nlon) * (360.0 / nlon), values,
-                  np.full(ntime, "0001"))
 
 
 def _grid(fields: Fields, lon_west: bool, lat_ascending: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -90,55 +44,28 @@ def _on_grid(values: np.ndarray, lat_order: np.ndarray, lon_order: np.ndarray) -
 
 def new_cds_dataset(fields: Fields, ids: tuple[str, ...], *, lon_west: bool = False,
                     lat_ascending: bool = False) -> xr.Dataset:
-    """The new-CDS layout: ``valid_time``, (``pressure_level``), ``latitude``, ``longitude``."""
+    """The new-CDS layout (:func:`ingest.cds_layout.cds_dataset`), on a grid maybe −180..180 and/or south to north."""
     lat, lon, lat_order, lon_order = _grid(fields, lon_west, lat_ascending)
-    variables = [get_variable(vid) for vid in ids]
-    levels = sorted({v.level for v in variables if v.level is not None})
-    data = {}
-    for short in dict.fromkeys(v.short_name for v in variables):
-        members = [v for v in variables if v.short_name == short]
-        attrs = {"units": members[0].units, "long_name": members[0].long_name.split(" at ")[0],
-                 "GRIB_shortName": _GRIB_SHORT_NAMES.get(members[0].id, short)}
-        if members[0].level is None:
-            data[short] = (("valid_time", "latitude", "longitude"),
-                           _on_grid(fields.values[members[0].id], lat_order, lon_order), attrs)
-            continue
-        cube = np.full((fields.times.size, len(levels), lat.size, lon.size), np.nan, dtype=np.float32)
-        for v in members:
-            cube[:, levels.index(v.level)] = _on_grid(fields.values[v.id], lat_order, lon_order)
-        data[short] = (("valid_time", "pressure_level", "latitude", "longitude"), cube, attrs)
-    coords = {
-        "number": ((), np.int64(0), {"standard_name": "realization"}),
-        "valid_time": ("valid_time", fields.times, {"standard_name": "time"}),
-        "latitude": ("latitude", lat, {"units": "degrees_north"}),
-        "longitude": ("longitude", lon, {"units": "degrees_east"}),
-        "expver": ("valid_time", fields.expver.astype(object)),
-    }
-    if levels:
-        coords["pressure_level"] = ("pressure_level", np.array(levels, dtype=np.float64), {"units": "hPa"})
-    return xr.Dataset(data, coords=coords, attrs={"Conventions": "CF-1.7", "institution": "ECMWF"})
+    values = {vid: _on_grid(fields.values[vid], lat_order, lon_order) for vid in ids}
+    return cds_dataset(fields.times, lat, lon, values, expver=fields.expver, field_attrs=_field_attrs,
+                       attrs={"Conventions": "CF-1.7", "institution": "ECMWF"})
 
 
-def _new_cds_encoding(ds: xr.Dataset) -> dict:
-    encoding = {"valid_time": {"dtype": "int64", "units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian"}}
-    for name in ds.data_vars:
-        encoding[name] = {"dtype": "float32", "zlib": True, "complevel": 1, "shuffle": True,
-                          "_FillValue": np.float32(np.nan)}
-    return encoding
+def _field_attrs(variable: Variable, lat: np.ndarray, lon: np.ndarray) -> dict[str, object]:
+    """The layout's attributes, with the GRIB shortName where it differs from the netCDF name."""
+    return {**basic_field_attrs(variable, lat, lon), "GRIB_shortName": _GRIB_SHORT_NAMES.get(variable.id,
+                                                                                            variable.short_name)}
 
 
 def write_new_cds(fields: Fields, directory: Path, *, stem: str = "era5", lon_west: bool = False,
                   lat_ascending: bool = False) -> list[Path]:
     """``{stem}_pl.nc`` (pressure levels) and ``{stem}_sfc.nc`` (single levels), as two requests give."""
-    directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for suffix, ids in (("pl", PRESSURE_IDS), ("sfc", SURFACE_IDS)):
         ids = tuple(vid for vid in ids if vid in fields.values)
         if ids:
             ds = new_cds_dataset(fields, ids, lon_west=lon_west, lat_ascending=lat_ascending)
-            path = directory / f"{stem}_{suffix}.nc"
-            ds.to_netcdf(path, engine="netcdf4", format="NETCDF4", encoding=_new_cds_encoding(ds))
-            paths.append(path)
+            paths.append(write_cds_file(ds, directory / f"{stem}_{suffix}.nc"))
     return paths
 
 
@@ -156,7 +83,7 @@ def write_cds_zip(fields: Fields, path: Path, *, seed: int = 1) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for member, ds in ((_ZIP_INSTANT, instant), (_ZIP_ACCUM, accum)):
-            archive.writestr(member, ds.to_netcdf(engine="netcdf4", encoding=_new_cds_encoding(ds)))
+            archive.writestr(member, cds_bytes(ds))
     return path
 
 

@@ -18,12 +18,12 @@ from ingest.climatology import climatology_at, compute_climatology, window_weigh
 from ingest.errors import StoreSchemaError
 from ingest.schema import CLIMATOLOGY_DIMS, open_climatology
 
-from tests.ingest.fields import make_fields
+from tests.ingest.fields import canonical_fields
 
 
 @pytest.fixture(scope="module")
 def three_years():
-    return make_fields("2003-01-01T00", "2005-12-31T18", nlat=3, nlon=4, chunk_steps=200)
+    return canonical_fields("2003-01-01T00", "2005-12-31T18", nlat=3, nlon=4, chunk_steps=200)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_times_between_the_stored_hours_and_old_layouts_are_refused(climatology,
 
 
 def test_days_no_window_reaches_take_the_period_mean_at_their_hour():
-    month = make_fields("2003-01-01T00", "2003-01-31T18", nlat=3, nlon=4)
+    month = canonical_fields("2003-01-01T00", "2003-01-31T18", nlat=3, nlon=4)
     start, end = np.datetime64("2003-01-01T00"), np.datetime64("2003-01-31T18")
     filled = compute_climatology(month, start, end).compute()
     bare = compute_climatology(month, start, end, fill_uncovered=False).compute()
@@ -119,7 +119,7 @@ class _TaskCounter(Callback):
 ])
 def test_the_dask_graph_has_a_few_tasks_per_block_whatever_the_hours_days_and_years(tmp_path, start, end,
                                                                                     step_hours, chunk_steps):
-    data = make_fields(start, end, step_hours=step_hours, nlat=3, nlon=4, chunk_steps=chunk_steps)
+    data = canonical_fields(start, end, step_hours=step_hours, nlat=3, nlon=4, chunk_steps=chunk_steps)
     blocks = data.data.numblocks[0]
     lazy = compute_climatology(data, np.datetime64(start), np.datetime64(end))
     assert len(lazy.data.__dask_graph__()) <= 4 * blocks + 4  # read, reduce and merge per block; smooth once
@@ -144,8 +144,8 @@ import sys
 from pathlib import Path
 import numpy as np
 from ingest.climatology import compute_climatology, write_climatology
-from tests.ingest.fields import make_fields
-data = make_fields("2003-01-01T00", "2003-01-20T23", step_hours=1, nlat=32, nlon=64, chunk_steps=48)
+from tests.ingest.fields import canonical_fields
+data = canonical_fields("2003-01-01T00", "2003-01-20T23", step_hours=1, nlat=32, nlon=64, chunk_steps=48)
 climatology = compute_climatology(data, data["time"].values[0], data["time"].values[-1])
 write_climatology(climatology, Path(sys.argv[1]))
 """

@@ -10,7 +10,7 @@ from ingest.coarsen import coarsen, latitude_weights, longitude_weights
 from ingest.errors import StoreSchemaError
 from ingest.grid import cell_area_weights, equiangular_lats, regular_lons
 
-from tests.ingest.fields import make_fields
+from tests.ingest.fields import canonical_fields
 
 
 def _area_mean(field: xr.DataArray) -> np.ndarray:
@@ -30,7 +30,7 @@ def test_era5_quarter_degree_becomes_era5_one_degree():
 
 @pytest.mark.parametrize(("nlat", "factor"), [(17, 4), (16, 2)])
 def test_the_area_mean_is_conserved(nlat, factor):
-    fine = make_fields("2001-01-01T00", "2001-01-03T00", nlat=nlat, nlon=32)
+    fine = canonical_fields("2001-01-01T00", "2001-01-03T00", nlat=nlat, nlon=32)
     if nlat % 2 == 0:  # a grid without poles: rows half a spacing off them
         fine = fine.assign_coords(lat=np.linspace(90, -90, nlat + 1)[:-1] - 90.0 / nlat)
     coarse = coarsen(fine, factor)
@@ -40,7 +40,7 @@ def test_the_area_mean_is_conserved(nlat, factor):
 
 
 def test_factors_that_do_not_divide_the_grid_are_refused():
-    fine = make_fields("2001-01-01T00", "2001-01-02T00", nlat=17, nlon=32)
+    fine = canonical_fields("2001-01-01T00", "2001-01-02T00", nlat=17, nlon=32)
     with pytest.raises(StoreSchemaError, match="dividing nlat - 1 = 16"):
         coarsen(fine, 3)
 

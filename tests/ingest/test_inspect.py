@@ -13,14 +13,14 @@ from ingest.inspect import describe_store, format_description, validate_store
 from ingest.store import StatsPeriod, StoreLayout, write_store
 from pipeline.cli import main
 
-from tests.ingest.fields import make_fields
+from tests.ingest.fields import canonical_fields
 
 PERIOD = StatsPeriod(np.datetime64("2001-01-01T00"), np.datetime64("2001-01-20T18"))
 
 
 @pytest.fixture(scope="module")
 def good_store(tmp_path_factory):
-    data = make_fields("2001-01-01T00", "2001-01-31T18")
+    data = canonical_fields("2001-01-01T00", "2001-01-31T18")
     return write_store(data, tmp_path_factory.mktemp("inspect") / "store.zarr", PERIOD, StoreLayout(shard_steps=32))
 
 

@@ -21,7 +21,7 @@ from pipeline.cli import main
 from pipeline.stages import Paths
 
 from tests.ingest import layouts
-from tests.ingest.fields import make_fields
+from tests.ingest.fields import canonical_fields, make_fields
 
 
 def test_partial_states_merge_to_the_whole_in_any_grouping():
@@ -44,7 +44,7 @@ def test_partial_states_merge_to_the_whole_in_any_grouping():
 
 
 def test_store_statistics_agree_with_numpy_on_the_training_subset(tmp_path):
-    data = make_fields("2001-01-01T00", "2001-03-31T18", chunk_steps=24)
+    data = canonical_fields("2001-01-01T00", "2001-03-31T18", chunk_steps=24)
     period = StatsPeriod(np.datetime64("2001-01-10T00"), np.datetime64("2001-02-20T18"))
     store = write_store(data, tmp_path / "store.zarr", period, StoreLayout(shard_steps=24))
     ds = xr.open_zarr(store, consolidated=False)
@@ -62,7 +62,7 @@ def test_store_statistics_agree_with_numpy_on_the_training_subset(tmp_path):
 
 
 def test_the_tendency_spans_six_hours_whatever_the_step():
-    hourly = make_fields("2001-01-01T00", "2001-01-08T23", step_hours=1)
+    hourly = canonical_fields("2001-01-01T00", "2001-01-08T23", step_hours=1)
     stats = compute_statistics(hourly, hourly["time"].values[0], hourly["time"].values[-1], step_hours=1)
     values = hourly.values.astype(np.float64)
     six_hours = np.moveaxis(values[6:] - values[:-6], 1, 0).reshape(3, -1)
@@ -73,7 +73,7 @@ def test_the_tendency_spans_six_hours_whatever_the_step():
 @pytest.mark.parametrize("chunk_steps", [1, 4, 7, 500])
 def test_statistics_do_not_depend_on_where_the_blocks_are_cut(chunk_steps):
     # hourly steps: the 6-hour tendency spans 6 steps, more than a block of 1, 4 or 7 steps
-    hourly = make_fields("2001-01-01T00", "2001-01-08T23", step_hours=1, chunk_steps=chunk_steps)
+    hourly = canonical_fields("2001-01-01T00", "2001-01-08T23", step_hours=1, chunk_steps=chunk_steps)
     start, end = hourly["time"].values[5], hourly["time"].values[150]
     stats = compute_statistics(hourly, start, end, step_hours=1)
     train = hourly.sel(time=slice(start, end)).values.astype(np.float64)
@@ -116,7 +116,7 @@ def test_the_default_period_leaves_the_last_years_out():
 
 
 def test_a_constant_channel_is_refused():
-    data = make_fields("2001-01-01T00", "2001-01-05T00") * 0 + 1.0
+    data = canonical_fields("2001-01-01T00", "2001-01-05T00") * 0 + 1.0
     with pytest.raises(StoreSchemaError, match="std must be positive"):
         compute_statistics(data, data["time"].values[0], data["time"].values[-1], 6)
 
@@ -138,7 +138,7 @@ def test_the_default_period_fits_records_too_short_to_leave_years_out():
 
 
 def test_a_two_step_store_takes_the_default_period_and_records_why(tmp_path):
-    data = make_fields("2001-03-01T00", "2001-03-02T00", step_hours=24)
+    data = canonical_fields("2001-03-01T00", "2001-03-02T00", step_hours=24)
     period = StatsPeriod.default(data["time"].values, 3)
     store = write_store(data, tmp_path / "store.zarr", period, StoreLayout(shard_steps=4))
     ds = xr.open_zarr(store, consolidated=False)
@@ -149,7 +149,7 @@ def test_a_two_step_store_takes_the_default_period_and_records_why(tmp_path):
 
 
 def test_a_period_of_one_step_is_refused_with_the_callers_remedy(tmp_path):
-    data = make_fields("2001-03-01T00", "2001-03-02T00", step_hours=24)
+    data = canonical_fields("2001-03-01T00", "2001-03-02T00", step_hours=24)
     one_step = StatsPeriod(data["time"].values[0], data["time"].values[0], remedy="widen ingest.statistics")
     with pytest.raises(StoreSchemaError, match=r"statistics period 2001-03-01.*selects 1 time steps; the data covers "
                                                r"2001-03-01.*2001-03-02.*; widen ingest\.statistics"):
@@ -165,8 +165,8 @@ def scheduler_address():
 
 
 def _two_daily_files(raw: Path) -> None:
-    first, second = layouts.make_fields(ntime=1, ids=("z500",)), layouts.make_fields(ntime=1, ids=("z500",), seed=1,
-                                                                                      start="2000-01-02T00")
+    first, second = make_fields(ntime=1, ids=("z500",)), make_fields(ntime=1, ids=("z500",), seed=1,
+                                                                      start="2000-01-02T00")
     layouts.write_new_cds(first, raw, stem="era5_20000101")
     layouts.write_new_cds(second, raw, stem="era5_20000102")
 
@@ -195,7 +195,7 @@ def test_cli_ingests_two_daily_files_with_the_default_period(tmp_path, write_run
 
 
 def test_a_new_statistics_period_without_new_dates_recomputes_the_statistics_and_climatology(tmp_path):
-    data = make_fields("2001-01-01T00", "2001-02-28T18", chunk_steps=40)
+    data = canonical_fields("2001-01-01T00", "2001-02-28T18", chunk_steps=40)
     layout = StoreLayout(shard_steps=40)
     january = StatsPeriod(np.datetime64("2001-01-01T00", "ns"), np.datetime64("2001-01-31T18", "ns"))
     later = StatsPeriod(np.datetime64("2001-01-15T00", "ns"), np.datetime64("2001-02-20T18", "ns"))

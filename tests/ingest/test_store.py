@@ -16,7 +16,7 @@ from ingest.schema import CLIMATOLOGY, CLIMATOLOGY_DIMS, open_climatology, open_
 from ingest.store import StatsPeriod, StoreLayout, open_sources, write_store
 
 from tests.conftest import STATS, VARIABLES
-from tests.ingest.fields import make_fields
+from tests.ingest.fields import canonical_fields
 
 
 def test_store_is_labelled_zarr_v3_with_one_step_chunks_in_shards(store):
@@ -72,7 +72,7 @@ def test_the_write_is_the_only_compute_and_reads_each_input_chunk_once(era5_file
 
 
 def test_extending_with_another_period_gives_the_statistics_of_a_fresh_build(tmp_path):
-    data = make_fields("2001-01-01T00", "2001-01-20T18", chunk_steps=8)
+    data = canonical_fields("2001-01-01T00", "2001-01-20T18", chunk_steps=8)
     first = StatsPeriod(np.datetime64("2001-01-01T00"), np.datetime64("2001-01-06T00"))
     later = StatsPeriod(np.datetime64("2001-01-02T12"), np.datetime64("2001-01-18T00"))
     extended = tmp_path / "extended.zarr"
@@ -103,7 +103,7 @@ def test_climatology_is_its_own_day_of_year_by_hour_store(store_paths):
 
 @pytest.mark.parametrize("compressor", ["none", "blosc"])
 def test_every_compressor_stores_the_same_values(tmp_path, compressor):
-    data = make_fields("2001-01-01T00", "2001-01-10T18")
+    data = canonical_fields("2001-01-01T00", "2001-01-10T18")
     period = StatsPeriod(np.datetime64("2001-01-01T00"), np.datetime64("2001-01-08T18"))
     reference = write_store(data, tmp_path / "zstd.zarr", period, StoreLayout(shard_steps=12))
     other = write_store(data, tmp_path / f"{compressor}.zarr", period, StoreLayout(12, compressor))
@@ -112,7 +112,7 @@ def test_every_compressor_stores_the_same_values(tmp_path, compressor):
 
 
 def test_a_coarsened_store_keeps_the_area_mean(tmp_path):
-    data = make_fields("2001-01-01T00", "2001-01-05T18", nlat=17, nlon=32)
+    data = canonical_fields("2001-01-01T00", "2001-01-05T18", nlat=17, nlon=32)
     period = StatsPeriod(np.datetime64("2001-01-01T00"), np.datetime64("2001-01-05T18"))
     store = open_store(write_store(coarsen(data, 4), tmp_path / "coarse.zarr", period, StoreLayout(shard_steps=8)))
     assert (store.sizes["lat"], store.sizes["lon"]) == (5, 8) and list(store["lat"].values) == [90, 45, 0, -45, -90]
@@ -145,7 +145,7 @@ def test_layout_and_open_errors_name_what_was_expected(tmp_path):
 
 
 def test_leftovers_of_killed_builds_are_removed_by_the_next_run(tmp_path):
-    data = make_fields("2001-01-01T00", "2001-01-05T18")
+    data = canonical_fields("2001-01-01T00", "2001-01-05T18")
     period = StatsPeriod(np.datetime64("2001-01-01T00"), np.datetime64("2001-01-04T18"))
     store, climatology = tmp_path / "store.zarr", tmp_path / "climatology.zarr"
     write_store(data.isel(time=slice(0, 12)), store, period, StoreLayout(shard_steps=8), climatology)
@@ -165,7 +165,7 @@ def test_leftovers_of_killed_builds_are_removed_by_the_next_run(tmp_path):
 
 def test_reingesting_corrected_dates_replaces_their_shards_and_the_statistics(tmp_path, caplog):
     """ERA5T -> final ERA5: the same dates come again with other values, weeks later."""
-    data = make_fields("2001-01-01T00", "2001-01-10T18", chunk_steps=8)  # 40 steps: 5 shards of 8
+    data = canonical_fields("2001-01-01T00", "2001-01-10T18", chunk_steps=8)  # 40 steps: 5 shards of 8
     period, layout = StatsPeriod(np.datetime64("2001-01-01T00"), np.datetime64("2001-01-08T18")), StoreLayout(8)
     store = write_store(data, tmp_path / "store.zarr", period, layout, tmp_path / "climatology.zarr")
     shard_file = lambda shard: store / "data" / "c" / str(shard) / "0" / "0" / "0"  # noqa: E731

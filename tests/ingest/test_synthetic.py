@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 
 import netCDF4
 import numpy as np
 import pytest
 import xarray as xr
 
+import ingest.cds_layout as cds_layout
 import ingest.synthetic as synthetic
-from ingest.errors import IngestError
+from ingest.cds_layout import write_monthly_files
+from ingest.errors import IngestError, SourceLayoutError
 from ingest.grid import cell_area_weights
-from ingest.synthetic import SyntheticSpecError, generate_files, simulate, write_cds_netcdf
+from ingest.synthetic import DEFAULT_FLOW, FlowSpec, SyntheticSpecError, generate_files, simulate
 
 G = 9.80616
 #: A cheap run crossing a month boundary: 17 valid times, 16×32 grid.
@@ -103,9 +106,8 @@ def test_flow_keeps_changing_from_day_to_day(season):
     assert np.sqrt((daily_change**2).mean()) > 30 * G  # 30 m of z500 height, as g·h
 
 
-def test_without_stirring_the_flow_settles(monkeypatch):
-    monkeypatch.setattr(synthetic, "STIR_RMS", 0.0)
-    calm = simulate("2021-01-01", "2021-01-05", nlat=16, nlon=32, spinup_days=40.0)
+def test_without_stirring_the_flow_settles():
+    calm = simulate("2021-01-01", "2021-01-05", nlat=16, nlon=32, spinup_days=40.0, flow=FlowSpec(stir_rms=0.0))
     assert _daily_change_ratio(calm, days=3) < 0.005
 
 
@@ -127,7 +129,7 @@ def test_mid_latitude_jets_are_westerly_and_in_geostrophic_balance(season):
 
 
 def test_written_files_have_the_new_cds_layout(short_run, tmp_path):
-    paths = write_cds_netcdf(short_run, tmp_path)
+    paths = write_monthly_files(short_run, tmp_path, prefix="era5_synthetic")
     assert [p.name for p in paths] == ["era5_synthetic_202101.nc", "era5_synthetic_202102.nc"]
     with xr.open_dataset(paths[1]) as ds:
         assert dict(ds.sizes) == {"valid_time": 9, "pressure_level": 1, "latitude": 16, "longitude": 32}
@@ -158,7 +160,7 @@ def test_written_files_have_the_new_cds_layout(short_run, tmp_path):
 
 
 def test_written_files_have_cds_netcdf_types(short_run, tmp_path):
-    path = write_cds_netcdf(short_run, tmp_path)[0]
+    path = write_monthly_files(short_run, tmp_path, prefix="era5_synthetic")[0]
     with netCDF4.Dataset(path) as nc:
         assert nc.data_model == "NETCDF4"
         time = nc["valid_time"]
@@ -178,7 +180,7 @@ def test_written_files_have_cds_netcdf_types(short_run, tmp_path):
 
 
 def test_monthly_files_together_hold_the_dataset(short_run, tmp_path):
-    paths = write_cds_netcdf(short_run, tmp_path, prefix="x")
+    paths = write_monthly_files(short_run, tmp_path, prefix="x")
     with xr.open_mfdataset(paths, combine="by_coords") as reopened:
         xr.testing.assert_allclose(reopened.load(), short_run, rtol=0, atol=0)
 
@@ -187,17 +189,17 @@ def test_monthly_files_together_hold_the_dataset(short_run, tmp_path):
 
 
 def test_write_leaves_no_temporary_files(short_run, tmp_path):
-    paths = write_cds_netcdf(short_run, tmp_path)
+    paths = write_monthly_files(short_run, tmp_path, prefix="era5_synthetic")
     assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in paths]
 
 
 def test_failed_write_leaves_old_file_and_no_temporary(short_run, tmp_path, monkeypatch):
     january = short_run.sel(valid_time=slice("2021-01-30", "2021-01-31T18"))
-    (path,) = write_cds_netcdf(january, tmp_path)
+    (path,) = write_monthly_files(january, tmp_path, prefix="era5_synthetic")
     before = path.read_bytes()
-    monkeypatch.setattr(synthetic, "_encoding", lambda ds: {"z": {"no_such_option": 1}})
+    monkeypatch.setattr(cds_layout, "cds_encoding", lambda ds: {"z": {"no_such_option": 1}})
     with pytest.raises(ValueError):
-        write_cds_netcdf(january, tmp_path)
+        write_monthly_files(january, tmp_path, prefix="era5_synthetic")
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
     assert path.read_bytes() == before
 
@@ -215,6 +217,28 @@ def test_generate_files_reuses_matching_files(tmp_path, monkeypatch):
     monkeypatch.setattr(synthetic, "simulate", refuse)
     assert generate_files(tmp_path, "2021-01-31", "2021-02-01", **kwargs) == paths
     assert [p.stat().st_mtime_ns for p in paths] == stamps
+
+
+def test_the_manifest_holds_the_flow_spec_and_its_hash_and_another_spec_regenerates(tmp_path):
+    kwargs = dict(nlat=8, nlon=16, seed=3, spinup_days=1.0)
+    paths = generate_files(tmp_path, "2021-01-31", "2021-02-01", **kwargs)
+    request = json.loads((tmp_path / "synthetic_manifest.json").read_text())["request"]
+    assert request["flow"] == DEFAULT_FLOW.as_dict() and request["flow"]["stir_wavenumbers"] == [6, 12]
+    assert request["flow_sha256"] == DEFAULT_FLOW.digest() and len(request["flow_sha256"]) == 64
+    before = xr.open_dataset(paths[0])["z"].values
+    slower = FlowSpec(relaxation_days=10.0)
+    assert slower.digest() != DEFAULT_FLOW.digest() and FlowSpec().digest() == DEFAULT_FLOW.digest()
+    again = generate_files(tmp_path, "2021-01-31", "2021-02-01", flow=slower, **kwargs)
+    assert json.loads((tmp_path / "synthetic_manifest.json").read_text())["request"]["flow_sha256"] == slower.digest()
+    with xr.open_dataset(again[0]) as ds:
+        assert not np.array_equal(ds["z"].values, before)
+
+
+@pytest.mark.parametrize(("field", "value"), [("drag_days", 0.0), ("stir_rms", -1e-10), ("courant", float("nan")),
+                                              ("stir_wavenumbers", (12, 6)), ("jet_speed", "fast")])
+def test_an_impossible_flow_spec_is_refused_naming_the_field(field, value):
+    with pytest.raises(SyntheticSpecError, match=rf"FlowSpec\.{field} must .*found {re.escape(repr(value))}"):
+        FlowSpec(**{field: value})
 
 
 def test_generate_files_regenerates_and_drops_stale_files(tmp_path):
@@ -254,8 +278,8 @@ def test_invalid_arguments_raise_with_expected_and_found(kwargs, found):
 
 
 def test_write_refuses_dataset_without_times(short_run, tmp_path):
-    with pytest.raises(SyntheticSpecError, match="valid_time"):
-        write_cds_netcdf(short_run.isel(valid_time=slice(0, 0)), tmp_path)
+    with pytest.raises(SourceLayoutError, match="valid_time"):
+        write_monthly_files(short_run.isel(valid_time=slice(0, 0)), tmp_path, prefix="x")
 
 
 # --- the measured year (slow) ------------------------------------------------------------

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 import pipeline.calibration as calibration_module
 from ensembles.archive import open_archive
-from ingest.schema import DATA, open_store
+from ingest.schema import DATA
 from pipeline.calibration import CalibrationError, apply_calibration, calibrate_stage, calibration_init_times
 from pipeline.cli import main
 from pipeline.config import CalibrationConfig, Period, load_config
@@ -19,11 +19,22 @@ from pipeline.stages import Paths, _sha256
 from pipeline.tracking import NullTracker, default_tracking_uri
 from tests.pipeline.test_forecast_cli import _checkpoint
 
-CALIBRATE = {"n_inits": 2, "members": 3, "reference_lead_hours": 6, "long_lead_hours": 24, "iterations": 1,
-             "tolerance": 0.99}
-FORECAST = {"inits": {"start": "2000-02-15T00:00", "end": "2000-02-15T06:00"}, "init_every_hours": 6, "members": 3,
-            "lead_hours": 12, "perturbation": {"kind": "balanced", "amplitude": 0.05},
-            "model_error": {"kind": "sppt", "amplitude": 0.3}}
+CALIBRATE = {
+    "n_inits": 2,
+    "members": 3,
+    "reference_lead_hours": 6,
+    "long_lead_hours": 24,
+    "iterations": 1,
+    "tolerance": 0.99,
+}
+FORECAST = {
+    "inits": {"start": "2000-02-15T00:00", "end": "2000-02-15T06:00"},
+    "init_every_hours": 6,
+    "members": 3,
+    "lead_hours": 12,
+    "perturbation": {"kind": "balanced", "amplitude": 0.05},
+    "model_error": {"kind": "sppt", "amplitude": 0.3},
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +44,13 @@ def workdir(store_paths, write_run_config, tmp_path_factory) -> Path:
     paths.store.symlink_to(store_paths[0])
     paths.climatology.symlink_to(store_paths[1])
     _checkpoint(paths.checkpoint, store_paths[0])
-    write_run_config(work / "config.yaml", work, forecast=FORECAST, calibrate=CALIBRATE,
-                     tracking={"experiment": "calibrate"})
+    write_run_config(
+        work / "config.yaml",
+        work,
+        forecast=FORECAST,
+        calibrate=CALIBRATE,
+        tracking={"experiment": "calibrate"},
+    )
     return work
 
 
@@ -88,7 +104,7 @@ def test_forecast_uses_the_calibration_of_its_checkpoint_by_default(workdir, tmp
     cfg = load_config(workdir / "config.yaml").forecast
     applied, lineage = apply_calibration(cfg, paths.calibration, _sha256(paths.checkpoint))
     assert applied.perturbation.amplitudes == document["amplitudes"]
-    assert applied.model_error.amplitude == document["model_error"]
+    assert applied.model_error.amplitudes == document["model_error"]
     assert lineage["calibration"] == str(paths.calibration.resolve())
     unchanged, none = apply_calibration(cfg, paths.calibration, "another checkpoint")
     assert unchanged == cfg and none == {}
@@ -97,9 +113,14 @@ def test_forecast_uses_the_calibration_of_its_checkpoint_by_default(workdir, tmp
     assert main(["forecast", "--config", str(workdir / "config.yaml"), "--archive", str(archive)]) == 0
     attrs = open_archive(archive).attrs
     assert json.loads(attrs["amplitudes"]) == document["amplitudes"]
-    assert attrs["calibration_sha256"] and attrs["model_error_amplitude"] == document["model_error"]
+    assert (
+        attrs["calibration_sha256"] and json.loads(attrs["model_error_amplitudes"]) == document["model_error"]
+    )
 
     client = MlflowClient(default_tracking_uri(workdir))
-    runs = client.search_runs([client.get_experiment_by_name("calibrate").experiment_id],
-                              "tags.stage = 'calibrate'")
-    assert runs and runs[0].data.params["calibration/z500/amplitude"] == f"{document['amplitudes']['z500']:.6g}"
+    runs = client.search_runs(
+        [client.get_experiment_by_name("calibrate").experiment_id], "tags.stage = 'calibrate'"
+    )
+    assert (
+        runs and runs[0].data.params["calibration/z500/amplitude"] == f"{document['amplitudes']['z500']:.6g}"
+    )

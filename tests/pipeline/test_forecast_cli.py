@@ -24,18 +24,20 @@ from mlflow.tracking import MlflowClient
 from ensembles.archive import open_archive
 from ensembles.scorecard import ScoreOptions, score_archive
 from fourcast.checkpoint import CheckpointMeta, save_checkpoint
+from fourcast.distributed import LaunchEnv
 from fourcast.models.registry import build_model
 from ingest.schema import MEAN, STD, open_climatology, open_store
 from pipeline.cli import main
 from pipeline.config import ForecastConfig
 from tests.tolerances import assert_close_to_spread
-from pipeline.stages import Launch, Paths, ScoreStream, StageInputError, forecast, store_fingerprint
+from pipeline.stages import Paths, ScoreStream, StageInputError, forecast, store_fingerprint
 from pipeline.tracking import NullTracker, default_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[2]
 # the campaign of the process tests: 6 init times x 4 blocks of 2 members = 24 work items
 CAMPAIGN = {"inits": {"start": "2000-02-15T00:00", "end": "2000-02-16T06:00"}, "init_every_hours": 6, "members": 8,
-            "lead_hours": 48, "members_per_batch": 2, "perturbation": {"kind": "gaussian", "amplitude": 0.1}, "seed": 3}
+            "lead_hours": 48, "members_per_batch": 2, "perturbation": {"kind": "balanced", "amplitude": 0.1},
+            "model_error": {"kind": "sppt", "amplitude": 0.5}, "seed": 3}
 SHORT = ["--init-range", "2000-02-15T00", "2000-02-15T06", "--lead-hours", "24"]  # 2 init times, 1 day
 
 
@@ -186,7 +188,7 @@ def test_a_killed_run_resumed_with_another_rank_count_gives_the_same_archive(wor
     assert params.metrics["forecast/work_items_computed"] == 24 - done, output
 
 
-def _stage(workdir: Path, archive: Path, *, launch: Launch = Launch(), stream: ScoreStream | None = None,
+def _stage(workdir: Path, archive: Path, *, launch: LaunchEnv = LaunchEnv(), stream: ScoreStream | None = None,
            **override) -> Path:
     cfg = yaml.safe_load((workdir / "config.yaml").read_text())["forecast"]
     settings = ForecastConfig.model_validate({**cfg, "inits": {"start": "2000-02-15T00:00", "end": "2000-02-15T06:00"},
@@ -211,7 +213,7 @@ def test_scores_streamed_while_members_are_produced_equal_the_archive_scored(wor
 def test_streaming_over_several_processes_is_refused(workdir, store_paths, tmp_path):
     stream = ScoreStream(store_paths[1], tmp_path / "streamed", ScoreOptions())
     with pytest.raises(StageInputError, match="stream_scores needs every member of an init time in one process"):
-        _stage(workdir, tmp_path / "a.zarr", launch=Launch(rank=0, world_size=2), stream=stream)
+        _stage(workdir, tmp_path / "a.zarr", launch=LaunchEnv(rank=0, world_size=2), stream=stream)
     assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "streamed").exists()
 
 
@@ -224,7 +226,7 @@ def test_members_per_batch_changes_the_archive_only_by_rounding(workdir, tmp_pat
     assert single.attrs["campaign_fingerprint"] != together.attrs["campaign_fingerprint"]
 
 
-@pytest.mark.parametrize("kind", ["none", "gaussian", "grf", "bred"])
+@pytest.mark.parametrize("kind", ["none", "gaussian", "grf", "balanced", "bred"])
 def test_every_perturbation_runs_and_member_zero_is_the_control(workdir, tmp_path, kind):
     ds = open_archive(_stage(workdir, tmp_path / f"{kind}.zarr", members=3, perturbation={"kind": kind,
                                                                                           "amplitude": 0.1}))
@@ -362,7 +364,7 @@ def test_score_partial_scores_the_init_times_a_killed_campaign_completed(own_wor
     archive = own_workdir / "forecasts" / "killed.zarr"
     settings = {"init_times": ["2000-02-15T00:00", "2000-02-15T06:00", "2000-02-15T12:00"], "members": 4,
                 "members_per_batch": 2, "wait_timeout_s": 0.2}
-    for launch in (Launch(rank=0, world_size=2), Launch(rank=1, world_size=4)):  # items 0, 2, 4, then 1 and 5
+    for launch in (LaunchEnv(rank=0, world_size=2), LaunchEnv(rank=1, world_size=4)):  # items 0, 2, 4, then 1 and 5
         with pytest.raises(CampaignIncompleteError, match=r"1 work items still missing|3 work items still missing"):
             _stage(own_workdir, archive, launch=launch, **settings)
     assert main(["score", "--config", str(own_workdir / "config.yaml"), "--archive", str(archive), "--partial"]) == 0

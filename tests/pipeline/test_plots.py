@@ -51,7 +51,8 @@ def _drawn(path) -> bool:
 
 def test_every_score_figure_is_drawn(tmp_path, scorecard):
     paths = plots.scorecard_plots(tmp_path, scorecard, region="tropics")
-    assert sorted(p.name for p in paths) == ["acc_z500.png", "crps_z500.png", "rank_histogram_z500.png",
+    assert sorted(p.name for p in paths) == ["acc_z500.png", "crps_skill_score_z500.png", "crps_z500.png",
+                                             "rank_histogram_z500.png",
                                              "rmse_z500.png", "rmse_z500_global.png", "skill_score_z500.png",
                                              "spread_skill_z500.png"]
     assert all(_drawn(p) and p.with_suffix(".pdf").stat().st_size > 0 for p in paths)

@@ -10,7 +10,8 @@ from ingest.readers import open_sources
 from pipeline.cli import main
 from pipeline.stages import Paths, StageInputError, raw_files
 
-from tests.ingest.layouts import ALL_IDS, PRESSURE_IDS, make_fields, write_cds_zip, write_grib, write_new_cds
+from tests.ingest.fields import ALL_IDS, PRESSURE_IDS, make_fields
+from tests.ingest.layouts import write_cds_zip, write_grib, write_new_cds
 
 
 def test_the_raw_folder_gives_netcdf_grib_and_zip_files_and_nothing_else(tmp_path):
