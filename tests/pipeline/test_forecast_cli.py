@@ -120,7 +120,8 @@ def test_two_processes_write_the_archive_of_one_byte_for_byte(workdir, reference
         "campaign_fingerprint"]
     assert attrs["model"] == str(Paths(workdir).checkpoint.resolve())
     assert attrs["training_store_fingerprint"] == attrs["initial_conditions_fingerprint"] != "unknown"
-    assert attrs["perturbation"] == "gaussian" and attrs["seed"] == 3 and attrs["code_version"]
+    assert attrs["perturbation"] == "balanced" and attrs["model_error"] == "sppt" and attrs["seed"] == 3
+    assert attrs["code_version"]
     assert attrs["start_time"] <= attrs["end_time"]
 
     client = MlflowClient(default_tracking_uri(workdir))
@@ -218,7 +219,9 @@ def test_streaming_over_several_processes_is_refused(workdir, store_paths, tmp_p
 
 
 def test_members_per_batch_changes_the_archive_only_by_rounding(workdir, tmp_path):
-    one_init = {"init_times": ["2000-02-15T00:00"]}
+    # the random model's states grow huge and SPPT doubles increments: rounding of the batched step would
+    # outgrow the tolerance; SPPT's batch independence is exact and tested in tests/ensembles/test_runner.py
+    one_init = {"init_times": ["2000-02-15T00:00"], "model_error": {"kind": "none"}}
     single = open_archive(_stage(workdir, tmp_path / "one.zarr", members_per_batch=1, **one_init))
     together = open_archive(_stage(workdir, tmp_path / "eight.zarr", members_per_batch=8, **one_init))
     for name in single.data_vars:
