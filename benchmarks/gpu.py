@@ -30,7 +30,8 @@ unless named otherwise, each timed over ``--steps`` steps after warm-up:
 * inference (member-steps/s at batch 32, ``torch.inference_mode``): reference-style float16
   eager beside ours in bfloat16, eager and compiled;
 * ``forecaster``: the whole forecast step as a rollout runs it (normalise, fast-filter network in
-  bf16 on CUDA — float32 on CPU, as the forecast stage does — denormalise: :meth:`fourcast.forecaster.Forecaster.step`) at batch 32, eager beside
+  bf16 on CUDA — float32 on CPU, as the forecast stage does — denormalise:
+  :meth:`fourcast.forecaster.Forecaster.step`) at batch 32, eager beside
   replayed from a CUDA graph (``forecast.cuda_graphs``) and compiled (``forecast.compile``); the
   graphed row's note gives its ratio to the eager row. On CPU the graphed row is skipped with the reason.
 

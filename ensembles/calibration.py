@@ -83,7 +83,7 @@ class _SpreadSkillSink:
     def __init__(
         self,
         truth_state: Callable[[np.datetime64], torch.Tensor],
-        truth_channels: Sequence[str],
+        truth_channels: Sequence[str] | np.ndarray,
         lead_times: np.ndarray,
         lat: np.ndarray,
     ) -> None:
@@ -96,7 +96,7 @@ class _SpreadSkillSink:
         self.count = np.zeros(lead_times.size)
         self.n_members = 0
 
-    def write(self, x: torch.Tensor, coords: Coords) -> None:
+    def write(self, x: torch.Tensor | np.ndarray, coords: Coords) -> None:
         lead = np.timedelta64(coords[LEAD_TIME][0], "ns")
         if lead not in self.lead_times:
             return
@@ -105,7 +105,7 @@ class _SpreadSkillSink:
         if self.se.shape[1] == 0:
             self.se = np.zeros((self.lead_times.size, len(channels)))
             self.variance = np.zeros_like(self.se)
-        members = x.detach().cpu().numpy().astype(np.float64)
+        members = torch.as_tensor(x).detach().cpu().numpy().astype(np.float64)
         self.n_members = members.shape[0]
         valid = np.datetime64(coords[INIT_TIME][0], "ns") + lead
         truth = (
@@ -132,7 +132,7 @@ def measure_spread_skill(
     initial_state: Callable[[np.datetime64], torch.Tensor],
     truth_state: Callable[[np.datetime64], torch.Tensor],
     coords: Coords,
-    init_times: Sequence[np.datetime64],
+    init_times: Sequence[np.datetime64] | np.ndarray,
     perturbation: Perturbation,
     *,
     n_members: int,
@@ -177,7 +177,7 @@ def measure_spread_skill(
             prognostic,
             initial_state(init),
             coords,
-            np.datetime64(init, "ns"),
+            np.datetime64(init).astype("datetime64[ns]"),
             n_members=n_members,
             n_steps=steps[-1],
             perturbation=perturbation,

@@ -357,7 +357,7 @@ def balanced_roles(channels: Sequence[str]) -> list[tuple[str, int] | None]:
     for c, channel in enumerate(channels):
         variable = LEXICON.get(channel)
         role = _BALANCED_ROLES.get(variable.cds_name) if variable is not None else None
-        if role is None or variable.level is None:
+        if variable is None or role is None or variable.level is None:
             roles.append(None)
             continue
         first.setdefault(variable.level, c)
@@ -365,7 +365,7 @@ def balanced_roles(channels: Sequence[str]) -> list[tuple[str, int] | None]:
     return roles
 
 
-def _state_grid(coords: Coords, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _state_grid(coords: Coords, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """The state's latitudes and longitudes in degrees, checked against its (lat, lon) shape."""
     missing = [dim for dim in (LAT, LON) if dim not in coords]
     if missing:

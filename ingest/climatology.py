@@ -5,7 +5,8 @@ for each hour of day ``h`` and day of year ``d`` (1..366),
 
 .. math::
 
-    c(d, h) = \\frac{\\sum_y \\sum_{k=-K}^{K} w_k \\, x_y(d + k, h)}{\\sum_y \\sum_{k=-K}^{K} w_k \\, [x_y(d + k, h) \\text{ exists}]}
+    c(d, h) = \\frac{\\sum_y \\sum_{k=-K}^{K} w_k \\, x_y(d + k, h)}
+                   {\\sum_y \\sum_{k=-K}^{K} w_k \\, [x_y(d + k, h) \\text{ exists}]}
 
 where ``y`` runs over the years of the training period, ``d + k`` wraps around the 366-day
 year, ``K = (window - 1) / 2`` and ``w`` is the triangular window ``0, 1/K, …, 1, …, 1/K, 0``

@@ -145,7 +145,7 @@ def stack_channels(ds: xr.Dataset, variable_ids: Sequence[str]) -> xr.DataArray:
 def describe_missing(variable: Variable, sources: Sequence[xr.Dataset]) -> str:
     """Say which ERA5 field and level ``variable`` needs and what the raw ``sources`` hold."""
     needed = f"{variable.id} needs ERA5 variable {variable.short_name!r} ({variable.cds_name})"
-    held = sorted({name for ds in sources for name in ds.data_vars if name != EXPVER})
+    held = sorted({str(name) for ds in sources for name in ds.data_vars if name != EXPVER})
     if variable.level is None:
         return f"{needed}; the sources hold {held}"
     levels = sorted({float(lv) for ds in sources for lv in _levels_of(ds, variable.short_name)})
@@ -348,7 +348,7 @@ def _source_units(attrs: Mapping, variable: Variable, assumed: Mapping[str, str]
             f"{variable.id} ({variable.short_name!r}) has units {units!r} in the file but assume_units says "
             f"{declared!r}; assume_units only supplies missing units"
         )
-    return str(units) if units is not None else declared
+    return str(units if units is not None else declared)
 
 
 def _check_physical_range(field: xr.DataArray, variable: Variable) -> None:

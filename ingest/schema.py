@@ -54,7 +54,7 @@ def check_store(ds: xr.Dataset, where: str = "store") -> xr.Dataset:
     missing = [name for name in (DATA, MEAN, STD) if name not in ds.variables]
     if missing:
         raise StoreSchemaError(
-            f"{where}: expected variables {[DATA, MEAN, STD]}, missing {missing}; found {sorted(ds.variables)}"
+            f"{where}: expected variables {[DATA, MEAN, STD]}, missing {missing}; found {sorted(map(str, ds.variables))}"
         )
     if tuple(ds[DATA].dims) != STORE_DIMS:
         raise StoreSchemaError(f"{where}: expected {DATA} dims {STORE_DIMS}, found {tuple(ds[DATA].dims)}")

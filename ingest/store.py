@@ -30,10 +30,10 @@ killed at any point:
    states are merged once, in shard order, and the statistics are written with the store
    attributes; the per-shard states go into the store's ``partial_statistics`` group, so an
    extension over the same period only reduces its new shards (a shard linked from a store
-   without them, or recorded over another period, is reduced from its bytes). The climatology store, if asked for, is the one
-   step that reads the training period again. Then a ``complete`` record is dropped, and
-   ``.NAME.building`` is renamed onto ``NAME``. A run that finds a ``complete`` record only
-   finishes that rename.
+   without them, or recorded over another period, is reduced from its bytes). The climatology
+   store, if asked for, is the one step that reads the training period again. Then a ``complete``
+   record is dropped, and ``.NAME.building`` is renamed onto ``NAME``. A run that finds a
+   ``complete`` record only finishes that rename.
 
 So ``NAME`` is always either absent, the old complete store, or the new complete store, and a
 killed build re-run writes exactly the bytes of an uninterrupted one (shards are written whole

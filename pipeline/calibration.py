@@ -314,7 +314,7 @@ def calibrate_stage(
         cfg.calibrate, cfg.forecast, cfg.train.validation, forecaster, sha256, store, out, tracker
     )
     version = _registered_version(registered, tracking_uri, train_run_id)
-    if version is not None:
+    if version is not None and tracking_uri is not None:  # a registered model implies a tracking URI
         tag_model_version(tracking_uri, version[0], version[1], calibration_tags(result))
     log.info(
         "calibrated amplitudes %s, model error %s; SSR %s at step %d, %s at step %d",

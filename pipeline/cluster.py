@@ -11,7 +11,7 @@ from dask.distributed import Client, KilledWorker, LocalCluster
 from dask.utils import format_bytes, parse_bytes
 
 from pipeline.config import ClusterConfig
-from pipeline.errors import ClusterError  # noqa: F401  (re-exported)
+from pipeline.errors import ClusterError  # re-exported
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from ensembles.regions import REGIONS, Region
 from fourcast.models.registry import PRESETS
 from ingest.lexicon import LEXICON
-from pipeline.errors import ConfigError  # noqa: F401  (re-exported)
+from pipeline.errors import ConfigError  # re-exported
 
 WORKDIR_ENV = "FOURCAST_WORKDIR"
 TRACKING_URI_ENV = "FOURCAST_TRACKING_URI"

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ingest.atomic import atomic_output
-from pipeline.errors import CylcSetupError  # noqa: F401  (re-exported)
+from pipeline.errors import CylcSetupError  # re-exported
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "workflows"

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ensembles.catalogue import Catalogue, Entry
 from pipeline.tracking import (mlflow_run, nest_runs_under, model_aliases, resolve_model_version, set_model_alias,
                                score_metric_name, tag_model_version)
-from pipeline.errors import DataNotArrivedError, OptionError, StageInputError  # noqa: F401  (re-exported)
+from pipeline.errors import DataNotArrivedError, OptionError, StageInputError  # re-exported
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ import numpy as np
 import shapely
 import xarray as xr
 
-from ingest.atomic import atomic_output  # noqa: E402
+from ingest.atomic import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ _EDGE_TOLERANCE = 1e-4
 #: for the other side.
 _SEAM_GAP = 1e-6
 PLATE_CARREE = ccrs.PlateCarree()
-#: Draws one field into subplot ``(rows, columns, index)`` of a figure with a style; returns the axes and mesh.
+#: Draws one field into subplot ``(rows, columns, index)`` of a figure; returns the axes and mesh.
 PanelDrawer = Callable[[plt.Figure, tuple[int, int, int], np.ndarray, dict], tuple[plt.Axes, object]]
 
 

@@ -62,7 +62,7 @@ from pipeline.config import (CdsConfig, ClusterConfig, ForecastConfig, IngestCon
 from pipeline.tracking import (MODEL_URI_SCHEMES, ModelUriError, NullTracker, Tracker, attach_run,
                                default_tracking_uri, download_checkpoint, mlflow_run, resolve_model_version,
                                run_exists, score_metric_name)
-from pipeline.errors import OutputPathError, StageGridError, StageInputError  # noqa: F401  (re-exported)
+from pipeline.errors import OutputPathError, StageGridError, StageInputError  # re-exported
 
 log = logging.getLogger(__name__)
 
@@ -1251,4 +1251,5 @@ def run_tracked_stages(cfg: RunConfig, paths: Paths, uri: str) -> PipelineResult
 
 def pipeline_run_name(cfg: RunConfig) -> str:
     """``pipeline afno-tiny synthetic 2000-01-01..2000-12-31``: the parent run of one pipeline invocation."""
-    return f"pipeline {cfg.train.model} {cfg.ingest.source} {_day(cfg.train.train.start)}..{_day(cfg.train.validation.end)}"
+    period = f"{_day(cfg.train.train.start)}..{_day(cfg.train.validation.end)}"
+    return f"pipeline {cfg.train.model} {cfg.ingest.source} {period}"

@@ -38,7 +38,7 @@ from mlflow.tracking import MlflowClient
 
 from ingest.atomic import atomic_output
 from ingest.locks import process_running
-from pipeline.errors import AliasError, ModelUriError, TrackingServerError  # noqa: F401  (re-exported)
+from pipeline.errors import AliasError, ModelUriError, TrackingServerError  # re-exported
 
 _BATCH = 200  # MLflow caps a batch at 1000 metrics / 100 params
 
@@ -676,7 +676,7 @@ def stop_tracking_server(state_dir: Path, timeout_s: float = 30.0) -> bool:
     return running
 
 
-# --- The model as an MLflow model -----------------------------------------------------------------------------
+# --- The model as an MLflow model ---------------------------------------------------------------------
 
 #: Key of the checkpoint among a fourcast pyfunc model's artifacts.
 CHECKPOINT_ARTIFACT = "checkpoint"

@@ -13,7 +13,6 @@ from ensembles.perturbations import (
     balanced_roles,
     tau_of_length_scale,
 )
-from ensembles.protocols import Perturbation
 from ingest.dims import CHANNEL, LAT, LON, MEMBER
 from ingest.grid import cell_area_weights, equiangular_lats, regular_lons
 
@@ -54,10 +53,6 @@ def _fitted_length_scale(fields: np.ndarray, alpha: float) -> float:
         offset = (measured - model).mean()
         best = min(best, (float(((measured - model - offset) ** 2).sum()), tau))
     return EARTH_RADIUS_KM / best[1]
-
-
-def test_satisfies_the_protocol():
-    assert isinstance(BalancedRandomFieldPerturbation(np.ones(3), 0.1), Perturbation)
 
 
 @pytest.mark.parametrize("length_scale_km", [800.0, 2500.0])

@@ -158,8 +158,10 @@ coords, truth, campaign = grid_coords(), make_truth(), _campaign()
 archive = CampaignArchive(sys.argv[1], campaign, coords[LAT], coords[LON], {"code": "test"})
 print("joined", flush=True)
 sys.stdin.readline()
-run_campaign(DriftPrognostic(), lambda t: torch.from_numpy(truth.sel({TIME: t}).values), coords, campaign, archive,
-             PERTURBATION, rank=0, world_size=2, wait_timeout=60)
+def initial(t):
+    return torch.from_numpy(truth.sel({TIME: t}).values)
+run_campaign(DriftPrognostic(), initial, coords, campaign, archive, PERTURBATION, rank=0, world_size=2,
+             wait_timeout=60)
 """
 
 

@@ -233,7 +233,8 @@ def test_a_checkpoint_write_the_file_system_refuses_names_the_path_and_free_spac
         from fourcast.checkpoint import CheckpointMeta, save_checkpoint
         from fourcast.errors import CheckpointWriteError
         meta = CheckpointMeta("afno-tiny", ["z500"], [0.0], [0.0], 6, [0.0], [1.0])
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the process
+        # the write fails with EFBIG instead of killing the process
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
         try:
             save_checkpoint({str(path)!r}, torch.nn.Linear(100, 100), meta)

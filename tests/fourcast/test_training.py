@@ -120,7 +120,7 @@ def test_forecaster_with_identity_model_returns_its_input():
     x = torch.randn(3, 1, 4, 8)
     out, _ = forecaster.step(x, {"member": np.arange(3), **forecaster.input_coords})
     torch.testing.assert_close(out, x)
-    with pytest.raises(CheckpointError, match="input channel"):
+    with pytest.raises(CheckpointError, match=r"other channel labels than the model: expected channel \['z500'\], found \['t850'\]"):
         forecaster.step(x, {"member": np.arange(3), **forecaster.input_coords, "channel": np.array(["t850"])})
 
 

@@ -263,13 +263,15 @@ THREE_NOONS = dict(start=datetime(2000, 1, 1, 12), end=datetime(2000, 1, 3, 12),
 @pytest.mark.parametrize(("wrong", "expected"), [
     # the case: hourly 07-15Z on one day instead of 12Z on three days
     ({"day": ["01"], "time": [f"{h:02d}:00" for h in range(7, 16)]},
-     (r"times: expected 3 times 2000-01-01T12:00 \.\. 2000-01-03T12:00, found 9 times 2000-01-01T07:00 \.\. "
-      r"2000-01-01T15:00; missing \[2000-01-02T12:00, 2000-01-03T12:00\], unexpected \[2000-01-01T07:00")),
+     (r"times: expected 3 times 2000-01-01T12:00 \.\. 2000-01-03T12:00, "
+      r"found 9 times 2000-01-01T07:00 \.\. 2000-01-01T15:00; "
+      r"missing \[2000-01-02T12:00, 2000-01-03T12:00\], unexpected \[2000-01-01T07:00")),
     ({"pressure_level": ["850"]}, r"variables: expected \['z500'\], found \['z850'\]"),
     ({"pressure_level": ["500", "850"]}, r"pressure levels: expected \[500\] hPa, found \[500, 850\] hPa"),
     ({"variable": ["temperature"]}, r"variables: expected \['z500'\], found \['t500'\]"),
     ({"grid": [10.0, 10.0]},
-     r"grid: expected 30° x 30°, global; found 19 latitudes 90 \.\. -90 every 10°, 36 longitudes 0 \.\. 350"),
+     (r"grid: expected 30° x 30°, global; "
+      r"found 19 latitudes 90 \.\. -90 every 10°, 36 longitudes 0 \.\. 350")),
 ])
 def test_a_result_that_is_not_what_was_requested_is_refused_and_kept_out_of_the_cache(tmp_path, cds, wrong,
                                                                                       expected):

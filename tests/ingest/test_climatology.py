@@ -146,7 +146,8 @@ import numpy as np
 from ingest.climatology import compute_climatology, write_climatology
 from tests.ingest.fields import canonical_fields
 data = canonical_fields("2003-01-01T00", "2003-01-20T23", step_hours=1, nlat=32, nlon=64, chunk_steps=48)
-write_climatology(compute_climatology(data, data["time"].values[0], data["time"].values[-1]), Path(sys.argv[1]))
+climatology = compute_climatology(data, data["time"].values[0], data["time"].values[-1])
+write_climatology(climatology, Path(sys.argv[1]))
 """
 _HOLD_A_TEMPORARY = """
 import sys, time

@@ -6,8 +6,8 @@ import numpy as np
 import xarray as xr
 
 from ensembles.archive import MemoryArchive, Tee, ZarrArchive, open_archive
-from ensembles.perturbations import (BredVectorPerturbation, GaussianPerturbation, GaussianRandomFieldPerturbation,
-                                     NoPerturbation)
+from ensembles.perturbations import (BalancedRandomFieldPerturbation, BredVectorPerturbation, GaussianPerturbation,
+                                     GaussianRandomFieldPerturbation, NoPerturbation)
 from ingest.dims import CHANNEL
 from tests.conformance.archive import ArchiveConformance
 from tests.conformance.perturbation import PerturbationConformance
@@ -40,6 +40,11 @@ class TestGaussianPerturbationByLabel(PerturbationConformance):
 class TestGaussianRandomFieldPerturbation(PerturbationConformance):
     def make(self, coords):
         return GaussianRandomFieldPerturbation(_scale(coords), 0.3, alpha=2.0, tau=3.0)
+
+
+class TestBalancedRandomFieldPerturbation(PerturbationConformance):
+    def make(self, coords):
+        return BalancedRandomFieldPerturbation(_scale(coords), 0.3, length_scale_km=2000.0)
 
 
 class TestBredVectorPerturbation(PerturbationConformance):
