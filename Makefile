@@ -24,9 +24,8 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # Style and types (configured in pyproject.toml: [tool.ruff], [tool.mypy]); `.ci/run` runs `lint` first.
-# `format` rewrites the tree: ruff's formatting, the long strings/docstrings/comments the formatter
-# cannot split (tools/wrap_long_lines.py, which keeps the syntax tree), then the fixes ruff makes itself.
-LINT_PATHS := ingest fourcast ensembles pipeline tests benchmarks tools
+# `format` rewrites the tree: ruff's formatting, then the fixes ruff makes itself.
+LINT_PATHS := ingest fourcast ensembles pipeline tests benchmarks
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
@@ -34,8 +33,6 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format $(LINT_PATHS)
-	$(PY) tools/wrap_long_lines.py $$(find $(LINT_PATHS) -name '*.py')
 	$(VENV)/bin/ruff format $(LINT_PATHS)
 	$(VENV)/bin/ruff check --fix --exit-zero $(LINT_PATHS)  # lists what is left to fix by hand
 
