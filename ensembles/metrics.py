@@ -320,8 +320,8 @@ class StatisticSums:
     def __add__(self, other: StatisticSums) -> StatisticSums:
         if self.n_members != other.n_members or self.totals.keys() != other.totals.keys():
             raise ScoringError(
-                f"cannot merge statistics of {self.n_members}-member forecasts {sorted(self.totals)} with those "
-                f"of {other.n_members}-member forecasts {sorted(other.totals)}"
+                f"cannot merge statistics of {self.n_members}-member forecasts {sorted(self.totals)} "
+                f"with those of {other.n_members}-member forecasts {sorted(other.totals)}"
             )
         totals = {k: self.totals[k] + other.totals[k] for k in self.totals}
         return StatisticSums(totals, self.count + other.count, self.n_members)
@@ -485,6 +485,64 @@ def finalise(sums: StatisticSums, metric: str) -> np.ndarray:
             f"missing {missing}, found {sorted(means)}"
         )
     return finaliser.function({k: means[k] for k in needed}, sums.n_members)
+
+
+class FieldScores:
+    """Scores of deterministic forecasts on a grid by the statistic units, shaped for a loop that sums them.
+
+    For a caller that keeps its own sums (e.g. training's validation, summed over samples and
+    ranks): :meth:`__call__` gives each forecast's statistics, the caller adds them up and
+    divides by the count (the merge of :class:`StatisticSums`), and :meth:`finalise` turns those
+    means into the metrics, by the finalisers of the scorecard.
+
+    Parameters
+    ----------
+    metrics : sequence of str
+        Metrics of :data:`FINALISERS` to finalise.
+    weights : numpy.ndarray, shape (lat·lon,)
+        One region's weights over the flattened grid, summing to 1: a row of
+        :func:`ensembles.regions.weight_matrix` (e.g. of ``GLOBAL``).
+
+    Attributes
+    ----------
+    metrics : tuple of str
+    statistics : tuple of str
+        The statistics the metrics read for a single member, in the order of the last axis of
+        :meth:`__call__`'s result.
+    """
+
+    def __init__(self, metrics: Sequence[str], weights: np.ndarray) -> None:
+        self.metrics = tuple(metrics)
+        self.statistics = needed_statistics(self.metrics, n_members=1)
+        self.weights = np.asarray(weights, dtype=np.float64)[None]
+
+    def __call__(self, forecast: np.ndarray, truth: np.ndarray, climatology: np.ndarray) -> np.ndarray:
+        """Statistics of each forecast.
+
+        Parameters
+        ----------
+        forecast, truth, climatology : numpy.ndarray, shape (..., lat, lon)
+            Forecasts, the truth and the climatology at their valid times, broadcastable to one
+            shape; any leading dims (e.g. sample, lead, channel), each a forecast; lat·lon in the
+            order of ``weights``.
+
+        Returns
+        -------
+        numpy.ndarray, shape (..., statistic), float64
+        """
+        forecast, truth, climatology = np.broadcast_arrays(forecast, truth, climatology)
+        leading, n_points = forecast.shape[:-2], forecast.shape[-2] * forecast.shape[-1]
+        flat = [a.reshape(-1, n_points) for a in (forecast, truth, climatology)]
+        out = np.empty((flat[0].shape[0], len(self.statistics)))
+        for i, (f, y, c) in enumerate(zip(*flat, strict=True)):
+            statistics = forecast_statistics(f[None], y, c, self.weights, self.statistics)
+            out[i] = [statistics[k][0] for k in self.statistics]
+        return out.reshape(*leading, len(self.statistics))
+
+    def finalise(self, means: np.ndarray) -> dict[str, np.ndarray]:
+        """Each metric (...) from the means over forecasts of the statistics, ``means`` (..., statistic)."""
+        sums = StatisticSums({k: means[..., i] for i, k in enumerate(self.statistics)}, 1, 1)
+        return {metric: finalise(sums, metric) for metric in self.metrics}
 
 
 def rank_histogram_frequencies(sums: StatisticSums) -> np.ndarray | None:
