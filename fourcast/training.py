@@ -333,14 +333,15 @@ def validate(model: nn.Module, dataset: StoreWindows, leads: Sequence[int], samp
             pred = rollout(model, x, n_lead)
         pred = pred.float()
         clim = _climatology_of(climatology, dataset, mine[start : start + batch_size], n_lead, device)
+        persistence = x[:, None].expand_as(y)  # the initial state at every lead
         if scores is not None:
             truth, reference = y.cpu().numpy(), clim.cpu().numpy()
-            for system, forecast in enumerate((pred, x[:, None].expand_as(y))):
+            for system, forecast in enumerate((pred, persistence)):
                 statistics = scores(forecast.cpu().numpy(), truth, reference).sum(axis=0)
                 sums[system] += torch.from_numpy(statistics).to(device)
         else:
             sums[0, ..., 0] += ((pred - y) ** 2 * weights).mean(dim=(-2, -1)).sum(dim=0).double()
-            sums[1, ..., 0] += ((x[:, None] - y) ** 2 * weights).mean(dim=(-2, -1)).sum(dim=0).double()
+            sums[1, ..., 0] += ((persistence - y) ** 2 * weights).mean(dim=(-2, -1)).sum(dim=0).double()
             sums[2, ..., 0] += anomaly_correlation(pred - clim, y - clim, weights).sum(dim=0).double()
         sums[3] += len(chunk)
     model.train(was_training)
@@ -348,11 +349,11 @@ def validate(model: nn.Module, dataset: StoreWindows, leads: Sequence[int], samp
     means = sums[:3] / sums[3]
     if scores is not None:
         model_scores, persistence_scores = (scores.finalise(m.cpu().numpy()) for m in means[:2])
-        rmse, acc, persistence = (torch.as_tensor(s, device=device).float() for s in
-                                  (model_scores["rmse"], model_scores["acc"], persistence_scores["rmse"]))
+        rmse, acc, persistence_rmse = (torch.as_tensor(s, device=device).float() for s in
+                                       (model_scores["rmse"], model_scores["acc"], persistence_scores["rmse"]))
     else:
         mse, persistence_mse, acc = means[..., 0].float()
-        rmse, persistence = mse.sqrt(), persistence_mse.sqrt()
+        rmse, persistence_rmse = mse.sqrt(), persistence_mse.sqrt()
     std = torch.as_tensor(dataset.std, device=device)
     step_hours = int(dataset.step / np.timedelta64(1, "h"))
     metrics: dict[str, float] = {}
@@ -361,7 +362,7 @@ def validate(model: nn.Module, dataset: StoreWindows, leads: Sequence[int], samp
             hours = lead * step_hours
             metrics[f"val/{c}/rmse_{hours}h"] = float(rmse[lead - 1, i] * std[i])
             metrics[f"val/{c}/acc_{hours}h"] = float(acc[lead - 1, i])
-            metrics[f"val/{c}/persistence_rmse_{hours}h"] = float(persistence[lead - 1, i] * std[i])
+            metrics[f"val/{c}/persistence_rmse_{hours}h"] = float(persistence_rmse[lead - 1, i] * std[i])
     metrics[VAL_SCORE] = float(torch.stack([rmse[lead - 1] for lead in leads]).mean())
     return metrics
 
