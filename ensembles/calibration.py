@@ -112,15 +112,24 @@ class _SpreadSkillSink:
         truth = self.truth_state(valid).cpu().numpy()[[self.truth_channels.index(c) for c in channels]]
         no_climatology = np.zeros(truth[0].size)
         for i, channel in enumerate(channels):
-            statistics = forecast_statistics(members[:, i].reshape(n_members, -1), truth[i].ravel(),
-                                             no_climatology, self.weights, SPREAD_SKILL_STATISTICS)
+            statistics = forecast_statistics(
+                members[:, i].reshape(n_members, -1),
+                truth[i].ravel(),
+                no_climatology,
+                self.weights,
+                SPREAD_SKILL_STATISTICS,
+            )
             one, key = StatisticSums.of(statistics, n_members), (row, channel)
             self.sums[key] = self.sums[key] + one if key in self.sums else one
 
     def scores(self, metric: str, channels: Sequence[str]) -> np.ndarray:
         """Global ``metric`` (:func:`ensembles.metrics.finalise`) per lead and channel: (lead, channel)."""
-        return np.array([[finalise(self.sums[(row, c)], metric)[0] for c in channels]
-                         for row in range(self.lead_times.size)])
+        return np.array(
+            [
+                [finalise(self.sums[(row, c)], metric)[0] for c in channels]
+                for row in range(self.lead_times.size)
+            ]
+        )
 
     def finalize(self) -> str:
         return "memory"
@@ -186,8 +195,13 @@ def measure_spread_skill(
             model_error=model_error,
         )
     channels = tuple(str(c) for c in prognostic.input_coords[CHANNEL])
-    return SpreadSkill(tuple(steps), channels, sink.scores("ssr", channels), sink.scores("rmse", channels),
-                       sink.scores("spread", channels))
+    return SpreadSkill(
+        tuple(steps),
+        channels,
+        sink.scores("ssr", channels),
+        sink.scores("rmse", channels),
+        sink.scores("spread", channels),
+    )
 
 
 @dataclass(frozen=True)

@@ -402,7 +402,9 @@ def rank_histogram(
     return counts / counts.sum(RANK, skipna=False) if normalise else counts
 
 
-def _truth_rank(ensemble: xr.DataArray, truth: xr.DataArray, rng: np.random.Generator, member_dim: str) -> xr.DataArray:
+def _truth_rank(
+    ensemble: xr.DataArray, truth: xr.DataArray, rng: np.random.Generator, member_dim: str
+) -> xr.DataArray:
     """Rank of ``truth`` among the members at each point, ties broken at random; NaN where undefined."""
     below = (ensemble < truth).sum(member_dim)
     ties = (ensemble == truth).sum(member_dim)
@@ -487,7 +489,9 @@ def _brier_kernel(x: np.ndarray, y: np.ndarray, threshold: np.ndarray, fair: boo
 
 def _require_members(ensemble: xr.DataArray, member_dim: str, minimum: int, metric: str) -> int:
     if member_dim not in ensemble.dims:
-        raise ScoringError(f"{metric} needs an ensemble with a {member_dim!r} dim, found dims {ensemble.dims}")
+        raise ScoringError(
+            f"{metric} needs an ensemble with a {member_dim!r} dim, found dims {ensemble.dims}"
+        )
     n = ensemble.sizes[member_dim]
     if n < minimum:
         raise ScoringError(f"{metric} needs at least {minimum} members, found {n}")

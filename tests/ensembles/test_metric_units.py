@@ -48,8 +48,9 @@ def _reliability(frequencies: xr.DataArray) -> xr.DataArray:
     return np.abs(frequencies - 1.0 / frequencies.sizes["rank"]).sum("rank")
 
 
-def _expected(metric: str, members: np.ndarray, truth: np.ndarray, climatology: np.ndarray,
-              weights: xr.DataArray) -> float:
+def _expected(
+    metric: str, members: np.ndarray, truth: np.ndarray, climatology: np.ndarray, weights: xr.DataArray
+) -> float:
     """``metric`` by the reference implementations over labelled fields; NaN for a spread of one member."""
     if members.shape[1] < 2 and ENSEMBLE_STATISTICS & set(FINALISERS[metric].needed(1)):
         return float("nan")
@@ -60,8 +61,10 @@ def _expected(metric: str, members: np.ndarray, truth: np.ndarray, climatology: 
     mean = x.mean(MEMBER)
     fair = "fair" if members.shape[1] >= 2 else "plain"
     calls = {
-        "rmse": lambda: reference.rmse(mean, y, weights), "mse": lambda: reference.mse(mean, y, weights),
-        "mae": lambda: reference.mae(mean, y, weights), "bias": lambda: reference.bias(mean, y, weights),
+        "rmse": lambda: reference.rmse(mean, y, weights),
+        "mse": lambda: reference.mse(mean, y, weights),
+        "mae": lambda: reference.mae(mean, y, weights),
+        "bias": lambda: reference.bias(mean, y, weights),
         "acc": lambda: reference.acc(mean, y, c, weights),
         "crps": lambda: reference.crps(x, y, weights, kind=fair),
         "crps_plain": lambda: reference.crps(x, y, weights, kind="plain"),
@@ -70,8 +73,9 @@ def _expected(metric: str, members: np.ndarray, truth: np.ndarray, climatology: 
         "spread": lambda: reference.ensemble_spread(x, weights),
         "ssr": lambda: reference.spread_skill_ratio(x, y, weights),
         "debiased_rmse": lambda: reference.debiased_ensemble_mean_rmse(x, y, weights),
-        "reliability": lambda: _reliability(reference.rank_histogram(x, y, np.random.default_rng(0), weights,
-                                                                     normalise=True)),
+        "reliability": lambda: _reliability(
+            reference.rank_histogram(x, y, np.random.default_rng(0), weights, normalise=True)
+        ),
     }
     return float(calls[metric]())
 
@@ -84,11 +88,17 @@ def test_each_metric_of_the_units_equals_its_reference(metric, n_members):
     w = weight_matrix(REGIONS, LAT_DEG, LON_DEG)
     # with "rmse" too: one member has no statistic of the spread, and sums of nothing give no regions
     names = needed_statistics([metric, "rmse"], n_members)
-    sums = statistic_sums(members.reshape(N_INIT, n_members, n_points), truth.reshape(N_INIT, n_points),
-                          climatology.ravel(), w, names)
+    sums = statistic_sums(
+        members.reshape(N_INIT, n_members, n_points),
+        truth.reshape(N_INIT, n_points),
+        climatology.ravel(),
+        w,
+        names,
+    )
     got = finalise(sums, metric)
-    expected = [_expected(metric, members, truth, climatology, region.weights(LAT_DEG, LON_DEG))
-                for region in REGIONS]
+    expected = [
+        _expected(metric, members, truth, climatology, region.weights(LAT_DEG, LON_DEG)) for region in REGIONS
+    ]
     np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL, err_msg=f"{metric}, {n_members} members")
 
 
@@ -98,11 +108,17 @@ def test_only_the_statistics_asked_for_are_computed():
     w = weight_matrix([GLOBAL], LAT_DEG, LON_DEG)
     names = needed_statistics(["rmse", "crps", "ssr"], 3)
     assert names == ("se", "crps_fair", "variance")
-    sums = statistic_sums(members.reshape(N_INIT, 3, n_points), truth.reshape(N_INIT, n_points),
-                          climatology.ravel(), w, names)
+    sums = statistic_sums(
+        members.reshape(N_INIT, 3, n_points), truth.reshape(N_INIT, n_points), climatology.ravel(), w, names
+    )
     assert set(sums.totals) == set(names) and sums.count == N_INIT
     with pytest.raises(ScoringError, match=r"unknown statistics \['crps'\]"):
-        statistic_sums(members.reshape(N_INIT, 3, n_points), truth.reshape(N_INIT, n_points),
-                       climatology.ravel(), w, ["crps"])
+        statistic_sums(
+            members.reshape(N_INIT, 3, n_points),
+            truth.reshape(N_INIT, n_points),
+            climatology.ravel(),
+            w,
+            ["crps"],
+        )
     with pytest.raises(ScoringError, match=r"unknown metrics \['crpss'\]"):
         needed_statistics(["crpss"], 3)
