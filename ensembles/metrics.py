@@ -91,8 +91,9 @@ class Forecast:
     ``variance``, …) are computed on first use.
     """
 
-    def __init__(self, members: np.ndarray, truth: np.ndarray, climatology: np.ndarray,
-                 region_weights: np.ndarray) -> None:
+    def __init__(
+        self, members: np.ndarray, truth: np.ndarray, climatology: np.ndarray, region_weights: np.ndarray
+    ) -> None:
         self.x = np.asarray(members, dtype=np.float64)
         self.y = np.asarray(truth, dtype=np.float64)
         self.c = np.asarray(climatology, dtype=np.float64)
@@ -187,7 +188,8 @@ class Statistic:
 
 
 def _acc(f: Forecast) -> np.ndarray:
-    """``<x̄'y'> / sqrt(<x̄'²><y'²>)`` per region, anomalies from ``c``; 0 where an anomaly is identically 0."""
+    """``<x̄'y'> / sqrt(<x̄'²><y'²>)`` per region, anomalies from ``c``; 0 where an anomaly is identically
+    0."""
     f_anom, y_anom = f.mean - f.c, f.y - f.c
     covariance, f_norm, y_norm = f.region_means([f_anom * y_anom, f_anom**2, y_anom**2])
     norm = np.sqrt(f_norm * y_norm)
@@ -214,29 +216,46 @@ STATISTICS = {
     "se": Statistic("<(x̄ - y)²>", pointwise=lambda f: f.error**2),
     "ae": Statistic("<|x̄ - y|>", pointwise=lambda f: np.abs(f.error)),
     "error": Statistic("<x̄ - y>", pointwise=lambda f: f.error),
-    "acc": Statistic("<x̄'y'> / sqrt(<x̄'²><y'²>), anomalies from c; 0 where an anomaly is identically 0",
-                     regional=_acc),
-    "crps_plain": Statistic("<(1/M) Σ|x_i - y| - Σ|x_i - x_j| / 2M²>, the CRPS of the members' distribution",
-                            pointwise=lambda f: f.abs_skill - f.pair_sum / (2 * f.n * f.n)),
-    "energy_plain": Statistic("(1/M) Σ‖x_i - y‖ - Σ‖x_i - x_j‖ / 2M²",
-                              regional=lambda f: f.norm_skill - f.pair_norm_sum / (2 * f.n * f.n)),
-    "brier": Statistic("<(p - o)²>, the event 'above climatology'",
-                       pointwise=lambda f: (f.probability - f.outcome) ** 2),
+    "acc": Statistic(
+        "<x̄'y'> / sqrt(<x̄'²><y'²>), anomalies from c; 0 where an anomaly is identically 0", regional=_acc
+    ),
+    "crps_plain": Statistic(
+        "<(1/M) Σ|x_i - y| - Σ|x_i - x_j| / 2M²>, the CRPS of the members' distribution",
+        pointwise=lambda f: f.abs_skill - f.pair_sum / (2 * f.n * f.n),
+    ),
+    "energy_plain": Statistic(
+        "(1/M) Σ‖x_i - y‖ - Σ‖x_i - x_j‖ / 2M²",
+        regional=lambda f: f.norm_skill - f.pair_norm_sum / (2 * f.n * f.n),
+    ),
+    "brier": Statistic(
+        "<(p - o)²>, the event 'above climatology'", pointwise=lambda f: (f.probability - f.outcome) ** 2
+    ),
     "variance": Statistic("<s²>", pointwise=lambda f: f.variance, min_members=2),
-    "debiased_se": Statistic("<(x̄ - y)² - s²/M>", pointwise=lambda f: f.error**2 - f.variance / f.n,
-                             min_members=2),
-    "crps_fair": Statistic("<(1/M) Σ|x_i - y| - Σ|x_i - x_j| / 2M(M-1)>",
-                           pointwise=lambda f: f.abs_skill - f.pair_sum / (2 * f.n * (f.n - 1)),
-                           min_members=2),
-    "energy_fair": Statistic("(1/M) Σ‖x_i - y‖ - Σ‖x_i - x_j‖ / 2M(M-1)",
-                             regional=lambda f: f.norm_skill - f.pair_norm_sum / (2 * f.n * (f.n - 1)),
-                             min_members=2),
-    "brier_fair": Statistic("<(p - o)² - p(1 - p)/(M - 1)>",
-                            pointwise=lambda f: ((f.probability - f.outcome) ** 2
-                                                 - f.probability * (1 - f.probability) / (f.n - 1)),
-                            min_members=2),
-    "rank": Statistic("<frequency of each rank of y among the members>, M + 1 bins, ties split evenly",
-                      regional=lambda f: _rank_frequencies(f) @ f.w.T, min_members=2),
+    "debiased_se": Statistic(
+        "<(x̄ - y)² - s²/M>", pointwise=lambda f: f.error**2 - f.variance / f.n, min_members=2
+    ),
+    "crps_fair": Statistic(
+        "<(1/M) Σ|x_i - y| - Σ|x_i - x_j| / 2M(M-1)>",
+        pointwise=lambda f: f.abs_skill - f.pair_sum / (2 * f.n * (f.n - 1)),
+        min_members=2,
+    ),
+    "energy_fair": Statistic(
+        "(1/M) Σ‖x_i - y‖ - Σ‖x_i - x_j‖ / 2M(M-1)",
+        regional=lambda f: f.norm_skill - f.pair_norm_sum / (2 * f.n * (f.n - 1)),
+        min_members=2,
+    ),
+    "brier_fair": Statistic(
+        "<(p - o)² - p(1 - p)/(M - 1)>",
+        pointwise=lambda f: (
+            (f.probability - f.outcome) ** 2 - f.probability * (1 - f.probability) / (f.n - 1)
+        ),
+        min_members=2,
+    ),
+    "rank": Statistic(
+        "<frequency of each rank of y among the members>, M + 1 bins, ties split evenly",
+        regional=lambda f: _rank_frequencies(f) @ f.w.T,
+        min_members=2,
+    ),
 }
 #: The statistics that need an ensemble (M ≥ 2): the metrics that read them are NaN for a single member.
 ENSEMBLE_STATISTICS = frozenset(name for name, unit in STATISTICS.items() if unit.min_members >= 2)
@@ -280,14 +299,18 @@ def forecast_statistics(
     if unknown:
         raise ScoringError(f"unknown statistics {unknown}; expected some of {list(STATISTICS)}")
     forecast = Forecast(members, truth, climatology, region_weights)
-    chosen = [k for k, unit in STATISTICS.items()
-              if (names is None or k in names) and forecast.n >= unit.min_members]
+    chosen = [
+        k
+        for k, unit in STATISTICS.items()
+        if (names is None or k in names) and forecast.n >= unit.min_members
+    ]
     pointwise = [k for k in chosen if STATISTICS[k].pointwise is not None]
     means = {}
     if pointwise:
         fields = [STATISTICS[k].pointwise(forecast) for k in pointwise]  # type: ignore[misc]
         means = dict(zip(pointwise, forecast.region_means(fields), strict=True))
-    return {k: means[k] if k in means else STATISTICS[k].regional(forecast) for k in chosen}  # type: ignore[misc]
+    # type: ignore[misc]
+    return {k: means[k] if k in means else STATISTICS[k].regional(forecast) for k in chosen}
 
 
 class StatisticSums:
@@ -360,8 +383,10 @@ def statistic_sums(
     if not members.shape[0]:
         raise ScoringError("expected at least one forecast to sum statistics over, found none")
     n = members.shape[1]
-    parts = (forecast_statistics(members[i], truth[i], climatology[i], region_weights, names)
-             for i in range(members.shape[0]))
+    parts = (
+        forecast_statistics(members[i], truth[i], climatology[i], region_weights, names)
+        for i in range(members.shape[0])
+    )
     total = StatisticSums.of(next(parts), n)
     for statistics in parts:
         total = total + StatisticSums.of(statistics, n)

@@ -37,8 +37,12 @@ def _global_mean(pointwise: np.ndarray) -> np.ndarray:
 def _statistics(name: str) -> np.ndarray:
     ensemble, truth, climatology = _fields()
     w = weight_matrix([GLOBAL], equiangular_lats(N_LAT), regular_lons(N_LON))
-    return np.array([forecast_statistics(ensemble[i], truth[i], climatology, w, names=[name])[name][0]
-                     for i in range(N_INIT)])
+    return np.array(
+        [
+            forecast_statistics(ensemble[i], truth[i], climatology, w, names=[name])[name][0]
+            for i in range(N_INIT)
+        ]
+    )
 
 
 @pytest.mark.parametrize("kind", ["plain", "fair"])
