@@ -42,6 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ensembles.metrics import FieldScores
+from ensembles.regions import GLOBAL, weight_matrix
 from fourcast.errors import ResolutionTransferError
 from fourcast.models.registry import build_model
 from fourcast.training import VAL_SCORE, LatWeightedMSE, rollout, seeded_initialisation
@@ -169,9 +171,14 @@ def forecast(
 
 
 def area_rmse(error: np.ndarray) -> float:
-    """Area-weighted RMSE over everything but the grid of ``(…, lat, lon)`` errors."""
-    weights = cell_area_weights(equiangular_lats(error.shape[-2]))[:, None]
-    return float(np.sqrt((error**2 * weights).mean()))
+    """Area-weighted RMSE of ``(…, lat, lon)`` errors, each a forecast, by the scorecard's statistic units.
+
+    The root of the mean over the forecasts of their global area-weighted squared error.
+    """
+    nlat, nlon = error.shape[-2:]
+    scores = FieldScores(("rmse",), weight_matrix([GLOBAL], equiangular_lats(nlat), regular_lons(nlon))[0])
+    statistics = scores(error, 0.0, 0.0)
+    return float(scores.finalise(statistics.reshape(-1, statistics.shape[-1]).mean(0))["rmse"])
 
 
 def bilinear(field: np.ndarray, nlat: int, nlon: int) -> np.ndarray:

@@ -33,14 +33,17 @@ import numpy as np
 import torch
 
 from ensembles.errors import EnsembleInputError
+from ensembles.metrics import StatisticSums, finalise, forecast_statistics, needed_statistics
 from ensembles.protocols import Coords, ModelError, Perturbation, Prognostic
+from ensembles.regions import GLOBAL, weight_matrix
 from ensembles.runner import run_ensemble
-from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME
-from ingest.grid import cell_area_weights
+from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON
 
 #: Bounds of the amplitudes calibration may choose (in units of each channel's std; model error: σ).
 AMPLITUDE_BOUNDS = (1e-4, 2.0)
 MODEL_ERROR_BOUNDS = (0.0, 3.0)
+#: The statistics of the spread/skill ratio, the ensemble-mean RMSE and the spread.
+SPREAD_SKILL_STATISTICS = needed_statistics(("ssr", "rmse", "spread"), n_members=2)
 
 
 @dataclass(frozen=True)
@@ -78,23 +81,22 @@ class SpreadSkill:
 
 
 class _SpreadSkillSink:
-    """An :class:`~ensembles.protocols.Archive` summing ensemble-mean squared error and member variance."""
+    """An :class:`~ensembles.protocols.Archive` summing the spread/skill statistics per lead and channel.
+
+    Each forecast's ensemble-mean squared error and member variance are the statistic units of
+    :mod:`ensembles.metrics` (global area-weighted means), summed per ``(lead, channel)``.
+    """
 
     def __init__(
         self,
         truth_state: Callable[[np.datetime64], torch.Tensor],
         truth_channels: Sequence[str] | np.ndarray,
         lead_times: np.ndarray,
-        lat: np.ndarray,
     ) -> None:
         self.truth_state, self.truth_channels = truth_state, [str(c) for c in truth_channels]
         self.lead_times = lead_times
-        weights = cell_area_weights(np.asarray(lat, dtype=np.float64))
-        self.weights = weights / weights.mean()
-        self.se = np.zeros((lead_times.size, 0))
-        self.variance = np.zeros_like(self.se)
-        self.count = np.zeros(lead_times.size)
-        self.n_members = 0
+        self.sums: dict[tuple[int, str], StatisticSums] = {}
+        self.weights: np.ndarray | None = None
 
     def write(self, x: torch.Tensor | np.ndarray, coords: Coords) -> None:
         lead = np.timedelta64(coords[LEAD_TIME][0], "ns")
@@ -102,26 +104,32 @@ class _SpreadSkillSink:
             return
         row = int(np.flatnonzero(self.lead_times == lead)[0])
         channels = [str(c) for c in coords[CHANNEL]]
-        if self.se.shape[1] == 0:
-            self.se = np.zeros((self.lead_times.size, len(channels)))
-            self.variance = np.zeros_like(self.se)
-        members = torch.as_tensor(x).detach().cpu().numpy().astype(np.float64)
-        self.n_members = members.shape[0]
+        if self.weights is None:
+            self.weights = weight_matrix([GLOBAL], np.asarray(coords[LAT]), np.asarray(coords[LON]))
+        members = torch.as_tensor(x).detach().cpu().numpy()
+        n_members = members.shape[0]
         valid = np.datetime64(coords[INIT_TIME][0], "ns") + lead
-        truth = (
-            self.truth_state(valid)
-            .cpu()
-            .numpy()
-            .astype(np.float64)[[self.truth_channels.index(c) for c in channels]]
-        )
-        error = members.mean(0) - truth
-        self.se[row] += self._area_mean(error**2)
-        self.variance[row] += self._area_mean(members.var(0, ddof=1))
-        self.count[row] += 1
+        truth = self.truth_state(valid).cpu().numpy()[[self.truth_channels.index(c) for c in channels]]
+        no_climatology = np.zeros(truth[0].size)
+        for i, channel in enumerate(channels):
+            statistics = forecast_statistics(
+                members[:, i].reshape(n_members, -1),
+                truth[i].ravel(),
+                no_climatology,
+                self.weights,
+                SPREAD_SKILL_STATISTICS,
+            )
+            one, key = StatisticSums.of(statistics, n_members), (row, channel)
+            self.sums[key] = self.sums[key] + one if key in self.sums else one
 
-    def _area_mean(self, field: np.ndarray) -> np.ndarray:
-        """Area-weighted mean over (lat, lon) of ``field`` (channel, lat, lon); shape (channel,)."""
-        return (field * self.weights[:, None]).mean(axis=(-2, -1))
+    def scores(self, metric: str, channels: Sequence[str]) -> np.ndarray:
+        """Global ``metric`` (:func:`ensembles.metrics.finalise`) per lead and channel: (lead, channel)."""
+        return np.array(
+            [
+                [finalise(self.sums[(row, c)], metric)[0] for c in channels]
+                for row in range(self.lead_times.size)
+            ]
+        )
 
     def finalize(self) -> str:
         return "memory"
@@ -171,7 +179,7 @@ def measure_spread_skill(
             f"n_members={n_members}, {len(init_times)} init times, lead_steps={list(lead_steps)}"
         )
     step = np.timedelta64(prognostic.step_size).astype("timedelta64[ns]")
-    sink = _SpreadSkillSink(truth_state, coords[CHANNEL], np.array(steps) * step, coords[LAT])
+    sink = _SpreadSkillSink(truth_state, coords[CHANNEL], np.array(steps) * step)
     for init in init_times:
         run_ensemble(
             prognostic,
@@ -186,11 +194,14 @@ def measure_spread_skill(
             members_per_batch=n_members,
             model_error=model_error,
         )
-    se, variance = sink.se / sink.count[:, None], sink.variance / sink.count[:, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ssr = np.sqrt((n_members + 1) / n_members) * np.sqrt(variance / se)
     channels = tuple(str(c) for c in prognostic.input_coords[CHANNEL])
-    return SpreadSkill(tuple(steps), channels, ssr, np.sqrt(se), np.sqrt(variance))
+    return SpreadSkill(
+        tuple(steps),
+        channels,
+        sink.scores("ssr", channels),
+        sink.scores("rmse", channels),
+        sink.scores("spread", channels),
+    )
 
 
 @dataclass(frozen=True)

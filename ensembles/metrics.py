@@ -1,56 +1,43 @@
-r"""Verification metrics over labelled fields, as WeatherBench 2 defines them.
+r"""Verification metrics, one implementation: statistic units that merge, and finalisers.
 
-Every function takes :class:`xarray.DataArray` fields for one variable, with dims ``lat``,
-``lon`` and optionally ``init_time`` (averaged over), ``member`` (ensemble functions) and
-any others (e.g. ``lead_time``), which are kept. Fields are aligned by label with an exact
-join: mismatched coordinates raise :class:`~ensembles.errors.ScoringError` instead of being
-silently intersected. NaNs propagate.
+A score is computed in three steps (the design of WeatherBench-X), whoever asks for it — the
+scorecard of an archive chunk by chunk (:mod:`ensembles.scorecard`), streaming scoring while the
+runner produces members (:mod:`ensembles.streaming`), calibration (:mod:`ensembles.calibration`),
+training's validation (through :mod:`pipeline`) and the benchmarks:
 
-Aggregation order (WeatherBench 2): for each init time the pointwise statistic is averaged
-over the sphere with area weights :math:`w_j` (one per latitude row, :func:`area_weights`),
+1. :func:`forecast_statistics` computes *statistics* of one forecast (one init and lead time):
+   each an area-weighted mean over a region, e.g. ``se = <(x̄ − y)²>``. Each statistic is a
+   small unit (:class:`Statistic`, registered in :data:`STATISTICS`) that declares what it
+   reads and the ensemble size it needs; all regions come at once from one weight matrix
+   (:func:`ensembles.regions.weight_matrix`), in numpy, float64.
+2. :class:`StatisticSums` adds the statistics up over forecasts. The sums of disjoint sets of
+   forecasts (Dask chunks, ranks, a stream of members) merge exactly: ``a + b``.
+3. :func:`finalise` turns the means over forecasts into a score (:data:`FINALISERS`: each
+   declares the statistics it reads), e.g. ``rmse = sqrt(mean_t <(x̄ − y)²>)``: the root is
+   taken after the mean over init times, as WeatherBench 2 does.
 
-.. math:: \langle s \rangle = \frac{\sum_{j,k} w_j\, s_{jk}}{\sum_{j,k} w_j},
+Independent reference implementations over labelled fields live with the tests
+(``tests/ensembles/reference_metrics.py``), which compare these units against them.
 
-then averaged over init times, and only then is a square root taken (RMSE, spread), so
-``rmse = sqrt(mean_t <(f - y)^2>)``, not the mean of per-time RMSEs.
-
-``weights`` may be ``None`` (area weights of the field's latitudes), a DataArray over
-``lat`` or over ``(lat, lon)`` (e.g. area weights restricted to a region,
-:meth:`ensembles.regions.Region.weights`), or a numpy array of shape (lat,) in the field's
-latitude order. Points of zero weight do not count, even where the field is NaN there.
-
-Deterministic scores: :func:`mse`, :func:`rmse`, :func:`mae`, :func:`bias`, :func:`acc`.
-Ensemble scores: :func:`ensemble_mean_rmse`, :func:`debiased_ensemble_mean_mse` (and its
-root), :func:`ensemble_spread`, :func:`spread_skill_ratio`, :func:`crps`,
-:func:`energy_score`, :func:`brier_score`, :func:`rank_histogram`.
-
-The same scores as mergeable pieces (WeatherBench-X's design), for scoring chunk by chunk,
-rank by rank or while members stream in: :func:`forecast_statistics` computes every
-:data:`STATISTICS` of one forecast (one init and lead time) in every region at once, in
-numpy; :class:`StatisticSums` adds them up over forecasts (exactly mergeable, ``a + b``);
-:func:`finalise` turns their means into any of :data:`METRICS` (:data:`FINALISERS`). The
-results equal the functions above on the same forecasts (tested to 1e-6).
+Weights: :func:`area_weights` of the latitude rows (mean 1) and :func:`resolve_weights`, the
+forms a region's weights may be given in (:meth:`ensembles.regions.Region.weights`).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from functools import cached_property
 
 import numpy as np
 import xarray as xr
 
 from ensembles.errors import MissingStatisticsError, ScoringError
-from ingest.dims import INIT_TIME, LAT, LON, MEMBER
+from ingest.dims import LAT, LON
 from ingest.grid import cell_area_weights
 
 Weights = xr.DataArray | np.ndarray | None
-CRPS_KINDS = ("fair", "plain")
-ENERGY_KINDS = CRPS_KINDS
-#: Name of the bin dimension of :func:`rank_histogram`.
+#: Name of the bin dimension of rank histograms.
 RANK = "rank"
 
 
@@ -88,571 +75,200 @@ def resolve_weights(weights: Weights, lat: xr.DataArray) -> xr.DataArray:
     return xr.DataArray(weights, dims=LAT, coords={LAT: np.asarray(lat)})
 
 
-def spatial_mean(field: xr.DataArray, weights: Weights = None) -> xr.DataArray:
-    """Area-weighted mean over ``lat`` (``j``) and ``lon`` (``k``): ``Σ_jk w_jk f_jk / Σ_jk w_jk``.
-
-    Per-latitude weights stand for ``w_jk = w_j``; points of zero weight are left out.
-    """
-    field, w = _exact(field, resolve_weights(weights, field[LAT]))
-    return _weighted_sum(field, w) / _grid_sum(w, field.sizes[LON])
-
-
-def time_mean(statistic: xr.DataArray, time_dim: str = INIT_TIME) -> xr.DataArray:
-    """Mean over ``time_dim`` if the statistic has it (a single forecast has not)."""
-    return statistic.mean(time_dim, skipna=False) if time_dim in statistic.dims else statistic
-
-
-def mse(
-    forecast: xr.DataArray, truth: xr.DataArray, weights: Weights = None, time_dim: str = INIT_TIME
-) -> xr.DataArray:
-    """Mean squared error ``mean_t <(f - y)²>``, in squared units of the field."""
-    forecast, truth = _exact(forecast, truth)
-    return time_mean(spatial_mean((forecast - truth) ** 2, weights), time_dim)
-
-
-def rmse(
-    forecast: xr.DataArray, truth: xr.DataArray, weights: Weights = None, time_dim: str = INIT_TIME
-) -> xr.DataArray:
-    """Root mean squared error ``sqrt(mean_t <(f - y)²>)``, in units of the field."""
-    return np.sqrt(mse(forecast, truth, weights, time_dim))
-
-
-def mae(
-    forecast: xr.DataArray, truth: xr.DataArray, weights: Weights = None, time_dim: str = INIT_TIME
-) -> xr.DataArray:
-    """Mean absolute error ``mean_t <|f - y|>``, in units of the field."""
-    forecast, truth = _exact(forecast, truth)
-    return time_mean(spatial_mean(abs(forecast - truth), weights), time_dim)
-
-
-def bias(
-    forecast: xr.DataArray, truth: xr.DataArray, weights: Weights = None, time_dim: str = INIT_TIME
-) -> xr.DataArray:
-    """Mean error ``mean_t <f - y>``, in units of the field; positive where the forecast is too high."""
-    forecast, truth = _exact(forecast, truth)
-    return time_mean(spatial_mean(forecast - truth, weights), time_dim)
-
-
-def acc(
-    forecast: xr.DataArray,
-    truth: xr.DataArray,
-    climatology: xr.DataArray,
-    weights: Weights = None,
-    time_dim: str = INIT_TIME,
-) -> xr.DataArray:
-    r"""Anomaly correlation coefficient, uncentred, averaged over init times (WeatherBench 2).
-
-    With anomalies :math:`f' = f - c` and :math:`y' = y - c` relative to the climatology
-    :math:`c`, for each init time
-
-    .. math:: \mathrm{ACC} = \frac{\langle f' y' \rangle}{\sqrt{\langle f'^2 \rangle \langle y'^2 \rangle}},
-
-    the spatial means not removed from the anomalies; then the mean over init times.
-    Dimensionless, 1 for a perfect forecast; NaN where an anomaly is identically zero
-    (e.g. the climatology forecast itself).
-    """
-    forecast, truth, climatology = _exact(forecast, truth, climatology)
-    f_anom, y_anom = forecast - climatology, truth - climatology
-    covariance = spatial_mean(f_anom * y_anom, weights)
-    norm = np.sqrt(spatial_mean(f_anom**2, weights) * spatial_mean(y_anom**2, weights))
-    return time_mean(covariance / norm, time_dim)
-
-
-def ensemble_mean_rmse(
-    ensemble: xr.DataArray,
-    truth: xr.DataArray,
-    weights: Weights = None,
-    member_dim: str = MEMBER,
-    time_dim: str = INIT_TIME,
-) -> xr.DataArray:
-    """RMSE of the ensemble mean (the *skill*): ``sqrt(mean_t <(mean_m X - y)²>)``.
-
-    The mean is taken in float64, so identical float32 members average to themselves exactly.
-    """
-    return rmse(ensemble.astype(np.float64).mean(member_dim, skipna=False), truth, weights, time_dim)
-
-
-def debiased_ensemble_mean_mse(
-    ensemble: xr.DataArray,
-    truth: xr.DataArray,
-    weights: Weights = None,
-    member_dim: str = MEMBER,
-    time_dim: str = INIT_TIME,
-) -> xr.DataArray:
-    r"""Ensemble-mean MSE with the finite-ensemble bias removed (WeatherBench 2).
-
-    For members :math:`X_1 … X_M` drawn independently from a distribution of mean
-    :math:`\mu` and variance :math:`\sigma^2`, the squared error of their mean overestimates
-    :math:`(\mu - y)^2` by :math:`\sigma^2 / M` on average. Subtracting the unbiased sample
-    variance :math:`s^2` (``ddof=1``) over :math:`M` removes that excess:
-
-    .. math:: \mathrm{MSE}_\mathrm{debiased} = \mathrm{mean}_t
-              \left\langle (\bar X - y)^2 - s^2 / M \right\rangle,
-              \qquad E\left[(\bar X - y)^2 - s^2/M\right] = (\mu - y)^2,
-
-    an unbiased estimate of the MSE of the distribution's mean, the skill an infinite ensemble
-    would have. Squared units of the field; it can come out negative when the error of the
-    mean is small compared with the spread. Needs ``M ≥ 2``; computed in float64.
-    """
-    n = _require_members(ensemble, member_dim, minimum=2, metric="debiased ensemble-mean MSE")
-    ensemble, truth = _exact(ensemble.astype(np.float64), truth)
-    mean = ensemble.mean(member_dim, skipna=False)
-    variance = ensemble.var(member_dim, ddof=1, skipna=False)
-    return time_mean(spatial_mean((mean - truth) ** 2 - variance / n, weights), time_dim)
-
-
-def debiased_ensemble_mean_rmse(
-    ensemble: xr.DataArray,
-    truth: xr.DataArray,
-    weights: Weights = None,
-    member_dim: str = MEMBER,
-    time_dim: str = INIT_TIME,
-) -> xr.DataArray:
-    """``sqrt(max(0, debiased_ensemble_mean_mse))``, in units of the field.
-
-    The estimate is clipped at 0 before the root, so a negative debiased MSE (possible for
-    small samples, see :func:`debiased_ensemble_mean_mse`) reads as 0 rather than NaN.
-    """
-    estimate = debiased_ensemble_mean_mse(ensemble, truth, weights, member_dim, time_dim)
-    return np.sqrt(estimate.clip(min=0.0))
-
-
-def ensemble_spread(
-    ensemble: xr.DataArray, weights: Weights = None, member_dim: str = MEMBER, time_dim: str = INIT_TIME
-) -> xr.DataArray:
-    """Ensemble spread ``sqrt(mean_t <var_m X>)``, the variance unbiased (``ddof=1``); needs M ≥ 2."""
-    _require_members(ensemble, member_dim, minimum=2, metric="ensemble spread")
-    variance = ensemble.var(member_dim, ddof=1, skipna=False)
-    return np.sqrt(time_mean(spatial_mean(variance, weights), time_dim))
-
-
-def spread_skill_ratio(
-    ensemble: xr.DataArray,
-    truth: xr.DataArray,
-    weights: Weights = None,
-    member_dim: str = MEMBER,
-    time_dim: str = INIT_TIME,
-) -> xr.DataArray:
-    r"""Spread–skill ratio with the finite-ensemble correction (WeatherBench 2).
-
-    .. math:: \mathrm{SSR} = \sqrt{\tfrac{M+1}{M}}\;
-              \frac{\mathrm{spread}}{\mathrm{ensemble\ mean\ RMSE}}
-
-    The factor makes a statistically consistent ensemble of any size ``M ≥ 2`` score 1;
-    below 1 the ensemble is under-dispersive.
-    """
-    n = _require_members(ensemble, member_dim, minimum=2, metric="spread-skill ratio")
-    spread = ensemble_spread(ensemble, weights, member_dim, time_dim)
-    skill = ensemble_mean_rmse(ensemble, truth, weights, member_dim, time_dim)
-    return np.sqrt((n + 1) / n) * spread / skill
-
-
-def crps_pointwise(
-    ensemble: xr.DataArray,
-    truth: xr.DataArray,
-    kind: Literal["fair", "plain"] = "fair",
-    member_dim: str = MEMBER,
-) -> xr.DataArray:
-    r"""Continuous ranked probability score of an ensemble at every point, no averaging.
-
-    CRPS = E|X − y| − ½ E|X − X'|. Its two ensemble estimators, for members
-    :math:`X_1 … X_M`:
-
-    ``kind="fair"`` (WeatherBench 2's default; unbiased for the CRPS of the distribution the
-    members are drawn from; needs ``M ≥ 2``)
-
-    .. math:: \frac{1}{M}\sum_i |X_i - y| - \frac{1}{2M(M-1)} \sum_{i,j} |X_i - X_j|
-
-    ``kind="plain"`` (the CRPS of the empirical distribution of the members, as
-    ``properscoring.crps_ensemble``; equals the absolute error for ``M = 1``)
-
-    .. math:: \frac{1}{M}\sum_i |X_i - y| - \frac{1}{2M^2} \sum_{i,j} |X_i - X_j|
-
-    The pair sum is computed from the sorted members, :math:`\sum_{i,j}|X_i - X_j| =
-    2 \sum_k (2k - M - 1) X_{(k)}`, in O(M log M) time and O(M) memory per point, in one
-    numpy kernel (:func:`_crps_kernel`) that works member plane by member plane in float64.
-    Units of the field; lower is better.
-    """
-    if kind not in CRPS_KINDS:
-        raise ScoringError(f"unknown CRPS kind {kind!r}; expected one of {CRPS_KINDS}")
-    n = _require_members(ensemble, member_dim, minimum=2 if kind == "fair" else 1, metric=f"{kind} CRPS")
-    ensemble, truth = _exact(ensemble, truth)
-    pairs = 2 * n * (n - 1) if kind == "fair" else 2 * n * n
-    return xr.apply_ufunc(
-        _in_threads(_crps_kernel),
-        ensemble,
-        truth,
-        input_core_dims=[[member_dim], []],
-        kwargs={"pairs": pairs},
-        dask="parallelized",
-        output_dtypes=[np.float64],
-    )
-
-
-def crps(
-    ensemble: xr.DataArray,
-    truth: xr.DataArray,
-    weights: Weights = None,
-    kind: Literal["fair", "plain"] = "fair",
-    member_dim: str = MEMBER,
-    time_dim: str = INIT_TIME,
-) -> xr.DataArray:
-    """CRPS averaged as WeatherBench 2 does: ``mean_t <crps_pointwise>`` (no square root)."""
-    return time_mean(spatial_mean(crps_pointwise(ensemble, truth, kind, member_dim), weights), time_dim)
-
-
-def energy_score(
-    ensemble: xr.DataArray,
-    truth: xr.DataArray,
-    weights: Weights = None,
-    kind: Literal["fair", "plain"] = "fair",
-    member_dim: str = MEMBER,
-    time_dim: str = INIT_TIME,
-) -> xr.DataArray:
-    r"""Energy score of whole fields, averaged over init times (Gneiting & Raftery, 2007).
-
-    The multivariate CRPS: each member :math:`X_i` and the truth :math:`y` are single vectors,
-    the fields over ``(lat, lon)``, compared in the area-weighted Euclidean norm
-
-    .. math:: \lVert v \rVert = \sqrt{\textstyle\sum_{jk} w_{jk} v_{jk}^2 / \sum_{jk} w_{jk}}
-
-    (the area-weighted RMS, units of the field). ES = E‖X − y‖ − ½ E‖X − X'‖, estimated for
-    each init time (and every other kept dim, e.g. ``lead_time``) as
-
-    ``kind="fair"`` (unbiased for the ES of the distribution the members come from; ``M ≥ 2``)
-
-    .. math:: \frac{1}{M}\sum_i \lVert X_i - y\rVert
-              - \frac{1}{2M(M-1)} \sum_{i,j} \lVert X_i - X_j \rVert
-
-    ``kind="plain"`` (the ES of the members' empirical distribution; ``‖X_1 − y‖`` for M = 1)
-
-    .. math:: \frac{1}{M}\sum_i \lVert X_i - y\rVert
-              - \frac{1}{2M^2} \sum_{i,j} \lVert X_i - X_j \rVert
-
-    then averaged over ``time_dim`` (no root). On a one-point grid it is the CRPS. Every pair
-    of members is used (WeatherBench 2's ``EnergyScore`` uses the M − 1 adjacent pairs: same
-    expectation, more variance). Pair distances come from the Gram matrix of the members'
-    anomalies from their mean, :math:`\lVert X_i - X_j\rVert^2 = \lVert a_i\rVert^2 +
-    \lVert a_j\rVert^2 - 2\langle a_i, a_j\rangle`: O(M² · lat · lon) time, O(M²) extra
-    memory per field. Units of the field; lower is better.
-    """
-    if kind not in ENERGY_KINDS:
-        raise ScoringError(f"unknown energy score kind {kind!r}; expected one of {ENERGY_KINDS}")
-    minimum = 2 if kind == "fair" else 1
-    n = _require_members(ensemble, member_dim, minimum=minimum, metric=f"{kind} energy score")
-    ensemble, truth = _exact(ensemble.astype(np.float64), truth)
-    skill = np.sqrt(spatial_mean((ensemble - truth) ** 2, weights)).mean(member_dim, skipna=False)
-    pairs = 2 * n * (n - 1) if kind == "fair" else 2 * n * n
-    return time_mean(skill - _pair_norm_sum(ensemble, weights, member_dim) / pairs, time_dim)
-
-
-def brier_score(
-    ensemble: xr.DataArray,
-    truth: xr.DataArray,
-    threshold: float | xr.DataArray,
-    weights: Weights = None,
-    fair: bool = False,
-    member_dim: str = MEMBER,
-    time_dim: str = INIT_TIME,
-) -> xr.DataArray:
-    r"""Brier score of the event "the field exceeds ``threshold``", averaged as WeatherBench 2.
-
-    The forecast probability is the fraction of members above the threshold :math:`\tau`,
-    :math:`p = \frac{1}{M}\sum_i 1[X_i > \tau]`, the outcome :math:`o = 1[y > \tau]`:
-
-    .. math:: \mathrm{BS} = \mathrm{mean}_t \langle (p - o)^2 \rangle
-
-    ``fair=True`` (Ferro, 2007; WeatherBench 2's ``DebiasedEnsembleBrierScore``) subtracts
-    the finite-ensemble excess, giving an unbiased estimate of the Brier score of the
-    probability the members are drawn with; needs ``M ≥ 2``:
-
-    .. math:: \mathrm{BS}_\mathrm{fair} = \mathrm{mean}_t
-              \left\langle (p - o)^2 - \frac{p(1 - p)}{M - 1} \right\rangle
-
-    Parameters
-    ----------
-    threshold : float or xarray.DataArray
-        :math:`\tau` in units of the field; a DataArray (e.g. a climatological quantile per
-        ``(lat, lon)``) must share the field's coordinates exactly.
-
-    Returns
-    -------
-    xarray.DataArray
-        Dimensionless, in [0, 1] for ``fair=False``; 0 is perfect. NaN where inputs are NaN.
-    """
-    metric = "fair Brier score" if fair else "Brier score"
-    _require_members(ensemble, member_dim, minimum=2 if fair else 1, metric=metric)
-    ensemble, truth, threshold = _exact(ensemble, truth, xr.DataArray(threshold))
-    score = xr.apply_ufunc(
-        _in_threads(_brier_kernel),
-        ensemble,
-        truth,
-        threshold,
-        input_core_dims=[[member_dim], [], []],
-        kwargs={"fair": fair},
-        dask="parallelized",
-        output_dtypes=[np.float64],
-    )
-    return time_mean(spatial_mean(score, weights), time_dim)
-
-
-def rank_histogram(
-    ensemble: xr.DataArray,
-    truth: xr.DataArray,
-    rng: np.random.Generator,
-    weights: Weights = None,
-    normalise: bool = False,
-    member_dim: str = MEMBER,
-    time_dim: str = INIT_TIME,
-) -> xr.DataArray:
-    r"""Histogram of the truth's rank among the members (Talagrand diagram), ``M + 1`` bins.
-
-    At each point the rank of :math:`y` among :math:`X_1 … X_M` is
-
-    .. math:: r = \#\{i : X_i < y\} + U, \qquad
-              U \sim \mathrm{Uniform}\{0, …, \#\{i : X_i = y\}\},
-
-    ties broken at random with ``rng`` (so a variable with many ties, e.g. zero precipitation,
-    is not piled into one bin); :math:`r \in \{0, …, M\}`. Bin :math:`r` holds
-
-    .. math:: h_r = \sum_t \sum_{jk} \hat w_{jk}\, 1[r_{tjk} = r],
-
-    with the weights rescaled to mean 1 over the points of non-zero weight, so the bins sum
-    to the number of such points times the number of init times. Uniform weights (e.g.
-    ``numpy.ones(n_lat)``) give plain counts; the default area weights count a point by its
-    cell area. A statistically consistent ensemble (truth exchangeable with the members) has
-    every bin equal in expectation; an under-dispersive one is U-shaped, an over-dispersive
-    one ∩-shaped, a biased one sloped.
-
-    Parameters
-    ----------
-    rng : numpy.random.Generator
-        Draws the tie-breaks, one per point in the order of ``truth``'s values: the same
-        generator state and inputs give the same histogram.
-    normalise : bool
-        Divide by :math:`\sum_r h_r`, giving frequencies that sum to 1.
-
-    Returns
-    -------
-    xarray.DataArray
-        Dim ``rank`` (coordinate 0 … M) and the input dims other than ``member_dim``,
-        ``lat``, ``lon`` and ``time_dim``. A slice with a NaN anywhere in its inputs is NaN.
-    """
-    n = _require_members(ensemble, member_dim, minimum=1, metric="rank histogram")
-    ensemble, truth = _exact(ensemble, truth)
-    rank = _truth_rank(ensemble, truth, rng, member_dim)
-    w = resolve_weights(weights, rank[LAT])
-    rank, w = _exact(rank, w)
-    scale = _grid_sum(w != 0, rank.sizes[LON]) / _grid_sum(w, rank.sizes[LON])
-    valid = rank.notnull()
-    counts = xr.concat(
-        [_weighted_sum((rank == r).where(valid), w) * scale for r in range(n + 1)],
-        dim=xr.DataArray(np.arange(n + 1), dims=RANK, name=RANK),
-    )
-    counts = counts.sum(time_dim, skipna=False) if time_dim in counts.dims else counts
-    return counts / counts.sum(RANK, skipna=False) if normalise else counts
-
-
-def _truth_rank(
-    ensemble: xr.DataArray, truth: xr.DataArray, rng: np.random.Generator, member_dim: str
-) -> xr.DataArray:
-    """Rank of ``truth`` among the members at each point, ties broken at random; NaN where undefined."""
-    below = (ensemble < truth).sum(member_dim)
-    ties = (ensemble == truth).sum(member_dim)
-    tie_break = ties.copy(data=rng.integers(0, ties.values + 1))
-    defined = truth.notnull() & ensemble.notnull().all(member_dim)
-    return (below + tie_break).where(defined)
-
-
-def _pair_norm_sum(ensemble: xr.DataArray, weights: Weights, member_dim: str) -> xr.DataArray:
-    """``Σ_i Σ_j ‖X_i − X_j‖`` in the area-weighted RMS norm over ``(lat, lon)``."""
-    anomalies = ensemble - ensemble.mean(member_dim, skipna=False)
-    anomalies, w = _exact(anomalies, resolve_weights(weights, ensemble[LAT]))
-    scaled = _unweighted_zeroed(anomalies, w) * np.sqrt(w / _grid_sum(w, anomalies.sizes[LON]))
-    return xr.apply_ufunc(
-        _gram_distance_sum,
-        scaled,
-        input_core_dims=[[member_dim, LAT, LON]],
-        dask="parallelized",
-        output_dtypes=[np.float64],
-    )
-
-
-def _gram_distance_sum(x: np.ndarray) -> np.ndarray:
-    """``Σ_ij ‖x_i − x_j‖₂`` over the members of ``x`` (..., member, lat, lon), via the Gram matrix."""
-    n = x.shape[-3]
-    x = x.reshape(*x.shape[:-2], -1)
-    squared = np.einsum("...mp,...mp->...m", x, x)
-    d2 = squared[..., :, None] + squared[..., None, :] - 2.0 * (x @ np.swapaxes(x, -1, -2))
-    off_diagonal = ~np.eye(n, dtype=bool)
-    return np.sqrt(np.where(off_diagonal, np.maximum(d2, 0.0), 0.0)).sum((-2, -1))
-
-
-#: Kernels split arrays of at least this many values into slabs scored in parallel threads
-#: (numpy releases the GIL in its loops); below it, handing work to threads costs more than it saves.
-THREADED_MIN_VALUES = 2**22
-_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """A pool of ``workers`` threads kept for the process (started once, not per call).
-
-    Keyed by process id too: a forked child (DataLoader, Dask worker) gets pools of its own,
-    never one whose threads stayed behind in the parent.
-    """
-    key = (os.getpid(), workers)
-    if key not in _POOLS:
-        _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="ensembles-metrics")
-    return _POOLS[key]
-
-
-def _in_threads(kernel):
-    """``kernel(x, *others, **kw)`` run on slabs of ``x``'s first axis in one thread per core, concatenated.
-
-    ``x`` is (..., member); an array of ``others`` with the same first axis is cut with it,
-    anything else (scalars, size-1 first axes) goes whole to every slab.
-    """
-
-    def run(x: np.ndarray, *others: np.ndarray, **kwargs) -> np.ndarray:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        rows = x.shape[0] if x.ndim > 1 else 1
-        slabs = min(cores, rows) if x.size >= THREADED_MIN_VALUES else 1
-        if slabs <= 1:
-            return kernel(x, *others, **kwargs)
-        bounds = np.linspace(0, rows, slabs + 1).astype(int)
-
-        def slab(a: int, b: int) -> np.ndarray:
-            cut = [o[a:b] if np.ndim(o) == x.ndim - 1 and o.shape[0] == rows else o for o in others]
-            return np.broadcast_to(
-                kernel(x[a:b], *cut, **kwargs),
-                np.broadcast_shapes(x[a:b].shape[:-1], *(np.shape(c) for c in cut)),
-            )
-
-        parts = list(_pool(slabs).map(slab, bounds[:-1], bounds[1:]))
-        return np.concatenate(parts, axis=0)
-
-    return run
-
-
-def _member_planes(x: np.ndarray) -> np.ndarray:
-    """``x`` (..., member) viewed as (member, ...): each member's field a plane, iterated in memory order."""
-    return np.moveaxis(x, -1, 0)
-
-
-def _crps_kernel(x: np.ndarray, y: np.ndarray, pairs: int) -> np.ndarray:
-    r"""Pointwise CRPS :math:`\frac1M\sum_i|X_i - y| - \frac{1}{pairs}\sum_{ij}|X_i - X_j|`, float64.
-
-    ``x`` (..., member), ``y`` broadcastable to ``x[..., 0]``. The pair sum is
-    :math:`2\sum_k (2k - M - 1) X_{(k)}` over the members sorted at each point; both sums
-    accumulate one member plane at a time, so no (..., member) temporary beyond the sorted copy.
-    NaN wherever a member or the truth is NaN.
-    """
-    members = _member_planes(x)
-    n = members.shape[0]
-    ordered = np.sort(members, axis=0)
-    skill = np.zeros(np.broadcast_shapes(members.shape[1:], np.shape(y)), dtype=np.float64)
-    pair = np.zeros_like(skill)
-    scratch = np.empty_like(skill)
-    for k in range(n):
-        np.subtract(members[k], y, out=scratch, dtype=np.float64)
-        skill += np.abs(scratch, out=scratch)
-        weight = 2.0 * (2 * (k + 1) - n - 1)
-        if weight:
-            np.multiply(ordered[k], weight, out=scratch, dtype=np.float64)
-            pair += scratch
-    skill /= n
-    skill -= pair / pairs
-    return skill
-
-
-def _brier_kernel(x: np.ndarray, y: np.ndarray, threshold: np.ndarray, fair: bool) -> np.ndarray:
-    """Pointwise Brier score of ``1[X > threshold]`` (``x`` (..., member)), Ferro's fair form if ``fair``.
-
-    NaN wherever a member, the truth or the threshold is NaN.
-    """
-    members = _member_planes(x)
-    n = members.shape[0]
-    shape = np.broadcast_shapes(members.shape[1:], np.shape(y), np.shape(threshold))
-    count = np.add.reduce(members > threshold, axis=0, dtype=np.int32)
-    missing = np.isnan(y) | np.isnan(threshold) | np.isnan(members).any(axis=0)
-    probability = count / n
-    score = probability - (y > threshold)
-    score *= score
-    if fair:
-        score -= probability * (1 - probability) / (n - 1)
-    score[np.broadcast_to(missing, shape)] = np.nan
-    return score
-
-
-def _require_members(ensemble: xr.DataArray, member_dim: str, minimum: int, metric: str) -> int:
-    if member_dim not in ensemble.dims:
-        raise ScoringError(
-            f"{metric} needs an ensemble with a {member_dim!r} dim, found dims {ensemble.dims}"
-        )
-    n = ensemble.sizes[member_dim]
-    if n < minimum:
-        raise ScoringError(f"{metric} needs at least {minimum} members, found {n}")
-    return n
-
-
-def _weighted_sum(field: xr.DataArray, w: xr.DataArray) -> xr.DataArray:
-    """``Σ_jk w_jk f_jk`` over ``lat``/``lon``; points of zero weight count as 0 even if NaN."""
-    return xr.dot(_unweighted_zeroed(field, w), w, dim=[LAT, LON])
-
-
-def _unweighted_zeroed(field: xr.DataArray, w: xr.DataArray) -> xr.DataArray:
-    """``field`` with 0 at the points of zero weight (outside a region), so NaNs there do not count."""
-    return field.where(w != 0, 0.0) if bool((w == 0).any()) else field
-
-
-def _grid_sum(w: xr.DataArray, n_lon: int) -> xr.DataArray:
-    """``Σ_jk w_jk`` over the grid, a per-latitude ``w`` standing for every longitude."""
-    return w.sum((LAT, LON)) if LON in w.dims else w.sum(LAT) * n_lon
-
-
-def _exact(*arrays: xr.DataArray) -> tuple[xr.DataArray, ...]:
-    """Align by label, refusing any coordinate mismatch instead of intersecting."""
-    try:
-        return xr.align(*arrays, join="exact", copy=False)  # nothing here writes into its inputs
-    except ValueError as err:
-        raise ScoringError(f"fields to compare have different coordinates: {err}") from err
-
-
 # --------------------------------------------------------------------------------------------
-# Mergeable statistics (the design of WeatherBench-X): a metric is a set of *statistics*, each
-# an area-weighted mean over one region of one forecast (one init time, one lead time), plus a
-# *finaliser* that turns the means of those statistics over init times into the score. The
-# statistics of disjoint sets of forecasts (Dask chunks, ranks, a stream of members) add up
-# exactly: keep their sums and counts (:class:`StatisticSums`), add, divide, finalise.
+# Statistic units: each an area-weighted mean over one region of one forecast (one init time,
+# one lead time). The statistics of disjoint sets of forecasts add up exactly: keep their sums
+# and counts (:class:`StatisticSums`), add, divide, finalise.
 # --------------------------------------------------------------------------------------------
 
-#: Statistic names, each an area-weighted spatial mean for one forecast (one init, one lead).
-#: ``x̄`` is the members' mean, ``s²`` their variance (ddof 1), ``y`` the truth, ``c`` the
-#: climatology at the valid time, ``p`` the fraction of members above ``c``, ``o = 1[y > c]``.
+
+class Forecast:
+    r"""One forecast and its truth, with the intermediate fields statistics share, each computed once.
+
+    ``x`` (member, point) are the members, ``y`` the truth and ``c`` the climatology at the
+    valid time (point,), ``w`` the region weights (region, point), all float64; ``n`` the number
+    of members. Statistic units read these attributes; the derived ones (``mean``, ``error``,
+    ``variance``, …) are computed on first use.
+    """
+
+    def __init__(
+        self, members: np.ndarray, truth: np.ndarray, climatology: np.ndarray, region_weights: np.ndarray
+    ) -> None:
+        self.x = np.asarray(members, dtype=np.float64)
+        self.y = np.asarray(truth, dtype=np.float64)
+        self.c = np.asarray(climatology, dtype=np.float64)
+        self.w = np.asarray(region_weights, dtype=np.float64)
+        self.n = self.x.shape[0]
+
+    @cached_property
+    def mean(self) -> np.ndarray:
+        """The members' mean ``x̄`` (point,)."""
+        return self.x.mean(0)
+
+    @cached_property
+    def error(self) -> np.ndarray:
+        """``x̄ − y`` (point,)."""
+        return self.mean - self.y
+
+    @cached_property
+    def variance(self) -> np.ndarray:
+        """The members' unbiased variance ``s²`` (point,); needs M ≥ 2."""
+        return self.x.var(0, ddof=1)
+
+    @cached_property
+    def abs_skill(self) -> np.ndarray:
+        """``(1/M) Σ_i |x_i − y|`` (point,)."""
+        return np.abs(self.x - self.y).mean(0)
+
+    @cached_property
+    def pair_sum(self) -> np.ndarray:
+        """``Σ_ij |x_i − x_j|`` (point,), from the sorted members: ``2 Σ_k (2k − M − 1) x_(k)``."""
+        rank_weight = 2.0 * np.arange(1, self.n + 1) - self.n - 1
+        return 2.0 * np.tensordot(rank_weight, np.sort(self.x, axis=0), axes=1)
+
+    @cached_property
+    def probability(self) -> np.ndarray:
+        """Fraction ``p`` of the members above the climatology (point,)."""
+        return (self.x > self.c).mean(0)
+
+    @cached_property
+    def outcome(self) -> np.ndarray:
+        """``o = 1[y > c]`` (point,)."""
+        return (self.y > self.c).astype(np.float64)
+
+    @cached_property
+    def norm_skill(self) -> np.ndarray:
+        """``(1/M) Σ_i ‖x_i − y‖`` in each region's weighted RMS norm (region,)."""
+        return np.sqrt(((self.x - self.y) ** 2) @ self.w.T).mean(0)
+
+    @cached_property
+    def pair_norm_sum(self) -> np.ndarray:
+        """``Σ_ij ‖x_i − x_j‖`` per region (region,), in its weighted RMS norm, via a Gram matrix."""
+        anomalies = self.x - self.mean
+        # (region, member, member)
+        gram = np.stack([(anomalies * weights) @ anomalies.T for weights in self.w])
+        squared = np.diagonal(gram, axis1=1, axis2=2)  # (region, member)
+        d2 = squared[:, :, None] + squared[:, None, :] - 2.0 * gram
+        off_diagonal = ~np.eye(self.n, dtype=bool)
+        return np.sqrt(np.where(off_diagonal, np.maximum(d2, 0.0), 0.0)).sum((-2, -1))
+
+    def region_means(self, fields: Sequence[np.ndarray]) -> np.ndarray:
+        """Weighted means over each region of ``fields`` (each (point,)): shape (field, region)."""
+        return (self.w @ np.stack(list(fields), axis=1)).T
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """A statistic unit: what it is, what it needs, and how to compute it for one :class:`Forecast`.
+
+    Attributes
+    ----------
+    description : str
+        The formula, ``<·>`` the weighted mean over a region.
+    pointwise : callable, optional
+        ``pointwise(forecast) -> (point,)``: the value at every point, of which the statistic
+        is the weighted mean over each region (all pointwise statistics of a forecast are
+        averaged in one matrix product).
+    regional : callable, optional
+        ``regional(forecast) -> (region,)`` (or ``(rank, region)``): for a statistic that is not
+        the mean of a pointwise value (a correlation, a norm over the region). Exactly one of
+        ``pointwise`` and ``regional`` is given.
+    min_members : int
+        The ensemble size it needs: 2 for the statistics of a spread.
+    """
+
+    description: str
+    pointwise: Callable[[Forecast], np.ndarray] | None = None
+    regional: Callable[[Forecast], np.ndarray] | None = None
+    min_members: int = 1
+
+    def __post_init__(self) -> None:
+        if (self.pointwise is None) == (self.regional is None):
+            raise ScoringError(f"statistic {self.description!r}: give exactly one of pointwise and regional")
+
+
+def _acc(f: Forecast) -> np.ndarray:
+    """``<x̄'y'> / sqrt(<x̄'²><y'²>)`` per region, anomalies from ``c``; 0 where an anomaly is identically
+    0."""
+    f_anom, y_anom = f.mean - f.c, f.y - f.c
+    covariance, f_norm, y_norm = f.region_means([f_anom * y_anom, f_anom**2, y_anom**2])
+    norm = np.sqrt(f_norm * y_norm)
+    return np.divide(covariance, norm, out=np.zeros_like(norm), where=norm > 0)
+
+
+def _rank_frequencies(f: Forecast) -> np.ndarray:
+    """Indicator of the truth's rank among the members, (rank, point), ties shared evenly.
+
+    With ``b`` members below ``y`` and ``t`` equal to it, ranks ``b … b + t`` get ``1/(t+1)``
+    each: the expectation of breaking the tie at random, so the result needs no generator.
+    """
+    below = (f.x < f.y).sum(0)
+    ties = (f.x == f.y).sum(0)
+    ranks = np.arange(f.n + 1)[:, None]
+    inside = (ranks >= below) & (ranks <= below + ties)
+    return inside / (ties + 1.0)
+
+
+#: The statistic units by name. ``x̄`` is the members' mean, ``s²`` their variance (ddof 1),
+#: ``y`` the truth, ``c`` the climatology at the valid time, ``p`` the fraction of members above
+#: ``c``, ``o = 1[y > c]``, ``‖·‖`` the weighted RMS norm over the region.
 STATISTICS = {
-    "se": "<(x̄ - y)²>",
-    "ae": "<|x̄ - y|>",
-    "error": "<x̄ - y>",
-    "acc": "<x̄'y'> / sqrt(<x̄'²><y'²>), anomalies from c; 0 where an anomaly is identically 0",
-    "crps_plain": "<CRPS of the members' empirical distribution>",
-    "energy_plain": "plain energy score over the region",
-    "brier": "<(p - o)²>, the event 'above climatology'",
-    "variance": "<s²> (M ≥ 2)",
-    "debiased_se": "<(x̄ - y)² - s²/M> (M ≥ 2)",
-    "crps_fair": "<fair CRPS> (M ≥ 2)",
-    "energy_fair": "fair energy score over the region (M ≥ 2)",
-    "brier_fair": "<(p - o)² - p(1 - p)/(M - 1)> (M ≥ 2)",
-    "rank": "frequency of each rank of y among the members, M + 1 bins, ties split evenly (M ≥ 2)",
+    "se": Statistic("<(x̄ - y)²>", pointwise=lambda f: f.error**2),
+    "ae": Statistic("<|x̄ - y|>", pointwise=lambda f: np.abs(f.error)),
+    "error": Statistic("<x̄ - y>", pointwise=lambda f: f.error),
+    "acc": Statistic(
+        "<x̄'y'> / sqrt(<x̄'²><y'²>), anomalies from c; 0 where an anomaly is identically 0", regional=_acc
+    ),
+    "crps_plain": Statistic(
+        "<(1/M) Σ|x_i - y| - Σ|x_i - x_j| / 2M²>, the CRPS of the members' distribution",
+        pointwise=lambda f: f.abs_skill - f.pair_sum / (2 * f.n * f.n),
+    ),
+    "energy_plain": Statistic(
+        "(1/M) Σ‖x_i - y‖ - Σ‖x_i - x_j‖ / 2M²",
+        regional=lambda f: f.norm_skill - f.pair_norm_sum / (2 * f.n * f.n),
+    ),
+    "brier": Statistic(
+        "<(p - o)²>, the event 'above climatology'", pointwise=lambda f: (f.probability - f.outcome) ** 2
+    ),
+    "variance": Statistic("<s²>", pointwise=lambda f: f.variance, min_members=2),
+    "debiased_se": Statistic(
+        "<(x̄ - y)² - s²/M>", pointwise=lambda f: f.error**2 - f.variance / f.n, min_members=2
+    ),
+    "crps_fair": Statistic(
+        "<(1/M) Σ|x_i - y| - Σ|x_i - x_j| / 2M(M-1)>",
+        pointwise=lambda f: f.abs_skill - f.pair_sum / (2 * f.n * (f.n - 1)),
+        min_members=2,
+    ),
+    "energy_fair": Statistic(
+        "(1/M) Σ‖x_i - y‖ - Σ‖x_i - x_j‖ / 2M(M-1)",
+        regional=lambda f: f.norm_skill - f.pair_norm_sum / (2 * f.n * (f.n - 1)),
+        min_members=2,
+    ),
+    "brier_fair": Statistic(
+        "<(p - o)² - p(1 - p)/(M - 1)>",
+        pointwise=lambda f: (
+            (f.probability - f.outcome) ** 2 - f.probability * (1 - f.probability) / (f.n - 1)
+        ),
+        min_members=2,
+    ),
+    "rank": Statistic(
+        "<frequency of each rank of y among the members>, M + 1 bins, ties split evenly",
+        regional=lambda f: _rank_frequencies(f) @ f.w.T,
+        min_members=2,
+    ),
 }
-#: The statistics :func:`forecast_statistics` computes only for an ensemble (M ≥ 2): the metrics
-#: that read them are NaN for a single member.
-ENSEMBLE_STATISTICS = frozenset({"variance", "debiased_se", "crps_fair", "energy_fair", "brier_fair", "rank"})
+#: The statistics that need an ensemble (M ≥ 2): the metrics that read them are NaN for a single member.
+ENSEMBLE_STATISTICS = frozenset(name for name, unit in STATISTICS.items() if unit.min_members >= 2)
 
 
 def forecast_statistics(
-    members: np.ndarray, truth: np.ndarray, climatology: np.ndarray, region_weights: np.ndarray
+    members: np.ndarray,
+    truth: np.ndarray,
+    climatology: np.ndarray,
+    region_weights: np.ndarray,
+    names: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every statistic of :data:`STATISTICS` for one forecast, in every region at once.
+    """Statistics (:data:`STATISTICS`) of one forecast, in every region at once.
 
     Parameters
     ----------
@@ -663,83 +279,40 @@ def forecast_statistics(
         The verifying analysis and the climatology at the forecast's valid time.
     region_weights : numpy.ndarray, shape (region, point)
         Non-negative weights, each row summing to 1 (:func:`ensembles.regions.weight_matrix`).
+    names : sequence of str, optional
+        The statistics to compute (default all); those needing more members than given are
+        left out.
 
     Returns
     -------
     dict of str to numpy.ndarray
-        Shape (region,) per statistic, ``rank`` (member + 1, region); the ensemble-only
-        statistics only when ``member ≥ 2``. Inputs must be free of NaN (the caller's policy).
+        Shape (region,) per statistic, ``rank`` (member + 1, region), in :data:`STATISTICS`
+        order; the ensemble-only statistics only when ``member ≥ 2``. Inputs must be free of
+        NaN (the caller's policy).
+
+    Raises
+    ------
+    ScoringError
+        If ``names`` holds an unknown statistic.
     """
-    x = np.asarray(members, dtype=np.float64)
-    y = np.asarray(truth, dtype=np.float64)
-    c = np.asarray(climatology, dtype=np.float64)
-    w = np.asarray(region_weights, dtype=np.float64)
-    n = x.shape[0]
-    mean = x.mean(0)
-    error = mean - y
-    f_anom, y_anom = mean - c, y - c
-    abs_skill = np.abs(x - y).mean(0)
-    pair_sum = _sorted_pair_sum(x)
-    probability = (x > c).mean(0)
-    outcome = (y > c).astype(np.float64)
-    pointwise = {
-        "se": error**2,
-        "ae": np.abs(error),
-        "error": error,
-        "crps_plain": abs_skill - pair_sum / (2 * n * n),
-        "brier": (probability - outcome) ** 2,
+    unknown = sorted(set(names or ()) - set(STATISTICS))
+    if unknown:
+        raise ScoringError(f"unknown statistics {unknown}; expected some of {list(STATISTICS)}")
+    forecast = Forecast(members, truth, climatology, region_weights)
+    chosen = [
+        k
+        for k, unit in STATISTICS.items()
+        if (names is None or k in names) and forecast.n >= unit.min_members
+    ]
+    pointwise = [k for k in chosen if STATISTICS[k].pointwise is not None]
+    means = {}
+    if pointwise:
+        fields = [STATISTICS[k].pointwise(forecast) for k in pointwise]  # type: ignore[misc]
+        means = dict(zip(pointwise, forecast.region_means(fields), strict=True))
+    return {
+        k: means[k] if k in means else STATISTICS[k].regional(forecast)  # type: ignore[misc]
+        for k in chosen
     }
-    if n >= 2:
-        variance = x.var(0, ddof=1)
-        pointwise |= {
-            "variance": variance,
-            "debiased_se": error**2 - variance / n,
-            "crps_fair": abs_skill - pair_sum / (2 * n * (n - 1)),
-            "brier_fair": (probability - outcome) ** 2 - probability * (1 - probability) / (n - 1),
-        }
-    names = list(pointwise)
-    means = dict(zip(names, (w @ np.stack([pointwise[k] for k in names], axis=1)).T, strict=True))
-    covariance, f_norm, y_norm = (w @ np.stack([f_anom * y_anom, f_anom**2, y_anom**2], axis=1)).T
-    norm = np.sqrt(f_norm * y_norm)
-    means["acc"] = np.divide(covariance, norm, out=np.zeros_like(norm), where=norm > 0)
-    skill = np.sqrt(((x - y) ** 2) @ w.T).mean(0)
-    pair_norms = _region_pair_norm_sum(x, w)
-    means["energy_plain"] = skill - pair_norms / (2 * n * n)
-    if n >= 2:
-        means["energy_fair"] = skill - pair_norms / (2 * n * (n - 1))
-        means["rank"] = _rank_frequencies(x, y) @ w.T
-    return means
-
-
-def _sorted_pair_sum(x: np.ndarray) -> np.ndarray:
-    """``Σ_ij |x_i − x_j|`` at every point of ``x`` (member, point), from the sorted members."""
-    n = x.shape[0]
-    rank_weight = 2.0 * np.arange(1, n + 1) - n - 1
-    return 2.0 * np.tensordot(rank_weight, np.sort(x, axis=0), axes=1)
-
-
-def _region_pair_norm_sum(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """``Σ_ij ‖x_i − x_j‖`` in each region's weighted RMS norm; shape (region,)."""
-    anomalies = x - x.mean(0)
-    gram = np.stack([(anomalies * weights) @ anomalies.T for weights in w])  # (region, member, member)
-    squared = np.diagonal(gram, axis1=1, axis2=2)  # (region, member)
-    d2 = squared[:, :, None] + squared[:, None, :] - 2.0 * gram
-    off_diagonal = ~np.eye(x.shape[0], dtype=bool)
-    return np.sqrt(np.where(off_diagonal, np.maximum(d2, 0.0), 0.0)).sum((-2, -1))
-
-
-def _rank_frequencies(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Indicator of the truth's rank among the members, (rank, point), ties shared evenly.
-
-    With ``b`` members below ``y`` and ``t`` equal to it, ranks ``b … b + t`` get ``1/(t+1)``
-    each: the expectation of breaking the tie at random, so the result needs no generator.
-    """
-    n = x.shape[0]
-    below = (x < y).sum(0)
-    ties = (x == y).sum(0)
-    ranks = np.arange(n + 1)[:, None]
-    inside = (ranks >= below) & (ranks <= below + ties)
-    return inside / (ties + 1.0)
 
 
 class StatisticSums:
@@ -773,8 +346,7 @@ class StatisticSums:
         if self.n_members != other.n_members or self.totals.keys() != other.totals.keys():
             raise ScoringError(
                 f"cannot merge statistics of {self.n_members}-member forecasts {sorted(self.totals)} "
-                "with those "
-                f"of {other.n_members}-member forecasts {sorted(other.totals)}"
+                f"with those of {other.n_members}-member forecasts {sorted(other.totals)}"
             )
         totals = {k: self.totals[k] + other.totals[k] for k in self.totals}
         return StatisticSums(totals, self.count + other.count, self.n_members)
@@ -784,6 +356,43 @@ class StatisticSums:
         if not self.count:
             raise ScoringError("no forecast was summed: there is no mean to finalise")
         return {k: v / self.count for k, v in self.totals.items()}
+
+
+def statistic_sums(
+    members: np.ndarray,
+    truth: np.ndarray,
+    climatology: np.ndarray,
+    region_weights: np.ndarray,
+    names: Sequence[str] | None = None,
+) -> StatisticSums:
+    """The statistics of a series of forecasts, summed: :func:`forecast_statistics` of each, merged.
+
+    Parameters
+    ----------
+    members : numpy.ndarray, shape (forecast, member, point)
+    truth, climatology : numpy.ndarray, shape (forecast, point)
+        The climatology may also be one field (point,) for every forecast.
+    region_weights, names
+        As for :func:`forecast_statistics`.
+
+    Raises
+    ------
+    ScoringError
+        If there is no forecast, or ``names`` holds an unknown statistic.
+    """
+    members = np.asarray(members)
+    climatology = np.broadcast_to(climatology, np.shape(truth))
+    if not members.shape[0]:
+        raise ScoringError("expected at least one forecast to sum statistics over, found none")
+    n = members.shape[1]
+    parts = (
+        forecast_statistics(members[i], truth[i], climatology[i], region_weights, names)
+        for i in range(members.shape[0])
+    )
+    total = StatisticSums.of(next(parts), n)
+    for statistics in parts:
+        total = total + StatisticSums.of(statistics, n)
+    return total
 
 
 @dataclass(frozen=True)
@@ -861,6 +470,20 @@ FINALISERS = {
 METRICS = tuple(FINALISERS)
 
 
+def needed_statistics(metrics: Sequence[str], n_members: int) -> tuple[str, ...]:
+    """The statistics the ``metrics`` (:data:`FINALISERS`) read for ``n_members``-member forecasts.
+
+    Raises
+    ------
+    ScoringError
+        If a metric is unknown.
+    """
+    unknown = [m for m in metrics if m not in FINALISERS]
+    if unknown:
+        raise ScoringError(f"unknown metrics {unknown}; expected some of {list(FINALISERS)}")
+    return tuple(dict.fromkeys(k for m in metrics for k in FINALISERS[m].needed(n_members)))
+
+
 def finalise(sums: StatisticSums, metric: str) -> np.ndarray:
     """The score ``metric`` (:data:`FINALISERS`) from merged statistics; shape (region,).
 
@@ -889,6 +512,64 @@ def finalise(sums: StatisticSums, metric: str) -> np.ndarray:
             f"missing {missing}, found {sorted(means)}"
         )
     return finaliser.function({k: means[k] for k in needed}, sums.n_members)
+
+
+class FieldScores:
+    """Scores of deterministic forecasts on a grid by the statistic units, shaped for a loop that sums them.
+
+    For a caller that keeps its own sums (e.g. training's validation, summed over samples and
+    ranks): :meth:`__call__` gives each forecast's statistics, the caller adds them up and
+    divides by the count (the merge of :class:`StatisticSums`), and :meth:`finalise` turns those
+    means into the metrics, by the finalisers of the scorecard.
+
+    Parameters
+    ----------
+    metrics : sequence of str
+        Metrics of :data:`FINALISERS` to finalise.
+    weights : numpy.ndarray, shape (lat·lon,)
+        One region's weights over the flattened grid, summing to 1: a row of
+        :func:`ensembles.regions.weight_matrix` (e.g. of ``GLOBAL``).
+
+    Attributes
+    ----------
+    metrics : tuple of str
+    statistics : tuple of str
+        The statistics the metrics read for a single member, in the order of the last axis of
+        :meth:`__call__`'s result.
+    """
+
+    def __init__(self, metrics: Sequence[str], weights: np.ndarray) -> None:
+        self.metrics = tuple(metrics)
+        self.statistics = needed_statistics(self.metrics, n_members=1)
+        self.weights = np.asarray(weights, dtype=np.float64)[None]
+
+    def __call__(self, forecast: np.ndarray, truth: np.ndarray, climatology: np.ndarray) -> np.ndarray:
+        """Statistics of each forecast.
+
+        Parameters
+        ----------
+        forecast, truth, climatology : numpy.ndarray, shape (..., lat, lon)
+            Forecasts, the truth and the climatology at their valid times, broadcastable to one
+            shape; any leading dims (e.g. sample, lead, channel), each a forecast; lat·lon in the
+            order of ``weights``.
+
+        Returns
+        -------
+        numpy.ndarray, shape (..., statistic), float64
+        """
+        forecast, truth, climatology = np.broadcast_arrays(forecast, truth, climatology)
+        leading, n_points = forecast.shape[:-2], forecast.shape[-2] * forecast.shape[-1]
+        flat = [a.reshape(-1, n_points) for a in (forecast, truth, climatology)]
+        out = np.empty((flat[0].shape[0], len(self.statistics)))
+        for i, (f, y, c) in enumerate(zip(*flat, strict=True)):
+            statistics = forecast_statistics(f[None], y, c, self.weights, self.statistics)
+            out[i] = [statistics[k][0] for k in self.statistics]
+        return out.reshape(*leading, len(self.statistics))
+
+    def finalise(self, means: np.ndarray) -> dict[str, np.ndarray]:
+        """Each metric (...) from the means over forecasts of the statistics, ``means`` (..., statistic)."""
+        sums = StatisticSums({k: means[..., i] for i, k in enumerate(self.statistics)}, 1, 1)
+        return {metric: finalise(sums, metric) for metric in self.metrics}
 
 
 def rank_histogram_frequencies(sums: StatisticSums) -> np.ndarray | None:

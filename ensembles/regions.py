@@ -5,10 +5,9 @@ weights restricted to the box and rescaled to mean 1 over it,
 
 .. math:: w^R_{jk} = \frac{w_j\, m_{jk}}{\sum_{jk} w_j m_{jk} / \sum_{jk} m_{jk}},
 
-with :math:`m_{jk} \in \{0, 1\}` the box mask, so that
-``rmse(forecast, truth, weights=TROPICS.weights(lat, lon))`` is the RMSE over the tropics
-(points outside the box count for nothing, even where NaN). Presets: :data:`REGIONS`, by
-name through :func:`get_region`.
+with :math:`m_{jk} \in \{0, 1\}` the box mask (points outside the box count for nothing, even
+where NaN); :func:`weight_matrix` stacks the regions' weights, normalised, for the statistic
+units. Presets: :data:`REGIONS`, by name through :func:`get_region`.
 """
 
 from __future__ import annotations

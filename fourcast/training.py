@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -65,6 +66,27 @@ from ingest.grid import cell_area_weights
 
 Report = Callable[[dict[str, float], int], None]
 Climatology = Callable[[np.ndarray], np.ndarray]
+
+
+class ValidationScores(Protocol):
+    """The statistics validation sums and how they become RMSE and ACC, handed in by the caller.
+
+    ``pipeline`` hands in the statistic units of the scorecard
+    (:class:`ensembles.metrics.FieldScores` with metrics ``rmse`` and ``acc``), so validation,
+    persistence included, is scored by the one metric implementation.
+    """
+
+    statistics: tuple[str, ...]
+
+    def __call__(self, forecast: np.ndarray, truth: np.ndarray, climatology: np.ndarray) -> np.ndarray:
+        """Statistics of each forecast ``(..., lat, lon)``: ``(..., statistic)``, summed over forecasts."""
+        ...
+
+    def finalise(self, means: np.ndarray) -> dict[str, np.ndarray]:
+        """``rmse`` and ``acc`` ``(...)`` from the statistics' means over forecasts ``(..., statistic)``."""
+        ...
+
+
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 log = logging.getLogger(__name__)
@@ -300,6 +322,7 @@ def validate(
     ctx: DistContext | None = None,
     precision: str = "fp32",
     batch_size: int = 16,
+    scores: ValidationScores | None = None,
 ) -> dict[str, float]:
     """Latitude-weighted RMSE and ACC per channel and lead (in model steps), and persistence's RMSE.
 
@@ -311,6 +334,11 @@ def validate(
     climatology : callable, optional
         Valid times ``(n,)`` → normalised climatology ``(n, channel, lat, lon)``, the reference
         of the ACC's anomalies; each channel's store mean (zero) when not given.
+    scores : ValidationScores, optional
+        The statistics to sum and their finaliser (``pipeline`` hands in the scorecard's units,
+        :class:`ensembles.metrics.FieldScores`); the forecasts then go to the host, scored in
+        float64. Without it, the RMSE and ACC are computed here on ``device`` in float32, summed
+        in float64 (the same scores to float32 round-off).
 
     Returns
     -------
@@ -324,9 +352,9 @@ def validate(
     n_lead, n_channel = max(leads), len(dataset.channels)
     weights = torch.as_tensor(cell_area_weights(dataset.lat), dtype=torch.float32, device=device)[:, None]
     picks = np.unique(np.linspace(0, len(dataset) - 1, min(samples, len(dataset))).astype(int))
-    sums = torch.zeros(
-        4, n_lead, n_channel, dtype=torch.float64, device=device
-    )  # model sq, persistence sq, acc, count
+    # model, persistence (and, without ``scores``, the ACC), count; per lead, channel and statistic
+    n_statistics = len(scores.statistics) if scores is not None else 1
+    sums = torch.zeros(4, n_lead, n_channel, n_statistics, dtype=torch.float64, device=device)
     was_training = model.training
     model.eval()
     mine = picks[ctx.rank :: ctx.world_size]
@@ -338,23 +366,39 @@ def validate(
             pred = rollout(model, x, n_lead)
         pred = pred.float()
         clim = _climatology_of(climatology, dataset, mine[start : start + batch_size], n_lead, device)
-        sums[0] += ((pred - y) ** 2 * weights).mean(dim=(-2, -1)).sum(dim=0).double()
-        sums[1] += ((x[:, None] - y) ** 2 * weights).mean(dim=(-2, -1)).sum(dim=0).double()
-        sums[2] += anomaly_correlation(pred - clim, y - clim, weights).sum(dim=0).double()
+        persistence = x[:, None].expand_as(y)  # the initial state at every lead
+        if scores is not None:
+            truth, reference = y.cpu().numpy(), clim.cpu().numpy()
+            for system, forecast in enumerate((pred, persistence)):
+                statistics = scores(forecast.cpu().numpy(), truth, reference).sum(axis=0)
+                sums[system] += torch.from_numpy(statistics).to(device)
+        else:
+            sums[0, ..., 0] += ((pred - y) ** 2 * weights).mean(dim=(-2, -1)).sum(dim=0).double()
+            sums[1, ..., 0] += ((persistence - y) ** 2 * weights).mean(dim=(-2, -1)).sum(dim=0).double()
+            sums[2, ..., 0] += anomaly_correlation(pred - clim, y - clim, weights).sum(dim=0).double()
         sums[3] += len(chunk)
     model.train(was_training)
     all_reduce_sum(sums, ctx)
-    mse, persistence, acc = (sums[:3] / sums[3]).float()
+    means = sums[:3] / sums[3]
+    if scores is not None:
+        model_scores, persistence_scores = (scores.finalise(m.cpu().numpy()) for m in means[:2])
+        rmse, acc, persistence_rmse = (
+            torch.as_tensor(s, device=device).float()
+            for s in (model_scores["rmse"], model_scores["acc"], persistence_scores["rmse"])
+        )
+    else:
+        mse, persistence_mse, acc = means[..., 0].float()
+        rmse, persistence_rmse = mse.sqrt(), persistence_mse.sqrt()
     std = torch.as_tensor(dataset.std, device=device)
     step_hours = int(dataset.step / np.timedelta64(1, "h"))
     metrics: dict[str, float] = {}
     for lead in leads:
         for i, c in enumerate(dataset.channels):
             hours = lead * step_hours
-            metrics[f"val/{c}/rmse_{hours}h"] = float(mse[lead - 1, i].sqrt() * std[i])
+            metrics[f"val/{c}/rmse_{hours}h"] = float(rmse[lead - 1, i] * std[i])
             metrics[f"val/{c}/acc_{hours}h"] = float(acc[lead - 1, i])
-            metrics[f"val/{c}/persistence_rmse_{hours}h"] = float(persistence[lead - 1, i].sqrt() * std[i])
-    metrics[VAL_SCORE] = float(torch.stack([mse[lead - 1].sqrt() for lead in leads]).mean())
+            metrics[f"val/{c}/persistence_rmse_{hours}h"] = float(persistence_rmse[lead - 1, i] * std[i])
+    metrics[VAL_SCORE] = float(torch.stack([rmse[lead - 1] for lead in leads]).mean())
     return metrics
 
 
@@ -626,6 +670,7 @@ def train(
     ctx: DistContext | None = None,
     checkpoints: CheckpointPlan | None = None,
     climatology: Climatology | None = None,
+    scores: ValidationScores | None = None,
 ) -> TrainResult:
     """Train ``model`` through ``settings.phases`` and keep the best weights by validation score.
 
@@ -651,6 +696,8 @@ def train(
         Where to write training states and the best model, and a state to resume from.
     climatology : callable, optional
         Valid times → normalised climatology, for the validation ACC (see :func:`validate`).
+    scores : ValidationScores, optional
+        The validation statistics and their finaliser (see :func:`validate`).
 
     Raises
     ------
@@ -720,6 +767,7 @@ def train(
             ctx,
             settings.precision,
             batch_per_rank,
+            scores,
         )
         if growth is not None:
             growth.after_validation(metrics[VAL_SCORE], run.history)

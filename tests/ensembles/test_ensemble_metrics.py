@@ -9,10 +9,10 @@ import pytest
 import xarray as xr
 
 from ensembles.errors import ScoringError
-from ensembles.metrics import (
-    RANK,
+from ensembles.metrics import RANK, area_weights
+from ingest.dims import INIT_TIME, LAT, LON, MEMBER
+from tests.ensembles.reference_metrics import (
     acc,
-    area_weights,
     bias,
     brier_score,
     crps,
@@ -29,7 +29,6 @@ from ensembles.metrics import (
     spatial_mean,
     spread_skill_ratio,
 )
-from ingest.dims import INIT_TIME, LAT, LON, MEMBER
 
 LAT_DEG = np.array([90.0, 60.0, 30.0, 0.0, -30.0, -60.0, -90.0])
 LON_DEG = np.arange(8) * 45.0

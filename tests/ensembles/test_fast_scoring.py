@@ -1,102 +1,65 @@
-"""The vectorised CRPS and Brier kernels equal the metrics' plain definitions, threaded or not.
+"""The production CRPS and Brier statistics equal their plain definitions on a full-size grid.
 
 The definitions are computed here the direct way: the O(M²) pair sum for the CRPS and the
-member fraction above the threshold for the Brier score. Fields are large enough
-(> :data:`ensembles.metrics.THREADED_MIN_VALUES` values) for the kernels to split them over
-threads, hold float32 members and a few NaNs; differences are judged against the spread of
-the expected values (:func:`tests.tolerances.assert_close_to_spread`, float64 summation order).
+member fraction above the threshold (the climatology) for the Brier score, then the
+area-weighted mean over the globe. The members are float32 around a float64 truth on a
+181 x 360 grid; the scores are means of O(1) values, compared to float64 summation order.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import xarray as xr
 
-from ensembles import metrics
-from ensembles.metrics import brier_score, crps_pointwise
-from ingest.dims import INIT_TIME, LAT, LON, MEMBER
-from tests.tolerances import assert_close_to_spread
+from ensembles.metrics import forecast_statistics
+from ensembles.regions import GLOBAL, weight_matrix
+from ingest.grid import cell_area_weights, equiangular_lats, regular_lons
 
-#: Float64 sums of O(M) terms in another order: far below any real difference (O(spread)).
+#: Float64 sums of O(M · points) terms of size O(1) in another order, relative to the O(1) score.
 FLOAT64_REL = 1e-12
+N_INIT, N_MEMBERS, N_LAT, N_LON = 4, 8, 181, 360
 
 
-def _fields(members: int = 8, n_init: int = 9, nlat: int = 181, nlon: int = 360):
+def _fields():
     rng = np.random.default_rng(4)
-    truth = rng.standard_normal((n_init, nlat, nlon))
-    ensemble = (truth[:, None] + rng.standard_normal((n_init, members, nlat, nlon))).astype(np.float32)
-    ensemble[1, 3, 10, 20] = np.nan
-    truth[2, 5, 7] = np.nan
-    coords = {
-        INIT_TIME: np.arange(n_init),
-        LAT: np.linspace(90, -90, nlat),
-        LON: np.arange(nlon) * 360.0 / nlon,
-    }
-    return (
-        xr.DataArray(ensemble, dims=(INIT_TIME, MEMBER, LAT, LON), coords=coords),
-        xr.DataArray(truth, dims=(INIT_TIME, LAT, LON), coords=coords),
+    truth = rng.standard_normal((N_INIT, N_LAT * N_LON))
+    ensemble = (truth[:, None] + rng.standard_normal((N_INIT, N_MEMBERS, N_LAT * N_LON))).astype(np.float32)
+    climatology = 0.3 * rng.standard_normal(N_LAT * N_LON)
+    return ensemble, truth, climatology
+
+
+def _global_mean(pointwise: np.ndarray) -> np.ndarray:
+    """Area-weighted mean over the grid of ``pointwise`` (..., point)."""
+    weights = np.broadcast_to(cell_area_weights(equiangular_lats(N_LAT))[:, None], (N_LAT, N_LON)).ravel()
+    return pointwise @ weights / weights.sum()
+
+
+def _statistics(name: str) -> np.ndarray:
+    ensemble, truth, climatology = _fields()
+    w = weight_matrix([GLOBAL], equiangular_lats(N_LAT), regular_lons(N_LON))
+    return np.array(
+        [
+            forecast_statistics(ensemble[i], truth[i], climatology, w, names=[name])[name][0]
+            for i in range(N_INIT)
+        ]
     )
 
 
-def _crps_definition(ensemble: np.ndarray, truth: np.ndarray, fair: bool) -> np.ndarray:
+@pytest.mark.parametrize("kind", ["plain", "fair"])
+def test_crps_statistic_equals_the_pairwise_definition(kind):
+    ensemble, truth, _ = _fields()
     x = ensemble.astype(np.float64)
     m = x.shape[1]
     skill = np.abs(x - truth[:, None]).mean(1)
     pair = sum(np.abs(x[:, i] - x[:, j]) for i in range(m) for j in range(m))
-    return skill - pair / (2 * m * (m - 1) if fair else 2 * m * m)
-
-
-@pytest.mark.parametrize("kind", ["plain", "fair"])
-def test_fast_crps_equals_the_pairwise_definition(kind):
-    ensemble, truth = _fields()
-    assert ensemble.size >= metrics.THREADED_MIN_VALUES
-    fast = crps_pointwise(ensemble, truth, kind=kind).transpose(INIT_TIME, LAT, LON).values
-    expected = _crps_definition(ensemble.values, truth.values, fair=kind == "fair")
-    assert np.isnan(fast[1, 10, 20]) and np.isnan(fast[2, 5, 7])
-    assert_close_to_spread(fast, expected, rel=FLOAT64_REL, name=f"{kind} CRPS")
+    expected = _global_mean(skill - pair / (2 * m * (m - 1) if kind == "fair" else 2 * m * m))
+    np.testing.assert_allclose(_statistics(f"crps_{kind}"), expected, rtol=FLOAT64_REL)
 
 
 @pytest.mark.parametrize("fair", [False, True])
-def test_fast_brier_equals_the_member_fraction_definition(fair):
-    ensemble, truth = _fields()
-    threshold = 0.3
-    x = ensemble.values.astype(np.float64)
-    p = (x > threshold).mean(1)
-    score = (p - (truth.values > threshold)) ** 2 - (p * (1 - p) / (x.shape[1] - 1) if fair else 0)
-    score[np.isnan(x).any(1) | np.isnan(truth.values)] = np.nan
-    weights = metrics.area_weights(truth[LAT]).values[None, :, None]
-    defined = ~np.isnan(score)
-    expected = np.nanmean(
-        [
-            np.sum(np.where(defined[t], score[t], 0) * weights[0]) / (weights.sum() * score.shape[2])
-            if defined[t].all()
-            else np.nan
-            for t in range(score.shape[0])
-        ]
-    )
-    fast = brier_score(ensemble, truth, threshold, fair=fair)
-    assert np.isnan(fast)  # NaN in one init time propagates to the time mean
-    per_time = [
-        float(
-            brier_score(ensemble.isel({INIT_TIME: [t]}), truth.isel({INIT_TIME: [t]}), threshold, fair=fair)
-        )
-        for t in range(9)
-        if t not in (1, 2)
-    ]
-    np.testing.assert_allclose(np.mean(per_time), expected, rtol=FLOAT64_REL)
-
-
-@pytest.mark.parametrize("score", ["crps", "brier"])
-def test_threaded_and_single_thread_kernels_agree_exactly(monkeypatch, score):
-    ensemble, truth = _fields(members=5, nlat=46, nlon=90)
-
-    def run():
-        if score == "crps":
-            return crps_pointwise(ensemble, truth, kind="fair").values
-        return brier_score(ensemble, truth, 0.0, time_dim="none").values
-
-    monkeypatch.setattr(metrics, "THREADED_MIN_VALUES", 1)
-    threaded = run()
-    monkeypatch.setattr(metrics, "THREADED_MIN_VALUES", 2**62)
-    np.testing.assert_array_equal(threaded, run())
+def test_brier_statistic_equals_the_member_fraction_definition(fair):
+    ensemble, truth, climatology = _fields()
+    p = (ensemble.astype(np.float64) > climatology).mean(1)
+    score = (p - (truth > climatology)) ** 2 - (p * (1 - p) / (N_MEMBERS - 1) if fair else 0)
+    got = _statistics("brier_fair" if fair else "brier")
+    np.testing.assert_allclose(got, _global_mean(score), rtol=FLOAT64_REL)

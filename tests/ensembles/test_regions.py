@@ -7,10 +7,10 @@ import pytest
 import xarray as xr
 
 from ensembles.errors import RegionError, ScoringError
-from ensembles.metrics import crps, crps_pointwise, energy_score, rmse
 from ensembles.regions import REGIONS, TROPICS, Region, get_region
 from ingest.dims import INIT_TIME, LAT, LON, MEMBER
 from ingest.grid import equiangular_lats, regular_lons
+from tests.ensembles.reference_metrics import crps, crps_pointwise, energy_score, rmse
 
 LAT_DEG = equiangular_lats(37)  # 5° rows, 90 → −90, holding ±20 exactly
 LON_DEG = regular_lons(72)  # 5° columns, 0 → 355

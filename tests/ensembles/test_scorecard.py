@@ -26,6 +26,7 @@ from ensembles.scorecard import (
     write_scorecard,
 )
 from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER, TIME
+from tests.ensembles import reference_metrics as reference
 
 VARIABLES = ["z500", "u500"]
 N_MEMBERS = 5
@@ -105,20 +106,20 @@ def _reference(ensemble, truth, climatology, variable, region, weights):
     )
     c = climatology.sel({CHANNEL: variable}, drop=True).astype(np.float64)
     mean = x.mean(MEMBER)
-    rank = metrics.rank_histogram(x, y, np.random.default_rng(0), weights, normalise=True)
+    rank = reference.rank_histogram(x, y, np.random.default_rng(0), weights, normalise=True)
     return {
-        "rmse": metrics.rmse(mean, y, weights),
-        "mse": metrics.mse(mean, y, weights),
-        "mae": metrics.mae(mean, y, weights),
-        "bias": metrics.bias(mean, y, weights),
-        "acc": metrics.acc(mean, y, c, weights),
-        "crps": metrics.crps(x, y, weights, kind="fair"),
-        "crps_plain": metrics.crps(x, y, weights, kind="plain"),
-        "energy_score": metrics.energy_score(x, y, weights, kind="fair"),
-        "brier": metrics.brier_score(x, y, c, weights, fair=True),
-        "spread": metrics.ensemble_spread(x, weights),
-        "ssr": metrics.spread_skill_ratio(x, y, weights),
-        "debiased_rmse": metrics.debiased_ensemble_mean_rmse(x, y, weights),
+        "rmse": reference.rmse(mean, y, weights),
+        "mse": reference.mse(mean, y, weights),
+        "mae": reference.mae(mean, y, weights),
+        "bias": reference.bias(mean, y, weights),
+        "acc": reference.acc(mean, y, c, weights),
+        "crps": reference.crps(x, y, weights, kind="fair"),
+        "crps_plain": reference.crps(x, y, weights, kind="plain"),
+        "energy_score": reference.energy_score(x, y, weights, kind="fair"),
+        "brier": reference.brier_score(x, y, c, weights, fair=True),
+        "spread": reference.ensemble_spread(x, weights),
+        "ssr": reference.spread_skill_ratio(x, y, weights),
+        "debiased_rmse": reference.debiased_ensemble_mean_rmse(x, y, weights),
         "rank": rank,
         "reliability": np.abs(rank - 1.0 / rank.sizes["rank"]).sum(
             "rank"
@@ -168,14 +169,14 @@ def test_control_and_time_mean_baselines_and_the_skill_records(on_disk, ensemble
             .drop_vars(TIME, errors="ignore")
         )
         got = scorecard["score"].sel(variable=variable, region=region.name)
-        control_mae = metrics.mae(x.sel({MEMBER: 0}, drop=True), y, weights)
+        control_mae = reference.mae(x.sel({MEMBER: 0}, drop=True), y, weights)
         np.testing.assert_allclose(
             got.sel(metric="mae", system="control"), control_mae.transpose(LEAD_TIME), rtol=1e-6
         )
         flat = time_mean.sel({CHANNEL: variable}, drop=True).astype(np.float64)
         np.testing.assert_allclose(
             got.sel(metric="rmse", system="time_mean"),
-            metrics.rmse(flat.broadcast_like(y), y, weights).transpose(LEAD_TIME),
+            reference.rmse(flat.broadcast_like(y), y, weights).transpose(LEAD_TIME),
             rtol=1e-6,
         )
     records = scorecard_records(scorecard, region.name)
@@ -211,7 +212,7 @@ def test_baselines_are_scored_by_the_same_definitions(ensemble, truth, climatolo
         y = truth.sel({CHANNEL: variable, TIME: valid}, drop=True).drop_vars(TIME, errors="ignore")
         got = scorecard["score"].sel(variable=variable, region="global", system="persistence")
         np.testing.assert_allclose(
-            got.sel(metric="rmse"), metrics.rmse(persistence[variable], y).transpose(LEAD_TIME), rtol=1e-6
+            got.sel(metric="rmse"), reference.rmse(persistence[variable], y).transpose(LEAD_TIME), rtol=1e-6
         )
         np.testing.assert_allclose(got.sel(metric="crps"), got.sel(metric="mae"), rtol=1e-12)
         assert float(got.sel(metric="rmse", lead_time=LEADS[0])) == 0.0

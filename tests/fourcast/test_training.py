@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 import torch
 
+from ensembles.metrics import FieldScores
+from ensembles.regions import GLOBAL, weight_matrix
 from fourcast.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from fourcast.data import StoreWindows
 from fourcast.errors import CheckpointError, CheckpointGridError, DataWindowError, NonFiniteLossError
@@ -22,6 +24,8 @@ from ingest.schema import open_store
 
 TRAIN = ("2000-01-01", "2000-01-31T18")
 VALID = ("2000-02-01", "2000-02-15T18")
+#: Area means of O(1) values taken in float32 on the device vs float64 by the statistic units.
+FLOAT32_MEAN_REL = 1e-6
 
 
 def test_windows_are_normalised_consecutive_store_states(store):
@@ -185,6 +189,19 @@ def test_validation_of_persistence_scores_as_persistence_and_acc_is_a_correlatio
     anomaly = torch.randn(2, 3, 16, 32)
     torch.testing.assert_close(anomaly_correlation(anomaly, 3.0 * anomaly, weights), torch.ones(2, 3))
     torch.testing.assert_close(anomaly_correlation(anomaly, -anomaly, weights), -torch.ones(2, 3))
+
+
+def test_validation_scored_by_the_statistic_units_equals_the_device_path(store):
+    # pipeline hands in the scorecard's units: the same scores to float32 round-off of the device path
+    validation = StoreWindows(store, *VALID, n_ahead=2)
+    torch.manual_seed(0)
+    model = build_model("afno-tiny", (validation.lat.size, validation.lon.size), len(validation.channels))
+    scores = FieldScores(("rmse", "acc"), weight_matrix([GLOBAL], validation.lat, validation.lon)[0])
+    device_path = validate(model, validation, (1, 2), 5, torch.device("cpu"), batch_size=2)
+    units = validate(model, validation, (1, 2), 5, torch.device("cpu"), batch_size=2, scores=scores)
+    assert units.keys() == device_path.keys()
+    for name, value in device_path.items():
+        assert units[name] == pytest.approx(value, rel=FLOAT32_MEAN_REL), name
 
 
 def test_activation_checkpointing_keeps_keys_and_gradients(store):
