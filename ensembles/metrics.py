@@ -139,7 +139,7 @@ class Forecast:
     @cached_property
     def norm_skill(self) -> np.ndarray:
         """``(1/M) Σ_i ‖x_i − y‖`` in each region's weighted RMS norm (region,)."""
-        return np.sqrt(((self.x - self.y) ** 2) @ self.w.T).mean(0)
+        return np.sqrt(_weighted_sums((self.x - self.y) ** 2, self.w)).mean(0)
 
     @cached_property
     def pair_norm_sum(self) -> np.ndarray:
@@ -154,7 +154,17 @@ class Forecast:
 
     def region_means(self, fields: Sequence[np.ndarray]) -> np.ndarray:
         """Weighted means over each region of ``fields`` (each (point,)): shape (field, region)."""
-        return (self.w @ np.stack(list(fields), axis=1)).T
+        return _weighted_sums(np.stack(list(fields)), self.w)
+
+
+def _weighted_sums(fields: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``Σ_p fields[..., p] · weights[r, p]``: shape (..., region).
+
+    Written as an einsum, not a matrix product: a BLAS ``gemv``/``dot`` of one grid's length
+    spins up BLAS threads, which on a busy machine made one region mean 100× slower (16 ms
+    against 0.07 ms for 91×180 points); a weighted sum has nothing to gain from them.
+    """
+    return np.einsum("...p,rp->...r", fields, weights)
 
 
 @dataclass(frozen=True)
@@ -253,7 +263,7 @@ STATISTICS = {
     ),
     "rank": Statistic(
         "<frequency of each rank of y among the members>, M + 1 bins, ties split evenly",
-        regional=lambda f: _rank_frequencies(f) @ f.w.T,
+        regional=lambda f: _weighted_sums(_rank_frequencies(f), f.w),
         min_members=2,
     ),
 }
