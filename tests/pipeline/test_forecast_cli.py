@@ -30,7 +30,11 @@ from ingest.schema import MEAN, STD, open_climatology, open_store
 from pipeline.cli import main
 from pipeline.config import ForecastConfig
 from tests.tolerances import assert_close_to_spread
-from pipeline.stages import Paths, ScoreStream, StageInputError, forecast, store_fingerprint
+from pipeline.errors import StageInputError
+from pipeline.lineage import store_fingerprint
+from pipeline.paths import Paths
+from pipeline.scoring import ScoreStream
+from pipeline.stages import forecast
 from pipeline.tracking import NullTracker, default_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[2]

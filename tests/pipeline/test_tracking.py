@@ -14,7 +14,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ensembles.archive import open_archive
-from pipeline.stages import campaign_key, score, store_fingerprint
+from pipeline.lineage import campaign_key, store_fingerprint
+from pipeline.stages import score
 from pipeline.config import ScoreConfig
 from pipeline.tracking import NullTracker, default_tracking_uri, mlflow_run
 
