@@ -43,25 +43,48 @@ def _forecaster(preset: str, nlat: int, nlon: int) -> Forecaster:
     model = build_model(preset, (nlat, nlon), len(CHANNELS))
     ones = np.ones(len(CHANNELS))
     lat = equiangular_lats(nlat) if preset.startswith("sfno") else np.linspace(90, -90, nlat)
-    return Forecaster(model, Normaliser(0 * ones, ones), CHANNELS, lat, regular_lons(nlon), np.timedelta64(6, "h"),
-                      device=torch.device("cpu"), autocast=False)
+    return Forecaster(
+        model,
+        Normaliser(0 * ones, ones),
+        CHANNELS,
+        lat,
+        regular_lons(nlon),
+        np.timedelta64(6, "h"),
+        device=torch.device("cpu"),
+        autocast=False,
+    )
 
 
 def _seconds(forecaster: Forecaster, members: int, batch: int, steps: int) -> float:
     """Wall time of one ensemble forecast of ``members`` members in batches of ``batch``."""
     coords = forecaster.input_coords
-    initial = torch.randn(len(CHANNELS), coords[LAT].size, coords[LON].size, generator=torch.Generator().manual_seed(1))
-    archive = MemoryArchive(CHANNELS, [INIT], forecast_lead_times(forecaster.step_size, steps), members, coords[LAT],
-                            coords[LON])
+    initial = torch.randn(
+        len(CHANNELS), coords[LAT].size, coords[LON].size, generator=torch.Generator().manual_seed(1)
+    )
+    archive = MemoryArchive(
+        CHANNELS, [INIT], forecast_lead_times(forecaster.step_size, steps), members, coords[LAT], coords[LON]
+    )
     started = time.perf_counter()
-    run_ensemble(forecaster, initial, {CHANNEL: np.array(CHANNELS), LAT: coords[LAT], LON: coords[LON]}, INIT,
-                 n_members=members, n_steps=steps, perturbation=GaussianPerturbation(np.ones(len(CHANNELS)), 0.3),
-                 archive=archive, seed=0, members_per_batch=batch)
+    run_ensemble(
+        forecaster,
+        initial,
+        {CHANNEL: np.array(CHANNELS), LAT: coords[LAT], LON: coords[LON]},
+        INIT,
+        n_members=members,
+        n_steps=steps,
+        perturbation=GaussianPerturbation(np.ones(len(CHANNELS)), 0.3),
+        archive=archive,
+        seed=0,
+        members_per_batch=batch,
+    )
     return time.perf_counter() - started
 
 
-def _best_rates(forecaster: Forecaster, cases: list[tuple[int, int]], steps: int, repeats: int) -> list[float]:
-    """Best member-steps/s of each (members, batch) case; the cases take turns, so load bursts hit all alike."""
+def _best_rates(
+    forecaster: Forecaster, cases: list[tuple[int, int]], steps: int, repeats: int
+) -> list[float]:
+    """Best member-steps/s of each (members, batch) case; the cases take turns, so load bursts hit all
+    alike."""
     for members, batch in cases:
         _seconds(forecaster, members, batch, steps)  # warm-up
     best = [np.inf] * len(cases)
@@ -80,15 +103,20 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     nlat, nlon = args.grid
-    print(f"torch {torch.__version__}, {args.threads} threads, grid {nlat}x{nlon}, {len(CHANNELS)} channels, "
-          f"{args.steps} steps, best of {args.repeats}")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, grid {nlat}x{nlon}, {len(CHANNELS)} channels, "
+        f"{args.steps} steps, best of {args.repeats}"
+    )
     print(f"{'preset':<12}{'members':>8}{'batch':>7}{'member-steps/s':>16}{'vs batch 1':>12}")
     for preset in PRESETS:
         forecaster = _forecaster(preset, nlat, nlon)
         cases = [(members, batch) for members in MEMBERS for batch in BATCHES if batch <= members]
         rates = dict(zip(cases, _best_rates(forecaster, cases, args.steps, args.repeats), strict=True))
         for (members, batch), rate in rates.items():
-            print(f"{preset:<12}{members:>8}{batch:>7}{rate:>16.1f}{rate / rates[(members, 1)]:>11.2f}x", flush=True)
+            print(
+                f"{preset:<12}{members:>8}{batch:>7}{rate:>16.1f}{rate / rates[(members, 1)]:>11.2f}x",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

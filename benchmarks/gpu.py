@@ -75,10 +75,10 @@ GRAPH_CHECK_STEPS = 3
 class Result:
     """One measured case."""
 
-    kind: str            # "train" or "infer"
+    kind: str  # "train" or "infer"
     name: str
     batch: int
-    per_s: float = float("nan")   # samples/s (train) or member-steps/s (infer)
+    per_s: float = float("nan")  # samples/s (train) or member-steps/s (infer)
     s_per_step: float = float("nan")
     peak_gib: float = float("nan")
     parameters: int = 0
@@ -117,17 +117,26 @@ def correctness(setup: Setup, batch: int = 2) -> dict[str, float]:
         with torch.autocast(setup.device.type, dtype=torch.bfloat16):
             fast16 = model(x).float()
     spread = plain.std().item()
-    return {"fast_fp32_rel_err": (fast32 - plain).abs().max().item() / spread,
-            "fast_bf16_rel_err": (fast16 - plain).abs().max().item() / spread}
+    return {
+        "fast_fp32_rel_err": (fast32 - plain).abs().max().item() / spread,
+        "fast_bf16_rel_err": (fast16 - plain).abs().max().item() / spread,
+    }
 
 
 def _forecaster(model: torch.nn.Module, setup: Setup, **options) -> Forecaster:
     """``model`` as the forecast stage runs it: unit normaliser, bf16 autocast on CUDA, 6 h step."""
     nlat, nlon = setup.afno_grid
     ones = np.ones(CHANNELS)
-    return Forecaster(model, Normaliser(0 * ones, ones), [f"c{i}" for i in range(CHANNELS)],
-                      np.linspace(90, -90, nlat), regular_lons(nlon), np.timedelta64(6, "h"), device=setup.device,
-                      **options)
+    return Forecaster(
+        model,
+        Normaliser(0 * ones, ones),
+        [f"c{i}" for i in range(CHANNELS)],
+        np.linspace(90, -90, nlat),
+        regular_lons(nlon),
+        np.timedelta64(6, "h"),
+        device=setup.device,
+        **options,
+    )
 
 
 def graph_correctness(setup: Setup, batch: int = 2) -> dict[str, float | str]:
@@ -158,8 +167,16 @@ def graph_correctness(setup: Setup, batch: int = 2) -> dict[str, float | str]:
 
 def _afno(setup: Setup, mode_truncation: str) -> torch.nn.Module:
     if setup.smoke:
-        return AFNONet(setup.afno_grid, CHANNELS, CHANNELS, patch_size=8, embed_dim=64, depth=2, num_blocks=8,
-                       mode_truncation=mode_truncation).to(setup.device)
+        return AFNONet(
+            setup.afno_grid,
+            CHANNELS,
+            CHANNELS,
+            patch_size=8,
+            embed_dim=64,
+            depth=2,
+            num_blocks=8,
+            mode_truncation=mode_truncation,
+        ).to(setup.device)
     settings = {**PRESETS["afno-fcn-0p25"].settings, "mode_truncation": mode_truncation}
     if mode_truncation == "full":
         settings["hard_thresholding_fraction"] = 1.0
@@ -192,8 +209,16 @@ def _timed(step: Callable[[], None], device: torch.device, warmup: int, steps: i
     return seconds, peak
 
 
-def _train_step(model: torch.nn.Module, batch: int, grid: tuple[int, int], setup: Setup, *, dtype: torch.dtype,
-                fused: bool, scaler: bool) -> Callable[[], None]:
+def _train_step(
+    model: torch.nn.Module,
+    batch: int,
+    grid: tuple[int, int],
+    setup: Setup,
+    *,
+    dtype: torch.dtype,
+    fused: bool,
+    scaler: bool,
+) -> Callable[[], None]:
     device = setup.device
     loss_fn = LatWeightedMSE(equiangular_lats(grid[0])).to(device)
     if fused:
@@ -215,8 +240,9 @@ def _train_step(model: torch.nn.Module, batch: int, grid: tuple[int, int], setup
     return step
 
 
-def _infer_step(model: torch.nn.Module, batch: int, grid: tuple[int, int], setup: Setup,
-                dtype: torch.dtype) -> Callable[[], None]:
+def _infer_step(
+    model: torch.nn.Module, batch: int, grid: tuple[int, int], setup: Setup, dtype: torch.dtype
+) -> Callable[[], None]:
     x = torch.randn(batch, CHANNELS, *grid, device=setup.device)
     model.eval()
 
@@ -227,8 +253,15 @@ def _infer_step(model: torch.nn.Module, batch: int, grid: tuple[int, int], setup
     return step
 
 
-def _case(kind: str, name: str, batch: int, build: Callable[[], tuple[torch.nn.Module, Callable]], setup: Setup,
-          steps: int, warmup: int) -> Result:
+def _case(
+    kind: str,
+    name: str,
+    batch: int,
+    build: Callable[[], tuple[torch.nn.Module, Callable]],
+    setup: Setup,
+    steps: int,
+    warmup: int,
+) -> Result:
     result = Result(kind, name, batch)
     try:
         model, make_step = build()
@@ -265,7 +298,10 @@ def _cases(setup: Setup, compile_: bool) -> list[tuple[str, str, int, Callable, 
         def build():
             model = model_fn()
             runner = torch.compile(model) if compiled else model
-            return model, lambda m: _train_step(runner, batch, grid, setup, dtype=dtype, fused=fused, scaler=scaler)
+            return model, lambda m: _train_step(
+                runner, batch, grid, setup, dtype=dtype, fused=fused, scaler=scaler
+            )
+
         return build
 
     def infer(model_fn, batch, grid, dtype, compiled=False):
@@ -273,21 +309,51 @@ def _cases(setup: Setup, compile_: bool) -> list[tuple[str, str, int, Callable, 
             model = model_fn()
             runner = torch.compile(model) if compiled else model
             return model, lambda m: _infer_step(runner, batch, grid, setup, dtype)
+
         return build
 
     compat = lambda: _afno(setup, "fourcastnet")  # noqa: E731
     cases = [("train", "reference-style fp16+scaler eager", 4, train(compat, 4, afno, fp16, False, True), 3)]
-    cases += [("train", "fourcast bf16 fused eager", b, train(compat, b, afno, bf16, True, False), 3) for b in (1, 2, 4)]
+    cases += [
+        ("train", "fourcast bf16 fused eager", b, train(compat, b, afno, bf16, True, False), 3)
+        for b in (1, 2, 4)
+    ]
     fast = lambda: _afno_fast(setup)  # noqa: E731
-    cases.append(("train", "fourcast fast-filter bf16 fused eager", 4, train(fast, 4, afno, bf16, True, False), 3))
+    cases.append(
+        ("train", "fourcast fast-filter bf16 fused eager", 4, train(fast, 4, afno, bf16, True, False), 3)
+    )
     if compile_:
-        cases.append(("train", "fourcast fast-filter bf16 compiled", 4, train(fast, 4, afno, bf16, True, False, True),
-                      5))
+        cases.append(
+            (
+                "train",
+                "fourcast fast-filter bf16 compiled",
+                4,
+                train(fast, 4, afno, bf16, True, False, True),
+                5,
+            )
+        )
     if compile_:
-        cases.append(("train", "fourcast bf16 fused compiled", 4, train(compat, 4, afno, bf16, True, False, True), 5))
-    cases.append(("train", "fourcast full-modes bf16 eager", 4,
-                  train(lambda: _afno(setup, "full"), 4, afno, bf16, True, False), 3))
-    cases.append(("train", "sfno-0p25 bf16 eager (721 rows)", 1, train(lambda: _sfno(setup), 1, sfno, bf16, True, False), 3))
+        cases.append(
+            ("train", "fourcast bf16 fused compiled", 4, train(compat, 4, afno, bf16, True, False, True), 5)
+        )
+    cases.append(
+        (
+            "train",
+            "fourcast full-modes bf16 eager",
+            4,
+            train(lambda: _afno(setup, "full"), 4, afno, bf16, True, False),
+            3,
+        )
+    )
+    cases.append(
+        (
+            "train",
+            "sfno-0p25 bf16 eager (721 rows)",
+            1,
+            train(lambda: _sfno(setup), 1, sfno, bf16, True, False),
+            3,
+        )
+    )
     cases.append(("infer", "reference-style fp16 eager", 32, infer(compat, 32, afno, fp16), 3))
     cases.append(("infer", "fourcast bf16 eager", 32, infer(compat, 32, afno, bf16), 3))
     cases.append(("infer", "fourcast fast-filter bf16 eager", 32, infer(fast, 32, afno, bf16), 3))
@@ -298,6 +364,7 @@ def _cases(setup: Setup, compile_: bool) -> list[tuple[str, str, int, Callable, 
         def build():
             model = _afno_fast(setup)
             return model, lambda m: _forecast_step(_forecaster(m, setup, **options), 32)
+
         return build
 
     cases.append(("infer", "forecaster fast-filter eager", 32, forecaster(), 3))
@@ -308,10 +375,15 @@ def _cases(setup: Setup, compile_: bool) -> list[tuple[str, str, int, Callable, 
 
 
 def _print(result: Result, reference: Result | None) -> None:
-    ratio = result.per_s / reference.per_s if reference and reference.per_s == reference.per_s else float("nan")
+    ratio = (
+        result.per_s / reference.per_s if reference and reference.per_s == reference.per_s else float("nan")
+    )
     unit = "samples/s" if result.kind == "train" else "member-steps/s"
-    print(f"{result.kind:<6}{result.name:<38}{result.batch:>6}{result.per_s:>12.2f} {unit:<15}"
-          f"{result.s_per_step:>9.4f}{result.peak_gib:>9.2f}{ratio:>7.2f}  {result.note}", flush=True)
+    print(
+        f"{result.kind:<6}{result.name:<38}{result.batch:>6}{result.per_s:>12.2f} {unit:<15}"
+        f"{result.s_per_step:>9.4f}{result.peak_gib:>9.2f}{ratio:>7.2f}  {result.note}",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -324,18 +396,31 @@ def main(argv: list[str] | None = None) -> None:
     if not args.smoke and not torch.cuda.is_available():
         parser.error("no CUDA device: run on the lent GPU, or pass --smoke to check the code paths on CPU")
     device = torch.device("cpu") if args.smoke else torch.device("cuda")
-    setup = Setup(device, SMOKE_AFNO_GRID if args.smoke else AFNO_GRID,
-                  SMOKE_SFNO_GRID if args.smoke else SFNO_GRID, args.smoke)
+    setup = Setup(
+        device,
+        SMOKE_AFNO_GRID if args.smoke else AFNO_GRID,
+        SMOKE_SFNO_GRID if args.smoke else SFNO_GRID,
+        args.smoke,
+    )
     name = "cpu (smoke)" if args.smoke else torch.cuda.get_device_name(device)
     print(f"device {name}, torch {torch.__version__}, {args.steps} timed steps per case")
     print(f"{'kind':<6}{'case':<38}{'batch':>6}{'rate':>12} {'':<15}{'s/step':>9}{'peak GiB':>9}{'ratio':>7}")
     checks = correctness(setup)
-    print("correctness (fast vs compatibility path, max |diff| / std): " +
-          ", ".join(f"{k} {v:.2e}" for k, v in checks.items()), flush=True)
+    print(
+        "correctness (fast vs compatibility path, max |diff| / std): "
+        + ", ".join(f"{k} {v:.2e}" for k, v in checks.items()),
+        flush=True,
+    )
     checks.update(graph_correctness(setup))
-    print("correctness (CUDA-graph vs eager rollout, max |diff| / std): " +
-          (f"graphed_rel_err {checks['graphed_rel_err']:.2e}" if "graphed_rel_err" in checks
-           else f"skipped: {checks['graphed_skipped']}"), flush=True)
+    print(
+        "correctness (CUDA-graph vs eager rollout, max |diff| / std): "
+        + (
+            f"graphed_rel_err {checks['graphed_rel_err']:.2e}"
+            if "graphed_rel_err" in checks
+            else f"skipped: {checks['graphed_skipped']}"
+        ),
+        flush=True,
+    )
     results: list[Result] = []
     references: dict[str, Result] = {}
     for kind, label, batch, build, warmup in _cases(setup, compile_=not args.no_compile):
@@ -348,8 +433,17 @@ def main(argv: list[str] | None = None) -> None:
         _print(result, references[kind])
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps({"device": name, "torch": torch.__version__, "correctness": checks,
-                                            "results": [asdict(r) for r in results]}, indent=2))
+            args.out.write_text(
+                json.dumps(
+                    {
+                        "device": name,
+                        "torch": torch.__version__,
+                        "correctness": checks,
+                        "results": [asdict(r) for r in results],
+                    },
+                    indent=2,
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -89,8 +89,10 @@ def synthetic_truth(cache: Path) -> dict[tuple[int, int], np.ndarray]:
 # --------------------------------------------------------------------------------------------
 # shared pieces
 
+
 class ArrayWindows(torch.utils.data.Dataset):
-    """In-memory stand-in for :class:`fourcast.data.StoreWindows` over ``(time, channel, lat, lon)`` arrays."""
+    """In-memory stand-in for :class:`fourcast.data.StoreWindows` over ``(time, channel, lat, lon)``
+    arrays."""
 
     def __init__(self, data: np.ndarray, mean: np.ndarray, std: np.ndarray, n_ahead: int) -> None:
         self.channels = list(CHANNELS)
@@ -108,7 +110,7 @@ class ArrayWindows(torch.utils.data.Dataset):
         return self.times[index]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.data[index], self.data[index + 1: index + 1 + self.n_ahead]
+        return self.data[index], self.data[index + 1 : index + 1 + self.n_ahead]
 
     def __getitems__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch at once, as :meth:`fourcast.data.StoreWindows.__getitems__` returns it."""
@@ -127,8 +129,11 @@ def statistics(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return train.mean(axis=(0, 2, 3)), train.std(axis=(0, 2, 3))
 
 
-def train_for_seconds(model: torch.nn.Module, windows: dict[int, ArrayWindows], seconds: float, seed: int = 0) -> int:
-    """Train on 1-, 2- then 4-step rollouts (half, a third, a sixth of ``seconds``); returns the steps taken."""
+def train_for_seconds(
+    model: torch.nn.Module, windows: dict[int, ArrayWindows], seconds: float, seed: int = 0
+) -> int:
+    """Train on 1-, 2- then 4-step rollouts (half, a third, a sixth of ``seconds``); returns the steps
+    taken."""
     generator = torch.Generator().manual_seed(seed)
     loss_fn = LatWeightedMSE(windows[1].lat)
     steps = 0
@@ -150,8 +155,11 @@ def train_for_seconds(model: torch.nn.Module, windows: dict[int, ArrayWindows], 
     return steps
 
 
-def forecast(model: torch.nn.Module, initial: np.ndarray, mean: np.ndarray, std: np.ndarray, n_steps: int) -> np.ndarray:
-    """Roll ``model`` out from physical states ``(init, channel, lat, lon)``: ``(init, n_steps, channel, lat, lon)``."""
+def forecast(
+    model: torch.nn.Module, initial: np.ndarray, mean: np.ndarray, std: np.ndarray, n_steps: int
+) -> np.ndarray:
+    """Roll ``model`` out from physical states ``(init, channel, lat, lon)``: ``(init, n_steps, channel, lat,
+    lon)``."""
     m, s = mean[:, None, None], std[:, None, None]
     x = torch.from_numpy(((initial - m) / s).astype(np.float32))
     model.eval()
@@ -163,11 +171,12 @@ def forecast(model: torch.nn.Module, initial: np.ndarray, mean: np.ndarray, std:
 def area_rmse(error: np.ndarray) -> float:
     """Area-weighted RMSE over everything but the grid of ``(…, lat, lon)`` errors."""
     weights = cell_area_weights(equiangular_lats(error.shape[-2]))[:, None]
-    return float(np.sqrt((error ** 2 * weights).mean()))
+    return float(np.sqrt((error**2 * weights).mean()))
 
 
 def bilinear(field: np.ndarray, nlat: int, nlon: int) -> np.ndarray:
-    """Bilinear interpolation between equiangular grids with poles, periodic in longitude: ``(…, lat, lon)``."""
+    """Bilinear interpolation between equiangular grids with poles, periodic in longitude: ``(…, lat,
+    lon)``."""
     lead = field.shape[:-2]
     x = torch.from_numpy(field.reshape(-1, 1, *field.shape[-2:]).astype(np.float64))
     x = torch.cat((x, x[..., :1]), dim=-1)  # the 360° column closes the circle
@@ -188,23 +197,30 @@ def band_limited(field: np.ndarray, degrees: int) -> np.ndarray:
 
 
 def lead_table(title: str, rows: dict[str, np.ndarray], truth: np.ndarray, leads_h=LEADS_H) -> str:
-    """Markdown table of z500 RMSE per lead: rows of forecasts ``(init, step, channel, lat, lon)`` against ``truth``."""
-    lines = [f"**{title}** (z500 RMSE, m² s⁻², area-weighted)", "",
-             "| forecast | " + " | ".join(f"{h} h" for h in leads_h) + " |",
-             "|---|" + "---:|" * len(leads_h)]
+    """Markdown table of z500 RMSE per lead: rows of forecasts ``(init, step, channel, lat, lon)`` against
+    ``truth``."""
+    lines = [
+        f"**{title}** (z500 RMSE, m² s⁻², area-weighted)",
+        "",
+        "| forecast | " + " | ".join(f"{h} h" for h in leads_h) + " |",
+        "|---|" + "---:|" * len(leads_h),
+    ]
     for name, fc in rows.items():
-        cells = [f"{area_rmse(fc[:, h // STEP_H - 1, 0] - truth[:, h // STEP_H - 1, 0]):.0f}" for h in leads_h]
+        cells = [
+            f"{area_rmse(fc[:, h // STEP_H - 1, 0] - truth[:, h // STEP_H - 1, 0]):.0f}" for h in leads_h
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def verifying(validation: np.ndarray, inits: np.ndarray, n_steps: int) -> np.ndarray:
     """Truth after each init: ``(init, step, channel, lat, lon)``."""
-    return np.stack([validation[i + 1: i + 1 + n_steps] for i in inits])
+    return np.stack([validation[i + 1 : i + 1 + n_steps] for i in inits])
 
 
 # --------------------------------------------------------------------------------------------
 # 2. resolution transfer
+
 
 def resolution_transfer(truth: dict, minutes: float, cache: Path) -> tuple[str, torch.nn.Module, dict]:
     """Train at 32x64 and natively at 64x128 for the same wall time; score zero-shot, native, interpolated."""
@@ -237,35 +253,52 @@ def resolution_transfer(truth: dict, minutes: float, cache: Path) -> tuple[str, 
     coarse_fc = forecast(coarse_model, coarse_val[inits], *stats[COARSE], n_steps)
     zero_shot = coarse_model.on_grid(*FINE)
     rows = {
-        "SFNO 32x64 zero-shot on 64x128 (training statistics)": forecast(zero_shot, fine_val[inits], *stats[COARSE],
-                                                                         n_steps),
-        "SFNO 32x64 zero-shot on 64x128 (64x128 statistics)": forecast(zero_shot, fine_val[inits], *stats[FINE],
-                                                                       n_steps),
+        "SFNO 32x64 zero-shot on 64x128 (training statistics)": forecast(
+            zero_shot, fine_val[inits], *stats[COARSE], n_steps
+        ),
+        "SFNO 32x64 zero-shot on 64x128 (64x128 statistics)": forecast(
+            zero_shot, fine_val[inits], *stats[FINE], n_steps
+        ),
         "SFNO 32x64 zero-shot, initial state cut to the learned degrees l < 16": forecast(
-            zero_shot, band_limited(fine_val[inits], coarse_model.modes), *stats[COARSE], n_steps),
+            zero_shot, band_limited(fine_val[inits], coarse_model.modes), *stats[COARSE], n_steps
+        ),
         f"SFNO native 64x128, same wall time ({steps[FINE]} vs {steps[COARSE]} steps)": forecast(
-            native, fine_val[inits], *stats[FINE], n_steps),
+            native, fine_val[inits], *stats[FINE], n_steps
+        ),
         "SFNO 32x64 forecast, bilinear to 64x128": bilinear(coarse_fc, *FINE),
         "persistence (64x128)": np.repeat(fine_val[inits][:, None], n_steps, axis=1),
         "32x64 truth, bilinear to 64x128 (floor of any 32x64 forecast)": bilinear(verify_coarse, *FINE),
     }
     table_fine = lead_table("64x128, against the 64x128 truth", rows, verify_fine)
     band = coarse_model.modes
-    filtered = {name: band_limited(fc[:, :, :1], band) for name, fc in rows.items()
-                if "truth" not in name and "persistence" not in name}
-    table_band = lead_table(f"64x128, truth and forecasts cut to degrees l < {band} (the scales the 32x64 model "
-                            "learned)", filtered, band_limited(verify_fine[:, :, :1], band))
+    filtered = {
+        name: band_limited(fc[:, :, :1], band)
+        for name, fc in rows.items()
+        if "truth" not in name and "persistence" not in name
+    }
+    table_band = lead_table(
+        f"64x128, truth and forecasts cut to degrees l < {band} (the scales the 32x64 model learned)",
+        filtered,
+        band_limited(verify_fine[:, :, :1], band),
+    )
     coarser_rows = {
-        "SFNO 32x64 zero-shot on 16x32": forecast(coarse_model.on_grid(*COARSER), coarser_val[inits],
-                                                  *stats[COARSE], n_steps),
+        "SFNO 32x64 zero-shot on 16x32": forecast(
+            coarse_model.on_grid(*COARSER), coarser_val[inits], *stats[COARSE], n_steps
+        ),
         "SFNO 32x64 forecast, conservatively remapped to 16x32": remap(
-            coarse_fc, equiangular_lats(COARSE[0]), regular_lons(COARSE[1]), *COARSER),
+            coarse_fc, equiangular_lats(COARSE[0]), regular_lons(COARSE[1]), *COARSER
+        ),
         "persistence (16x32)": np.repeat(coarser_val[inits][:, None], n_steps, axis=1),
     }
     table_coarser = lead_table("16x32, against the 16x32 truth", coarser_rows, verify_coarser)
-    own = lead_table("32x64 (the training grid), against the 32x64 truth",
-                     {"SFNO 32x64": coarse_fc,
-                      "persistence (32x64)": np.repeat(coarse_val[inits][:, None], n_steps, axis=1)}, verify_coarse)
+    own = lead_table(
+        "32x64 (the training grid), against the 32x64 truth",
+        {
+            "SFNO 32x64": coarse_fc,
+            "persistence (32x64)": np.repeat(coarse_val[inits][:, None], n_steps, axis=1),
+        },
+        verify_coarse,
+    )
     with seeded_initialisation(0):
         afno = build_model("afno-tiny", COARSE, len(CHANNELS))
     try:
@@ -273,30 +306,56 @@ def resolution_transfer(truth: dict, minutes: float, cache: Path) -> tuple[str, 
         refusal = "AFNO moved (unexpected)"
     except ResolutionTransferError as err:
         refusal = f"AFNO (afno-tiny, 32x64) on 64x128 is refused: ResolutionTransferError: {err}"
-    text = "\n\n".join([(f"{len(inits)} initial times, {minutes:g} min of training per model "
-                         f"({steps[COARSE]} steps at 32x64, {steps[FINE]} at 64x128)"),
-                        own, table_fine, table_band, table_coarser, refusal])
-    return text, coarse_model, {"stats": stats[COARSE], "train": coarse_train, "val": coarse_val, "inits": inits}
+    text = "\n\n".join(
+        [
+            (
+                f"{len(inits)} initial times, {minutes:g} min of training per model "
+                f"({steps[COARSE]} steps at 32x64, {steps[FINE]} at 64x128)"
+            ),
+            own,
+            table_fine,
+            table_band,
+            table_coarser,
+            refusal,
+        ]
+    )
+    return (
+        text,
+        coarse_model,
+        {"stats": stats[COARSE], "train": coarse_train, "val": coarse_val, "inits": inits},
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # 3. incremental modes, 4. physics-informed fine-tuning
 
+
 def _train_settings(steps: int, **options):
     from fourcast.training import Phase, TrainSettings
 
-    return TrainSettings(phases=(Phase(1, steps, 3e-3),), batch_size=8, warmup_steps=10, validate_every=max(1, steps // 12),
-                         validation_leads=(4,), validation_samples=16, seed=0, **options)
+    return TrainSettings(
+        phases=(Phase(1, steps, 3e-3),),
+        batch_size=8,
+        warmup_steps=10,
+        validate_every=max(1, steps // 12),
+        validation_leads=(4,),
+        validation_samples=16,
+        seed=0,
+        **options,
+    )
 
 
 def incremental_modes(coarse: dict, steps: int) -> str:
-    """Fixed modes vs iFNO, same seed, steps and batch: when each first reaches the fixed run's final score."""
+    """Fixed modes vs iFNO, same seed, steps and batch: when each first reaches the fixed run's final
+    score."""
     from fourcast.training import ModeSchedule, train
 
     validation = ArrayWindows(coarse["val"], *coarse["stats"], n_ahead=4)
     runs = {}
-    for name, schedule in (("all 16 degrees from the start", None),
-                           ("iFNO: 4 degrees, +4 when the score improves < 5 %", ModeSchedule(4, None, 0.05, 4))):
+    for name, schedule in (
+        ("all 16 degrees from the start", None),
+        ("iFNO: 4 degrees, +4 when the score improves < 5 %", ModeSchedule(4, None, 0.05, 4)),
+    ):
         with seeded_initialisation(0):
             model = build_model("sfno-small", COARSE, len(CHANNELS))
         clock = []
@@ -307,18 +366,35 @@ def incremental_modes(coarse: dict, steps: int) -> str:
                 clock.append((step, time.perf_counter() - started, metrics[VAL_SCORE], model.active_modes))
 
         log(f"iFNO comparison: {name}")
-        train(model, lambda n: ArrayWindows(coarse["train"], *coarse["stats"], n_ahead=n), validation,
-              _train_settings(steps, modes=schedule), report, torch.device("cpu"))
+        train(
+            model,
+            lambda n: ArrayWindows(coarse["train"], *coarse["stats"], n_ahead=n),
+            validation,
+            _train_settings(steps, modes=schedule),
+            report,
+            torch.device("cpu"),
+        )
         runs[name] = clock
     target = next(iter(runs.values()))[-1][2]
-    lines = [(f"**iFNO** ({steps} steps, batch 8, validation every {max(1, steps // 12)} steps; target: the fixed-modes "
-              f"run's final validation score {target:.4f}, normalised RMSE at 24 h)"), "",
-             "| run | final score | first step at target | wall time to target (s) | total wall time (s) | degrees at end |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        (
+            f"**iFNO** ({steps} steps, batch 8, validation every {max(1, steps // 12)} steps; "
+            "target: the fixed-modes "
+            f"run's final validation score {target:.4f}, normalised RMSE at 24 h)"
+        ),
+        "",
+        (
+            "| run | final score | first step at target | wall time to target (s) | total wall "
+            "time (s) | degrees at end |"
+        ),
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, clock in runs.items():
         hit = next(((step, seconds) for step, seconds, score, _ in clock if score <= target), None)
-        lines.append(f"| {name} | {clock[-1][2]:.4f} | {hit[0] if hit else 'not reached'} | "
-                     f"{f'{hit[1]:.0f}' if hit else '–'} | {clock[-1][1]:.0f} | {clock[-1][3]} |")
+        lines.append(
+            f"| {name} | {clock[-1][2]:.4f} | {hit[0] if hit else 'not reached'} | "
+            f"{f'{hit[1]:.0f}' if hit else '–'} | {clock[-1][1]:.0f} | {clock[-1][3]} |"
+        )
     return "\n".join(lines)
 
 
@@ -351,20 +427,34 @@ def physics_informed(coarse: dict, model: torch.nn.Module, steps: int, weight: f
     validation = ArrayWindows(coarse["val"], *coarse["stats"], n_ahead=20)
     n_steps = 20
     rows, stability, seconds = {}, {}, {}
-    for name, physics_weight in (("fine-tuned, data loss only", 0.0),
-                                 (f"fine-tuned, data + {weight:g} x shallow-water residual (PINO)", weight)):
+    for name, physics_weight in (
+        ("fine-tuned, data loss only", 0.0),
+        (f"fine-tuned, data + {weight:g} x shallow-water residual (PINO)", weight),
+    ):
         tuned = copy.deepcopy(model)
         log(f"PINO comparison: {name}")
         started = time.perf_counter()
-        train(tuned, lambda n: ArrayWindows(coarse["train"], *coarse["stats"], n_ahead=n), validation,
-              _train_settings(steps, physics_weight=physics_weight), lambda *_: None, torch.device("cpu"))
+        train(
+            tuned,
+            lambda n: ArrayWindows(coarse["train"], *coarse["stats"], n_ahead=n),
+            validation,
+            _train_settings(steps, physics_weight=physics_weight),
+            lambda *_: None,
+            torch.device("cpu"),
+        )
         seconds[name] = time.perf_counter() - started
         rows[name] = forecast(tuned, coarse["val"][coarse["inits"]], *coarse["stats"], n_steps)
         stability[name] = area_mean_drift_steps(tuned, coarse, 240)
     truth = verifying(coarse["val"], coarse["inits"], n_steps)
-    lines = [f"**PINO** ({steps} fine-tuning steps from the 32x64 model, batch 8, 1-step loss)", "",
-             "| run | z500 RMSE 24 h | z500 RMSE 120 h | steps before the area-mean drifts (of 240) | wall time (s) |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"**PINO** ({steps} fine-tuning steps from the 32x64 model, batch 8, 1-step loss)",
+        "",
+        (
+            "| run | z500 RMSE 24 h | z500 RMSE 120 h | steps before the area-mean drifts (of "
+            "240) | wall time (s) |"
+        ),
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, fc in rows.items():
         r24 = area_rmse(fc[:, 3, 0] - truth[:, 3, 0])
         r120 = area_rmse(fc[:, 19, 0] - truth[:, 19, 0])
@@ -374,7 +464,9 @@ def physics_informed(coarse: dict, model: torch.nn.Module, steps: int, weight: f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--minutes", type=float, default=4.0, help="training wall time per resolution-transfer model")
+    parser.add_argument(
+        "--minutes", type=float, default=4.0, help="training wall time per resolution-transfer model"
+    )
     parser.add_argument("--ifno-steps", type=int, default=240)
     parser.add_argument("--pino-steps", type=int, default=30)
     parser.add_argument("--pino-weight", type=float, default=0.1)

@@ -27,7 +27,8 @@ Sections (quick sizes by default, ERA5-like sizes with ``--full``):
     Only a note here: ``benchmarks/gpu.py`` is the script for a lent GPU.
 
 Every ratio is "ours per second / theirs per second" (above 1: ours is faster), from medians
-after one warm-up, the compared calls taking turns round after round (:func:`paired_medians`). Where a ratio misses its target the section's cProfile top entries are
+after one warm-up, the compared calls taking turns round after round (:func:`paired_medians`). Where a ratio
+misses its target the section's cProfile top entries are
 printed below the table and stored in the JSON, to show where the time goes. The machine's
 load average is printed and stored with the figures: a shared machine's ratios wander.
 """
@@ -58,18 +59,37 @@ QUICK = {
     "ingest": {"days": 60, "nlat": 91, "nlon": 180, "rounds": 3},
     "loader": {"steps": 240, "channels": 8, "grid": (64, 128), "batch": 8, "batches": 12, "rounds": 7},
     "train": {"cases": [("afno-tiny", (32, 64), 3, 16)], "steps": 5, "compile": False},
-    "ensemble": {"presets": ("afno-tiny",), "members": (8, 32), "batches": (1, 8), "steps": 2, "repeats": 2,
-                 "campaign": None},
+    "ensemble": {
+        "presets": ("afno-tiny",),
+        "members": (8, 32),
+        "batches": (1, 8),
+        "steps": 2,
+        "repeats": 2,
+        "campaign": None,
+    },
     "scoring": {"cases": [(20, 50, 32, 64), (20, 10, 91, 180)], "repeats": 5},
 }
 FULL = {
     "ingest": {"days": 60, "nlat": 181, "nlon": 360, "rounds": 3},
     "loader": {"steps": 400, "channels": 20, "grid": (181, 360), "batch": 4, "batches": 20, "rounds": 3},
-    "train": {"cases": [("afno-tiny", (32, 64), 3, 16), ("afno-small", (32, 64), 3, 16),
-                        ("sfno-small", (32, 64), 3, 16), ("afno-small", (128, 256), 20, 4)],
-              "steps": 10, "compile": True},
-    "ensemble": {"presets": ("afno-tiny", "afno-small"), "members": (8, 32), "batches": (1, 8, 32), "steps": 4,
-                 "repeats": 3, "campaign": {"members": 1000, "days": 5}},
+    "train": {
+        "cases": [
+            ("afno-tiny", (32, 64), 3, 16),
+            ("afno-small", (32, 64), 3, 16),
+            ("sfno-small", (32, 64), 3, 16),
+            ("afno-small", (128, 256), 20, 4),
+        ],
+        "steps": 10,
+        "compile": True,
+    },
+    "ensemble": {
+        "presets": ("afno-tiny", "afno-small"),
+        "members": (8, 32),
+        "batches": (1, 8, 32),
+        "steps": 4,
+        "repeats": 3,
+        "campaign": {"members": 1000, "days": 5},
+    },
     "scoring": {"cases": [(20, 50, 32, 64), (20, 10, 181, 360), (20, 50, 181, 360)], "repeats": 3},
 }
 PROFILE_LINES = 14
@@ -158,9 +178,9 @@ def ingest_breakdown(files: list[Path], out: Path, shard_steps: int) -> str:
     per-shard statistics, the per-step checksums, and the whole store build from the decoded
     values already in memory (writes + statistics + checksums + finalise).
     """
+    import ingest_throughput as it
     import xarray as xr
 
-    import ingest_throughput as it
     from ingest.statistics import StatsWindow, block_partials
     from ingest.store import StatsPeriod, StoreLayout, step_checksums, write_store
 
@@ -181,12 +201,18 @@ def ingest_breakdown(files: list[Path], out: Path, shard_steps: int) -> str:
         step_checksums(block)
     seconds["checksums (BLAKE2b per step)"] = time.perf_counter() - start
     start = time.perf_counter()
-    in_memory = xr.DataArray(values, dims=data.dims, coords=data.coords, attrs=data.attrs).chunk({"time": shard_steps})
+    in_memory = xr.DataArray(values, dims=data.dims, coords=data.coords, attrs=data.attrs).chunk(
+        {"time": shard_steps}
+    )
     write_store(in_memory, out, StatsPeriod(times[0], times[-1]), StoreLayout(shard_steps=shard_steps))
-    seconds["store build from memory (zstd shards + stats + checksums + finalise)"] = time.perf_counter() - start
+    seconds["store build from memory (zstd shards + stats + checksums + finalise)"] = (
+        time.perf_counter() - start
+    )
     total = sum(seconds[k] for k in list(seconds)[:1]) + seconds[list(seconds)[-1]]
     lines = [f"{name:<72}{s:8.2f} s" for name, s in seconds.items()]
-    return "\n".join(lines + [f"{'open..decode + build from memory (about one full ingest)':<72}{total:8.2f} s"])
+    return "\n".join(
+        lines + [f"{'open..decode + build from memory (about one full ingest)':<72}{total:8.2f} s"]
+    )
 
 
 def bench_ingest(size: dict, report: Report) -> None:
@@ -200,15 +226,32 @@ def bench_ingest(size: dict, report: Report) -> None:
         for _ in range(size["rounds"]):
             for name in it.ROUTES:
                 shutil.rmtree(root / name, ignore_errors=True)
-            rounds.append({name: it._in_fresh_process(route, files, root / name) for name, route in it.ROUTES.items()})
+            rounds.append(
+                {name: it._in_fresh_process(route, files, root / name) for name, route in it.ROUTES.items()}
+            )
         seconds = {name: statistics.median(r[name] for r in rounds) for name in it.ROUTES}
         shape = f"{size['days'] * 4}x{len(it.VARIABLES)}x{size['nlat']}x{size['nlon']}"
-        ours = Row("ingest", f"store build MB/s ({shape}, {len(files)} netCDF files)", megabytes / seconds["ours"],
-                   megabytes / seconds["plain"], "MB/s", "open_mfdataset().to_zarr()", 1.5,
-                   "per round: " + ", ".join(f"{r['plain'] / r['ours']:.2f}" for r in rounds))
+        ours = Row(
+            "ingest",
+            f"store build MB/s ({shape}, {len(files)} netCDF files)",
+            megabytes / seconds["ours"],
+            megabytes / seconds["plain"],
+            "MB/s",
+            "open_mfdataset().to_zarr()",
+            1.5,
+            "per round: " + ", ".join(f"{r['plain'] / r['ours']:.2f}" for r in rounds),
+        )
         report.rows.append(ours)
-        report.rows.append(Row("ingest", "store build vs file copy", megabytes / seconds["ours"],
-                               megabytes / seconds["copy"], "MB/s", "shutil.copyfile"))
+        report.rows.append(
+            Row(
+                "ingest",
+                "store build vs file copy",
+                megabytes / seconds["ours"],
+                megabytes / seconds["copy"],
+                "MB/s",
+                "shutil.copyfile",
+            )
+        )
         if not ours.met:
             shutil.rmtree(root / "profiled", ignore_errors=True)
             report.profiles["ingest"] = ingest_breakdown(files, root / "profiled", it.CASE["shard_steps"])
@@ -231,11 +274,22 @@ def _loader_store(directory: Path, size: dict) -> Path:
     steps, nlat, nlon = size["steps"], *size["grid"]
     channels = sorted(LEXICON)[: size["channels"]]
     times = np.datetime64("2001-01-01T00", "ns") + np.arange(steps) * np.timedelta64(6, "h")
-    fields = da.random.RandomState(0).standard_normal((steps, len(channels), nlat, nlon), chunks=(40, -1, -1, -1))
-    data = xr.DataArray(fields.astype(np.float32), dims=(TIME, CHANNEL, LAT, LON),
-                        coords={TIME: times, CHANNEL: channels, LAT: np.linspace(89.0, -89.0, nlat),
-                                LON: np.arange(nlon) * 360.0 / nlon})
-    return write_store(data, directory / "store.zarr", StatsPeriod(times[0], times[-1]), StoreLayout(shard_steps=40))
+    fields = da.random.RandomState(0).standard_normal(
+        (steps, len(channels), nlat, nlon), chunks=(40, -1, -1, -1)
+    )
+    data = xr.DataArray(
+        fields.astype(np.float32),
+        dims=(TIME, CHANNEL, LAT, LON),
+        coords={
+            TIME: times,
+            CHANNEL: channels,
+            LAT: np.linspace(89.0, -89.0, nlat),
+            LON: np.arange(nlon) * 360.0 / nlon,
+        },
+    )
+    return write_store(
+        data, directory / "store.zarr", StatsPeriod(times[0], times[-1]), StoreLayout(shard_steps=40)
+    )
 
 
 def bench_loader(size: dict, report: Report) -> None:
@@ -264,18 +318,34 @@ def bench_loader(size: dict, report: Report) -> None:
                 for _ in range(count):
                     next(stream)
                 stream.close()
+
             return run
 
         samples = batch * count
         timed = paired_medians({"raw": raw, "ours": ours(0), "workers": ours(2)}, size["rounds"])
         raw_s, ours_s, workers_s = timed["raw"], timed["ours"], timed["workers"]
         grid = f"{size['channels']}x{size['grid'][0]}x{size['grid'][1]}"
-        main = Row("loader", f"samples/s, streaming, 0 workers ({grid}, batch {batch})", samples / ours_s,
-                   samples / raw_s, "samples/s", "zarr reads of the same chunks", 0.9)
+        main = Row(
+            "loader",
+            f"samples/s, streaming, 0 workers ({grid}, batch {batch})",
+            samples / ours_s,
+            samples / raw_s,
+            "samples/s",
+            "zarr reads of the same chunks",
+            0.9,
+        )
         report.rows.append(main)
-        report.rows.append(Row("loader", "samples/s, streaming, 2 workers", samples / workers_s, samples / raw_s,
-                               "samples/s", "zarr reads of the same chunks",
-                               note="worker processes pay off with cores to spare (a GPU host), not on 2 shared cores"))
+        report.rows.append(
+            Row(
+                "loader",
+                "samples/s, streaming, 2 workers",
+                samples / workers_s,
+                samples / raw_s,
+                "samples/s",
+                "zarr reads of the same chunks",
+                note="worker processes pay off with cores to spare (a GPU host), not on 2 shared cores",
+            )
+        )
         model = build_model("afno-tiny", size["grid"], size["channels"])
         loss_fn = LatWeightedMSE(windows.lat)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -288,8 +358,17 @@ def bench_loader(size: dict, report: Report) -> None:
             optimizer.step()
 
         step_s = median_seconds(train_step, size["rounds"])
-        report.rows.append(Row("loader", "streaming loader vs the trainer's consumption (afno-tiny, CPU)",
-                               samples / ours_s, batch / step_s, "samples/s", "samples/s trained", 1.0))
+        report.rows.append(
+            Row(
+                "loader",
+                "streaming loader vs the trainer's consumption (afno-tiny, CPU)",
+                samples / ours_s,
+                batch / step_s,
+                "samples/s",
+                "samples/s trained",
+                1.0,
+            )
+        )
         if not main.met:
             report.profiles["loader"] = profile_top(ours(0))
     finally:
@@ -306,39 +385,70 @@ def bench_train(size: dict, report: Report) -> None:
         case = tt.Case(preset, grid, channels, batch)
         eager = tt._run_isolated(case, size["steps"], 2)
         where = f"{preset} {grid[0]}x{grid[1]}x{channels}, batch {batch}"
-        report.rows.append(Row("train", f"samples/s eager ({where})", eager["samples_per_s"], unit="samples/s",
-                               note=f"peak RSS growth {eager['peak_mib']:.0f} MiB"))
+        report.rows.append(
+            Row(
+                "train",
+                f"samples/s eager ({where})",
+                eager["samples_per_s"],
+                unit="samples/s",
+                note=f"peak RSS growth {eager['peak_mib']:.0f} MiB",
+            )
+        )
         if size["compile"]:
             compiled = tt._run_isolated(case, size["steps"], 2, compiled=True)
-            report.rows.append(Row("train", f"samples/s compiled vs eager ({where})", compiled["samples_per_s"],
-                                   eager["samples_per_s"], "samples/s", "eager",
-                                   note=f"peak RSS growth {compiled['peak_mib']:.0f} MiB"))
+            report.rows.append(
+                Row(
+                    "train",
+                    f"samples/s compiled vs eager ({where})",
+                    compiled["samples_per_s"],
+                    eager["samples_per_s"],
+                    "samples/s",
+                    "eager",
+                    note=f"peak RSS growth {compiled['peak_mib']:.0f} MiB",
+                )
+            )
 
 
 # -------------------------------------------------------------------------------------- ensemble
 
 
 def bench_ensemble(size: dict, report: Report) -> None:
-    import torch
-
     import ensemble_throughput as et
+    import torch
 
     torch.set_num_threads(2)
     for preset in size["presets"]:
         forecaster = et._forecaster(preset, 32, 64)
         cases = [(m, b) for m in size["members"] for b in size["batches"] if b <= m]
-        rates = dict(zip(cases, et._best_rates(forecaster, cases, size["steps"], size["repeats"]), strict=True))
+        rates = dict(
+            zip(cases, et._best_rates(forecaster, cases, size["steps"], size["repeats"]), strict=True)
+        )
         for (members, b), rate in rates.items():
             if b == 1:
                 continue
-            report.rows.append(Row("ensemble", f"member-steps/s {preset} 32x64, {members} members, batch {b}", rate,
-                                   rates[(members, 1)], "member-steps/s", "batch 1"))
+            report.rows.append(
+                Row(
+                    "ensemble",
+                    f"member-steps/s {preset} 32x64, {members} members, batch {b}",
+                    rate,
+                    rates[(members, 1)],
+                    "member-steps/s",
+                    "batch 1",
+                )
+            )
     if size["campaign"]:
         forecaster = et._forecaster("afno-tiny", 32, 64)
         members, days = size["campaign"]["members"], size["campaign"]["days"]
         seconds = et._seconds(forecaster, members, 32, days * 4)
-        report.rows.append(Row("ensemble", f"{members}-member {days}-day forecast, afno-tiny 32x64 (wall s)", seconds,
-                               unit="s", note=f"{members * days * 4 / seconds:.0f} member-steps/s"))
+        report.rows.append(
+            Row(
+                "ensemble",
+                f"{members}-member {days}-day forecast, afno-tiny 32x64 (wall s)",
+                seconds,
+                unit="s",
+                note=f"{members * days * 4 / seconds:.0f} member-steps/s",
+            )
+        )
 
 
 # --------------------------------------------------------------------------------------- scoring
@@ -348,10 +458,10 @@ def bench_scoring(size: dict, report: Report) -> None:
     import importlib.util
 
     import xskillscore
+    from scoring_vs_xskillscore import Case, fields
 
     from ensembles.metrics import area_weights, brier_score, crps, rmse
     from ingest.dims import INIT_TIME, LAT, LON, MEMBER
-    from scoring_vs_xskillscore import Case, fields
 
     numba = importlib.util.find_spec("numba") is not None
     reference = "xskillscore (numba)" if numba else "xskillscore (no numba: pure numpy)"
@@ -363,17 +473,32 @@ def bench_scoring(size: dict, report: Report) -> None:
         full = weights.broadcast_like(truth)
         forecast = ensemble.isel({MEMBER: 0}, drop=True)
         pairs = {
-            "crps plain": (lambda: crps(ensemble, truth, kind="plain"),
-                           lambda: xskillscore.crps_ensemble(truth, ensemble, member_dim=MEMBER, dim=dims,
-                                                             weights=weights), True),
-            "crps fair": (lambda: crps(ensemble, truth, kind="fair"),
-                          lambda: xskillscore.crps_ensemble(truth, ensemble, member_dim=MEMBER, dim=dims,
-                                                            weights=weights), False),
-            "brier (> 0)": (lambda: brier_score(ensemble, truth, 0.0),
-                            lambda: xskillscore.brier_score(truth > 0, (ensemble > 0).mean(MEMBER), dim=dims,
-                                                            weights=full), True),
-            "rmse (area-weighted)": (lambda: rmse(forecast, truth),
-                                     lambda: xskillscore.rmse(forecast, truth, dim=dims, weights=full), True),
+            "crps plain": (
+                lambda: crps(ensemble, truth, kind="plain"),
+                lambda: xskillscore.crps_ensemble(
+                    truth, ensemble, member_dim=MEMBER, dim=dims, weights=weights
+                ),
+                True,
+            ),
+            "crps fair": (
+                lambda: crps(ensemble, truth, kind="fair"),
+                lambda: xskillscore.crps_ensemble(
+                    truth, ensemble, member_dim=MEMBER, dim=dims, weights=weights
+                ),
+                False,
+            ),
+            "brier (> 0)": (
+                lambda: brier_score(ensemble, truth, 0.0),
+                lambda: xskillscore.brier_score(
+                    truth > 0, (ensemble > 0).mean(MEMBER), dim=dims, weights=full
+                ),
+                True,
+            ),
+            "rmse (area-weighted)": (
+                lambda: rmse(forecast, truth),
+                lambda: xskillscore.rmse(forecast, truth, dim=dims, weights=full),
+                True,
+            ),
         }
         for metric, (ours, theirs, checked) in pairs.items():
             timed = paired_medians({"ours": ours, "theirs": theirs}, size["repeats"])
@@ -382,21 +507,41 @@ def bench_scoring(size: dict, report: Report) -> None:
             note = f"rel. diff {diff:.1e}" if checked else "same job (xs has no fair CRPS)"
             if checked and diff > 1e-10:
                 note += " DISAGREE"
-            row = Row("scoring", f"{metric} {case.name} (calls/s)", 1 / ours_s, 1 / theirs_s, "1/s", reference,
-                      1.0, note)
+            row = Row(
+                "scoring",
+                f"{metric} {case.name} (calls/s)",
+                1 / ours_s,
+                1 / theirs_s,
+                "1/s",
+                reference,
+                1.0,
+                note,
+            )
             report.rows.append(row)
             if not row.met and metric.startswith(("crps", "brier")):
                 report.profiles[f"scoring {metric} {case.name}"] = profile_top(ours)
 
 
 def bench_gpu(size: dict, report: Report) -> None:
-    report.rows.append(Row("gpu", "training / inference at FourCastNet size", float("nan"),
-                           note="pending: run benchmarks/gpu.py on a lent GPU (targets: train >= 48 samples/s, "
-                                "infer >= 200 member-steps/s on an H200)"))
+    report.rows.append(
+        Row(
+            "gpu",
+            "training / inference at FourCastNet size",
+            float("nan"),
+            note="pending: run benchmarks/gpu.py on a lent GPU (targets: train >= 48 samples/s, "
+            "infer >= 200 member-steps/s on an H200)",
+        )
+    )
 
 
-BENCHES = {"ingest": bench_ingest, "loader": bench_loader, "train": bench_train, "ensemble": bench_ensemble,
-           "scoring": bench_scoring, "gpu": bench_gpu}
+BENCHES = {
+    "ingest": bench_ingest,
+    "loader": bench_loader,
+    "train": bench_train,
+    "ensemble": bench_ensemble,
+    "scoring": bench_scoring,
+    "gpu": bench_gpu,
+}
 
 
 # ----------------------------------------------------------------------------------------- table
@@ -404,7 +549,10 @@ BENCHES = {"ingest": bench_ingest, "loader": bench_loader, "train": bench_train,
 
 def table(rows: list[Row]) -> str:
     """Markdown table of every row."""
-    lines = ["| section | measure | ours | reference | ratio | target | note |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| section | measure | ours | reference | ratio | target | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         ref = "" if r.reference is None else f"{r.reference:.4g} ({r.reference_name})"
         ratio = "" if r.ratio is None else f"{r.ratio:.2f}x"
@@ -429,17 +577,29 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     for section in chosen:
         report.load[section] = list(os.getloadavg())
-        print(f"[{time.perf_counter() - started:6.0f} s] {section} (load average {os.getloadavg()[0]:.2f})",
-              flush=True)
+        print(
+            f"[{time.perf_counter() - started:6.0f} s] {section} (load average {os.getloadavg()[0]:.2f})",
+            flush=True,
+        )
         BENCHES[section](sizes.get(section, {}), report)
-    print(f"\n{'full' if args.full else 'quick'} run, {time.perf_counter() - started:.0f} s; load averages "
-          f"(1 min) at each section's start: " + ", ".join(f"{k} {v[0]:.2f}" for k, v in report.load.items()))
+    print(
+        f"\n{'full' if args.full else 'quick'} run, {time.perf_counter() - started:.0f} s; load averages "
+        f"(1 min) at each section's start: " + ", ".join(f"{k} {v[0]:.2f}" for k, v in report.load.items())
+    )
     print(table(report.rows))
     for name, text in report.profiles.items():
         print(f"\n## profile: {name} (below target)\n{text}")
-    args.out.write_text(json.dumps({"full": args.full, "load": report.load, "profiles": report.profiles,
-                                    "rows": [{**asdict(r), "ratio": r.ratio, "met": r.met} for r in report.rows]},
-                                   indent=2))
+    args.out.write_text(
+        json.dumps(
+            {
+                "full": args.full,
+                "load": report.load,
+                "profiles": report.profiles,
+                "rows": [{**asdict(r), "ratio": r.ratio, "met": r.met} for r in report.rows],
+            },
+            indent=2,
+        )
+    )
     print(f"\nwrote {args.out}")
     return 0
 

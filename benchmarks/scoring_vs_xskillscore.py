@@ -102,11 +102,17 @@ class Row:
 def fields(case: Case, seed: int = SEED) -> tuple[xr.DataArray, xr.DataArray]:
     """Seeded ``(ensemble[init_time, member, lat, lon], truth[init_time, lat, lon])``, float64."""
     rng = np.random.default_rng(seed)
-    coords = {INIT_TIME: np.arange(case.n_init), LAT: equiangular_lats(case.n_lat), LON: regular_lons(case.n_lon)}
+    coords = {
+        INIT_TIME: np.arange(case.n_init),
+        LAT: equiangular_lats(case.n_lat),
+        LON: regular_lons(case.n_lon),
+    }
     truth = xr.DataArray(
         rng.standard_normal((case.n_init, case.n_lat, case.n_lon)), dims=(INIT_TIME, LAT, LON), coords=coords
     )
-    members = truth.values[:, None] + 0.8 * rng.standard_normal((case.n_init, case.n_members, case.n_lat, case.n_lon))
+    members = truth.values[:, None] + 0.8 * rng.standard_normal(
+        (case.n_init, case.n_members, case.n_lat, case.n_lon)
+    )
     ensemble = xr.DataArray(members, dims=(INIT_TIME, MEMBER, LAT, LON), coords=coords)
     return ensemble, truth
 
@@ -140,8 +146,12 @@ def run_case(case: Case) -> list[Row]:
     )
     return [
         scorecard_row(case, ensemble, truth, weights),
-        Row(case.name, "crps plain", best_time(lambda: crps(ensemble, truth, kind="plain")), theirs_crps, True),
-        Row(case.name, "crps fair", best_time(lambda: crps(ensemble, truth, kind="fair")), theirs_crps, False),
+        Row(
+            case.name, "crps plain", best_time(lambda: crps(ensemble, truth, kind="plain")), theirs_crps, True
+        ),
+        Row(
+            case.name, "crps fair", best_time(lambda: crps(ensemble, truth, kind="fair")), theirs_crps, False
+        ),
         Row(
             case.name,
             "rmse (area-weighted)",
@@ -185,14 +195,22 @@ def scorecard_row(case: Case, ensemble: xr.DataArray, truth: xr.DataArray, weigh
         xskillscore.rank_histogram(truth, ensemble, dim=dims, member_dim=MEMBER)
         return xskillscore.crps_ensemble(truth, ensemble, member_dim=MEMBER, dim=dims, weights=weights)
 
-    return Row(case.name, "scorecard statistics (all 12 metrics + ranks) vs xs subset", best_time(ours),
-               best_time(theirs), True)
+    return Row(
+        case.name,
+        "scorecard statistics (all 12 metrics + ranks) vs xs subset",
+        best_time(ours),
+        best_time(theirs),
+        True,
+    )
 
 
 def table(rows: list[Row]) -> str:
     """Markdown table of the rows."""
     lines = [
-        "| case (init x member x lat x lon) | metric | ours (s) | xskillscore (s) | ratio ours/xs | rel. diff |",
+        (
+            "| case (init x member x lat x lon) | metric | ours (s) | xskillscore (s) | ratio "
+            "ours/xs | rel. diff |"
+        ),
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -201,7 +219,9 @@ def table(rows: list[Row]) -> str:
             diff = "n/a (xs has no fair CRPS)"
         else:
             diff = "n/a" if r.rel_diff is None else f"{r.rel_diff:.1e}"
-        lines.append(f"| {r.case} | {r.metric} | {_seconds(r.ours)} | {_seconds(r.theirs)} | {ratio} | {diff} |")
+        lines.append(
+            f"| {r.case} | {r.metric} | {_seconds(r.ours)} | {_seconds(r.theirs)} | {ratio} | {diff} |"
+        )
     return "\n".join(lines)
 
 
@@ -227,7 +247,9 @@ def main() -> int:
     print(table(rows))
     disagree = [r for r in rows if r.rel_diff is not None and r.rel_diff > RTOL]
     for r in disagree:
-        print(f"DISAGREE: {r.case} {r.metric}: relative difference {r.rel_diff:.3e} > {RTOL:g}", file=sys.stderr)
+        print(
+            f"DISAGREE: {r.case} {r.metric}: relative difference {r.rel_diff:.3e} > {RTOL:g}", file=sys.stderr
+        )
     return 1 if disagree else 0
 
 

@@ -67,32 +67,44 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--days", type=float, default=10.0, help="simulated span")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--solver-limit", type=float, default=120.0, help="largest solver time (s) for the span")
+    parser.add_argument(
+        "--solver-limit", type=float, default=120.0, help="largest solver time (s) for the span"
+    )
     parser.add_argument("--batches", type=int, nargs="+", default=[4, 16, 64])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     steps = round(args.days * 24 / STEP_HOURS)
-    print(f"{args.days:g} simulated days ({steps} model steps of {STEP_HOURS} h), device {device}, "
-          f"{torch.get_num_threads()} thread(s)\n")
-    print("| grid | solver dt (s) | solver (s) | SFNO batch 1 (s) | speed-up batch 1 | best batch | "
-          "SFNO s/member at best | speed-up at best batch |")
+    print(
+        f"{args.days:g} simulated days ({steps} model steps of {STEP_HOURS} h), device {device}, "
+        f"{torch.get_num_threads()} thread(s)\n"
+    )
+    print(
+        "| grid | solver dt (s) | solver (s) | SFNO batch 1 (s) | speed-up batch 1 | best batch | "
+        "SFNO s/member at best | speed-up at best batch |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     nlat, nlon = 32, 64
     while True:
         per_day, dt = solver_seconds_per_day(nlat, nlon, device)
         solver = per_day * args.days
         if solver > args.solver_limit and nlat > 32:
-            print(f"\n{nlat}x{nlon}: the solver would need {solver:.0f} s for the span (> {args.solver_limit:g} s); "
-                  "stopped")
+            print(
+                f"\n{nlat}x{nlon}: the solver would need {solver:.0f} s for the span (> "
+                f"{args.solver_limit:g} s); "
+                "stopped"
+            )
             break
         single = model_seconds(nlat, nlon, steps, 1, device)
         per_member = {1: single}
         for batch in args.batches:
             per_member[batch] = model_seconds(nlat, nlon, steps, batch, device) / batch
         best = min(per_member, key=per_member.get)
-        print(f"| {nlat}x{nlon} | {dt:.0f} | {solver:.2f} | {single:.3f} | {solver / single:.1f}x | {best} | "
-              f"{per_member[best]:.4f} | {solver / per_member[best]:.1f}x |", flush=True)
+        print(
+            f"| {nlat}x{nlon} | {dt:.0f} | {solver:.2f} | {single:.3f} | {solver / single:.1f}x | {best} | "
+            f"{per_member[best]:.4f} | {solver / per_member[best]:.1f}x |",
+            flush=True,
+        )
         if solver > args.solver_limit:
             break
         nlat, nlon = 2 * nlat, 2 * nlon

@@ -77,8 +77,12 @@ def _measure(case: Case, steps: int, threads: int, compiled: bool = False) -> di
     for _ in range(steps):
         step()
     seconds = (time.perf_counter() - start) / steps
-    return {"samples_per_s": case.batch / seconds, "s_per_step": seconds,
-            "parameters": float(count_parameters(model)), "peak_mib": _peak_rss_mib() - baseline}
+    return {
+        "samples_per_s": case.batch / seconds,
+        "s_per_step": seconds,
+        "parameters": float(count_parameters(model)),
+        "peak_mib": _peak_rss_mib() - baseline,
+    }
 
 
 def _run_isolated(case: Case, steps: int, threads: int, compiled: bool = False) -> dict[str, float]:
@@ -93,16 +97,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {args.threads} threads, {args.steps} timed steps per case (CPU)")
-    print(f"{'preset':<12}{'grid':>10}{'ch':>4}{'batch':>6}{'params':>11}{'samples/s':>11}{'s/step':>9}"
-          f"{'peak MiB':>10}{'ratio':>7}")
+    print(
+        f"{'preset':<12}{'grid':>10}{'ch':>4}{'batch':>6}{'params':>11}{'samples/s':>11}{'s/step':>9}"
+        f"{'peak MiB':>10}{'ratio':>7}"
+    )
     first_of_size: dict[int, float] = {}  # keyed by longitudes: the SFNO's grid has one more (pole) row
     for case in CASES:
         r = _run_isolated(case, args.steps, args.threads)
         reference = first_of_size.setdefault(case.grid[1], r["samples_per_s"])
         grid = f"{case.grid[0]}x{case.grid[1]}"
-        print(f"{case.preset:<12}{grid:>10}{case.channels:>4}{case.batch:>6}{int(r['parameters']):>11,}"
-              f"{r['samples_per_s']:>11.2f}{r['s_per_step']:>9.3f}{r['peak_mib']:>10.0f}"
-              f"{r['samples_per_s'] / reference:>7.2f}")
+        print(
+            f"{case.preset:<12}{grid:>10}{case.channels:>4}{case.batch:>6}{int(r['parameters']):>11,}"
+            f"{r['samples_per_s']:>11.2f}{r['s_per_step']:>9.3f}{r['peak_mib']:>10.0f}"
+            f"{r['samples_per_s'] / reference:>7.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ A :class:`ZarrArchive` is created with its full extents and written under a temp
 path; :meth:`ZarrArchive.finalize` writes the attributes once and moves the store into place,
 replacing a previous archive at that path only then. A run that crashes leaves the previous
 archive untouched. Only a forecast archive is ever replaced: anything else at the path (a
-training or climatology store, another folder, a file) is refused (:func:`check_replaceable`). :class:`MemoryArchive` keeps the same layout as an in-memory
+training or climatology store, another folder, a file) is refused (:func:`check_replaceable`).
+:class:`MemoryArchive` keeps the same layout as an in-memory
 :class:`xarray.Dataset`. Both locate every write by coordinate label, never by position.
 
 With all members in one chunk, concurrent writers must not share an ``(init_time,
@@ -113,7 +114,9 @@ class ArchiveLayout:
             member_chunk=min(int(member_chunk or n_members), int(n_members)),
         )
         if (layout.lead_times < np.timedelta64(0, "ns")).any():
-            raise ArchiveError(f"expected non-negative lead times, found {layout.lead_times.astype('timedelta64[h]')}")
+            raise ArchiveError(
+                f"expected non-negative lead times, found {layout.lead_times.astype('timedelta64[h]')}"
+            )
         return layout
 
     @property
@@ -133,12 +136,24 @@ class ArchiveLayout:
             for var in get_variables(list(self.variables))
         }
         coords = {
-            INIT_TIME: (INIT_TIME, self.init_times, {"long_name": "forecast initialisation time",
-                                                     "standard_name": "forecast_reference_time"}),
-            LEAD_TIME: (LEAD_TIME, self.lead_times, {"long_name": "time since initialisation",
-                                                     "standard_name": "forecast_period"}),
-            MEMBER: (MEMBER, self.members, {"long_name": "ensemble member (0 is the control when run with one)",
-                                            "standard_name": "realization"}),
+            INIT_TIME: (
+                INIT_TIME,
+                self.init_times,
+                {"long_name": "forecast initialisation time", "standard_name": "forecast_reference_time"},
+            ),
+            LEAD_TIME: (
+                LEAD_TIME,
+                self.lead_times,
+                {"long_name": "time since initialisation", "standard_name": "forecast_period"},
+            ),
+            MEMBER: (
+                MEMBER,
+                self.members,
+                {
+                    "long_name": "ensemble member (0 is the control when run with one)",
+                    "standard_name": "realization",
+                },
+            ),
             LAT: (LAT, self.lat, CF_COORDINATE_ATTRS[LAT]),
             LON: (LON, self.lon, CF_COORDINATE_ATTRS[LON]),
         }
@@ -176,8 +191,12 @@ class ArchiveLayout:
                 f"found {values.shape}"
             )
         self._check_grid(coords)
-        i_init = _positions(self.init_times, _single(coords, INIT_TIME).astype("datetime64[ns]"), INIT_TIME)[0]
-        i_lead = _positions(self.lead_times, _single(coords, LEAD_TIME).astype("timedelta64[ns]"), LEAD_TIME)[0]
+        i_init = _positions(self.init_times, _single(coords, INIT_TIME).astype("datetime64[ns]"), INIT_TIME)[
+            0
+        ]
+        i_lead = _positions(self.lead_times, _single(coords, LEAD_TIME).astype("timedelta64[ns]"), LEAD_TIME)[
+            0
+        ]
         i_members = _positions(self.members, np.asarray(coords[MEMBER]).astype(np.int64), MEMBER)
         channels = [str(c) for c in coords[CHANNEL]]
         absent = [v for v in self.variables if v not in channels]
@@ -187,8 +206,14 @@ class ArchiveLayout:
         return (int(i_init), int(i_lead), i_members), fields
 
     def _check_grid(self, coords: Coords) -> None:
-        check_coords({LAT: self.lat, LON: self.lon}, coords, (LAT, LON), what="the write",
-                     reference="the archive", error=ArchiveGridError)
+        check_coords(
+            {LAT: self.lat, LON: self.lon},
+            coords,
+            (LAT, LON),
+            what="the write",
+            reference="the archive",
+            error=ArchiveGridError,
+        )
 
 
 class ZarrArchive:
@@ -238,7 +263,12 @@ class ZarrArchive:
         encoding = {v: {"chunks": self.layout.chunk_shape} for v in self.layout.variables}
         try:
             template.to_zarr(
-                self.partial_path, mode="w-", compute=False, zarr_format=3, consolidated=False, encoding=encoding
+                self.partial_path,
+                mode="w-",
+                compute=False,
+                zarr_format=3,
+                consolidated=False,
+                encoding=encoding,
             )
             self._group = zarr.open_group(self.partial_path, mode="r+", zarr_format=3)
         except BaseException:
@@ -273,7 +303,9 @@ class ZarrArchive:
         if self._finalized:
             raise ArchiveError(f"archive {self.path} is already finalised")
         check_replaceable(self.path)
-        self._group.attrs.update({**self.attrs, ARCHIVE_MARKER: 1, COMPLETE: True, "Conventions": CONVENTIONS})
+        self._group.attrs.update(
+            {**self.attrs, ARCHIVE_MARKER: 1, COMPLETE: True, "Conventions": CONVENTIONS}
+        )
         consolidate(self.partial_path)
         replace_path(self.partial_path, self.path)
         self._finalized = True
@@ -328,7 +360,9 @@ class MemoryArchive:
 
     def finalize(self) -> str:
         """Set the attributes, the archive marker and ``complete = True``; returns ``"memory"``."""
-        self.dataset.attrs.update({**self.attrs, ARCHIVE_MARKER: 1, COMPLETE: True, "Conventions": CONVENTIONS})
+        self.dataset.attrs.update(
+            {**self.attrs, ARCHIVE_MARKER: 1, COMPLETE: True, "Conventions": CONVENTIONS}
+        )
         return "memory"
 
 
@@ -378,8 +412,10 @@ def open_archive(path: str | Path, allow_partial: bool = False) -> xr.Dataset:
         unfinished = unfinished_stores(path)
         if unfinished:
             raise ArchiveError(
-                f"the archive at {path} is unfinished: {unfinished[0]} was never committed (its writer is running "
-                "or was stopped; relaunching a campaign resumes it); open that store with allow_partial=True to "
+                f"the archive at {path} is unfinished: {unfinished[0]} was never committed (its "
+                "writer is running "
+                "or was stopped; relaunching a campaign resumes it); open that store with "
+                "allow_partial=True to "
                 "read what is written"
             )
         raise ArchiveError(f"no forecast archive at {path}")
@@ -394,7 +430,9 @@ def open_archive(path: str | Path, allow_partial: bool = False) -> xr.Dataset:
         )
     wrong = {name: tuple(ds[name].dims) for name in ds.data_vars if tuple(ds[name].dims) != ARCHIVE_DIMS}
     if not ds.data_vars or wrong:
-        raise ArchiveError(f"{path}: expected variables with dims {ARCHIVE_DIMS}, found {wrong or 'no variables'}")
+        raise ArchiveError(
+            f"{path}: expected variables with dims {ARCHIVE_DIMS}, found {wrong or 'no variables'}"
+        )
     return ds
 
 
@@ -422,8 +460,10 @@ def check_replaceable(path: str | Path) -> None:
     attrs = _zarr_root_attributes(path)
     if attrs is not None and (ARCHIVE_MARKER in attrs or FINGERPRINT in attrs):
         return
-    raise ArchiveError(f"refusing to replace {path}: it is {describe_path(path)}, not a fourcast forecast archive "
-                       f"(no {ARCHIVE_MARKER!r} attribute); choose another archive path")
+    raise ArchiveError(
+        f"refusing to replace {path}: it is {describe_path(path)}, not a fourcast forecast archive "
+        f"(no {ARCHIVE_MARKER!r} attribute); choose another archive path"
+    )
 
 
 def describe_path(path: str | Path) -> str:
@@ -484,7 +524,8 @@ def _positions(axis: np.ndarray, labels: np.ndarray, dim: str) -> np.ndarray:
     unknown = labels[~np.isin(labels, axis)]
     if unknown.size:
         raise ArchiveError(
-            f"{dim} labels {unknown} are not in the archive, which holds {axis.size} labels {axis[0]} … {axis[-1]}"
+            f"{dim} labels {unknown} are not in the archive, which holds {axis.size} labels "
+            f"{axis[0]} … {axis[-1]}"
         )
     lookup = {label: i for i, label in enumerate(axis.tolist())}
     return np.array([lookup[label] for label in labels.tolist()], dtype=np.int64)

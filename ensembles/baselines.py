@@ -88,7 +88,9 @@ def climatology_forecast(
         coords={INIT_TIME: init_times, LEAD_TIME: lead_times},
     )
     at_valid = climatology_at(climatology.sel({CHANNEL: list(variables)}), valid)
-    return xr.Dataset({str(v): at_valid.sel({CHANNEL: v}, drop=True).transpose(*FORECAST_DIMS) for v in variables})
+    return xr.Dataset(
+        {str(v): at_valid.sel({CHANNEL: v}, drop=True).transpose(*FORECAST_DIMS) for v in variables}
+    )
 
 
 def climatology_at(climatology: xr.DataArray, times: xr.DataArray) -> xr.DataArray:
@@ -115,14 +117,17 @@ def climatology_at(climatology: xr.DataArray, times: xr.DataArray) -> xr.DataArr
     """
     if set(climatology.dims) == {CHANNEL, LAT, LON}:
         constant = climatology.transpose(CHANNEL, LAT, LON)
-        return constant.expand_dims({d: times[d].values if d in times.coords else times.sizes[d] for d in times.dims})
+        return constant.expand_dims(
+            {d: times[d].values if d in times.coords else times.sizes[d] for d in times.dims}
+        )
     if set(climatology.dims) == set(CLIMATOLOGY_DIMS):
         try:
             return select_climatology(climatology.transpose(*CLIMATOLOGY_DIMS), times)
         except StoreSchemaError as err:
             raise ScoringError(f"cannot take the climatology at the forecasts' valid times: {err}") from err
     raise ScoringError(
-        f"expected a climatology with dims ({DAYOFYEAR}, {HOUR}, {CHANNEL}, {LAT}, {LON}) or ({CHANNEL}, {LAT}, {LON}),"
+        f"expected a climatology with dims ({DAYOFYEAR}, {HOUR}, {CHANNEL}, {LAT}, {LON}) or "
+        f"({CHANNEL}, {LAT}, {LON}),"
         f" found {climatology.dims}"
     )
 
@@ -144,4 +149,6 @@ def require_labels(array: xr.DataArray, dim: str, wanted: np.ndarray, what: str)
 def _over_leads(per_init: xr.DataArray, lead_times: np.ndarray, variables: Sequence[str]) -> xr.Dataset:
     """Repeat a ``(init_time, channel, lat, lon)`` field over lead times, one variable per channel."""
     fields = per_init.expand_dims({LEAD_TIME: np.asarray(lead_times)})
-    return xr.Dataset({str(v): fields.sel({CHANNEL: v}, drop=True).transpose(*FORECAST_DIMS) for v in variables})
+    return xr.Dataset(
+        {str(v): fields.sel({CHANNEL: v}, drop=True).transpose(*FORECAST_DIMS) for v in variables}
+    )

@@ -42,7 +42,14 @@ import torch
 import zarr
 import zarr.errors
 
-from ensembles.archive import ARCHIVE_MARKER, COMPLETE, FINGERPRINT, ArchiveLayout, check_replaceable, checked_attrs
+from ensembles.archive import (
+    ARCHIVE_MARKER,
+    COMPLETE,
+    FINGERPRINT,
+    ArchiveLayout,
+    check_replaceable,
+    checked_attrs,
+)
 from ensembles.errors import ArchiveError, CampaignIncompleteError, CampaignMismatchError, EnsembleInputError
 from ensembles.protocols import Coords
 from ingest.atomic import discard, replace_path, temporary_sibling
@@ -109,8 +116,12 @@ class Campaign:
     identity: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        counts = {"n_steps": self.n_steps, "n_members": self.n_members,
-                  "members_per_batch": self.members_per_batch, "seed": self.seed}
+        counts = {
+            "n_steps": self.n_steps,
+            "n_members": self.n_members,
+            "members_per_batch": self.members_per_batch,
+            "seed": self.seed,
+        }
         minimum = {"n_steps": 1, "n_members": 1, "members_per_batch": 1, "seed": 0}
         bad = {name: value for name, value in counts.items() if int(value) != value or value < minimum[name]}
         if bad:
@@ -158,15 +169,20 @@ class Campaign:
         items = []
         for i, init_time in enumerate(self.init_times):
             for b in range(self.n_blocks):
-                members = np.arange(b * self.members_per_batch,
-                                    min((b + 1) * self.members_per_batch, self.n_members), dtype=np.int64)
+                members = np.arange(
+                    b * self.members_per_batch,
+                    min((b + 1) * self.members_per_batch, self.n_members),
+                    dtype=np.int64,
+                )
                 items.append(WorkItem(i, b, init_time, members))
         return items
 
     def items_for_rank(self, rank: int, world_size: int) -> list[WorkItem]:
         """The share of rank ``rank`` of ``world_size``: every ``world_size``-th item from ``rank``."""
         if int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
-            raise EnsembleInputError(f"expected 0 <= rank < world_size, found rank={rank}, world_size={world_size}")
+            raise EnsembleInputError(
+                f"expected 0 <= rank < world_size, found rank={rank}, world_size={world_size}"
+            )
         return self.work_items()[rank::world_size]
 
 
@@ -220,8 +236,15 @@ class CampaignArchive:
         self.path = Path(path)
         self.campaign = campaign
         self.fingerprint = campaign.fingerprint()
-        self.layout = ArchiveLayout.build(campaign.variables, campaign.init_times, campaign.lead_times,
-                                          campaign.n_members, lat, lon, member_chunk=campaign.members_per_batch)
+        self.layout = ArchiveLayout.build(
+            campaign.variables,
+            campaign.init_times,
+            campaign.lead_times,
+            campaign.n_members,
+            lat,
+            lon,
+            member_chunk=campaign.members_per_batch,
+        )
         self.lineage = checked_attrs(lineage)
         self.partial_path = self._sibling("partial", self.fingerprint)
         self.claimed_path = self._sibling("finalising", self.fingerprint)
@@ -254,14 +277,19 @@ class CampaignArchive:
             return True
         if not overwrite:
             raise CampaignMismatchError(
-                f"{self.path} holds a different campaign ({_differences(attrs.get(CAMPAIGN), self.campaign)}); "
+                f"{self.path} holds a different campaign "
+                f"({_differences(attrs.get(CAMPAIGN), self.campaign)}); "
                 "choose another archive path, or overwrite to replace it"
             )
         return False
 
     def _check_other_campaigns(self, overwrite: bool) -> None:
-        others = [p for tag in ("partial", "finalising") for p in self.path.parent.glob(f".{self.path.name}.{tag}-*")
-                  if not p.name.endswith(self.fingerprint)]
+        others = [
+            p
+            for tag in ("partial", "finalising")
+            for p in self.path.parent.glob(f".{self.path.name}.{tag}-*")
+            if not p.name.endswith(self.fingerprint)
+        ]
         if others and not overwrite:
             attrs = _root_attrs(others[0])
             raise CampaignMismatchError(
@@ -292,13 +320,27 @@ class CampaignArchive:
         """Write the empty store: coordinates, chunked variables, markers, campaign attributes."""
         template = self.layout.template(lambda shape: _lazy_nan(shape, self.layout.chunk_shape), attrs={})
         encoding = {v: {"chunks": self.layout.chunk_shape} for v in self.layout.variables}
-        template.to_zarr(where, mode="w-", compute=False, zarr_format=3, consolidated=False, encoding=encoding)
+        template.to_zarr(
+            where, mode="w-", compute=False, zarr_format=3, consolidated=False, encoding=encoding
+        )
         group = zarr.open_group(where, mode="r+", zarr_format=3)
         group.create_group("progress").create_array(
-            "done", shape=(self.campaign.init_times.size, self.campaign.n_blocks), chunks=(1, 1), dtype="uint8",
-            fill_value=0, attributes={"long_name": "1 once the (init_time, member block) work item is written"})
-        group.attrs.update({**self.lineage, CAMPAIGN: self.campaign.describe(), FINGERPRINT: self.fingerprint,
-                            ARCHIVE_MARKER: 1, "start_time": _now()})
+            "done",
+            shape=(self.campaign.init_times.size, self.campaign.n_blocks),
+            chunks=(1, 1),
+            dtype="uint8",
+            fill_value=0,
+            attributes={"long_name": "1 once the (init_time, member block) work item is written"},
+        )
+        group.attrs.update(
+            {
+                **self.lineage,
+                CAMPAIGN: self.campaign.describe(),
+                FINGERPRINT: self.fingerprint,
+                ARCHIVE_MARKER: 1,
+                "start_time": _now(),
+            }
+        )
 
     @property
     def group(self) -> zarr.Group:
@@ -313,7 +355,9 @@ class CampaignArchive:
         A block of consecutive members is written as one slice, i.e. whole chunks.
         """
         (i_init, i_lead, i_members), fields = self.layout.locate(x, coords)
-        if i_members.size and np.array_equal(i_members, np.arange(i_members[0], i_members[0] + i_members.size)):
+        if i_members.size and np.array_equal(
+            i_members, np.arange(i_members[0], i_members[0] + i_members.size)
+        ):
             region = (i_init, i_lead, slice(int(i_members[0]), int(i_members[-1]) + 1))
             for variable, values in fields.items():
                 self.group[variable][region] = values
@@ -402,9 +446,14 @@ class CampaignArchive:
             if time.monotonic() - last_change >= timeout:
                 raise CampaignIncompleteError(
                     f"campaign {self.fingerprint} at {self.path}: "
-                    + (f"{count} work items still missing, e.g. init {missing[0].init_time} members "
-                       f"{missing[0].members.tolist()}," if count else "its commit did not finish")
-                    + f" after waiting {timeout:.0f} s without progress; relaunch the same campaign to resume it"
+                    + (
+                        f"{count} work items still missing, e.g. init {missing[0].init_time} members "
+                        f"{missing[0].members.tolist()},"
+                        if count
+                        else "its commit did not finish"
+                    )
+                    + f" after waiting {timeout:.0f} s without progress; relaunch the same campaign to "
+                    "resume it"
                 )
             time.sleep(poll)
 
@@ -458,8 +507,11 @@ def _differences(stored: Any, campaign: Campaign) -> str:
         return "no campaign description found there"
     wanted = campaign.describe()
     keys = sorted(set(stored) | set(wanted))
-    changed = [f"{key}: stored {_short(stored.get(key))}, requested {_short(wanted.get(key))}"
-               for key in keys if stored.get(key) != wanted.get(key)]
+    changed = [
+        f"{key}: stored {_short(stored.get(key))}, requested {_short(wanted.get(key))}"
+        for key in keys
+        if stored.get(key) != wanted.get(key)
+    ]
     return "; ".join(changed) or "same settings, but not committed"
 
 
@@ -474,4 +526,3 @@ def _lazy_nan(shape: tuple[int, ...], chunks: tuple[int, ...]) -> dask.array.Arr
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-

@@ -37,7 +37,8 @@ PUBLISHED, REDUCED, DELETED = "published", "reduced", "deleted"
 
 _META = sa.MetaData()
 ARCHIVES = sa.Table(
-    "archives", _META,
+    "archives",
+    _META,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("path", sa.String(1024), nullable=False, unique=True),
     sa.Column("cycle_point", sa.String(32), nullable=True),
@@ -59,7 +60,8 @@ ARCHIVES = sa.Table(
     sa.Column("pruned_at", sa.String(32), nullable=True),
 )
 HOLDS = sa.Table(
-    "holds", _META,
+    "holds",
+    _META,
     sa.Column("archive_id", sa.Integer, sa.ForeignKey("archives.id"), primary_key=True),
     sa.Column("holder", sa.String(256), primary_key=True),
     sa.Column("created_at", sa.String(32), nullable=False),
@@ -112,7 +114,8 @@ def _sqlite_file(url: str) -> Path | None:
 
 
 def _require_writable_sqlite(database: Path) -> None:
-    """Raise :class:`CatalogueError` unless the SQLite file (or the folder it will be created in) can be written."""
+    """Raise :class:`CatalogueError` unless the SQLite file (or the folder it will be created in) can be
+    written."""
     existing = next(p for p in (database.parent, *database.parent.parents) if p.exists())
     if not existing.is_dir():
         raise CatalogueError(f"catalogue {database} cannot be written: {existing} is a file, not a folder")
@@ -183,7 +186,9 @@ class Catalogue:
             raise CatalogueError(f"only a finalised archive can be published; {archive}: {err}") from err
         row = _row(archive, forecasts, cycle_point)
         with self._transaction() as db:
-            existing = db.execute(sa.select(ARCHIVES).where(ARCHIVES.c.path == row["path"])).mappings().first()
+            existing = (
+                db.execute(sa.select(ARCHIVES).where(ARCHIVES.c.path == row["path"])).mappings().first()
+            )
             if existing is None:
                 try:
                     archive_id = db.execute(ARCHIVES.insert().values(**row)).inserted_primary_key[0]
@@ -191,9 +196,11 @@ class Catalogue:
                     archive_id = None
             else:
                 if existing["metadata_sha256"] != row["metadata_sha256"] and existing["status"] == PUBLISHED:
-                    raise CatalogueError(f"{archive} is catalogued (id {existing['id']}) with metadata checksum "
-                                         f"{existing['metadata_sha256'][:12]}, found {row['metadata_sha256'][:12]}: "
-                                         "the archive was replaced; publish it under another path")
+                    raise CatalogueError(
+                        f"{archive} is catalogued (id {existing['id']}) with metadata checksum "
+                        f"{existing['metadata_sha256'][:12]}, found {row['metadata_sha256'][:12]}: "
+                        "the archive was replaced; publish it under another path"
+                    )
                 archive_id = existing["id"]
         if archive_id is None:
             return self.publish(archive, cycle_point, holds)
@@ -204,8 +211,9 @@ class Catalogue:
     def hold(self, archive_id: int, holder: str) -> None:
         """Keep archive ``archive_id`` from retention until ``holder`` releases it."""
         with self._transaction() as db:
-            exists = db.execute(sa.select(HOLDS).where(HOLDS.c.archive_id == archive_id,
-                                                       HOLDS.c.holder == holder)).first()
+            exists = db.execute(
+                sa.select(HOLDS).where(HOLDS.c.archive_id == archive_id, HOLDS.c.holder == holder)
+            ).first()
             if exists is None:
                 db.execute(HOLDS.insert().values(archive_id=archive_id, holder=holder, created_at=_now()))
 
@@ -214,11 +222,16 @@ class Catalogue:
         with self._transaction() as db:
             db.execute(HOLDS.delete().where(HOLDS.c.archive_id == archive_id, HOLDS.c.holder == holder))
             if score_run_id:
-                row = db.execute(sa.select(ARCHIVES.c.score_run_ids).where(ARCHIVES.c.id == archive_id)).first()
+                row = db.execute(
+                    sa.select(ARCHIVES.c.score_run_ids).where(ARCHIVES.c.id == archive_id)
+                ).first()
                 runs = json.loads(row[0]) if row else []
                 if score_run_id not in runs:
-                    db.execute(ARCHIVES.update().where(ARCHIVES.c.id == archive_id)
-                               .values(score_run_ids=json.dumps([*runs, score_run_id])))
+                    db.execute(
+                        ARCHIVES.update()
+                        .where(ARCHIVES.c.id == archive_id)
+                        .values(score_run_ids=json.dumps([*runs, score_run_id]))
+                    )
 
     def entries(self, status: str | None = None) -> list[Entry]:
         """Every catalogued archive (or those of ``status``), by first init time then id."""
@@ -248,8 +261,13 @@ class Catalogue:
                 return entry
         raise CatalogueError(f"no archive {key!r} in the catalogue {self.url}")
 
-    def prune(self, keep_members_days: float, delete_after_days: float, now: np.datetime64 | None = None,
-              dry_run: bool = False) -> list[tuple[Entry, str]]:
+    def prune(
+        self,
+        keep_members_days: float,
+        delete_after_days: float,
+        now: np.datetime64 | None = None,
+        dry_run: bool = False,
+    ) -> list[tuple[Entry, str]]:
         """Apply the retention policy; returns ``(entry, action)`` for each archive acted on.
 
         Ages are measured from the last init time of each archive to ``now`` (default: the
@@ -259,17 +277,27 @@ class Catalogue:
         for lineage). Held archives are left alone.
         """
         if delete_after_days < keep_members_days:
-            raise CatalogueError(f"delete_after_days ({delete_after_days}) must be >= keep_members_days "
-                                 f"({keep_members_days})")
+            raise CatalogueError(
+                f"delete_after_days ({delete_after_days}) must be >= keep_members_days ({keep_members_days})"
+            )
         entries = [e for e in self.entries() if e.status != DELETED]
         if not entries:
             return []
-        now = np.datetime64(now, "s") if now is not None else max(np.datetime64(e.last_init, "s") for e in entries)
+        now = (
+            np.datetime64(now, "s")
+            if now is not None
+            else max(np.datetime64(e.last_init, "s") for e in entries)
+        )
         actions = []
         for entry in entries:
             age_days = (now - np.datetime64(entry.last_init, "s")) / np.timedelta64(1, "D")
-            action = "delete" if age_days > delete_after_days else \
-                "reduce" if age_days > keep_members_days and entry.status == PUBLISHED else None
+            action = (
+                "delete"
+                if age_days > delete_after_days
+                else "reduce"
+                if age_days > keep_members_days and entry.status == PUBLISHED
+                else None
+            )
             if action is None or entry.holds:
                 continue
             if not dry_run:
@@ -287,13 +315,24 @@ class Catalogue:
         with atomic_output(path) as tmp:
             mean.to_zarr(tmp, zarr_format=3, consolidated=False)
         with self._transaction() as db:
-            db.execute(ARCHIVES.update().where(ARCHIVES.c.id == entry.id).values(
-                status=REDUCED, bytes=_bytes(path), metadata_sha256=metadata_checksum(path), pruned_at=_now()))
+            db.execute(
+                ARCHIVES.update()
+                .where(ARCHIVES.c.id == entry.id)
+                .values(
+                    status=REDUCED,
+                    bytes=_bytes(path),
+                    metadata_sha256=metadata_checksum(path),
+                    pruned_at=_now(),
+                )
+            )
 
     def _delete(self, entry: Entry) -> None:
         with self._transaction() as db:
-            db.execute(ARCHIVES.update().where(ARCHIVES.c.id == entry.id).values(status=DELETED, bytes=0,
-                                                                                pruned_at=_now()))
+            db.execute(
+                ARCHIVES.update()
+                .where(ARCHIVES.c.id == entry.id)
+                .values(status=DELETED, bytes=0, pruned_at=_now())
+            )
         shutil.rmtree(entry.path, ignore_errors=True)
 
 
@@ -318,14 +357,26 @@ def _row(archive: Path, forecasts: xr.Dataset, cycle_point: str | None) -> dict:
     inits = forecasts["init_time"].values
     leads = forecasts["lead_time"].values.astype("timedelta64[ns]") / np.timedelta64(1, "h")
     attrs = dict(forecasts.attrs)
-    return {"path": str(archive), "cycle_point": cycle_point, "first_init": _iso(inits.min()),
-            "last_init": _iso(inits.max()), "model": str(attrs.get("model", "")),
-            "model_name": attrs.get("model_name") or None, "model_version": attrs.get("model_version") or None,
-            "members": int(forecasts.sizes.get("member", 0)), "lead_hours": json.dumps([int(h) for h in leads]),
-            "variables": json.dumps(sorted(str(v) for v in forecasts.data_vars)), "bytes": _bytes(archive),
-            "metadata_sha256": metadata_checksum(archive), "lineage": json.dumps(attrs, default=str, sort_keys=True),
-            "forecast_run_id": attrs.get("forecast_run_id") or None, "score_run_ids": "[]", "status": PUBLISHED,
-            "published_at": _now(), "pruned_at": None}
+    return {
+        "path": str(archive),
+        "cycle_point": cycle_point,
+        "first_init": _iso(inits.min()),
+        "last_init": _iso(inits.max()),
+        "model": str(attrs.get("model", "")),
+        "model_name": attrs.get("model_name") or None,
+        "model_version": attrs.get("model_version") or None,
+        "members": int(forecasts.sizes.get("member", 0)),
+        "lead_hours": json.dumps([int(h) for h in leads]),
+        "variables": json.dumps(sorted(str(v) for v in forecasts.data_vars)),
+        "bytes": _bytes(archive),
+        "metadata_sha256": metadata_checksum(archive),
+        "lineage": json.dumps(attrs, default=str, sort_keys=True),
+        "forecast_run_id": attrs.get("forecast_run_id") or None,
+        "score_run_ids": "[]",
+        "status": PUBLISHED,
+        "published_at": _now(),
+        "pruned_at": None,
+    }
 
 
 def _entry(row, holds: list[str]) -> Entry:

@@ -47,7 +47,12 @@ _COORD_ATTRS = {
     WB2_TIME: {"long_name": "forecast initialisation time"},
     WB2_LEAD: {"long_name": "time since initialisation"},
     WB2_MEMBER: {"long_name": "ensemble member"},
-    WB2_LEVEL: {"units": "hPa", "long_name": "pressure level", "standard_name": "air_pressure", "positive": "down"},
+    WB2_LEVEL: {
+        "units": "hPa",
+        "long_name": "pressure level",
+        "standard_name": "air_pressure",
+        "positive": "down",
+    },
     WB2_LAT: {"units": "degrees_north", "long_name": "latitude", "standard_name": "latitude", "axis": "Y"},
     WB2_LON: {"units": "degrees_east", "long_name": "longitude", "standard_name": "longitude", "axis": "X"},
 }
@@ -96,7 +101,8 @@ def truth_to_weatherbench2(data: xr.DataArray) -> xr.Dataset:
 
 
 def climatology_to_weatherbench2(climatology: xr.DataArray) -> xr.Dataset:
-    """The climatology store's ``climatology[dayofyear, hour, channel, lat, lon]`` in WB2's climatology layout.
+    """The climatology store's ``climatology[dayofyear, hour, channel, lat, lon]`` in WB2's climatology
+    layout.
 
     Returns
     -------
@@ -109,8 +115,11 @@ def climatology_to_weatherbench2(climatology: xr.DataArray) -> xr.Dataset:
     return _by_cds_name(by_id, variables, ("dayofyear", "hour"), dict(climatology.attrs))
 
 
-def _by_cds_name(by_id: xr.Dataset, variables: list[Variable], leading: tuple[str, ...], attrs: dict) -> xr.Dataset:
-    """Variables of ``by_id`` (named by lexicon id) grouped by CDS name, levels stacked, CF coordinate attributes."""
+def _by_cds_name(
+    by_id: xr.Dataset, variables: list[Variable], leading: tuple[str, ...], attrs: dict
+) -> xr.Dataset:
+    """Variables of ``by_id`` (named by lexicon id) grouped by CDS name, levels stacked, CF coordinate
+    attributes."""
     groups: dict[str, list[Variable]] = defaultdict(list)
     for var in variables:
         groups[var.cds_name].append(var)
@@ -123,12 +132,14 @@ def _by_cds_name(by_id: xr.Dataset, variables: list[Variable], leading: tuple[st
 
 
 def write_weatherbench2(archive: xr.Dataset, path: str | Path, zarr_format: int = 3) -> str:
-    """Write :func:`to_weatherbench2` of ``archive`` as a Zarr store at ``path``, atomically (see :func:`write_wb2`)."""
+    """Write :func:`to_weatherbench2` of ``archive`` as a Zarr store at ``path``, atomically (see
+    :func:`write_wb2`)."""
     return write_wb2(to_weatherbench2(archive), path, zarr_format)
 
 
 def write_wb2(exported: xr.Dataset, path: str | Path, zarr_format: int = 3) -> str:
-    """Write an exported dataset as a Zarr store (v3, or v2 for tools that read only v2) at ``path``, atomically.
+    """Write an exported dataset as a Zarr store (v3, or v2 for tools that read only v2) at ``path``,
+    atomically.
 
     The store is written under a temporary sibling with consolidated metadata (so plain
     ``xr.open_zarr`` opens it without a warning) and moved into place only when complete,
@@ -149,7 +160,9 @@ def write_wb2(exported: xr.Dataset, path: str | Path, zarr_format: int = 3) -> s
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     exported = exported.copy()
-    for variable in exported.variables.values():  # the source store's codecs and shards need not fit the format
+    for (
+        variable
+    ) in exported.variables.values():  # the source store's codecs and shards need not fit the format
         variable.encoding = {}
     with atomic_output(path) as partial:
         exported.to_zarr(partial, mode="w-", zarr_format=zarr_format, consolidated=False)
@@ -171,7 +184,8 @@ def _lexicon_variables(archive: xr.Dataset) -> list[Variable]:
 
 
 def _wb2_variable(archive: xr.Dataset, variables: list[Variable], leading: tuple[str, ...]) -> xr.DataArray:
-    """One WB2 variable from variables sharing a CDS name; stacked on ``level`` (after ``leading`` dims) if any."""
+    """One WB2 variable from variables sharing a CDS name; stacked on ``level`` (after ``leading`` dims) if
+    any."""
     first = variables[0]
     if first.level is None:
         field = archive[first.id]

@@ -453,7 +453,9 @@ def rank_histogram(
     return counts / counts.sum(RANK, skipna=False) if normalise else counts
 
 
-def _truth_rank(ensemble: xr.DataArray, truth: xr.DataArray, rng: np.random.Generator, member_dim: str) -> xr.DataArray:
+def _truth_rank(
+    ensemble: xr.DataArray, truth: xr.DataArray, rng: np.random.Generator, member_dim: str
+) -> xr.DataArray:
     """Rank of ``truth`` among the members at each point, ties broken at random; NaN where undefined."""
     below = (ensemble < truth).sum(member_dim)
     ties = (ensemble == truth).sum(member_dim)
@@ -510,6 +512,7 @@ def _in_threads(kernel):
     ``x`` is (..., member); an array of ``others`` with the same first axis is cut with it,
     anything else (scalars, size-1 first axes) goes whole to every slab.
     """
+
     def run(x: np.ndarray, *others: np.ndarray, **kwargs) -> np.ndarray:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         rows = x.shape[0] if x.ndim > 1 else 1
@@ -520,8 +523,10 @@ def _in_threads(kernel):
 
         def slab(a: int, b: int) -> np.ndarray:
             cut = [o[a:b] if np.ndim(o) == x.ndim - 1 and o.shape[0] == rows else o for o in others]
-            return np.broadcast_to(kernel(x[a:b], *cut, **kwargs),
-                                   np.broadcast_shapes(x[a:b].shape[:-1], *(np.shape(c) for c in cut)))
+            return np.broadcast_to(
+                kernel(x[a:b], *cut, **kwargs),
+                np.broadcast_shapes(x[a:b].shape[:-1], *(np.shape(c) for c in cut)),
+            )
 
         parts = list(_pool(slabs).map(slab, bounds[:-1], bounds[1:]))
         return np.concatenate(parts, axis=0)
@@ -581,7 +586,9 @@ def _brier_kernel(x: np.ndarray, y: np.ndarray, threshold: np.ndarray, fair: boo
 
 def _require_members(ensemble: xr.DataArray, member_dim: str, minimum: int, metric: str) -> int:
     if member_dim not in ensemble.dims:
-        raise ScoringError(f"{metric} needs an ensemble with a {member_dim!r} dim, found dims {ensemble.dims}")
+        raise ScoringError(
+            f"{metric} needs an ensemble with a {member_dim!r} dim, found dims {ensemble.dims}"
+        )
     n = ensemble.sizes[member_dim]
     if n < minimum:
         raise ScoringError(f"{metric} needs at least {minimum} members, found {n}")
@@ -642,8 +649,9 @@ STATISTICS = {
 ENSEMBLE_STATISTICS = frozenset({"variance", "debiased_se", "crps_fair", "energy_fair", "brier_fair", "rank"})
 
 
-def forecast_statistics(members: np.ndarray, truth: np.ndarray, climatology: np.ndarray,
-                        region_weights: np.ndarray) -> dict[str, np.ndarray]:
+def forecast_statistics(
+    members: np.ndarray, truth: np.ndarray, climatology: np.ndarray, region_weights: np.ndarray
+) -> dict[str, np.ndarray]:
     """Every statistic of :data:`STATISTICS` for one forecast, in every region at once.
 
     Parameters
@@ -764,7 +772,8 @@ class StatisticSums:
     def __add__(self, other: StatisticSums) -> StatisticSums:
         if self.n_members != other.n_members or self.totals.keys() != other.totals.keys():
             raise ScoringError(
-                f"cannot merge statistics of {self.n_members}-member forecasts {sorted(self.totals)} with those "
+                f"cannot merge statistics of {self.n_members}-member forecasts {sorted(self.totals)} "
+                "with those "
                 f"of {other.n_members}-member forecasts {sorted(other.totals)}"
             )
         totals = {k: self.totals[k] + other.totals[k] for k in self.totals}

@@ -40,7 +40,9 @@ def tau_of_length_scale(length_scale_km: float) -> float:
 class NoPerturbation:
     """The identity: every member starts from the unperturbed state."""
 
-    def __call__(self, x: torch.Tensor, coords: Coords, generator: torch.Generator) -> tuple[torch.Tensor, Coords]:
+    def __call__(
+        self, x: torch.Tensor, coords: Coords, generator: torch.Generator
+    ) -> tuple[torch.Tensor, Coords]:
         """Return ``x`` and ``coords`` unchanged; the generator is not drawn from."""
         return x, coords
 
@@ -80,13 +82,16 @@ class GaussianPerturbation:
             raise EnsembleInputError(f"expected a finite, non-negative amplitude, found {amplitude}")
         if channels is not None and len(channels) != scale.numel():
             raise EnsembleInputError(
-                f"expected one channel label per scale ({scale.numel()}), found {len(channels)}: {list(channels)}"
+                f"expected one channel label per scale ({scale.numel()}), found {len(channels)}: "
+                f"{list(channels)}"
             )
         self.scale = scale
         self.amplitude = float(amplitude)
         self.channels = None if channels is None else [str(c) for c in channels]
 
-    def __call__(self, x: torch.Tensor, coords: Coords, generator: torch.Generator) -> tuple[torch.Tensor, Coords]:
+    def __call__(
+        self, x: torch.Tensor, coords: Coords, generator: torch.Generator
+    ) -> tuple[torch.Tensor, Coords]:
         """Add the noise to ``x`` of shape ``(member, channel, lat, lon)``.
 
         The noise is drawn on the generator's device (so it does not depend on where ``x``
@@ -180,7 +185,9 @@ class GaussianRandomFieldPerturbation(GaussianPerturbation):
         self.grid_nlat = None if grid_nlat is None else int(grid_nlat)
         self._fields: dict[int, GaussianRandomFieldS2] = {}
 
-    def __call__(self, x: torch.Tensor, coords: Coords, generator: torch.Generator) -> tuple[torch.Tensor, Coords]:
+    def __call__(
+        self, x: torch.Tensor, coords: Coords, generator: torch.Generator
+    ) -> tuple[torch.Tensor, Coords]:
         """Add correlated noise to ``x`` of shape ``(member, channel, lat, lon)``.
 
         Raises
@@ -190,7 +197,9 @@ class GaussianRandomFieldPerturbation(GaussianPerturbation):
             ``lat``/``lon`` matching its shape or holds latitudes outside [−90, 90].
         """
         if x.ndim != 4:
-            raise EnsembleInputError(f"expected x of shape (member, channel, lat, lon), found shape {tuple(x.shape)}")
+            raise EnsembleInputError(
+                f"expected x of shape (member, channel, lat, lon), found shape {tuple(x.shape)}"
+            )
         sigma = self._channel_scale(coords, n_channels=x.shape[1]) * self.amplitude
         if self.amplitude == 0:
             return x, coords
@@ -202,8 +211,9 @@ class GaussianRandomFieldPerturbation(GaussianPerturbation):
 
     def _unit_fields(self, nlat: int, n_channels: int, generator: torch.Generator) -> torch.Tensor:
         """One member's fields, shape (channel, nlat, 2 nlat), unit area-weighted std, float64."""
-        return unit_variance(self._field(nlat)(n_channels, xi=white_coefficients(self._field(nlat), n_channels,
-                                                                               generator)))
+        return unit_variance(
+            self._field(nlat)(n_channels, xi=white_coefficients(self._field(nlat), n_channels, generator))
+        )
 
     def _field(self, nlat: int) -> GaussianRandomFieldS2:
         """The (cached) float64 random field on the equiangular grid with ``nlat`` latitudes."""
@@ -213,7 +223,8 @@ class GaussianRandomFieldPerturbation(GaussianPerturbation):
 
 
 def random_field(nlat: int, alpha: float, tau: float) -> GaussianRandomFieldS2:
-    """The float64 :class:`GaussianRandomFieldS2` on the equiangular grid with ``nlat`` latitudes (poles included)."""
+    """The float64 :class:`GaussianRandomFieldS2` on the equiangular grid with ``nlat`` latitudes (poles
+    included)."""
     with warnings.catch_warnings():
         # the field cannot pass lmax on; its default truncation is the one we want
         warnings.filterwarnings("ignore", message="Default SHT truncation", category=UserWarning)
@@ -221,19 +232,24 @@ def random_field(nlat: int, alpha: float, tau: float) -> GaussianRandomFieldS2:
 
 
 def white_coefficients(field: GaussianRandomFieldS2, count: int, generator: torch.Generator) -> torch.Tensor:
-    """``count`` sets of white complex spectral coefficients, shape (count, l, m), drawn from ``generator`` only.
+    """``count`` sets of white complex spectral coefficients, shape (count, l, m), drawn from ``generator``
+    only.
 
     Drawn in float64 on the generator's device (so the stream does not depend on where the
     state lives), returned on the CPU.
     """
     n_l, n_m = field.sqrt_eig.shape[-2:]
-    white = torch.randn((count, n_l, n_m, 2), generator=generator, device=generator.device, dtype=torch.float64)
+    white = torch.randn(
+        (count, n_l, n_m, 2), generator=generator, device=generator.device, dtype=torch.float64
+    )
     return torch.view_as_complex(white.cpu())
 
 
 def unit_variance(fields: torch.Tensor) -> torch.Tensor:
     """``fields`` (..., nlat, 2 nlat) on the equiangular grid, each divided by its area-weighted RMS."""
-    weights = torch.as_tensor(cell_area_weights(equiangular_lats(fields.shape[-2])), dtype=fields.dtype)[:, None]
+    weights = torch.as_tensor(cell_area_weights(equiangular_lats(fields.shape[-2])), dtype=fields.dtype)[
+        :, None
+    ]
     variance = (weights * fields**2).mean(dim=(-2, -1), keepdim=True)
     return fields / variance.sqrt().clamp_min(torch.finfo(fields.dtype).tiny)
 
@@ -290,12 +306,20 @@ class BalancedRandomFieldPerturbation(GaussianRandomFieldPerturbation):
         channels: Sequence[str] | None = None,
         grid_nlat: int | None = None,
     ) -> None:
-        super().__init__(scale, amplitude, alpha=alpha, tau=tau_of_length_scale(length_scale_km),
-                         channels=channels, grid_nlat=grid_nlat)
+        super().__init__(
+            scale,
+            amplitude,
+            alpha=alpha,
+            tau=tau_of_length_scale(length_scale_km),
+            channels=channels,
+            grid_nlat=grid_nlat,
+        )
         self.length_scale_km = float(length_scale_km)
         self._transforms: dict[int, tuple[RealSHT, InverseRealVectorSHT]] = {}
 
-    def __call__(self, x: torch.Tensor, coords: Coords, generator: torch.Generator) -> tuple[torch.Tensor, Coords]:
+    def __call__(
+        self, x: torch.Tensor, coords: Coords, generator: torch.Generator
+    ) -> tuple[torch.Tensor, Coords]:
         """Add balanced noise to ``x`` of shape ``(member, channel, lat, lon)``.
 
         Raises
@@ -304,7 +328,9 @@ class BalancedRandomFieldPerturbation(GaussianRandomFieldPerturbation):
             As :meth:`GaussianRandomFieldPerturbation.__call__`.
         """
         if x.ndim != 4:
-            raise EnsembleInputError(f"expected x of shape (member, channel, lat, lon), found shape {tuple(x.shape)}")
+            raise EnsembleInputError(
+                f"expected x of shape (member, channel, lat, lon), found shape {tuple(x.shape)}"
+            )
         sigma = self._channel_scale(coords, n_channels=x.shape[1]) * self.amplitude
         if self.amplitude == 0:
             return x, coords
@@ -315,7 +341,9 @@ class BalancedRandomFieldPerturbation(GaussianRandomFieldPerturbation):
         noise = _to_grid(noise, nlat, lat, lon) * sigma[None, :, None, None]
         return x + noise.to(device=x.device, dtype=x.dtype), coords
 
-    def _member_fields(self, nlat: int, roles: list[tuple[str, int] | None], generator: torch.Generator) -> torch.Tensor:
+    def _member_fields(
+        self, nlat: int, roles: list[tuple[str, int] | None], generator: torch.Generator
+    ) -> torch.Tensor:
         """One member's unit-RMS fields, shape (channel, nlat, 2 nlat), float64."""
         field = self._field(nlat)
         fields = field(len(roles), xi=white_coefficients(field, len(roles), generator))
@@ -341,7 +369,10 @@ class BalancedRandomFieldPerturbation(GaussianRandomFieldPerturbation):
             lmax = self._field(nlat).sqrt_eig.shape[-2]
             self._transforms[nlat] = (
                 RealSHT(nlat, 2 * nlat, lmax=lmax, mmax=lmax, grid="equiangular").to(torch.float64),
-                InverseRealVectorSHT(nlat, 2 * nlat, lmax=lmax, mmax=lmax, grid="equiangular").to(torch.float64))
+                InverseRealVectorSHT(nlat, 2 * nlat, lmax=lmax, mmax=lmax, grid="equiangular").to(
+                    torch.float64
+                ),
+            )
         return self._transforms[nlat]
 
 
@@ -397,7 +428,9 @@ def _to_grid(fields: torch.Tensor, nlat: int, lat: np.ndarray, lon: np.ndarray) 
     return _linear(fields, -1, lon_low, (lon_low + 1) % nlon, lon_position - np.floor(lon_position))
 
 
-def _linear(fields: torch.Tensor, dim: int, low: np.ndarray, high: np.ndarray, weight: np.ndarray) -> torch.Tensor:
+def _linear(
+    fields: torch.Tensor, dim: int, low: np.ndarray, high: np.ndarray, weight: np.ndarray
+) -> torch.Tensor:
     """``(1 - weight) * fields[low] + weight * fields[high]`` along ``dim``."""
     shape = [1] * fields.ndim
     shape[dim] = weight.size
@@ -461,7 +494,9 @@ class BredVectorPerturbation(GaussianPerturbation):
         self.cycles = int(cycles)
         self.seed_perturbation = seed_perturbation or GaussianPerturbation(scale, amplitude, channels)
 
-    def __call__(self, x: torch.Tensor, coords: Coords, generator: torch.Generator) -> tuple[torch.Tensor, Coords]:
+    def __call__(
+        self, x: torch.Tensor, coords: Coords, generator: torch.Generator
+    ) -> tuple[torch.Tensor, Coords]:
         """Add a bred vector to each member of ``x`` of shape ``(member, channel, lat, lon)``."""
         sigma = self._channel_scale(coords, n_channels=x.shape[1]) * self.amplitude
         if self.amplitude == 0:
@@ -479,5 +514,7 @@ def _rescaled(difference: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """``difference`` (member, channel, lat, lon) scaled to RMS ``sigma[c]`` per member and channel."""
     difference = difference.to(torch.float64)
     rms = difference.square().mean(dim=(-2, -1), keepdim=True).sqrt()
-    factor = torch.where(rms > 0, sigma[None, :, None, None] / rms.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+    factor = torch.where(
+        rms > 0, sigma[None, :, None, None] / rms.clamp_min(torch.finfo(torch.float64).tiny), 0.0
+    )
     return difference * factor

@@ -71,7 +71,8 @@ class StepNoise(Protocol):
     """The model-error noise of one block of members through one forecast (see :class:`ModelError`)."""
 
     def apply(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-        """The perturbed state after one model step from ``before`` to ``after``, both (member, channel, lat, lon)."""
+        """The perturbed state after one model step from ``before`` to ``after``, both (member, channel, lat,
+        lon)."""
 
 
 @runtime_checkable

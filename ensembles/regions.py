@@ -47,7 +47,9 @@ class Region:
     def __post_init__(self) -> None:
         south, north = self.lat
         if not -90.0 <= south <= north <= 90.0:
-            raise RegionError(f"region {self.name!r}: expected -90 <= south <= north <= 90, found lat {self.lat}")
+            raise RegionError(
+                f"region {self.name!r}: expected -90 <= south <= north <= 90, found lat {self.lat}"
+            )
         if not np.all(np.isfinite(self.lon)):
             raise RegionError(f"region {self.name!r}: expected finite longitudes, found lon {self.lon}")
 
@@ -76,7 +78,9 @@ class Region:
         south, north = self.lat
         inside = (lat >= south) & (lat <= north)
         mask = inside[:, None] & self._lon_inside(lon)[None, :]
-        return xr.DataArray(mask.astype(np.float64), dims=(LAT, LON), coords={LAT: lat, LON: lon}, name=self.name)
+        return xr.DataArray(
+            mask.astype(np.float64), dims=(LAT, LON), coords={LAT: lat, LON: lon}, name=self.name
+        )
 
     def weights(
         self, lat: xr.DataArray | np.ndarray, lon: xr.DataArray | np.ndarray, weights: Weights = None
@@ -107,7 +111,8 @@ class Region:
         total = float(restricted.sum())
         if not total > 0:
             raise RegionError(
-                f"region {self.name!r} (lat {self.lat[0]:g}..{self.lat[1]:g}, lon {self.lon[0]:g}..{self.lon[1]:g}) "
+                f"region {self.name!r} (lat {self.lat[0]:g}..{self.lat[1]:g}, lon "
+                f"{self.lon[0]:g}..{self.lon[1]:g}) "
                 f"holds no grid point of positive weight; the grid spans lat {_extent(mask[LAT].values)}, "
                 f"lon {_extent(mask[LON].values)}"
             )

@@ -39,7 +39,9 @@ def forecast_lead_times(step_size: np.timedelta64, n_steps: int) -> np.ndarray:
 INITIAL_STREAM, MODEL_ERROR_STREAM = 0, 1
 
 
-def member_generator(seed: int, init_time: np.datetime64, member: int, stream: int = INITIAL_STREAM) -> torch.Generator:
+def member_generator(
+    seed: int, init_time: np.datetime64, member: int, stream: int = INITIAL_STREAM
+) -> torch.Generator:
     """A CPU generator seeded from ``(seed, init_time, member, stream)`` and nothing else.
 
     The values are mixed by :class:`numpy.random.SeedSequence`, so neighbouring seeds,
@@ -242,14 +244,20 @@ def run_campaign(
     """
     if archive.campaign.fingerprint() != campaign.fingerprint():
         raise EnsembleInputError(
-            f"the archive at {archive.path} is for campaign {archive.fingerprint}, not {campaign.fingerprint()}"
+            f"the archive at {archive.path} is for campaign {archive.fingerprint}, not "
+            f"{campaign.fingerprint()}"
         )
-    mine = [] if archive.complete else [item for item in campaign.items_for_rank(rank, world_size)
-                                        if not archive.is_done(item)]
+    mine = (
+        []
+        if archive.complete
+        else [item for item in campaign.items_for_rank(rank, world_size) if not archive.is_done(item)]
+    )
     destination = Tee(archive, *sinks) if sinks else archive
     member_steps = sum(item.members.size for item in mine) * campaign.n_steps
-    label = (f"forecast {len({item.init_time for item in mine})} inits x {campaign.n_members} members x "
-             f"{campaign.n_steps} steps" + (f" (process {rank + 1} of {world_size})" if world_size > 1 else ""))
+    label = (
+        f"forecast {len({item.init_time for item in mine})} inits x {campaign.n_members} members x "
+        f"{campaign.n_steps} steps" + (f" (process {rank + 1} of {world_size})" if world_size > 1 else "")
+    )
     bar = progress_of(member_steps, label, "member-steps", enabled=progress)
     started = time.perf_counter()
     cached: tuple[np.datetime64 | None, torch.Tensor | None] = (None, None)
@@ -257,10 +265,23 @@ def run_campaign(
         for item in mine:
             if cached[0] != item.init_time:
                 cached = (item.init_time, initial_state(item.init_time))
-            run_ensemble(prognostic, cached[1], coords, item.init_time, n_members=campaign.n_members,
-                         n_steps=campaign.n_steps, perturbation=perturbation, archive=destination, seed=campaign.seed,
-                         members_per_batch=campaign.members_per_batch, control_member=campaign.control_member,
-                         members=item.members, device=device, on_step=bar.update, model_error=model_error)
+            run_ensemble(
+                prognostic,
+                cached[1],
+                coords,
+                item.init_time,
+                n_members=campaign.n_members,
+                n_steps=campaign.n_steps,
+                perturbation=perturbation,
+                archive=destination,
+                seed=campaign.seed,
+                members_per_batch=campaign.members_per_batch,
+                control_member=campaign.control_member,
+                members=item.members,
+                device=device,
+                on_step=bar.update,
+                model_error=model_error,
+            )
             archive.mark_done(item)
     seconds = time.perf_counter() - started
     for sink in sinks:
@@ -269,8 +290,14 @@ def run_campaign(
     return CampaignRun(location, len(mine), member_steps, seconds)
 
 
-def _model_error_noise(model_error: ModelError | None, coords: Coords, block: np.ndarray, init_time: np.datetime64,
-                       seed: int, control_member: bool) -> StepNoise | None:
+def _model_error_noise(
+    model_error: ModelError | None,
+    coords: Coords,
+    block: np.ndarray,
+    init_time: np.datetime64,
+    seed: int,
+    control_member: bool,
+) -> StepNoise | None:
     """The block's model-error noise, each member on its own generator; ``None`` without model error."""
     if model_error is None or (control_member and block.tolist() == [0]):
         return None
@@ -278,7 +305,9 @@ def _model_error_noise(model_error: ModelError | None, coords: Coords, block: np
     return model_error.start(coords, generators)
 
 
-def _keep_control(perturbed: torch.Tensor, plain: torch.Tensor, block: np.ndarray, control_member: bool) -> torch.Tensor:
+def _keep_control(
+    perturbed: torch.Tensor, plain: torch.Tensor, block: np.ndarray, control_member: bool
+) -> torch.Tensor:
     """``perturbed`` with the control member's row (member 0, if in ``block``) taken from ``plain``."""
     if not control_member or 0 not in block:
         return perturbed
@@ -289,7 +318,8 @@ def _keep_control(perturbed: torch.Tensor, plain: torch.Tensor, block: np.ndarra
 
 
 def _check_finite(x: torch.Tensor, coords: Coords, init_time: np.datetime64, lead: np.timedelta64) -> None:
-    """Raise :class:`NonFiniteForecastError` if ``x`` ``(member, channel, lat, lon)`` holds a NaN or an infinity."""
+    """Raise :class:`NonFiniteForecastError` if ``x`` ``(member, channel, lat, lon)`` holds a NaN or an
+    infinity."""
     finite = torch.isfinite(x)
     if bool(finite.all()):
         return
@@ -299,9 +329,12 @@ def _check_finite(x: torch.Tensor, coords: Coords, init_time: np.datetime64, lea
     hours = np.timedelta64(lead, "ns") / np.timedelta64(1, "h")
     raise NonFiniteForecastError(
         f"the forecast from init time {np.datetime64(init_time, 's')!s} for the member block "
-        f"{[int(m) for m in coords[MEMBER]]} is not finite at lead {hours:g} h: NaN or infinite values in variables "
-        f"{list(variables)} (count per variable {variables}, in members {members}); it is not archived and its work "
-        "item is not recorded complete, so the archive stays unfinished. Check the model (did its training diverge?)"
+        f"{[int(m) for m in coords[MEMBER]]} is not finite at lead {hours:g} h: NaN or "
+        "infinite values in variables "
+        f"{list(variables)} (count per variable {variables}, in members {members}); it is not "
+        "archived and its work "
+        "item is not recorded complete, so the archive stays unfinished. Check the model "
+        "(did its training diverge?)"
     )
 
 
@@ -325,15 +358,20 @@ def _members_to_run(members: Sequence[int] | None, n_members: int) -> np.ndarray
     return labels
 
 
-def _model_input(prognostic: Prognostic, initial: torch.Tensor, coords: Coords) -> tuple[torch.Tensor, Coords]:
+def _model_input(
+    prognostic: Prognostic, initial: torch.Tensor, coords: Coords
+) -> tuple[torch.Tensor, Coords]:
     """``initial`` with its channels in the prognostic's order, and its coords (grid checked, kept)."""
     absent = [dim for dim in _GRID_DIMS if dim not in coords]
     if absent:
-        raise EnsembleInputError(f"initial coords lack {absent}; expected {list(_GRID_DIMS)}, found {list(coords)}")
+        raise EnsembleInputError(
+            f"initial coords lack {absent}; expected {list(_GRID_DIMS)}, found {list(coords)}"
+        )
     sizes = tuple(len(coords[dim]) for dim in _GRID_DIMS)
     if tuple(initial.shape) != sizes:
         raise EnsembleInputError(
-            f"expected initial of shape (channel, lat, lon) = {sizes} as its coords say, found {tuple(initial.shape)}"
+            f"expected initial of shape (channel, lat, lon) = {sizes} as its coords say, found "
+            f"{tuple(initial.shape)}"
         )
     expected = prognostic.input_coords
     given = [str(c) for c in coords[CHANNEL]]
@@ -348,8 +386,14 @@ def _model_input(prognostic: Prognostic, initial: torch.Tensor, coords: Coords) 
         raise EnsembleInputError(
             f"initial state lacks channels {missing} the prognostic needs; expected {wanted}, found {given}"
         )
-    check_coords(expected, coords, (LAT, LON), what="the initial state", reference="the prognostic",
-                 error=EnsembleGridError)
+    check_coords(
+        expected,
+        coords,
+        (LAT, LON),
+        what="the initial state",
+        reference="the prognostic",
+        error=EnsembleGridError,
+    )
     state = initial[[given.index(c) for c in wanted]]
     return state, {CHANNEL: np.asarray(wanted), LAT: np.asarray(coords[LAT]), LON: np.asarray(coords[LON])}
 
@@ -368,11 +412,14 @@ def _initial_members(
     seed: int,
     control_member: bool,
 ) -> torch.Tensor:
-    """The block's initial states, shape (member, channel, lat, lon), each perturbed with its own generator."""
+    """The block's initial states, shape (member, channel, lat, lon), each perturbed with its own
+    generator."""
     states = []
     for member in block.tolist():
         x = state[None]
         if not (control_member and member == 0):
-            x, _ = perturbation(x, {MEMBER: np.array([member]), **coords}, member_generator(seed, init_time, member))
+            x, _ = perturbation(
+                x, {MEMBER: np.array([member]), **coords}, member_generator(seed, init_time, member)
+            )
         states.append(x)
     return torch.cat(states)

@@ -22,7 +22,8 @@ Systems: ``fourcast`` (the archive's ensemble), ``persistence`` (the truth at in
 ``climatology`` (the day-of-year × hour climatology at the valid time), ``time_mean`` (the
 per-point time mean of the statistics period, when given: the stronger climatology of a flow
 without seasons) and ``control`` (member 0 of the ensemble alone, its control forecast), scored at
-the same points by the same statistics. The ACC of the climatology forecast is 0 by convention (its anomaly is identically
+the same points by the same statistics. The ACC of the climatology forecast is 0 by convention (its anomaly is
+identically
 zero, the correlation 0/0).
 
 NaN policy (``ScoreOptions.nan_policy``): ``"fail"`` (default) raises
@@ -48,16 +49,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import dask
-from dask.callbacks import Callback
 import numpy as np
 import pandas as pd
 import xarray as xr
+from dask.callbacks import Callback
 
 from ensembles.archive import open_archive, unfinished_stores
 from ensembles.baselines import climatology_at, require_labels
 from ensembles.campaign import CAMPAIGN, recorded_items
 from ensembles.errors import ArchiveError, ScoringError, ScoringGridError
-from ensembles.metrics import METRICS, RANK, StatisticSums, finalise, forecast_statistics, rank_histogram_frequencies
+from ensembles.metrics import (
+    METRICS,
+    RANK,
+    StatisticSums,
+    finalise,
+    forecast_statistics,
+    rank_histogram_frequencies,
+)
 from ensembles.regions import REGIONS, Region, weight_matrix
 from ingest.atomic import atomic_output
 from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER, TIME
@@ -128,8 +136,14 @@ class ScoreAccumulator:
     skipped: dict[tuple[str, np.timedelta64], int] = field(default_factory=lambda: defaultdict(int))
     unwritten: dict[tuple[str, np.timedelta64], int] = field(default_factory=lambda: defaultdict(int))
 
-    def add(self, system: str, variable: str, lead: np.timedelta64, statistics: dict[str, np.ndarray],
-            n_members: int) -> None:
+    def add(
+        self,
+        system: str,
+        variable: str,
+        lead: np.timedelta64,
+        statistics: dict[str, np.ndarray],
+        n_members: int,
+    ) -> None:
         """Add the statistics of one forecast (:func:`~ensembles.metrics.forecast_statistics`)."""
         key = (system, variable, np.timedelta64(lead, "ns"))
         one = StatisticSums.of(statistics, n_members)
@@ -139,15 +153,23 @@ class ScoreAccumulator:
         merged = ScoreAccumulator(dict(self.sums))
         for key, sums in other.sums.items():
             merged.sums[key] = merged.sums[key] + sums if key in merged.sums else sums
-        for mine, theirs, into in ((self.skipped, other.skipped, merged.skipped),
-                                   (self.unwritten, other.unwritten, merged.unwritten)):
+        for mine, theirs, into in (
+            (self.skipped, other.skipped, merged.skipped),
+            (self.unwritten, other.unwritten, merged.unwritten),
+        ):
             for key, count in [*mine.items(), *theirs.items()]:
                 into[key] += count
         return merged
 
-    def to_dataset(self, variables: Sequence[str], lead_times: np.ndarray, regions: Sequence[Region],
-                   attrs: dict[str, Any] | None = None) -> xr.Dataset:
-        """The scorecard (module docstring) of everything accumulated: the systems scored, in :data:`SYSTEMS` order."""
+    def to_dataset(
+        self,
+        variables: Sequence[str],
+        lead_times: np.ndarray,
+        regions: Sequence[Region],
+        attrs: dict[str, Any] | None = None,
+    ) -> xr.Dataset:
+        """The scorecard (module docstring) of everything accumulated: the systems scored, in :data:`SYSTEMS`
+        order."""
         leads = np.asarray(lead_times).astype("timedelta64[ns]")
         held = {key[0] for key in self.sums}
         systems = [s for s in SYSTEMS if s in held or s in (FOURCAST, PERSISTENCE, CLIMATOLOGY)]
@@ -157,26 +179,43 @@ class ScoreAccumulator:
         ranks = np.full((len(variables), len(regions), leads.size, n_members + 1), np.nan)
         counts = np.zeros((len(variables), leads.size, len(systems)), dtype=np.int64)
         for (system, variable, lead), sums in self.sums.items():
-            v, l, s = list(variables).index(variable), int(np.flatnonzero(leads == lead)[0]), systems.index(system)
+            v, l, s = (
+                list(variables).index(variable),
+                int(np.flatnonzero(leads == lead)[0]),
+                systems.index(system),
+            )
             counts[v, l, s] = sums.count
             for m, metric in enumerate(METRICS):
                 score[m, v, :, l, s] = finalise(sums, metric)
             frequencies = rank_histogram_frequencies(sums) if system == FOURCAST else None
             if frequencies is not None:
                 ranks[v, :, l, :] = frequencies.T
-        left_out = {name: np.array([[table.get((v, lead), 0) for lead in leads] for v in variables], dtype=np.int64)
-                    for name, table in (("n_skipped", self.skipped), ("n_unwritten", self.unwritten))}
+        left_out = {
+            name: np.array([[table.get((v, lead), 0) for lead in leads] for v in variables], dtype=np.int64)
+            for name, table in (("n_skipped", self.skipped), ("n_unwritten", self.unwritten))
+        }
         coords = {
-            METRIC: list(METRICS), VARIABLE: list(variables), REGION: [r.name for r in regions],
-            LEAD_TIME: leads, SYSTEM: systems, RANK: np.arange(n_members + 1),
+            METRIC: list(METRICS),
+            VARIABLE: list(variables),
+            REGION: [r.name for r in regions],
+            LEAD_TIME: leads,
+            SYSTEM: systems,
+            RANK: np.arange(n_members + 1),
             "lead_hours": (LEAD_TIME, leads / np.timedelta64(1, "h")),
             "units": (VARIABLE, [get_variable(v).units for v in variables]),
         }
         return xr.Dataset(
             {
-                "score": (SCORE_DIMS, score, {"long_name": "verification score", "dimensionless": list(DIMENSIONLESS)}),
-                "rank_histogram": ((VARIABLE, REGION, LEAD_TIME, RANK), ranks,
-                                   {"long_name": "frequency of the truth's rank among the fourcast members"}),
+                "score": (
+                    SCORE_DIMS,
+                    score,
+                    {"long_name": "verification score", "dimensionless": list(DIMENSIONLESS)},
+                ),
+                "rank_histogram": (
+                    (VARIABLE, REGION, LEAD_TIME, RANK),
+                    ranks,
+                    {"long_name": "frequency of the truth's rank among the fourcast members"},
+                ),
                 "n_forecasts": ((VARIABLE, LEAD_TIME, SYSTEM), counts),
                 "n_skipped": ((VARIABLE, LEAD_TIME), left_out["n_skipped"]),
                 "n_unwritten": ((VARIABLE, LEAD_TIME), left_out["n_unwritten"]),
@@ -234,21 +273,41 @@ def score_chunk(
         if not _usable(accumulator, variable, init_time, lead, forecast, inputs, options):
             continue
         y, clim = inputs["truth"], inputs["climatology"]
-        accumulator.add(FOURCAST, variable, lead, forecast_statistics(forecast, y, clim, region_weights), n_members)
+        accumulator.add(
+            FOURCAST, variable, lead, forecast_statistics(forecast, y, clim, region_weights), n_members
+        )
         if options.baselines:
             persistence = inputs["truth at init time"][None]
-            accumulator.add(PERSISTENCE, variable, lead, forecast_statistics(persistence, y, clim, region_weights), 1)
-            accumulator.add(CLIMATOLOGY, variable, lead, forecast_statistics(clim[None], y, clim, region_weights), 1)
+            accumulator.add(
+                PERSISTENCE, variable, lead, forecast_statistics(persistence, y, clim, region_weights), 1
+            )
+            accumulator.add(
+                CLIMATOLOGY, variable, lead, forecast_statistics(clim[None], y, clim, region_weights), 1
+            )
             if time_mean is not None:
-                accumulator.add(TIME_MEAN, variable, lead,
-                                forecast_statistics(inputs["time mean"][None], y, clim, region_weights), 1)
+                accumulator.add(
+                    TIME_MEAN,
+                    variable,
+                    lead,
+                    forecast_statistics(inputs["time mean"][None], y, clim, region_weights),
+                    1,
+                )
             if n_members >= 2:
-                accumulator.add(CONTROL, variable, lead, forecast_statistics(forecast[:1], y, clim, region_weights), 1)
+                accumulator.add(
+                    CONTROL, variable, lead, forecast_statistics(forecast[:1], y, clim, region_weights), 1
+                )
     return accumulator
 
 
-def _usable(accumulator: ScoreAccumulator, variable: str, init_time: np.datetime64, lead: np.timedelta64,
-            forecast: np.ndarray, inputs: dict[str, np.ndarray], options: ScoreOptions) -> bool:
+def _usable(
+    accumulator: ScoreAccumulator,
+    variable: str,
+    init_time: np.datetime64,
+    lead: np.timedelta64,
+    forecast: np.ndarray,
+    inputs: dict[str, np.ndarray],
+    options: ScoreOptions,
+) -> bool:
     """Apply the partial-archive and NaN policies to one forecast; False if it is to be left out."""
     where = f"{variable} from {str(init_time)[:16]} at lead {_hours(lead):g} h"
     key = (variable, np.timedelta64(lead, "ns"))
@@ -267,16 +326,24 @@ def _usable(accumulator: ScoreAccumulator, variable: str, init_time: np.datetime
     if options.nan_policy == "skip":
         accumulator.skipped[key] += 1
         return False
-    found = ", ".join(f"{name} {count} of {forecast.size if name == 'forecast' else inputs[name].size}"
-                      for name, count in n_nan.items() if count)
+    found = ", ".join(
+        f"{name} {count} of {forecast.size if name == 'forecast' else inputs[name].size}"
+        for name, count in n_nan.items()
+        if count
+    )
     hint = ""
     if n_nan["climatology"]:
         valid = np.datetime64(init_time, "ns") + np.timedelta64(lead, "ns")
         day = int((valid.astype("datetime64[D]") - valid.astype("datetime64[Y]")).astype(int)) + 1
-        hint = (f"; a NaN climatology at the valid time {str(valid)[:16]} (day of year {day}) means the period it "
-                "was computed from does not cover that day: compute it from a longer period")
-    raise ScoringError(f"NaN values in {where}: {found}{hint}; expected none (nan_policy='fail'; 'skip' leaves "
-                       "such forecasts out)")
+        hint = (
+            f"; a NaN climatology at the valid time {str(valid)[:16]} (day of year {day}) means "
+            "the period it "
+            "was computed from does not cover that day: compute it from a longer period"
+        )
+    raise ScoringError(
+        f"NaN values in {where}: {found}{hint}; expected none (nan_policy='fail'; 'skip' leaves "
+        "such forecasts out)"
+    )
 
 
 @dataclass(frozen=True)
@@ -302,10 +369,16 @@ class CompletedPart:
     def describe(self) -> str:
         """One sentence: how much is scored and what is left out."""
         left = ", ".join(str(t)[:16] for t in self.left_out[:5]) + (", …" if self.left_out.size > 5 else "")
-        return (f"scoring {self.scored.size} of {self.scored.size + self.left_out.size} init times of {self.location} "
-                f"({self.items_done} of {self.items_total} work items recorded complete); left out "
-                + (f"{self.left_out.size} init times with member blocks not recorded complete ({left})"
-                   if self.left_out.size else "nothing"))
+        return (
+            f"scoring {self.scored.size} of {self.scored.size + self.left_out.size} init times of "
+            f"{self.location} "
+            f"({self.items_done} of {self.items_total} work items recorded complete); left out "
+            + (
+                f"{self.left_out.size} init times with member blocks not recorded complete ({left})"
+                if self.left_out.size
+                else "nothing"
+            )
+        )
 
 
 def open_for_scoring(path: str | Path, partial: bool = False) -> tuple[xr.Dataset, CompletedPart | None]:
@@ -342,8 +415,10 @@ def open_for_scoring(path: str | Path, partial: bool = False) -> tuple[xr.Datase
         return open_archive(path), None
     unfinished = [] if path.exists() else unfinished_stores(path)
     if len(unfinished) > 1:
-        raise ArchiveError(f"no archive was committed at {path} and several unfinished stores lie beside it "
-                           f"({[p.name for p in unfinished]}); score one of them by its path")
+        raise ArchiveError(
+            f"no archive was committed at {path} and several unfinished stores lie beside it "
+            f"({[p.name for p in unfinished]}); score one of them by its path"
+        )
     location = unfinished[0] if unfinished else path
     archive = open_archive(location, allow_partial=True)
     done = recorded_items(location)
@@ -352,10 +427,14 @@ def open_for_scoring(path: str | Path, partial: bool = False) -> tuple[xr.Datase
     inits = archive[INIT_TIME].values.astype("datetime64[ns]")
     complete = done.all(axis=1)
     if not complete.any():
-        raise ScoringError(f"no init time of {location} has every member block recorded complete ({int(done.sum())} "
-                           f"of {done.size} work items done): nothing to score yet; resume the campaign")
-    return (archive.isel({INIT_TIME: np.flatnonzero(complete)}),
-            CompletedPart(location, inits[complete], inits[~complete], int(done.sum()), int(done.size)))
+        raise ScoringError(
+            f"no init time of {location} has every member block recorded complete ({int(done.sum())} "
+            f"of {done.size} work items done): nothing to score yet; resume the campaign"
+        )
+    return (
+        archive.isel({INIT_TIME: np.flatnonzero(complete)}),
+        CompletedPart(location, inits[complete], inits[~complete], int(done.sum()), int(done.size)),
+    )
 
 
 def score_archive(
@@ -413,20 +492,38 @@ def score_archive(
     if time_mean is not None:
         time_mean = on_grid(time_mean, archive[LAT].values, archive[LON].values, "time mean")
         require_labels(time_mean, CHANNEL, np.asarray(variables), "time mean")
-        time_mean = dask.delayed(time_mean.sel({CHANNEL: variables}).transpose(CHANNEL, LAT, LON).values, pure=True)
-    weights = dask.delayed(weight_matrix(options.regions, archive[LAT].values, archive[LON].values), pure=True)
-    members = archive[variables].to_dataarray(CHANNEL).transpose(INIT_TIME, LEAD_TIME, MEMBER, CHANNEL, LAT, LON)
+        time_mean = dask.delayed(
+            time_mean.sel({CHANNEL: variables}).transpose(CHANNEL, LAT, LON).values, pure=True
+        )
+    weights = dask.delayed(
+        weight_matrix(options.regions, archive[LAT].values, archive[LON].values), pure=True
+    )
+    members = (
+        archive[variables].to_dataarray(CHANNEL).transpose(INIT_TIME, LEAD_TIME, MEMBER, CHANNEL, LAT, LON)
+    )
     members = members.sel({LEAD_TIME: leads})
     truth = truth.sel({CHANNEL: variables}).transpose(TIME, CHANNEL, LAT, LON)
     position = pd.Index(truth[TIME].values)
     valid = xr.DataArray(inits[:, None] + leads[None, :], dims=(INIT_TIME, LEAD_TIME))
     climate = climatology_at(climatology.sel({CHANNEL: variables}), valid).transpose(
-        INIT_TIME, LEAD_TIME, CHANNEL, LAT, LON)
+        INIT_TIME, LEAD_TIME, CHANNEL, LAT, LON
+    )
     chunk = dask.delayed(score_chunk)
     tasks = [
-        chunk(init, lead, variables, members.data[i, l], truth.data[position.get_loc(init + lead)],
-              truth.data[position.get_loc(init)], climate.data[i, l], weights, options, time_mean)
-        for i, init in enumerate(inits) for l, lead in enumerate(leads)
+        chunk(
+            init,
+            lead,
+            variables,
+            members.data[i, l],
+            truth.data[position.get_loc(init + lead)],
+            truth.data[position.get_loc(init)],
+            climate.data[i, l],
+            weights,
+            options,
+            time_mean,
+        )
+        for i, init in enumerate(inits)
+        for l, lead in enumerate(leads)
     ]
     label = f"scoring {len(variables)} variables x {len(inits)} inits x {len(leads)} leads"
     with progress(len(tasks), label, "chunks") as reporter, _ChunksDone(reporter):
@@ -464,7 +561,8 @@ def _sum_all(accumulators: list[ScoreAccumulator]) -> ScoreAccumulator:
 
 
 def time_mean_field(truth: xr.DataArray, start: np.datetime64, end: np.datetime64) -> xr.DataArray:
-    """Per-point time mean ``[channel, lat, lon]`` of ``truth`` (time, channel, lat, lon) over ``start..end``, loaded.
+    """Per-point time mean ``[channel, lat, lon]`` of ``truth`` (time, channel, lat, lon) over ``start..end``,
+    loaded.
 
     Raises
     ------
@@ -473,8 +571,10 @@ def time_mean_field(truth: xr.DataArray, start: np.datetime64, end: np.datetime6
     """
     period = truth.sel({TIME: slice(np.datetime64(start, "ns"), np.datetime64(end, "ns"))})
     if not period.sizes[TIME]:
-        raise ScoringError(f"the truth holds no time in the statistics period {str(start)[:16]}..{str(end)[:16]} "
-                           "for the time-mean baseline")
+        raise ScoringError(
+            f"the truth holds no time in the statistics period {str(start)[:16]}..{str(end)[:16]} "
+            "for the time-mean baseline"
+        )
     return period.mean(TIME).astype(np.float64).load()
 
 
@@ -488,7 +588,8 @@ def require_valid_times(truth: xr.DataArray, inits: np.ndarray, leads: np.ndarra
     beyond = leads[last_valid > times.max()]
     if beyond.size:
         raise ScoringError(
-            f"lead times {[_whole(_hours(x)) for x in beyond]} h reach beyond the truth available: the last init "
+            f"lead times {[_whole(_hours(x)) for x in beyond]} h reach beyond the truth "
+            "available: the last init "
             f"{str(inits.max())[:16]} needs truth up to {str(last_valid.max())[:16]}, the truth ends at "
             f"{str(times.max())[:16]}; score fewer lead times or extend the store"
         )
@@ -496,14 +597,17 @@ def require_valid_times(truth: xr.DataArray, inits: np.ndarray, leads: np.ndarra
     require_labels(truth, TIME, needed, "truth")
 
 
-def on_grid(field: xr.DataArray, lat: np.ndarray, lon: np.ndarray, what: str,
-            reference: str = "the forecasts") -> xr.DataArray:
-    """``field`` relabelled with ``lat``/``lon`` (the grid of ``reference``) after checking they agree to rounding."""
+def on_grid(
+    field: xr.DataArray, lat: np.ndarray, lon: np.ndarray, what: str, reference: str = "the forecasts"
+) -> xr.DataArray:
+    """``field`` relabelled with ``lat``/``lon`` (the grid of ``reference``) after checking they agree to
+    rounding."""
     for dim in (LAT, LON):
         if dim not in field.dims:
             raise ScoringError(f"{what}: expected a {dim!r} dim, found dims {field.dims}")
-    check_coords({LAT: lat, LON: lon}, field.coords, (LAT, LON), what=what, reference=reference,
-                 error=ScoringGridError)
+    check_coords(
+        {LAT: lat, LON: lon}, field.coords, (LAT, LON), what=what, reference=reference, error=ScoringGridError
+    )
     return field.assign_coords({LAT: lat, LON: lon})
 
 
@@ -526,8 +630,10 @@ def _lead_times(archive: xr.Dataset, lead_times: Sequence[np.timedelta64] | np.n
     leads = np.atleast_1d(np.asarray(lead_times).astype("timedelta64[ns]"))
     unknown = leads[~np.isin(leads, available)]
     if unknown.size or not leads.size:
-        raise ScoringError(f"the archive has no lead times {[_whole(_hours(x)) for x in unknown]} h; it holds "
-                           f"{[_whole(_hours(x)) for x in available]} h")
+        raise ScoringError(
+            f"the archive has no lead times {[_whole(_hours(x)) for x in unknown]} h; it holds "
+            f"{[_whole(_hours(x)) for x in available]} h"
+        )
     return leads
 
 
@@ -553,8 +659,15 @@ def scorecard_records(scorecard: xr.Dataset, region: str = "global") -> list[dic
                 for m, metric in enumerate(table[METRIC].values):
                     value = float(table.values[l, v, s, m])
                     if np.isfinite(value):
-                        records.append({"variable": str(variable), "lead_hours": _whole(hours), "system": str(system),
-                                        "metric": str(metric), "value": value})
+                        records.append(
+                            {
+                                "variable": str(variable),
+                                "lead_hours": _whole(hours),
+                                "system": str(system),
+                                "metric": str(metric),
+                                "value": value,
+                            }
+                        )
     return records
 
 
@@ -570,7 +683,9 @@ def scorecard_table(scorecard: xr.Dataset) -> pd.DataFrame:
     return frame[[METRIC, VARIABLE, REGION, "lead_hours", SYSTEM, "value"]].reset_index(drop=True)
 
 
-def write_scorecard(scorecard: xr.Dataset, directory: str | Path, name: str = "scorecard") -> tuple[Path, Path]:
+def write_scorecard(
+    scorecard: xr.Dataset, directory: str | Path, name: str = "scorecard"
+) -> tuple[Path, Path]:
     """Write the scorecard as ``<name>.nc`` (netCDF4) and ``<name>.csv``, each atomically.
 
     Returns
@@ -581,8 +696,10 @@ def write_scorecard(scorecard: xr.Dataset, directory: str | Path, name: str = "s
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = directory / f"{name}.nc", directory / f"{name}.csv"
-    writers = (lambda tmp: scorecard.to_netcdf(tmp, engine="netcdf4"),
-               lambda tmp: scorecard_table(scorecard).to_csv(tmp, index=False, float_format="%.9g"))
+    writers = (
+        lambda tmp: scorecard.to_netcdf(tmp, engine="netcdf4"),
+        lambda tmp: scorecard_table(scorecard).to_csv(tmp, index=False, float_format="%.9g"),
+    )
     for path, write in zip(paths, writers, strict=True):
         with atomic_output(path) as tmp:
             write(tmp)
@@ -597,14 +714,19 @@ def open_scorecard(path: str | Path) -> xr.Dataset:
 
 #: The scores a summary shows per system: fourcast's ensemble-mean skill, ACC, CRPS and
 #: spread-skill ratio; the baselines' RMSE and ACC.
-HEADLINE_METRICS = {FOURCAST: ("rmse", "acc", "crps", "ssr", "reliability", "crpss_climatology",
-                              "crpss_persistence"),
-                    PERSISTENCE: ("rmse", "acc", "crps"), CLIMATOLOGY: ("rmse", "acc", "crps"),
-                    TIME_MEAN: ("rmse", "acc", "crps"), CONTROL: ("mae",), "best_climatology": ("rmse", "crps")}
+HEADLINE_METRICS = {
+    FOURCAST: ("rmse", "acc", "crps", "ssr", "reliability", "crpss_climatology", "crpss_persistence"),
+    PERSISTENCE: ("rmse", "acc", "crps"),
+    CLIMATOLOGY: ("rmse", "acc", "crps"),
+    TIME_MEAN: ("rmse", "acc", "crps"),
+    CONTROL: ("mae",),
+    "best_climatology": ("rmse", "crps"),
+}
 
 
 def headline_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The records of :data:`HEADLINE_METRICS`, in their order, with the skill scores of :func:`skill_records`."""
+    """The records of :data:`HEADLINE_METRICS`, in their order, with the skill scores of
+    :func:`skill_records`."""
     records = [*records, *skill_records(records)]
     return [r for r in records if r["metric"] in HEADLINE_METRICS.get(r["system"], ())]
 
@@ -621,15 +743,33 @@ def skill_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     derived = []
     for variable, lead in sorted({(r["variable"], r["lead_hours"]) for r in records}):
         for metric in ("rmse", "crps"):
-            held = [value[(variable, lead, s, metric)] for s in CLIMATOLOGIES if (variable, lead, s, metric) in value]
+            held = [
+                value[(variable, lead, s, metric)]
+                for s in CLIMATOLOGIES
+                if (variable, lead, s, metric) in value
+            ]
             if held:
-                derived.append({"variable": variable, "lead_hours": lead, "system": "best_climatology",
-                                "metric": metric, "value": min(held)})
+                derived.append(
+                    {
+                        "variable": variable,
+                        "lead_hours": lead,
+                        "system": "best_climatology",
+                        "metric": metric,
+                        "value": min(held),
+                    }
+                )
                 value[(variable, lead, "best_climatology", metric)] = min(held)
         crps = value.get((variable, lead, FOURCAST, "crps"))
         for name, baseline in (("crpss_climatology", "best_climatology"), ("crpss_persistence", PERSISTENCE)):
             reference = value.get((variable, lead, baseline, "crps"))
             if crps is not None and reference:
-                derived.append({"variable": variable, "lead_hours": lead, "system": FOURCAST, "metric": name,
-                                "value": 1.0 - crps / reference})
+                derived.append(
+                    {
+                        "variable": variable,
+                        "lead_hours": lead,
+                        "system": FOURCAST,
+                        "metric": name,
+                        "value": 1.0 - crps / reference,
+                    }
+                )
     return derived

@@ -67,6 +67,7 @@ def score_forecasts(
     ScoringError
         As :func:`ensembles.scorecard.score_archive`.
     """
-    scorecard = score_archive(archive, truth, climatology, options or ScoreOptions(), variables=variables,
-                              lead_times=lead_times)
+    scorecard = score_archive(
+        archive, truth, climatology, options or ScoreOptions(), variables=variables, lead_times=lead_times
+    )
     return scorecard_records(scorecard, region)

@@ -63,8 +63,15 @@ class StreamingScorer:
         Set by :meth:`finalize`.
     """
 
-    def __init__(self, truth: xr.DataArray, climatology: xr.DataArray, variables: Sequence[str], n_members: int,
-                 options: ScoreOptions | None = None, out_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        truth: xr.DataArray,
+        climatology: xr.DataArray,
+        variables: Sequence[str],
+        n_members: int,
+        options: ScoreOptions | None = None,
+        out_dir: str | Path | None = None,
+    ) -> None:
         if int(n_members) < 1:
             raise ScoringError(f"expected at least 1 member, found n_members={n_members}")
         self.variables = [str(v) for v in variables]
@@ -94,13 +101,18 @@ class StreamingScorer:
         """
         if self._finalized:
             raise ScoringError("streaming scorer is already finalised; create a new one to score again")
-        init, lead = _single(coords, INIT_TIME, "datetime64[ns]"), _single(coords, LEAD_TIME, "timedelta64[ns]")
+        init, lead = (
+            _single(coords, INIT_TIME, "datetime64[ns]"),
+            _single(coords, LEAD_TIME, "timedelta64[ns]"),
+        )
         fields = self._fields(x, coords)
         pending = self._pending.setdefault((init, lead), {})
         for member, field in zip(np.asarray(coords[MEMBER]).astype(np.int64).tolist(), fields, strict=True):
             if member in pending or not 0 <= member < self.n_members:
-                raise ScoringError(f"member {member} of {str(init)[:16]} at lead {lead} is written twice or is "
-                                   f"outside 0 … {self.n_members - 1}")
+                raise ScoringError(
+                    f"member {member} of {str(init)[:16]} at lead {lead} is written twice or is "
+                    f"outside 0 … {self.n_members - 1}"
+                )
             pending[member] = field
         if len(pending) == self.n_members:
             del self._pending[(init, lead)]
@@ -122,10 +134,14 @@ class StreamingScorer:
         if self._finalized:
             raise ScoringError("streaming scorer is already finalised")
         if self._pending:
-            incomplete = {f"{str(i)[:16]} +{l / np.timedelta64(1, 'h'):g} h": sorted(m) for (i, l), m in
-                          list(self._pending.items())[:5]}
-            message = (f"{len(self._pending)} forecasts did not receive all {self.n_members} members, e.g. "
-                       f"(members received) {incomplete}; members of an init time must all reach this scorer")
+            incomplete = {
+                f"{str(i)[:16]} +{l / np.timedelta64(1, 'h'):g} h": sorted(m)
+                for (i, l), m in list(self._pending.items())[:5]
+            }
+            message = (
+                f"{len(self._pending)} forecasts did not receive all {self.n_members} members, e.g. "
+                f"(members received) {incomplete}; members of an init time must all reach this scorer"
+            )
             if not self.options.allow_partial:
                 raise ScoringError(message)
             log.warning("%s; left out (allow_partial)", message)
@@ -133,9 +149,15 @@ class StreamingScorer:
             raise ScoringError("nothing was scored: no forecast received all its members")
         leads = np.array(sorted(self._leads), dtype="timedelta64[ns]")
         self.scorecard = self.accumulator.to_dataset(
-            self.variables, leads, self.options.regions,
-            {"nan_policy": self.options.nan_policy, "allow_partial": int(self.options.allow_partial),
-             "scored": "streaming"})
+            self.variables,
+            leads,
+            self.options.regions,
+            {
+                "nan_policy": self.options.nan_policy,
+                "allow_partial": int(self.options.allow_partial),
+                "scored": "streaming",
+            },
+        )
         self._finalized = True
         if self.out_dir is None:
             return "memory"
@@ -161,7 +183,8 @@ class StreamingScorer:
         truth_valid = self.truth.sel({TIME: init + lead}).values
         truth_init = self.truth.sel({TIME: init}).values
         self.accumulator = self.accumulator + score_chunk(
-            init, lead, self.variables, members, truth_valid, truth_init, climate, self.weights, self.options)
+            init, lead, self.variables, members, truth_valid, truth_init, climate, self.weights, self.options
+        )
         self._leads.add(lead)
 
 

@@ -30,9 +30,23 @@ from ingest.locks import process_running
 
 FORMAT_VERSION = 1
 TRAINING_STATE_VERSION = 1
-TRAINING_STATE_KEYS = ("model_state", "optimizer_state", "scheduler_state", "scaler_state", "step", "phase",
-                       "phase_step", "cursor", "rng_states", "best_score", "best_step", "history", "config", "meta",
-                       "lineage")
+TRAINING_STATE_KEYS = (
+    "model_state",
+    "optimizer_state",
+    "scheduler_state",
+    "scaler_state",
+    "step",
+    "phase",
+    "phase_step",
+    "cursor",
+    "rng_states",
+    "best_score",
+    "best_step",
+    "history",
+    "config",
+    "meta",
+    "lineage",
+)
 #: Temporary names of checkpoints being written: ``.<name>.partial-<pid>-<random hex>``.
 _PARTIAL = re.compile(r"^\..+\.partial-(?:(?P<pid>\d+)-)?[0-9a-f]+$")
 
@@ -71,9 +85,16 @@ class CheckpointMeta:
     def check_matches(self, channels: list[str], lat: np.ndarray, lon: np.ndarray) -> None:
         """Raise :class:`CheckpointError` unless channels and grid equal the checkpoint's."""
         if list(channels) != list(self.channels):
-            raise CheckpointError(f"checkpoint channels {self.channels} differ from the data's {list(channels)}")
-        check_coords({LAT: self.lat, LON: self.lon}, {LAT: lat, LON: lon}, what="the data",
-                     reference="the checkpoint", error=CheckpointGridError)
+            raise CheckpointError(
+                f"checkpoint channels {self.channels} differ from the data's {list(channels)}"
+            )
+        check_coords(
+            {LAT: self.lat, LON: self.lon},
+            {LAT: lat, LON: lon},
+            what="the data",
+            reference="the checkpoint",
+            error=CheckpointGridError,
+        )
 
     def check_usable(self, where: str | Path) -> None:
         """Raise :class:`CheckpointError` naming the channels whose statistics cannot normalise.
@@ -81,25 +102,44 @@ class CheckpointMeta:
         Each channel needs a finite mean and a finite, positive standard deviation.
         """
         if not len(self.mean) == len(self.std) == len(self.channels):
-            raise CheckpointError(f"{where}: expected a mean and a std per channel ({len(self.channels)}), found "
-                                  f"{len(self.mean)} means and {len(self.std)} stds")
-        for name, values, usable in (("mean", self.mean, np.isfinite),
-                                     ("std", self.std, lambda v: np.isfinite(v) & (v > 0))):
-            bad = {c: v for c, v, ok in zip(self.channels, values, usable(np.asarray(values, dtype=float)), strict=True) if not ok}
+            raise CheckpointError(
+                f"{where}: expected a mean and a std per channel ({len(self.channels)}), found "
+                f"{len(self.mean)} means and {len(self.std)} stds"
+            )
+        for name, values, usable in (
+            ("mean", self.mean, np.isfinite),
+            ("std", self.std, lambda v: np.isfinite(v) & (v > 0)),
+        ):
+            bad = {
+                c: v
+                for c, v, ok in zip(
+                    self.channels, values, usable(np.asarray(values, dtype=float)), strict=True
+                )
+                if not ok
+            }
             if bad:
                 wanted = "finite values" if name == "mean" else "finite, positive values"
-                raise CheckpointError(f"{where}: normalisation {name} of channels {sorted(bad)} is {bad}; expected "
-                                      f"{wanted} (the statistics it was trained with are broken)")
+                raise CheckpointError(
+                    f"{where}: normalisation {name} of channels {sorted(bad)} is {bad}; expected "
+                    f"{wanted} (the statistics it was trained with are broken)"
+                )
 
     def check_statistics(self, mean: np.ndarray, std: np.ndarray) -> None:
         """Raise :class:`CheckpointError` unless the normalisation statistics equal the checkpoint's."""
         for name, mine, theirs in (("mean", self.mean, mean), ("std", self.std, std)):
             theirs = np.asarray(theirs, dtype=float)
             if theirs.shape != (len(mine),) or not np.allclose(mine, theirs, rtol=1e-6, atol=0.0):
-                # the store may hold a different number of channels: name those that differ in the shared prefix
-                differ = [c for c, a, b in zip(self.channels, mine, theirs.tolist(), strict=False) if not np.isclose(a, b, rtol=1e-6)]
-                raise CheckpointError(f"checkpoint normalisation {name} differs from the store's for channels "
-                                      f"{differ}: checkpoint {mine}, store {theirs.tolist()}")
+                # the store may hold a different number of channels: name those that differ in the shared
+                # prefix
+                differ = [
+                    c
+                    for c, a, b in zip(self.channels, mine, theirs.tolist(), strict=False)
+                    if not np.isclose(a, b, rtol=1e-6)
+                ]
+                raise CheckpointError(
+                    f"checkpoint normalisation {name} differs from the store's for channels "
+                    f"{differ}: checkpoint {mine}, store {theirs.tolist()}"
+                )
 
 
 def _save_atomically(payload: dict, path: str | Path) -> Path:
@@ -127,9 +167,14 @@ def _write_failure(path: Path, err: BaseException) -> str:
         free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free"
     except OSError:
         free = "free space unknown"
-    previous = f"the previous {path.name} is intact" if path.exists() else f"there was no previous {path.name}"
-    return (f"the checkpoint could not be written to {path} ({type(err).__name__}: {err}); the file system there has "
-            f"{free} (a full disk or a file-size limit stops a write); {previous}")
+    previous = (
+        f"the previous {path.name} is intact" if path.exists() else f"there was no previous {path.name}"
+    )
+    return (
+        f"the checkpoint could not be written to {path} ({type(err).__name__}: {err}); the "
+        "file system there has "
+        f"{free} (a full disk or a file-size limit stops a write); {previous}"
+    )
 
 
 def remove_stale_partials(directory: str | Path) -> list[Path]:
@@ -182,7 +227,9 @@ def _load_payload(path: str | Path, what: str) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {err}") from err
+        raise CheckpointError(
+            f"{path} is not a readable torch checkpoint (truncated or corrupt?): {err}"
+        ) from err
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: expected a fourcast {what} (a dict), found {type(payload).__name__}")
     return payload
@@ -190,8 +237,9 @@ def _load_payload(path: str | Path, what: str) -> dict:
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: CheckpointMeta) -> Path:
     """Write ``model``'s weights and ``meta`` to ``path`` atomically."""
-    return _save_atomically({"format_version": FORMAT_VERSION, "model_state": model.state_dict(), "meta": asdict(meta)},
-                            path)
+    return _save_atomically(
+        {"format_version": FORMAT_VERSION, "model_state": model.state_dict(), "meta": asdict(meta)}, path
+    )
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
@@ -210,8 +258,10 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Checkpoi
     """
     payload = _load_payload(path, "checkpoint")
     if payload.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: expected a fourcast checkpoint of format {FORMAT_VERSION}, "
-                              f"found format {payload.get('format_version')!r}")
+        raise CheckpointError(
+            f"{path}: expected a fourcast checkpoint of format {FORMAT_VERSION}, "
+            f"found format {payload.get('format_version')!r}"
+        )
     meta = _meta(payload, path)
     _check_finite(payload["model_state"], path)
     return payload["model_state"], meta
@@ -229,10 +279,16 @@ def _meta(payload: dict, path: str | Path) -> CheckpointMeta:
 def _check_finite(state: dict, path: str | Path) -> None:
     """Raise :class:`CheckpointError` naming the first weight tensor holding a NaN or an infinity."""
     for name, tensor in state.items():
-        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        if (
+            isinstance(tensor, torch.Tensor)
+            and tensor.is_floating_point()
+            and not torch.isfinite(tensor).all()
+        ):
             count = int((~torch.isfinite(tensor)).sum())
-            raise CheckpointError(f"{path}: weight tensor {name!r} holds {count} non-finite values (NaN or inf) of "
-                                  f"{tensor.numel()}; expected finite weights (the run that wrote it diverged?)")
+            raise CheckpointError(
+                f"{path}: weight tensor {name!r} holds {count} non-finite values (NaN or inf) of "
+                f"{tensor.numel()}; expected finite weights (the run that wrote it diverged?)"
+            )
 
 
 def save_training_state(path: str | Path, state: dict) -> Path:
@@ -260,8 +316,10 @@ def load_training_state(path: str | Path) -> dict:
     version = payload.get("training_state_version")
     if version != TRAINING_STATE_VERSION:
         hint = " (a model-only checkpoint cannot resume training)" if "format_version" in payload else ""
-        raise CheckpointError(f"{path}: expected a fourcast training state of version {TRAINING_STATE_VERSION}, "
-                              f"found version {version!r}{hint}")
+        raise CheckpointError(
+            f"{path}: expected a fourcast training state of version {TRAINING_STATE_VERSION}, "
+            f"found version {version!r}{hint}"
+        )
     missing = [key for key in TRAINING_STATE_KEYS if key not in payload]
     if missing:
         raise CheckpointError(f"{path}: training state lacks {missing}")

@@ -10,22 +10,20 @@ repeats and can start mid-epoch, so a resumed run reads exactly the batches it h
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 import zarr
-from zarr.core.buffer import default_buffer_prototype
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
+from zarr.core.buffer import default_buffer_prototype
 
 from fourcast.errors import DataWindowError, StoreStatisticsError
 from ingest.dims import CHANNEL, LAT, LON, TIME
 from ingest.errors import StoreSchemaError
 from ingest.schema import DATA, MEAN, STD, open_store, step_of
-
 
 _BUFFERS = default_buffer_prototype()
 
@@ -64,8 +62,16 @@ class StoreWindows(torch.utils.data.Dataset):
         requested channel is not in the store.
     """
 
-    def __init__(self, store_path: str | Path, start, end, n_ahead: int = 1, cache: str = "none",
-                 channels: Sequence[str] | None = None, in_memory: bool | None = None) -> None:
+    def __init__(
+        self,
+        store_path: str | Path,
+        start,
+        end,
+        n_ahead: int = 1,
+        cache: str = "none",
+        channels: Sequence[str] | None = None,
+        in_memory: bool | None = None,
+    ) -> None:
         if n_ahead < 1:
             raise DataWindowError(f"n_ahead must be >= 1, found {n_ahead}")
         if in_memory is not None:
@@ -90,7 +96,9 @@ class StoreWindows(torch.utils.data.Dataset):
         self._path = Path(store_path) / DATA
         self._array = None
         if cache == "memory":
-            self._array = _pick(zarr.open_array(self._path, mode="r")[self._first : self._last + 1], self._picks, axis=1)
+            self._array = _pick(
+                zarr.open_array(self._path, mode="r")[self._first : self._last + 1], self._picks, axis=1
+            )
         self._offset = 0 if cache == "memory" else self._first
 
     def _row_range(self, times: np.ndarray, start: np.datetime64, end: np.datetime64) -> tuple[int, int]:
@@ -99,7 +107,8 @@ class StoreWindows(torch.utils.data.Dataset):
             raise DataWindowError(f"range {start}..{end} is empty: its start lies after its end")
         if rows.size < self.n_ahead + 1:
             raise DataWindowError(
-                f"range {start}..{end} holds {rows.size} store times; windows of {self.n_ahead + 1} are needed. "
+                f"range {start}..{end} holds {rows.size} store times; windows of {self.n_ahead + 1} "
+                "are needed. "
                 f"The store covers {times[0]}..{times[-1]}"
             )
         return int(rows[0]), int(rows[-1])
@@ -155,8 +164,10 @@ class StoreWindows(torch.utils.data.Dataset):
         which is then normalised in place: no per-sample arrays or tensors to stack.
         The DataLoader calls this instead of ``__getitem__`` per index (see :func:`batch_stream`).
         """
-        out = np.empty((len(indices), self.n_ahead + 1, len(self.channels), self.lat.size, self.lon.size),
-                       dtype=np.float32)
+        out = np.empty(
+            (len(indices), self.n_ahead + 1, len(self.channels), self.lat.size, self.lon.size),
+            dtype=np.float32,
+        )
         data = self._data()
         for slot, index in enumerate(indices):
             if not 0 <= index < len(self):
@@ -164,7 +175,9 @@ class StoreWindows(torch.utils.data.Dataset):
             row = index + self._offset
             rows = slice(row, row + self.n_ahead + 1)
             if self.cache == "none" and self._picks is None and data.dtype == np.float32:
-                data.get_basic_selection(rows, out=_BUFFERS.nd_buffer.from_numpy_array(out[slot]))  # decoded in place
+                data.get_basic_selection(
+                    rows, out=_BUFFERS.nd_buffer.from_numpy_array(out[slot])
+                )  # decoded in place
             else:
                 window = data[rows] if self.cache == "memory" else _pick(data[rows], self._picks, axis=1)
                 out[slot] = window
@@ -179,7 +192,9 @@ class StoreWindows(torch.utils.data.Dataset):
         rows = range(self._offset, self._offset + self._last - self._first + 1)
         for row in rows:
             step = self._data()[row]
-            total += np.asarray(step if self.cache == "memory" else _pick(step, self._picks, axis=0), dtype=np.float64)
+            total += np.asarray(
+                step if self.cache == "memory" else _pick(step, self._picks, axis=0), dtype=np.float64
+            )
         mean = (total / len(rows)).astype(np.float32)
         return (mean - self.mean[:, None, None]) / self.std[:, None, None]
 
@@ -190,8 +205,10 @@ def _channel_picks(stored: list[str], wanted: Sequence[str] | None) -> np.ndarra
         return None
     missing = [c for c in wanted if c not in stored]
     if missing or not wanted:
-        raise DataWindowError(f"channels {list(wanted)} requested; the store holds {stored}"
-                              + (f", not {missing}" if missing else ""))
+        raise DataWindowError(
+            f"channels {list(wanted)} requested; the store holds {stored}"
+            + (f", not {missing}" if missing else "")
+        )
     return np.array([stored.index(c) for c in wanted])
 
 
@@ -207,14 +224,17 @@ def _open_with_statistics(store_path: str | Path):
         if Path(store_path).exists() and _lacks_statistics(store_path):
             raise StoreStatisticsError(
                 f"store {store_path} has no normalisation statistics ({MEAN!r} and {STD!r} per channel); "
-                "write it with ingest (which computes them over the statistics period) before training") from err
+                "write it with ingest (which computes them over the statistics period) before training"
+            ) from err
         raise
     std = ds[STD].values
     if not np.all(np.isfinite(std) & (std > 0)) or not np.all(np.isfinite(ds[MEAN].values)):
         raise StoreStatisticsError(
-            f"store {store_path} statistics are unusable: std must be positive and finite, mean finite; found "
+            f"store {store_path} statistics are unusable: std must be positive and finite, mean "
+            "finite; found "
             f"mean {dict(zip(ds[CHANNEL].values.tolist(), ds[MEAN].values.tolist(), strict=True))}, "
-            f"std {dict(zip(ds[CHANNEL].values.tolist(), std.tolist(), strict=True))}")
+            f"std {dict(zip(ds[CHANNEL].values.tolist(), std.tolist(), strict=True))}"
+        )
     return ds
 
 
@@ -250,7 +270,9 @@ class ResumableSampler(DistributedSampler):
     """
 
     def __init__(self, dataset: StoreWindows, num_replicas: int, rank: int, seed: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        super().__init__(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
         self._skip = 0
 
     def start_at(self, epoch: int, skip: int) -> None:
@@ -283,9 +305,17 @@ class BatchCursor:
         return {"epoch": self.epoch, "batch": self.batch}
 
 
-def batch_stream(dataset: StoreWindows, batch_per_rank: int, rank: int, world_size: int, seed: int,
-                 cursor: BatchCursor, workers: int = 0, pin_memory: bool = False,
-                 prefetch_factor: int = 2) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batch_stream(
+    dataset: StoreWindows,
+    batch_per_rank: int,
+    rank: int,
+    world_size: int,
+    seed: int,
+    cursor: BatchCursor,
+    workers: int = 0,
+    pin_memory: bool = False,
+    prefetch_factor: int = 2,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless ``(x, y)`` batches for one rank, epoch after epoch, starting at ``cursor``.
 
     ``cursor`` is advanced as batches are handed out, so it always counts the batches consumed.
@@ -299,12 +329,21 @@ def batch_stream(dataset: StoreWindows, batch_per_rank: int, rank: int, world_si
     """
     sampler = ResumableSampler(dataset, world_size, rank, seed)
     if sampler.num_samples < batch_per_rank:
-        raise DataWindowError(f"range {dataset.times[0]}..{dataset.times[-1]} yields {len(dataset)} windows, fewer "
-                              f"than one batch of {batch_per_rank} for each of {world_size} rank(s)")
-    loader = DataLoader(dataset, batch_size=batch_per_rank, sampler=sampler, drop_last=True, num_workers=workers,
-                        collate_fn=_as_read,
-                        pin_memory=pin_memory, persistent_workers=False,
-                        prefetch_factor=prefetch_factor if workers else None)
+        raise DataWindowError(
+            f"range {dataset.times[0]}..{dataset.times[-1]} yields {len(dataset)} windows, fewer "
+            f"than one batch of {batch_per_rank} for each of {world_size} rank(s)"
+        )
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_per_rank,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=workers,
+        collate_fn=_as_read,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=prefetch_factor if workers else None,
+    )
     while True:
         sampler.start_at(cursor.epoch, cursor.batch * batch_per_rank)
         for batch in loader:

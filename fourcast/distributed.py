@@ -137,8 +137,10 @@ class LaunchEnv:
 def _rank_device(requested: str | None, local_rank: int) -> torch.device:
     if requested in (None, "cuda") and torch.cuda.is_available():
         if local_rank >= torch.cuda.device_count():
-            raise DistributedSetupError(f"LOCAL_RANK {local_rank} but this node has {torch.cuda.device_count()} "
-                                        "CUDA devices; start at most one process per device")
+            raise DistributedSetupError(
+                f"LOCAL_RANK {local_rank} but this node has {torch.cuda.device_count()} "
+                "CUDA devices; start at most one process per device"
+            )
         return torch.device("cuda", local_rank)
     device = default_device(requested)
     if device.type == "cuda" and device.index is None:
@@ -178,9 +180,14 @@ def process_group(device: str | None = None, timeout_s: float = 1800.0) -> Itera
     backend = "nccl" if rank_device.type == "cuda" else "gloo"
     if rank_device.type == "cuda":
         torch.cuda.set_device(rank_device)
-    dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=timeout_s),
-                            device_id=rank_device if rank_device.type == "cuda" else None)
+    dist.init_process_group(
+        backend,
+        init_method="env://",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=timeout_s),
+        device_id=rank_device if rank_device.type == "cuda" else None,
+    )
     try:
         yield DistContext(rank, world, local, rank_device, backend)
     finally:

@@ -9,8 +9,12 @@ import torch
 
 from fourcast.checkpoint import CheckpointMeta, load_checkpoint
 from fourcast.device import default_device
-from fourcast.errors import (CheckpointError, CheckpointGridError, CudaGraphsUnavailableError,
-                             ResolutionTransferError)
+from fourcast.errors import (
+    CheckpointError,
+    CheckpointGridError,
+    CudaGraphsUnavailableError,
+    ResolutionTransferError,
+)
 from fourcast.graphed import GraphedStep
 from fourcast.models.registry import build_model
 from fourcast.normaliser import Normaliser
@@ -53,9 +57,19 @@ class Forecaster:
         If ``cuda_graphs`` is asked for and ``device`` is not CUDA, or ``compile`` together with it.
     """
 
-    def __init__(self, model: torch.nn.Module, normaliser: Normaliser, variables: list[str], lat: np.ndarray,
-                 lon: np.ndarray, step: np.timedelta64, device: torch.device | None = None,
-                 autocast: bool | None = None, cuda_graphs: bool = False, compile: bool = False) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        normaliser: Normaliser,
+        variables: list[str],
+        lat: np.ndarray,
+        lon: np.ndarray,
+        step: np.timedelta64,
+        device: torch.device | None = None,
+        autocast: bool | None = None,
+        cuda_graphs: bool = False,
+        compile: bool = False,
+    ) -> None:
         self.device = device or default_device()
         self.autocast = self.device.type == "cuda" if autocast is None else bool(autocast)
         if cuda_graphs and compile:
@@ -65,23 +79,42 @@ class Forecaster:
         self._network = torch.compile(self.model) if compile else self.model
         self._graphed = GraphedStep(self._physical_step, self.device) if cuda_graphs else None
         self.normaliser = normaliser.to(self.device)
-        self._coords = {CHANNEL: np.asarray(variables), LAT: np.asarray(lat, dtype=float),
-                        LON: np.asarray(lon, dtype=float)}
+        self._coords = {
+            CHANNEL: np.asarray(variables),
+            LAT: np.asarray(lat, dtype=float),
+            LON: np.asarray(lon, dtype=float),
+        }
         self._step = np.timedelta64(step, "h")
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: torch.device | None = None, autocast: bool | None = None,
-                        cuda_graphs: bool = False, compile: bool = False) -> Forecaster:
-        """Rebuild the model, normaliser and coordinates saved by :func:`fourcast.checkpoint.save_checkpoint`."""
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: torch.device | None = None,
+        autocast: bool | None = None,
+        cuda_graphs: bool = False,
+        compile: bool = False,
+    ) -> Forecaster:
+        """Rebuild the model, normaliser and coordinates saved by
+        :func:`fourcast.checkpoint.save_checkpoint`."""
         state, meta = load_checkpoint(path)
         model = build_model(meta.preset, (len(meta.lat), len(meta.lon)), len(meta.channels))
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
             raise CheckpointError(f"{path}: weights do not fit preset {meta.preset!r}: {err}") from err
-        return cls(model, Normaliser(meta.mean, meta.std), meta.channels, np.asarray(meta.lat),
-                   np.asarray(meta.lon), np.timedelta64(meta.step_hours, "h"), device, autocast,
-                   cuda_graphs, compile)
+        return cls(
+            model,
+            Normaliser(meta.mean, meta.std),
+            meta.channels,
+            np.asarray(meta.lat),
+            np.asarray(meta.lon),
+            np.timedelta64(meta.step_hours, "h"),
+            device,
+            autocast,
+            cuda_graphs,
+            compile,
+        )
 
     def on_grid(self, lat: np.ndarray, lon: np.ndarray, normaliser: Normaliser | None = None) -> Forecaster:
         """This forecaster on another global equiangular grid, without retraining (zero-shot transfer).
@@ -112,11 +145,23 @@ class Forecaster:
             return self
         _check_global_equiangular(lat, lon)
         if not hasattr(self.model, "on_grid"):
-            raise ResolutionTransferError(f"{type(self.model).__name__} has no way to move to another grid; only "
-                                          "models whose weights do not depend on the grid (SFNO) do")
+            raise ResolutionTransferError(
+                f"{type(self.model).__name__} has no way to move to another grid; only "
+                "models whose weights do not depend on the grid (SFNO) do"
+            )
         model = self.model.on_grid(lat.size, lon.size)
-        return Forecaster(model, normaliser or self.normaliser, list(mine[CHANNEL]), lat, lon, self._step,
-                          self.device, self.autocast, self.cuda_graphs, self.compile)
+        return Forecaster(
+            model,
+            normaliser or self.normaliser,
+            list(mine[CHANNEL]),
+            lat,
+            lon,
+            self._step,
+            self.device,
+            self.autocast,
+            self.cuda_graphs,
+            self.compile,
+        )
 
     @staticmethod
     def meta_of(path: str | Path) -> CheckpointMeta:
@@ -138,8 +183,14 @@ class Forecaster:
     @torch.inference_mode()
     def step(self, x: torch.Tensor, coords: Coords) -> tuple[torch.Tensor, Coords]:
         """One step: ``x`` of shape ``(batch, channel, lat, lon)`` in physical units."""
-        check_coords(self._coords, coords, (CHANNEL, LAT, LON), what="the input", reference="the model",
-                     error=CheckpointGridError)
+        check_coords(
+            self._coords,
+            coords,
+            (CHANNEL, LAT, LON),
+            what="the input",
+            reference="the model",
+            error=CheckpointGridError,
+        )
         state = x.to(self.device, torch.float32)
         out = self._graphed(state) if self._graphed is not None else self._physical_step(state)
         return out.to(x.device), coords
@@ -148,17 +199,29 @@ class Forecaster:
         """Physical-unit float32 ``(batch, channel, lat, lon)`` on the device to the state one step later."""
         z = self.normaliser.normalise(x)
         # No autocast weight cache under graph capture: the casts are replayed with the graph.
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast,
-                            cache_enabled=self._graphed is None):
+        with torch.autocast(
+            device_type=self.device.type,
+            dtype=torch.bfloat16,
+            enabled=self.autocast,
+            cache_enabled=self._graphed is None,
+        ):
             z = self._network(z)
         return self.normaliser.denormalise(z.float())
 
 
 def _check_global_equiangular(lat: np.ndarray, lon: np.ndarray) -> None:
-    """Refuse grids other than ``lat`` 90 → −90 evenly spaced and ``lon`` 0, 360/n, … (what the transforms need)."""
-    if lat.ndim != 1 or lat.size < 3 or not same_coords({LAT: equiangular_lats(lat.size)}, {LAT: lat}, (LAT,)):
-        raise ResolutionTransferError(f"a model moves only to an equiangular grid with both poles, latitudes 90 -> -90 "
-                                      f"evenly spaced; found {lat.size} latitudes {lat[:3]}…")
+    """Refuse grids other than ``lat`` 90 → −90 evenly spaced and ``lon`` 0, 360/n, … (what the transforms
+    need)."""
+    if (
+        lat.ndim != 1
+        or lat.size < 3
+        or not same_coords({LAT: equiangular_lats(lat.size)}, {LAT: lat}, (LAT,))
+    ):
+        raise ResolutionTransferError(
+            f"a model moves only to an equiangular grid with both poles, latitudes 90 -> -90 "
+            f"evenly spaced; found {lat.size} latitudes {lat[:3]}…"
+        )
     if lon.ndim != 1 or lon.size < 4 or not same_coords({LON: regular_lons(lon.size)}, {LON: lon}, (LON,)):
-        raise ResolutionTransferError(f"a model moves only to a grid of longitudes 0, 360/n, …; found {lon.size} "
-                                      f"longitudes {lon[:3]}…")
+        raise ResolutionTransferError(
+            f"a model moves only to a grid of longitudes 0, 360/n, …; found {lon.size} longitudes {lon[:3]}…"
+        )

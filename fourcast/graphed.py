@@ -27,11 +27,15 @@ WARMUP_CALLS = 3
 def require_cuda(device: torch.device, what: str = "CUDA graphs") -> None:
     """Raise :class:`CudaGraphsUnavailableError` unless ``device`` is a CUDA device that exists here."""
     if device.type != "cuda":
-        raise CudaGraphsUnavailableError(f"{what} need a CUDA device; found device {device} "
-                                         "(set forecast.cuda_graphs: false, or run on a GPU)")
+        raise CudaGraphsUnavailableError(
+            f"{what} need a CUDA device; found device {device} "
+            "(set forecast.cuda_graphs: false, or run on a GPU)"
+        )
     if not torch.cuda.is_available():
-        raise CudaGraphsUnavailableError(f"{what} need a CUDA device; device {device} was asked for but "
-                                         "torch finds no CUDA device on this machine")
+        raise CudaGraphsUnavailableError(
+            f"{what} need a CUDA device; device {device} was asked for but "
+            "torch finds no CUDA device on this machine"
+        )
 
 
 class GraphedStep:

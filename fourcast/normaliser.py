@@ -28,8 +28,9 @@ class Normaliser(torch.nn.Module):
         mean = torch.as_tensor(np.asarray(mean), dtype=torch.float32)
         std = torch.as_tensor(np.asarray(std), dtype=torch.float32)
         if mean.ndim != 1 or mean.shape != std.shape:
-            raise NormaliserError(f"expected 1-D mean and std of equal length, found {tuple(mean.shape)} and "
-                                  f"{tuple(std.shape)}")
+            raise NormaliserError(
+                f"expected 1-D mean and std of equal length, found {tuple(mean.shape)} and {tuple(std.shape)}"
+            )
         if not torch.all(std > 0):
             raise NormaliserError(f"std must be positive in every channel, found {std.tolist()}")
         self.register_buffer("mean", mean[:, None, None])

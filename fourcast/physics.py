@@ -66,14 +66,23 @@ class ShallowWaterResidual(nn.Module):
     hyperdiffusion: torch.Tensor
     vorticity_mask: torch.Tensor
 
-    def __init__(self, nlat: int, nlon: int, step_seconds: float, channels, dtype: torch.dtype = torch.float32,
-                 substeps: int | None = None) -> None:
+    def __init__(
+        self,
+        nlat: int,
+        nlon: int,
+        step_seconds: float,
+        channels,
+        dtype: torch.dtype = torch.float32,
+        substeps: int | None = None,
+    ) -> None:
         super().__init__()
         channels = [str(c) for c in channels]
         missing = [c for c in SHALLOW_WATER_CHANNELS if c not in channels]
         if missing:
-            raise ModelSpecError(f"the shallow-water residual needs channels {list(SHALLOW_WATER_CHANNELS)}; "
-                                 f"{missing} missing from {channels}")
+            raise ModelSpecError(
+                f"the shallow-water residual needs channels {list(SHALLOW_WATER_CHANNELS)}; "
+                f"{missing} missing from {channels}"
+            )
         self.index = [channels.index(c) for c in SHALLOW_WATER_CHANNELS]
         self.step_seconds = float(step_seconds)
         solver = solver_for(nlat, nlon)
@@ -104,15 +113,18 @@ class ShallowWaterResidual(nn.Module):
         return torch.cat((phi.unsqueeze(-3), vrtdiv), dim=-3)
 
     def tendency(self, spec: torch.Tensor) -> torch.Tensor:
-        """Deterministic tendency (per second) of spectral states ``(..., 3, lmax, mmax)``: all but the stirring."""
+        """Deterministic tendency (per second) of spectral states ``(..., 3, lmax, mmax)``: all but the
+        stirring."""
         s = self.solver
         phi_grid = s.spec2grid(spec[..., 0, :, :])
         vort_grid = s.spec2grid(spec[..., 1, :, :])
         uv = s.getuv(spec[..., 1:, :, :])
         flux = s.vrtdivspec(uv * (vort_grid + s.coriolis).unsqueeze(-3))
         mass = s.vrtdivspec(uv * phi_grid.unsqueeze(-3))
-        energy = s.grid2spec(phi_grid + 0.5 * (uv ** 2).sum(dim=-3))
-        dphi = -mass[..., 1, :, :] + (self.target_phi - spec[..., 0, :, :]) / (DEFAULT_FLOW.relaxation_days * _DAY)
+        energy = s.grid2spec(phi_grid + 0.5 * (uv**2).sum(dim=-3))
+        dphi = -mass[..., 1, :, :] + (self.target_phi - spec[..., 0, :, :]) / (
+            DEFAULT_FLOW.relaxation_days * _DAY
+        )
         damping = 1.0 / (DEFAULT_FLOW.drag_days * _DAY) + self.hyperdiffusion
         dvort = -flux[..., 1, :, :] - damping * spec[..., 1, :, :]
         ddiv = flux[..., 0, :, :] - s.lap * energy - damping * spec[..., 2, :, :]

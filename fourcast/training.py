@@ -36,11 +36,31 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as recompute
 
-from fourcast.checkpoint import (CheckpointMeta, load_checkpoint, load_training_state, remove_stale_partials,
-                                 save_checkpoint, save_training_state, set_aside)
+from fourcast.checkpoint import (
+    CheckpointMeta,
+    load_checkpoint,
+    load_training_state,
+    remove_stale_partials,
+    save_checkpoint,
+    save_training_state,
+    set_aside,
+)
 from fourcast.data import BatchCursor, StoreWindows, batch_stream
-from fourcast.distributed import DistContext, all_reduce_mean, all_reduce_sum, barrier, gather_objects, wrap_model
-from fourcast.errors import CheckpointError, DataWindowError, DistributedSetupError, ModelSpecError, NonFiniteLossError
+from fourcast.distributed import (
+    DistContext,
+    all_reduce_mean,
+    all_reduce_sum,
+    barrier,
+    gather_objects,
+    wrap_model,
+)
+from fourcast.errors import (
+    CheckpointError,
+    DataWindowError,
+    DistributedSetupError,
+    ModelSpecError,
+    NonFiniteLossError,
+)
 from ingest.grid import cell_area_weights
 
 Report = Callable[[dict[str, float], int], None]
@@ -248,8 +268,9 @@ def enable_activation_checkpointing(model: nn.Module) -> int:
                 block.forward = _recomputed(block.forward)
                 wrapped += 1
     if not wrapped:
-        raise ModelSpecError("activation checkpointing needs a ModuleList named 'blocks'; "
-                             f"{type(model).__name__} has none")
+        raise ModelSpecError(
+            f"activation checkpointing needs a ModuleList named 'blocks'; {type(model).__name__} has none"
+        )
     return wrapped
 
 
@@ -258,6 +279,7 @@ def _recomputed(forward: Callable) -> Callable:
         if torch.is_grad_enabled():
             return recompute(forward, *args, use_reentrant=False, **kwargs)
         return forward(*args, **kwargs)
+
     return run
 
 
@@ -268,9 +290,17 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-def validate(model: nn.Module, dataset: StoreWindows, leads: Sequence[int], samples: int, device: torch.device,
-             climatology: Climatology | None = None, ctx: DistContext | None = None, precision: str = "fp32",
-             batch_size: int = 16) -> dict[str, float]:
+def validate(
+    model: nn.Module,
+    dataset: StoreWindows,
+    leads: Sequence[int],
+    samples: int,
+    device: torch.device,
+    climatology: Climatology | None = None,
+    ctx: DistContext | None = None,
+    precision: str = "fp32",
+    batch_size: int = 16,
+) -> dict[str, float]:
     """Latitude-weighted RMSE and ACC per channel and lead (in model steps), and persistence's RMSE.
 
     Uses ``samples`` windows spread evenly over ``dataset`` (``dataset.n_ahead >= max(leads)``),
@@ -294,7 +324,9 @@ def validate(model: nn.Module, dataset: StoreWindows, leads: Sequence[int], samp
     n_lead, n_channel = max(leads), len(dataset.channels)
     weights = torch.as_tensor(cell_area_weights(dataset.lat), dtype=torch.float32, device=device)[:, None]
     picks = np.unique(np.linspace(0, len(dataset) - 1, min(samples, len(dataset))).astype(int))
-    sums = torch.zeros(4, n_lead, n_channel, dtype=torch.float64, device=device)  # model sq, persistence sq, acc, count
+    sums = torch.zeros(
+        4, n_lead, n_channel, dtype=torch.float64, device=device
+    )  # model sq, persistence sq, acc, count
     was_training = model.training
     model.eval()
     mine = picks[ctx.rank :: ctx.world_size]
@@ -326,9 +358,15 @@ def validate(model: nn.Module, dataset: StoreWindows, leads: Sequence[int], samp
     return metrics
 
 
-def _climatology_of(climatology: Climatology | None, dataset: StoreWindows, picks: np.ndarray, n_lead: int,
-                    device: torch.device) -> torch.Tensor:
-    """Normalised climatology at the valid times of windows ``picks``: ``(batch, lead, C, H, W)`` (or a scalar 0)."""
+def _climatology_of(
+    climatology: Climatology | None,
+    dataset: StoreWindows,
+    picks: np.ndarray,
+    n_lead: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Normalised climatology at the valid times of windows ``picks``: ``(batch, lead, C, H, W)`` (or a scalar
+    0)."""
     if climatology is None:
         return torch.zeros((), device=device)
     leads = np.arange(1, n_lead + 1) * dataset.step
@@ -337,12 +375,14 @@ def _climatology_of(climatology: Climatology | None, dataset: StoreWindows, pick
     return torch.from_numpy(values.reshape(*times.shape, *values.shape[1:])).to(device)
 
 
-def anomaly_correlation(forecast_anomaly: torch.Tensor, observed_anomaly: torch.Tensor,
-                        weights: torch.Tensor) -> torch.Tensor:
+def anomaly_correlation(
+    forecast_anomaly: torch.Tensor, observed_anomaly: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
     """Area-weighted anomaly correlation over the grid: ``(..., lat, lon)`` → ``(...)``."""
     covariance = (forecast_anomaly * observed_anomaly * weights).sum(dim=(-2, -1))
-    variances = ((forecast_anomaly ** 2 * weights).sum(dim=(-2, -1))
-                 * (observed_anomaly ** 2 * weights).sum(dim=(-2, -1)))
+    variances = (forecast_anomaly**2 * weights).sum(dim=(-2, -1)) * (observed_anomaly**2 * weights).sum(
+        dim=(-2, -1)
+    )
     return covariance / variances.sqrt().clamp_min(1e-12)
 
 
@@ -374,10 +414,16 @@ def seed_rank(seed: int, rank: int) -> None:
 def _rng_states(device: torch.device) -> dict:
     keys = np.random.get_state()
     version, python_state, gauss = random.getstate()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": {"keys": torch.from_numpy(keys[1].astype(np.int64)), "pos": int(keys[2]),
-                       "has_gauss": int(keys[3]), "cached_gaussian": float(keys[4])},
-             "python": {"version": version, "state": list(python_state), "gauss": gauss}}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(keys[1].astype(np.int64)),
+            "pos": int(keys[2]),
+            "has_gauss": int(keys[3]),
+            "cached_gaussian": float(keys[4]),
+        },
+        "python": {"version": version, "state": list(python_state), "gauss": gauss},
+    }
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
@@ -386,8 +432,15 @@ def _rng_states(device: torch.device) -> dict:
 def _restore_rng_states(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     numpy = state["numpy"]
-    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
-                         numpy["cached_gaussian"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["pos"],
+            numpy["has_gauss"],
+            numpy["cached_gaussian"],
+        )
+    )
     python = state["python"]
     random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
     if device.type == "cuda" and "cuda" in state:
@@ -418,23 +471,40 @@ class _Run:
         """Fresh AdamW (fused on CUDA) and warmup + cosine schedule for phase ``index``."""
         phase = self.settings.phases[index]
         fused = True if self.ctx.device.type == "cuda" else None
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=phase.learning_rate,
-                                           weight_decay=self.settings.weight_decay, fused=fused)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=phase.learning_rate,
+            weight_decay=self.settings.weight_decay,
+            fused=fused,
+        )
         warmup = min(self.settings.warmup_steps, phase.optimizer_steps // 4)
         total = phase.optimizer_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _lr_factor(s, warmup, total))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: _lr_factor(s, warmup, total)
+        )
         self.phase, self.phase_step, self.cursor = index, 0, BatchCursor()
 
     def state(self, plan: CheckpointPlan) -> dict:
         """Training state of this run; every rank must call it (RNG states are gathered)."""
         rng = gather_objects(_rng_states(self.ctx.device), self.ctx)
-        return {"model_state": self.model.state_dict(), "optimizer_state": self.optimizer.state_dict(),
-                "scheduler_state": self.scheduler.state_dict(), "scaler_state": self.scaler.state_dict(),
-                "step": self.step, "phase": self.phase, "phase_step": self.phase_step,
-                "cursor": {**self.cursor.state(), "world_size": self.ctx.world_size}, "rng_states": rng,
-                "best_score": self.best_score, "best_step": self.best_step, "best_model_state": self.best_state,
-                "history": self.history, "config": {"settings": _plain(asdict(self.settings)), **plan.config},
-                "meta": plan.meta, "lineage": plan.lineage}
+        return {
+            "model_state": self.model.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "scheduler_state": self.scheduler.state_dict(),
+            "scaler_state": self.scaler.state_dict(),
+            "step": self.step,
+            "phase": self.phase,
+            "phase_step": self.phase_step,
+            "cursor": {**self.cursor.state(), "world_size": self.ctx.world_size},
+            "rng_states": rng,
+            "best_score": self.best_score,
+            "best_step": self.best_step,
+            "best_model_state": self.best_state,
+            "history": self.history,
+            "config": {"settings": _plain(asdict(self.settings)), **plan.config},
+            "meta": plan.meta,
+            "lineage": plan.lineage,
+        }
 
     def restore(self, state: dict) -> None:
         """Continue from a training state (the model's weights and the phase's optimiser included)."""
@@ -449,9 +519,15 @@ class _Run:
         self.history = list(state["history"])
         cursor = state["cursor"]
         self.cursor = BatchCursor(cursor["epoch"], cursor["batch"])
-        if cursor.get("world_size") != self.ctx.world_size:  # a step reads one global batch whatever the world size
-            log.warning("resuming %d-rank training state on %d ranks: batches continue where they stopped, but the "
-                        "per-rank random states start afresh", cursor["world_size"], self.ctx.world_size)
+        if (
+            cursor.get("world_size") != self.ctx.world_size
+        ):  # a step reads one global batch whatever the world size
+            log.warning(
+                "resuming %d-rank training state on %d ranks: batches continue where they stopped, but the "
+                "per-rank random states start afresh",
+                cursor["world_size"],
+                self.ctx.world_size,
+            )
         rng = state["rng_states"]
         if len(rng) == self.ctx.world_size:
             _restore_rng_states(rng[self.ctx.rank], self.ctx.device)
@@ -467,23 +543,36 @@ def _check_resumable(state: dict, plan: CheckpointPlan, settings: TrainSettings,
     except CheckpointError as err:
         raise CheckpointError(f"cannot resume from {path}: {err}") from err
     if theirs.preset != plan.meta.preset:
-        raise CheckpointError(f"cannot resume from {path}: it trained preset {theirs.preset!r}, this run builds "
-                              f"{plan.meta.preset!r}")
+        raise CheckpointError(
+            f"cannot resume from {path}: it trained preset {theirs.preset!r}, this run builds "
+            f"{plan.meta.preset!r}"
+        )
     saved = state["config"].get("settings", {})
     mine = _plain(asdict(settings))
-    differing = [key for key in ("phases", "batch_size", "warmup_steps", "weight_decay", "seed")
-                 if saved.get(key) != mine[key]]
+    differing = [
+        key
+        for key in ("phases", "batch_size", "warmup_steps", "weight_decay", "seed")
+        if saved.get(key) != mine[key]
+    ]
     if differing:
-        raise CheckpointError(f"cannot resume from {path} exactly: settings {differing} differ (checkpoint "
-                              f"{ {k: saved.get(k) for k in differing} }, now { {k: mine[k] for k in differing} })")
+        raise CheckpointError(
+            f"cannot resume from {path} exactly: settings {differing} differ (checkpoint "
+            f"{ {k: saved.get(k) for k in differing} }, now { {k: mine[k] for k in differing} })"
+        )
     fingerprint = theirs.extra.get("store_fingerprint")
     if fingerprint != plan.meta.extra.get("store_fingerprint"):
-        log.warning("resuming from %s written on store %s; this store's fingerprint is %s (same channels, grid and "
-                    "statistics)", path, fingerprint, plan.meta.extra.get("store_fingerprint"))
+        log.warning(
+            "resuming from %s written on store %s; this store's fingerprint is %s (same channels, grid and "
+            "statistics)",
+            path,
+            fingerprint,
+            plan.meta.extra.get("store_fingerprint"),
+        )
 
 
 def _prepare_directory(plan: CheckpointPlan, ctx: DistContext) -> None:
-    """Clear leftovers of killed writes; refuse, or set aside, an earlier run's checkpoints when starting afresh."""
+    """Clear leftovers of killed writes; refuse, or set aside, an earlier run's checkpoints when starting
+    afresh."""
     if ctx.is_main:
         remove_stale_partials(plan.directory)
     if plan.resume_from is not None:
@@ -492,9 +581,12 @@ def _prepare_directory(plan: CheckpointPlan, ctx: DistContext) -> None:
         earlier = _earlier_run(plan)
         if earlier:
             raise CheckpointError(
-                f"{plan.directory} holds the checkpoints of an earlier run ({earlier}); starting afresh would overwrite "
-                "them. Continue that run with --resume, or start over with --restart (its checkpoints are then moved "
-                f"into {plan.directory}/replaced-<time>/), or train into another workdir")
+                f"{plan.directory} holds the checkpoints of an earlier run ({earlier}); starting "
+                "afresh would overwrite "
+                "them. Continue that run with --resume, or start over with --restart (its "
+                "checkpoints are then moved "
+                f"into {plan.directory}/replaced-<time>/), or train into another workdir"
+            )
     elif ctx.is_main:
         aside = set_aside(plan.directory)
         if aside is not None:
@@ -523,9 +615,18 @@ def _prepare(model: nn.Module, settings: TrainSettings, ctx: DistContext) -> tup
     return forward, wrap_model(forward, ctx)
 
 
-def train(model: nn.Module, make_windows: Callable[[int], StoreWindows], validation: StoreWindows,
-          settings: TrainSettings, report: Report, device: torch.device, *, ctx: DistContext | None = None,
-          checkpoints: CheckpointPlan | None = None, climatology: Climatology | None = None) -> TrainResult:
+def train(
+    model: nn.Module,
+    make_windows: Callable[[int], StoreWindows],
+    validation: StoreWindows,
+    settings: TrainSettings,
+    report: Report,
+    device: torch.device,
+    *,
+    ctx: DistContext | None = None,
+    checkpoints: CheckpointPlan | None = None,
+    climatology: Climatology | None = None,
+) -> TrainResult:
     """Train ``model`` through ``settings.phases`` and keep the best weights by validation score.
 
     Parameters
@@ -566,9 +667,14 @@ def train(model: nn.Module, make_windows: Callable[[int], StoreWindows], validat
     ctx = ctx or DistContext(device=device)
     device = ctx.device
     if validation.n_ahead < max(settings.validation_leads):
-        raise DataWindowError(f"validation windows reach {validation.n_ahead} steps; leads need {max(settings.validation_leads)}")
+        raise DataWindowError(
+            f"validation windows reach {validation.n_ahead} steps; leads need "
+            f"{max(settings.validation_leads)}"
+        )
     if settings.batch_size % ctx.world_size:
-        raise DistributedSetupError(f"batch_size {settings.batch_size} must divide evenly over {ctx.world_size} ranks")
+        raise DistributedSetupError(
+            f"batch_size {settings.batch_size} must divide evenly over {ctx.world_size} ranks"
+        )
     state = None
     if checkpoints is not None and checkpoints.resume_from is not None:
         state = load_training_state(checkpoints.resume_from)
@@ -588,15 +694,33 @@ def train(model: nn.Module, make_windows: Callable[[int], StoreWindows], validat
         if growth is not None:
             growth.restore(state.get("active_modes"))
         result.resumed_from_step, result.resumed_lineage = run.step, dict(state["lineage"])
-        log.info("resuming from %s at step %d (phase %d, step %d of it)", checkpoints.resume_from, run.step, run.phase,
-                 run.phase_step)
+        log.info(
+            "resuming from %s at step %d (phase %d, step %d of it)",
+            checkpoints.resume_from,
+            run.step,
+            run.phase,
+            run.phase_step,
+        )
     started = time.perf_counter()
     batch_per_rank = settings.batch_size // ctx.world_size
-    workers = settings.loader_workers if settings.loader_workers is not None else (2 if device.type == "cuda" else 0)
+    workers = (
+        settings.loader_workers
+        if settings.loader_workers is not None
+        else (2 if device.type == "cuda" else 0)
+    )
 
     def evaluate() -> None:
-        metrics = validate(forward, validation, settings.validation_leads, settings.validation_samples, device,
-                           climatology, ctx, settings.precision, batch_per_rank)
+        metrics = validate(
+            forward,
+            validation,
+            settings.validation_leads,
+            settings.validation_samples,
+            device,
+            climatology,
+            ctx,
+            settings.precision,
+            batch_per_rank,
+        )
         if growth is not None:
             growth.after_validation(metrics[VAL_SCORE], run.history)
         report(metrics, run.step)
@@ -622,9 +746,17 @@ def train(model: nn.Module, make_windows: Callable[[int], StoreWindows], validat
             continue
         if state is None or index > run.phase:
             run.new_phase(index)
-        stream = batch_stream(make_windows(phase.rollout_steps), batch_per_rank, ctx.rank, ctx.world_size,
-                              settings.seed + index, run.cursor, workers, pin_memory=device.type == "cuda",
-                              prefetch_factor=settings.prefetch_factor)
+        stream = batch_stream(
+            make_windows(phase.rollout_steps),
+            batch_per_rank,
+            ctx.rank,
+            ctx.world_size,
+            settings.seed + index,
+            run.cursor,
+            workers,
+            pin_memory=device.type == "cuda",
+            prefetch_factor=settings.prefetch_factor,
+        )
         while run.phase_step < phase.optimizer_steps:
             x, y = (t.to(device, non_blocking=True) for t in next(stream))
             with _autocast(device, settings.precision):
@@ -650,8 +782,15 @@ def train(model: nn.Module, make_windows: Callable[[int], StoreWindows], validat
             run.scheduler.step()
             run.step += 1
             run.phase_step += 1
-            report({TRAIN_LOSS: float(global_loss.mean()), TRAIN_LR: run.scheduler.get_last_lr()[0],
-                    "train/rollout_steps": phase.rollout_steps, **extra}, run.step)
+            report(
+                {
+                    TRAIN_LOSS: float(global_loss.mean()),
+                    TRAIN_LR: run.scheduler.get_last_lr()[0],
+                    "train/rollout_steps": phase.rollout_steps,
+                    **extra,
+                },
+                run.step,
+            )
             if run.step % settings.validate_every == 0:
                 evaluate()
             if checkpoints is not None and run.step % checkpoints.every == 0:
@@ -671,12 +810,16 @@ class _ModeGrowth:
 
     def __init__(self, model: nn.Module, schedule: ModeSchedule) -> None:
         if not hasattr(model, "set_active_modes"):
-            raise ModelSpecError(f"incremental modes (train.modes) need a model with spectral degrees to switch on "
-                                 f"(an SFNO); {type(model).__name__} has none")
+            raise ModelSpecError(
+                f"incremental modes (train.modes) need a model with spectral degrees to switch on "
+                f"(an SFNO); {type(model).__name__} has none"
+            )
         most = model.modes if schedule.max is None else schedule.max
         if not 1 <= schedule.start <= most <= model.modes:
-            raise ModelSpecError(f"train.modes needs 1 <= start <= max <= {model.modes} (the model's degrees); "
-                                 f"found start={schedule.start}, max={schedule.max}")
+            raise ModelSpecError(
+                f"train.modes needs 1 <= start <= max <= {model.modes} (the model's degrees); "
+                f"found start={schedule.start}, max={schedule.max}"
+            )
         if not 0 < schedule.grow_when < 1:
             raise ModelSpecError(f"train.modes.grow_when must lie in (0, 1), found {schedule.grow_when}")
         self.model, self.schedule, self.most = model, schedule, most
@@ -689,19 +832,23 @@ class _ModeGrowth:
             self.model.set_active_modes(int(active))
 
     def after_validation(self, score: float, history: list[dict[str, float]]) -> None:
-        """Switch on ``grow_by`` more degrees when ``score`` improved less than ``grow_when`` on the last one."""
+        """Switch on ``grow_by`` more degrees when ``score`` improved less than ``grow_when`` on the last
+        one."""
         active = self.model.active_modes
         if not history or active >= self.most:
             return
         previous = history[-1][VAL_SCORE]
         if previous - score < self.schedule.grow_when * previous:
             grown = min(self.most, active + self.grow_by)
-            log.info("validation score %.4f after %.4f: spectral degrees %d -> %d", score, previous, active, grown)
+            log.info(
+                "validation score %.4f after %.4f: spectral degrees %d -> %d", score, previous, active, grown
+            )
             self.model.set_active_modes(grown)
 
 
 class _PhysicsLoss(nn.Module):
-    """PINO term: squared shallow-water residual of ``x → prediction``, per equation relative to ``x → truth``'s change."""
+    """PINO term: squared shallow-water residual of ``x → prediction``, per equation relative to ``x →
+    truth``'s change."""
 
     mean: torch.Tensor  # buffers (channel, 1, 1), physical units
     std: torch.Tensor
@@ -711,25 +858,44 @@ class _PhysicsLoss(nn.Module):
         from fourcast.physics import ShallowWaterResidual  # torch-harmonics' solver only when asked for
 
         step = float(windows.step / np.timedelta64(1, "s"))
-        self.residual = ShallowWaterResidual(windows.lat.size, windows.lon.size, step, windows.channels).to(device)
-        self.register_buffer("mean", torch.as_tensor(windows.mean, dtype=torch.float32, device=device)[:, None, None])
-        self.register_buffer("std", torch.as_tensor(windows.std, dtype=torch.float32, device=device)[:, None, None])
+        self.residual = ShallowWaterResidual(windows.lat.size, windows.lon.size, step, windows.channels).to(
+            device
+        )
+        self.register_buffer(
+            "mean", torch.as_tensor(windows.mean, dtype=torch.float32, device=device)[:, None, None]
+        )
+        self.register_buffer(
+            "std", torch.as_tensor(windows.std, dtype=torch.float32, device=device)[:, None, None]
+        )
 
     def forward(self, x: torch.Tensor, prediction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-        """Normalised ``(batch, channel, lat, lon)`` each → scalar: mean over batch and equations of (|r| / |Δs|)²."""
+        """Normalised ``(batch, channel, lat, lon)`` each → scalar: mean over batch and equations of (|r| /
+        |Δs|)²."""
         x, prediction, truth = (t * self.std + self.mean for t in (x, prediction, truth))
         r = self.residual.norms(self.residual(x, prediction))
         with torch.no_grad():
             change = self.residual.spectral(truth) - self.residual.spectral(x)
-            scale = self.residual.norms(change * self.residual._mask).clamp_min(torch.finfo(torch.float32).tiny)
+            scale = self.residual.norms(change * self.residual._mask).clamp_min(
+                torch.finfo(torch.float32).tiny
+            )
         return ((r / scale) ** 2).mean()
 
 
-def _stop_non_finite(per_channel: torch.Tensor, channels: list[str], run: _Run, phase: Phase,
-                     checkpoints: CheckpointPlan | None) -> None:
+def _stop_non_finite(
+    per_channel: torch.Tensor,
+    channels: list[str],
+    run: _Run,
+    phase: Phase,
+    checkpoints: CheckpointPlan | None,
+) -> None:
     bad = [c for c, value in zip(channels, per_channel.tolist(), strict=True) if not math.isfinite(value)]
     losses = {c: float(v) for c, v in zip(channels, per_channel.tolist(), strict=True)}
-    kept = (f"the last good training state {checkpoints.last} (step {run.saved_step}) is kept"
-            if checkpoints is not None and run.saved_step is not None else "no training state had been written")
-    raise NonFiniteLossError(f"loss became non-finite at step {run.step} (rollout {phase.rollout_steps}) in variables "
-                             f"{bad}; per-variable loss {losses}; {kept}")
+    kept = (
+        f"the last good training state {checkpoints.last} (step {run.saved_step}) is kept"
+        if checkpoints is not None and run.saved_step is not None
+        else "no training state had been written"
+    )
+    raise NonFiniteLossError(
+        f"loss became non-finite at step {run.step} (rollout {phase.rollout_steps}) in variables "
+        f"{bad}; per-variable loss {losses}; {kept}"
+    )

@@ -43,8 +43,12 @@ DOWNLOAD_FORMATS = ("unarchived", "zip")
 #: converts on its side. Monthly requests of a training set stay far below both.
 DEFAULT_MAX_FIELDS = {"grib": 60_000, "netcdf": 10_000}
 #: File name suffix of a download per (data_format, download_format).
-SUFFIXES = {("netcdf", "unarchived"): ".nc", ("grib", "unarchived"): ".grib", ("netcdf", "zip"): ".zip",
-            ("grib", "zip"): ".zip"}
+SUFFIXES = {
+    ("netcdf", "unarchived"): ".nc",
+    ("grib", "unarchived"): ".grib",
+    ("netcdf", "zip"): ".zip",
+    ("grib", "zip"): ".zip",
+}
 #: ERA5's native grid spacing (dlat, dlon) in degrees: what the CDS delivers for a request without ``grid``.
 NATIVE_GRID = (0.25, 0.25)
 _DATASET_TAGS = {PRESSURE_LEVELS_DATASET: "era5-pl", SINGLE_LEVELS_DATASET: "era5-sl"}
@@ -82,7 +86,9 @@ class PlanOptions:
         if self.data_format not in DATA_FORMATS:
             raise CdsRequestError(f"data_format must be one of {DATA_FORMATS}, found {self.data_format!r}")
         if self.download_format not in DOWNLOAD_FORMATS:
-            raise CdsRequestError(f"download_format must be one of {DOWNLOAD_FORMATS}, found {self.download_format!r}")
+            raise CdsRequestError(
+                f"download_format must be one of {DOWNLOAD_FORMATS}, found {self.download_format!r}"
+            )
         if self.max_fields is not None and self.max_fields < 1:
             raise CdsRequestError(f"max_fields must be >= 1, found {self.max_fields}")
         _check_grid_and_area(self.grid, self.area)
@@ -241,8 +247,10 @@ def request_fields(request: Mapping) -> int:
     try:
         counts = [len(_as_list(request[key])) for key in ("variable", "time")]
     except KeyError as err:
-        raise CdsRequestError(f"a CDS request needs 'variable' and 'time' lists; could not count fields of "
-                              f"{dict(request)}: {err}") from err
+        raise CdsRequestError(
+            f"a CDS request needs 'variable' and 'time' lists; could not count fields of "
+            f"{dict(request)}: {err}"
+        ) from err
     levels = len(_as_list(request.get("pressure_level", [None])))
     return counts[0] * levels * len(_request_dates(request)) * counts[1]
 
@@ -261,11 +269,15 @@ def request_times(request: Mapping) -> np.ndarray:
         If a date part is missing or not a number, or a time is not ``"HH:MM"``.
     """
     try:
-        stamps = [np.datetime64(f"{day.isoformat()}T{time}", "ns") for day in _request_dates(request)
-                  for time in _as_list(request["time"])]
+        stamps = [
+            np.datetime64(f"{day.isoformat()}T{time}", "ns")
+            for day in _request_dates(request)
+            for time in _as_list(request["time"])
+        ]
     except (KeyError, ValueError) as err:
-        raise CdsRequestError(f"a CDS request needs a 'time' list of 'HH:MM' strings, found "
-                              f"{request.get('time')!r}: {err}") from err
+        raise CdsRequestError(
+            f"a CDS request needs a 'time' list of 'HH:MM' strings, found {request.get('time')!r}: {err}"
+        ) from err
     return np.unique(np.array(stamps, dtype="datetime64[ns]"))
 
 
@@ -275,10 +287,16 @@ def _request_dates(request: Mapping) -> list[date]:
         years, months, days = (_as_ints(request[key]) for key in ("year", "month", "day"))
     except (KeyError, ValueError) as err:
         raise CdsRequestError(
-            f"a CDS request needs 'year', 'month' and 'day' lists of numbers; found those of {dict(request)}: {err}"
+            "a CDS request needs 'year', 'month' and 'day' lists of numbers; found those of "
+            f"{dict(request)}: {err}"
         ) from err
-    return [date(y, m, d) for y in years for m in months for d in days
-            if 1 <= m <= 12 and 1 <= d <= calendar.monthrange(y, m)[1]]
+    return [
+        date(y, m, d)
+        for y in years
+        for m in months
+        for d in days
+        if 1 <= m <= 12 and 1 <= d <= calendar.monthrange(y, m)[1]
+    ]
 
 
 def check_request(request: Mapping, limit: int) -> int:
@@ -311,8 +329,10 @@ def describe_plan(plan: Sequence[CdsRequest]) -> str:
     for number, item in enumerate(plan, start=1):
         levels = item.request.get("pressure_level")
         at = f" at {'/'.join(levels)} hPa" if levels else ""
-        lines.append(f"{number:>3}  {item.month:<7}  {item.dataset:<32}  {item.fields:>7}  "
-                     f"{', '.join(item.request['variable'])}{at} -> {item.filename}")
+        lines.append(
+            f"{number:>3}  {item.month:<7}  {item.dataset:<32}  {item.fields:>7}  "
+            f"{', '.join(item.request['variable'])}{at} -> {item.filename}"
+        )
     total = sum(item.fields for item in plan)
     lines.append(f"total: {len(plan)} requests, {total} fields")
     return "\n".join(lines) + "\n"
@@ -326,7 +346,9 @@ def _check_grid_and_area(grid, area) -> None:
             raise CdsRequestError(f"area must be (north, west, south, east) in degrees, found {area}")
         north, _, south, _ = area
         if not -90 <= south < north <= 90:
-            raise CdsRequestError(f"area needs -90 <= south < north <= 90, found north={north}, south={south}")
+            raise CdsRequestError(
+                f"area needs -90 <= south < north <= 90, found north={north}, south={south}"
+            )
 
 
 def _months(first: date, last: date) -> list[tuple[str, list[int]]]:
@@ -364,8 +386,9 @@ def _variable_groups(variables: list[Variable]) -> list[tuple[str, list[str], tu
     return groups
 
 
-def _cut(names: list[str], levels: tuple[int, ...], date_fields: int, limit: int,
-         month: str) -> list[tuple[list[str], tuple[int, ...]]]:
+def _cut(
+    names: list[str], levels: tuple[int, ...], date_fields: int, limit: int, month: str
+) -> list[tuple[list[str], tuple[int, ...]]]:
     """Cut a group into ``(names, levels)`` pieces of at most ``limit`` fields each.
 
     Levels are cut first only when one variable at all its levels is over the limit; then as
@@ -378,29 +401,39 @@ def _cut(names: list[str], levels: tuple[int, ...], date_fields: int, limit: int
         )
     level_count = max(len(levels), 1)
     per_request_levels = min(level_count, limit // date_fields)
-    level_chunks = [levels[i:i + per_request_levels] for i in range(0, len(levels), per_request_levels)] or [()]
+    level_chunks = [
+        levels[i : i + per_request_levels] for i in range(0, len(levels), per_request_levels)
+    ] or [()]
     pieces = []
     for level_chunk in level_chunks:
         per_request_names = max(1, limit // (max(len(level_chunk), 1) * date_fields))
         for i in range(0, len(names), per_request_names):
-            pieces.append((names[i:i + per_request_names], level_chunk))
+            pieces.append((names[i : i + per_request_names], level_chunk))
     return pieces
 
 
-def _request(options: PlanOptions, names: list[str], levels: tuple[int, ...], month: str, days: list[int],
-             times: list[str]) -> dict:
+def _request(
+    options: PlanOptions,
+    names: list[str],
+    levels: tuple[int, ...],
+    month: str,
+    days: list[int],
+    times: list[str],
+) -> dict:
     year, month_number = month.split("-")
     request: dict = {"product_type": [options.product_type], "variable": list(names)}
     if levels:
         request["pressure_level"] = [str(level) for level in levels]
-    request.update({
-        "year": [year],
-        "month": [month_number],
-        "day": [f"{day:02d}" for day in days],
-        "time": list(times),
-        "data_format": options.data_format,
-        "download_format": options.download_format,
-    })
+    request.update(
+        {
+            "year": [year],
+            "month": [month_number],
+            "day": [f"{day:02d}" for day in days],
+            "time": list(times),
+            "data_format": options.data_format,
+            "download_format": options.download_format,
+        }
+    )
     if options.grid is not None:
         request["grid"] = [float(step) for step in options.grid]
     if options.area is not None:
@@ -410,8 +443,11 @@ def _request(options: PlanOptions, names: list[str], levels: tuple[int, ...], mo
 
 def _delivered_ids(variables: list[Variable], names: list[str], levels: tuple[int, ...]) -> tuple[str, ...]:
     wanted = set(names)
-    return tuple(v.id for v in variables
-                 if v.cds_name in wanted and (v.level is None if not levels else v.level in levels))
+    return tuple(
+        v.id
+        for v in variables
+        if v.cds_name in wanted and (v.level is None if not levels else v.level in levels)
+    )
 
 
 def _as_list(value) -> list:

@@ -1,7 +1,8 @@
 """Check that a CDS result holds what its request asked for, before it is cached or ingested.
 
 The CDS has answered requests with other fields than asked for (an hourly morning of one day
-for the noons of three days). A file is read as :mod:`ingest.readers` reads it (:mod:`ingest.formats`), brought into
+for the noons of three days). A file is read as :mod:`ingest.readers` reads it (:mod:`ingest.formats`),
+brought into
 the canonical form, and compared with its request on four things:
 
 * **variables**: the lexicon ids it holds are exactly the request's (a field at another
@@ -79,8 +80,15 @@ def _differences(raws: list[xr.Dataset], item: CdsRequest) -> list[str]:
     if found_ids != sorted(item.variable_ids):
         problems.append(f"variables: expected {sorted(item.variable_ids)}, found {found_ids}")
     wanted_levels = sorted(int(level) for level in item.request.get("pressure_level", []))
-    found_levels = sorted({int(round(float(level))) for raw in raws for axis in _LEVEL_AXES if axis in raw.coords
-                           for level in np.atleast_1d(raw[axis].values)})
+    found_levels = sorted(
+        {
+            int(round(float(level)))
+            for raw in raws
+            for axis in _LEVEL_AXES
+            if axis in raw.coords
+            for level in np.atleast_1d(raw[axis].values)
+        }
+    )
     if found_levels != wanted_levels:
         problems.append(f"pressure levels: expected {wanted_levels} hPa, found {found_levels} hPa")
     problems += _time_differences(canonical, request_times(item.request))
@@ -95,8 +103,10 @@ def _time_differences(canonical: list[xr.Dataset], expected: np.ndarray) -> list
         found = np.array(found, dtype="datetime64[ns]")
         if not np.array_equal(found, expected):
             missing, unexpected = np.setdiff1d(expected, found), np.setdiff1d(found, expected)
-            problems.append(f"times: expected {_describe_times(expected)}, found {_describe_times(found)}; "
-                            f"missing {_listed(missing)}, unexpected {_listed(unexpected)}")
+            problems.append(
+                f"times: expected {_describe_times(expected)}, found {_describe_times(found)}; "
+                f"missing {_listed(missing)}, unexpected {_listed(unexpected)}"
+            )
     return problems
 
 
@@ -125,17 +135,25 @@ def _grid_differences(canonical: list[xr.Dataset], request: dict) -> list[str]:
     dlat, dlon = (float(step) for step in request.get("grid", NATIVE_GRID))
     area = request.get("area")
     north, west, south, east = (float(edge) for edge in area) if area else (90.0, 0.0, -90.0, 360.0 - dlon)
-    width = min(np.mod(east - west, 360.0) if east - west < 360.0 else 360.0, 360.0 - dlon)  # eastwards from west
+    width = min(
+        np.mod(east - west, 360.0) if east - west < 360.0 else 360.0, 360.0 - dlon
+    )  # eastwards from west
     where = f"area N {north:g} W {west:g} S {south:g} E {east:g}" if area else "global"
     problems = set()
     for ds in canonical:
         lat, lon = ds[LAT].values, ds[LON].values
         east_of_west = np.sort(np.mod(lon - west, 360.0))
-        if not (_spaced(lat, dlat) and _spaced(east_of_west, dlon) and _spans(lat, south, north, dlat)
-                and _spans(east_of_west, 0.0, width, dlon)):
-            problems.add(f"grid: expected {dlat:g}° x {dlon:g}°, {where}; found {lat.size} latitudes {lat[0]:g} .. "
-                         f"{lat[-1]:g} every {_spacing(lat):g}°, {lon.size} longitudes {lon.min():g} .. "
-                         f"{lon.max():g} every {_spacing(np.sort(lon)):g}°")
+        if not (
+            _spaced(lat, dlat)
+            and _spaced(east_of_west, dlon)
+            and _spans(lat, south, north, dlat)
+            and _spans(east_of_west, 0.0, width, dlon)
+        ):
+            problems.add(
+                f"grid: expected {dlat:g}° x {dlon:g}°, {where}; found {lat.size} latitudes {lat[0]:g} .. "
+                f"{lat[-1]:g} every {_spacing(lat):g}°, {lon.size} longitudes {lon.min():g} .. "
+                f"{lon.max():g} every {_spacing(np.sort(lon)):g}°"
+            )
     return sorted(problems)
 
 
@@ -147,8 +165,12 @@ def _spaced(values: np.ndarray, step: float) -> bool:
 def _spans(values: np.ndarray, low: float, high: float, step: float) -> bool:
     """``values`` lie in ``[low, high]`` and reach both ends, each to within one ``step``."""
     slack = step + _DEGREES_TOLERANCE
-    return bool(values.min() >= low - slack and values.max() <= high + slack
-                and values.min() <= low + slack and values.max() >= high - slack)
+    return bool(
+        values.min() >= low - slack
+        and values.max() <= high + slack
+        and values.min() <= low + slack
+        and values.max() >= high - slack
+    )
 
 
 def _spacing(values: np.ndarray) -> float:

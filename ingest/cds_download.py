@@ -41,15 +41,25 @@ from ecmwf.datastores.processing import ProcessingFailedError
 from ingest.atomic import atomic_output, discard
 from ingest.cds import CdsRequest, check_request
 from ingest.cds_check import check_result
-from ingest.errors import (CdsAuthError, CdsRequestError, CdsResultMismatchError, DownloadError, RequestTooLargeError,
-                           SourceLayoutError)
+from ingest.errors import (
+    CdsAuthError,
+    CdsRequestError,
+    CdsResultMismatchError,
+    DownloadError,
+    RequestTooLargeError,
+    SourceLayoutError,
+)
 
 log = logging.getLogger(__name__)
 
 #: HTTP statuses worth retrying: the CDS or a proxy is busy or briefly down.
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 #: First bytes of each format, to refuse an error page saved under a data file's name.
-_MAGIC = {".nc": (b"\x89HDF\r\n\x1a\n", b"CDF\x01", b"CDF\x02"), ".grib": (b"GRIB",), ".zip": (b"PK\x03\x04",)}
+_MAGIC = {
+    ".nc": (b"\x89HDF\r\n\x1a\n", b"CDF\x01", b"CDF\x02"),
+    ".grib": (b"GRIB",),
+    ".zip": (b"PK\x03\x04",),
+}
 _SIDECAR = ".json"
 #: Folder of the cache where results that do not match their request are set aside.
 REJECTED = "rejected"
@@ -95,9 +105,14 @@ class DownloadSettings:
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.retries < 0 or self.http_tries < 1:
-            raise CdsRequestError(f"need concurrency >= 1, retries >= 0 and http_tries >= 1; found "
-                                  f"{self.concurrency}, {self.retries}, {self.http_tries}")
-        if min(self.backoff_seconds, self.backoff_max_seconds, self.poll_max_seconds, self.timeout_seconds) < 0:
+            raise CdsRequestError(
+                f"need concurrency >= 1, retries >= 0 and http_tries >= 1; found "
+                f"{self.concurrency}, {self.retries}, {self.http_tries}"
+            )
+        if (
+            min(self.backoff_seconds, self.backoff_max_seconds, self.poll_max_seconds, self.timeout_seconds)
+            < 0
+        ):
             raise CdsRequestError("wait times and timeouts must be >= 0")
 
 
@@ -159,7 +174,10 @@ def cached_path(item: CdsRequest, cache_dir: Path) -> Path | None:
         intact = _recheck(path, item, record)
     if intact:
         return path
-    leftovers = [*path.parent.glob(f".{path.name}.partial-*"), *path.parent.glob(f".{sidecar.name}.partial-*")]
+    leftovers = [
+        *path.parent.glob(f".{path.name}.partial-*"),
+        *path.parent.glob(f".{sidecar.name}.partial-*"),
+    ]
     for stale in (path, sidecar, *leftovers):
         discard(stale)
     return None
@@ -206,7 +224,9 @@ def download_plan(
     cache_dir.mkdir(parents=True, exist_ok=True)
     paths = {item.key: cached_path(item, cache_dir) for item in plan}
     missing = list({item.key: item for item in plan if paths[item.key] is None}.values())
-    log.info("CDS plan: %d requests, %d cached, %d to fetch", len(plan), len(plan) - len(missing), len(missing))
+    log.info(
+        "CDS plan: %d requests, %d cached, %d to fetch", len(plan), len(plan) - len(missing), len(missing)
+    )
     if missing:
         credentials = credentials or resolve_credentials()
         fetched = _fetch_all(missing, settings, credentials, sleep)
@@ -214,8 +234,12 @@ def download_plan(
     return [paths[item.key] for item in plan]
 
 
-def _fetch_all(items: list[CdsRequest], settings: DownloadSettings, credentials: CdsCredentials,
-               sleep: Callable[[float], None]) -> dict[str, Path]:
+def _fetch_all(
+    items: list[CdsRequest],
+    settings: DownloadSettings,
+    credentials: CdsCredentials,
+    sleep: Callable[[float], None],
+) -> dict[str, Path]:
     """Fetch ``items`` ``settings.concurrency`` at a time; on the first error, wait for those in
     flight (they finish into the cache), start no more, and raise it."""
     with ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="cds") as pool:
@@ -230,8 +254,12 @@ def _fetch_all(items: list[CdsRequest], settings: DownloadSettings, credentials:
     return {futures[future].key: future.result() for future in ran}
 
 
-def fetch_request(item: CdsRequest, settings: DownloadSettings, credentials: CdsCredentials,
-                  sleep: Callable[[float], None] = time.sleep) -> Path:
+def fetch_request(
+    item: CdsRequest,
+    settings: DownloadSettings,
+    credentials: CdsCredentials,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Path:
     """Fetch one request into the cache, retrying transient failures; returns the cached file.
 
     Raises
@@ -247,22 +275,32 @@ def fetch_request(item: CdsRequest, settings: DownloadSettings, credentials: Cds
         try:
             return _fetch_once(item, target, settings, credentials)
         except _TransientFailure as failure:
-            log.warning("%s: transient failure (%s); retry %d of %d in %.3g s", item.filename, failure, retry,
-                        settings.retries, wait_seconds)
+            log.warning(
+                "%s: transient failure (%s); retry %d of %d in %.3g s",
+                item.filename,
+                failure,
+                retry,
+                settings.retries,
+                wait_seconds,
+            )
         sleep(wait_seconds)
         wait_seconds = min(2 * wait_seconds, settings.backoff_max_seconds)
     try:
         return _fetch_once(item, target, settings, credentials)
     except _TransientFailure as failure:
-        raise DownloadError(f"{item.filename} ({item.dataset}, {item.month}) failed {settings.retries + 1} times; "
-                            f"last error: {failure}") from failure.__cause__
+        raise DownloadError(
+            f"{item.filename} ({item.dataset}, {item.month}) failed {settings.retries + 1} times; "
+            f"last error: {failure}"
+        ) from failure.__cause__
 
 
 class _TransientFailure(Exception):
     """A failure worth retrying (kept private: callers see :class:`DownloadError`)."""
 
 
-def _fetch_once(item: CdsRequest, target: Path, settings: DownloadSettings, credentials: CdsCredentials) -> Path:
+def _fetch_once(
+    item: CdsRequest, target: Path, settings: DownloadSettings, credentials: CdsCredentials
+) -> Path:
     """One attempt: retrieve into a temporary sibling, check it, write the sidecar, rename."""
     secret = credentials.key
     try:
@@ -277,12 +315,18 @@ def _fetch_once(item: CdsRequest, target: Path, settings: DownloadSettings, cred
         return target
     except requests.HTTPError as err:
         raise _classify_http(err, item, secret) from err
-    except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-            ClientSizeError) as err:
+    except (
+        requests.ConnectionError,
+        requests.Timeout,
+        requests.exceptions.ChunkedEncodingError,
+        ClientSizeError,
+    ) as err:
         raise _TransientFailure(_scrub(f"{type(err).__name__}: {err}", secret)) from err
     except ProcessingFailedError as err:
-        raise CdsRequestError(f"the CDS job for {item.filename} ({item.dataset}, {item.month}) failed: "
-                              f"{_scrub(str(err), secret)}") from err
+        raise CdsRequestError(
+            f"the CDS job for {item.filename} ({item.dataset}, {item.month}) failed: "
+            f"{_scrub(str(err), secret)}"
+        ) from err
 
 
 def _client(settings: DownloadSettings, credentials: CdsCredentials) -> cdsapi.Client:
@@ -292,9 +336,17 @@ def _client(settings: DownloadSettings, credentials: CdsCredentials) -> cdsapi.C
     """
     relay = _ScrubbingRelay(credentials.key)
     return cdsapi.Client(
-        url=credentials.url, key=credentials.key, quiet=True, progress=False, timeout=settings.timeout_seconds,
-        retry_max=settings.http_tries, sleep_max=settings.poll_max_seconds, delete=False,
-        info_callback=relay.info, warning_callback=relay.warning, error_callback=relay.error,
+        url=credentials.url,
+        key=credentials.key,
+        quiet=True,
+        progress=False,
+        timeout=settings.timeout_seconds,
+        retry_max=settings.http_tries,
+        sleep_max=settings.poll_max_seconds,
+        delete=False,
+        info_callback=relay.info,
+        warning_callback=relay.warning,
+        error_callback=relay.error,
         debug_callback=relay.debug,
     )
 
@@ -338,14 +390,19 @@ def _classify_http(err: requests.HTTPError, item: CdsRequest, secret: str) -> Ex
     if status in TRANSIENT_STATUS:
         return _TransientFailure(message)
     if status == 401:
-        return CdsAuthError(f"the CDS refused the key (HTTP 401) for {where}; check CDSAPI_KEY or ~/.cdsapirc: "
-                            f"{message}")
+        return CdsAuthError(
+            f"the CDS refused the key (HTTP 401) for {where}; check CDSAPI_KEY or ~/.cdsapirc: {message}"
+        )
     if "cost limit" in lowered or "too large" in lowered:
-        return RequestTooLargeError(f"the CDS refused {where} ({item.fields} fields) as too large; lower "
-                                    f"max_fields so the planner cuts smaller requests: {message}")
+        return RequestTooLargeError(
+            f"the CDS refused {where} ({item.fields} fields) as too large; lower "
+            f"max_fields so the planner cuts smaller requests: {message}"
+        )
     if status == 403 and "licen" in lowered:
-        return CdsAuthError(f"the CDS requires accepting the dataset licence of {item.dataset} on its web site "
-                            f"first: {message}")
+        return CdsAuthError(
+            f"the CDS requires accepting the dataset licence of {item.dataset} on its web site "
+            f"first: {message}"
+        )
     if err.response is not None and err.response.url.rstrip("/").endswith("/results"):
         return CdsRequestError(f"the CDS job for {where} failed: {message}")
     return CdsRequestError(f"the CDS refused {where} (HTTP {status}): {message}")
@@ -357,8 +414,10 @@ def _check_download(path: Path, item: CdsRequest) -> int:
     with open(path, "rb") as stream:
         head = stream.read(8)
     if not any(head.startswith(magic) for magic in _MAGIC[item.suffix]):
-        raise _TransientFailure(f"{item.filename}: the {size}-byte download does not start like a "
-                                f"{item.suffix} file (first bytes {head!r})")
+        raise _TransientFailure(
+            f"{item.filename}: the {size}-byte download does not start like a "
+            f"{item.suffix} file (first bytes {head!r})"
+        )
     return size
 
 
@@ -374,8 +433,10 @@ def _check_content(path: Path, target: Path, item: CdsRequest) -> None:
         check_result(path, item, label=target.name)
     except (CdsResultMismatchError, SourceLayoutError) as mismatch:
         kept = _reject(path, target, item, str(mismatch))
-        raise CdsResultMismatchError(f"{mismatch} — set aside as {kept}, not used; ask the CDS again by re-running, "
-                                     f"or report the request to the CDS if it keeps happening") from None
+        raise CdsResultMismatchError(
+            f"{mismatch} — set aside as {kept}, not used; ask the CDS again by re-running, "
+            f"or report the request to the CDS if it keeps happening"
+        ) from None
 
 
 def _recheck(path: Path, item: CdsRequest, record: dict) -> bool:
@@ -383,8 +444,11 @@ def _recheck(path: Path, item: CdsRequest, record: dict) -> bool:
     try:
         _check_content(path, path, item)
     except CdsResultMismatchError as mismatch:
-        log.warning("%s was cached without being checked and does not match its request; fetching it again: %s",
-                    path.name, mismatch)
+        log.warning(
+            "%s was cached without being checked and does not match its request; fetching it again: %s",
+            path.name,
+            mismatch,
+        )
         discard(path.with_name(path.name + _SIDECAR))
         return False
     _write_sidecar(path, item, record["size"])
@@ -397,18 +461,31 @@ def _reject(path: Path, target: Path, item: CdsRequest, reason: str) -> Path:
     folder.mkdir(exist_ok=True)
     kept = folder / target.name
     os.replace(path, kept)
-    record = {"key": item.key, "dataset": item.dataset, "request": item.request, "month": item.month,
-              "mismatch": reason}
+    record = {
+        "key": item.key,
+        "dataset": item.dataset,
+        "request": item.request,
+        "month": item.month,
+        "mismatch": reason,
+    }
     _write_json(kept.with_name(kept.name + _SIDECAR), record)
     log.error("%s", reason)
     return kept
 
 
 def _write_sidecar(target: Path, item: CdsRequest, size: int) -> None:
-    """Record what the file is (request, hash, size, checked) beside it, atomically, before it is renamed in."""
-    record = {"key": item.key, "dataset": item.dataset, "request": item.request,
-              "variable_ids": list(item.variable_ids), "month": item.month, "fields": item.fields, "size": size,
-              "checked": True}
+    """Record what the file is (request, hash, size, checked) beside it, atomically, before it is renamed
+    in."""
+    record = {
+        "key": item.key,
+        "dataset": item.dataset,
+        "request": item.request,
+        "variable_ids": list(item.variable_ids),
+        "month": item.month,
+        "fields": item.fields,
+        "size": size,
+        "checked": True,
+    }
     _write_json(target.with_name(target.name + _SIDECAR), record)
 
 

@@ -47,10 +47,19 @@ from dask.delayed import Delayed
 from ingest.atomic import atomic_output, discard
 from ingest.dims import CHANNEL, LAT, LON, TIME
 from ingest.errors import StoreSchemaError
-from ingest.locks import process_running
 from ingest.lexicon import get_variable
-from ingest.schema import (CF_COORDINATE_ATTRS, CLIMATOLOGY, CLIMATOLOGY_DIMS, DAYOFYEAR, HOUR, STATS_END, STATS_START,
-                           consolidate, write_cf_attributes)
+from ingest.locks import process_running
+from ingest.schema import (
+    CF_COORDINATE_ATTRS,
+    CLIMATOLOGY,
+    CLIMATOLOGY_DIMS,
+    DAYOFYEAR,
+    HOUR,
+    STATS_END,
+    STATS_START,
+    consolidate,
+    write_cf_attributes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +121,17 @@ class DaySums:
 
     def merge(self, other: DaySums) -> DaySums:
         """The groups of both (sums and counts of a group present in both are added)."""
-        return DaySums(*_sum_by_key(np.concatenate([self.keys, other.keys]),
-                                    np.concatenate([self.sums, other.sums]),
-                                    np.concatenate([self.counts, other.counts])))
+        return DaySums(
+            *_sum_by_key(
+                np.concatenate([self.keys, other.keys]),
+                np.concatenate([self.sums, other.sums]),
+                np.concatenate([self.counts, other.counts]),
+            )
+        )
 
     def at_hour(self, hour: int) -> tuple[np.ndarray, np.ndarray]:
-        """Sums and counts at one hour of day as ``[dayofyear (366), channel, lat, lon]`` (zero where absent)."""
+        """Sums and counts at one hour of day as ``[dayofyear (366), channel, lat, lon]`` (zero where
+        absent)."""
         shape = (DAYS_IN_CLIMATOLOGY, *self.sums.shape[1:])
         sums, counts = np.zeros(shape), np.zeros(shape)
         days, hour_of = np.divmod(self.keys, HOURS_PER_DAY)
@@ -127,7 +141,8 @@ class DaySums:
 
 
 def _group_keys(times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Group key of each step, with day 365 of a common year repeated as day 366; and the steps, in that order."""
+    """Group key of each step, with day 365 of a common year repeated as day 366; and the steps, in that
+    order."""
     days = times.astype("datetime64[D]")
     years = times.astype("datetime64[Y]")
     day_of_year = (days - years.astype("datetime64[D]")).astype(np.int64) + 1
@@ -140,14 +155,20 @@ def _group_keys(times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return keys, steps
 
 
-def _sum_by_key(keys: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _sum_by_key(
+    keys: np.ndarray, sums: np.ndarray, counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unique sorted keys, and ``sums``/``counts`` added up over the rows of each key."""
     if keys.size == 0:
         return keys, sums, counts
     order = np.argsort(keys, kind="stable")
     keys = keys[order]
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    return keys[starts], np.add.reduceat(sums[order], starts, axis=0), np.add.reduceat(counts[order], starts, axis=0)
+    return (
+        keys[starts],
+        np.add.reduceat(sums[order], starts, axis=0),
+        np.add.reduceat(counts[order], starts, axis=0),
+    )
 
 
 def _merge_tree(parts: list) -> Delayed:
@@ -168,7 +189,7 @@ def _box_sum(values: np.ndarray, width: int) -> np.ndarray:
     running[0] = 0.0
     for day in range(1, days + width):  # row by row: numpy's cumsum along the first axis is ~10x slower
         np.add(running[day - 1], values[(day - 1) % days], out=running[day])
-    return running[width:width + days] - running[:days]
+    return running[width : width + days] - running[:days]
 
 
 def _triangle_sum(values: np.ndarray, half: int) -> np.ndarray:
@@ -202,8 +223,13 @@ def _smoothed(total: DaySums, hours: np.ndarray, half: int, fill_uncovered: bool
     return out
 
 
-def compute_climatology(data: xr.DataArray, start: np.datetime64, end: np.datetime64,
-                        window_days: int = DEFAULT_WINDOW_DAYS, fill_uncovered: bool = True) -> xr.DataArray:
+def compute_climatology(
+    data: xr.DataArray,
+    start: np.datetime64,
+    end: np.datetime64,
+    window_days: int = DEFAULT_WINDOW_DAYS,
+    fill_uncovered: bool = True,
+) -> xr.DataArray:
     """The smoothed day-of-year x hour-of-day climatology of ``data`` over ``start..end``.
 
     Parameters
@@ -226,8 +252,10 @@ def compute_climatology(data: xr.DataArray, start: np.datetime64, end: np.dateti
     """
     period = data.sel({TIME: slice(start, end)})
     if period.sizes[TIME] == 0:
-        raise StoreSchemaError(f"climatology period {start}..{end} selects no time steps; the data covers "
-                               f"{data[TIME].values[0]}..{data[TIME].values[-1]}")
+        raise StoreSchemaError(
+            f"climatology period {start}..{end} selects no time steps; the data covers "
+            f"{data[TIME].values[0]}..{data[TIME].values[-1]}"
+        )
     times = period[TIME].values
     hours = np.unique(period[TIME].dt.hour.values)
     minutes = np.unique(period[TIME].dt.minute.values)
@@ -236,17 +264,32 @@ def compute_climatology(data: xr.DataArray, start: np.datetime64, end: np.dateti
     half = window_weights(window_days).size // 2  # also checks the window
     array = period.chunk({CHANNEL: -1, LAT: -1, LON: -1}).data
     offsets = np.r_[0, np.cumsum(array.chunks[0])]
-    parts = [dask.delayed(DaySums.of_block)(block, times[a:b])
-             for block, a, b in zip(array.to_delayed().ravel(), offsets[:-1], offsets[1:], strict=True)]
+    parts = [
+        dask.delayed(DaySums.of_block)(block, times[a:b])
+        for block, a, b in zip(array.to_delayed().ravel(), offsets[:-1], offsets[1:], strict=True)
+    ]
     smoothed = dask.delayed(_smoothed)(_merge_tree(parts), hours, half, fill_uncovered)
     shape = (DAYS_IN_CLIMATOLOGY, hours.size, period.sizes[CHANNEL], period.sizes[LAT], period.sizes[LON])
-    coords = {DAYOFYEAR: np.arange(1, DAYS_IN_CLIMATOLOGY + 1), HOUR: hours,
-              CHANNEL: period[CHANNEL].values, LAT: period[LAT].values, LON: period[LON].values}
-    result = xr.DataArray(da.from_delayed(smoothed, shape, dtype=np.float32), dims=CLIMATOLOGY_DIMS, coords=coords,
-                          name=CLIMATOLOGY)
-    result.attrs = {STATS_START: str(start), STATS_END: str(end), "window_days": window_days,
-                    "definition": "WeatherBench 2 day-of-year x hour-of-day mean, triangular window over days",
-                    "uncovered_days": "period mean at that hour" if fill_uncovered else "NaN"}
+    coords = {
+        DAYOFYEAR: np.arange(1, DAYS_IN_CLIMATOLOGY + 1),
+        HOUR: hours,
+        CHANNEL: period[CHANNEL].values,
+        LAT: period[LAT].values,
+        LON: period[LON].values,
+    }
+    result = xr.DataArray(
+        da.from_delayed(smoothed, shape, dtype=np.float32),
+        dims=CLIMATOLOGY_DIMS,
+        coords=coords,
+        name=CLIMATOLOGY,
+    )
+    result.attrs = {
+        STATS_START: str(start),
+        STATS_END: str(end),
+        "window_days": window_days,
+        "definition": "WeatherBench 2 day-of-year x hour-of-day mean, triangular window over days",
+        "uncovered_days": "period mean at that hour" if fill_uncovered else "NaN",
+    }
     return result
 
 
@@ -272,15 +315,19 @@ def climatology_at(climatology: xr.DataArray, times: xr.DataArray) -> xr.DataArr
         If a time falls on an hour of day (or a minute) the climatology does not hold.
     """
     if tuple(climatology.dims) != CLIMATOLOGY_DIMS:
-        raise StoreSchemaError(f"expected a climatology with dims {CLIMATOLOGY_DIMS}, found {climatology.dims}")
+        raise StoreSchemaError(
+            f"expected a climatology with dims {CLIMATOLOGY_DIMS}, found {climatology.dims}"
+        )
     if not np.issubdtype(times.dtype, np.datetime64):
         raise StoreSchemaError(f"expected datetime64 valid times, found dtype {times.dtype}")
     hours = times.dt.hour
     off_grid = ~hours.isin(climatology[HOUR].values) | (times.dt.minute != 0)
     if bool(off_grid.any()):
         bad = np.unique(times.values[off_grid.values])
-        raise StoreSchemaError(f"climatology holds hours {list(climatology[HOUR].values)}; valid times "
-                               f"{bad[:5]} fall between them")
+        raise StoreSchemaError(
+            f"climatology holds hours {list(climatology[HOUR].values)}; valid times "
+            f"{bad[:5]} fall between them"
+        )
     picked = climatology.sel({DAYOFYEAR: times.dt.dayofyear, HOUR: hours})
     picked = picked.drop_vars([DAYOFYEAR, HOUR], errors="ignore")
     return picked.transpose(*times.dims, CHANNEL, LAT, LON)
@@ -297,16 +344,26 @@ def write_climatology(climatology: xr.DataArray, path: str | Path) -> Path:
     path = Path(path)
     remove_stale_temporaries(path)
     nhour, nchan, nlat, nlon = (climatology.sizes[d] for d in (HOUR, CHANNEL, LAT, LON))
-    encoding = {CLIMATOLOGY: {"chunks": (1, nhour, nchan, nlat, nlon), "shards": (61, nhour, nchan, nlat, nlon)}}
+    encoding = {
+        CLIMATOLOGY: {"chunks": (1, nhour, nchan, nlat, nlon), "shards": (61, nhour, nchan, nlat, nlon)}
+    }
     dataset = climatology.chunk({DAYOFYEAR: 61, HOUR: -1, CHANNEL: -1, LAT: -1, LON: -1}).to_dataset()
     dataset.attrs = dict(climatology.attrs)
     with atomic_output(path, temporary=owned_temporary(path)) as tmp:
         dataset.to_zarr(tmp, mode="w-", zarr_format=3, consolidated=False, encoding=encoding)
         channels = [str(c) for c in climatology[CHANNEL].values]
-        write_cf_attributes(tmp, {**CF_COORDINATE_ATTRS, CLIMATOLOGY: {
-            "long_name": "climatological mean by day of year and hour of day",
-            "channel_units": [get_variable(c).units for c in channels]},
-            DAYOFYEAR: {"long_name": "day of year"}, HOUR: {"long_name": "hour of day (UTC)"}})
+        write_cf_attributes(
+            tmp,
+            {
+                **CF_COORDINATE_ATTRS,
+                CLIMATOLOGY: {
+                    "long_name": "climatological mean by day of year and hour of day",
+                    "channel_units": [get_variable(c).units for c in channels],
+                },
+                DAYOFYEAR: {"long_name": "day of year"},
+                HOUR: {"long_name": "hour of day (UTC)"},
+            },
+        )
         consolidate(tmp)
     return path
 
@@ -314,7 +371,9 @@ def write_climatology(climatology: xr.DataArray, path: str | Path) -> Path:
 def owned_temporary(path: str | Path) -> Path:
     """A fresh sibling of ``path`` naming this process: ``.NAME.partial-<id>-<pid>-<host>``."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{_PARTIAL}-{uuid.uuid4().hex[:12]}-{os.getpid()}-{socket.gethostname()}")
+    return path.with_name(
+        f".{path.name}.{_PARTIAL}-{uuid.uuid4().hex[:12]}-{os.getpid()}-{socket.gethostname()}"
+    )
 
 
 def remove_stale_temporaries(path: str | Path) -> list[Path]:

@@ -30,19 +30,28 @@ _FINE_LAT, _FINE_LON = "fine_lat", "fine_lon"
 def _latitude_edges(lat: np.ndarray) -> np.ndarray:
     """Band edges (north to south) of points ``lat`` running north to south, clipped at the poles."""
     mid = 0.5 * (lat[1:] + lat[:-1])
-    return np.concatenate([[min(90.0, lat[0] + 0.5 * (lat[0] - lat[1]))], mid,
-                           [max(-90.0, lat[-1] - 0.5 * (lat[-2] - lat[-1]))]])
+    return np.concatenate(
+        [
+            [min(90.0, lat[0] + 0.5 * (lat[0] - lat[1]))],
+            mid,
+            [max(-90.0, lat[-1] - 0.5 * (lat[-2] - lat[-1]))],
+        ]
+    )
 
 
 def _coarse_latitudes(lat: np.ndarray, factor: int) -> np.ndarray:
     poles = np.isclose(abs(lat[0]), 90.0) and np.isclose(abs(lat[-1]), 90.0)
     if poles:
         if (lat.size - 1) % factor:
-            raise StoreSchemaError(f"a grid with both poles coarsens by factors dividing nlat - 1 = {lat.size - 1}; "
-                                   f"found factor {factor}")
+            raise StoreSchemaError(
+                f"a grid with both poles coarsens by factors dividing nlat - 1 = {lat.size - 1}; "
+                f"found factor {factor}"
+            )
         return lat[::factor]
     if lat.size % factor:
-        raise StoreSchemaError(f"a grid without poles coarsens by factors dividing nlat = {lat.size}; found {factor}")
+        raise StoreSchemaError(
+            f"a grid without poles coarsens by factors dividing nlat = {lat.size}; found {factor}"
+        )
     edges = _latitude_edges(lat)
     top, bottom = edges[:-1:factor], edges[factor::factor]
     return 0.5 * (top + bottom)  # band centres, so midpoints between them fall on the block edges
@@ -76,12 +85,16 @@ def longitude_weights(lon: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndar
         Rows sum to 1; coarse cell ``j`` spans ``factor`` fine spacings centred on ``coarse[j]``.
     """
     if lon.size % factor:
-        raise StoreSchemaError(f"longitudes coarsen by factors dividing nlon = {lon.size}; found factor {factor}")
+        raise StoreSchemaError(
+            f"longitudes coarsen by factors dividing nlon = {lon.size}; found factor {factor}"
+        )
     spacing = 360.0 / lon.size
     coarse = lon[::factor]
     offset = (lon[None, :] - coarse[:, None] + 180.0) % 360.0 - 180.0  # fine minus coarse centre, wrapped
     half = 0.5 * factor * spacing
-    overlap = np.clip(np.minimum(offset + 0.5 * spacing, half) - np.maximum(offset - 0.5 * spacing, -half), 0.0, None)
+    overlap = np.clip(
+        np.minimum(offset + 0.5 * spacing, half) - np.maximum(offset - 0.5 * spacing, -half), 0.0, None
+    )
     return coarse, overlap / overlap.sum(axis=1, keepdims=True)
 
 
@@ -119,14 +132,16 @@ def coarsen(data: xr.DataArray, factor: int) -> xr.DataArray:
 
 
 def _band_overlaps(source_edges: np.ndarray, target_edges: np.ndarray) -> np.ndarray:
-    """Overlap of target bands (rows) with source bands (columns), edges running north to south in ``sin φ``."""
+    """Overlap of target bands (rows) with source bands (columns), edges running north to south in ``sin
+    φ``."""
     top = np.minimum(target_edges[:-1, None], source_edges[None, :-1])
     bottom = np.maximum(target_edges[1:, None], source_edges[None, 1:])
     return np.clip(top - bottom, 0.0, None)
 
 
-def remap_weights(lat: np.ndarray, lon: np.ndarray, nlat: int, nlon: int
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def remap_weights(
+    lat: np.ndarray, lon: np.ndarray, nlat: int, nlon: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """First-order conservative remap from one global grid to an equiangular ``nlat × nlon`` grid.
 
     Unlike :func:`coarsen`, the target need not share points with the source: 64 × 128 → 32 × 64
@@ -149,14 +164,17 @@ def remap_weights(lat: np.ndarray, lon: np.ndarray, nlat: int, nlon: int
     """
     target_lat = np.linspace(90.0, -90.0, nlat)
     target_lon = np.arange(nlon) * (360.0 / nlon)
-    overlap = _band_overlaps(np.sin(np.deg2rad(_latitude_edges(np.asarray(lat, dtype=np.float64)))),
-                             np.sin(np.deg2rad(_latitude_edges(target_lat))))
+    overlap = _band_overlaps(
+        np.sin(np.deg2rad(_latitude_edges(np.asarray(lat, dtype=np.float64)))),
+        np.sin(np.deg2rad(_latitude_edges(target_lat))),
+    )
     lat_w = overlap / overlap.sum(axis=1, keepdims=True)
     spacing, target_spacing = 360.0 / len(lon), 360.0 / nlon
     offset = (np.asarray(lon, dtype=np.float64)[None, :] - target_lon[:, None] + 180.0) % 360.0 - 180.0
     half = 0.5 * target_spacing
-    lon_overlap = np.clip(np.minimum(offset + 0.5 * spacing, half) - np.maximum(offset - 0.5 * spacing, -half),
-                          0.0, None)
+    lon_overlap = np.clip(
+        np.minimum(offset + 0.5 * spacing, half) - np.maximum(offset - 0.5 * spacing, -half), 0.0, None
+    )
     return target_lat, target_lon, lat_w, lon_overlap / lon_overlap.sum(axis=1, keepdims=True)
 
 

@@ -64,7 +64,8 @@ class CdsResultMismatchError(DownloadError):
 
 
 class CorruptFileError(SourceLayoutError):
-    """An input file contradicts its own structure (e.g. a GRIB message whose length or end marker is wrong)."""
+    """An input file contradicts its own structure (e.g. a GRIB message whose length or end marker is
+    wrong)."""
 
 
 class TruncatedFileError(CorruptFileError):

@@ -17,8 +17,18 @@ import zarr
 from ingest.dims import CHANNEL, TIME
 from ingest.errors import StoreSchemaError, UnknownVariableError
 from ingest.lexicon import valid_range
-from ingest.schema import (DATA, MAXIMUM, MEAN, MINIMUM, STATS_END, STATS_START, STD, STEP_HOURS, TENDENCY_STD,
-                           open_store)
+from ingest.schema import (
+    DATA,
+    MAXIMUM,
+    MEAN,
+    MINIMUM,
+    STATS_END,
+    STATS_START,
+    STD,
+    STEP_HOURS,
+    TENDENCY_STD,
+    open_store,
+)
 from ingest.statistics import lazy_moments
 
 _STAT_NAMES = (MEAN, STD, MINIMUM, MAXIMUM, TENDENCY_STD)
@@ -98,12 +108,24 @@ def describe_store(path: str | Path) -> StoreDescription:
     array = zarr.open_array(path / DATA, mode="r")
     size, files = _disk_usage(path)
     channels = [str(c) for c in ds[CHANNEL].values]
-    stats = {c: {name: float(ds[name].values[i]) for name in _STAT_NAMES if name in ds} for i, c in enumerate(channels)}
+    stats = {
+        c: {name: float(ds[name].values[i]) for name in _STAT_NAMES if name in ds}
+        for i, c in enumerate(channels)
+    }
     return StoreDescription(
-        path=path, first=times[0], last=times[-1], step=step, gaps=gaps, shape=dict(ds[DATA].sizes),
-        chunks=tuple(array.chunks), shards=None if array.shards is None else tuple(array.shards),
-        compressors=[type(c).__name__ for c in array.compressors], bytes_on_disk=size, files=files,
-        statistics=stats, attrs=dict(ds.attrs),
+        path=path,
+        first=times[0],
+        last=times[-1],
+        step=step,
+        gaps=gaps,
+        shape=dict(ds[DATA].sizes),
+        chunks=tuple(array.chunks),
+        shards=None if array.shards is None else tuple(array.shards),
+        compressors=[type(c).__name__ for c in array.compressors],
+        bytes_on_disk=size,
+        files=files,
+        statistics=stats,
+        attrs=dict(ds.attrs),
     )
 
 
@@ -125,8 +147,11 @@ def format_description(d: StoreDescription) -> str:
     lines = [
         f"store        {d.path}",
         f"dates        {_minutes(d.first)} .. {_minutes(d.last)}  every {hours} h, {d.shape[TIME]} steps",
-        f"gaps         {len(d.gaps)}" + "".join(f"\n  after {_minutes(g.after)}: {g.missing_steps} missing, next "
-                                                f"{_minutes(g.before)}" for g in d.gaps[:20]),
+        f"gaps         {len(d.gaps)}"
+        + "".join(
+            f"\n  after {_minutes(g.after)}: {g.missing_steps} missing, next {_minutes(g.before)}"
+            for g in d.gaps[:20]
+        ),
         "shape        " + " x ".join(f"{k}={v}" for k, v in d.shape.items()),
         f"chunks       {d.chunks}  shards {d.shards}  compressors {d.compressors or ['none']}",
         f"on disk      {_human(d.bytes_on_disk)} in {d.files} files",
@@ -134,7 +159,9 @@ def format_description(d: StoreDescription) -> str:
         f"{'channel':<10}" + "".join(f"{name:>15}" for name in _STAT_NAMES),
     ]
     for channel, values in d.statistics.items():
-        lines.append(f"{channel:<10}" + "".join(f"{values.get(name, float('nan')):>15.6g}" for name in _STAT_NAMES))
+        lines.append(
+            f"{channel:<10}" + "".join(f"{values.get(name, float('nan')):>15.6g}" for name in _STAT_NAMES)
+        )
     return "\n".join(lines)
 
 
@@ -151,15 +178,21 @@ def _time_problems(ds: xr.Dataset) -> list[str]:
     steps = np.diff(times)
     if np.any(steps <= np.timedelta64(0)):
         bad = times[1:][steps <= np.timedelta64(0)]
-        problems.append(f"times: expected increasing unique times, found {bad.size} repeated or unsorted, e.g. {bad[:3]}")
+        problems.append(
+            f"times: expected increasing unique times, found {bad.size} repeated or unsorted, e.g. {bad[:3]}"
+        )
     elif times.size > 1:
         step, gaps = find_gaps(times)
         if gaps:
-            problems.append(f"times: {len(gaps)} gap(s) in the {int(step / np.timedelta64(1, 'h'))}-hourly series, "
-                            f"first after {gaps[0].after} ({gaps[0].missing_steps} steps missing)")
+            problems.append(
+                f"times: {len(gaps)} gap(s) in the {int(step / np.timedelta64(1, 'h'))}-hourly series, "
+                f"first after {gaps[0].after} ({gaps[0].missing_steps} steps missing)"
+            )
         declared = ds.attrs.get(STEP_HOURS)
         if declared is not None and np.timedelta64(int(declared), "h") != step:
-            problems.append(f"attrs: step_hours is {declared}, the times step by {step.astype('timedelta64[h]')}")
+            problems.append(
+                f"attrs: step_hours is {declared}, the times step by {step.astype('timedelta64[h]')}"
+            )
     return problems
 
 
@@ -168,8 +201,10 @@ def _statistics_problems(ds: xr.Dataset) -> list[str]:
     for name in (MEAN, STD):
         values = ds[name].values
         if not np.all(np.isfinite(values)):
-            problems.append(f"statistics: {name} is not finite for channels "
-                            f"{list(ds[CHANNEL].values[~np.isfinite(values)])}")
+            problems.append(
+                f"statistics: {name} is not finite for channels "
+                f"{list(ds[CHANNEL].values[~np.isfinite(values)])}"
+            )
     if np.any(ds[STD].values <= 0):
         problems.append(f"statistics: std must be positive, found {ds[STD].values.tolist()}")
     for key in (STATS_START, STATS_END):
@@ -193,7 +228,9 @@ def _unreadable_shards(path: Path, ds: xr.Dataset, steps: int) -> list[str]:
         except _DECODE_ERRORS as err:
             key = "/".join(["c", str(start // steps)] + ["0"] * (array.ndim - 1))
             steps_read = f"{_minutes(times[start])} .. {_minutes(times[stop - 1])}"
-            problems.append(f"data: {path / DATA / key} (steps {steps_read}) is unreadable: {type(err).__name__}: {err}")
+            problems.append(
+                f"data: {path / DATA / key} (steps {steps_read}) is unreadable: {type(err).__name__}: {err}"
+            )
     return problems
 
 
@@ -221,8 +258,10 @@ def _value_problems(path: Path, ds: xr.Dataset) -> list[str]:
             problems.append(f"values: {err}")
             continue
         if moments.count[i] and (moments.minimum[i] < low or moments.maximum[i] > high):
-            problems.append(f"values: {channel} spans {moments.minimum[i]:.6g}..{moments.maximum[i]:.6g}, "
-                            f"outside its physical range {low:g}..{high:g}")
+            problems.append(
+                f"values: {channel} spans {moments.minimum[i]:.6g}..{moments.maximum[i]:.6g}, "
+                f"outside its physical range {low:g}..{high:g}"
+            )
     return problems
 
 

@@ -68,7 +68,12 @@ _SINGLE_FIELDS = {
     "t2m": ("2m_temperature", "t2m", "K", "2 metre temperature"),
     "msl": ("mean_sea_level_pressure", "msl", "Pa", "Mean sea level pressure"),
     "sp": ("surface_pressure", "sp", "Pa", "Surface pressure"),
-    "tcwv": ("total_column_water_vapour", "tcwv", "kg m**-2", "Total column vertically-integrated water vapour"),
+    "tcwv": (
+        "total_column_water_vapour",
+        "tcwv",
+        "kg m**-2",
+        "Total column vertically-integrated water vapour",
+    ),
 }
 
 
@@ -113,9 +118,18 @@ def get_variables(variable_ids: list[str] | tuple[str, ...]) -> list[Variable]:
 #: Physically plausible bounds of each field (in the store's units), by ERA5 short name: wide
 #: enough for any ERA5 value at any level, tight enough to catch wrong units or corrupt data.
 _VALID_RANGES: dict[str, tuple[float, float]] = {
-    "z": (-1.0e4, 2.5e5), "t": (150.0, 350.0), "u": (-150.0, 150.0), "v": (-150.0, 150.0),
-    "r": (0.0, 160.0), "q": (-1.0e-3, 5.0e-2), "u10": (-80.0, 80.0), "v10": (-80.0, 80.0),
-    "t2m": (170.0, 345.0), "msl": (8.5e4, 1.1e5), "sp": (4.5e4, 1.1e5), "tcwv": (0.0, 120.0),
+    "z": (-1.0e4, 2.5e5),
+    "t": (150.0, 350.0),
+    "u": (-150.0, 150.0),
+    "v": (-150.0, 150.0),
+    "r": (0.0, 160.0),
+    "q": (-1.0e-3, 5.0e-2),
+    "u10": (-80.0, 80.0),
+    "v10": (-80.0, 80.0),
+    "t2m": (170.0, 345.0),
+    "msl": (8.5e4, 1.1e5),
+    "sp": (4.5e4, 1.1e5),
+    "tcwv": (0.0, 120.0),
 }
 
 #: Geopotential (m² s⁻²) by pressure level (hPa): the standard atmosphere's height times g with
@@ -124,9 +138,18 @@ _VALID_RANGES: dict[str, tuple[float, float]] = {
 #: that a geopotential height in metres mislabelled ``m**2 s**-2`` (g ≈ 9.8 times too small)
 #: falls outside at 850 hPa and above; near 1000 hPa the two overlap and only the units tell.
 _GEOPOTENTIAL_RANGES: dict[int, tuple[float, float]] = {
-    50: (1.7e5, 2.3e5), 100: (1.4e5, 1.8e5), 150: (1.15e5, 1.5e5), 200: (9.5e4, 1.3e5),
-    250: (8.5e4, 1.15e5), 300: (7.3e4, 1.0e5), 400: (5.5e4, 8.0e4), 500: (2.5e4, 8.0e4),
-    600: (3.0e4, 4.8e4), 700: (2.0e4, 3.5e4), 850: (5.0e3, 2.0e4), 925: (-1.0e4, 1.5e4),
+    50: (1.7e5, 2.3e5),
+    100: (1.4e5, 1.8e5),
+    150: (1.15e5, 1.5e5),
+    200: (9.5e4, 1.3e5),
+    250: (8.5e4, 1.15e5),
+    300: (7.3e4, 1.0e5),
+    400: (5.5e4, 8.0e4),
+    500: (2.5e4, 8.0e4),
+    600: (3.0e4, 4.8e4),
+    700: (2.0e4, 3.5e4),
+    850: (5.0e3, 2.0e4),
+    925: (-1.0e4, 1.5e4),
     1000: (-1.5e4, 8.0e3),
 }
 

@@ -137,8 +137,10 @@ def exclusive_lock(target: str | Path, what: str = "store", timeout: float = 0.0
     path = lock_path(target)
     fd = _take(path, fcntl.LOCK_EX, timeout)
     if fd is None:
-        raise LockHeldError(f"{what} {target} is being written by {describe_holder(_read(path))} "
-                            f"(lock {path}); wait for it to finish, or stop it, then run again")
+        raise LockHeldError(
+            f"{what} {target} is being written by {describe_holder(_read(path))} "
+            f"(lock {path}); wait for it to finish, or stop it, then run again"
+        )
     try:
         _sign(fd)
         yield path
@@ -181,9 +183,11 @@ class CampaignLock:
         for other in sorted(target.parent.glob(f"{lock_path(target).name}-*")):
             if other != self.path and self._held(other):
                 self.release()
-                raise LockHeldError(f"{what} {target} is being written by {describe_holder(_read(other))} for "
-                                    f"another campaign ({other.name}); wait for it to finish, or stop it, then "
-                                    "run again")
+                raise LockHeldError(
+                    f"{what} {target} is being written by {describe_holder(_read(other))} for "
+                    f"another campaign ({other.name}); wait for it to finish, or stop it, then "
+                    "run again"
+                )
 
     @staticmethod
     def _held(path: Path) -> bool:

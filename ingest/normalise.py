@@ -51,8 +51,13 @@ _LON_NAMES = ("longitude", "lon")
 _LEVEL_NAMES = ("pressure_level", "isobaricInhPa", "level")
 
 
-def normalise(ds: xr.Dataset, variable_ids: Sequence[str] | None = None, *, time_chunk: int = 1,
-              assume_units: Mapping[str, str] | None = None) -> xr.Dataset:
+def normalise(
+    ds: xr.Dataset,
+    variable_ids: Sequence[str] | None = None,
+    *,
+    time_chunk: int = 1,
+    assume_units: Mapping[str, str] | None = None,
+) -> xr.Dataset:
     """Turn one ERA5 dataset, in any supported layout, into the canonical form.
 
     Parameters
@@ -110,8 +115,13 @@ def normalise(ds: xr.Dataset, variable_ids: Sequence[str] | None = None, *, time
     if not _is_dask_backed(ds):
         ds = ds.chunk({TIME: time_chunk})
     ds = _apply_expver_choice(ds, chosen)
-    ds = ds.assign_coords({TIME: ds[TIME].values.astype("datetime64[ns]"),
-                           LAT: ds[LAT].values.astype(np.float64), LON: ds[LON].values.astype(np.float64)})
+    ds = ds.assign_coords(
+        {
+            TIME: ds[TIME].values.astype("datetime64[ns]"),
+            LAT: ds[LAT].values.astype(np.float64),
+            LON: ds[LON].values.astype(np.float64),
+        }
+    )
     fields = {var.id: _float32_field(ds, var, units[var.id]) for var in held}
     out = xr.Dataset(fields, coords={TIME: ds[TIME], LAT: ds[LAT], LON: ds[LON]})
     out = out.assign_coords({EXPVER: (TIME, labels)})
@@ -171,8 +181,12 @@ def _rename_axes(ds: xr.Dataset) -> xr.Dataset:
     """Rename time/lat/lon/level to canonical names; make a scalar time a length-1 axis."""
     if "valid_time" in ds.variables:  # cfgrib's analysis time and step are superseded by it
         ds = ds.drop_vars([n for n in ("time", "step") if n in ds.variables])
-    names = {TIME: _first_present(ds, _TIME_NAMES), LAT: _first_present(ds, _LAT_NAMES),
-             LON: _first_present(ds, _LON_NAMES), _LEVEL: _first_present(ds, _LEVEL_NAMES)}
+    names = {
+        TIME: _first_present(ds, _TIME_NAMES),
+        LAT: _first_present(ds, _LAT_NAMES),
+        LON: _first_present(ds, _LON_NAMES),
+        _LEVEL: _first_present(ds, _LEVEL_NAMES),
+    }
     missing = [axis for axis in (TIME, LAT, LON) if names[axis] is None]
     if missing:
         raise SourceLayoutError(
@@ -188,7 +202,9 @@ def _rename_axes(ds: xr.Dataset) -> xr.Dataset:
     if TIME not in ds.dims:
         ds = ds.expand_dims(TIME)
     if not np.issubdtype(ds[TIME].dtype, np.datetime64):
-        raise SourceLayoutError(f"expected a time axis of dates (CF units 'since'), found dtype {ds[TIME].dtype}")
+        raise SourceLayoutError(
+            f"expected a time axis of dates (CF units 'since'), found dtype {ds[TIME].dtype}"
+        )
     return ds
 
 
@@ -240,8 +256,10 @@ def _apply_expver_choice(ds: xr.Dataset, chosen: np.ndarray | None) -> xr.Datase
     if chosen is None:
         return ds.drop_vars(EXPVER, errors="ignore")
     runs = np.flatnonzero(np.diff(chosen)) + 1
-    pieces = [ds.isel({TIME: slice(start, stop), EXPVER: int(chosen[start])}).drop_vars(EXPVER)
-              for start, stop in zip(np.r_[0, runs], np.r_[runs, chosen.size], strict=True)]
+    pieces = [
+        ds.isel({TIME: slice(start, stop), EXPVER: int(chosen[start])}).drop_vars(EXPVER)
+        for start, stop in zip(np.r_[0, runs], np.r_[runs, chosen.size], strict=True)
+    ]
     if len(pieces) == 1:
         return pieces[0]
     return xr.concat(pieces, dim=TIME, data_vars="minimal", coords="minimal", compat="override")
@@ -267,7 +285,11 @@ def _holds(ds: xr.Dataset, variable: Variable) -> bool:
     if _LEVEL not in field.coords:
         return variable.level is None and set(field.dims) <= {TIME, LAT, LON}
     levels = np.atleast_1d(field[_LEVEL].values).astype(float)
-    return variable.level is not None and set(field.dims) <= {TIME, _LEVEL, LAT, LON} and variable.level in levels
+    return (
+        variable.level is not None
+        and set(field.dims) <= {TIME, _LEVEL, LAT, LON}
+        and variable.level in levels
+    )
 
 
 def _float32_field(ds: xr.Dataset, variable: Variable, units: str) -> xr.DataArray:
@@ -275,7 +297,11 @@ def _float32_field(ds: xr.Dataset, variable: Variable, units: str) -> xr.DataArr
     field = ds[variable.short_name]
     if variable.level is not None:
         levels = np.atleast_1d(field[_LEVEL].values).astype(float)
-        field = field.isel({_LEVEL: int(np.flatnonzero(levels == variable.level)[0])}) if _LEVEL in field.dims else field
+        field = (
+            field.isel({_LEVEL: int(np.flatnonzero(levels == variable.level)[0])})
+            if _LEVEL in field.dims
+            else field
+        )
         field = field.drop_vars(_LEVEL)
     attrs = dict(field.attrs)
     decoded = _decode(field.transpose(TIME, LAT, LON), attrs)
@@ -298,8 +324,12 @@ def _missing_mask(values: np.ndarray, attrs: dict) -> np.ndarray:
 
 def _decode(field: xr.DataArray, attrs: dict) -> xr.DataArray:
     """Mask fill values and unpack ``scale_factor``/``add_offset`` in float64, as netCDF4 does."""
-    fills = [f for key in ("_FillValue", "missing_value") for f in np.atleast_1d(attrs.get(key, []))
-             if not np.isnan(f)]  # NaN fill values of float fields are already NaN
+    fills = [
+        f
+        for key in ("_FillValue", "missing_value")
+        for f in np.atleast_1d(attrs.get(key, []))
+        if not np.isnan(f)
+    ]  # NaN fill values of float fields are already NaN
     scale, offset = attrs.get("scale_factor"), attrs.get("add_offset")
     if not fills and scale is None and offset is None:
         return field
@@ -315,22 +345,37 @@ def _decode(field: xr.DataArray, attrs: dict) -> xr.DataArray:
 
 
 #: CF ``cell_methods`` over time → the GRIB ``stepType`` of the same product.
-_CELL_METHOD_STEP_TYPES = {"point": "instant", "sum": "accum", "mean": "avg", "maximum": "max", "minimum": "min"}
+_CELL_METHOD_STEP_TYPES = {
+    "point": "instant",
+    "sum": "accum",
+    "mean": "avg",
+    "maximum": "max",
+    "minimum": "min",
+}
 _STEP_TYPE_NAMES = {"instant": "an instantaneous field", "accum": "an accumulation"}
 
 
 def _check_step_type(attrs: Mapping, variable: Variable) -> None:
-    """Refuse a field whose ``stepType``/``cell_methods`` attributes name another product than the lexicon's."""
-    found = [f"stepType {attrs[key]!r}" for key in ("GRIB_stepType", "stepType")
-             if key in attrs and str(attrs[key]) != variable.step_type]
+    """Refuse a field whose ``stepType``/``cell_methods`` attributes name another product than the
+    lexicon's."""
+    found = [
+        f"stepType {attrs[key]!r}"
+        for key in ("GRIB_stepType", "stepType")
+        if key in attrs and str(attrs[key]) != variable.step_type
+    ]
     over_time = re.search(r"\btime\s*:\s*(\w+)", str(attrs.get("cell_methods", "")))
-    if over_time and _CELL_METHOD_STEP_TYPES.get(over_time.group(1), over_time.group(1)) != variable.step_type:
+    if (
+        over_time
+        and _CELL_METHOD_STEP_TYPES.get(over_time.group(1), over_time.group(1)) != variable.step_type
+    ):
         found.append(f"cell_methods {attrs['cell_methods']!r}")
     if found:
         expected = _STEP_TYPE_NAMES.get(variable.step_type, "a statistical product")
         raise StepTypeError(
-            f"{variable.id} ({variable.short_name!r}) is expected as {expected} (stepType {variable.step_type}); "
-            f"found {' and '.join(found)} — another product (a monthly mean, accumulation, minimum or maximum "
+            f"{variable.id} ({variable.short_name!r}) is expected as {expected} (stepType "
+            f"{variable.step_type}); "
+            f"found {' and '.join(found)} — another product (a monthly mean, accumulation, "
+            "minimum or maximum "
             "over time), which is never mixed with the analyses; request the hourly product"
         )
 
@@ -340,8 +385,10 @@ def _source_units(attrs: Mapping, variable: Variable, assumed: Mapping[str, str]
     units, declared = attrs.get("units"), assumed.get(variable.id)
     if units is None and declared is None:
         raise UnitsError(
-            f"{variable.id} ({variable.short_name!r}) has no units attribute; expected {variable.units!r} (or units "
-            f"convertible to it); declare them with assume_units, e.g. {{{variable.id!r}: {variable.units!r}}}"
+            f"{variable.id} ({variable.short_name!r}) has no units attribute; expected "
+            f"{variable.units!r} (or units "
+            "convertible to it); declare them with assume_units, e.g. "
+            f"{{{variable.id!r}: {variable.units!r}}}"
         )
     if units is not None and declared is not None and _unit_key(str(units)) != _unit_key(declared):
         raise UnitsError(
@@ -360,8 +407,10 @@ def _check_physical_range(field: xr.DataArray, variable: Variable) -> None:
         if values.size and (values.min() < low or values.max() > high):
             when = np.datetime_as_string(field[TIME].values[step].astype("datetime64[s]"), unit="h")
             raise PhysicalRangeError(
-                f"{variable.id} spans {values.min():.6g}..{values.max():.6g} at {when}, outside its physical range "
-                f"{low:g}..{high:g} (in {variable.units}) — wrong units (e.g. geopotential height in m labelled "
+                f"{variable.id} spans {values.min():.6g}..{values.max():.6g} at {when}, outside its "
+                "physical range "
+                f"{low:g}..{high:g} (in {variable.units}) — wrong units (e.g. geopotential height in "
+                "m labelled "
                 "as geopotential) or corrupt data"
             )
 

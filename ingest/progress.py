@@ -24,7 +24,8 @@ log = logging.getLogger("fourcast.progress")
 
 
 def progress_mode() -> str:
-    """``bar``, ``log`` or ``off`` from ``$FOURCAST_PROGRESS`` (unknown values: the default for this stderr)."""
+    """``bar``, ``log`` or ``off`` from ``$FOURCAST_PROGRESS`` (unknown values: the default for this
+    stderr)."""
     mode = os.environ.get(MODE_ENV, "").strip().lower()
     if mode in MODES:
         return mode
@@ -91,9 +92,19 @@ class LogProgress:
         eta = (self.total - self.n) / rate if rate > 0 else math.inf
         share = f" ({100 * self.n // self.total}%)" if self.total else ""
         extra = "".join(f", {key}={value}" for key, value in self._postfix.items())
-        log.info("%s: %d/%d %s%s, %.3g %s/s, elapsed %s, ETA %s%s", self.label, self.n, self.total, self.unit, share,
-                 rate, self.unit, _duration(now - self._started), _duration(eta) if self.n < self.total else "0s",
-                 extra)
+        log.info(
+            "%s: %d/%d %s%s, %.3g %s/s, elapsed %s, ETA %s%s",
+            self.label,
+            self.n,
+            self.total,
+            self.unit,
+            share,
+            rate,
+            self.unit,
+            _duration(now - self._started),
+            _duration(eta) if self.n < self.total else "0s",
+            extra,
+        )
 
     def close(self) -> None:
         """A last line, unless the last one already said where the work stopped."""
@@ -123,8 +134,15 @@ def progress(total: int, label: str, unit: str, initial: int = 0, enabled: bool 
     if mode == "bar":
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, initial=initial, desc=label, unit=unit.rstrip("s") or unit, dynamic_ncols=True,
-                    smoothing=0.1, mininterval=0.5)
+        return tqdm(
+            total=total,
+            initial=initial,
+            desc=label,
+            unit=unit.rstrip("s") or unit,
+            dynamic_ncols=True,
+            smoothing=0.1,
+            mininterval=0.5,
+        )
     if mode == "log":
         return LogProgress(total, label, unit, initial, _every_seconds())
     return _Off(total, label, unit, initial)

@@ -112,8 +112,13 @@ def open_sources(
         raise SourceLayoutError(f"shard_steps must be >= 1, found {shard_steps}")
     assume_units = check_assumed_units(assume_units)
     sources = _file_sources(files, unpack_dir)
-    canonical = _on_one_grid([ds for source in sources for ds in
-                              source.open(variable_ids, time_chunk=shard_steps, assume_units=assume_units)])
+    canonical = _on_one_grid(
+        [
+            ds
+            for source in sources
+            for ds in source.open(variable_ids, time_chunk=shard_steps, assume_units=assume_units)
+        ]
+    )
     fields, labels, superseded = {}, {}, 0
     for variable in variables:
         pieces = [(ds.attrs[SOURCE_ATTR], ds[variable.id]) for ds in canonical if variable.id in ds]
@@ -167,8 +172,14 @@ def _on_one_grid(canonical: list[xr.Dataset]) -> list[xr.Dataset]:
         return canonical
     first = canonical[0]
     for ds in canonical[1:]:
-        check_coords(first.coords, ds.coords, (LAT, LON), what=ds.attrs[SOURCE_ATTR],
-                     reference=f"the grid of {first.attrs[SOURCE_ATTR]}", error=SourceGridError)
+        check_coords(
+            first.coords,
+            ds.coords,
+            (LAT, LON),
+            what=ds.attrs[SOURCE_ATTR],
+            reference=f"the grid of {first.attrs[SOURCE_ATTR]}",
+            error=SourceGridError,
+        )
     return [ds.assign_coords({LAT: first[LAT], LON: first[LON]}) for ds in canonical]
 
 
@@ -183,15 +194,22 @@ def _check_same_times(fields: dict[str, xr.DataArray]) -> None:
         lacking = np.setdiff1d(reference[TIME].values, field[TIME].values)
         extra = np.setdiff1d(field[TIME].values, reference[TIME].values)
         if lacking.size or extra.size:
-            short, long_, missing = (vid, reference_id, lacking) if lacking.size else (reference_id, vid, extra)
+            short, long_, missing = (
+                (vid, reference_id, lacking) if lacking.size else (reference_id, vid, extra)
+            )
             raise MissingVariableError(
                 f"{short} is missing at {missing.size} time steps that {long_} has: {_format_times(missing)} "
                 "(every variable must cover the same times)"
             )
 
 
-def _raise_if_not_finite_or_unphysical(block: np.ndarray, times: np.ndarray, *, channels: tuple[str, ...],
-                 bounds: tuple[tuple[float, float], ...]) -> np.ndarray:
+def _raise_if_not_finite_or_unphysical(
+    block: np.ndarray,
+    times: np.ndarray,
+    *,
+    channels: tuple[str, ...],
+    bounds: tuple[tuple[float, float], ...],
+) -> np.ndarray:
     """Raise on NaN/inf, then on values outside each channel's physical range, in one chunk."""
     bad = ~np.isfinite(block)
     if bad.any():
@@ -199,7 +217,8 @@ def _raise_if_not_finite_or_unphysical(block: np.ndarray, times: np.ndarray, *, 
         t, c = np.argwhere(per_field)[0]
         raise NonFiniteValueError(
             f"{channels[c]} must be finite everywhere; found {int(per_field[t, c])} NaN/inf grid points at "
-            f"{_hour(times, t)} ({int(np.count_nonzero(per_field))} (time, channel) fields affected in this chunk) "
+            f"{_hour(times, t)} ({int(np.count_nonzero(per_field))} (time, channel) fields "
+            "affected in this chunk) "
             "— a fill value where data is expected, e.g. an experiment absent at that time"
         )
     low, high = np.array(bounds, dtype=np.float64).T
@@ -209,7 +228,8 @@ def _raise_if_not_finite_or_unphysical(block: np.ndarray, times: np.ndarray, *, 
         t, c = np.argwhere(outside)[0]
         raise PhysicalRangeError(
             f"{channels[c]} spans {lowest[t, c]:.6g}..{highest[t, c]:.6g} at {_hour(times, t)}, outside its "
-            f"physical range {low[c]:g}..{high[c]:g} ({int(np.count_nonzero(outside))} (time, channel) fields "
+            f"physical range {low[c]:g}..{high[c]:g} ({int(np.count_nonzero(outside))} (time, "
+            "channel) fields "
             "affected in this chunk) — wrong units or corrupt data"
         )
     return block
@@ -227,6 +247,13 @@ def _require_finite_and_physical(data: xr.DataArray) -> xr.DataArray:
     times = da.from_array(seconds, chunks=(array.chunks[0],))[:, None, None, None]
     channels = tuple(str(c) for c in data[CHANNEL].values)
     bounds = tuple(valid_range(c) for c in channels)
-    checked = da.map_blocks(_raise_if_not_finite_or_unphysical, array, times, channels=channels, bounds=bounds,
-                            dtype=array.dtype, meta=np.empty((0, 0, 0, 0), dtype=array.dtype))
+    checked = da.map_blocks(
+        _raise_if_not_finite_or_unphysical,
+        array,
+        times,
+        channels=channels,
+        bounds=bounds,
+        dtype=array.dtype,
+        meta=np.empty((0, 0, 0, 0), dtype=array.dtype),
+    )
     return data.copy(data=checked)

@@ -54,13 +54,16 @@ def check_store(ds: xr.Dataset, where: str = "store") -> xr.Dataset:
     missing = [name for name in (DATA, MEAN, STD) if name not in ds.variables]
     if missing:
         raise StoreSchemaError(
-            f"{where}: expected variables {[DATA, MEAN, STD]}, missing {missing}; found {sorted(map(str, ds.variables))}"
+            f"{where}: expected variables {[DATA, MEAN, STD]}, missing {missing}; found "
+            f"{sorted(map(str, ds.variables))}"
         )
     if tuple(ds[DATA].dims) != STORE_DIMS:
         raise StoreSchemaError(f"{where}: expected {DATA} dims {STORE_DIMS}, found {tuple(ds[DATA].dims)}")
     for name in (MEAN, STD):
         if tuple(ds[name].dims) != (CHANNEL,):
-            raise StoreSchemaError(f"{where}: expected {name} dims ({CHANNEL!r},), found {tuple(ds[name].dims)}")
+            raise StoreSchemaError(
+                f"{where}: expected {name} dims ({CHANNEL!r},), found {tuple(ds[name].dims)}"
+            )
     lat = ds[LAT].values
     if lat.size > 1 and not np.all(np.diff(lat) < 0):
         raise StoreSchemaError(f"{where}: expected latitude running north to south, found {lat[:3]}…")
@@ -114,7 +117,9 @@ def open_climatology(path: str | Path) -> xr.DataArray:
         raise StoreSchemaError(f"{path}: expected {CLIMATOLOGY}{list(CLIMATOLOGY_DIMS)}, found {found}")
     days = ds[DAYOFYEAR].values
     if not np.array_equal(days, np.arange(1, 367)):
-        raise StoreSchemaError(f"{path}: expected {DAYOFYEAR} 1..366, found {days[:3]}…{days[-3:]} ({days.size} values)")
+        raise StoreSchemaError(
+            f"{path}: expected {DAYOFYEAR} 1..366, found {days[:3]}…{days[-3:]} ({days.size} values)"
+        )
     return ds[CLIMATOLOGY]
 
 
@@ -125,7 +130,9 @@ def step_of(ds: xr.Dataset) -> np.timedelta64:
         raise StoreSchemaError(f"store holds {times.size} time(s); at least 2 are needed to know its step")
     deltas = np.unique(np.diff(times))
     if deltas.size != 1:
-        raise StoreSchemaError(f"store times are not evenly spaced: steps found {deltas.astype('timedelta64[h]')}")
+        raise StoreSchemaError(
+            f"store times are not evenly spaced: steps found {deltas.astype('timedelta64[h]')}"
+        )
     return deltas[0]
 
 
@@ -141,7 +148,8 @@ CF_COORDINATE_ATTRS = {
 
 
 def write_cf_attributes(path: str | Path, arrays: dict[str, dict]) -> None:
-    """Add ``arrays[name]`` to the attributes of each array of the Zarr store at ``path``, keys in sorted order.
+    """Add ``arrays[name]`` to the attributes of each array of the Zarr store at ``path``, keys in sorted
+    order.
 
     Sorted keys make the metadata bytes independent of the order attributes were added in (a
     store extended later has the same bytes as one built at once). Arrays the store lacks are
@@ -159,7 +167,8 @@ def write_cf_attributes(path: str | Path, arrays: dict[str, dict]) -> None:
 
 
 def consolidate(path: str | Path) -> None:
-    """Consolidate the metadata of the Zarr store at ``path``, so plain ``xr.open_zarr(path)`` opens it quietly.
+    """Consolidate the metadata of the Zarr store at ``path``, so plain ``xr.open_zarr(path)`` opens it
+    quietly.
 
     Call it last, after every write of arrays or attributes: readers given consolidated
     metadata trust it. fourcast's own readers open with ``consolidated=False`` and so always

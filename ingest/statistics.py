@@ -85,8 +85,9 @@ class Moments:
         share = np.divide(other.count, count, out=np.zeros_like(count), where=count > 0)
         mean = self.mean + delta * share
         m2 = self.m2 + other.m2 + delta**2 * self.count * share
-        return Moments(count, mean, m2, np.minimum(self.minimum, other.minimum),
-                       np.maximum(self.maximum, other.maximum))
+        return Moments(
+            count, mean, m2, np.minimum(self.minimum, other.minimum), np.maximum(self.maximum, other.maximum)
+        )
 
     @property
     def std(self) -> np.ndarray:
@@ -172,7 +173,9 @@ def default_period(times: np.ndarray, leave_out_years: int = 3) -> tuple[np.ndar
     return start, end
 
 
-def choose_default_period(times: np.ndarray, leave_out_years: int = 3) -> tuple[np.datetime64, np.datetime64, str]:
+def choose_default_period(
+    times: np.ndarray, leave_out_years: int = 3
+) -> tuple[np.datetime64, np.datetime64, str]:
     """The default statistics period of ``times``, and why it is that one.
 
     * With at least ``leave_out_years + 1`` calendar years, the period ends on 31 December of
@@ -211,11 +214,17 @@ def choose_default_period(times: np.ndarray, leave_out_years: int = 3) -> tuple[
     kept = times[years <= last_kept_year]
     if kept.size >= 2:
         return times[0], kept[-1], f"all but the last {leave_out_years} calendar years"
-    spans = (f"the data spans {years[-1] - years[0] + 1} calendar year(s), too few to leave out the last "
-             f"{leave_out_years} and keep 2 steps")
+    spans = (
+        f"the data spans {years[-1] - years[0] + 1} calendar year(s), too few to leave out the last "
+        f"{leave_out_years} and keep 2 steps"
+    )
     kept_steps = int(0.8 * times.size)
     if kept_steps < 2:
-        return times[0], times[-1], f"all {times.size} steps: {spans}, and 80 % of them is under the 2 steps needed"
+        return (
+            times[0],
+            times[-1],
+            f"all {times.size} steps: {spans}, and 80 % of them is under the 2 steps needed",
+        )
     return times[0], times[kept_steps - 1], f"the first 80 % of the steps: {spans}"
 
 
@@ -242,8 +251,10 @@ class StatsWindow:
         times = np.asarray(times)
         inside = np.flatnonzero((times >= start) & (times <= end))
         if inside.size < 2:
-            raise StoreSchemaError(f"statistics period {start}..{end} selects {inside.size} time steps; "
-                                   f"the data covers {times[0]}..{times[-1]}")
+            raise StoreSchemaError(
+                f"statistics period {start}..{end} selects {inside.size} time steps; "
+                f"the data covers {times[0]}..{times[-1]}"
+            )
         return cls(int(inside[0]), int(inside[-1]) + 1, min(tendency_steps(step_hours), int(inside.size) - 1))
 
     def as_list(self) -> list[int]:
@@ -299,7 +310,7 @@ def block_partials(block: np.ndarray, offset: int, window: StatsWindow) -> Parti
     for channel in range(block.shape[1]):
         values = np.ascontiguousarray(block[:, channel])
         fields.append(_channel_moments(values[a:b]))
-        changes = values[c:b] - values[c - window.lag:b - window.lag] if b > c else values[:0]
+        changes = values[c:b] - values[c - window.lag : b - window.lag] if b > c else values[:0]
         tendency.append(_channel_moments(changes))
     return Partials(Moments.of_rows(fields), Moments.of_rows(tendency))
 
@@ -336,8 +347,14 @@ def merge_partials(partials: list[Partials]) -> Partials:
     return Partials(fields, merge_all([p.tendency for p in partials]))
 
 
-def statistics_dataset(total: Partials, channels: np.ndarray, start: np.datetime64, end: np.datetime64,
-                       window: StatsWindow, step_hours: int) -> xr.Dataset:
+def statistics_dataset(
+    total: Partials,
+    channels: np.ndarray,
+    start: np.datetime64,
+    end: np.datetime64,
+    window: StatsWindow,
+    step_hours: int,
+) -> xr.Dataset:
     """The statistics variables and attributes of the store, from merged partial states.
 
     Returns
@@ -353,17 +370,28 @@ def statistics_dataset(total: Partials, channels: np.ndarray, start: np.datetime
     """
     fields, changes = total.fields, total.tendency
     if np.any(~np.isfinite(fields.std)) or np.any(fields.std <= 0):
-        raise StoreSchemaError(f"channel std must be positive and finite, found "
-                               f"{dict(zip(np.asarray(channels).tolist(), fields.std.tolist(), strict=True))}")
-    values = {MEAN: fields.mean, STD: fields.std, MINIMUM: fields.minimum, MAXIMUM: fields.maximum,
-              TENDENCY_STD: changes.std}
-    stats = xr.Dataset({name: (CHANNEL, v.astype(np.float32)) for name, v in values.items()},
-                       coords={CHANNEL: np.asarray(channels)})
+        raise StoreSchemaError(
+            f"channel std must be positive and finite, found "
+            f"{dict(zip(np.asarray(channels).tolist(), fields.std.tolist(), strict=True))}"
+        )
+    values = {
+        MEAN: fields.mean,
+        STD: fields.std,
+        MINIMUM: fields.minimum,
+        MAXIMUM: fields.maximum,
+        TENDENCY_STD: changes.std,
+    }
+    stats = xr.Dataset(
+        {name: (CHANNEL, v.astype(np.float32)) for name, v in values.items()},
+        coords={CHANNEL: np.asarray(channels)},
+    )
     stats.attrs = {STATS_START: str(start), STATS_END: str(end), TENDENCY_HOURS: window.lag * step_hours}
     return stats
 
 
-def compute_statistics(data: xr.DataArray, start: np.datetime64, end: np.datetime64, step_hours: int) -> xr.Dataset:
+def compute_statistics(
+    data: xr.DataArray, start: np.datetime64, end: np.datetime64, step_hours: int
+) -> xr.Dataset:
     """Mean, std, minimum, maximum and tendency std per channel over ``start..end``.
 
     The same per-block partial states as the store build (:func:`block_partials`,
@@ -396,9 +424,8 @@ def compute_statistics(data: xr.DataArray, start: np.datetime64, end: np.datetim
         part = dask.delayed(block_partials)(block, int(offset), window)
         span = incoming_span(int(offset), size, window)
         if span is not None:
-            incoming = dask.delayed(incoming_tendency)(array[span[0]:span[1]], span[0], int(offset), window)
+            incoming = dask.delayed(incoming_tendency)(array[span[0] : span[1]], span[0], int(offset), window)
             part = dask.delayed(Partials.with_incoming)(part, incoming)
         parts.append(part)
     (partials,) = dask.compute(parts)
     return statistics_dataset(merge_partials(partials), data[CHANNEL].values, start, end, window, step_hours)
-

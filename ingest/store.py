@@ -73,10 +73,29 @@ from ingest.lexicon import get_variable
 from ingest.locks import exclusive_lock
 from ingest.progress import progress as progress_of
 from ingest.readers import open_sources  # noqa: F401  (re-exported: the store's usual input)
-from ingest.schema import (CF_COORDINATE_ATTRS, DATA, MEAN, STATS_END, STATS_START, STD, STEP_HOURS, consolidate,
-                           open_store, write_cf_attributes)
-from ingest.statistics import (Moments, Partials, StatsWindow, block_partials, choose_default_period,
-                               incoming_span, incoming_tendency, merge_partials, statistics_dataset)
+from ingest.schema import (
+    CF_COORDINATE_ATTRS,
+    DATA,
+    MEAN,
+    STATS_END,
+    STATS_START,
+    STD,
+    STEP_HOURS,
+    consolidate,
+    open_store,
+    write_cf_attributes,
+)
+from ingest.statistics import (
+    Moments,
+    Partials,
+    StatsWindow,
+    block_partials,
+    choose_default_period,
+    incoming_span,
+    incoming_tendency,
+    merge_partials,
+    statistics_dataset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +152,9 @@ class StatsPeriod:
     remedy: str = "give a statistics period of at least 2 time steps inside the data"
 
     @classmethod
-    def default(cls, times: np.ndarray, leave_out_years: int = 3, provenance: dict | None = None) -> StatsPeriod:
+    def default(
+        cls, times: np.ndarray, leave_out_years: int = 3, provenance: dict | None = None
+    ) -> StatsPeriod:
         start, end, reason = choose_default_period(times, leave_out_years)
         log.info("statistics period %s..%s (default: %s)", start, end, reason)
         return cls(start, end, {"stats_period_default": reason, **(provenance or {})})
@@ -193,10 +214,14 @@ def check_times(times: np.ndarray, where: str = "input") -> np.timedelta64:
     steps = np.diff(times)
     if np.any(steps <= np.timedelta64(0)):
         bad = times[1:][steps <= np.timedelta64(0)]
-        raise StoreSchemaError(f"{where}: expected increasing unique times; found repeated or unsorted {bad[:5]}")
+        raise StoreSchemaError(
+            f"{where}: expected increasing unique times; found repeated or unsorted {bad[:5]}"
+        )
     unique = np.unique(steps)
     if unique.size != 1:
-        raise StoreSchemaError(f"{where}: expected evenly spaced times, found steps {unique.astype('timedelta64[h]')}")
+        raise StoreSchemaError(
+            f"{where}: expected evenly spaced times, found steps {unique.astype('timedelta64[h]')}"
+        )
     return unique[0]
 
 
@@ -206,11 +231,18 @@ def _hours(step: np.timedelta64) -> int:
 
 def _fingerprint(data: xr.DataArray, first_new_step: int, layout: StoreLayout, replacing: str = "") -> str:
     description = {
-        "version": _PLAN_VERSION, "times": [str(data[TIME].values[0]), str(data[TIME].values[-1]), data.sizes[TIME]],
-        "channels": [str(c) for c in data[CHANNEL].values], "first_new_step": first_new_step,
-        "grid": hashlib.sha256(np.ascontiguousarray(np.concatenate([data[LAT].values, data[LON].values]),
-                                                    dtype=np.float64).tobytes()).hexdigest(),
-        "layout": [layout.shard_steps, layout.compressor], "dtype": str(data.dtype), "replacing": replacing,
+        "version": _PLAN_VERSION,
+        "times": [str(data[TIME].values[0]), str(data[TIME].values[-1]), data.sizes[TIME]],
+        "channels": [str(c) for c in data[CHANNEL].values],
+        "first_new_step": first_new_step,
+        "grid": hashlib.sha256(
+            np.ascontiguousarray(
+                np.concatenate([data[LAT].values, data[LON].values]), dtype=np.float64
+            ).tobytes()
+        ).hexdigest(),
+        "layout": [layout.shard_steps, layout.compressor],
+        "dtype": str(data.dtype),
+        "replacing": replacing,
     }
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
 
@@ -219,29 +251,41 @@ def _new_part(existing: xr.Dataset, data: xr.DataArray, path: Path) -> xr.DataAr
     """The steps of ``data`` after the existing store's last one, checked to continue it."""
     old = existing[DATA]
     if list(old[CHANNEL].values) != list(data[CHANNEL].values):
-        raise StoreSchemaError(f"{path} holds channels {list(old[CHANNEL].values)}; the new data has "
-                               f"{list(data[CHANNEL].values)}; build a new store to change channels")
-    check_coords(old.coords, data.coords, (LAT, LON), what="the new data", reference=str(path),
-                 error=StoreGridError)
+        raise StoreSchemaError(
+            f"{path} holds channels {list(old[CHANNEL].values)}; the new data has "
+            f"{list(data[CHANNEL].values)}; build a new store to change channels"
+        )
+    check_coords(
+        old.coords, data.coords, (LAT, LON), what="the new data", reference=str(path), error=StoreGridError
+    )
     old_times, new_times = old[TIME].values, data[TIME].values
     last, step = old_times[-1], np.timedelta64(int(existing.attrs[STEP_HOURS]), "h")
     overlap = new_times[new_times <= last]
     absent = overlap[~np.isin(overlap, old_times)]
     if absent.size:
-        raise StoreSchemaError(f"{path} covers {old_times[0]}..{last} without the times {absent[:5]}; "
-                               f"a store is only extended at its end")
+        raise StoreSchemaError(
+            f"{path} covers {old_times[0]}..{last} without the times {absent[:5]}; "
+            f"a store is only extended at its end"
+        )
     new = data.sel({TIME: new_times[new_times > last]})
     if new.sizes[TIME] and new[TIME].values[0] != last + step:
-        raise StoreSchemaError(f"{path} ends at {last}; the new data starts at {new[TIME].values[0]}, "
-                               f"leaving a gap (expected {last + step})")
+        raise StoreSchemaError(
+            f"{path} ends at {last}; the new data starts at {new[TIME].values[0]}, "
+            f"leaving a gap (expected {last + step})"
+        )
     return new
 
 
 def step_checksums(block: np.ndarray) -> np.ndarray:
     """A 64-bit BLAKE2b checksum of each time step's values; ``block`` is ``(time, ...)``, C order."""
     block = np.ascontiguousarray(block)
-    return np.array([int.from_bytes(hashlib.blake2b(memoryview(step).cast("B"), digest_size=8).digest(), "little")
-                     for step in block], dtype=np.uint64)
+    return np.array(
+        [
+            int.from_bytes(hashlib.blake2b(memoryview(step).cast("B"), digest_size=8).digest(), "little")
+            for step in block
+        ],
+        dtype=np.uint64,
+    )
 
 
 def _lazy_checksums(data: xr.DataArray) -> dask.array.Array:
@@ -254,7 +298,9 @@ def _stored_checksums(path: Path, existing: xr.Dataset, steps: np.ndarray):
     recorded = _stored_step_checksums(path)
     if recorded is not None:
         return recorded[steps]
-    return _lazy_checksums(existing[DATA].isel({TIME: steps}).chunk({TIME: 64, CHANNEL: -1, LAT: -1, LON: -1}))
+    return _lazy_checksums(
+        existing[DATA].isel({TIME: steps}).chunk({TIME: 64, CHANNEL: -1, LAT: -1, LON: -1})
+    )
 
 
 def _changed_steps(existing: xr.Dataset, data: xr.DataArray, path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -305,10 +351,18 @@ def _plan(data: xr.DataArray, path: Path, layout: StoreLayout, restatistics: boo
             old = _with_source_values(old, data, changed)
             replaced = tuple(int(s) for s in np.unique(changed // layout.shard_steps))
             replacing = hashlib.sha256(changed.astype(np.int64).tobytes() + checksums.tobytes()).hexdigest()
-            log.info("%s: %d time steps differ from the store, first %s; replacing shards %s", path, changed.size,
-                     np.datetime_as_string(existing[TIME].values[changed[0]], unit="m"), list(replaced))
-        data = old if new.sizes[TIME] == 0 else \
-            xr.concat([old, new], dim=TIME, coords="minimal", compat="override", join="override")
+            log.info(
+                "%s: %d time steps differ from the store, first %s; replacing shards %s",
+                path,
+                changed.size,
+                np.datetime_as_string(existing[TIME].values[changed[0]], unit="m"),
+                list(replaced),
+            )
+        data = (
+            old
+            if new.sizes[TIME] == 0
+            else xr.concat([old, new], dim=TIME, coords="minimal", compat="override", join="override")
+        )
     sizes = [layout.shard_steps] * (data.sizes[TIME] // layout.shard_steps)
     if data.sizes[TIME] % layout.shard_steps:
         sizes.append(data.sizes[TIME] % layout.shard_steps)
@@ -322,8 +376,16 @@ def _records_period(path: Path, period: StatsPeriod) -> bool:
     recorded = [np.datetime64(attrs[key], "ns") if key in attrs else None for key in (STATS_START, STATS_END)]
     if recorded == [np.datetime64(period.start, "ns"), np.datetime64(period.end, "ns")]:
         return True
-    log.info("%s holds every time already, with statistics over %s..%s; recomputing its statistics and climatology "
-             "over the requested %s..%s", path, attrs.get(STATS_START), attrs.get(STATS_END), period.start, period.end)
+    log.info(
+        "%s holds every time already, with statistics over %s..%s; recomputing its "
+        "statistics and climatology "
+        "over the requested %s..%s",
+        path,
+        attrs.get(STATS_START),
+        attrs.get(STATS_END),
+        period.start,
+        period.end,
+    )
     return False
 
 
@@ -336,8 +398,11 @@ def _stored_layout(path: Path, default: StoreLayout) -> StoreLayout:
 def _encoding(data: xr.DataArray, layout: StoreLayout) -> dict:
     nchan, nlat, nlon = (data.sizes[d] for d in (CHANNEL, LAT, LON))
     return {
-        DATA: {"chunks": (1, nchan, nlat, nlon), "shards": (layout.shard_steps, nchan, nlat, nlon),
-               "compressors": layout.compressors()},
+        DATA: {
+            "chunks": (1, nchan, nlat, nlon),
+            "shards": (layout.shard_steps, nchan, nlat, nlon),
+            "compressors": layout.compressors(),
+        },
         TIME: {"units": "hours since 1970-01-01", "dtype": "int64"},
     }
 
@@ -356,8 +421,14 @@ def _init(plan: _Plan, paths: BuildPaths) -> None:
     skeleton = xr.Dataset({DATA: plan.data.rename(None)})
     skeleton.attrs = {}
     skeleton[DATA].attrs = {}
-    skeleton.to_zarr(paths.building, mode="w-", zarr_format=3, consolidated=False, compute=False,
-                     encoding=_encoding(plan.data, plan.layout))
+    skeleton.to_zarr(
+        paths.building,
+        mode="w-",
+        zarr_format=3,
+        consolidated=False,
+        compute=False,
+        encoding=_encoding(plan.data, plan.layout),
+    )
     if plan.first_new_step:
         _link_complete_shards(plan, paths)
     _write_record(paths.plan, json.dumps({"fingerprint": plan.fingerprint}))
@@ -366,11 +437,16 @@ def _init(plan: _Plan, paths: BuildPaths) -> None:
 def _link_complete_shards(plan: _Plan, paths: BuildPaths) -> None:
     old, new = zarr.open_array(paths.store / DATA, mode="r"), zarr.open_array(paths.building / DATA, mode="r")
     old_meta, new_meta = old.metadata.to_dict(), new.metadata.to_dict()
-    for key in ("shape", "attributes"):  # attributes (CF) are written at the end of a build, the layout at its start
+    for key in (
+        "shape",
+        "attributes",
+    ):  # attributes (CF) are written at the end of a build, the layout at its start
         old_meta.pop(key, None), new_meta.pop(key, None)
     if old_meta != new_meta:
-        raise StoreSchemaError(f"{paths.store} was written with another layout (chunks, shards, codecs or dtype) "
-                               f"than {plan.layout}; extend it with its own layout or build a new store")
+        raise StoreSchemaError(
+            f"{paths.store} was written with another layout (chunks, shards, codecs or dtype) "
+            f"than {plan.layout}; extend it with its own layout or build a new store"
+        )
     old_partials = _stored_partials(paths.store, plan.window)
     old_checksums = _stored_step_checksums(paths.store)
     for shard in range(plan.first_new_step // plan.layout.shard_steps):
@@ -383,9 +459,16 @@ def _link_complete_shards(plan: _Plan, paths: BuildPaths) -> None:
         except OSError:  # another filesystem, or no hard links: copy the bytes instead
             shutil.copy2(paths.store / _shard_key(shard), target)
         start, stop = plan.shard_region(shard)
-        reused = "" if old_partials is None or _reaches_into(plan, shard) else \
-            _shard_record(plan.window, old_partials[shard], True,
-                          None if old_checksums is None else old_checksums[start:stop])
+        reused = (
+            ""
+            if old_partials is None or _reaches_into(plan, shard)
+            else _shard_record(
+                plan.window,
+                old_partials[shard],
+                True,
+                None if old_checksums is None else old_checksums[start:stop],
+            )
+        )
         _write_record(paths.done(shard), reused)  # empty: finalise reduces the linked shard from its bytes
 
 
@@ -393,7 +476,9 @@ def _reaches_into(plan: _Plan, shard: int) -> bool:
     """Whether the tendencies ending in ``shard`` start in a replaced shard (its partials are stale)."""
     start, stop = plan.shard_region(shard)
     span = incoming_span(start, stop - start, plan.window)
-    return span is not None and any(s in plan.replaced for s in range(span[0] // plan.layout.shard_steps, shard))
+    return span is not None and any(
+        s in plan.replaced for s in range(span[0] // plan.layout.shard_steps, shard)
+    )
 
 
 def _stored_step_checksums(store: Path) -> np.ndarray | None:
@@ -422,7 +507,9 @@ def _write_record(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def _shard_record(window: StatsWindow, partials: Partials, with_incoming: bool, checksums: np.ndarray | None) -> str:
+def _shard_record(
+    window: StatsWindow, partials: Partials, with_incoming: bool, checksums: np.ndarray | None
+) -> str:
     """A completion record: the shard's partial statistics over ``window`` (exact JSON floats).
 
     ``with_incoming`` says whether the tendencies reaching back into the previous shard are
@@ -430,16 +517,19 @@ def _shard_record(window: StatsWindow, partials: Partials, with_incoming: bool, 
     the :func:`step_checksums` of its values (``None``: not known, finalise takes them from the bytes).
     """
     sums = None if checksums is None else [int(c) for c in checksums]
-    return json.dumps({"window": window.as_list(), "with_incoming": with_incoming, "checksums": sums,
-                       **partials.to_json()})
+    return json.dumps(
+        {"window": window.as_list(), "with_incoming": with_incoming, "checksums": sums, **partials.to_json()}
+    )
 
 
 def _write_shard(block: np.ndarray, array_path: str, start: int, record: str, window: StatsWindow) -> int:
     """Write one shard's whole region, reduce it to its partial statistics, then record it as done."""
     array = zarr.open_array(array_path, mode="r+")
-    array[start:start + block.shape[0]] = block
-    _write_record(Path(record), _shard_record(window, block_partials(block, start, window), False,
-                                              step_checksums(block)))
+    array[start : start + block.shape[0]] = block
+    _write_record(
+        Path(record),
+        _shard_record(window, block_partials(block, start, window), False, step_checksums(block)),
+    )
     return block.shape[0]
 
 
@@ -451,10 +541,19 @@ def _load(plan: _Plan, paths: BuildPaths, progress: bool) -> None:
     """
     blocks = plan.data.data.to_delayed().ravel()
     todo = [s for s in range(plan.shard_count) if not paths.done(s).exists()]
-    tasks = [dask.delayed(_write_shard)(blocks[s], str(paths.building / DATA), plan.shard_region(s)[0],
-                                        str(paths.done(s)), plan.window) for s in todo]
-    with progress_of(plan.shard_count, f"ingest into {paths.store.name}", "shards",
-                     initial=plan.shard_count - len(todo), enabled=progress) as bar:
+    tasks = [
+        dask.delayed(_write_shard)(
+            blocks[s], str(paths.building / DATA), plan.shard_region(s)[0], str(paths.done(s)), plan.window
+        )
+        for s in todo
+    ]
+    with progress_of(
+        plan.shard_count,
+        f"ingest into {paths.store.name}",
+        "shards",
+        initial=plan.shard_count - len(todo),
+        enabled=progress,
+    ) as bar:
         with _following_records(bar, paths.done(0).parent, enabled=progress):
             dask.compute(*tasks)
 
@@ -499,9 +598,13 @@ def _reduce_written(array_path: str, start: int, stop: int, window: StatsWindow)
     return block_partials(zarr.open_array(array_path, mode="r")[start:stop], start, window)
 
 
-def _incoming_from_written(array_path: str, span: tuple[int, int], offset: int, window: StatsWindow) -> Moments:
+def _incoming_from_written(
+    array_path: str, span: tuple[int, int], offset: int, window: StatsWindow
+) -> Moments:
     """Tendencies ending in the shard at ``offset`` and starting before it, from the written steps."""
-    return incoming_tendency(zarr.open_array(array_path, mode="r")[span[0]:span[1]], span[0], offset, window)
+    return incoming_tendency(
+        zarr.open_array(array_path, mode="r")[span[0] : span[1]], span[0], offset, window
+    )
 
 
 def _shard_partials(plan: _Plan, paths: BuildPaths) -> list[Partials]:
@@ -541,48 +644,72 @@ def _write_checksums(plan: _Plan, paths: BuildPaths) -> None:
     for shard in range(plan.shard_count):
         record = _read_record(paths.done(shard)) or {}
         known = record.get("checksums")
-        parts.append(np.array(known, dtype=np.uint64) if known is not None
-                     else dask.delayed(_checksums_from_written)(array_path, *plan.shard_region(shard)))
+        parts.append(
+            np.array(known, dtype=np.uint64)
+            if known is not None
+            else dask.delayed(_checksums_from_written)(array_path, *plan.shard_region(shard))
+        )
     lazy = [i for i, part in enumerate(parts) if isinstance(part, Delayed)]
     for i, value in zip(lazy, dask.compute(*[parts[i] for i in lazy]), strict=True):
         parts[i] = value
     values = np.concatenate(parts)
     group = zarr.open_group(paths.building, mode="r+", zarr_format=3).create_group(
-        CHECKSUMS, overwrite=True, attributes={"steps": "64-bit BLAKE2b of each time step's data values"})
-    group.create_array("steps", shape=values.shape, dtype=np.uint64, chunks=values.shape, compressors=None,
-                       fill_value=0)[...] = values
+        CHECKSUMS, overwrite=True, attributes={"steps": "64-bit BLAKE2b of each time step's data values"}
+    )
+    group.create_array(
+        "steps", shape=values.shape, dtype=np.uint64, chunks=values.shape, compressors=None, fill_value=0
+    )[...] = values
 
 
 def _write_partials(building: Path, window: StatsWindow, partials: list[Partials]) -> None:
     """The per-shard states, ``[shard, moment, channel]`` float64, for a later extension to reuse."""
     group = zarr.open_group(building, mode="r+", zarr_format=3).create_group(
-        PARTIALS, overwrite=True, attributes={"window": window.as_list(),
-                                              "moments": ["count", "mean", "m2", "minimum", "maximum"]})
+        PARTIALS,
+        overwrite=True,
+        attributes={"window": window.as_list(), "moments": ["count", "mean", "m2", "minimum", "maximum"]},
+    )
     for name in ("fields", "tendency"):
         values = np.stack([np.array(getattr(part, name).to_rows(), dtype=np.float64) for part in partials])
-        array = group.create_array(name, shape=values.shape, dtype=np.float64, chunks=values.shape,
-                                   compressors=None, fill_value=0.0)
+        array = group.create_array(
+            name, shape=values.shape, dtype=np.float64, chunks=values.shape, compressors=None, fill_value=0.0
+        )
         array[...] = values
 
 
-def _finalise(plan: _Plan, paths: BuildPaths, period: StatsPeriod, step_hours: int, climatology_path: Path | None,
-              extra_attrs: dict) -> None:
+def _finalise(
+    plan: _Plan,
+    paths: BuildPaths,
+    period: StatsPeriod,
+    step_hours: int,
+    climatology_path: Path | None,
+    extra_attrs: dict,
+) -> None:
     """Merged statistics, climatology and attributes, written once; then the ``complete`` record."""
     partials = _shard_partials(plan, paths)
     channels = plan.data[CHANNEL].values
-    stats = statistics_dataset(merge_partials(partials), channels, period.start, period.end, plan.window, step_hours)
+    stats = statistics_dataset(
+        merge_partials(partials), channels, period.start, period.end, plan.window, step_hours
+    )
     stats.drop_vars(CHANNEL).to_zarr(paths.building, mode="a", zarr_format=3, consolidated=False)
     _write_partials(paths.building, plan.window, partials)
     _write_checksums(plan, paths)
     if climatology_path is not None:
-        written = xr.open_zarr(paths.building, zarr_format=3, consolidated=False,
-                               chunks={TIME: plan.layout.shard_steps})[DATA]
+        written = xr.open_zarr(
+            paths.building, zarr_format=3, consolidated=False, chunks={TIME: plan.layout.shard_steps}
+        )[DATA]
         write_climatology(compute_climatology(written, period.start, period.end), climatology_path)
-    variables = {str(v): {"units": get_variable(str(v)).units, "long_name": get_variable(str(v)).long_name}
-                 for v in channels}
-    attrs = {**stats.attrs, STEP_HOURS: step_hours, "variables": variables,
-             "layout": {"shard_steps": plan.layout.shard_steps, "compressor": plan.layout.compressor},
-             **_jsonable(extra_attrs), **_jsonable(period.provenance)}
+    variables = {
+        str(v): {"units": get_variable(str(v)).units, "long_name": get_variable(str(v)).long_name}
+        for v in channels
+    }
+    attrs = {
+        **stats.attrs,
+        STEP_HOURS: step_hours,
+        "variables": variables,
+        "layout": {"shard_steps": plan.layout.shard_steps, "compressor": plan.layout.compressor},
+        **_jsonable(extra_attrs),
+        **_jsonable(period.provenance),
+    }
     zarr.open_group(paths.building, mode="r+", zarr_format=3).attrs.update(attrs)
     write_cf_attributes(paths.building, store_cf_attributes([str(v) for v in channels]))
     consolidate(paths.building)  # last: after every array and attribute of the store is written
@@ -590,7 +717,8 @@ def _finalise(plan: _Plan, paths: BuildPaths, period: StatsPeriod, step_hours: i
 
 
 def store_cf_attributes(channels: list[str]) -> dict[str, dict]:
-    """CF attributes of the training store's arrays: coordinates, and per-channel units of ``data`` and statistics.
+    """CF attributes of the training store's arrays: coordinates, and per-channel units of ``data`` and
+    statistics.
 
     ``data`` holds channels of different units, so its units are listed per channel
     (``channel_units``, in channel order) beside ``long_name``; CF's single ``units`` would be
@@ -599,10 +727,12 @@ def store_cf_attributes(channels: list[str]) -> dict[str, dict]:
     units = [get_variable(c).units for c in channels]
     names = [get_variable(c).long_name for c in channels]
     per_channel = {"channel_units": units, "channel_long_names": names}
-    return {**CF_COORDINATE_ATTRS,
-            DATA: {"long_name": "atmospheric state by channel", **per_channel},
-            MEAN: {"long_name": "mean over the statistics period", **per_channel},
-            STD: {"long_name": "standard deviation over the statistics period", **per_channel}}
+    return {
+        **CF_COORDINATE_ATTRS,
+        DATA: {"long_name": "atmospheric state by channel", **per_channel},
+        MEAN: {"long_name": "mean over the statistics period", **per_channel},
+        STD: {"long_name": "standard deviation over the statistics period", **per_channel},
+    }
 
 
 def _discard_abandoned(store: Path, climatology_path: str | Path | None) -> None:
@@ -685,8 +815,14 @@ def _discard_abandoned_build(paths: BuildPaths) -> None:
             discard(leftover)
 
 
-def _build(data: xr.DataArray, paths: BuildPaths, period: StatsPeriod | None, layout: StoreLayout,
-           climatology_path: str | Path | None, progress: bool) -> Path:
+def _build(
+    data: xr.DataArray,
+    paths: BuildPaths,
+    period: StatsPeriod | None,
+    layout: StoreLayout,
+    climatology_path: str | Path | None,
+    progress: bool,
+) -> Path:
     """:func:`write_store` once its lock is held."""
     _discard_abandoned(paths.store, climatology_path)
     if paths.complete.exists():  # a previous run was killed between finalising and publishing
@@ -695,8 +831,10 @@ def _build(data: xr.DataArray, paths: BuildPaths, period: StatsPeriod | None, la
     times = plan.data[TIME].values if plan is not None else open_store(paths.store)[TIME].values
     if period is not None and np.count_nonzero((times >= period.start) & (times <= period.end)) < 2:
         selected = np.count_nonzero((times >= period.start) & (times <= period.end))
-        raise StoreSchemaError(f"statistics period {period.start}..{period.end} selects {selected} time steps; "
-                               f"the data covers {times[0]}..{times[-1]}; {period.remedy}")
+        raise StoreSchemaError(
+            f"statistics period {period.start}..{period.end} selects {selected} time steps; "
+            f"the data covers {times[0]}..{times[-1]}; {period.remedy}"
+        )
     period = StatsPeriod.default(times) if period is None else period
     if plan is None:
         if _records_period(paths.store, period):
@@ -705,14 +843,23 @@ def _build(data: xr.DataArray, paths: BuildPaths, period: StatsPeriod | None, la
         plan = _plan(data, paths.store, _stored_layout(paths.store, layout), restatistics=True)
     step_hours = _hours(check_times(times, str(paths.store)))
     plan = replace(plan, window=StatsWindow.of(times, period.start, period.end, step_hours))
-    resuming = paths.plan.exists() and paths.building.exists() \
+    resuming = (
+        paths.plan.exists()
+        and paths.building.exists()
         and json.loads(paths.plan.read_text())["fingerprint"] == plan.fingerprint
+    )
     try:
         if not resuming:
             _init(plan, paths)
         _load(plan, paths, progress)
-        _finalise(plan, paths, period, step_hours, None if climatology_path is None else Path(climatology_path),
-                  data.attrs)
+        _finalise(
+            plan,
+            paths,
+            period,
+            step_hours,
+            None if climatology_path is None else Path(climatology_path),
+            data.attrs,
+        )
     except IngestError:
         discard(paths.building)
         discard(paths.progress)

@@ -101,9 +101,15 @@ class FlowSpec:
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise SyntheticSpecError(f"FlowSpec.{name} must be a finite number >= 0, found {value!r}")
         low_high = tuple(self.stir_wavenumbers)
-        if len(low_high) != 2 or not all(isinstance(k, int) for k in low_high) or not 1 <= low_high[0] <= low_high[1]:
-            raise SyntheticSpecError(f"FlowSpec.stir_wavenumbers must be two integers 1 <= low <= high, "
-                                     f"found {self.stir_wavenumbers!r}")
+        if (
+            len(low_high) != 2
+            or not all(isinstance(k, int) for k in low_high)
+            or not 1 <= low_high[0] <= low_high[1]
+        ):
+            raise SyntheticSpecError(
+                f"FlowSpec.stir_wavenumbers must be two integers 1 <= low <= high, "
+                f"found {self.stir_wavenumbers!r}"
+            )
         object.__setattr__(self, "stir_wavenumbers", low_high)
 
     def as_dict(self) -> dict[str, object]:
@@ -150,7 +156,9 @@ class _ForcedShallowWater:
         The constants of the flow.
     """
 
-    def __init__(self, nlat: int, nlon: int, step_seconds: float, seed: int, spec: FlowSpec = DEFAULT_FLOW) -> None:
+    def __init__(
+        self, nlat: int, nlon: int, step_seconds: float, seed: int, spec: FlowSpec = DEFAULT_FLOW
+    ) -> None:
         self.spec = spec
         self.solver = solver_for(nlat, nlon, spec)
         self.dt = self.solver.dt
@@ -250,10 +258,19 @@ def stir_band(lmax: int, spec: FlowSpec = DEFAULT_FLOW) -> tuple[int, int]:
 
 
 def solver_for(nlat: int, nlon: int, spec: FlowSpec = DEFAULT_FLOW) -> ShallowWaterSolver:
-    """The (float64) solver whose tendencies drive the flow on an ``nlat × nlon`` grid, at its own time step."""
+    """The (float64) solver whose tendencies drive the flow on an ``nlat × nlon`` grid, at its own time
+    step."""
     lmax = (nlat + 1) // 2
-    return ShallowWaterSolver(nlat, nlon, _time_step(lmax, spec), lmax=lmax, mmax=lmax, radius=RADIUS,
-                              gravity=GRAVITY, havg=spec.mean_height_m).double()
+    return ShallowWaterSolver(
+        nlat,
+        nlon,
+        _time_step(lmax, spec),
+        lmax=lmax,
+        mmax=lmax,
+        radius=RADIUS,
+        gravity=GRAVITY,
+        havg=spec.mean_height_m,
+    ).double()
 
 
 def _time_step(lmax: int, spec: FlowSpec) -> float:
@@ -352,7 +369,9 @@ def simulate(
         snapshots.append(model.fields())
     fields = dict(zip(VARIABLE_IDS, (np.stack(field) for field in zip(*snapshots, strict=True)), strict=True))
     attrs = {**GLOBAL_ATTRS, "history": _history(seed, nlat, nlon, spinup_days), "source": _SOURCE}
-    return cds_dataset(times, equiangular_lats(nlat), regular_lons(nlon), fields, field_attrs=_grib_attrs, attrs=attrs)
+    return cds_dataset(
+        times, equiangular_lats(nlat), regular_lons(nlon), fields, field_attrs=_grib_attrs, attrs=attrs
+    )
 
 
 def generate_files(
@@ -412,8 +431,15 @@ def generate_files(
             return paths
     (directory / _MANIFEST).unlink(missing_ok=True)
     ds = simulate(
-        times[0], times[-1], nlat=nlat, nlon=nlon, seed=seed, step_hours=step_hours,
-        spinup_days=spinup_days, progress=progress, flow=flow,
+        times[0],
+        times[-1],
+        nlat=nlat,
+        nlon=nlon,
+        seed=seed,
+        step_hours=step_hours,
+        spinup_days=spinup_days,
+        progress=progress,
+        flow=flow,
     )
     paths = write_monthly_files(ds, directory, prefix=prefix)
     for stale in set(previous.get("files", [])) - {path.name for path in paths}:
@@ -438,13 +464,31 @@ class SyntheticSource(RawSource):
 
     layout = Layout.NEW_CDS_NETCDF
 
-    def __init__(self, start: str | np.datetime64, end: str | np.datetime64, *, nlat: int = 32, nlon: int = 64,
-                 seed: int = 0, step_hours: int = 6, spinup_days: float = 30.0, flow: FlowSpec = DEFAULT_FLOW) -> None:
+    def __init__(
+        self,
+        start: str | np.datetime64,
+        end: str | np.datetime64,
+        *,
+        nlat: int = 32,
+        nlon: int = 64,
+        seed: int = 0,
+        step_hours: int = 6,
+        spinup_days: float = 30.0,
+        flow: FlowSpec = DEFAULT_FLOW,
+    ) -> None:
         times = _valid_times(start, end, step_hours)
         _check_grid(nlat, nlon)
         _check_seed_and_spinup(seed, spinup_days)
-        self._arguments = dict(start=times[0], end=times[-1], nlat=nlat, nlon=nlon, seed=seed, step_hours=step_hours,
-                               spinup_days=spinup_days, flow=flow)
+        self._arguments = dict(
+            start=times[0],
+            end=times[-1],
+            nlat=nlat,
+            nlon=nlon,
+            seed=seed,
+            step_hours=step_hours,
+            spinup_days=spinup_days,
+            flow=flow,
+        )
         self.label = f"synthetic flow (seed {seed}, {nlat}x{nlon}, spec {flow.digest()[:12]})"
 
     def _open_raw(self) -> list[RawDataset]:

@@ -47,9 +47,11 @@ def _check_memory_limit(cfg: ClusterConfig) -> None:
         return
     limit = parse_bytes(cfg.memory_limit)
     if 0 < limit * _terminate_fraction() < WORKER_BASELINE_BYTES:
-        raise ClusterError(f"cluster.memory_limit is {cfg.memory_limit} per worker, but an idle Dask worker "
-                           f"already needs about {format_bytes(WORKER_BASELINE_BYTES)}: its nanny would restart it "
-                           "over and over; raise cluster.memory_limit")
+        raise ClusterError(
+            f"cluster.memory_limit is {cfg.memory_limit} per worker, but an idle Dask worker "
+            f"already needs about {format_bytes(WORKER_BASELINE_BYTES)}: its nanny would restart it "
+            "over and over; raise cluster.memory_limit"
+        )
 
 
 def check_task_memory(client: Client, task_bytes: int, what: str) -> None:
@@ -76,10 +78,14 @@ def check_task_memory(client: Client, task_bytes: int, what: str) -> None:
         needed = WORKER_BASELINE_BYTES + threads * task_bytes
         if limit and limit * _terminate_fraction() < needed:
             raise ClusterError(
-                f"Dask worker {address} has a memory limit of {format_bytes(limit)} (cluster.memory_limit), but "
-                f"{threads} task(s) at a time of {what} need about {format_bytes(threads * task_bytes)} on top of "
-                f"the worker's own {format_bytes(WORKER_BASELINE_BYTES)}: raise cluster.memory_limit to at least "
-                f"{format_bytes(int(needed / _terminate_fraction()))}, or make the tasks smaller")
+                f"Dask worker {address} has a memory limit of {format_bytes(limit)} "
+                "(cluster.memory_limit), but "
+                f"{threads} task(s) at a time of {what} need about "
+                f"{format_bytes(threads * task_bytes)} on top of "
+                f"the worker's own {format_bytes(WORKER_BASELINE_BYTES)}: raise cluster.memory_limit "
+                "to at least "
+                f"{format_bytes(int(needed / _terminate_fraction()))}, or make the tasks smaller"
+            )
 
 
 def shard_task_bytes(data: xr.DataArray, shard_steps: int) -> int:
@@ -111,13 +117,26 @@ def dask_client(cfg: ClusterConfig) -> Iterator[Client]:
                 yield client
             return
         _check_memory_limit(cfg)
-        with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
-                LocalCluster(n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker,
-                             memory_limit=cfg.memory_limit, processes=True, dashboard_address=cfg.dashboard_address,
-                             silence_logs=logging.WARNING) as cluster, \
-                Client(cluster) as client:
-            log.info("started Dask LocalCluster with %d workers, dashboard %s", cfg.n_workers, client.dashboard_link)
+        with (
+            dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+            LocalCluster(
+                n_workers=cfg.n_workers,
+                threads_per_worker=cfg.threads_per_worker,
+                memory_limit=cfg.memory_limit,
+                processes=True,
+                dashboard_address=cfg.dashboard_address,
+                silence_logs=logging.WARNING,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            log.info(
+                "started Dask LocalCluster with %d workers, dashboard %s",
+                cfg.n_workers,
+                client.dashboard_link,
+            )
             yield client
     except KilledWorker as err:
-        raise ClusterError(f"a Dask worker died while running {err.task!r} (cluster.memory_limit is "
-                           f"{cfg.memory_limit} per worker; a worker over its limit is killed): {err}") from err
+        raise ClusterError(
+            f"a Dask worker died while running {err.task!r} (cluster.memory_limit is "
+            f"{cfg.memory_limit} per worker; a worker over its limit is killed): {err}"
+        ) from err

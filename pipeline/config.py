@@ -17,8 +17,16 @@ from typing import Annotated, Literal
 
 import yaml
 from dask.utils import parse_bytes
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ensembles.regions import REGIONS, Region
 from fourcast.models.registry import PRESETS
@@ -49,8 +57,10 @@ def parse_time(value: object) -> object:
         try:
             return datetime.fromisoformat(value.strip())
         except ValueError as err:
-            raise ValueError(f"expected an ISO 8601 time such as 2001-01-15T00 or 2001-01-15T06:00 (UTC unless an "
-                             f"offset is given), found {value!r}") from err
+            raise ValueError(
+                f"expected an ISO 8601 time such as 2001-01-15T00 or 2001-01-15T06:00 (UTC unless an "
+                f"offset is given), found {value!r}"
+            ) from err
     if isinstance(value, date) and not isinstance(value, datetime):
         return datetime(value.year, value.month, value.day)
     return value
@@ -76,14 +86,19 @@ def expand_path(text: str) -> str:
 
 
 #: A path from the config or the command line, with ``~`` and environment variables expanded.
-UserPath = Annotated[Path, BeforeValidator(
-    lambda value: expand_path(os.fspath(value)) if isinstance(value, (str, os.PathLike)) else value)]
+UserPath = Annotated[
+    Path,
+    BeforeValidator(
+        lambda value: expand_path(os.fspath(value)) if isinstance(value, (str, os.PathLike)) else value
+    ),
+]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 LeadHours = Annotated[int, Field(ge=0, le=MAX_LEAD_HOURS)]
 
 
 def _device_name(value: str | None) -> str | None:
-    """``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (whether the machine has it is checked when a stage starts)."""
+    """``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (whether the machine has it is checked when a stage
+    starts)."""
     if value is None:
         return value
     try:
@@ -92,7 +107,11 @@ def _device_name(value: str | None) -> str | None:
         device = torch.device(value)
     except (RuntimeError, ValueError):
         device = None
-    if device is None or device.type not in DEVICE_TYPES or (device.index is not None and device.type != "cuda"):
+    if (
+        device is None
+        or device.type not in DEVICE_TYPES
+        or (device.index is not None and device.type != "cuda")
+    ):
         raise ValueError(f"expected cpu, cuda, cuda:N or mps, found {value!r}")
     return value
 
@@ -169,7 +188,9 @@ class CdsConfig(_Slice):
     data_format: Literal["netcdf", "grib"] = "netcdf"
     download_format: Literal["unarchived", "zip"] = "unarchived"
     grid: tuple[float, float] | None = Field(None, description="(dlat, dlon) in degrees; None: native 0.25°")
-    area: tuple[float, float, float, float] | None = Field(None, description="(north, west, south, east) in degrees")
+    area: tuple[float, float, float, float] | None = Field(
+        None, description="(north, west, south, east) in degrees"
+    )
     max_fields: int | None = Field(None, ge=1, description="fields per request; None: the format's default")
     concurrency: int = Field(2, ge=1, le=16)
     retries: int = Field(3, ge=0)
@@ -189,17 +210,24 @@ class IngestConfig(_Slice):
     """Files → training store; ``source`` says where the files come from."""
 
     variables: list[str] = Field(min_length=1)
-    statistics: Period | None = Field(None, description="training period of the statistics and the climatology; "
-                                      "default: the data less its last statistics_leave_out_years years")
+    statistics: Period | None = Field(
+        None,
+        description="training period of the statistics and the climatology; "
+        "default: the data less its last statistics_leave_out_years years",
+    )
     statistics_leave_out_years: int = Field(3, ge=0)
-    coarsen: int = Field(1, ge=1, description="integer factor coarsening the grid with area weights (4: 0.25° → 1°)")
+    coarsen: int = Field(
+        1, ge=1, description="integer factor coarsening the grid with area weights (4: 0.25° → 1°)"
+    )
     shard_steps: int = Field(64, ge=1, le=MAX_SHARD_STEPS)
     compressor: Literal["none", "zstd", "blosc"] = "zstd"
     source: Literal["synthetic", "files", "cds"] = "synthetic"
     cds: CdsConfig | None = None
     assume_units: dict[str, str] = Field(
-        default_factory=dict, description="{variable id: units} for input fields stored without a units attribute "
-        "(otherwise refused), e.g. {z500: 'm**2 s**-2'}")
+        default_factory=dict,
+        description="{variable id: units} for input fields stored without a units attribute "
+        "(otherwise refused), e.g. {z500: 'm**2 s**-2'}",
+    )
 
     @model_validator(mode="after")
     def _cds_configured(self) -> IngestConfig:
@@ -212,7 +240,9 @@ class IngestConfig(_Slice):
     def _known(cls, value: list[str]) -> list[str]:
         unknown = [v for v in value if v not in LEXICON]
         if unknown:
-            raise ValueError(f"unknown variable ids {unknown}; expected lexicon ids such as z500, t850, u10m, t2m, msl")
+            raise ValueError(
+                f"unknown variable ids {unknown}; expected lexicon ids such as z500, t850, u10m, t2m, msl"
+            )
         return value
 
     @field_validator("assume_units")
@@ -232,13 +262,16 @@ class LoaderConfig(_Slice):
     """How training windows reach the model (see :class:`fourcast.data.StoreWindows`)."""
 
     cache: Literal["none", "memory"] = Field(
-        "none", description="none: stream windows from the store (bounded memory); memory: read the range once")
+        "none",
+        description="none: stream windows from the store (bounded memory); memory: read the range once",
+    )
     prefetch_factor: int = Field(2, ge=1, description="batches each loader worker reads ahead")
 
 
 class ModesConfig(_Slice):
     """Incremental spectral modes (iFNO) for an SFNO: ``start`` degrees, ``grow_by`` more whenever the
-    validation score improved by less than the fraction ``grow_when`` since the last validation, up to ``max``."""
+    validation score improved by less than the fraction ``grow_when`` since the last validation, up to
+    ``max``."""
 
     start: int = Field(ge=1)
     max: int | None = Field(None, ge=1, description="default: all the model's degrees")
@@ -265,7 +298,8 @@ class TrainConfig(_Slice):
     grad_clip: float = Field(1.0, gt=0)
     validate_every: int = Field(200, ge=1)
     validation_lead_hours: list[Annotated[int, Field(ge=1, le=MAX_LEAD_HOURS)]] = Field(
-        default_factory=lambda: [6, 24, 72], min_length=1)
+        default_factory=lambda: [6, 24, 72], min_length=1
+    )
     validation_samples: int = Field(32, ge=1)
     seed: Seed = 0
     device: Device = None
@@ -277,8 +311,12 @@ class TrainConfig(_Slice):
     loader: LoaderConfig = LoaderConfig()
     register_model: bool = Field(True, description="register the trained model as fourcast-<model> in MLflow")
     modes: ModesConfig | None = Field(None, description="incremental Fourier modes (SFNO presets only)")
-    physics_weight: float = Field(0.0, ge=0, description="weight of the shallow-water residual loss (PINO); needs "
-                                  "z500, u500, v500 on an equiangular grid with poles")
+    physics_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the shallow-water residual loss (PINO); needs "
+        "z500, u500, v500 on an equiangular grid with poles",
+    )
 
     @field_validator("model")
     @classmethod
@@ -295,7 +333,8 @@ class TrainConfig(_Slice):
 
 
 class PerturbationConfig(_Slice):
-    """Initial-condition perturbation: none, Gaussian, spherical Gaussian random field, balanced fields, bred vectors.
+    """Initial-condition perturbation: none, Gaussian, spherical Gaussian random field, balanced fields, bred
+    vectors.
 
     ``balanced`` (the default) draws one smooth streamfunction per pressure level with the
     length scale ``length_scale_km`` and derives z, u and v from it in geostrophic balance
@@ -307,11 +346,15 @@ class PerturbationConfig(_Slice):
     kind: Literal["none", "gaussian", "grf", "balanced", "bred"] = "balanced"
     amplitude: float = Field(0.05, ge=0, description="in units of each channel's std")
     amplitudes: dict[str, Annotated[float, Field(ge=0)]] | None = Field(
-        None, description="per-variable amplitudes {z500: 0.02, ...}; variables left out take amplitude")
-    alpha: float | None = Field(None, gt=1, description="grf/balanced: spectral exponent (smoothness); default 2 "
-                                "(grf), 3 (balanced)")
+        None, description="per-variable amplitudes {z500: 0.02, ...}; variables left out take amplitude"
+    )
+    alpha: float | None = Field(
+        None, gt=1, description="grf/balanced: spectral exponent (smoothness); default 2 (grf), 3 (balanced)"
+    )
     tau: float = Field(3.0, gt=0, description="grf: inverse correlation length on the unit sphere")
-    length_scale_km: float = Field(1000.0, gt=0, description="balanced: length scale of the streamfunction (km)")
+    length_scale_km: float = Field(
+        1000.0, gt=0, description="balanced: length scale of the streamfunction (km)"
+    )
     cycles: int = Field(2, ge=1, description="bred: breeding cycles")
 
     @field_validator("amplitudes")
@@ -319,24 +362,31 @@ class PerturbationConfig(_Slice):
     def _known_amplitudes(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         unknown = [v for v in (value or {}) if v not in LEXICON]
         if unknown:
-            raise ValueError(f"unknown variable ids {unknown} in amplitudes; expected lexicon ids such as z500")
+            raise ValueError(
+                f"unknown variable ids {unknown} in amplitudes; expected lexicon ids such as z500"
+            )
         return value
 
 
 class ModelErrorConfig(_Slice):
-    """Stochastic model error of every forecast step: none, or SPPT-like multiplicative noise on the increments
+    """Stochastic model error of every forecast step: none, or SPPT-like multiplicative noise on the
+    increments
     (:class:`ensembles.model_error.StochasticTendencyPerturbation`)."""
 
     kind: Literal["none", "sppt"] = "none"
     amplitude: float = Field(0.0, ge=0, le=5, description="std of the multiplier's pattern")
     amplitudes: dict[str, Annotated[float, Field(ge=0, le=5)]] | None = Field(
-        None, description="per-variable std of the multiplier (one pattern for all); variables left out take amplitude")
+        None,
+        description="per-variable std of the multiplier (one pattern for all); variables left out take "
+        "amplitude",
+    )
     length_scale_km: float = Field(2000.0, gt=0)
     decorrelation_hours: float = Field(72.0, gt=0)
 
 
 class CalibrationConfig(_Slice):
-    """``fourcast calibrate``: per-variable perturbation amplitudes (and the model-error amplitude) chosen on the
+    """``fourcast calibrate``: per-variable perturbation amplitudes (and the model-error amplitude) chosen on
+    the
     validation period so that the debiased spread/skill ratio is 1.
 
     The initial amplitudes are matched at ``reference_lead_hours``, the model-error amplitude
@@ -352,17 +402,23 @@ class CalibrationConfig(_Slice):
     n_inits: int = Field(6, ge=1, le=1000)
     members: int = Field(8, ge=2, le=MAX_MEMBERS)
     reference_lead_hours: int = Field(24, ge=1, le=MAX_LEAD_HOURS)
-    long_lead_hours: int | None = Field(None, ge=1, le=MAX_LEAD_HOURS, description="default forecast.lead_hours")
+    long_lead_hours: int | None = Field(
+        None, ge=1, le=MAX_LEAD_HOURS, description="default forecast.lead_hours"
+    )
     iterations: int = Field(4, ge=1, le=20)
     tolerance: float = Field(0.1, gt=0, lt=1)
-    model_error: bool = Field(True, description="allow SPPT model error when initial perturbations fall short")
+    model_error: bool = Field(
+        True, description="allow SPPT model error when initial perturbations fall short"
+    )
     seed: Seed = 1
 
     @model_validator(mode="after")
     def _ordered(self) -> CalibrationConfig:
         if self.long_lead_hours is not None and self.long_lead_hours < self.reference_lead_hours:
-            raise ValueError(f"calibrate.long_lead_hours {self.long_lead_hours} must be >= reference_lead_hours "
-                             f"{self.reference_lead_hours}")
+            raise ValueError(
+                f"calibrate.long_lead_hours {self.long_lead_hours} must be >= reference_lead_hours "
+                f"{self.reference_lead_hours}"
+            )
         return self
 
 
@@ -377,7 +433,9 @@ class ForecastConfig(_Slice):
 
     inits: Period
     init_every_hours: int = Field(24, ge=1)
-    init_times: list[Time] | None = Field(None, min_length=1, description="explicit init times; replaces inits")
+    init_times: list[Time] | None = Field(
+        None, min_length=1, description="explicit init times; replaces inits"
+    )
     model: str | None = None
     members: int = Field(8, ge=1, le=MAX_MEMBERS)
     lead_hours: int = Field(120, ge=1, le=MAX_LEAD_HOURS)
@@ -386,18 +444,30 @@ class ForecastConfig(_Slice):
     control_member: bool = True
     perturbation: PerturbationConfig = PerturbationConfig()
     model_error: ModelErrorConfig = ModelErrorConfig()
-    calibrated: bool = Field(True, description="take the amplitudes of <workdir>/calibration.json when it is there "
-                             "and was made for the same model")
+    calibrated: bool = Field(
+        True,
+        description="take the amplitudes of <workdir>/calibration.json when it is there "
+        "and was made for the same model",
+    )
     seed: Seed = 0
     device: Device = None
     autocast: bool = Field(True, description="bfloat16 autocast of the network on CUDA")
     cuda_graphs: bool = Field(False, description="replay each model step from a CUDA graph (CUDA only)")
     compile: bool = Field(False, description="run the network through torch.compile (not with cuda_graphs)")
-    archive: UserPath | None = Field(None, description="archive path; default <workdir>/forecasts/archive.zarr")
-    overwrite: bool = Field(False, description="replace an archive of a different campaign at the archive path")
-    wait_timeout_s: float = Field(600.0, gt=0, description="how long a process waits for the others without progress")
-    stream_scores: bool = Field(False, description="also score members as they are produced, into "
-                                "<workdir>/scores/streamed (one process only)")
+    archive: UserPath | None = Field(
+        None, description="archive path; default <workdir>/forecasts/archive.zarr"
+    )
+    overwrite: bool = Field(
+        False, description="replace an archive of a different campaign at the archive path"
+    )
+    wait_timeout_s: float = Field(
+        600.0, gt=0, description="how long a process waits for the others without progress"
+    )
+    stream_scores: bool = Field(
+        False,
+        description="also score members as they are produced, into "
+        "<workdir>/scores/streamed (one process only)",
+    )
 
     @model_validator(mode="after")
     def _fast_path_fits(self) -> ForecastConfig:
@@ -405,13 +475,16 @@ class ForecastConfig(_Slice):
         if self.cuda_graphs and self.compile:
             raise ValueError("forecast.cuda_graphs and forecast.compile are exclusive: choose one")
         if self.cuda_graphs and self.device is not None and not self.device.startswith("cuda"):
-            raise ValueError(f"forecast.cuda_graphs needs a CUDA device; found forecast.device {self.device!r}")
+            raise ValueError(
+                f"forecast.cuda_graphs needs a CUDA device; found forecast.device {self.device!r}"
+            )
         return self
 
     @field_validator("model")
     @classmethod
     def _expand_model_path(cls, value: str | None) -> str | None:
-        """A checkpoint path gets ``~``/variables expanded; an MLflow URI (``models:/``, ``runs:/``) is left as is."""
+        """A checkpoint path gets ``~``/variables expanded; an MLflow URI (``models:/``, ``runs:/``) is left
+        as is."""
         return value if value is None or ":/" in value else expand_path(value)
 
 
@@ -440,7 +513,9 @@ class ScoreConfig(_Slice):
     """
 
     lead_hours: list[LeadHours] = Field(default_factory=lambda: [24, 72, 120], min_length=1)
-    max_lead_hours: LeadHours | None = Field(None, description="score only lead times up to this; default all")
+    max_lead_hours: LeadHours | None = Field(
+        None, description="score only lead times up to this; default all"
+    )
     variables: list[str] | None = None
     regions: list[str] = Field(default_factory=lambda: list(REGIONS), min_length=1)
     boxes: list[RegionBoxConfig] = Field(default_factory=list)
@@ -449,15 +524,19 @@ class ScoreConfig(_Slice):
     plots: bool = True
     map_init: Time | None = None
     map_lead_hours: LeadHours | None = None
-    archive: UserPath | None = Field(None, description="archive to score; default forecast.archive or the workdir's")
+    archive: UserPath | None = Field(
+        None, description="archive to score; default forecast.archive or the workdir's"
+    )
 
     @field_validator("regions")
     @classmethod
     def _preset_regions(cls, value: list[str]) -> list[str]:
         unknown = [r for r in value if r not in REGIONS]
         if unknown:
-            raise ValueError(f"unknown regions {unknown}; expected preset names {list(REGIONS)} (add boxes under "
-                             "score.boxes)")
+            raise ValueError(
+                f"unknown regions {unknown}; expected preset names {list(REGIONS)} (add boxes under "
+                "score.boxes)"
+            )
         return value
 
     @model_validator(mode="after")
@@ -471,10 +550,14 @@ class ScoreConfig(_Slice):
     def _leads_scored(self) -> ScoreConfig:
         if self.max_lead_hours is None:
             return self
-        beyond = [h for h in [*self.lead_hours, self.map_lead_hours] if h is not None and h > self.max_lead_hours]
+        beyond = [
+            h for h in [*self.lead_hours, self.map_lead_hours] if h is not None and h > self.max_lead_hours
+        ]
         if beyond:
-            raise ValueError(f"score.lead_hours {beyond} exceed score.max_lead_hours {self.max_lead_hours}, the last "
-                             "lead time scored (score.map_lead_hours too)")
+            raise ValueError(
+                f"score.lead_hours {beyond} exceed score.max_lead_hours {self.max_lead_hours}, the last "
+                "lead time scored (score.map_lead_hours too)"
+            )
         return self
 
 
@@ -490,13 +573,17 @@ class CatalogueConfig(_Slice):
 
     url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<workdir>/catalogue.db")
     keep_members_days: float = Field(30.0, ge=0, description="older archives keep only their ensemble mean")
-    delete_after_days: float = Field(365.0, ge=0, description="older archives are deleted (their row is kept)")
+    delete_after_days: float = Field(
+        365.0, ge=0, description="older archives are deleted (their row is kept)"
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> CatalogueConfig:
         if self.delete_after_days < self.keep_members_days:
-            raise ValueError(f"catalogue.delete_after_days {self.delete_after_days} must be >= "
-                             f"catalogue.keep_members_days {self.keep_members_days}")
+            raise ValueError(
+                f"catalogue.delete_after_days {self.delete_after_days} must be >= "
+                f"catalogue.keep_members_days {self.keep_members_days}"
+            )
         return self
 
 
@@ -519,18 +606,28 @@ class RunConfig(_Slice):
         if self.ingest.source == "synthetic" and self.synthetic is None:
             raise ValueError("ingest.source is 'synthetic' but there is no synthetic section")
         data = self.data_period
-        for name, period in (("ingest.statistics", self.ingest.statistics), ("train.train", self.train.train),
-                             ("train.validation", self.train.validation), ("forecast.inits", self.forecast.inits)):
+        for name, period in (
+            ("ingest.statistics", self.ingest.statistics),
+            ("train.train", self.train.train),
+            ("train.validation", self.train.validation),
+            ("forecast.inits", self.forecast.inits),
+        ):
             if data is not None and period is not None and not data.contains(period):
-                raise ValueError(f"{name} {period.start}..{period.end} lies outside the data {data.start}..{data.end}")
+                raise ValueError(
+                    f"{name} {period.start}..{period.end} lies outside the data {data.start}..{data.end}"
+                )
         calibration = self.calibrate.period
         if calibration is not None and calibration.overlaps(self.forecast.inits):
-            raise ValueError("calibrate.period overlaps forecast.inits: calibration must never see the scored inits")
+            raise ValueError(
+                "calibrate.period overlaps forecast.inits: calibration must never see the scored inits"
+            )
         for name, period in (("train.train", self.train.train), ("train.validation", self.train.validation)):
             if period.overlaps(self.forecast.inits):
                 raise ValueError(f"forecast.inits overlaps {name}: forecasts must be scored on unseen dates")
         if self.ingest.statistics is not None and not self.train.train.contains(self.ingest.statistics):
-            raise ValueError("ingest.statistics must lie within train.train (no statistics from unseen dates)")
+            raise ValueError(
+                "ingest.statistics must lie within train.train (no statistics from unseen dates)"
+            )
         unknown = [v for v in (self.score.variables or []) if v not in self.ingest.variables]
         if unknown:
             raise ValueError(f"score.variables {unknown} are not ingested; ingested: {self.ingest.variables}")
@@ -562,7 +659,9 @@ def _allowed_keys(loc: tuple) -> list[str]:
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)
-        models = [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        models = [
+            a for a in getattr(annotation, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
         annotation = models[0] if models else annotation  # ``CdsConfig | None`` → CdsConfig
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
@@ -592,8 +691,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             try:
                 if key in first_line:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r} (first given on line {first_line[key] + 1})",
-                        key_node.start_mark)
+                        None,
+                        None,
+                        f"duplicate key {key!r} (first given on line {first_line[key] + 1})",
+                        key_node.start_mark,
+                    )
                 first_line[key] = key_node.start_mark.line
             except TypeError:  # an unhashable key: the base class says so
                 continue
@@ -609,12 +711,15 @@ def _yaml_problem(path: Path, err: yaml.YAMLError) -> str:
 
 
 def read_yaml(path: Path) -> object:
-    """The YAML document in ``path``; raises :class:`ConfigError` (one line) if it cannot be read or parsed."""
+    """The YAML document in ``path``; raises :class:`ConfigError` (one line) if it cannot be read or
+    parsed."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise ConfigError(f"{path} is not UTF-8 text: byte 0x{err.object[err.start]:02x} at offset {err.start}; "
-                          "save the config as UTF-8") from err
+        raise ConfigError(
+            f"{path} is not UTF-8 text: byte 0x{err.object[err.start]:02x} at offset {err.start}; "
+            "save the config as UTF-8"
+        ) from err
     except OSError as err:
         raise ConfigError(f"cannot read config file {path}: {err.strerror}") from err
     try:

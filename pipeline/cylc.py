@@ -34,13 +34,16 @@ def cylc_executable() -> Path:
     """
     candidate = Path(os.environ.get("CYLC", CYLC_VENV / "bin" / "cylc"))
     if not candidate.is_file():
-        raise CylcSetupError(f"expected the cylc executable at {candidate}; run `make cylc-env` (a separate venv "
-                             "with cylc-flow) or set $CYLC")
+        raise CylcSetupError(
+            f"expected the cylc executable at {candidate}; run `make cylc-env` (a separate venv "
+            "with cylc-flow) or set $CYLC"
+        )
     return candidate
 
 
 def cylc_environment(home: Path | None = None) -> dict[str, str]:
-    """The environment Cylc commands run in: ``cylc`` first on ``PATH``, ``CYLC_CONF_PATH`` (written if missing).
+    """The environment Cylc commands run in: ``cylc`` first on ``PATH``, ``CYLC_CONF_PATH`` (written if
+    missing).
 
     ``home`` replaces ``HOME``, so runs go to ``<home>/cylc-run``.
 
@@ -50,12 +53,15 @@ def cylc_environment(home: Path | None = None) -> dict[str, str]:
         If ``rsync`` (needed by ``cylc install``) is not installed.
     """
     if shutil.which("rsync") is None:
-        raise CylcSetupError("`cylc install` needs rsync, which is not installed: `apt-get install -y rsync` "
-                             "(or `make cylc-env` as root)")
+        raise CylcSetupError(
+            "`cylc install` needs rsync, which is not installed: `apt-get install -y rsync` "
+            "(or `make cylc-env` as root)"
+        )
     conf = Path(os.environ.get("CYLC_CONF_PATH", CYLC_CONF))
     if not (conf / "global.cylc").is_file():
         write_global_config(conf, cylc_executable().parent)
-    path = f"{cylc_executable().parent}{os.pathsep}{os.environ.get('PATH', '')}"  # the scheduler runs `cylc jobs-submit`
+    # the scheduler runs `cylc jobs-submit`
+    path = f"{cylc_executable().parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "CYLC_CONF_PATH": str(conf), "PATH": path}
     if home is not None:
         env["HOME"] = str(home)
@@ -84,11 +90,19 @@ def template_options(variables: Mapping[str, object]) -> list[str]:
     return options
 
 
-def run_cylc(args: list[str], env: Mapping[str, str], timeout: float | None = None,
-             check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``cylc ARGS``; raise :class:`subprocess.CalledProcessError` (output attached) if ``check`` and it fails."""
-    result = subprocess.run([str(cylc_executable()), *args], env=dict(env), capture_output=True, text=True,
-                            timeout=timeout, check=False)
+def run_cylc(
+    args: list[str], env: Mapping[str, str], timeout: float | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    """Run ``cylc ARGS``; raise :class:`subprocess.CalledProcessError` (output attached) if ``check`` and it
+    fails."""
+    result = subprocess.run(
+        [str(cylc_executable()), *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     if check and result.returncode != 0:
         raise subprocess.CalledProcessError(result.returncode, result.args, result.stdout, result.stderr)
     return result
@@ -105,22 +119,43 @@ def install(workflow: str, name: str, env: Mapping[str, str]) -> str:
     return name
 
 
-def play(workflow_id: str, env: Mapping[str, str], variables: Mapping[str, object] | None = None,
-         timeout: float | None = None) -> subprocess.CompletedProcess:
+def play(
+    workflow_id: str,
+    env: Mapping[str, str],
+    variables: Mapping[str, object] | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess:
     """``cylc play --no-detach`` (a first start with template ``variables``, or a restart without them).
 
     Returns the finished process (not checked: a stalled workflow exits non-zero by design).
     """
-    return run_cylc(["play", "--no-detach", "--no-timestamp", workflow_id, *template_options(variables or {})], env,
-                    timeout=timeout, check=False)
+    return run_cylc(
+        ["play", "--no-detach", "--no-timestamp", workflow_id, *template_options(variables or {})],
+        env,
+        timeout=timeout,
+        check=False,
+    )
 
 
-def start_play(workflow_id: str, env: Mapping[str, str],
-               variables: Mapping[str, object] | None = None) -> subprocess.Popen:
+def start_play(
+    workflow_id: str, env: Mapping[str, str], variables: Mapping[str, object] | None = None
+) -> subprocess.Popen:
     """``cylc play --no-detach`` in the background (its own session); the caller waits or kills it."""
-    return subprocess.Popen([str(cylc_executable()), "play", "--no-detach", "--no-timestamp", workflow_id,
-                             *template_options(variables or {})], env=dict(env), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [
+            str(cylc_executable()),
+            "play",
+            "--no-detach",
+            "--no-timestamp",
+            workflow_id,
+            *template_options(variables or {}),
+        ],
+        env=dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def run_dir(env: Mapping[str, str], workflow_id: str) -> Path:
@@ -128,16 +163,35 @@ def run_dir(env: Mapping[str, str], workflow_id: str) -> Path:
     return Path(env.get("HOME", str(Path.home()))) / "cylc-run" / workflow_id / "runN"
 
 
-def hindcast_variables(config: Path, workdir: Path, initial: str, points: int, interval_hours: int = 24,
-                       lead_hours: int = 48, members: int = 4, model: str = "fourcast-afno-tiny") -> dict[str, object]:
+def hindcast_variables(
+    config: Path,
+    workdir: Path,
+    initial: str,
+    points: int,
+    interval_hours: int = 24,
+    lead_hours: int = 48,
+    members: int = 4,
+    model: str = "fourcast-afno-tiny",
+) -> dict[str, object]:
     """Template variables of a bounded forecast-cycle hindcast of ``points`` cycle points from ``initial``."""
     import numpy as np
 
     start = np.datetime64(initial, "h")
     final = start + np.timedelta64(interval_hours * (points - 1), "h")
     score_leads = " ".join(str(h) for h in range(interval_hours, lead_hours + 1, interval_hours))
-    return {"CONFIG": str(Path(config).resolve()), "WORKDIR": str(Path(workdir).resolve()),
-            "FOURCAST": fourcast_command(), "PYTHONPATH": str(ROOT), "INITIAL": str(start)[:13],
-            "FINAL": str(final)[:13], "INTERVAL_HOURS": interval_hours, "LEAD_HOURS": lead_hours,
-            "SCORE_LEAD_HOURS": score_leads, "MEMBERS": members, "MODEL": model, "DATA_TIMEOUT": 60,
-            "DATA_POLL": 5, "RETRY_DELAYS": "PT5S, PT30S"}
+    return {
+        "CONFIG": str(Path(config).resolve()),
+        "WORKDIR": str(Path(workdir).resolve()),
+        "FOURCAST": fourcast_command(),
+        "PYTHONPATH": str(ROOT),
+        "INITIAL": str(start)[:13],
+        "FINAL": str(final)[:13],
+        "INTERVAL_HOURS": interval_hours,
+        "LEAD_HOURS": lead_hours,
+        "SCORE_LEAD_HOURS": score_leads,
+        "MEMBERS": members,
+        "MODEL": model,
+        "DATA_TIMEOUT": 60,
+        "DATA_POLL": 5,
+        "RETRY_DELAYS": "PT5S, PT30S",
+    }

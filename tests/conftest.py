@@ -34,8 +34,13 @@ def store_paths(era5_files, tmp_path_factory) -> tuple[Path, Path]:
     """``(store, climatology)`` written with the default (threaded) Dask scheduler."""
     root = tmp_path_factory.mktemp("stores")
     data = open_sources(era5_files, VARIABLES, shard_steps=40)
-    store = write_store(data, root / "store.zarr", STATS, StoreLayout(shard_steps=40),
-                        climatology_path=root / "climatology.zarr")
+    store = write_store(
+        data,
+        root / "store.zarr",
+        STATS,
+        StoreLayout(shard_steps=40),
+        climatology_path=root / "climatology.zarr",
+    )
     return store, root / "climatology.zarr"
 
 
@@ -48,10 +53,16 @@ def store(store_paths) -> Path:
 #: synthetic period and grid of those files, its statistics period, a one-step afno-tiny training.
 STORE_RUN_CONFIG = {
     "synthetic": {"period": {"start": "2000-01-01T00:00", "end": "2000-02-29T18:00"}, "nlat": 16, "nlon": 32},
-    "ingest": {"variables": VARIABLES, "statistics": {"start": "2000-01-01T00:00", "end": "2000-01-31T18:00"}},
-    "train": {"model": "afno-tiny", "train": {"start": "2000-01-01T00:00", "end": "2000-01-31T18:00"},
-              "validation": {"start": "2000-02-01T00:00", "end": "2000-02-10T18:00"},
-              "phases": [{"rollout_steps": 1, "optimizer_steps": 1, "learning_rate": 1e-3}]},
+    "ingest": {
+        "variables": VARIABLES,
+        "statistics": {"start": "2000-01-01T00:00", "end": "2000-01-31T18:00"},
+    },
+    "train": {
+        "model": "afno-tiny",
+        "train": {"start": "2000-01-01T00:00", "end": "2000-01-31T18:00"},
+        "validation": {"start": "2000-02-01T00:00", "end": "2000-02-10T18:00"},
+        "phases": [{"rollout_steps": 1, "optimizer_steps": 1, "learning_rate": 1e-3}],
+    },
     "forecast": {"inits": {"start": "2000-02-15T00:00", "end": "2000-02-16T00:00"}},
 }
 

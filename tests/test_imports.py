@@ -8,11 +8,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ALLOWED = {"ingest": set(), "fourcast": {"ingest"}, "ensembles": {"ingest"},
-           "pipeline": {"ingest", "fourcast", "ensembles"}}
-HOMES = {"mlflow": "pipeline/tracking.py", "torch.distributed": "fourcast/distributed.py",
-         "dask.distributed": "pipeline/cluster.py", "argparse": "pipeline/cli.py",
-         "sqlite3": "pipeline/tracking.py"}  # loaded before ecCodes for MLflow (see tracking.py)
+ALLOWED = {
+    "ingest": set(),
+    "fourcast": {"ingest"},
+    "ensembles": {"ingest"},
+    "pipeline": {"ingest", "fourcast", "ensembles"},
+}
+HOMES = {
+    "mlflow": "pipeline/tracking.py",
+    "torch.distributed": "fourcast/distributed.py",
+    "dask.distributed": "pipeline/cluster.py",
+    "argparse": "pipeline/cli.py",
+    "sqlite3": "pipeline/tracking.py",
+}  # loaded before ecCodes for MLflow (see tracking.py)
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
@@ -31,15 +39,22 @@ def _sources(package: str) -> list[Path]:
 
 @pytest.mark.parametrize("package", sorted(ALLOWED))
 def test_packages_import_one_way(package):
-    wrong = [f"{path.relative_to(ROOT)}:{line} imports {module}"
-             for path in _sources(package) for line, module in _imports(path)
-             if module.split(".")[0] in ALLOWED and module.split(".")[0] not in ALLOWED[package] | {package}]
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for path in _sources(package)
+        for line, module in _imports(path)
+        if module.split(".")[0] in ALLOWED and module.split(".")[0] not in ALLOWED[package] | {package}
+    ]
     assert wrong == []
 
 
 def test_side_effects_live_in_their_home():
-    stray = [f"{path.relative_to(ROOT)}:{line} imports {module}"
-             for package in ALLOWED for path in _sources(package) for line, module in _imports(path)
-             for lib, home in HOMES.items()
-             if (module == lib or module.startswith(lib + ".")) and path.relative_to(ROOT).as_posix() != home]
+    stray = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for package in ALLOWED
+        for path in _sources(package)
+        for line, module in _imports(path)
+        for lib, home in HOMES.items()
+        if (module == lib or module.startswith(lib + ".")) and path.relative_to(ROOT).as_posix() != home
+    ]
     assert stray == []

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-_SPEC = importlib.util.spec_from_file_location("wrap_long_lines", Path(__file__).parents[1] / "tools" / "wrap_long_lines.py")
+_SPEC = importlib.util.spec_from_file_location(
+    "wrap_long_lines", Path(__file__).parents[1] / "tools" / "wrap_long_lines.py"
+)
 wrap = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(wrap)
 
@@ -26,8 +28,10 @@ def check(found, expected):
 
 
 def _ruff_format(path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "ruff", "format", "--quiet", "--isolated", "--line-length", "80", str(path)],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--quiet", "--isolated", "--line-length", "80", str(path)],
+        check=True,
+    )
 
 
 def test_every_long_line_is_wrapped_and_the_program_is_unchanged(tmp_path):

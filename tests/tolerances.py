@@ -36,5 +36,10 @@ def assert_close_to_spread(actual, expected, rel: float = FLOAT32_ROLLOUT_REL, n
     expected = np.asarray(expected, dtype=np.float64)
     spread = float(np.nanstd(expected))
     atol = rel * spread if spread > 0 else rel
-    np.testing.assert_allclose(actual, expected, rtol=0, atol=atol,
-                               err_msg=f"{name}: tolerance {rel:g} x std {spread:.6g} = {atol:.3g}")
+    np.testing.assert_allclose(
+        actual,
+        expected,
+        rtol=0,
+        atol=atol,
+        err_msg=f"{name}: tolerance {rel:g} x std {spread:.6g} = {atol:.3g}",
+    )

@@ -50,19 +50,31 @@ class AFNOFilter(nn.Module):
         :func:`use_fast_filter`). Off by default, the layout the reference checkpoints use.
     """
 
-    def __init__(self, embed_dim: int, num_blocks: int = 8, sparsity: float = 0.01,
-                 hard_thresholding_fraction: float = 1.0, hidden_factor: int = 1,
-                 mode_truncation: str = "full") -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        num_blocks: int = 8,
+        sparsity: float = 0.01,
+        hard_thresholding_fraction: float = 1.0,
+        hidden_factor: int = 1,
+        mode_truncation: str = "full",
+    ) -> None:
         super().__init__()
         if embed_dim % num_blocks:
             raise ModelSpecError(f"embed_dim {embed_dim} must be divisible by num_blocks {num_blocks}")
         if not 0.0 < hard_thresholding_fraction <= 1.0:
-            raise ModelSpecError(f"hard_thresholding_fraction must be in (0, 1], found {hard_thresholding_fraction}")
+            raise ModelSpecError(
+                f"hard_thresholding_fraction must be in (0, 1], found {hard_thresholding_fraction}"
+            )
         if mode_truncation not in MODE_TRUNCATIONS:
-            raise ModelSpecError(f"mode_truncation must be one of {MODE_TRUNCATIONS}, found {mode_truncation!r}")
+            raise ModelSpecError(
+                f"mode_truncation must be one of {MODE_TRUNCATIONS}, found {mode_truncation!r}"
+            )
         if mode_truncation == "full" and hard_thresholding_fraction < 1.0:
-            raise ModelSpecError("mode_truncation='full' keeps every mode: hard_thresholding_fraction must be 1.0, "
-                                 f"found {hard_thresholding_fraction}")
+            raise ModelSpecError(
+                "mode_truncation='full' keeps every mode: hard_thresholding_fraction must be 1.0, "
+                f"found {hard_thresholding_fraction}"
+            )
         self.num_blocks = num_blocks
         self.block_size = embed_dim // num_blocks
         self.sparsity = sparsity
@@ -85,17 +97,27 @@ class AFNOFilter(nn.Module):
         return slice(None), slice(None)
 
     @staticmethod
-    def _complex_linear(re: torch.Tensor, im: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out_re = torch.einsum("...bi,bio->...bo", re, w[0]) - torch.einsum("...bi,bio->...bo", im, w[1]) + b[0]
-        out_im = torch.einsum("...bi,bio->...bo", im, w[0]) + torch.einsum("...bi,bio->...bo", re, w[1]) + b[1]
+    def _complex_linear(
+        re: torch.Tensor, im: torch.Tensor, w: torch.Tensor, b: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        out_re = (
+            torch.einsum("...bi,bio->...bo", re, w[0]) - torch.einsum("...bi,bio->...bo", im, w[1]) + b[0]
+        )
+        out_im = (
+            torch.einsum("...bi,bio->...bo", im, w[0]) + torch.einsum("...bi,bio->...bo", re, w[1]) + b[1]
+        )
         return out_re, out_im
 
     def _einsum_mlp(self, kept: torch.Tensor) -> torch.Tensor:
-        """Complex MLP of the kept modes ``(batch, rows, cols, block, block_size)``, as the reference writes it."""
+        """Complex MLP of the kept modes ``(batch, rows, cols, block, block_size)``, as the reference writes
+        it."""
         hid_re, hid_im = self._complex_linear(kept.real, kept.imag, self.w1.float(), self.b1.float())
-        out_re, out_im = self._complex_linear(torch.relu(hid_re), torch.relu(hid_im), self.w2.float(), self.b2.float())
+        out_re, out_im = self._complex_linear(
+            torch.relu(hid_re), torch.relu(hid_im), self.w2.float(), self.b2.float()
+        )
         return torch.view_as_complex(
-            nn.functional.softshrink(torch.stack([out_re, out_im], dim=-1), self.sparsity).contiguous())
+            nn.functional.softshrink(torch.stack([out_re, out_im], dim=-1), self.sparsity).contiguous()
+        )
 
     @staticmethod
     def _real_block_weights(w: torch.Tensor) -> torch.Tensor:
@@ -152,8 +174,13 @@ class MLP(nn.Module):
 
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, dim), nn.Dropout(dropout))
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, dim),
+            nn.Dropout(dropout),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -172,7 +199,9 @@ class PatchEmbed(nn.Module):
         super().__init__()
         kernel = kernel or patch
         if kernel < patch or (kernel - patch) % 2:
-            raise ModelSpecError(f"embed_kernel must be patch_size plus an even number, found {kernel} for patch {patch}")
+            raise ModelSpecError(
+                f"embed_kernel must be patch_size plus an even number, found {kernel} for patch {patch}"
+            )
         self.halo = (kernel - patch) // 2
         self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=kernel, stride=patch)
 
@@ -195,9 +224,17 @@ def _norm(kind: str, dim: int) -> nn.Module:
 class AFNOBlock(nn.Module):
     """Norm → AFNO filter → (double skip) → norm → MLP → residual, on ``(batch, h, w, dim)``."""
 
-    def __init__(self, dim: int, mlp_ratio: float, num_blocks: int, sparsity: float,
-                 hard_thresholding_fraction: float, mode_truncation: str, double_skip: bool = True,
-                 norm: str = "layer") -> None:
+    def __init__(
+        self,
+        dim: int,
+        mlp_ratio: float,
+        num_blocks: int,
+        sparsity: float,
+        hard_thresholding_fraction: float,
+        mode_truncation: str,
+        double_skip: bool = True,
+        norm: str = "layer",
+    ) -> None:
         super().__init__()
         self.norm1 = _norm(norm, dim)
         self.filter = AFNOFilter(dim, num_blocks, sparsity, hard_thresholding_fraction, 1, mode_truncation)
@@ -239,17 +276,31 @@ class AFNONet(nn.Module):
         minutes cannot afford ("none" then learns the dynamics several times faster).
     """
 
-    def __init__(self, img_size: tuple[int, int], in_channels: int, out_channels: int, patch_size: int = 8,
-                 embed_dim: int = 768, depth: int = 12, num_blocks: int = 8, mlp_ratio: float = 4.0,
-                 sparsity: float = 0.01, hard_thresholding_fraction: float = 1.0,
-                 mode_truncation: str = "full", predict_increment: bool = False, embed_kernel: int | None = None,
-                 norm: str = "layer") -> None:
+    def __init__(
+        self,
+        img_size: tuple[int, int],
+        in_channels: int,
+        out_channels: int,
+        patch_size: int = 8,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_blocks: int = 8,
+        mlp_ratio: float = 4.0,
+        sparsity: float = 0.01,
+        hard_thresholding_fraction: float = 1.0,
+        mode_truncation: str = "full",
+        predict_increment: bool = False,
+        embed_kernel: int | None = None,
+        norm: str = "layer",
+    ) -> None:
         super().__init__()
         lat, lon = img_size
         if lat % patch_size or lon % patch_size:
             raise ModelSpecError(f"grid {lat}x{lon} must be divisible by patch_size {patch_size}")
         if predict_increment and in_channels != out_channels:
-            raise ModelSpecError(f"predict_increment needs in_channels == out_channels, found {in_channels} and {out_channels}")
+            raise ModelSpecError(
+                f"predict_increment needs in_channels == out_channels, found {in_channels} and {out_channels}"
+            )
         self.img_size = (lat, lon)
         self.patch_size = patch_size
         self.out_channels = out_channels
@@ -259,8 +310,15 @@ class AFNONet(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.tokens[0] * self.tokens[1], embed_dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.blocks = nn.ModuleList(
-            AFNOBlock(embed_dim, mlp_ratio, num_blocks, sparsity, hard_thresholding_fraction, mode_truncation,
-                      norm=norm)
+            AFNOBlock(
+                embed_dim,
+                mlp_ratio,
+                num_blocks,
+                sparsity,
+                hard_thresholding_fraction,
+                mode_truncation,
+                norm=norm,
+            )
             for _ in range(depth)
         )
         self.head = nn.Linear(embed_dim, out_channels * patch_size * patch_size, bias=False)
@@ -290,18 +348,26 @@ class AFNONet(nn.Module):
             return self
         h, w = self.tokens
         raise ResolutionTransferError(
-            f"an AFNO trained on a {self.img_size[0]}x{self.img_size[1]} grid cannot forecast on {nlat}x{nlon} "
+            f"an AFNO trained on a {self.img_size[0]}x{self.img_size[1]} grid cannot forecast on "
+            f"{nlat}x{nlon} "
             f"without retraining: its learned position embedding holds one vector per patch of the {h}x{w} "
-            f"patch grid (a {nlat // self.patch_size}x{nlon // self.patch_size} patch grid has positions it never "
-            f"learned), and a patch is {self.patch_size}x{self.patch_size} grid points, so its footprint on the "
-            "sphere and the frequencies its FFT mixes change with the grid. Retrain on the new grid, regrid the "
-            "store to the model's grid, or use an SFNO (preset sfno-*), whose weights live on spherical-harmonic "
-            "degrees")
+            f"patch grid (a {nlat // self.patch_size}x{nlon // self.patch_size} patch grid has "
+            "positions it never "
+            f"learned), and a patch is {self.patch_size}x{self.patch_size} grid points, so its "
+            "footprint on the "
+            "sphere and the frequencies its FFT mixes change with the grid. Retrain on the new "
+            "grid, regrid the "
+            "store to the model's grid, or use an SFNO (preset sfno-*), whose weights live on "
+            "spherical-harmonic "
+            "degrees"
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(batch, in_channels, lat, lon) → (batch, out_channels, lat, lon)``."""
         if tuple(x.shape[-2:]) != self.img_size:
-            raise ModelSpecError(f"model built for a {self.img_size} grid, got input of shape {tuple(x.shape)}")
+            raise ModelSpecError(
+                f"model built for a {self.img_size} grid, got input of shape {tuple(x.shape)}"
+            )
         batch = x.shape[0]
         h, w = self.tokens
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed

@@ -42,13 +42,30 @@ FOURCASTNET_PRESET = "afno-fcn-0p25"
 
 #: Channel order of the released 0.25° backbone: FourCastNet's name → fourcast lexicon id.
 #: Units are ERA5's as delivered (geopotential in m² s⁻², relative humidity in %), as in the lexicon.
-FOURCASTNET_CHANNEL_MAP: Mapping[str, str] = MappingProxyType({
-    "u10": "u10m", "v10": "v10m", "t2m": "t2m", "sp": "sp", "msl": "msl",
-    "t850": "t850", "u1000": "u1000", "v1000": "v1000", "z1000": "z1000",
-    "u850": "u850", "v850": "v850", "z850": "z850",
-    "u500": "u500", "v500": "v500", "z500": "z500", "t500": "t500",
-    "z50": "z50", "r500": "r500", "r850": "r850", "tcwv": "tcwv",
-})
+FOURCASTNET_CHANNEL_MAP: Mapping[str, str] = MappingProxyType(
+    {
+        "u10": "u10m",
+        "v10": "v10m",
+        "t2m": "t2m",
+        "sp": "sp",
+        "msl": "msl",
+        "t850": "t850",
+        "u1000": "u1000",
+        "v1000": "v1000",
+        "z1000": "z1000",
+        "u850": "u850",
+        "v850": "v850",
+        "z850": "z850",
+        "u500": "u500",
+        "v500": "v500",
+        "z500": "z500",
+        "t500": "t500",
+        "z50": "z50",
+        "r500": "r500",
+        "r850": "r850",
+        "tcwv": "tcwv",
+    }
+)
 #: Lexicon ids in the released model's channel order (input and output).
 FOURCASTNET_CHANNELS: tuple[str, ...] = tuple(FOURCASTNET_CHANNEL_MAP.values())
 
@@ -66,20 +83,36 @@ DDP_PREFIX = "module."
 UNUSED_KEYS = frozenset({"norm.weight", "norm.bias"})
 
 _TOP_LEVEL = ("pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "head.weight")
-_PER_BLOCK = MappingProxyType({  # FourCastNet name inside ``blocks.{i}`` → ours
-    "norm1.weight": "norm1.weight", "norm1.bias": "norm1.bias",
-    "filter.w1": "filter.w1", "filter.b1": "filter.b1", "filter.w2": "filter.w2", "filter.b2": "filter.b2",
-    "norm2.weight": "norm2.weight", "norm2.bias": "norm2.bias",
-    "mlp.fc1.weight": "mlp.net.0.weight", "mlp.fc1.bias": "mlp.net.0.bias",
-    "mlp.fc2.weight": "mlp.net.3.weight", "mlp.fc2.bias": "mlp.net.3.bias",
-})
+_PER_BLOCK = MappingProxyType(
+    {  # FourCastNet name inside ``blocks.{i}`` → ours
+        "norm1.weight": "norm1.weight",
+        "norm1.bias": "norm1.bias",
+        "filter.w1": "filter.w1",
+        "filter.b1": "filter.b1",
+        "filter.w2": "filter.w2",
+        "filter.b2": "filter.b2",
+        "norm2.weight": "norm2.weight",
+        "norm2.bias": "norm2.bias",
+        "mlp.fc1.weight": "mlp.net.0.weight",
+        "mlp.fc1.bias": "mlp.net.0.bias",
+        "mlp.fc2.weight": "mlp.net.3.weight",
+        "mlp.fc2.bias": "mlp.net.3.bias",
+    }
+)
 _PER_BLOCK_REVERSED = MappingProxyType({ours: theirs for theirs, ours in _PER_BLOCK.items()})
 _BLOCK_KEY = re.compile(r"blocks\.(0|[1-9][0-9]*)\.(.+)")
-_SIZED_BY = MappingProxyType({  # where each size is read from, for error messages
-    "in_channels": "patch_embed.proj.weight", "out_channels": "head.weight", "patch_size": "patch_embed.proj.weight",
-    "embed_dim": "patch_embed.proj.weight", "depth": "blocks.<i>", "num_blocks": "blocks.0.filter.w1",
-    "mlp_hidden": "blocks.0.mlp.fc1.weight", "tokens": "pos_embed",
-})
+_SIZED_BY = MappingProxyType(
+    {  # where each size is read from, for error messages
+        "in_channels": "patch_embed.proj.weight",
+        "out_channels": "head.weight",
+        "patch_size": "patch_embed.proj.weight",
+        "embed_dim": "patch_embed.proj.weight",
+        "depth": "blocks.<i>",
+        "num_blocks": "blocks.0.filter.w1",
+        "mlp_hidden": "blocks.0.mlp.fc1.weight",
+        "tokens": "pos_embed",
+    }
+)
 
 
 # --------------------------------------------------------------------------------------- grid
@@ -100,8 +133,9 @@ def fourcastnet_lat_lon() -> tuple[np.ndarray, np.ndarray]:
     return lat, lon
 
 
-def crop_to_fourcastnet_grid(x: np.ndarray | torch.Tensor,
-                             lat: np.ndarray) -> tuple[np.ndarray | torch.Tensor, np.ndarray]:
+def crop_to_fourcastnet_grid(
+    x: np.ndarray | torch.Tensor, lat: np.ndarray
+) -> tuple[np.ndarray | torch.Tensor, np.ndarray]:
     """Drop ERA5's South-Pole row (lat −90°), as FourCastNet does to get 720 rows.
 
     Parameters
@@ -123,12 +157,16 @@ def crop_to_fourcastnet_grid(x: np.ndarray | torch.Tensor,
     """
     lat = np.asarray(lat, dtype=float)
     if tuple(x.shape[-2:]) != ERA5_GRID:
-        raise ModelSpecError(f"expected fields on ERA5's {ERA5_GRID[0]}x{ERA5_GRID[1]} grid (lat, lon last), "
-                             f"found shape {tuple(x.shape)}")
+        raise ModelSpecError(
+            f"expected fields on ERA5's {ERA5_GRID[0]}x{ERA5_GRID[1]} grid (lat, lon last), "
+            f"found shape {tuple(x.shape)}"
+        )
     era5_lat = np.linspace(90.0, -90.0, ERA5_GRID[0])
     if lat.ndim != 1 or not same_coords({LAT: era5_lat}, {LAT: lat}, (LAT,)):
         found = f"{lat.size} values, {lat[0]:.3f}..{lat[-1]:.3f}" if lat.size else "no values"
-        raise ModelSpecError(f"expected {ERA5_GRID[0]} latitudes 90 → -90 at {GRID_SPACING_DEG}°, found {found}")
+        raise ModelSpecError(
+            f"expected {ERA5_GRID[0]} latitudes 90 → -90 at {GRID_SPACING_DEG}°, found {found}"
+        )
     return x[..., :-1, :], lat[:-1]
 
 
@@ -228,8 +266,10 @@ def _model_incompatibilities(model: nn.Module) -> list[str]:
     if model.predict_increment:
         problems.append("predict_increment is true (FourCastNet predicts the state)")
     if model.patch_embed.halo:
-        problems.append(f"embed_kernel overlaps patches by {model.patch_embed.halo} pixels "
-                        "(FourCastNet's kernel is the patch)")
+        problems.append(
+            f"embed_kernel overlaps patches by {model.patch_embed.halo} pixels "
+            "(FourCastNet's kernel is the patch)"
+        )
     if any(not isinstance(block.norm1, nn.LayerNorm) for block in model.blocks):
         problems.append("norm is 'none' (FourCastNet uses LayerNorm)")
     if any(block.filter.mode_truncation != "fourcastnet" for block in model.blocks):
@@ -273,15 +313,24 @@ def _infer_size(state: Mapping[str, torch.Tensor]) -> _BackboneSize:
     """
     embed_dim, in_channels, patch, patch_w = _shape_of(state, "patch_embed.proj.weight", 4)
     if patch != patch_w:
-        raise CheckpointError(f"'patch_embed.proj.weight' should have a square kernel, found {patch}x{patch_w}")
+        raise CheckpointError(
+            f"'patch_embed.proj.weight' should have a square kernel, found {patch}x{patch_w}"
+        )
     head_rows, _ = _shape_of(state, "head.weight", 2)
     if head_rows % (patch * patch):
-        raise CheckpointError(f"'head.weight' has {head_rows} rows, not a multiple of patch² = {patch * patch}")
+        raise CheckpointError(
+            f"'head.weight' has {head_rows} rows, not a multiple of patch² = {patch * patch}"
+        )
     depth = 1 + max((int(m[1]) for m in map(_BLOCK_KEY.fullmatch, state) if m), default=-1)
     return _BackboneSize(
-        in_channels=in_channels, out_channels=head_rows // (patch * patch), patch_size=patch, embed_dim=embed_dim,
-        depth=depth, num_blocks=_shape_of(state, "blocks.0.filter.w1", 4)[1],
-        mlp_hidden=_shape_of(state, "blocks.0.mlp.fc1.weight", 2)[0], tokens=_shape_of(state, "pos_embed", 3)[1],
+        in_channels=in_channels,
+        out_channels=head_rows // (patch * patch),
+        patch_size=patch,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_blocks=_shape_of(state, "blocks.0.filter.w1", 4)[1],
+        mlp_hidden=_shape_of(state, "blocks.0.mlp.fc1.weight", 2)[0],
+        tokens=_shape_of(state, "pos_embed", 3)[1],
     )
 
 
@@ -295,24 +344,33 @@ def _preset_setting(settings: Mapping[str, object], name: str) -> object:
 def _preset_incompatibilities(settings: Mapping[str, object]) -> list[str]:
     """Preset settings that would make :class:`AFNONet` differ from FourCastNet's forward pass."""
     expected = {"mode_truncation": "fourcastnet", "predict_increment": False, "norm": "layer"}
-    problems = [f"{name}={_preset_setting(settings, name)!r} (expected {value!r})"
-                for name, value in expected.items() if _preset_setting(settings, name) != value]
+    problems = [
+        f"{name}={_preset_setting(settings, name)!r} (expected {value!r})"
+        for name, value in expected.items()
+        if _preset_setting(settings, name) != value
+    ]
     kernel = _preset_setting(settings, "embed_kernel")
     if kernel not in (None, _preset_setting(settings, "patch_size")):
         problems.append(f"embed_kernel={kernel!r} (expected None: the patch size)")
     return problems
 
 
-def _size_mismatches(size: _BackboneSize, settings: Mapping[str, object], grid: tuple[int, int],
-                     channels: int) -> list[str]:
+def _size_mismatches(
+    size: _BackboneSize, settings: Mapping[str, object], grid: tuple[int, int], channels: int
+) -> list[str]:
     """Differences between the checkpoint's sizes and what the preset, grid and channels expect."""
-    expected = {name: _preset_setting(settings, name) for name in ("patch_size", "embed_dim", "depth", "num_blocks")}
+    expected = {
+        name: _preset_setting(settings, name) for name in ("patch_size", "embed_dim", "depth", "num_blocks")
+    }
     expected["mlp_hidden"] = int(expected["embed_dim"] * _preset_setting(settings, "mlp_ratio"))
     expected["in_channels"] = expected["out_channels"] = channels
     patch = expected["patch_size"]
     expected["tokens"] = (grid[0] // patch) * (grid[1] // patch)
-    return [f"{name} {getattr(size, name)} from {_SIZED_BY[name]} (expected {value})"
-            for name, value in expected.items() if getattr(size, name) != value]
+    return [
+        f"{name} {getattr(size, name)} from {_SIZED_BY[name]} (expected {value})"
+        for name, value in expected.items()
+        if getattr(size, name) != value
+    ]
 
 
 # ----------------------------------------------------------------------------------- loading
@@ -326,7 +384,8 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
-            f"{path} is not a torch file of tensors, dicts, lists and numbers only (torch.load(weights_only=True) "
+            f"{path} is not a torch file of tensors, dicts, lists and numbers only "
+            "(torch.load(weights_only=True) "
             "refused it): either it is no checkpoint at all, or it pickles other objects, which released "
             "FourCastNet checkpoints do not and which could run arbitrary code, so no unrestricted load is "
             "attempted (torch's reason is chained below)"
@@ -335,20 +394,25 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is not a readable torch checkpoint: {err!r}") from err
     if not isinstance(payload, dict) or not isinstance(payload.get("model_state"), dict):
         found = sorted(map(str, payload)) if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"{path}: expected a dict with a 'model_state' dict (FourCastNet's format), "
-                              f"found {found}")
+        raise CheckpointError(
+            f"{path}: expected a dict with a 'model_state' dict (FourCastNet's format), found {found}"
+        )
     return _strip_prefix(payload["model_state"], path)
 
 
 def _strip_prefix(state: Mapping[str, object], path: Path) -> dict[str, torch.Tensor]:
-    unprefixed = sorted(str(name) for name in state if not (isinstance(name, str) and name.startswith(DDP_PREFIX)))
+    unprefixed = sorted(
+        str(name) for name in state if not (isinstance(name, str) and name.startswith(DDP_PREFIX))
+    )
     if unprefixed:
-        raise CheckpointError(f"{path}: every key of a released FourCastNet 'model_state' starts with "
-                              f"{DDP_PREFIX!r}; found {unprefixed}")
+        raise CheckpointError(
+            f"{path}: every key of a released FourCastNet 'model_state' starts with "
+            f"{DDP_PREFIX!r}; found {unprefixed}"
+        )
     not_tensors = sorted(name for name, value in state.items() if not isinstance(value, torch.Tensor))
     if not_tensors:
         raise CheckpointError(f"{path}: 'model_state' entries {not_tensors} are not tensors")
-    return {name[len(DDP_PREFIX):]: value for name, value in state.items()}
+    return {name[len(DDP_PREFIX) :]: value for name, value in state.items()}
 
 
 def _check_tensors(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> None:
@@ -356,30 +420,41 @@ def _check_tensors(expected: Mapping[str, torch.Tensor], found: Mapping[str, tor
     missing = sorted(our_key_to_fourcastnet(name) for name in expected.keys() - found.keys())
     if missing:
         raise CheckpointError(f"missing FourCastNet tensor(s) {missing}")
-    wrong = [f"{our_key_to_fourcastnet(name)}: expected {tuple(tensor.shape)}, found {tuple(found[name].shape)}"
-             for name, tensor in expected.items() if found[name].shape != tensor.shape]
+    wrong = [
+        f"{our_key_to_fourcastnet(name)}: expected {tuple(tensor.shape)}, found {tuple(found[name].shape)}"
+        for name, tensor in expected.items()
+        if found[name].shape != tensor.shape
+    ]
     if wrong:
         raise CheckpointError(f"tensor(s) of the wrong shape: {'; '.join(wrong)}")
 
 
-def _build_from_state(state: Mapping[str, torch.Tensor], preset: str, grid: tuple[int, int],
-                      channels: int) -> AFNONet:
+def _build_from_state(
+    state: Mapping[str, torch.Tensor], preset: str, grid: tuple[int, int], channels: int
+) -> AFNONet:
     """Build ``preset`` for ``grid`` and load a FourCastNet state (keys without ``module.``) strictly."""
     ours = from_fourcastnet_state(state)
     size = _infer_size(state)
     mismatches = _size_mismatches(size, PRESETS[preset].settings, grid, channels)
     if mismatches:
-        raise CheckpointError(f"checkpoint does not fit preset {preset!r} on a {grid[0]}x{grid[1]} grid with "
-                              f"{channels} channels: {', '.join(mismatches)}")
+        raise CheckpointError(
+            f"checkpoint does not fit preset {preset!r} on a {grid[0]}x{grid[1]} grid with "
+            f"{channels} channels: {', '.join(mismatches)}"
+        )
     model = build_model(preset, grid, size.in_channels, size.out_channels)
     _check_tensors(model.state_dict(), ours)
     model.load_state_dict(ours, strict=True)
     return model
 
 
-def load_fourcastnet_checkpoint(path: str | Path, device: str | torch.device = "cpu", *,
-                                preset: str = FOURCASTNET_PRESET, grid: tuple[int, int] = FOURCASTNET_GRID,
-                                channels: int = len(FOURCASTNET_CHANNELS)) -> AFNONet:
+def load_fourcastnet_checkpoint(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    preset: str = FOURCASTNET_PRESET,
+    grid: tuple[int, int] = FOURCASTNET_GRID,
+    channels: int = len(FOURCASTNET_CHANNELS),
+) -> AFNONet:
     """Build fourcast's AFNO from a released FourCastNet checkpoint (``backbone.ckpt`` / ``.tar``).
 
     Parameters

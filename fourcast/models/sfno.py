@@ -57,38 +57,67 @@ class SFNONet(nn.Module):
     operator on another equiangular grid.
     """
 
-    def __init__(self, img_size: tuple[int, int], in_channels: int, out_channels: int, embed_dim: int = 256,
-                 num_layers: int = 8, scale_factor: int = 3, mlp_ratio: float = 2.0,
-                 hard_thresholding_fraction: float = 1.0, normalization: str = "instance_norm",
-                 predict_increment: bool = True, modes: int | None = None) -> None:
+    def __init__(
+        self,
+        img_size: tuple[int, int],
+        in_channels: int,
+        out_channels: int,
+        embed_dim: int = 256,
+        num_layers: int = 8,
+        scale_factor: int = 3,
+        mlp_ratio: float = 2.0,
+        hard_thresholding_fraction: float = 1.0,
+        normalization: str = "instance_norm",
+        predict_increment: bool = True,
+        modes: int | None = None,
+    ) -> None:
         super().__init__()
         lat, lon = img_size
         if normalization not in NORMALIZATIONS:
             raise ModelSpecError(f"normalization must be one of {NORMALIZATIONS}, found {normalization!r}")
         if predict_increment and in_channels != out_channels:
-            raise ModelSpecError(f"predict_increment needs in_channels == out_channels, "
-                                 f"found {in_channels} and {out_channels}")
+            raise ModelSpecError(
+                f"predict_increment needs in_channels == out_channels, found {in_channels} and {out_channels}"
+            )
         if (lat - 1) // scale_factor < 2 or lon // scale_factor < 4:
             raise ModelSpecError(f"grid {lat}x{lon} is too coarse for scale_factor {scale_factor}")
         self.img_size = (lat, lon)
         self.predict_increment = predict_increment
-        self.settings = dict(in_channels=in_channels, out_channels=out_channels, embed_dim=embed_dim,
-                             num_layers=num_layers, scale_factor=scale_factor, mlp_ratio=mlp_ratio,
-                             hard_thresholding_fraction=hard_thresholding_fraction, normalization=normalization,
-                             predict_increment=predict_increment)
+        self.settings = dict(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            embed_dim=embed_dim,
+            num_layers=num_layers,
+            scale_factor=scale_factor,
+            mlp_ratio=mlp_ratio,
+            hard_thresholding_fraction=hard_thresholding_fraction,
+            normalization=normalization,
+            predict_increment=predict_increment,
+        )
         most = grid_modes((lat, lon), scale_factor)
         if modes is None:
             fraction = hard_thresholding_fraction
         elif not 1 <= modes <= most:
-            raise ModelSpecError(f"modes must lie in 1..{most} (what a {lat}x{lon} grid with scale_factor "
-                                 f"{scale_factor} resolves), found {modes}")
+            raise ModelSpecError(
+                f"modes must lie in 1..{most} (what a {lat}x{lon} grid with scale_factor "
+                f"{scale_factor} resolves), found {modes}"
+            )
         else:  # torch-harmonics takes a fraction; the half keeps int() from rounding down
             fraction = (modes + 0.5) / most
         self.net = SphericalFourierNeuralOperator(
-            img_size=(lat, lon), grid="equiangular", scale_factor=scale_factor, in_chans=in_channels,
-            out_chans=out_channels, embed_dim=embed_dim, num_layers=num_layers, mlp_ratio=mlp_ratio,
-            hard_thresholding_fraction=fraction, normalization_layer=normalization,
-            residual_prediction=False, pos_embed="none")
+            img_size=(lat, lon),
+            grid="equiangular",
+            scale_factor=scale_factor,
+            in_chans=in_channels,
+            out_chans=out_channels,
+            embed_dim=embed_dim,
+            num_layers=num_layers,
+            mlp_ratio=mlp_ratio,
+            hard_thresholding_fraction=fraction,
+            normalization_layer=normalization,
+            residual_prediction=False,
+            pos_embed="none",
+        )
         self.modes = self.net.trans_down.lmax
         self._active = torch.ones(self.modes)
         if predict_increment:
@@ -155,15 +184,19 @@ class SFNONet(nn.Module):
             raise ResolutionTransferError(
                 f"an SFNO with layer_norm cannot move from its {self.img_size[0]}x{self.img_size[1]} grid to "
                 f"{nlat}x{nlon}: its normalisation has one learned weight per grid point; 'instance_norm' or "
-                "'none' transfer")
+                "'none' transfer"
+            )
         modes = min(self.modes, grid_modes((nlat, nlon), self.settings["scale_factor"]))
         try:
             other = SFNONet((nlat, nlon), modes=modes, **self.settings)
         except ModelSpecError as err:
-            raise ResolutionTransferError(f"cannot move the SFNO from {self.img_size} to ({nlat}, {nlon}): {err}") \
-                from err
-        state = {key: value[..., :modes] if key.endswith("global_conv.weight") else value
-                 for key, value in self.state_dict().items()}
+            raise ResolutionTransferError(
+                f"cannot move the SFNO from {self.img_size} to ({nlat}, {nlon}): {err}"
+            ) from err
+        state = {
+            key: value[..., :modes] if key.endswith("global_conv.weight") else value
+            for key, value in self.state_dict().items()
+        }
         other.load_state_dict(state)
         if self.active_modes < self.modes:
             other.set_active_modes(min(self.active_modes, modes))

@@ -32,14 +32,26 @@ class ArchiveConformance:
 
     @pytest.fixture
     def extents(self, coords) -> dict:
-        return {"variables": VARIABLES, "init_times": INIT_TIMES, "lead_times": LEAD_TIMES, "n_members": N_MEMBERS,
-                "lat": coords[LAT], "lon": coords[LON]}
+        return {
+            "variables": VARIABLES,
+            "init_times": INIT_TIMES,
+            "lead_times": LEAD_TIMES,
+            "n_members": N_MEMBERS,
+            "lat": coords[LAT],
+            "lon": coords[LON],
+        }
 
     @staticmethod
     def fields(coords: Coords) -> np.ndarray:
         """Seeded fields ``(init_time, lead_time, member, channel, lat, lon)``, float32."""
-        shape = (INIT_TIMES.size, LEAD_TIMES.size, N_MEMBERS, len(coords[CHANNEL]), coords[LAT].size,
-                 coords[LON].size)
+        shape = (
+            INIT_TIMES.size,
+            LEAD_TIMES.size,
+            N_MEMBERS,
+            len(coords[CHANNEL]),
+            coords[LAT].size,
+            coords[LON].size,
+        )
         return np.random.default_rng(7).standard_normal(shape).astype(np.float32)
 
     @staticmethod
@@ -74,12 +86,20 @@ class ArchiveConformance:
         np.testing.assert_array_equal(dataset[VARIABLES[0]].values, fields[:, :, :, 0])
 
     @pytest.mark.parametrize("problem", ["init_time", "lead_time", "member", "grid", "shape", "variable"])
-    def test_a_write_outside_the_archive_is_refused_with_a_typed_error(self, tmp_path, extents, coords, problem):
+    def test_a_write_outside_the_archive_is_refused_with_a_typed_error(
+        self, tmp_path, extents, coords, problem
+    ):
         archive = self.make(tmp_path, extents)
         x = self.fields(coords)[0, 0]
         labels = self.labels(coords, 0, 0, range(N_MEMBERS))
-        named = {"init_time": INIT_TIME, "lead_time": LEAD_TIME, "member": MEMBER, "grid": LAT, "shape": "shape",
-                 "variable": VARIABLES[1]}[problem]
+        named = {
+            "init_time": INIT_TIME,
+            "lead_time": LEAD_TIME,
+            "member": MEMBER,
+            "grid": LAT,
+            "shape": "shape",
+            "variable": VARIABLES[1],
+        }[problem]
         if problem == "init_time":
             labels[INIT_TIME] = np.array(["1999-01-01T00"], dtype="datetime64[ns]")
         elif problem == "lead_time":

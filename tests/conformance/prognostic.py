@@ -28,8 +28,9 @@ class PrognosticConformance:
         return self.make()
 
     @staticmethod
-    def state(prognostic: Prognostic, members: int = 2, seed: int = 0,
-              dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, Coords]:
+    def state(
+        prognostic: Prognostic, members: int = 2, seed: int = 0, dtype: torch.dtype = torch.float32
+    ) -> tuple[torch.Tensor, Coords]:
         """A seeded state ``(member, channel, lat, lon)`` on the model's input labels."""
         coords = {MEMBER: np.arange(members), **prognostic.input_coords}
         shape = tuple(len(coords[dim]) for dim in (MEMBER, CHANNEL, LAT, LON))

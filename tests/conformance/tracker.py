@@ -39,7 +39,9 @@ class TrackerConformance:
         tracker.log_params({"model": "afno-tiny", "lr": 0.002, "layers": 4, "long": "x" * 7000})
         for step in range(3):
             tracker.log_metrics({"train/loss": 1.0 / (step + 1), "train/nan": float("nan")}, step=10 * step)
-        tracker.log_metric_history([(step, {f"m{k}": float(k + step) for k in range(150)}) for step in range(8)])
+        tracker.log_metric_history(
+            [(step, {f"m{k}": float(k + step) for k in range(150)}) for step in range(8)]
+        )
         tracker.log_artifact(tmp_path / "note.txt")
         tracker.log_artifact(tmp_path / "folder", "nested")
         tracker.set_tags({"stage": "train", "cycle": "3"})

@@ -31,7 +31,14 @@ def extents(coords):
 
 def _fields(coords, seed: int) -> np.ndarray:
     """Random fields (init_time, lead_time, member, channel, lat, lon) to write, float32."""
-    shape = (INIT_TIMES.size, LEAD_TIMES.size, N_MEMBERS, coords[CHANNEL].size, coords[LAT].size, coords[LON].size)
+    shape = (
+        INIT_TIMES.size,
+        LEAD_TIMES.size,
+        N_MEMBERS,
+        coords[CHANNEL].size,
+        coords[LAT].size,
+        coords[LON].size,
+    )
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
@@ -42,7 +49,12 @@ def _write_all(archive, coords, fields: np.ndarray) -> None:
             for block in ([3, 1], [0, 2]):
                 archive.write(
                     torch.from_numpy(fields[i, j, block]),
-                    {INIT_TIME: np.array([init_time]), LEAD_TIME: np.array([lead]), MEMBER: np.array(block), **coords},
+                    {
+                        INIT_TIME: np.array([init_time]),
+                        LEAD_TIME: np.array([lead]),
+                        MEMBER: np.array(block),
+                        **coords,
+                    },
                 )
 
 
@@ -59,8 +71,13 @@ def test_write_finalize_open_roundtrip(tmp_path, extents, coords):
 
     ds = open_archive(location)
     assert location == str(tmp_path / "run.zarr")
-    assert ds.attrs == {"model": "identity", "seed": 3, "fourcast_forecast_archive": 1, "complete": True,
-                        "Conventions": "CF-1.8"}
+    assert ds.attrs == {
+        "model": "identity",
+        "seed": 3,
+        "fourcast_forecast_archive": 1,
+        "complete": True,
+        "Conventions": "CF-1.8",
+    }
     for c, variable in enumerate(["z500", "u500"]):
         field = ds[variable]
         assert field.dims == ARCHIVE_DIMS
@@ -81,7 +98,12 @@ def test_writes_are_placed_by_label(tmp_path, extents, coords):
     field = np.full((1, 2, coords[LAT].size, coords[LON].size), 7.0, dtype=np.float32)
     archive.write(
         field,
-        {INIT_TIME: INIT_TIMES[1:], LEAD_TIME: np.array([np.timedelta64(12, "h")]), MEMBER: np.array([2]), **coords},
+        {
+            INIT_TIME: INIT_TIMES[1:],
+            LEAD_TIME: np.array([np.timedelta64(12, "h")]),
+            MEMBER: np.array([2]),
+            **coords,
+        },
     )
     written = archive.dataset["z500"].notnull()
     assert int(written.sum()) == coords[LAT].size * coords[LON].size
@@ -164,7 +186,10 @@ def _one_write(coords, **override):
     ("override", "message"),
     [
         ({LEAD_TIME: np.array([np.timedelta64(18, "h")])}, "lead_time labels .* not in the archive"),
-        ({INIT_TIME: np.array(["2021-01-01"], dtype="datetime64[ns]")}, "init_time labels .* not in the archive"),
+        (
+            {INIT_TIME: np.array(["2021-01-01"], dtype="datetime64[ns]")},
+            "init_time labels .* not in the archive",
+        ),
         ({MEMBER: np.array([3, 4])}, r"member labels \[4\] are not in the archive"),
         ({CHANNEL: np.array(["z500", "t850"])}, r"lacks archive variables \['u500'\]"),
         ({LAT: np.linspace(80, -80, 9)}, "the write is on another grid than the archive: expected lat of"),
@@ -232,20 +257,27 @@ def not_an_archive(tmp_path, store_paths):
         else:
             path.write_text("my results")
         return path
+
     return make
 
 
-@pytest.mark.parametrize(("kind", "what"), [
-    ("training", r"a fourcast training store \(arrays \[.*'data'.*'mean'.*'std'"),
-    ("climatology", r"a fourcast climatology store \(arrays \[.*'climatology'"),
-    ("folder", r"a folder that is not a Zarr v3 store \(1 entries\)"),
-    ("file", r"a file of 10 bytes"),
-])
+@pytest.mark.parametrize(
+    ("kind", "what"),
+    [
+        ("training", r"a fourcast training store \(arrays \[.*'data'.*'mean'.*'std'"),
+        ("climatology", r"a fourcast climatology store \(arrays \[.*'climatology'"),
+        ("folder", r"a folder that is not a Zarr v3 store \(1 entries\)"),
+        ("file", r"a file of 10 bytes"),
+    ],
+)
 def test_only_a_forecast_archive_is_ever_replaced(not_an_archive, extents, coords, kind, what):
     path = not_an_archive(kind)
     before = _snapshot(path)
-    with pytest.raises(ArchiveError, match=f"refusing to replace {path}: it is {what}.*not a fourcast forecast "
-                                           "archive .*choose another archive path"):
+    with pytest.raises(
+        ArchiveError,
+        match=f"refusing to replace {path}: it is {what}.*not a fourcast forecast "
+        "archive .*choose another archive path",
+    ):
         ZarrArchive(path, **extents)
     assert _snapshot(path) == before
     assert [p.name for p in path.parent.iterdir()] == [path.name]

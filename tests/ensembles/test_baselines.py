@@ -35,7 +35,9 @@ def test_persistence_repeats_the_state_at_init_time(truth, init_times):
 
 
 def test_persistence_scores_zero_error_at_lead_zero(truth, init_times):
-    forecast = persistence_forecast(truth, init_times, LEADS, ["z500"])["z500"].sel({LEAD_TIME: LEADS[0]}, drop=True)
+    forecast = persistence_forecast(truth, init_times, LEADS, ["z500"])["z500"].sel(
+        {LEAD_TIME: LEADS[0]}, drop=True
+    )
     at_init = truth.sel({TIME: init_times, CHANNEL: "z500"}, drop=True).rename({TIME: INIT_TIME})
     assert float(rmse(forecast, at_init)) == 0.0
 
@@ -60,26 +62,38 @@ def test_missing_init_times_and_variables_are_named(truth, climatology, init_tim
 def _seasonal(climatology: xr.DataArray, hours=(0, 6, 12, 18)) -> xr.DataArray:
     """A day-of-year x hour climatology: the time mean plus ``100·dayofyear + hour`` (recognisable values)."""
     days = np.arange(1, 367)
-    offset = xr.DataArray(100.0 * days[:, None] + np.array(hours)[None, :], dims=(DAYOFYEAR, HOUR),
-                          coords={DAYOFYEAR: days, HOUR: list(hours)})
+    offset = xr.DataArray(
+        100.0 * days[:, None] + np.array(hours)[None, :],
+        dims=(DAYOFYEAR, HOUR),
+        coords={DAYOFYEAR: days, HOUR: list(hours)},
+    )
     return (climatology + offset).transpose(*CLIMATOLOGY_DIMS)
 
 
 def test_climatology_forecast_is_the_climatology_at_the_valid_time(truth, climatology, init_times):
     seasonal = _seasonal(climatology)
-    forecast = climatology_forecast(seasonal, init_times, np.append(LEADS, np.timedelta64(24, "h")), ["z500"])["z500"]
+    forecast = climatology_forecast(
+        seasonal, init_times, np.append(LEADS, np.timedelta64(24, "h")), ["z500"]
+    )["z500"]
     base = climatology.sel({CHANNEL: "z500"}).values
     # init 2020-01-02T00 (day 2): +0 h is day 2 hour 0, +12 h hour 12, +24 h day 3 hour 0
     second = forecast.sel({INIT_TIME: init_times[1]})
     for lead_hours, offset in ((0, 200), (12, 212), (24, 300)):
-        np.testing.assert_allclose(second.sel({LEAD_TIME: np.timedelta64(lead_hours, "h")}).values, base + offset)
+        np.testing.assert_allclose(
+            second.sel({LEAD_TIME: np.timedelta64(lead_hours, "h")}).values, base + offset
+        )
 
 
 def test_valid_times_between_the_climatology_hours_are_refused(climatology, init_times):
-    with pytest.raises(ScoringError, match=r"cannot take the climatology at the forecasts' valid times: climatology "
-                       r"holds hours \[.*0.*12.*\]; valid times .* fall between them"):
+    with pytest.raises(
+        ScoringError,
+        match=r"cannot take the climatology at the forecasts' valid times: climatology "
+        r"holds hours \[.*0.*12.*\]; valid times .* fall between them",
+    ):
         climatology_forecast(_seasonal(climatology, hours=(0, 12)), init_times, LEADS, ["z500"])
-    with pytest.raises(ScoringError, match=r"expected a climatology with dims \(dayofyear, hour, channel, lat, lon\)"):
+    with pytest.raises(
+        ScoringError, match=r"expected a climatology with dims \(dayofyear, hour, channel, lat, lon\)"
+    ):
         climatology_forecast(climatology.expand_dims(month=[1]), init_times, LEADS, ["z500"])
 
 
@@ -97,9 +111,12 @@ def test_scores_use_the_climatology_at_the_valid_time(truth, climatology, init_t
     y = y.assign_coords({INIT_TIME: init_times})
     climatology_rmse = float(by_metric.sel(metric="rmse", system="climatology"))
     assert climatology_rmse == pytest.approx(float(rmse(expected, y)), rel=1e-9)
-    assert not np.allclose(by_metric.sel(metric="acc", system="persistence"),
-                           flat["score"].sel(variable="z500", region="global", lead_time=LEADS[1], metric="acc",
-                                             system="persistence"))
+    assert not np.allclose(
+        by_metric.sel(metric="acc", system="persistence"),
+        flat["score"].sel(
+            variable="z500", region="global", lead_time=LEADS[1], metric="acc", system="persistence"
+        ),
+    )
 
 
 def test_scoring_reports_progress_chunk_by_chunk(truth, climatology, init_times, monkeypatch, caplog):

@@ -20,14 +20,31 @@ MEMBERS = 3
 def _archive(path: Path, coords, init: str, seed: int = 0, attrs: dict | None = None) -> Path:
     """A finalised 1-init archive of random fields, with lineage ``attrs``."""
     inits = np.array([init], dtype="datetime64[ns]")
-    archive = ZarrArchive(path, ["z500", "u500"], inits, LEADS, MEMBERS, coords[LAT], coords[LON],
-                          attrs={"model": "models:/fourcast-afno-tiny/1", "model_name": "fourcast-afno-tiny",
-                                 "model_version": "1", "forecast_run_id": f"run{seed}", **(attrs or {})})
-    fields = np.random.default_rng(seed).standard_normal(
-        (LEADS.size, MEMBERS, coords[CHANNEL].size, coords[LAT].size, coords[LON].size)).astype(np.float32)
+    archive = ZarrArchive(
+        path,
+        ["z500", "u500"],
+        inits,
+        LEADS,
+        MEMBERS,
+        coords[LAT],
+        coords[LON],
+        attrs={
+            "model": "models:/fourcast-afno-tiny/1",
+            "model_name": "fourcast-afno-tiny",
+            "model_version": "1",
+            "forecast_run_id": f"run{seed}",
+            **(attrs or {}),
+        },
+    )
+    fields = (
+        np.random.default_rng(seed)
+        .standard_normal((LEADS.size, MEMBERS, coords[CHANNEL].size, coords[LAT].size, coords[LON].size))
+        .astype(np.float32)
+    )
     for j, lead in enumerate(LEADS):
-        archive.write(fields[j], {INIT_TIME: inits, LEAD_TIME: np.array([lead]), MEMBER: np.arange(MEMBERS),
-                                  **coords})
+        archive.write(
+            fields[j], {INIT_TIME: inits, LEAD_TIME: np.array([lead]), MEMBER: np.arange(MEMBERS), **coords}
+        )
     archive.finalize()
     return path
 
@@ -73,7 +90,10 @@ def test_a_replaced_archive_is_refused_under_the_same_path(catalogue, tmp_path, 
 
 def test_prune_reduces_then_deletes_by_age_and_leaves_held_archives_alone(catalogue, tmp_path, coords):
     days = ["2001-01-01T00", "2001-01-03T00", "2001-01-04T00", "2001-01-05T00", "2001-01-06T00"]
-    entries = [catalogue.publish(_archive(tmp_path / f"{d[:10]}.zarr", coords, d, seed=i)) for i, d in enumerate(days)]
+    entries = [
+        catalogue.publish(_archive(tmp_path / f"{d[:10]}.zarr", coords, d, seed=i))
+        for i, d in enumerate(days)
+    ]
     catalogue.hold(entries[1].id, "score@2001-01-06T00")
     dry = catalogue.prune(keep_members_days=1, delete_after_days=3, dry_run=True)
     assert [(e.id, what) for e, what in dry] == [(entries[0].id, "delete"), (entries[2].id, "reduce")]
@@ -88,19 +108,25 @@ def test_prune_reduces_then_deletes_by_age_and_leaves_held_archives_alone(catalo
     mean = xr.open_zarr(reduced.path, consolidated=False)
     assert MEMBER not in mean.dims and mean.attrs["model_version"] == "1"
     members = open_archive(Path(entries[3].path))  # newer ones keep their members
-    np.testing.assert_allclose(mean["z500"].values, _member_mean(tmp_path, coords, days[2], 2), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        mean["z500"].values, _member_mean(tmp_path, coords, days[2], 2), rtol=1e-6, atol=1e-6
+    )
     assert members.sizes[MEMBER] == MEMBERS
     assert status["2001-01-05T00"].status == status["2001-01-06T00"].status == PUBLISHED
 
 
 def _member_mean(tmp_path: Path, coords, init: str, seed: int) -> np.ndarray:
-    return open_archive(_archive(tmp_path / "again.zarr", coords, init, seed=seed))["z500"].mean(MEMBER).values
+    return (
+        open_archive(_archive(tmp_path / "again.zarr", coords, init, seed=seed))["z500"].mean(MEMBER).values
+    )
 
 
 def test_a_catalogue_that_cannot_be_written_is_a_clear_error(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    with pytest.raises(CatalogueError, match=f"catalogue {blocker}/cat.db cannot be written: {blocker} is a file"):
+    with pytest.raises(
+        CatalogueError, match=f"catalogue {blocker}/cat.db cannot be written: {blocker} is a file"
+    ):
         Catalogue(f"sqlite:///{blocker}/cat.db")
     with pytest.raises(CatalogueError, match="cannot be written"):
         Catalogue("sqlite:////proc/fourcast-catalogue.db")

@@ -85,7 +85,9 @@ def test_weights_can_be_given_as_numpy_or_labelled(rng):
     unweighted = np.sqrt(((forecast - truth) ** 2).mean((LAT, LON)).mean())
     assert float(rmse(forecast, truth, weights=uniform)) == pytest.approx(float(unweighted), rel=1e-12)
     labelled = area_weights(LAT_DEG) * 3.0  # the scale of the weights does not matter
-    assert float(rmse(forecast, truth, weights=labelled)) == pytest.approx(float(rmse(forecast, truth)), rel=1e-12)
+    assert float(rmse(forecast, truth, weights=labelled)) == pytest.approx(
+        float(rmse(forecast, truth)), rel=1e-12
+    )
     with pytest.raises(ScoringError, match=r"weights of shape \(lat,\) = \(7,\)"):
         spatial_mean(forecast, weights=np.ones(3))
 
@@ -134,10 +136,14 @@ def _crps_integral(members: np.ndarray, y: float) -> float:
 def test_plain_crps_equals_its_definitions(rng, n_members):
     members, truth = _field(rng, n_members), _field(rng)
     pointwise = crps_pointwise(_ensemble(members), _da(truth), kind="plain")
-    np.testing.assert_allclose(pointwise.values, _crps_brute_force(members, truth, fair=False), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        pointwise.values, _crps_brute_force(members, truth, fair=False), rtol=1e-10, atol=1e-12
+    )
     for index in [(0, 0, 0), (1, 3, 5), (2, 6, 7)]:
         column = members[(slice(None), *index)]
-        assert float(pointwise.values[index]) == pytest.approx(_crps_integral(column, truth[index]), rel=1e-10)
+        assert float(pointwise.values[index]) == pytest.approx(
+            _crps_integral(column, truth[index]), rel=1e-10
+        )
 
 
 def test_one_member_crps_is_the_mean_absolute_error(rng):
@@ -152,7 +158,9 @@ def test_one_member_crps_is_the_mean_absolute_error(rng):
 def test_fair_crps_equals_the_pairwise_formula(rng, n_members):
     members, truth = _field(rng, n_members), _field(rng)
     pointwise = crps_pointwise(_ensemble(members), _da(truth), kind="fair")
-    np.testing.assert_allclose(pointwise.values, _crps_brute_force(members, truth, fair=True), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        pointwise.values, _crps_brute_force(members, truth, fair=True), rtol=1e-10, atol=1e-12
+    )
     a = _band_areas()[None, :, None]
     expected = ((a * pointwise.values).sum((1, 2)) / (a.sum() * LON_DEG.size)).mean()
     assert float(crps(_ensemble(members), _da(truth))) == pytest.approx(expected, rel=1e-12)
@@ -177,7 +185,9 @@ def test_spread_and_skill_equal_the_hand_written_formulas(rng):
     ensemble = _ensemble(members)
     assert float(ensemble_spread(ensemble)) == pytest.approx(spread, rel=1e-12)
     assert float(ensemble_mean_rmse(ensemble, _da(truth))) == pytest.approx(skill, rel=1e-12)
-    assert float(spread_skill_ratio(ensemble, _da(truth))) == pytest.approx(np.sqrt(5 / 4) * spread / skill, rel=1e-12)
+    assert float(spread_skill_ratio(ensemble, _da(truth))) == pytest.approx(
+        np.sqrt(5 / 4) * spread / skill, rel=1e-12
+    )
 
 
 @pytest.mark.parametrize("n_members", [2, 4])
@@ -338,7 +348,9 @@ def _energy_brute_force(members: np.ndarray, truth: np.ndarray, fair: bool) -> f
 def test_energy_score_equals_the_pairwise_formula(rng, n_members, kind):
     members, truth = _field(rng, n_members), _field(rng)
     expected = _energy_brute_force(members, truth, fair=kind == "fair")
-    assert float(energy_score(_ensemble(members), _da(truth), kind=kind)) == pytest.approx(expected, rel=1e-10)
+    assert float(energy_score(_ensemble(members), _da(truth), kind=kind)) == pytest.approx(
+        expected, rel=1e-10
+    )
 
 
 def test_energy_score_is_exact_for_fields_far_from_zero(rng):
@@ -352,7 +364,9 @@ def test_energy_score_is_exact_for_fields_far_from_zero(rng):
 def test_energy_score_checks_kind_and_members(rng):
     with pytest.raises(ScoringError, match="fair energy score needs at least 2 members, found 1"):
         energy_score(_ensemble(_field(rng, 1)), _da(_field(rng)))
-    with pytest.raises(ScoringError, match=r"unknown energy score kind 'crps'; expected one of \('fair', 'plain'\)"):
+    with pytest.raises(
+        ScoringError, match=r"unknown energy score kind 'crps'; expected one of \('fair', 'plain'\)"
+    ):
         energy_score(_ensemble(_field(rng, 2)), _da(_field(rng)), kind="crps")
 
 

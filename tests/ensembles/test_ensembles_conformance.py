@@ -1,4 +1,5 @@
-"""Every Perturbation and Archive of :mod:`ensembles`, and the test prognostics, through the conformance suites."""
+"""Every Perturbation and Archive of :mod:`ensembles`, and the test prognostics, through the conformance
+suites."""
 
 from __future__ import annotations
 
@@ -6,8 +7,13 @@ import numpy as np
 import xarray as xr
 
 from ensembles.archive import MemoryArchive, Tee, ZarrArchive, open_archive
-from ensembles.perturbations import (BalancedRandomFieldPerturbation, BredVectorPerturbation, GaussianPerturbation,
-                                     GaussianRandomFieldPerturbation, NoPerturbation)
+from ensembles.perturbations import (
+    BalancedRandomFieldPerturbation,
+    BredVectorPerturbation,
+    GaussianPerturbation,
+    GaussianRandomFieldPerturbation,
+    NoPerturbation,
+)
 from ingest.dims import CHANNEL
 from tests.conformance.archive import ArchiveConformance
 from tests.conformance.perturbation import PerturbationConformance

@@ -28,9 +28,15 @@ def _fields(members: int = 8, n_init: int = 9, nlat: int = 181, nlon: int = 360)
     ensemble = (truth[:, None] + rng.standard_normal((n_init, members, nlat, nlon))).astype(np.float32)
     ensemble[1, 3, 10, 20] = np.nan
     truth[2, 5, 7] = np.nan
-    coords = {INIT_TIME: np.arange(n_init), LAT: np.linspace(90, -90, nlat), LON: np.arange(nlon) * 360.0 / nlon}
-    return (xr.DataArray(ensemble, dims=(INIT_TIME, MEMBER, LAT, LON), coords=coords),
-            xr.DataArray(truth, dims=(INIT_TIME, LAT, LON), coords=coords))
+    coords = {
+        INIT_TIME: np.arange(n_init),
+        LAT: np.linspace(90, -90, nlat),
+        LON: np.arange(nlon) * 360.0 / nlon,
+    }
+    return (
+        xr.DataArray(ensemble, dims=(INIT_TIME, MEMBER, LAT, LON), coords=coords),
+        xr.DataArray(truth, dims=(INIT_TIME, LAT, LON), coords=coords),
+    )
 
 
 def _crps_definition(ensemble: np.ndarray, truth: np.ndarray, fair: bool) -> np.ndarray:
@@ -61,12 +67,23 @@ def test_fast_brier_equals_the_member_fraction_definition(fair):
     score[np.isnan(x).any(1) | np.isnan(truth.values)] = np.nan
     weights = metrics.area_weights(truth[LAT]).values[None, :, None]
     defined = ~np.isnan(score)
-    expected = np.nanmean([np.sum(np.where(defined[t], score[t], 0) * weights[0]) / (weights.sum() * score.shape[2])
-                           if defined[t].all() else np.nan for t in range(score.shape[0])])
+    expected = np.nanmean(
+        [
+            np.sum(np.where(defined[t], score[t], 0) * weights[0]) / (weights.sum() * score.shape[2])
+            if defined[t].all()
+            else np.nan
+            for t in range(score.shape[0])
+        ]
+    )
     fast = brier_score(ensemble, truth, threshold, fair=fair)
     assert np.isnan(fast)  # NaN in one init time propagates to the time mean
-    per_time = [float(brier_score(ensemble.isel({INIT_TIME: [t]}), truth.isel({INIT_TIME: [t]}), threshold, fair=fair))
-                for t in range(9) if t not in (1, 2)]
+    per_time = [
+        float(
+            brier_score(ensemble.isel({INIT_TIME: [t]}), truth.isel({INIT_TIME: [t]}), threshold, fair=fair)
+        )
+        for t in range(9)
+        if t not in (1, 2)
+    ]
     np.testing.assert_allclose(np.mean(per_time), expected, rtol=FLOAT64_REL)
 
 

@@ -49,7 +49,9 @@ def test_noise_has_the_requested_area_weighted_standard_deviation():
     for c in range(2):
         field_std = ((weights * noise[:, c].double() ** 2).mean(dim=(-2, -1))).sqrt()
         # on the field's own grid every field is normalised exactly
-        assert torch.allclose(field_std, torch.full((n_members,), amplitude * scale[c], dtype=torch.float64), rtol=1e-5)
+        assert torch.allclose(
+            field_std, torch.full((n_members,), amplitude * scale[c], dtype=torch.float64), rtol=1e-5
+        )
 
 
 def test_std_on_another_grid_is_close_to_requested():
@@ -85,7 +87,10 @@ def test_member_alone_equals_member_first_in_a_batch():
     [
         ({"scale": np.ones(2), "amplitude": -0.1}, r"non-negative amplitude, found -0.1"),
         ({"scale": np.array([1.0, -1.0]), "amplitude": 0.3}, "non-negative scales"),
-        ({"scale": np.ones(2), "amplitude": 0.3, "channels": ["z500"]}, r"one channel label per scale \(2\), found 1"),
+        (
+            {"scale": np.ones(2), "amplitude": 0.3, "channels": ["z500"]},
+            r"one channel label per scale \(2\), found 1",
+        ),
         ({"scale": np.ones(2), "amplitude": 0.3, "alpha": 1.0}, "alpha > 1, found 1.0"),
         ({"scale": np.ones(2), "amplitude": 0.3, "tau": 0.0}, "positive tau, found 0.0"),
         ({"scale": np.ones(2), "amplitude": 0.3, "grid_nlat": 2}, "at least 3, found 2"),
@@ -98,9 +103,13 @@ def test_bad_construction_is_refused(kwargs, message):
 
 def test_scale_length_must_match_the_channel_count():
     with pytest.raises(EnsembleInputError, match=r"expected a state with 3 channels .*, found 2"):
-        GaussianRandomFieldPerturbation(np.ones(3), 0.3)(torch.zeros(1, 2, 9, 16), _coords(1, 9, 16), _generator(0))
+        GaussianRandomFieldPerturbation(np.ones(3), 0.3)(
+            torch.zeros(1, 2, 9, 16), _coords(1, 9, 16), _generator(0)
+        )
 
 
 def test_grid_coords_must_match_the_state():
     with pytest.raises(EnsembleInputError, match=r"sizes \(9, 16\) .* found \(9, 18\)"):
-        GaussianRandomFieldPerturbation(np.ones(2), 0.3)(torch.zeros(1, 2, 9, 16), _coords(1, 9, 18), _generator(0))
+        GaussianRandomFieldPerturbation(np.ones(2), 0.3)(
+            torch.zeros(1, 2, 9, 16), _coords(1, 9, 18), _generator(0)
+        )

@@ -7,8 +7,12 @@ import pytest
 import torch
 
 from ensembles.errors import EnsembleInputError
-from ensembles.perturbations import (BredVectorPerturbation, GaussianPerturbation, GaussianRandomFieldPerturbation,
-                                     NoPerturbation)
+from ensembles.perturbations import (
+    BredVectorPerturbation,
+    GaussianPerturbation,
+    GaussianRandomFieldPerturbation,
+    NoPerturbation,
+)
 from ingest.dims import CHANNEL, MEMBER
 
 
@@ -52,9 +56,11 @@ class CountingPrognostic:
 def test_zero_amplitude_is_exactly_identity(kind, state, member_coords, drift_prognostic):
     scale = np.array([50.0, 3.0])
     model = CountingPrognostic(drift_prognostic)
-    perturb = {"gaussian": lambda: GaussianPerturbation(scale, amplitude=0.0),
-               "grf": lambda: GaussianRandomFieldPerturbation(scale, amplitude=0.0),
-               "bred": lambda: BredVectorPerturbation(model, scale, amplitude=0.0, cycles=3)}[kind]()
+    perturb = {
+        "gaussian": lambda: GaussianPerturbation(scale, amplitude=0.0),
+        "grf": lambda: GaussianRandomFieldPerturbation(scale, amplitude=0.0),
+        "bred": lambda: BredVectorPerturbation(model, scale, amplitude=0.0, cycles=3),
+    }[kind]()
     x, out_coords = perturb(state, member_coords, _generator(0))
     assert torch.equal(x, state) and out_coords is member_coords
     assert model.steps == 0
@@ -62,9 +68,13 @@ def test_zero_amplitude_is_exactly_identity(kind, state, member_coords, drift_pr
 
 def test_bred_vector_is_the_rescaled_growth_of_the_seed(state, member_coords, drift_prognostic):
     scale, amplitude = np.array([50.0, 3.0]), 0.4
-    bred, _ = BredVectorPerturbation(drift_prognostic, scale, amplitude, cycles=1)(state, member_coords, _generator(2))
+    bred, _ = BredVectorPerturbation(drift_prognostic, scale, amplitude, cycles=1)(
+        state, member_coords, _generator(2)
+    )
     seeded, _ = GaussianPerturbation(scale, amplitude)(state, member_coords, _generator(2))
-    growth = (drift_prognostic.step(seeded, member_coords)[0] - drift_prognostic.step(state, member_coords)[0]).double()
+    growth = (
+        drift_prognostic.step(seeded, member_coords)[0] - drift_prognostic.step(state, member_coords)[0]
+    ).double()
     rms = growth.square().mean(dim=(-2, -1), keepdim=True).sqrt()
     expected = state.double() + growth * torch.as_tensor(amplitude * scale)[None, :, None, None] / rms
     torch.testing.assert_close(bred.double(), expected.to(state.dtype).double(), rtol=1e-6, atol=1e-3)
@@ -72,8 +82,9 @@ def test_bred_vector_is_the_rescaled_growth_of_the_seed(state, member_coords, dr
 
 def test_bred_vectors_have_the_seed_size_per_member_and_channel(state, member_coords, drift_prognostic):
     scale, amplitude = np.array([50.0, 3.0]), 0.3
-    bred, _ = BredVectorPerturbation(drift_prognostic, scale, amplitude, cycles=3)(state, member_coords,
-                                                                                    _generator(4))
+    bred, _ = BredVectorPerturbation(drift_prognostic, scale, amplitude, cycles=3)(
+        state, member_coords, _generator(4)
+    )
     rms = (bred - state).double().square().mean(dim=(-2, -1)).sqrt()
     np.testing.assert_allclose(rms.numpy(), np.broadcast_to(amplitude * scale, (3, 2)), rtol=1e-3)
 
@@ -96,7 +107,12 @@ def test_breeding_needs_a_cycle(drift_prognostic):
 def test_noise_has_the_requested_standard_deviation_per_channel():
     scale, amplitude = np.array([100.0, 2.0]), 0.3
     x = torch.zeros(4, 2, 64, 128)
-    coords = {MEMBER: np.arange(4), CHANNEL: np.array(["z500", "u500"]), "lat": np.zeros(64), "lon": np.zeros(128)}
+    coords = {
+        MEMBER: np.arange(4),
+        CHANNEL: np.array(["z500", "u500"]),
+        "lat": np.zeros(64),
+        "lon": np.zeros(128),
+    }
     noise, _ = GaussianPerturbation(scale, amplitude)(x, coords, _generator(7))
     n = noise[:, 0].numel()
     for c in range(2):
@@ -109,7 +125,12 @@ def test_noise_has_the_requested_standard_deviation_per_channel():
 
 def test_scale_is_selected_by_channel_label():
     x = torch.zeros(2, 2, 32, 64)
-    coords = {MEMBER: np.arange(2), CHANNEL: np.array(["z500", "u500"]), "lat": np.zeros(32), "lon": np.zeros(64)}
+    coords = {
+        MEMBER: np.arange(2),
+        CHANNEL: np.array(["z500", "u500"]),
+        "lat": np.zeros(32),
+        "lon": np.zeros(64),
+    }
     perturb = GaussianPerturbation(np.array([2.0, 100.0]), 1.0, channels=["u500", "z500"])
     noise, _ = perturb(x, coords, _generator(3))
     assert noise[:, 0].std().item() == pytest.approx(100.0, rel=0.05)

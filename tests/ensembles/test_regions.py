@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from ensembles.errors import ScoringError
+from ensembles.errors import RegionError, ScoringError
 from ensembles.metrics import crps, crps_pointwise, energy_score, rmse
-from ensembles.errors import RegionError
 from ensembles.regions import REGIONS, TROPICS, Region, get_region
 from ingest.dims import INIT_TIME, LAT, LON, MEMBER
 from ingest.grid import equiangular_lats, regular_lons
@@ -65,7 +64,9 @@ def test_a_box_across_the_prime_meridian_wraps():
     box = Region.box(30.0, 60.0, 330.0, 30.0, name="europe")
     columns = LON_DEG[box.mask(LAT_DEG, LON_DEG).values.any(axis=0)]
     np.testing.assert_array_equal(columns, [0, 5, 10, 15, 20, 25, 30, 330, 335, 340, 345, 350, 355])
-    xr.testing.assert_equal(box.mask(LAT_DEG, LON_DEG), Region.box(30.0, 60.0, -30.0, 30.0).mask(LAT_DEG, LON_DEG))
+    xr.testing.assert_equal(
+        box.mask(LAT_DEG, LON_DEG), Region.box(30.0, 60.0, -30.0, 30.0).mask(LAT_DEG, LON_DEG)
+    )
     assert box.name == "europe"
 
 
@@ -110,7 +111,9 @@ def test_ensemble_scores_take_region_weights(rng):
 
     pointwise = crps_pointwise(ensemble, _da(truth), kind="plain")
     expected_crps = ((area * pointwise.values[:, inside]).sum(-1) / area.sum()).mean()
-    assert float(crps(ensemble, _da(truth), weights=weights, kind="plain")) == pytest.approx(expected_crps, rel=1e-12)
+    assert float(crps(ensemble, _da(truth), weights=weights, kind="plain")) == pytest.approx(
+        expected_crps, rel=1e-12
+    )
 
     def norm(x: np.ndarray) -> np.ndarray:
         return np.sqrt((area * x[..., inside] ** 2).sum(-1) / area.sum())
@@ -132,9 +135,13 @@ def test_an_empty_region_names_the_box_and_the_grid():
 
 
 def test_bad_regions_are_refused():
-    with pytest.raises(RegionError, match=r"expected -90 <= south <= north <= 90, found lat \(20\.0, -20\.0\)"):
+    with pytest.raises(
+        RegionError, match=r"expected -90 <= south <= north <= 90, found lat \(20\.0, -20\.0\)"
+    ):
         Region("upside-down", (20.0, -20.0))
-    with pytest.raises(RegionError, match=r"unknown region 'arctic'; expected one of \['extra-tropics-north'"):
+    with pytest.raises(
+        RegionError, match=r"unknown region 'arctic'; expected one of \['extra-tropics-north'"
+    ):
         get_region("arctic")
     assert issubclass(RegionError, ScoringError)
     assert sorted(REGIONS) == ["extra-tropics-north", "extra-tropics-south", "global", "tropics"]

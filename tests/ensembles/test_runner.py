@@ -44,7 +44,14 @@ def _run(prognostic, initial, coords, *, n_members=8, init_times=(INIT,), **kwar
     )
     settings = {"perturbation": GaussianPerturbation(SCALE, 0.3), "seed": 11, **kwargs}
     run_ensemble(
-        prognostic, initial, coords, init_times[0], n_members=n_members, n_steps=N_STEPS, archive=archive, **settings
+        prognostic,
+        initial,
+        coords,
+        init_times[0],
+        n_members=n_members,
+        n_steps=N_STEPS,
+        archive=archive,
+        **settings,
     )
     return archive.dataset
 
@@ -66,7 +73,9 @@ def test_every_step_is_written_at_its_lead(drift_prognostic, initial, coords):
 
 
 def test_control_member_is_unperturbed(identity_prognostic, initial, coords):
-    lead0 = _run(identity_prognostic, initial, coords, n_members=3).isel({LEAD_TIME: 0}).sel({INIT_TIME: INIT})
+    lead0 = (
+        _run(identity_prognostic, initial, coords, n_members=3).isel({LEAD_TIME: 0}).sel({INIT_TIME: INIT})
+    )
     np.testing.assert_array_equal(lead0["z500"].sel({MEMBER: 0}).values, initial[0].numpy())
     assert not np.allclose(lead0["z500"].sel({MEMBER: 1}).values, initial[0].numpy())
     assert not np.allclose(lead0["z500"].sel({MEMBER: 1}).values, lead0["z500"].sel({MEMBER: 2}).values)
@@ -77,21 +86,27 @@ def test_control_member_is_unperturbed(identity_prognostic, initial, coords):
 
 
 def _sppt(amplitude: float = 0.5) -> StochasticTendencyPerturbation:
-    return StochasticTendencyPerturbation(amplitude, step_hours=6, length_scale_km=2000, decorrelation_hours=24)
+    return StochasticTendencyPerturbation(
+        amplitude, step_hours=6, length_scale_km=2000, decorrelation_hours=24
+    )
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "grf", "balanced", "bred", "balanced+sppt"])
 def test_a_member_run_alone_equals_it_in_a_batch(kind, drift_prognostic, initial, coords):
-    perturbation = {"gaussian": lambda: GaussianPerturbation(SCALE, 0.3),
-                    "grf": lambda: GaussianRandomFieldPerturbation(SCALE, 0.3),
-                    "balanced": lambda: BalancedRandomFieldPerturbation(SCALE, 0.3),
-                    "balanced+sppt": lambda: BalancedRandomFieldPerturbation(SCALE, 0.3),
-                    "bred": lambda: BredVectorPerturbation(drift_prognostic, SCALE, 0.3, cycles=2)}[kind]()
+    perturbation = {
+        "gaussian": lambda: GaussianPerturbation(SCALE, 0.3),
+        "grf": lambda: GaussianRandomFieldPerturbation(SCALE, 0.3),
+        "balanced": lambda: BalancedRandomFieldPerturbation(SCALE, 0.3),
+        "balanced+sppt": lambda: BalancedRandomFieldPerturbation(SCALE, 0.3),
+        "bred": lambda: BredVectorPerturbation(drift_prognostic, SCALE, 0.3, cycles=2),
+    }[kind]()
     extra = {"model_error": _sppt()} if kind.endswith("sppt") else {}
     batch = _run(drift_prognostic, initial, coords, members_per_batch=8, perturbation=perturbation, **extra)
     alone = _run(drift_prognostic, initial, coords, members=[3], perturbation=perturbation, **extra)
     for variable in ("z500", "u500"):
-        np.testing.assert_array_equal(alone[variable].sel({MEMBER: 3}).values, batch[variable].sel({MEMBER: 3}).values)
+        np.testing.assert_array_equal(
+            alone[variable].sel({MEMBER: 3}).values, batch[variable].sel({MEMBER: 3}).values
+        )
     assert bool(alone["z500"].sel({MEMBER: [0, 1, 2, 4]}).isnull().all())
 
 
@@ -115,17 +130,23 @@ def test_batch_size_does_not_change_the_forecast_with_model_error(drift_prognost
 
 def test_model_error_perturbs_every_step_but_the_controls(drift_prognostic, initial, coords):
     plain = _run(drift_prognostic, initial, coords, perturbation=NoPerturbation(), n_members=3)
-    noisy = _run(drift_prognostic, initial, coords, perturbation=NoPerturbation(), n_members=3,
-                 model_error=_sppt())
-    silent = _run(drift_prognostic, initial, coords, perturbation=NoPerturbation(), n_members=3,
-                  model_error=_sppt(0.0))
+    noisy = _run(
+        drift_prognostic, initial, coords, perturbation=NoPerturbation(), n_members=3, model_error=_sppt()
+    )
+    silent = _run(
+        drift_prognostic, initial, coords, perturbation=NoPerturbation(), n_members=3, model_error=_sppt(0.0)
+    )
     for variable in ("z500", "u500"):
-        np.testing.assert_array_equal(noisy[variable].sel({MEMBER: 0}).values, plain[variable].sel({MEMBER: 0}).values)
+        np.testing.assert_array_equal(
+            noisy[variable].sel({MEMBER: 0}).values, plain[variable].sel({MEMBER: 0}).values
+        )
         np.testing.assert_array_equal(silent[variable].values, plain[variable].values)
         lead0 = {LEAD_TIME: 0}
         np.testing.assert_array_equal(noisy[variable].isel(lead0).values, plain[variable].isel(lead0).values)
         later = noisy[variable].isel({LEAD_TIME: slice(1, None)}).sel({MEMBER: [1, 2]}).values
-        assert not np.allclose(later, plain[variable].isel({LEAD_TIME: slice(1, None)}).sel({MEMBER: [1, 2]}).values)
+        assert not np.allclose(
+            later, plain[variable].isel({LEAD_TIME: slice(1, None)}).sel({MEMBER: [1, 2]}).values
+        )
 
 
 def test_model_error_scales_each_increment_within_zero_and_twice(identity_prognostic, coords):
@@ -177,7 +198,13 @@ def test_bad_counts_are_refused(identity_prognostic, initial, coords, kwargs, me
     settings = {"n_members": 8, "n_steps": 2, "seed": 0, **kwargs}
     with pytest.raises(EnsembleInputError, match=message):
         run_ensemble(
-            identity_prognostic, initial, coords, INIT, perturbation=NoPerturbation(), archive=None, **settings
+            identity_prognostic,
+            initial,
+            coords,
+            INIT,
+            perturbation=NoPerturbation(),
+            archive=None,
+            **settings,
         )
 
 
@@ -205,7 +232,9 @@ def test_missing_channel_is_named(identity_prognostic, initial, coords):
 
 def test_grid_mismatch_is_refused(identity_prognostic, initial, coords):
     shifted = {**coords, LAT: coords[LAT] - 1.0}
-    with pytest.raises(EnsembleInputError, match="the initial state is on another grid than the prognostic: expected lat of"):
+    with pytest.raises(
+        EnsembleInputError, match="the initial state is on another grid than the prognostic: expected lat of"
+    ):
         run_ensemble(
             identity_prognostic,
             initial,
@@ -248,7 +277,14 @@ def test_a_rounded_grid_is_checked_and_kept_not_relabelled(initial, coords):
     leads = forecast_lead_times(np.timedelta64(6, "h"), 1)
     archive = MemoryArchive(["z500", "u500"], [INIT], leads, 1, coords[LAT], coords[LON])
     run_ensemble(
-        prognostic, initial, rounded, INIT, n_members=1, n_steps=1, perturbation=NoPerturbation(), archive=archive,
+        prognostic,
+        initial,
+        rounded,
+        INIT,
+        n_members=1,
+        n_steps=1,
+        perturbation=NoPerturbation(),
+        archive=archive,
         seed=0,
     )
     assert prognostic.seen[LAT].dtype == np.float32  # the caller's labels reach the model as given

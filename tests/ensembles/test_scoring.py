@@ -9,9 +9,9 @@ from dask.callbacks import Callback
 
 from ensembles.archive import MemoryArchive, ZarrArchive, open_archive
 from ensembles.errors import ScoringError
+from ensembles.metrics import METRICS
 from ensembles.perturbations import GaussianPerturbation, NoPerturbation
 from ensembles.runner import forecast_lead_times, run_ensemble
-from ensembles.metrics import METRICS
 from ensembles.scorecard import ScoreOptions, score_archive
 from ensembles.scoring import score_forecasts
 from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, TIME
@@ -27,7 +27,12 @@ def _forecast(prognostic, truth, coords, archive_factory, perturbation=None):
     """Run two init times 24 h apart and return what the archive factory made of them."""
     init_times = truth[TIME].values[[0, 4]]
     archive = archive_factory(
-        VARIABLES, init_times, forecast_lead_times(prognostic.step_size, N_STEPS), N_MEMBERS, coords[LAT], coords[LON]
+        VARIABLES,
+        init_times,
+        forecast_lead_times(prognostic.step_size, N_STEPS),
+        N_MEMBERS,
+        coords[LAT],
+        coords[LON],
     )
     for init_time in init_times:
         run_ensemble(
@@ -72,7 +77,9 @@ def test_persistence_model_scores_as_the_persistence_baseline(
         assert table[(variable, 0, "persistence", "rmse")] == 0.0
         assert table[(variable, 0, "persistence", "acc")] == pytest.approx(1.0)
         for lead in range(0, 6 * N_STEPS + 1, 6):
-            assert table[(variable, lead, "fourcast", "rmse")] == table[(variable, lead, "persistence", "rmse")]
+            assert (
+                table[(variable, lead, "fourcast", "rmse")] == table[(variable, lead, "persistence", "rmse")]
+            )
             assert table[(variable, lead, "fourcast", "acc")] == table[(variable, lead, "persistence", "acc")]
             assert table[(variable, lead, "climatology", "acc")] == 0.0
         assert table[(variable, 24, "persistence", "rmse")] > table[(variable, 24, "climatology", "rmse")] > 0
@@ -95,15 +102,21 @@ def test_records_cover_every_variable_lead_system_and_metric(archive, truth, cli
     table = _table(records)
     assert table[("z500", 0, "fourcast", "crps")] > 0
     # a single forecast's CRPS is its absolute error
-    assert table[("z500", 12, "persistence", "crps")] == pytest.approx(table[("z500", 12, "persistence", "mae")])
+    assert table[("z500", 12, "persistence", "crps")] == pytest.approx(
+        table[("z500", 12, "persistence", "mae")]
+    )
 
 
 def test_subsets_of_variables_and_leads(archive, truth, climatology):
-    records = score_forecasts(archive, truth, climatology, variables=["u500"], lead_times=[np.timedelta64(12, "h")])
+    records = score_forecasts(
+        archive, truth, climatology, variables=["u500"], lead_times=[np.timedelta64(12, "h")]
+    )
     assert {(r["variable"], r["lead_hours"]) for r in records} == {("u500", 12)}
     full = _table(score_forecasts(archive, truth, climatology))
     assert all(full[key] == pytest.approx(value, rel=1e-12) for key, value in _table(records).items())
-    with pytest.raises(ScoringError, match=r"the archive has no lead times \[7\] h; it holds \[0, 6, 12, 18, 24\] h"):
+    with pytest.raises(
+        ScoringError, match=r"the archive has no lead times \[7\] h; it holds \[0, 6, 12, 18, 24\] h"
+    ):
         score_forecasts(archive, truth, climatology, lead_times=[np.timedelta64(7, "h")])
 
 
@@ -131,15 +144,20 @@ def test_the_archive_is_read_once_chunk_by_chunk(archive, truth, climatology):
 
 def test_lead_times_beyond_the_truth_are_named(archive, truth, climatology):
     short = truth.isel({TIME: slice(0, 7)})  # the second run's 18 h and 24 h verify after 2020-01-02T12
-    with pytest.raises(ScoringError, match=r"lead times \[18, 24\] h reach beyond the truth available: .* the truth "
-                       r"ends at 2020-01-02T12:00"):
+    with pytest.raises(
+        ScoringError,
+        match=r"lead times \[18, 24\] h reach beyond the truth available: .* the truth "
+        r"ends at 2020-01-02T12:00",
+    ):
         score_forecasts(archive, short, climatology)
     with pytest.raises(ScoringError, match=r"truth lacks 1 of the 9 time labels needed: 2020-01-01T06"):
         score_forecasts(archive, truth.drop_sel({TIME: truth[TIME].values[1]}), climatology)
 
 
 def test_a_grid_mismatch_is_refused(archive, truth, climatology):
-    with pytest.raises(ScoringError, match=r"truth is on another grid than the forecasts: expected lat of 9 values"):
+    with pytest.raises(
+        ScoringError, match=r"truth is on another grid than the forecasts: expected lat of 9 values"
+    ):
         score_forecasts(archive, truth.assign_coords({LAT: truth[LAT].values * 0.5}), climatology)
     with pytest.raises(ScoringError, match=r"climatology is on another grid .* expected lon of 16 values"):
         score_forecasts(archive, truth, climatology.isel({LON: slice(0, 8)}))
@@ -159,7 +177,9 @@ def _holed(truth):
 
 
 def test_nans_fail_naming_variable_init_and_lead(archive, truth, climatology):
-    with pytest.raises(ScoringError, match="NaN values in u500 from 2020-01-02T00:00 at lead 6 h: truth 144 of 144"):
+    with pytest.raises(
+        ScoringError, match="NaN values in u500 from 2020-01-02T00:00 at lead 6 h: truth 144 of 144"
+    ):
         score_forecasts(archive, _holed(truth), climatology)
 
 
@@ -180,21 +200,48 @@ def test_nans_can_be_skipped_for_every_system_alike(archive, truth, climatology)
 def test_unwritten_forecasts_fail_unless_partial(truth, climatology, coords, identity_prognostic):
     init_times = truth[TIME].values[[0, 4]]
     archive = MemoryArchive(VARIABLES, init_times, forecast_lead_times(STEP, 1), 2, coords[LAT], coords[LON])
-    run_ensemble(identity_prognostic, torch.from_numpy(truth.sel({TIME: init_times[0]}).values), coords,
-                 init_times[0], n_members=2, n_steps=1, perturbation=NoPerturbation(), archive=archive, seed=0)
-    with pytest.raises(ScoringError, match=r"the forecast of z500 from 2020-01-02T00:00 at lead (0|6) h is NaN "
-                       "everywhere: it was never written"):
+    run_ensemble(
+        identity_prognostic,
+        torch.from_numpy(truth.sel({TIME: init_times[0]}).values),
+        coords,
+        init_times[0],
+        n_members=2,
+        n_steps=1,
+        perturbation=NoPerturbation(),
+        archive=archive,
+        seed=0,
+    )
+    with pytest.raises(
+        ScoringError,
+        match=r"the forecast of z500 from 2020-01-02T00:00 at lead (0|6) h is NaN "
+        "everywhere: it was never written",
+    ):
         score_forecasts(archive.dataset, truth, climatology)
     scorecard = score_archive(archive.dataset, truth, climatology, ScoreOptions(allow_partial=True))
     assert (scorecard["n_unwritten"] == 1).all()
     assert (scorecard["n_forecasts"] == 1).all()
-    assert float(scorecard["score"].sel(metric="rmse", system="fourcast", region="global",
-                                        lead_time=np.timedelta64(0, "h"), variable="z500")) == 0.0
+    assert (
+        float(
+            scorecard["score"].sel(
+                metric="rmse",
+                system="fourcast",
+                region="global",
+                lead_time=np.timedelta64(0, "h"),
+                variable="z500",
+            )
+        )
+        == 0.0
+    )
 
 
 def test_a_climatology_that_does_not_cover_the_valid_time_is_named(archive, truth, climatology):
     holed = climatology.expand_dims(dayofyear=np.arange(1, 367), hour=[0, 6, 12, 18]).copy()
-    holed.loc[{"dayofyear": 2, "hour": 18, CHANNEL: "z500"}] = np.nan  # 2020-01-02T18: lead 18 h of the 2nd run
-    with pytest.raises(ScoringError, match=r"NaN values in z500 from 2020-01-02T00:00 at lead 18 h: climatology 144 "
-                       r"of 144; a NaN climatology at the valid time 2020-01-02T18:00 \(day of year 2\) means"):
+    holed.loc[{"dayofyear": 2, "hour": 18, CHANNEL: "z500"}] = (
+        np.nan
+    )  # 2020-01-02T18: lead 18 h of the 2nd run
+    with pytest.raises(
+        ScoringError,
+        match=r"NaN values in z500 from 2020-01-02T00:00 at lead 18 h: climatology 144 "
+        r"of 144; a NaN climatology at the valid time 2020-01-02T18:00 \(day of year 2\) means",
+    ):
         score_forecasts(archive, truth, holed)

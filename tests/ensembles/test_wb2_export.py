@@ -25,8 +25,14 @@ def archive() -> xr.Dataset:
     rng = np.random.default_rng(0)
     for init in INIT_TIMES:
         for lead in LEAD_TIMES:
-            coords = {INIT_TIME: [init], LEAD_TIME: [lead], MEMBER: np.arange(3), CHANNEL: np.array(VARIABLES),
-                      LAT: lat, LON: lon}
+            coords = {
+                INIT_TIME: [init],
+                LEAD_TIME: [lead],
+                MEMBER: np.arange(3),
+                CHANNEL: np.array(VARIABLES),
+                LAT: lat,
+                LON: lon,
+            }
             memory.write(rng.standard_normal((3, len(VARIABLES), 5, 8)).astype(np.float32), coords)
     memory.finalize()
     return memory.dataset
@@ -35,8 +41,21 @@ def archive() -> xr.Dataset:
 def test_variables_dims_and_levels(archive):
     wb2 = to_weatherbench2(archive)
     assert set(wb2.data_vars) == {"geopotential", "u_component_of_wind", "2m_temperature"}
-    assert wb2["geopotential"].dims == ("time", "prediction_timedelta", "realization", "level", "latitude", "longitude")
-    assert wb2["2m_temperature"].dims == ("time", "prediction_timedelta", "realization", "latitude", "longitude")
+    assert wb2["geopotential"].dims == (
+        "time",
+        "prediction_timedelta",
+        "realization",
+        "level",
+        "latitude",
+        "longitude",
+    )
+    assert wb2["2m_temperature"].dims == (
+        "time",
+        "prediction_timedelta",
+        "realization",
+        "latitude",
+        "longitude",
+    )
     assert wb2["geopotential"]["level"].values.tolist() == [500, 850]
     # one shared level axis: u500 only, so u at 850 hPa is missing (NaN)
     assert wb2["u_component_of_wind"].sel(level=850).isnull().all()
@@ -60,10 +79,20 @@ def test_written_store_holds_the_archive_values_by_label(archive, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["wb2.zarr"]
     wb2 = xr.open_zarr(path, zarr_format=3, consolidated=False)
     renamed = archive.rename(
-        {INIT_TIME: "time", LEAD_TIME: "prediction_timedelta", MEMBER: "realization", LAT: "latitude", LON: "longitude"}
+        {
+            INIT_TIME: "time",
+            LEAD_TIME: "prediction_timedelta",
+            MEMBER: "realization",
+            LAT: "latitude",
+            LON: "longitude",
+        }
     )
-    cases = [("geopotential", "z500", 500), ("geopotential", "z850", 850),
-             ("u_component_of_wind", "u500", 500), ("2m_temperature", "t2m", None)]
+    cases = [
+        ("geopotential", "z500", 500),
+        ("geopotential", "z850", 850),
+        ("u_component_of_wind", "u500", 500),
+        ("2m_temperature", "t2m", None),
+    ]
     for name, variable, level in cases:
         exported = (wb2[name] if level is None else wb2[name].sel(level=level, drop=True)).load()
         expected = renamed[variable].transpose(*exported.dims).sortby("latitude")
@@ -72,6 +101,7 @@ def test_written_store_holds_the_archive_values_by_label(archive, tmp_path):
         assert exported.sel(point).isel(time=1, prediction_timedelta=2).item() == (
             archive[variable].sel(lat=90.0, lon=45.0, member=2).isel(init_time=1, lead_time=2).item()
         )
+
 
 def test_rewrite_replaces_the_store(archive, tmp_path):
     path = tmp_path / "wb2.zarr"

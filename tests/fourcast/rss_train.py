@@ -1,7 +1,8 @@
 """Train 2 steps from a store in a fresh process and print its peak resident memory growth as JSON.
 
 Run by ``test_loader.py`` as ``python rss_train.py STORE TRAIN_START TRAIN_END VALID_START VALID_END CACHE``:
-peak RSS (``VmHWM``, reset at the baseline; ``resource.getrusage`` where there is no /proc) is a per-process high-water mark, so each loader is measured in
+peak RSS (``VmHWM``, reset at the baseline; ``resource.getrusage`` where there is no /proc) is a per-process
+high-water mark, so each loader is measured in
 a process of its own. The baseline is taken after the model has run one forward and backward
 pass of a batch of the training shape, so the growth is what the data loading adds.
 """
@@ -61,12 +62,26 @@ def main(store: str, train_start: str, train_end: str, valid_start: str, valid_e
         made.append(StoreWindows(store, train_start, train_end, n_ahead=n_ahead, cache=cache))
         return made[-1]
 
-    settings = TrainSettings(phases=(Phase(1, 2, 1e-3),), batch_size=BATCH, warmup_steps=0, validation_leads=(1,),
-                             validation_samples=BATCH, loader_workers=0)
+    settings = TrainSettings(
+        phases=(Phase(1, 2, 1e-3),),
+        batch_size=BATCH,
+        warmup_steps=0,
+        validation_leads=(1,),
+        validation_samples=BATCH,
+        loader_workers=0,
+    )
     result = train(model, make_windows, validation, settings, lambda metrics, step: None, torch.device("cpu"))
     windows = made[0]
-    print(json.dumps({"steps": result.steps, "growth_bytes": peak_rss_bytes() - baseline,
-                      "range_bytes": windows.range_bytes, "budget_bytes": windows.memory_budget(BATCH)}))
+    print(
+        json.dumps(
+            {
+                "steps": result.steps,
+                "growth_bytes": peak_rss_bytes() - baseline,
+                "range_bytes": windows.range_bytes,
+                "budget_bytes": windows.memory_budget(BATCH),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

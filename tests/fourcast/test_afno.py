@@ -82,8 +82,18 @@ def test_overlapping_patch_embedding_wraps_longitude_and_sees_neighbours():
 
 
 def test_untrained_increment_model_is_persistence_and_norm_choice_is_checked():
-    model = AFNONet((16, 32), 3, 3, patch_size=2, embed_dim=16, depth=2, num_blocks=2, predict_increment=True,
-                    embed_kernel=4, norm="none")
+    model = AFNONet(
+        (16, 32),
+        3,
+        3,
+        patch_size=2,
+        embed_dim=16,
+        depth=2,
+        num_blocks=2,
+        predict_increment=True,
+        embed_kernel=4,
+        norm="none",
+    )
     x = torch.randn(2, 3, 16, 32)
     torch.testing.assert_close(model(x), x)
     with pytest.raises(ModelSpecError, match="norm must be 'layer' or 'none'"):
@@ -94,8 +104,18 @@ def test_untrained_increment_model_is_persistence_and_norm_choice_is_checked():
 def test_fast_filter_equals_the_einsum_filter(truncation, fraction):
     """The batched-GEMM spectral MLP: same outputs and gradients as the reference einsums (float32 order)."""
     torch.manual_seed(3)
-    model = AFNONet((32, 64), 4, 4, patch_size=4, embed_dim=32, depth=2, num_blocks=4, sparsity=0.01,
-                    hard_thresholding_fraction=fraction, mode_truncation=truncation)
+    model = AFNONet(
+        (32, 64),
+        4,
+        4,
+        patch_size=4,
+        embed_dim=32,
+        depth=2,
+        num_blocks=4,
+        sparsity=0.01,
+        hard_thresholding_fraction=fraction,
+        mode_truncation=truncation,
+    )
     x = torch.randn(2, 4, 32, 64)
     plain = model(x)
     plain.square().mean().backward()

@@ -16,21 +16,40 @@ import torch
 
 from fourcast.checkpoint import CheckpointMeta, load_checkpoint, load_training_state, save_checkpoint
 from fourcast.data import StoreWindows
-from fourcast.errors import (CheckpointError, CheckpointWriteError, DataWindowError, NonFiniteLossError,
-                             StoreStatisticsError)
+from fourcast.errors import (
+    CheckpointError,
+    CheckpointWriteError,
+    DataWindowError,
+    NonFiniteLossError,
+    StoreStatisticsError,
+)
 from fourcast.forecaster import Forecaster
 from fourcast.models.registry import build_model
 from fourcast.training import CheckpointPlan, Phase, TrainSettings, train
 
 TRAIN = ("2000-01-01", "2000-01-10T18")
 VALID = ("2000-02-01", "2000-02-03T18")
-SETTINGS = TrainSettings(phases=(Phase(1, 4, 2e-3),), batch_size=4, warmup_steps=1, validate_every=2,
-                         validation_leads=(1,), validation_samples=4)
+SETTINGS = TrainSettings(
+    phases=(Phase(1, 4, 2e-3),),
+    batch_size=4,
+    warmup_steps=1,
+    validate_every=2,
+    validation_leads=(1,),
+    validation_samples=4,
+)
 
 
 def _meta(windows: StoreWindows, **changes) -> CheckpointMeta:
-    meta = CheckpointMeta("afno-tiny", windows.channels, windows.lat.tolist(), windows.lon.tolist(), 6,
-                          windows.mean.tolist(), windows.std.tolist(), {"store_fingerprint": "f"})
+    meta = CheckpointMeta(
+        "afno-tiny",
+        windows.channels,
+        windows.lat.tolist(),
+        windows.lon.tolist(),
+        6,
+        windows.mean.tolist(),
+        windows.std.tolist(),
+        {"store_fingerprint": "f"},
+    )
     return replace(meta, **changes)
 
 
@@ -38,8 +57,15 @@ def _train(store, plan: CheckpointPlan, report=lambda m, s: None, settings: Trai
     torch.manual_seed(0)
     validation = StoreWindows(store, *VALID, n_ahead=1)
     model = build_model("afno-tiny", (16, 32), 3)
-    return model, train(model, lambda n: StoreWindows(store, *TRAIN, n_ahead=n), validation, settings, report,
-                        torch.device("cpu"), checkpoints=plan)
+    return model, train(
+        model,
+        lambda n: StoreWindows(store, *TRAIN, n_ahead=n),
+        validation,
+        settings,
+        report,
+        torch.device("cpu"),
+        checkpoints=plan,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +112,10 @@ def test_resume_refuses_other_grids_channels_and_settings(trained, store, tmp_pa
     validation = StoreWindows(store, *VALID, n_ahead=1)
     last = trained / "last.pt"
     other_grid = _meta(validation, lat=np.linspace(89, -89, 16).tolist())
-    expected = r"cannot resume .*another grid .* expected lat of 16 values .*, found 16 values 89…-89; max difference "
+    expected = (
+        r"cannot resume .*another grid .* expected lat of 16 values .*, found 16 values "
+        r"89…-89; max difference "
+    )
     with pytest.raises(CheckpointError, match=expected):
         _train(store, CheckpointPlan(tmp_path, other_grid, resume_from=last))
     other_channels = _meta(validation, channels=["z500", "t850", "v500"])
@@ -113,10 +142,20 @@ def test_non_finite_loss_names_step_and_variable_and_keeps_the_last_state(store,
     model = build_model("afno-tiny", (16, 32), 3)
     model_holder["model"] = model
     plan = CheckpointPlan(tmp_path, _meta(validation), every=2)
-    with pytest.raises(NonFiniteLossError, match=r"at step 3 .* in variables \['u500'\].*last good training state .*"
-                                                 r"last.pt \(step 2\) is kept"):
-        train(model, lambda n: StoreWindows(store, *TRAIN, n_ahead=n), validation, replace(SETTINGS, validate_every=10),
-              poison_u500_after_step_3, torch.device("cpu"), checkpoints=plan)
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"at step 3 .* in variables \['u500'\].*last good training state .*"
+        r"last.pt \(step 2\) is kept",
+    ):
+        train(
+            model,
+            lambda n: StoreWindows(store, *TRAIN, n_ahead=n),
+            validation,
+            replace(SETTINGS, validate_every=10),
+            poison_u500_after_step_3,
+            torch.device("cpu"),
+            checkpoints=plan,
+        )
     state = load_training_state(tmp_path / "last.pt")
     assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model_state"].values())
 
@@ -158,17 +197,24 @@ class _Unpicklable:
 
 
 def _files(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
+    }
 
 
-def test_a_new_run_over_an_earlier_one_is_refused_and_restart_sets_the_earlier_one_aside(trained, store, tmp_path):
+def test_a_new_run_over_an_earlier_one_is_refused_and_restart_sets_the_earlier_one_aside(
+    trained, store, tmp_path
+):
     directory = tmp_path / "checkpoints"
     shutil.copytree(trained, directory)
     before = _files(directory)
     validation = StoreWindows(store, *VALID, n_ahead=1)
-    with pytest.raises(CheckpointError, match=rf"{directory} holds the checkpoints of an earlier run \(.*best.pt of "
-                                              rf"step \d; {directory}/last.pt at step 4\); .*Continue that run with "
-                                              r"--resume, or start over with --restart"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"{directory} holds the checkpoints of an earlier run \(.*best.pt of "
+        rf"step \d; {directory}/last.pt at step 4\); .*Continue that run with "
+        r"--resume, or start over with --restart",
+    ):
         _train(store, CheckpointPlan(directory, _meta(validation), every=2))
     assert _files(directory) == before  # nothing overwritten
 
@@ -179,26 +225,48 @@ def test_a_new_run_over_an_earlier_one_is_refused_and_restart_sets_the_earlier_o
 
 
 def test_stale_partial_checkpoints_are_removed_when_training_starts(store, tmp_path):
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=False)
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=False
+    )
     dead, alive = int(finished.stdout), os.getpid()
-    leftovers = {name: tmp_path / name for name in (f".last.pt.partial-{dead}-0a1b2c3d4e5f",  # its writer was killed
-                                                    ".best.pt.partial-0a1b2c3d4e5f",  # an older writer's, no pid
-                                                    f".last.pt.partial-{alive}-0a1b2c3d4e5f")}  # being written
+    leftovers = {
+        name: tmp_path / name
+        for name in (
+            f".last.pt.partial-{dead}-0a1b2c3d4e5f",  # its writer was killed
+            ".best.pt.partial-0a1b2c3d4e5f",  # an older writer's, no pid
+            f".last.pt.partial-{alive}-0a1b2c3d4e5f",
+        )
+    }  # being written
     for path in leftovers.values():
         path.write_bytes(b"half a checkpoint")
     validation = StoreWindows(store, *VALID, n_ahead=1)
     _train(store, CheckpointPlan(tmp_path, _meta(validation), every=2))
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["best.pt", "last.pt",
-                                                                 f".last.pt.partial-{alive}-0a1b2c3d4e5f"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["best.pt", "last.pt", f".last.pt.partial-{alive}-0a1b2c3d4e5f"]
+    )
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ("weights", r"weight tensor 'head.weight' holds 3 non-finite values \(NaN or inf\) of \d+; expected finite"),
-    ("mean", r"normalisation mean of channels \['u500'\] is \{'u500': nan\}; expected finite values"),
-    ("std", (r"normalisation std of channels \['v500', 'z500'\] is \{'z500': 0.0, 'v500': -1.0\}; expected finite, "
-             "positive values")),
-])
-def test_checkpoints_with_non_finite_weights_or_unusable_statistics_are_refused(store, tmp_path, change, message):
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            "weights",
+            r"weight tensor 'head.weight' holds 3 non-finite values \(NaN or inf\) of \d+; expected finite",
+        ),
+        ("mean", r"normalisation mean of channels \['u500'\] is \{'u500': nan\}; expected finite values"),
+        (
+            "std",
+            (
+                r"normalisation std of channels \['v500', 'z500'\] is \{'z500': 0.0, 'v500': -1.0\}; "
+                r"expected finite, "
+                "positive values"
+            ),
+        ),
+    ],
+)
+def test_checkpoints_with_non_finite_weights_or_unusable_statistics_are_refused(
+    store, tmp_path, change, message
+):
     windows = StoreWindows(store, *VALID)
     model = build_model("afno-tiny", (16, 32), 3)
     meta = _meta(windows)
@@ -210,7 +278,11 @@ def test_checkpoints_with_non_finite_weights_or_unusable_statistics_are_refused(
     else:
         meta.std[0], meta.std[2] = 0.0, -1.0
     path = save_checkpoint(tmp_path / "model.pt", model, meta)
-    for load in (load_checkpoint, Forecaster.meta_of, lambda p: Forecaster.from_checkpoint(p, torch.device("cpu"))):
+    for load in (
+        load_checkpoint,
+        Forecaster.meta_of,
+        lambda p: Forecaster.from_checkpoint(p, torch.device("cpu")),
+    ):
         with pytest.raises(CheckpointError, match=f"{path}: {message}"):
             load(path)
 
@@ -241,8 +313,14 @@ def test_a_checkpoint_write_the_file_system_refuses_names_the_path_and_free_spac
         except CheckpointWriteError as err:
             sys.exit(str(err))
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).resolve().parents[2], check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+        check=False,
+    )
     assert done.returncode == 1, done.stderr
     assert done.stderr.startswith(f"the checkpoint could not be written to {path} (")
     assert "MiB free" in done.stderr and "the previous model.pt is intact" in done.stderr

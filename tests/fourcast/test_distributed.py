@@ -24,15 +24,29 @@ from fourcast.training import Phase, TrainSettings, seed_rank, seeded_initialisa
 
 TRAIN = ("2000-01-01", "2000-01-31T18")
 VALID = ("2000-02-01", "2000-02-05T18")
-SETTINGS = TrainSettings(phases=(Phase(1, 2, 3e-3), Phase(2, 1, 1e-3)), batch_size=8, warmup_steps=1,
-                         validate_every=1000, validation_leads=(1,), validation_samples=4, seed=3)
+SETTINGS = TrainSettings(
+    phases=(Phase(1, 2, 3e-3), Phase(2, 1, 1e-3)),
+    batch_size=8,
+    warmup_steps=1,
+    validate_every=1000,
+    validation_leads=(1,),
+    validation_samples=4,
+    seed=3,
+)
 
 
 def _train(store: Path, ctx: DistContext) -> dict[str, torch.Tensor]:
     with seeded_initialisation(0):
         model = build_model("afno-tiny", (16, 32), 3)
-    train(model, lambda n: StoreWindows(store, *TRAIN, n_ahead=n), StoreWindows(store, *VALID, n_ahead=1), SETTINGS,
-          lambda metrics, step: None, ctx.device, ctx=ctx)
+    train(
+        model,
+        lambda n: StoreWindows(store, *TRAIN, n_ahead=n),
+        StoreWindows(store, *VALID, n_ahead=1),
+        SETTINGS,
+        lambda metrics, step: None,
+        ctx.device,
+        ctx=ctx,
+    )
     return model.state_dict()
 
 
@@ -80,7 +94,11 @@ def test_ranks_draw_repeatable_and_distinct_random_streams():
         draws.setdefault(rank, []).append((torch.rand(4), np.random.random_sample(4), random.random()))
     (torch_0, numpy_0, python_0), (torch_again, numpy_again, python_again) = draws[0]
     torch_1, numpy_1, python_1 = draws[1][0]
-    assert torch.equal(torch_0, torch_again) and np.array_equal(numpy_0, numpy_again) and python_0 == python_again
+    assert (
+        torch.equal(torch_0, torch_again)
+        and np.array_equal(numpy_0, numpy_again)
+        and python_0 == python_again
+    )
     assert not torch.equal(torch_0, torch_1) and not np.array_equal(numpy_0, numpy_1) and python_0 != python_1
 
 
@@ -104,8 +122,24 @@ def test_single_process_context_needs_no_process_group(monkeypatch):
 def test_two_gloo_ranks_equal_one_process_on_the_combined_batch(store, tmp_path):
     out = tmp_path / "ddp.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           __file__, str(store), str(out)], env=env, capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            __file__,
+            str(store),
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     ddp = torch.load(out, weights_only=True)
     single = _train(store, DistContext())

@@ -23,8 +23,16 @@ def _forecaster(autocast: bool | None) -> Forecaster:
         for weights in model.parameters():
             weights.add_(0.05 * torch.randn_like(weights))
     normaliser = Normaliser(np.array([5.4e4, 10.0, 0.0]), np.array([800.0, 8.0, 6.0]))
-    return Forecaster(model, normaliser, CHANNELS, np.linspace(90, -90, 16), regular_lons(32),
-                      np.timedelta64(6, "h"), device=torch.device("cpu"), autocast=autocast)
+    return Forecaster(
+        model,
+        normaliser,
+        CHANNELS,
+        np.linspace(90, -90, 16),
+        regular_lons(32),
+        np.timedelta64(6, "h"),
+        device=torch.device("cpu"),
+        autocast=autocast,
+    )
 
 
 def test_cpu_default_is_float32_and_autocast_is_close_to_it():

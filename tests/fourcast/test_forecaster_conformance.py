@@ -22,5 +22,12 @@ class TestForecaster(PrognosticConformance):
             for weights in model.parameters():
                 weights.add_(0.05 * torch.randn_like(weights))
         normaliser = Normaliser(np.array([5.0, 10.0, 0.0]), np.array([8.0, 8.0, 6.0]))
-        return Forecaster(model, normaliser, CHANNELS, equiangular_lats(16), regular_lons(32), np.timedelta64(6, "h"),
-                          device=torch.device("cpu"))
+        return Forecaster(
+            model,
+            normaliser,
+            CHANNELS,
+            equiangular_lats(16),
+            regular_lons(32),
+            np.timedelta64(6, "h"),
+            device=torch.device("cpu"),
+        )

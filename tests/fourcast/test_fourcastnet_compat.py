@@ -72,10 +72,19 @@ def test_released_format_round_trip_gives_identical_forecasts(released, small_pr
 
 def test_saved_file_uses_fourcastnet_names(released):
     _, _, keys = released
-    for name in ("module.pos_embed", "module.patch_embed.proj.weight", "module.patch_embed.proj.bias",
-                 "module.blocks.0.norm1.weight", "module.blocks.0.filter.w1", "module.blocks.1.filter.b2",
-                 "module.blocks.0.mlp.fc1.weight", "module.blocks.1.mlp.fc2.bias", "module.norm.weight",
-                 "module.norm.bias", "module.head.weight"):
+    for name in (
+        "module.pos_embed",
+        "module.patch_embed.proj.weight",
+        "module.patch_embed.proj.bias",
+        "module.blocks.0.norm1.weight",
+        "module.blocks.0.filter.w1",
+        "module.blocks.1.filter.b2",
+        "module.blocks.0.mlp.fc1.weight",
+        "module.blocks.1.mlp.fc2.bias",
+        "module.norm.weight",
+        "module.norm.bias",
+        "module.head.weight",
+    ):
         assert name in keys
     assert len(keys) == 4 + 12 * 2 + 2  # top level, 12 per block, the unused final norm
     assert not [name for name in keys if ".net." in name]
@@ -87,13 +96,17 @@ def test_key_mapping_both_ways():
     assert fourcastnet_key_to_ours("blocks.3.mlp.fc2.bias") == "blocks.3.mlp.net.3.bias"
     assert fourcastnet_key_to_ours("blocks.0.filter.w2") == "blocks.0.filter.w2"
     assert our_key_to_fourcastnet("blocks.2.mlp.net.3.weight") == "blocks.2.mlp.fc2.weight"
-    model = AFNONet(GRID, 3, 3, patch_size=4, embed_dim=8, depth=2, num_blocks=2, mode_truncation="fourcastnet")
+    model = AFNONet(
+        GRID, 3, 3, patch_size=4, embed_dim=8, depth=2, num_blocks=2, mode_truncation="fourcastnet"
+    )
     for name in model.state_dict():
         assert fourcastnet_key_to_ours(our_key_to_fourcastnet(name)) == name
     for unknown in ("norm.weight", "blocks.0.attn.qkv.weight", "blocks.x.norm1.weight", "head.bias"):
         with pytest.raises(CheckpointError, match=f"unknown FourCastNet tensor name.*{unknown}"):
             fourcastnet_key_to_ours(unknown)
-    with pytest.raises(CheckpointError, match=r"unknown fourcast AFNONet tensor name.*blocks.0.mlp.fc1.weight"):
+    with pytest.raises(
+        CheckpointError, match=r"unknown fourcast AFNONet tensor name.*blocks.0.mlp.fc1.weight"
+    ):
         our_key_to_fourcastnet("blocks.0.mlp.fc1.weight")
 
 
@@ -105,19 +118,37 @@ def _reshape(keys, name, shape):
     keys[name] = torch.zeros(shape)
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    (lambda k: _drop(k, "module.blocks.1.norm2.bias"), r"missing FourCastNet tensor\(s\) \['blocks.1.norm2.bias'\]"),
-    (lambda k: _drop(k, "module.head.weight"), r"missing FourCastNet tensor 'head.weight'"),
-    (lambda k: _reshape(k, "module.blocks.0.filter.w3", (1,)), r"unknown FourCastNet tensor.*'blocks.0.filter.w3'"),
-    (lambda k: _reshape(k, "module.ged", (1,)), r"unknown FourCastNet tensor.*'ged'"),
-    (lambda k: _reshape(k, "module.blocks.1.filter.w2", (2, 4, 8, 9)),
-     r"blocks.1.filter.w2: expected \(2, 4, 8, 8\), found \(2, 4, 8, 9\)"),
-    (lambda k: _reshape(k, "module.patch_embed.proj.weight", (16, 20, 4, 4)),
-     r"embed_dim 16 from patch_embed.proj.weight \(expected 32\)"),
-    (lambda k: _reshape(k, "module.head.weight", (19 * 16, 32)), r"out_channels 19 from head.weight \(expected 20\)"),
-    (lambda k: k.update({"blocks.0.norm1.weight": k.pop("module.blocks.0.norm1.weight")}),
-     r"starts with 'module.'; found \['blocks.0.norm1.weight'\]"),
-])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda k: _drop(k, "module.blocks.1.norm2.bias"),
+            r"missing FourCastNet tensor\(s\) \['blocks.1.norm2.bias'\]",
+        ),
+        (lambda k: _drop(k, "module.head.weight"), r"missing FourCastNet tensor 'head.weight'"),
+        (
+            lambda k: _reshape(k, "module.blocks.0.filter.w3", (1,)),
+            r"unknown FourCastNet tensor.*'blocks.0.filter.w3'",
+        ),
+        (lambda k: _reshape(k, "module.ged", (1,)), r"unknown FourCastNet tensor.*'ged'"),
+        (
+            lambda k: _reshape(k, "module.blocks.1.filter.w2", (2, 4, 8, 9)),
+            r"blocks.1.filter.w2: expected \(2, 4, 8, 8\), found \(2, 4, 8, 9\)",
+        ),
+        (
+            lambda k: _reshape(k, "module.patch_embed.proj.weight", (16, 20, 4, 4)),
+            r"embed_dim 16 from patch_embed.proj.weight \(expected 32\)",
+        ),
+        (
+            lambda k: _reshape(k, "module.head.weight", (19 * 16, 32)),
+            r"out_channels 19 from head.weight \(expected 20\)",
+        ),
+        (
+            lambda k: k.update({"blocks.0.norm1.weight": k.pop("module.blocks.0.norm1.weight")}),
+            r"starts with 'module.'; found \['blocks.0.norm1.weight'\]",
+        ),
+    ],
+)
 def test_bad_tensors_are_refused_by_name(released, small_preset, edit, message):
     _, path, keys = released
     keys = dict(keys)
@@ -131,7 +162,9 @@ def test_grid_and_preset_must_fit_the_tensors(released, small_preset):
     _, path, _ = released
     with pytest.raises(CheckpointError, match=r"tokens 32 from pos_embed \(expected 64\)"):
         load_fourcastnet_checkpoint(path, preset=small_preset, grid=(32, 32))
-    with pytest.raises(CheckpointError, match=r"patch_size 4 .*\(expected 8\).*embed_dim 32 .*\(expected 768\)"):
+    with pytest.raises(
+        CheckpointError, match=r"patch_size 4 .*\(expected 8\).*embed_dim 32 .*\(expected 768\)"
+    ):
         load_fourcastnet_checkpoint(path, grid=GRID)  # the released preset
     with pytest.raises(ModelSpecError, match="cannot hold FourCastNet weights: mode_truncation='full'"):
         load_fourcastnet_checkpoint(path, preset="afno-tiny", grid=GRID)
@@ -143,14 +176,20 @@ class _NotATensor:
     pass
 
 
-@pytest.mark.parametrize(("payload", "message"), [
-    (b"not a checkpoint\n", "not a torch file of tensors, dicts, lists and numbers only"),
-    (b"PK\x03\x04 truncated zip", "not a readable torch checkpoint"),
-    (torch.zeros(3), "expected a dict with a 'model_state' dict.*found Tensor"),
-    ({"state_dict": {}}, r"expected a dict with a 'model_state' dict.*found \['state_dict'\]"),
-    ({"model_state": {"module.head.weight": [1.0]}}, r"entries \['module.head.weight'\] are not tensors"),
-    ({"model_state": {}, "extra": _NotATensor()}, r"weights_only=True\) refused it\): .*pickles other objects"),
-])
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"not a checkpoint\n", "not a torch file of tensors, dicts, lists and numbers only"),
+        (b"PK\x03\x04 truncated zip", "not a readable torch checkpoint"),
+        (torch.zeros(3), "expected a dict with a 'model_state' dict.*found Tensor"),
+        ({"state_dict": {}}, r"expected a dict with a 'model_state' dict.*found \['state_dict'\]"),
+        ({"model_state": {"module.head.weight": [1.0]}}, r"entries \['module.head.weight'\] are not tensors"),
+        (
+            {"model_state": {}, "extra": _NotATensor()},
+            r"weights_only=True\) refused it\): .*pickles other objects",
+        ),
+    ],
+)
 def test_non_checkpoints_are_refused(tmp_path, small_preset, payload, message):
     path = tmp_path / "file.tar"
     if isinstance(payload, bytes):
@@ -167,7 +206,9 @@ def test_missing_file_is_refused(tmp_path):
 
 
 def test_only_fourcastnet_compatible_models_are_exported():
-    with pytest.raises(ModelSpecError, match=r"predict_increment.*embed_kernel.*norm is 'none'.*mode_truncation"):
+    with pytest.raises(
+        ModelSpecError, match=r"predict_increment.*embed_kernel.*norm is 'none'.*mode_truncation"
+    ):
         to_fourcastnet_state(build_model("afno-tiny", GRID, 3))
 
 
@@ -221,15 +262,27 @@ def test_fourcastnet_filter_is_a_complex_block_mlp_on_the_kept_modes():
 def test_head_unpacks_tokens_as_b_h_w_p1_p2_c():
     """Output pixel ``(c, h·p + p1, w·p + p2)`` is head feature ``(p1·p + p2)·C + c`` of token ``(h, w)``."""
     p, out_channels = 4, 3
-    model = _randomised(AFNONet((8, 12), 2, out_channels, patch_size=p, embed_dim=8, depth=1, num_blocks=2,
-                                mode_truncation="fourcastnet"))
+    model = _randomised(
+        AFNONet(
+            (8, 12),
+            2,
+            out_channels,
+            patch_size=p,
+            embed_dim=8,
+            depth=1,
+            num_blocks=2,
+            mode_truncation="fourcastnet",
+        )
+    )
     features = {}
     model.head.register_forward_hook(lambda module, args, out: features.update(head=out))
     with torch.no_grad():
         y = model(torch.randn(2, 2, 8, 12))
     head = features["head"]
     for hi, wi, p1, p2, c in itertools.product(range(2), range(3), range(p), range(p), range(out_channels)):
-        assert torch.equal(y[:, c, hi * p + p1, wi * p + p2], head[:, hi, wi, (p1 * p + p2) * out_channels + c])
+        assert torch.equal(
+            y[:, c, hi * p + p1, wi * p + p2], head[:, hi, wi, (p1 * p + p2) * out_channels + c]
+        )
 
 
 @pytest.mark.slow

@@ -26,18 +26,28 @@ MEAN, STD = np.array([5.4e4, 10.0, 0.0]), np.array([800.0, 8.0, 6.0])
 #: launch-order-dependent reductions can differ; a few bf16 steps of the spread over 4 steps.
 BF16_ROLLOUT_REL = 2e-2
 
+
 def _forecaster(device: torch.device, **options) -> Forecaster:
     torch.manual_seed(0)
     model = build_model("afno-tiny", (16, 32), len(CHANNELS))
     with torch.no_grad():  # the untrained head is zero (persistence): give every weight a seeded offset
         for weights in model.parameters():
             weights.add_(0.05 * torch.randn_like(weights))
-    return Forecaster(model, Normaliser(MEAN, STD), CHANNELS, np.linspace(90, -90, 16), regular_lons(32),
-                      np.timedelta64(6, "h"), device=device, **options)
+    return Forecaster(
+        model,
+        Normaliser(MEAN, STD),
+        CHANNELS,
+        np.linspace(90, -90, 16),
+        regular_lons(32),
+        np.timedelta64(6, "h"),
+        device=device,
+        **options,
+    )
 
 
 def _rollout(forecaster: Forecaster, x: torch.Tensor, steps: int) -> np.ndarray:
-    """``steps`` states after ``x``, shape (steps, batch, channel, lat, lon), each fed back as the next input."""
+    """``steps`` states after ``x``, shape (steps, batch, channel, lat, lon), each fed back as the next
+    input."""
     states = []
     for _ in range(steps):
         x, _ = forecaster.step(x, forecaster.input_coords)
@@ -48,8 +58,10 @@ def _rollout(forecaster: Forecaster, x: torch.Tensor, steps: int) -> np.ndarray:
 def _initial(batch: int, device: torch.device) -> torch.Tensor:
     generator = torch.Generator().manual_seed(1)
     noise = torch.randn(batch, len(CHANNELS), 16, 32, generator=generator)
-    return (torch.as_tensor(MEAN).float()[None, :, None, None] + torch.as_tensor(STD).float()[None, :, None, None]
-            * noise).to(device)
+    return (
+        torch.as_tensor(MEAN).float()[None, :, None, None]
+        + torch.as_tensor(STD).float()[None, :, None, None] * noise
+    ).to(device)
 
 
 def test_cuda_graphs_on_cpu_is_a_typed_error_naming_the_device():
@@ -72,7 +84,9 @@ def test_default_forecaster_is_eager():
 def test_config_refuses_cuda_graphs_off_cuda_and_with_compile():
     base = {"inits": {"start": "2021-01-01", "end": "2021-01-02"}}
     assert not ForecastConfig.model_validate(base).cuda_graphs
-    assert ForecastConfig.model_validate({**base, "cuda_graphs": True}).cuda_graphs  # default device: checked at run
+    assert ForecastConfig.model_validate(
+        {**base, "cuda_graphs": True}
+    ).cuda_graphs  # default device: checked at run
     assert ForecastConfig.model_validate({**base, "cuda_graphs": True, "device": "cuda:1"}).device == "cuda:1"
     with pytest.raises(ValidationError, match=r"needs a CUDA device; found forecast.device 'cpu'"):
         ForecastConfig.model_validate({**base, "cuda_graphs": True, "device": "cpu"})

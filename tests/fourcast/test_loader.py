@@ -23,8 +23,9 @@ TRAIN = ("2000-01-01", "2000-01-31T18")
 
 
 def _batches(windows: StoreWindows, count: int, workers: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    stream = batch_stream(windows, 4, rank=0, world_size=1, seed=3, cursor=BatchCursor(), workers=workers,
-                          prefetch_factor=2)
+    stream = batch_stream(
+        windows, 4, rank=0, world_size=1, seed=3, cursor=BatchCursor(), workers=workers, prefetch_factor=2
+    )
     return [next(stream) for _ in range(count)]
 
 
@@ -76,22 +77,47 @@ RSS_MARGIN = 64 * 2**20
 def big_store(tmp_path_factory) -> Path:
     times = np.datetime64("2001-01-01T00", "ns") + np.arange(BIG_STEPS) * np.timedelta64(6, "h")
     nlat, nlon = BIG_GRID
-    fields = da.random.RandomState(0).standard_normal((BIG_STEPS, len(BIG_CHANNELS), nlat, nlon), chunks=(100, -1, -1, -1))
-    data = xr.DataArray(fields.astype(np.float32), dims=(TIME, CHANNEL, LAT, LON),
-                        coords={TIME: times, CHANNEL: BIG_CHANNELS, LAT: np.linspace(89.0, -89.0, nlat),
-                                LON: np.arange(nlon) * 360.0 / nlon})
+    fields = da.random.RandomState(0).standard_normal(
+        (BIG_STEPS, len(BIG_CHANNELS), nlat, nlon), chunks=(100, -1, -1, -1)
+    )
+    data = xr.DataArray(
+        fields.astype(np.float32),
+        dims=(TIME, CHANNEL, LAT, LON),
+        coords={
+            TIME: times,
+            CHANNEL: BIG_CHANNELS,
+            LAT: np.linspace(89.0, -89.0, nlat),
+            LON: np.arange(nlon) * 360.0 / nlon,
+        },
+    )
     period = StatsPeriod(times[0], times[200])
-    return write_store(data, tmp_path_factory.mktemp("big") / "store.zarr", period,
-                       StoreLayout(shard_steps=100, compressor="none"))
+    return write_store(
+        data,
+        tmp_path_factory.mktemp("big") / "store.zarr",
+        period,
+        StoreLayout(shard_steps=100, compressor="none"),
+    )
 
 
 def _train_in_subprocess(store: Path, cache: str, first: int) -> dict:
     """Train 2 steps from store rows ``first``..-21 (validating on the last 20) in a fresh process."""
-    times = np.datetime_as_string(xr.open_zarr(store, zarr_format=3, consolidated=False)[TIME].values, unit="h")
+    times = np.datetime_as_string(
+        xr.open_zarr(store, zarr_format=3, consolidated=False)[TIME].values, unit="h"
+    )
     args = [str(store), times[first], times[-21], times[-20], times[-1], cache]
     script = Path(__file__).with_name("rss_train.py")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=600, check=False)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -105,12 +131,16 @@ def test_training_from_a_store_far_larger_than_the_loader_budget_keeps_memory_bo
     assert streamed["steps"] == 2
     assert streamed["range_bytes"] >= 20 * streamed["budget_bytes"]
     longer = streamed["range_bytes"] - streamed_short["range_bytes"]
-    assert streamed["growth_bytes"] - streamed_short["growth_bytes"] <= streamed["budget_bytes"] + RSS_MARGIN, (
-        streamed, streamed_short)
+    assert (
+        streamed["growth_bytes"] - streamed_short["growth_bytes"] <= streamed["budget_bytes"] + RSS_MARGIN
+    ), (streamed, streamed_short)
     # The measurement sees a loader that does hold the range: the in-memory cache grows with it.
     cached, cached_short = (_train_in_subprocess(big_store, "memory", first) for first in (0, -101))
     assert cached["growth_bytes"] - cached_short["growth_bytes"] >= 0.9 * longer, (cached, cached_short)
-    print(f"range {streamed['range_bytes'] / 2**20:.1f} MB (short {streamed_short['range_bytes'] / 2**20:.1f} MB), "
-          f"budget {streamed['budget_bytes'] / 2**20:.2f} MB; peak RSS growth long/short: streaming "
-          f"{streamed['growth_bytes'] / 2**20:.1f}/{streamed_short['growth_bytes'] / 2**20:.1f} MB, in-memory "
-          f"{cached['growth_bytes'] / 2**20:.1f}/{cached_short['growth_bytes'] / 2**20:.1f} MB")
+    print(
+        f"range {streamed['range_bytes'] / 2**20:.1f} MB (short "
+        f"{streamed_short['range_bytes'] / 2**20:.1f} MB), "
+        f"budget {streamed['budget_bytes'] / 2**20:.2f} MB; peak RSS growth long/short: streaming "
+        f"{streamed['growth_bytes'] / 2**20:.1f}/{streamed_short['growth_bytes'] / 2**20:.1f} MB, in-memory "
+        f"{cached['growth_bytes'] / 2**20:.1f}/{cached_short['growth_bytes'] / 2**20:.1f} MB"
+    )

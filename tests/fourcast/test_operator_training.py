@@ -19,21 +19,37 @@ def _run(store, preset: str, steps: int, **settings):
     with seeded_initialisation(0):
         model = build_model(preset, (16, 32), 3)
     reported = []
-    result = train(model, lambda n: StoreWindows(store, *TRAIN, n_ahead=n), validation,
-                   TrainSettings(phases=(Phase(1, steps, 3e-3),), batch_size=4, warmup_steps=2, validate_every=10,
-                                 validation_leads=(1, 2), validation_samples=4, **settings),
-                   lambda metrics, step: reported.append((step, metrics)), torch.device("cpu"))
+    result = train(
+        model,
+        lambda n: StoreWindows(store, *TRAIN, n_ahead=n),
+        validation,
+        TrainSettings(
+            phases=(Phase(1, steps, 3e-3),),
+            batch_size=4,
+            warmup_steps=2,
+            validate_every=10,
+            validation_leads=(1, 2),
+            validation_samples=4,
+            **settings,
+        ),
+        lambda metrics, step: reported.append((step, metrics)),
+        torch.device("cpu"),
+    )
     return model, result, reported
 
 
 def test_incremental_modes_train_only_the_active_degrees_and_grow_on_a_plateau(store):
-    model, _result, reported = _run(store, "sfno-small", 20, modes=ModeSchedule(start=2, grow_when=0.99, grow_by=2))
+    model, _result, reported = _run(
+        store, "sfno-small", 20, modes=ModeSchedule(start=2, grow_when=0.99, grow_by=2)
+    )
     per_step = [metrics["train/modes"] for _, metrics in reported if "train/loss" in metrics]
     assert per_step == [2] * 20  # logged every step; the growth comes after the last validation
     assert model.active_modes == 4  # the second validation improved by less than 99 %: two more degrees
     for weight in model.spectral_weights():
         assert torch.count_nonzero(weight[..., :2]) == weight[..., :2].numel()
-        assert torch.count_nonzero(weight[..., 2:]) == 0  # never trained: the degrees switched on start at zero
+        assert (
+            torch.count_nonzero(weight[..., 2:]) == 0
+        )  # never trained: the degrees switched on start at zero
     with pytest.raises(ModelSpecError, match=r"need a model with spectral degrees.*AFNONet"):
         _run(store, "afno-tiny", 1, modes=ModeSchedule(start=2))
     with pytest.raises(ModelSpecError, match=r"1 <= start <= max <= 8.*start=9"):

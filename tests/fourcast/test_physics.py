@@ -1,4 +1,5 @@
-"""The shallow-water residual is the synthetic flow's own equation: ~0 on the solver's states, large on shuffled ones."""
+"""The shallow-water residual is the synthetic flow's own equation: ~0 on the solver's states, large on
+shuffled ones."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ CHANNELS = ["z500", "u500", "v500"]
 
 @pytest.fixture(scope="module")
 def unstirred_states() -> torch.Tensor:
-    """Nine 6-hourly states of the generator's own solver at 16x32, stirring switched off after a 3-day spin-up.
+    """Nine 6-hourly states of the generator's own solver at 16x32, stirring switched off after a 3-day
+    spin-up.
 
     Returns (9, 3, 16, 32) float64 in physical units (z500 m2 s-2, winds m s-1).
     """
@@ -51,5 +53,7 @@ def test_residual_is_differentiable_and_finds_its_channels_by_name(unstirred_sta
     loss.backward()
     assert torch.isfinite(after.grad).all() and after.grad[:, 1:].abs().sum() > 0
     assert after.grad[:, 0].abs().sum() == 0  # t850 is not in the equations
-    with pytest.raises(ModelSpecError, match=r"needs channels \['z500', 'u500', 'v500'\]; \['v500'\] missing"):
+    with pytest.raises(
+        ModelSpecError, match=r"needs channels \['z500', 'u500', 'v500'\]; \['v500'\] missing"
+    ):
         ShallowWaterResidual(16, 32, 6 * 3600.0, ["z500", "u500", "t850"])

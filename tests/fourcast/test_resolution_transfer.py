@@ -1,4 +1,5 @@
-"""Zero-shot resolution transfer: an SFNO evaluates on another equiangular grid; an AFNO refuses, saying why."""
+"""Zero-shot resolution transfer: an SFNO evaluates on another equiangular grid; an AFNO refuses, saying
+why."""
 
 from __future__ import annotations
 
@@ -18,12 +19,18 @@ CHANNELS = ["z500", "u500", "v500"]
 
 
 def _smooth_fields(nlat: int, nlon: int) -> torch.Tensor:
-    """Three fields made of spherical harmonics of degree <= 3, sampled on an ``nlat x nlon`` grid: (1, 3, nlat, nlon)."""
+    """Three fields made of spherical harmonics of degree <= 3, sampled on an ``nlat x nlon`` grid: (1, 3,
+    nlat, nlon)."""
     lat = np.deg2rad(equiangular_lats(nlat))[:, None]
     lon = np.deg2rad(regular_lons(nlon))[None, :]
-    fields = [np.cos(lat) ** 2 * np.cos(3 * lon), np.sin(lat) * np.cos(lat) * np.sin(2 * lon + 1),
-              np.sin(2 * lat) + 0.3 * np.cos(lat) * np.cos(lon)]
-    return torch.tensor(np.stack([np.broadcast_to(f, (nlat, nlon)) for f in fields])[None], dtype=torch.float32)
+    fields = [
+        np.cos(lat) ** 2 * np.cos(3 * lon),
+        np.sin(lat) * np.cos(lat) * np.sin(2 * lon + 1),
+        np.sin(2 * lat) + 0.3 * np.cos(lat) * np.cos(lon),
+    ]
+    return torch.tensor(
+        np.stack([np.broadcast_to(f, (nlat, nlon)) for f in fields])[None], dtype=torch.float32
+    )
 
 
 def _random_sfno(grid: tuple[int, int]) -> SFNONet:
@@ -77,8 +84,11 @@ def test_modes_out_of_range_and_layer_norm_are_refused():
 def test_afno_refuses_another_grid_naming_why():
     model = build_model("afno-tiny", (32, 64), 3)
     assert model.on_grid(32, 64) is model
-    with pytest.raises(ResolutionTransferError, match=r"AFNO trained on a 32x64 grid cannot forecast on 64x128.*"
-                       r"position embedding.*16x32 patch grid.*SFNO"):
+    with pytest.raises(
+        ResolutionTransferError,
+        match=r"AFNO trained on a 32x64 grid cannot forecast on 64x128.*"
+        r"position embedding.*16x32 patch grid.*SFNO",
+    ):
         model.on_grid(64, 128)
 
 
@@ -86,8 +96,15 @@ def _forecaster(preset: str, grid: tuple[int, int]) -> Forecaster:
     torch.manual_seed(0)
     model = build_model(preset, grid, len(CHANNELS))
     normaliser = Normaliser(np.array([5.4e4, 10.0, 0.0]), np.array([800.0, 8.0, 6.0]))
-    return Forecaster(model, normaliser, CHANNELS, equiangular_lats(grid[0]), regular_lons(grid[1]),
-                      np.timedelta64(6, "h"), device=torch.device("cpu"))
+    return Forecaster(
+        model,
+        normaliser,
+        CHANNELS,
+        equiangular_lats(grid[0]),
+        regular_lons(grid[1]),
+        np.timedelta64(6, "h"),
+        device=torch.device("cpu"),
+    )
 
 
 def test_forecaster_moves_an_sfno_to_the_store_grid_and_refuses_an_afno():

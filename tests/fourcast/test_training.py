@@ -8,8 +8,15 @@ from fourcast.errors import CheckpointError, CheckpointGridError, DataWindowErro
 from fourcast.forecaster import Forecaster
 from fourcast.models.registry import build_model
 from fourcast.normaliser import Normaliser
-from fourcast.training import (LatWeightedMSE, Phase, TrainSettings, anomaly_correlation,
-                               enable_activation_checkpointing, train, validate)
+from fourcast.training import (
+    LatWeightedMSE,
+    Phase,
+    TrainSettings,
+    anomaly_correlation,
+    enable_activation_checkpointing,
+    train,
+    validate,
+)
 from ingest.grid import cell_area_weights
 from ingest.schema import open_store
 
@@ -23,8 +30,9 @@ def test_windows_are_normalised_consecutive_store_states(store):
     x, y = windows[5]
     assert x.shape == (3, 16, 32) and y.shape == (2, 3, 16, 32)
     t0 = windows.input_time(5)
-    expected = (ds["data"].sel(time=t0 + np.timedelta64(12, "h")).values - ds["mean"].values[:, None, None]) \
-        / ds["std"].values[:, None, None]
+    expected = (
+        ds["data"].sel(time=t0 + np.timedelta64(12, "h")).values - ds["mean"].values[:, None, None]
+    ) / ds["std"].values[:, None, None]
     np.testing.assert_allclose(y[1].numpy(), expected, rtol=1e-5, atol=1e-5)
     assert len(windows) == 124 - 2
     lazy = StoreWindows(store, *TRAIN, n_ahead=2, in_memory=False)
@@ -44,8 +52,14 @@ def test_lat_weighted_mse_matches_numpy(store):
 
 
 def _settings(**overrides):
-    base = dict(phases=(Phase(1, 60, 3e-3), Phase(2, 10, 5e-4)), batch_size=8, warmup_steps=5,
-                validate_every=35, validation_leads=(1, 4), validation_samples=8)
+    base = dict(
+        phases=(Phase(1, 60, 3e-3), Phase(2, 10, 5e-4)),
+        batch_size=8,
+        warmup_steps=5,
+        validate_every=35,
+        validation_leads=(1, 4),
+        validation_samples=8,
+    )
     return TrainSettings(**{**base, **overrides})
 
 
@@ -53,8 +67,14 @@ def test_training_beats_persistence_and_reports(store):
     validation = StoreWindows(store, *VALID, n_ahead=4)
     model = build_model("afno-tiny", (16, 32), 3)
     reported = []
-    result = train(model, lambda n: StoreWindows(store, *TRAIN, n_ahead=n), validation, _settings(),
-                   lambda metrics, step: reported.append((step, metrics)), torch.device("cpu"))
+    result = train(
+        model,
+        lambda n: StoreWindows(store, *TRAIN, n_ahead=n),
+        validation,
+        _settings(),
+        lambda metrics, step: reported.append((step, metrics)),
+        torch.device("cpu"),
+    )
     assert result.steps == 70 and [h["step"] for h in result.history] == [35, 70]
     assert {"train/loss", "train/lr"} <= set(reported[0][1])
     assert "val/z500/rmse_24h" in result.history[-1]
@@ -74,13 +94,27 @@ def test_non_finite_loss_stops_with_step(store):
     with torch.no_grad():
         model.head.weight.fill_(float("nan"))
     with pytest.raises(NonFiniteLossError, match="at step 0"):
-        train(model, lambda n: StoreWindows(store, *TRAIN, n_ahead=n), validation, _settings(),
-              lambda m, s: None, torch.device("cpu"))
+        train(
+            model,
+            lambda n: StoreWindows(store, *TRAIN, n_ahead=n),
+            validation,
+            _settings(),
+            lambda m, s: None,
+            torch.device("cpu"),
+        )
 
 
 def _meta(windows):
-    return CheckpointMeta("afno-tiny", windows.channels, windows.lat.tolist(), windows.lon.tolist(), 6,
-                          windows.mean.tolist(), windows.std.tolist(), {"store_fingerprint": "abc"})
+    return CheckpointMeta(
+        "afno-tiny",
+        windows.channels,
+        windows.lat.tolist(),
+        windows.lon.tolist(),
+        6,
+        windows.mean.tolist(),
+        windows.std.tolist(),
+        {"store_fingerprint": "abc"},
+    )
 
 
 def test_checkpoint_round_trip_reproduces_the_forecast(store, tmp_path):
@@ -102,9 +136,13 @@ def test_checkpoint_round_trip_reproduces_the_forecast(store, tmp_path):
 def test_checkpoint_errors_say_what_differs(store, tmp_path):
     windows = StoreWindows(store, *TRAIN)
     meta = _meta(windows)
-    with pytest.raises(CheckpointError, match=r"channels \['z500', 'u500', 'v500'\] differ.*\['z500', 't850'\]"):
+    with pytest.raises(
+        CheckpointError, match=r"channels \['z500', 'u500', 'v500'\] differ.*\['z500', 't850'\]"
+    ):
         meta.check_matches(["z500", "t850"], windows.lat, windows.lon)
-    with pytest.raises(CheckpointGridError, match="data is on another grid than the checkpoint: expected lat of"):
+    with pytest.raises(
+        CheckpointGridError, match="data is on another grid than the checkpoint: expected lat of"
+    ):
         meta.check_matches(windows.channels, windows.lat[:-1], windows.lon)
     with pytest.raises(CheckpointError, match="no checkpoint file"):
         load_checkpoint(tmp_path / "missing.pt")
@@ -115,12 +153,22 @@ def test_checkpoint_errors_say_what_differs(store, tmp_path):
 
 def test_forecaster_with_identity_model_returns_its_input():
     lat, lon = np.linspace(90, -90, 4), np.arange(8) * 45.0
-    forecaster = Forecaster(torch.nn.Identity(), Normaliser([1.0], [2.0]), ["z500"], lat, lon,
-                            np.timedelta64(6, "h"), torch.device("cpu"))
+    forecaster = Forecaster(
+        torch.nn.Identity(),
+        Normaliser([1.0], [2.0]),
+        ["z500"],
+        lat,
+        lon,
+        np.timedelta64(6, "h"),
+        torch.device("cpu"),
+    )
     x = torch.randn(3, 1, 4, 8)
     out, _ = forecaster.step(x, {"member": np.arange(3), **forecaster.input_coords})
     torch.testing.assert_close(out, x)
-    with pytest.raises(CheckpointError, match=r"other channel labels than the model: expected channel \['z500'\], found \['t850'\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"other channel labels than the model: expected channel \['z500'\], found \['t850'\]",
+    ):
         forecaster.step(x, {"member": np.arange(3), **forecaster.input_coords, "channel": np.array(["t850"])})
 
 
@@ -130,7 +178,8 @@ def test_validation_of_persistence_scores_as_persistence_and_acc_is_a_correlatio
     for lead_hours in (6, 12):
         for channel in validation.channels:
             assert metrics[f"val/{channel}/rmse_{lead_hours}h"] == pytest.approx(
-                metrics[f"val/{channel}/persistence_rmse_{lead_hours}h"], rel=1e-6)
+                metrics[f"val/{channel}/persistence_rmse_{lead_hours}h"], rel=1e-6
+            )
             assert -1.0 <= metrics[f"val/{channel}/acc_{lead_hours}h"] <= 1.0
     weights = torch.as_tensor(cell_area_weights(validation.lat), dtype=torch.float32)[:, None]
     anomaly = torch.randn(2, 3, 16, 32)
@@ -155,8 +204,15 @@ def test_bf16_training_keeps_the_loss_finite(store):
     validation = StoreWindows(store, *VALID, n_ahead=1)
     model = build_model("afno-tiny", (16, 32), 3)
     losses = []
-    train(model, lambda n: StoreWindows(store, *TRAIN, n_ahead=n), validation,
-          _settings(phases=(Phase(1, 3, 1e-3),), validation_leads=(1,), validation_samples=2, precision="bf16"),
-          lambda metrics, step: losses.append(metrics.get("train/loss")), torch.device("cpu"))
+    train(
+        model,
+        lambda n: StoreWindows(store, *TRAIN, n_ahead=n),
+        validation,
+        _settings(phases=(Phase(1, 3, 1e-3),), validation_leads=(1,), validation_samples=2, precision="bf16"),
+        lambda metrics, step: losses.append(metrics.get("train/loss")),
+        torch.device("cpu"),
+    )
     assert all(np.isfinite(loss) for loss in losses if loss is not None) and len(losses) == 4
-    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast, not a bf16 copy of the weights
+    assert all(
+        p.dtype == torch.float32 for p in model.parameters()
+    )  # autocast, not a bf16 copy of the weights

@@ -28,20 +28,47 @@ from fourcast.training import CheckpointPlan, Phase, TrainSettings, seeded_initi
 
 TRAIN = ("2000-01-01", "2000-01-05T18")  # 19 windows: 4 batches of 4 per epoch, so the run crosses epochs
 VALID = ("2000-02-01", "2000-02-03T18")
-SETTINGS = TrainSettings(phases=(Phase(1, 8, 3e-3), Phase(2, 6, 1e-3)), batch_size=4, warmup_steps=2,
-                         validate_every=4, validation_leads=(1, 2), validation_samples=4, seed=7)
+SETTINGS = TrainSettings(
+    phases=(Phase(1, 8, 3e-3), Phase(2, 6, 1e-3)),
+    batch_size=4,
+    warmup_steps=2,
+    validate_every=4,
+    validation_leads=(1, 2),
+    validation_samples=4,
+    seed=7,
+)
 CHECKPOINT_EVERY, HANG_AT, STEPS = 5, 8, 14
 
 
 def _run(store: Path, directory: Path, report, ctx: DistContext, resume: Path | None = None):
     validation = StoreWindows(store, *VALID, n_ahead=2)
-    with seeded_initialisation(SETTINGS.seed):  # as the training stage does: every run starts from these weights
+    with seeded_initialisation(
+        SETTINGS.seed
+    ):  # as the training stage does: every run starts from these weights
         model = build_model("afno-tiny", (16, 32), 3)
-    meta = CheckpointMeta("afno-tiny", validation.channels, validation.lat.tolist(), validation.lon.tolist(), 6,
-                          validation.mean.tolist(), validation.std.tolist(), {"store_fingerprint": "test"})
-    plan = CheckpointPlan(directory, meta, CHECKPOINT_EVERY, resume_from=resume, lineage={"run_id": directory.name})
-    return train(model, lambda n: StoreWindows(store, *TRAIN, n_ahead=n), validation, SETTINGS, report,
-                 ctx.device, ctx=ctx, checkpoints=plan)
+    meta = CheckpointMeta(
+        "afno-tiny",
+        validation.channels,
+        validation.lat.tolist(),
+        validation.lon.tolist(),
+        6,
+        validation.mean.tolist(),
+        validation.std.tolist(),
+        {"store_fingerprint": "test"},
+    )
+    plan = CheckpointPlan(
+        directory, meta, CHECKPOINT_EVERY, resume_from=resume, lineage={"run_id": directory.name}
+    )
+    return train(
+        model,
+        lambda n: StoreWindows(store, *TRAIN, n_ahead=n),
+        validation,
+        SETTINGS,
+        report,
+        ctx.device,
+        ctx=ctx,
+        checkpoints=plan,
+    )
 
 
 def _losses(path: Path) -> dict[int, str]:
@@ -52,10 +79,17 @@ def _losses(path: Path) -> dict[int, str]:
 
 def _start(store: Path, directory: Path, losses: Path, ranks: int, *extra: str) -> subprocess.Popen:
     """The training job: this module as a script, under ``torchrun`` (a free port) for several ranks."""
-    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)] if ranks > 1 else []
+    launcher = (
+        ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)] if ranks > 1 else []
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, *launcher, __file__, str(store), str(directory), str(losses), *extra],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, *launcher, __file__, str(store), str(directory), str(losses), *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _worker_pids(losses: Path, ranks: int) -> list[int]:
@@ -72,7 +106,8 @@ def _gone(pid: int) -> bool:
 
 
 def _kill_at_hang_step(job: subprocess.Popen, losses: Path, ranks: int) -> None:
-    """Wait until rank 0 has reported ``HANG_AT``, then SIGKILL the launcher and every rank, as a preemption does."""
+    """Wait until rank 0 has reported ``HANG_AT``, then SIGKILL the launcher and every rank, as a preemption
+    does."""
     deadline = time.monotonic() + 240
     try:
         while HANG_AT not in _losses(losses) or len(_worker_pids(losses, ranks)) < ranks:
@@ -91,7 +126,8 @@ def _kill_at_hang_step(job: subprocess.Popen, losses: Path, ranks: int) -> None:
 
 
 def _finish(job: subprocess.Popen, timeout: float = 240) -> None:
-    """Wait for a job that must succeed; one that overruns is stopped (torchrun passes SIGTERM on to its ranks)."""
+    """Wait for a job that must succeed; one that overruns is stopped (torchrun passes SIGTERM on to its
+    ranks)."""
     try:
         output, _ = job.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -108,12 +144,20 @@ def test_sigkilled_run_resumes_bit_for_bit(store, tmp_path, ranks):
     reference = _start(store, tmp_path / "reference", reference_losses, ranks)  # alongside, uninterrupted
     try:
         killed_losses = tmp_path / "killed.txt"
-        _kill_at_hang_step(_start(store, tmp_path / "run", killed_losses, ranks, "--hang-at", str(HANG_AT)),
-                           killed_losses, ranks)
+        _kill_at_hang_step(
+            _start(store, tmp_path / "run", killed_losses, ranks, "--hang-at", str(HANG_AT)),
+            killed_losses,
+            ranks,
+        )
         state = load_training_state(tmp_path / "run" / "last.pt")
-        assert state["step"] == CHECKPOINT_EVERY and (state["cursor"]["epoch"], state["cursor"]["batch"]) == (1, 1)
+        assert state["step"] == CHECKPOINT_EVERY and (state["cursor"]["epoch"], state["cursor"]["batch"]) == (
+            1,
+            1,
+        )
         assert state["cursor"]["world_size"] == len(state["rng_states"]) == ranks
-        assert [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")] == []  # no partial files
+        assert [
+            p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")
+        ] == []  # no partial files
         resumed_losses = tmp_path / "resumed.txt"
         _finish(_start(store, tmp_path / "run", resumed_losses, ranks, "--resume"))
     except BaseException:
@@ -123,13 +167,17 @@ def test_sigkilled_run_resumes_bit_for_bit(store, tmp_path, ranks):
     _finish(reference)
 
     ours, killed, after = _losses(reference_losses), _losses(killed_losses), _losses(resumed_losses)
-    assert sorted(ours) == list(range(1, STEPS + 1)) and sorted(after) == list(range(CHECKPOINT_EVERY + 1, STEPS + 1))
+    assert sorted(ours) == list(range(1, STEPS + 1)) and sorted(after) == list(
+        range(CHECKPOINT_EVERY + 1, STEPS + 1)
+    )
     assert {s: killed[s] for s in range(1, HANG_AT + 1)} == {s: ours[s] for s in range(1, HANG_AT + 1)}
     stitched = {**{s: v for s, v in killed.items() if s <= CHECKPOINT_EVERY}, **after}
     assert stitched == ours  # bit for bit: the losses' reprs are equal
     final = load_training_state(tmp_path / "run" / "last.pt")
     uninterrupted = load_training_state(tmp_path / "reference" / "last.pt")
-    assert final["step"] == uninterrupted["step"] == STEPS and final["best_step"] == uninterrupted["best_step"]
+    assert (
+        final["step"] == uninterrupted["step"] == STEPS and final["best_step"] == uninterrupted["best_step"]
+    )
     for name, value in uninterrupted["model_state"].items():
         assert torch.equal(final["model_state"][name], value), name
 
@@ -140,10 +188,19 @@ def test_training_stage_starts_every_run_from_the_same_weights(store, tmp_path, 
     from pipeline.tracking import NullTracker
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    cfg = TrainConfig(model="afno-tiny", train={"start": "2000-01-01T00:00", "end": "2000-01-05T18:00"},
-                      validation={"start": "2000-02-01T00:00", "end": "2000-02-02T18:00"}, batch_size=4,
-                      phases=[{"rollout_steps": 1, "optimizer_steps": 2, "learning_rate": 1e-3}], warmup_steps=1,
-                      validate_every=2, validation_lead_hours=[6], validation_samples=2, seed=5, register_model=False)
+    cfg = TrainConfig(
+        model="afno-tiny",
+        train={"start": "2000-01-01T00:00", "end": "2000-01-05T18:00"},
+        validation={"start": "2000-02-01T00:00", "end": "2000-02-02T18:00"},
+        batch_size=4,
+        phases=[{"rollout_steps": 1, "optimizer_steps": 2, "learning_rate": 1e-3}],
+        warmup_steps=1,
+        validate_every=2,
+        validation_lead_hours=[6],
+        validation_samples=2,
+        seed=5,
+        register_model=False,
+    )
     weights = []
     for run in ("first", "second"):
         torch.seed()  # whatever the process's random state (a fresh process starts from a random one) …
@@ -157,12 +214,20 @@ def _cli_config(tmp_path: Path, store: Path, climatology: Path, write_run_config
     (tmp_path / "store.zarr").symlink_to(store)
     (tmp_path / "climatology.zarr").symlink_to(climatology)
     return write_run_config(
-        tmp_path / "config.yaml", tmp_path,
-        train={"batch_size": 4, "phases": [{"rollout_steps": 1, "optimizer_steps": 6, "learning_rate": 2e-3}],
-               "warmup_steps": 1, "validate_every": 3, "checkpoint_every": 3, "validation_lead_hours": [6, 12],
-               "validation_samples": 4},
+        tmp_path / "config.yaml",
+        tmp_path,
+        train={
+            "batch_size": 4,
+            "phases": [{"rollout_steps": 1, "optimizer_steps": 6, "learning_rate": 2e-3}],
+            "warmup_steps": 1,
+            "validate_every": 3,
+            "checkpoint_every": 3,
+            "validation_lead_hours": [6, 12],
+            "validation_samples": 4,
+        },
         forecast={"inits": {"start": "2000-02-20T00:00", "end": "2000-02-22T00:00"}},
-        tracking={"experiment": "resume-test"})
+        tracking={"experiment": "resume-test"},
+    )
 
 
 @pytest.mark.slow
@@ -177,24 +242,33 @@ def test_cli_resume_records_lineage_and_registers_each_model(store_paths, write_
     assert main(["train", "--config", str(config)]) == 0
     assert main(["train", "--config", str(config), "--resume"]) == 0
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("resume-test").experiment_id],
-                              order_by=["attributes.start_time ASC"])
+    runs = client.search_runs(
+        [client.get_experiment_by_name("resume-test").experiment_id], order_by=["attributes.start_time ASC"]
+    )
     first, second = (run for run in runs if run.info.status == "FINISHED")
     assert second.data.tags["resumed_from_run_id"] == first.info.run_id
     assert second.data.tags["resumed_from_step"] == "6" and second.data.tags["world_size"] == "1"
     assert first.data.tags["dataset_fingerprint"] and first.data.tags["git_commit"]
-    assert second.data.tags["resumed_from"] == "checkpoints/last.pt" and "host" not in first.data.tags  # no home path
+    assert (
+        second.data.tags["resumed_from"] == "checkpoints/last.pt" and "host" not in first.data.tags
+    )  # no home path
     assert [m.step for m in client.get_metric_history(first.info.run_id, "train/loss")] == [1, 2, 3, 4, 5, 6]
     assert {"val/z500/rmse_12h", "val/v500/persistence_rmse_12h"} <= set(first.data.metrics)
     assert 0.5 < first.data.metrics["val/z500/acc_6h"] <= 1.0  # anomalies against the seasonal climatology
     versions = client.search_model_versions("name='fourcast-afno-tiny'")
-    assert sorted((int(v.version), v.run_id) for v in versions) == [(1, first.info.run_id), (2, second.info.run_id)]
-    assert [a.path for a in client.list_artifacts(first.info.run_id, "model/artifacts")] == ["model/artifacts/model.pt"]
+    assert sorted((int(v.version), v.run_id) for v in versions) == [
+        (1, first.info.run_id),
+        (2, second.info.run_id),
+    ]
+    assert [a.path for a in client.list_artifacts(first.info.run_id, "model/artifacts")] == [
+        "model/artifacts/model.pt"
+    ]
 
 
 @pytest.mark.slow
-def test_cli_train_refuses_to_overwrite_an_earlier_run_unless_told_to_restart(store_paths, write_run_config,
-                                                                               tmp_path, capsys):
+def test_cli_train_refuses_to_overwrite_an_earlier_run_unless_told_to_restart(
+    store_paths, write_run_config, tmp_path, capsys
+):
     from pipeline.cli import main  # here, not at the top: the killed worker imports this module
 
     config = _cli_config(tmp_path, *store_paths, write_run_config)
@@ -230,6 +304,7 @@ def _worker(argv: list[str]) -> None:
                 out.flush()
             while "train/loss" in metrics and step == hang_at:  # the test kills the job here
                 time.sleep(1)
+
         _run(store, directory, report, ctx, resume)
 
 

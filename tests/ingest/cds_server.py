@@ -45,16 +45,24 @@ from ingest.lexicon import LEXICON, PRESSURE_LEVELS_DATASET, SINGLE_LEVELS_DATAS
 from pipeline.cli import DEFAULT_CONFIG
 
 GRAVITY = 9.80665
-_NAMES = {dataset: sorted({v.cds_name for v in LEXICON.values() if v.dataset == dataset})
-          for dataset in (PRESSURE_LEVELS_DATASET, SINGLE_LEVELS_DATASET)}
+_NAMES = {
+    dataset: sorted({v.cds_name for v in LEXICON.values() if v.dataset == dataset})
+    for dataset in (PRESSURE_LEVELS_DATASET, SINGLE_LEVELS_DATASET)
+}
 _LEVELS = sorted({v.level for v in LEXICON.values() if v.level is not None})
 _BY_NAME = {(v.cds_name, v.level): v for v in LEXICON.values()}
 _HDF5_LOCK = threading.Lock()
 _REQUIRED = ("product_type", "variable", "year", "month", "day", "time", "data_format")
 _OPTIONAL = ("pressure_level", "download_format", "grid", "area")
 #: Mean and amplitude of the single-level test fields per ERA5 short name (magnitudes as in ERA5).
-_SINGLE_LEVEL_CLIMATE = {"u10": (0.0, 6.0), "v10": (0.0, 5.0), "t2m": (282.0, 25.0), "msl": (101_300.0, 1500.0),
-                         "sp": (97_000.0, 3000.0), "tcwv": (22.0, 15.0)}
+_SINGLE_LEVEL_CLIMATE = {
+    "u10": (0.0, 6.0),
+    "v10": (0.0, 5.0),
+    "t2m": (282.0, 25.0),
+    "msl": (101_300.0, 1500.0),
+    "sp": (97_000.0, 3000.0),
+    "tcwv": (22.0, 15.0),
+}
 
 
 def _mean_and_amplitude(variable: Variable) -> tuple[float, float]:
@@ -63,8 +71,14 @@ def _mean_and_amplitude(variable: Variable) -> tuple[float, float]:
         return _SINGLE_LEVEL_CLIMATE[variable.short_name]
     height = 7400.0 * np.log(1013.25 / variable.level)
     humidity = 0.012 * (variable.level / 1000.0) ** 3
-    return {"z": (GRAVITY * height, GRAVITY * 150.0), "t": (288.0 - 0.0065 * min(height, 11_000.0), 12.0),
-            "u": (8.0, 15.0), "v": (0.0, 10.0), "r": (55.0, 30.0), "q": (humidity, 0.4 * humidity)}[variable.short_name]
+    return {
+        "z": (GRAVITY * height, GRAVITY * 150.0),
+        "t": (288.0 - 0.0065 * min(height, 11_000.0), 12.0),
+        "u": (8.0, 15.0),
+        "v": (0.0, 10.0),
+        "r": (55.0, 30.0),
+        "q": (humidity, 0.4 * humidity),
+    }[variable.short_name]
 
 
 def field_values(variable: Variable, times: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
@@ -86,7 +100,9 @@ def field_values(variable: Variable, times: np.ndarray, lat: np.ndarray, lon: np
     hours = (times - np.datetime64("2000-01-01", "ns")) / np.timedelta64(1, "h")
     phase = 2 * np.pi * hours[:, None, None] / 240.0 + 0.01 * (variable.level or 0)
     lat_rad, lon_rad = np.deg2rad(lat)[None, :, None], np.deg2rad(lon)[None, None, :]
-    pattern = np.cos(lat_rad) * np.sin(3 * lon_rad + phase) + 0.3 * np.sin(2 * lat_rad) * np.cos(lon_rad - phase)
+    pattern = np.cos(lat_rad) * np.sin(3 * lon_rad + phase) + 0.3 * np.sin(2 * lat_rad) * np.cos(
+        lon_rad - phase
+    )
     return (mean + amplitude * pattern).astype(np.float32)
 
 
@@ -100,12 +116,17 @@ def cds_run_config(workdir: Path, variables: list[str], **cds) -> dict:
     del raw["synthetic"]
     raw["workdir"] = str(workdir)
     raw["cluster"].update(n_workers=1)
-    raw["ingest"].update(variables=list(variables), source="cds", shard_steps=40,
-                         statistics={"start": "2000-01-01T00:00", "end": "2000-01-31T18:00"},
-                         cds={"period": {"start": "2000-01-01T00:00", "end": "2000-02-29T18:00"},
-                              "grid": [10.0, 10.0], **cds})
-    raw["train"].update(train={"start": "2000-01-01T00:00", "end": "2000-02-10T18:00"},
-                        validation={"start": "2000-02-11T00:00", "end": "2000-02-20T18:00"})
+    raw["ingest"].update(
+        variables=list(variables),
+        source="cds",
+        shard_steps=40,
+        statistics={"start": "2000-01-01T00:00", "end": "2000-01-31T18:00"},
+        cds={"period": {"start": "2000-01-01T00:00", "end": "2000-02-29T18:00"}, "grid": [10.0, 10.0], **cds},
+    )
+    raw["train"].update(
+        train={"start": "2000-01-01T00:00", "end": "2000-02-10T18:00"},
+        validation={"start": "2000-02-11T00:00", "end": "2000-02-20T18:00"},
+    )
     raw["forecast"].update(inits={"start": "2000-02-21T00:00", "end": "2000-02-24T00:00"}, lead_hours=24)
     return raw
 
@@ -195,7 +216,9 @@ class CdsServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="cds-server", daemon=True).start()
+        threading.Thread(
+            target=self._httpd.serve_forever, args=(0.05,), name="cds-server", daemon=True
+        ).start()
         return self
 
     def stop(self) -> None:
@@ -234,9 +257,12 @@ class CdsServer:
             raise _Refusal(400, "invalid request", problem)
         fields = request_field_count(inputs)
         if fields > self.max_fields:
-            raise _Refusal(400, "cost limits exceeded",
-                           f"Your request is too large, please reduce your selection. "
-                           f"Request too large. Cost {fields} over {self.max_fields} limit.")
+            raise _Refusal(
+                400,
+                "cost limits exceeded",
+                f"Your request is too large, please reduce your selection. "
+                f"Request too large. Cost {fields} over {self.max_fields} limit.",
+            )
         job = Job(uuid.uuid4().hex, dataset, inputs, self.take_fault("fail_jobs"), _now())
         with self._lock:
             delivered = {**inputs, **(self.wrong_results.pop(0) if self.wrong_results else {})}
@@ -261,8 +287,9 @@ class CdsServer:
         with self._lock:
             job.polls += 1
             if job.status in ("accepted", "running"):
-                job.status = "running" if job.polls <= self.running_polls else ("failed" if job.fail else
-                                                                                  "successful")
+                job.status = (
+                    "running" if job.polls <= self.running_polls else ("failed" if job.fail else "successful")
+                )
             return job.status
 
 
@@ -297,8 +324,12 @@ def validate_request(dataset: str, inputs: dict) -> str | None:
 
 def request_field_count(inputs: dict) -> int:
     """Fields of a request: variables × levels × valid dates × times."""
-    return (len(_listed(inputs["variable"])) * max(len(_listed(inputs.get("pressure_level", []))), 1)
-            * len(_dates(inputs)) * len(_listed(inputs["time"])))
+    return (
+        len(_listed(inputs["variable"]))
+        * max(len(_listed(inputs.get("pressure_level", []))), 1)
+        * len(_dates(inputs))
+        * len(_listed(inputs["time"]))
+    )
 
 
 def request_grid(inputs: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -315,7 +346,9 @@ def request_grid(inputs: dict) -> tuple[np.ndarray, np.ndarray]:
 
 def request_times(inputs: dict) -> np.ndarray:
     """Valid times (datetime64[ns]) of a request, sorted."""
-    stamps = [np.datetime64(f"{day}T{time}", "ns") for day in _dates(inputs) for time in _listed(inputs["time"])]
+    stamps = [
+        np.datetime64(f"{day}T{time}", "ns") for day in _dates(inputs) for time in _listed(inputs["time"])
+    ]
     return np.array(sorted(stamps), dtype="datetime64[ns]")
 
 
@@ -339,9 +372,12 @@ def _result_dataset(dataset: str, inputs: dict) -> xr.Dataset:
     levels = [int(level) for level in _listed(inputs.get("pressure_level", []))] or [None]
     variables = [_BY_NAME[(name, level)] for name in _listed(inputs["variable"]) for level in levels]
     fields = {v.id: field_values(v, times, lat, lon) for v in variables}
-    attrs = {"GRIB_centre": "ecmf", "Conventions": "CF-1.7",
-             "institution": "European Centre for Medium-Range Weather Forecasts",
-             "history": "fourcast tests: local CDS server (smooth deterministic fields, not ERA5)"}
+    attrs = {
+        "GRIB_centre": "ecmf",
+        "Conventions": "CF-1.7",
+        "institution": "European Centre for Medium-Range Weather Forecasts",
+        "history": "fourcast tests: local CDS server (smooth deterministic fields, not ERA5)",
+    }
     return cds_dataset(times, lat, lon, fields, field_attrs=_field_attrs, attrs=attrs)
 
 
@@ -384,8 +420,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     def _problem(self, status: int, title: str, detail: str = "", **extra) -> None:
-        self._json(status, {"type": "about:blank", "title": title, "status": status, "detail": detail,
-                            "instance": self.path, **extra})
+        self._json(
+            status,
+            {
+                "type": "about:blank",
+                "title": title,
+                "status": status,
+                "detail": detail,
+                "instance": self.path,
+                **extra,
+            },
+        )
 
     def _path(self) -> list[str]:
         return [part for part in urlsplit(self.path).path.split("/") if part]
@@ -393,7 +438,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _authorised(self) -> bool:
         if self.headers.get("PRIVATE-TOKEN") == self.cds.key:
             return True
-        self._problem(401, "Authentication failed", "Operation not allowed: the API key is missing or invalid")
+        self._problem(
+            401, "Authentication failed", "Operation not allowed: the API key is missing or invalid"
+        )
         return False
 
     def _record(self) -> list[str]:
@@ -469,33 +516,57 @@ class _Handler(BaseHTTPRequestHandler):
     def _process(self, dataset: str) -> None:
         if dataset not in _NAMES:
             return self._problem(404, "process not found", f"process {dataset} does not exist")
-        inputs = {"product_type": {"schema": {"type": "array", "items": {"enum": ["reanalysis"]}}},
-                  "variable": {"schema": {"type": "array", "items": {"enum": _NAMES[dataset]}}},
-                  "year": {"schema": {"type": "array"}}, "month": {"schema": {"type": "array"}},
-                  "day": {"schema": {"type": "array"}}, "time": {"schema": {"type": "array"}},
-                  "data_format": {"schema": {"type": "string", "enum": ["grib", "netcdf"]}},
-                  "download_format": {"schema": {"type": "string", "enum": ["unarchived", "zip"]}}}
+        inputs = {
+            "product_type": {"schema": {"type": "array", "items": {"enum": ["reanalysis"]}}},
+            "variable": {"schema": {"type": "array", "items": {"enum": _NAMES[dataset]}}},
+            "year": {"schema": {"type": "array"}},
+            "month": {"schema": {"type": "array"}},
+            "day": {"schema": {"type": "array"}},
+            "time": {"schema": {"type": "array"}},
+            "data_format": {"schema": {"type": "string", "enum": ["grib", "netcdf"]}},
+            "download_format": {"schema": {"type": "string", "enum": ["unarchived", "zip"]}},
+        }
         if dataset == PRESSURE_LEVELS_DATASET:
-            inputs["pressure_level"] = {"schema": {"type": "array", "items": {"enum": [str(l) for l in _LEVELS]}}}
+            inputs["pressure_level"] = {
+                "schema": {"type": "array", "items": {"enum": [str(l) for l in _LEVELS]}}
+            }
         base = f"{self.cds.url}/retrieve/v1/processes/{dataset}"
-        return self._json(200, {
-            "id": dataset, "title": dataset, "version": "1.0.0", "jobControlOptions": ["async-execute"],
-            "outputTransmission": ["reference"], "inputs": inputs,
-            "outputs": {"asset": {"schema": {"type": "object"}}},
-            "links": [{"href": base, "rel": "self", "type": "application/json"},
-                      {"href": f"{base}/execution", "rel": "execute", "type": "application/json"}],
-            "metadata": {"datasetMetadata": {"messages": []}},
-        })
+        return self._json(
+            200,
+            {
+                "id": dataset,
+                "title": dataset,
+                "version": "1.0.0",
+                "jobControlOptions": ["async-execute"],
+                "outputTransmission": ["reference"],
+                "inputs": inputs,
+                "outputs": {"asset": {"schema": {"type": "object"}}},
+                "links": [
+                    {"href": base, "rel": "self", "type": "application/json"},
+                    {"href": f"{base}/execution", "rel": "execute", "type": "application/json"},
+                ],
+                "metadata": {"datasetMetadata": {"messages": []}},
+            },
+        )
 
     def _job_body(self, job: Job) -> dict:
         monitor = f"{self.cds.url}/retrieve/v1/jobs/{job.id}"
-        links = [{"href": monitor, "rel": "self", "type": "application/json"},
-                 {"href": monitor, "rel": "monitor", "type": "application/json", "title": "job status info"}]
+        links = [
+            {"href": monitor, "rel": "self", "type": "application/json"},
+            {"href": monitor, "rel": "monitor", "type": "application/json", "title": "job status info"},
+        ]
         if job.status in ("successful", "failed"):
             links.append({"href": f"{monitor}/results", "rel": "results", "type": "application/json"})
-        return {"processID": job.dataset, "type": "process", "jobID": job.id, "status": job.status,
-                "created": job.created, "updated": _now(), "links": links,
-                "metadata": {"log": [], "request": {"ids": job.inputs}}}
+        return {
+            "processID": job.dataset,
+            "type": "process",
+            "jobID": job.id,
+            "status": job.status,
+            "created": job.created,
+            "updated": _now(),
+            "links": links,
+            "metadata": {"log": [], "request": {"ids": job.inputs}},
+        }
 
     def _job_status(self, job: Job) -> None:
         if self.cds.take_fault("status"):
@@ -508,15 +579,27 @@ class _Handler(BaseHTTPRequestHandler):
             return self._problem(503, "Service Unavailable", "injected transient failure")
         if job.status == "failed":
             self.cds.finish(job)
-            return self._problem(400, "The job has failed.", "",
-                                 traceback="MARS returned no data: injected job failure")
+            return self._problem(
+                400, "The job has failed.", "", traceback="MARS returned no data: injected job failure"
+            )
         if job.status != "successful":
             return self._problem(404, "results not ready", f"job {job.id} is {job.status}")
         size = job.file.stat().st_size
         kind = "application/zip" if job.file.suffix == ".zip" else "application/netcdf"
-        return self._json(200, {"asset": {"value": {
-            "type": kind, "href": f"{self.cds.host}/download/{job.file.name}", "file:size": size,
-            "file:checksum": hashlib.md5(job.file.read_bytes()).hexdigest(), "file:local_path": str(job.file)}}})
+        return self._json(
+            200,
+            {
+                "asset": {
+                    "value": {
+                        "type": kind,
+                        "href": f"{self.cds.host}/download/{job.file.name}",
+                        "file:size": size,
+                        "file:checksum": hashlib.md5(job.file.read_bytes()).hexdigest(),
+                        "file:local_path": str(job.file),
+                    }
+                }
+            },
+        )
 
     def _send_file(self, name: str, body: bool) -> None:
         path = self.cds._files / name
@@ -541,7 +624,7 @@ class _Handler(BaseHTTPRequestHandler):
         truncate = self.cds.take_fault("truncate_downloads")
         stall = not truncate and self.cds.take_fault("stall_downloads")
         if truncate or stall:
-            self.wfile.write(data[start:start + (len(data) - start) // 2])
+            self.wfile.write(data[start : start + (len(data) - start) // 2])
             self.wfile.flush()
             if stall:
                 self.cds.release.wait(timeout=60)

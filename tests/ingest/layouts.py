@@ -27,7 +27,9 @@ _ZIP_INSTANT = "data_stream-oper_stepType-instant.nc"
 _ZIP_ACCUM = "data_stream-oper_stepType-accum.nc"
 
 
-def _grid(fields: Fields, lon_west: bool, lat_ascending: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _grid(
+    fields: Fields, lon_west: bool, lat_ascending: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Coordinates and index orders for a grid delivered as −180..180 and/or south to north."""
     lon = np.where(fields.lon >= 180.0, fields.lon - 360.0, fields.lon) if lon_west else fields.lon
     lon_order = np.argsort(lon, kind="stable")
@@ -42,23 +44,40 @@ def _on_grid(values: np.ndarray, lat_order: np.ndarray, lon_order: np.ndarray) -
 # --- new CDS netCDF ------------------------------------------------------------------------
 
 
-def new_cds_dataset(fields: Fields, ids: tuple[str, ...], *, lon_west: bool = False,
-                    lat_ascending: bool = False) -> xr.Dataset:
-    """The new-CDS layout (:func:`ingest.cds_layout.cds_dataset`), on a grid maybe −180..180 and/or south to north."""
+def new_cds_dataset(
+    fields: Fields, ids: tuple[str, ...], *, lon_west: bool = False, lat_ascending: bool = False
+) -> xr.Dataset:
+    """The new-CDS layout (:func:`ingest.cds_layout.cds_dataset`), on a grid maybe −180..180 and/or south to
+    north."""
     lat, lon, lat_order, lon_order = _grid(fields, lon_west, lat_ascending)
     values = {vid: _on_grid(fields.values[vid], lat_order, lon_order) for vid in ids}
-    return cds_dataset(fields.times, lat, lon, values, expver=fields.expver, field_attrs=_field_attrs,
-                       attrs={"Conventions": "CF-1.7", "institution": "ECMWF"})
+    return cds_dataset(
+        fields.times,
+        lat,
+        lon,
+        values,
+        expver=fields.expver,
+        field_attrs=_field_attrs,
+        attrs={"Conventions": "CF-1.7", "institution": "ECMWF"},
+    )
 
 
 def _field_attrs(variable: Variable, lat: np.ndarray, lon: np.ndarray) -> dict[str, object]:
     """The layout's attributes, with the GRIB shortName where it differs from the netCDF name."""
-    return {**basic_field_attrs(variable, lat, lon), "GRIB_shortName": _GRIB_SHORT_NAMES.get(variable.id,
-                                                                                            variable.short_name)}
+    return {
+        **basic_field_attrs(variable, lat, lon),
+        "GRIB_shortName": _GRIB_SHORT_NAMES.get(variable.id, variable.short_name),
+    }
 
 
-def write_new_cds(fields: Fields, directory: Path, *, stem: str = "era5", lon_west: bool = False,
-                  lat_ascending: bool = False) -> list[Path]:
+def write_new_cds(
+    fields: Fields,
+    directory: Path,
+    *,
+    stem: str = "era5",
+    lon_west: bool = False,
+    lat_ascending: bool = False,
+) -> list[Path]:
     """``{stem}_pl.nc`` (pressure levels) and ``{stem}_sfc.nc`` (single levels), as two requests give."""
     paths = []
     for suffix, ids in (("pl", PRESSURE_IDS), ("sfc", SURFACE_IDS)):
@@ -79,7 +98,8 @@ def write_cds_zip(fields: Fields, path: Path, *, seed: int = 1) -> Path:
     instant = new_cds_dataset(fields, ids)
     rain = np.random.default_rng(seed).gamma(0.5, 1e-3, (fields.times.size, fields.lat.size, fields.lon.size))
     accum = instant.drop_vars(list(instant.data_vars)).assign(
-        tp=(("valid_time", "latitude", "longitude"), rain.astype(np.float32), {"units": "m"}))
+        tp=(("valid_time", "latitude", "longitude"), rain.astype(np.float32), {"units": "m"})
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for member, ds in ((_ZIP_INSTANT, instant), (_ZIP_ACCUM, accum)):
@@ -101,8 +121,14 @@ def _pack(values: np.ndarray, scale: float, offset: float) -> np.ndarray:
     return np.where(np.isnan(packed), _INT16_FILL, np.clip(packed, -32766, 32766)).astype(np.int16)
 
 
-def write_old_cds(fields: Fields, directory: Path, *, stem: str = "era5_old", expver_dim: bool = False,
-                  fill_points: dict[str, tuple[int, int, int]] | None = None) -> list[Path]:
+def write_old_cds(
+    fields: Fields,
+    directory: Path,
+    *,
+    stem: str = "era5_old",
+    expver_dim: bool = False,
+    fill_points: dict[str, tuple[int, int, int]] | None = None,
+) -> list[Path]:
     """Legacy CDS netCDF: int16 packed with ``scale_factor``/``add_offset``, −32767 fill, hours since 1900.
 
     Parameters
@@ -125,8 +151,13 @@ def write_old_cds(fields: Fields, directory: Path, *, stem: str = "era5_old", ex
     return paths
 
 
-def _write_old_cds_file(fields: Fields, ids: tuple[str, ...], path: Path, expver_dim: bool,
-                        fill_points: dict[str, tuple[int, int, int]]) -> None:
+def _write_old_cds_file(
+    fields: Fields,
+    ids: tuple[str, ...],
+    path: Path,
+    expver_dim: bool,
+    fill_points: dict[str, tuple[int, int, int]],
+) -> None:
     variables = [get_variable(vid) for vid in ids]
     levels = sorted({v.level for v in variables if v.level is not None})
     experiments = [1, 5]
@@ -139,7 +170,10 @@ def _write_old_cds_file(fields: Fields, ids: tuple[str, ...], path: Path, expver
         if levels:
             nc.createDimension("level", len(levels))
         nc.createDimension("time", None)
-        for name, values, units in (("longitude", fields.lon, "degrees_east"), ("latitude", fields.lat, "degrees_north")):
+        for name, values, units in (
+            ("longitude", fields.lon, "degrees_east"),
+            ("latitude", fields.lat, "degrees_north"),
+        ):
             var = nc.createVariable(name, "f4", (name,))
             var.units = units
             var[:] = values
@@ -151,20 +185,29 @@ def _write_old_cds_file(fields: Fields, ids: tuple[str, ...], path: Path, expver
             level[:] = levels
         time = nc.createVariable("time", "i4", ("time",))
         time.units, time.long_name, time.calendar = "hours since 1900-01-01 00:00:00.0", "time", "gregorian"
-        time[:] = ((fields.times - np.datetime64("1900-01-01", "ns")) // np.timedelta64(1, "h")).astype(np.int32)
+        time[:] = ((fields.times - np.datetime64("1900-01-01", "ns")) // np.timedelta64(1, "h")).astype(
+            np.int32
+        )
         for short in dict.fromkeys(v.short_name for v in variables):
             members = [v for v in variables if v.short_name == short]
             dims = ("time",) + (("expver",) if expver_dim else ()) + (("level",) if members[0].level else ())
-            shape = (fields.times.size,) + ((len(experiments),) if expver_dim else ()) + \
-                ((len(levels),) if members[0].level else ()) + (fields.lat.size, fields.lon.size)
+            shape = (
+                (fields.times.size,)
+                + ((len(experiments),) if expver_dim else ())
+                + ((len(levels),) if members[0].level else ())
+                + (fields.lat.size, fields.lon.size)
+            )
             cube = np.full(shape, np.nan)
             for v in members:
                 values = fields.values[v.id].astype(np.float64)
                 for point in [p for vid, p in fill_points.items() if vid == v.id]:
                     values[point] = np.nan
                 for t in range(fields.times.size):
-                    index = (t,) + ((experiments.index(int(fields.expver[t])),) if expver_dim else ()) + \
-                        ((levels.index(v.level),) if v.level else ())
+                    index = (
+                        (t,)
+                        + ((experiments.index(int(fields.expver[t])),) if expver_dim else ())
+                        + ((levels.index(v.level),) if v.level else ())
+                    )
                     cube[index] = values[t]
             scale, offset = packing(cube)
             var = nc.createVariable(short, "i2", dims + ("latitude", "longitude"), fill_value=_INT16_FILL)
@@ -178,8 +221,17 @@ def _write_old_cds_file(fields: Fields, ids: tuple[str, ...], path: Path, expver
 # --- GRIB ----------------------------------------------------------------------------------
 
 
-def write_grib(fields: Fields, path: Path, *, lon_west: bool = False, packing_type: str = "grid_ieee",
-               append: bool = False, stream: str = "oper", number: int = 0, step_type: str = "instant") -> Path:
+def write_grib(
+    fields: Fields,
+    path: Path,
+    *,
+    lon_west: bool = False,
+    packing_type: str = "grid_ieee",
+    append: bool = False,
+    stream: str = "oper",
+    number: int = 0,
+    step_type: str = "instant",
+) -> Path:
     """GRIB 1 as MARS/CDS deliver it: one message per (time, variable, level), north to south.
 
     ``grid_ieee`` stores float32 values exactly; ``grid_simple`` (16 bits) is what ERA5 uses.
@@ -198,14 +250,23 @@ def write_grib(fields: Fields, path: Path, *, lon_west: bool = False, packing_ty
                 handle = eccodes.codes_grib_new_from_samples(sample)
                 try:
                     keys = {
-                        "Ni": lon.size, "Nj": lat.size, "jScansPositively": 0,
-                        "latitudeOfFirstGridPointInDegrees": lat[0], "latitudeOfLastGridPointInDegrees": lat[-1],
-                        "longitudeOfFirstGridPointInDegrees": lon[0], "longitudeOfLastGridPointInDegrees": lon[-1],
-                        "iDirectionIncrementInDegrees": lon[1] - lon[0], "jDirectionIncrementInDegrees": lat[0] - lat[1],
-                        "dataDate": int(stamp.strftime("%Y%m%d")), "dataTime": int(stamp.strftime("%H%M")),
+                        "Ni": lon.size,
+                        "Nj": lat.size,
+                        "jScansPositively": 0,
+                        "latitudeOfFirstGridPointInDegrees": lat[0],
+                        "latitudeOfLastGridPointInDegrees": lat[-1],
+                        "longitudeOfFirstGridPointInDegrees": lon[0],
+                        "longitudeOfLastGridPointInDegrees": lon[-1],
+                        "iDirectionIncrementInDegrees": lon[1] - lon[0],
+                        "jDirectionIncrementInDegrees": lat[0] - lat[1],
+                        "dataDate": int(stamp.strftime("%Y%m%d")),
+                        "dataTime": int(stamp.strftime("%H%M")),
                         "shortName": _GRIB_SHORT_NAMES.get(vid, variable.short_name),
-                        "expver": str(fields.expver[t]), "packingType": packing_type,
-                        "stream": stream, "number": number, "stepType": step_type,
+                        "expver": str(fields.expver[t]),
+                        "packingType": packing_type,
+                        "stream": stream,
+                        "number": number,
+                        "stepType": step_type,
                     }
                     if variable.level is not None:
                         keys["level"] = variable.level

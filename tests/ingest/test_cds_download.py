@@ -15,19 +15,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from cds_server import CdsServer, cds_run_config, field_values, request_grid, request_times
 
 from ingest.cds import PlanOptions, plan_requests
 from ingest.cds_download import CdsCredentials, DownloadSettings, download_plan, resolve_credentials
-from ingest.errors import (CdsAuthError, CdsRequestError, CdsResultMismatchError, DownloadError,
-                           RequestTooLargeError)
+from ingest.errors import (
+    CdsAuthError,
+    CdsRequestError,
+    CdsResultMismatchError,
+    DownloadError,
+    RequestTooLargeError,
+)
 from ingest.lexicon import get_variable
 from ingest.schema import DATA, open_store
 from pipeline import sources, stages
-from pipeline.paths import Paths
 from pipeline.cli import main
 from pipeline.config import parse_config
-
-from cds_server import CdsServer, cds_run_config, field_values, request_grid, request_times
+from pipeline.paths import Paths
 
 TWO_LEVELS = ["z500", "z850", "t500", "t850", "t2m"]
 JAN_END = datetime(2000, 1, 31, 18)
@@ -56,13 +60,22 @@ class Sleeps(list):
 
 
 def _settings(tmp_path: Path, **overrides) -> DownloadSettings:
-    fast = dict(cache_dir=tmp_path / "cache", max_fields=10_000, retries=2, backoff_seconds=0.5,
-                poll_max_seconds=0.01, http_tries=2, timeout_seconds=10)
+    fast = dict(
+        cache_dir=tmp_path / "cache",
+        max_fields=10_000,
+        retries=2,
+        backoff_seconds=0.5,
+        poll_max_seconds=0.01,
+        http_tries=2,
+        timeout_seconds=10,
+    )
     return DownloadSettings(**{**fast, **overrides})
 
 
 def _january(variables=("z500",), **options):
-    return plan_requests(list(variables), datetime(2000, 1, 1), JAN_END, 6, PlanOptions(grid=(30.0, 30.0), **options))
+    return plan_requests(
+        list(variables), datetime(2000, 1, 1), JAN_END, 6, PlanOptions(grid=(30.0, 30.0), **options)
+    )
 
 
 def _cache_names(settings: DownloadSettings) -> list[str]:
@@ -73,23 +86,37 @@ def test_two_months_two_levels_download_ingest_and_open(tmp_path, cds, monkeypat
     cds.running_polls = 1  # accepted (POST) -> running -> successful
     monkeypatch.setenv("CDSAPI_URL", cds.url)
     monkeypatch.setenv("CDSAPI_KEY", cds.key)
-    cfg = parse_config(cds_run_config(tmp_path / "work", TWO_LEVELS, backoff_seconds=0.01, poll_max_seconds=0.01))
+    cfg = parse_config(
+        cds_run_config(tmp_path / "work", TWO_LEVELS, backoff_seconds=0.01, poll_max_seconds=0.01)
+    )
     paths = Paths(cfg.workdir)
 
     files = sources.source_files(cfg, paths)  # what run_pipeline does first
 
-    assert [f.name[:15] for f in files] == ["era5-pl_2000-01", "era5-sl_2000-01", "era5-pl_2000-02", "era5-sl_2000-02"]
+    assert [f.name[:15] for f in files] == [
+        "era5-pl_2000-01",
+        "era5-sl_2000-01",
+        "era5-pl_2000-02",
+        "era5-sl_2000-02",
+    ]
     assert len(cds.executions) == 4 and sorted(cds.downloads) == sorted(f"{job}.nc" for job in cds.jobs)
     assert cds.peak_in_flight == 2  # the default concurrency, and no more
     assert all(job.status == "successful" and job.polls >= 2 for job in cds.jobs.values())
-    assert sorted(p.name for p in paths.cds_cache.iterdir()) == sorted([f.name for f in files] +
-                                                                       [f.name + ".json" for f in files])
+    assert sorted(p.name for p in paths.cds_cache.iterdir()) == sorted(
+        [f.name for f in files] + [f.name + ".json" for f in files]
+    )
 
     store = stages.ingest(cfg.ingest, cfg.cluster, files, paths.store, paths.climatology)
     ds = open_store(store)
     assert list(ds["channel"].values) == TWO_LEVELS
-    times = request_times({"year": ["2000"], "month": ["01", "02"], "day": [f"{d:02d}" for d in range(1, 32)],
-                           "time": ["00:00", "06:00", "12:00", "18:00"]})
+    times = request_times(
+        {
+            "year": ["2000"],
+            "month": ["01", "02"],
+            "day": [f"{d:02d}" for d in range(1, 32)],
+            "time": ["00:00", "06:00", "12:00", "18:00"],
+        }
+    )
     np.testing.assert_array_equal(ds["time"].values, times)
     lat, lon = request_grid({"grid": [10.0, 10.0]})
     np.testing.assert_array_equal(ds["lat"].values, lat)
@@ -105,10 +132,14 @@ def test_cli_ingest_run_fetches_from_the_cds_first(tmp_path, cds, monkeypatch, c
     monkeypatch.setenv("CDSAPI_URL", cds.url)
     monkeypatch.setenv("CDSAPI_KEY", "wrong-key")
     config = tmp_path / "cds.yaml"
-    config.write_text(yaml.safe_dump(cds_run_config(tmp_path / "work", ["z500", "t2m"], poll_max_seconds=0.01)))
+    config.write_text(
+        yaml.safe_dump(cds_run_config(tmp_path / "work", ["z500", "t2m"], poll_max_seconds=0.01))
+    )
     assert main(["ingest", "run", "--config", str(config)]) == 1
     assert "fourcast ingest run: CdsAuthError: the CDS refused the key (HTTP 401)" in capsys.readouterr().err
-    assert [p.name for p in (tmp_path / "work").rglob("*") if p.is_file()] == []  # no store, no partial download
+    assert [
+        p.name for p in (tmp_path / "work").rglob("*") if p.is_file()
+    ] == []  # no store, no partial download
 
     monkeypatch.setenv("CDSAPI_KEY", cds.key)
     assert main(["ingest", "run", "--config", str(config)]) == 0
@@ -159,7 +190,10 @@ def test_transient_5xx_are_retried_with_backoff_then_succeed(tmp_path, cds):
     files = download_plan(_january(), settings, CdsCredentials(cds.url, cds.key), sleep=sleeps)
     assert sleeps == [0.5]
     assert all(count == 0 for count in cds.transient_errors.values())
-    assert len(cds.executions) == 1 and files[0].stat().st_size == next(iter(cds.jobs.values())).file.stat().st_size
+    assert (
+        len(cds.executions) == 1
+        and files[0].stat().st_size == next(iter(cds.jobs.values())).file.stat().st_size
+    )
 
 
 def test_persistent_5xx_end_in_a_download_error_after_doubling_waits(tmp_path, cds):
@@ -193,7 +227,9 @@ def test_oversized_requests_are_refused_by_the_planner_limit_or_by_the_cds(tmp_p
 
 
 def test_zip_download_format_is_cached_as_a_zip(tmp_path, cds):
-    files = download_plan(_january(download_format="zip"), _settings(tmp_path), CdsCredentials(cds.url, cds.key))
+    files = download_plan(
+        _january(download_format="zip"), _settings(tmp_path), CdsCredentials(cds.url, cds.key)
+    )
     assert files[0].suffix == ".zip" and files[0].read_bytes()[:4] == b"PK\x03\x04"
 
 
@@ -215,8 +251,10 @@ def test_a_killed_download_resumes_and_fetches_only_what_is_missing(tmp_path, cd
     child = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
-        while not (list(settings.cache_dir.glob(".*.partial-*")) and ("GET", "/download/") in
-                   [(method, path[:10]) for method, path in cds.calls]):
+        while not (
+            list(settings.cache_dir.glob(".*.partial-*"))
+            and ("GET", "/download/") in [(method, path[:10]) for method, path in cds.calls]
+        ):
             assert child.poll() is None, child.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "the child never started writing"
             time.sleep(0.05)
@@ -261,21 +299,36 @@ def test_the_key_never_appears_in_logs_output_or_the_cache(tmp_path, cds, caplog
 THREE_NOONS = dict(start=datetime(2000, 1, 1, 12), end=datetime(2000, 1, 3, 12), step_hours=24)
 
 
-@pytest.mark.parametrize(("wrong", "expected"), [
-    # the case: hourly 07-15Z on one day instead of 12Z on three days
-    ({"day": ["01"], "time": [f"{h:02d}:00" for h in range(7, 16)]},
-     (r"times: expected 3 times 2000-01-01T12:00 \.\. 2000-01-03T12:00, "
-      r"found 9 times 2000-01-01T07:00 \.\. 2000-01-01T15:00; "
-      r"missing \[2000-01-02T12:00, 2000-01-03T12:00\], unexpected \[2000-01-01T07:00")),
-    ({"pressure_level": ["850"]}, r"variables: expected \['z500'\], found \['z850'\]"),
-    ({"pressure_level": ["500", "850"]}, r"pressure levels: expected \[500\] hPa, found \[500, 850\] hPa"),
-    ({"variable": ["temperature"]}, r"variables: expected \['z500'\], found \['t500'\]"),
-    ({"grid": [10.0, 10.0]},
-     (r"grid: expected 30° x 30°, global; "
-      r"found 19 latitudes 90 \.\. -90 every 10°, 36 longitudes 0 \.\. 350")),
-])
-def test_a_result_that_is_not_what_was_requested_is_refused_and_kept_out_of_the_cache(tmp_path, cds, wrong,
-                                                                                      expected):
+@pytest.mark.parametrize(
+    ("wrong", "expected"),
+    [
+        # the case: hourly 07-15Z on one day instead of 12Z on three days
+        (
+            {"day": ["01"], "time": [f"{h:02d}:00" for h in range(7, 16)]},
+            (
+                r"times: expected 3 times 2000-01-01T12:00 \.\. 2000-01-03T12:00, "
+                r"found 9 times 2000-01-01T07:00 \.\. 2000-01-01T15:00; "
+                r"missing \[2000-01-02T12:00, 2000-01-03T12:00\], unexpected \[2000-01-01T07:00"
+            ),
+        ),
+        ({"pressure_level": ["850"]}, r"variables: expected \['z500'\], found \['z850'\]"),
+        (
+            {"pressure_level": ["500", "850"]},
+            r"pressure levels: expected \[500\] hPa, found \[500, 850\] hPa",
+        ),
+        ({"variable": ["temperature"]}, r"variables: expected \['z500'\], found \['t500'\]"),
+        (
+            {"grid": [10.0, 10.0]},
+            (
+                r"grid: expected 30° x 30°, global; "
+                r"found 19 latitudes 90 \.\. -90 every 10°, 36 longitudes 0 \.\. 350"
+            ),
+        ),
+    ],
+)
+def test_a_result_that_is_not_what_was_requested_is_refused_and_kept_out_of_the_cache(
+    tmp_path, cds, wrong, expected
+):
     plan = plan_requests(["z500"], options=PlanOptions(grid=(30.0, 30.0)), **THREE_NOONS)
     settings = _settings(tmp_path)
     cds.wrong_results.append(wrong)
@@ -318,8 +371,9 @@ def test_cli_ingest_run_refuses_a_wrong_cds_result_and_writes_no_store(tmp_path,
     monkeypatch.setenv("CDSAPI_KEY", cds.key)
     cds.wrong_results.append({"time": ["12:00"]})
     config = tmp_path / "cds.yaml"
-    config.write_text(yaml.safe_dump(cds_run_config(tmp_path / "work", ["z500"], poll_max_seconds=0.01,
-                                                    concurrency=1)))
+    config.write_text(
+        yaml.safe_dump(cds_run_config(tmp_path / "work", ["z500"], poll_max_seconds=0.01, concurrency=1))
+    )
     assert main(["ingest", "run", "--config", str(config)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fourcast ingest run: CdsResultMismatchError: ")
@@ -329,11 +383,15 @@ def test_cli_ingest_run_refuses_a_wrong_cds_result_and_writes_no_store(tmp_path,
 
 def test_an_area_across_greenwich_is_accepted_and_another_area_refused(tmp_path, cds):
     credentials = CdsCredentials(cds.url, cds.key)
-    europe = plan_requests(["t2m"], options=PlanOptions(grid=(10.0, 10.0), area=(60.0, -10.0, 30.0, 20.0)),
-                           **THREE_NOONS)
+    europe = plan_requests(
+        ["t2m"], options=PlanOptions(grid=(10.0, 10.0), area=(60.0, -10.0, 30.0, 20.0)), **THREE_NOONS
+    )
     (fetched,) = download_plan(europe, _settings(tmp_path / "good"), credentials)
     assert fetched.name == europe[0].filename
     cds.wrong_results.append({"area": [60.0, 30.0, 30.0, 60.0]})
-    with pytest.raises(CdsResultMismatchError, match=r"grid: expected 10° x 10°, area N 60 W -10 S 30 E 20; found 4 "
-                                                     "latitudes 60 .. 30 every 10°, 4 longitudes 30 .. 60"):
+    with pytest.raises(
+        CdsResultMismatchError,
+        match=r"grid: expected 10° x 10°, area N 60 W -10 S 30 E 20; found 4 "
+        "latitudes 60 .. 30 every 10°, 4 longitudes 30 .. 60",
+    ):
         download_plan(europe, _settings(tmp_path / "bad"), credentials)

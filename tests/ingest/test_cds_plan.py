@@ -6,14 +6,20 @@ from datetime import datetime
 
 import pytest
 import yaml
+from cds_server import cds_run_config
 
-from ingest.cds import (DEFAULT_MAX_FIELDS, PlanOptions, check_request, describe_plan, plan_requests, request_fields,
-                        request_key)
+from ingest.cds import (
+    DEFAULT_MAX_FIELDS,
+    PlanOptions,
+    check_request,
+    describe_plan,
+    plan_requests,
+    request_fields,
+    request_key,
+)
 from ingest.errors import CdsRequestError, RequestTooLargeError, UnknownVariableError
 from ingest.lexicon import LEXICON, PRESSURE_LEVELS_DATASET, SINGLE_LEVELS_DATASET
 from pipeline.cli import main
-
-from cds_server import cds_run_config
 
 JAN, FEB_END = datetime(2000, 1, 1), datetime(2000, 2, 29, 18)
 TWO_LEVELS = ["z500", "z850", "t500", "t850", "t2m"]
@@ -26,8 +32,11 @@ def _delivered(plan) -> dict[str, list[str]]:
         levels = item.request.get("pressure_level", [None])
         for name in item.request["variable"]:
             for level in levels:
-                matches = [v.id for v in LEXICON.values()
-                           if v.cds_name == name and v.level == (int(level) if level else None)]
+                matches = [
+                    v.id
+                    for v in LEXICON.values()
+                    if v.cds_name == name and v.level == (int(level) if level else None)
+                ]
                 assert len(matches) == 1
                 months.setdefault(matches[0], []).append(item.month)
     return months
@@ -36,11 +45,25 @@ def _delivered(plan) -> dict[str, list[str]]:
 def test_two_months_two_levels_in_the_new_cds_form():
     plan = plan_requests(TWO_LEVELS, JAN, FEB_END, 6, PlanOptions(grid=(10.0, 10.0), area=(90, 0, -90, 359)))
     assert [(p.month, p.dataset) for p in plan] == [
-        ("2000-01", PRESSURE_LEVELS_DATASET), ("2000-01", SINGLE_LEVELS_DATASET),
-        ("2000-02", PRESSURE_LEVELS_DATASET), ("2000-02", SINGLE_LEVELS_DATASET)]
+        ("2000-01", PRESSURE_LEVELS_DATASET),
+        ("2000-01", SINGLE_LEVELS_DATASET),
+        ("2000-02", PRESSURE_LEVELS_DATASET),
+        ("2000-02", SINGLE_LEVELS_DATASET),
+    ]
     january = plan[0].request
-    assert list(january) == ["product_type", "variable", "pressure_level", "year", "month", "day", "time",
-                             "data_format", "download_format", "grid", "area"]
+    assert list(january) == [
+        "product_type",
+        "variable",
+        "pressure_level",
+        "year",
+        "month",
+        "day",
+        "time",
+        "data_format",
+        "download_format",
+        "grid",
+        "area",
+    ]
     assert january["product_type"] == ["reanalysis"]
     assert january["variable"] == ["geopotential", "temperature"]
     assert january["pressure_level"] == ["500", "850"]
@@ -93,8 +116,14 @@ def test_a_month_of_one_field_over_the_limit_is_refused_before_anything_is_sent(
 
 
 def test_a_hand_made_request_over_the_limit_is_refused():
-    request = {"variable": ["geopotential", "temperature"], "pressure_level": ["500", "850"], "year": ["2000"],
-               "month": ["01", "02"], "day": [f"{d:02d}" for d in range(1, 32)], "time": ["00:00", "12:00"]}
+    request = {
+        "variable": ["geopotential", "temperature"],
+        "pressure_level": ["500", "850"],
+        "year": ["2000"],
+        "month": ["01", "02"],
+        "day": [f"{d:02d}" for d in range(1, 32)],
+        "time": ["00:00", "12:00"],
+    }
     # February has 29 days in 2000: 30 and 31 February are not fields
     assert request_fields(request) == 2 * 2 * (31 + 29) * 2
     assert check_request(request, 480) == 480
@@ -104,12 +133,15 @@ def test_a_hand_made_request_over_the_limit_is_refused():
         request_fields({"variable": ["geopotential"]})
 
 
-@pytest.mark.parametrize("start, end, step, message", [
-    (datetime(2000, 1, 1, 6), datetime(2000, 1, 31, 18), 6, "must start at 00:00 and end at 18:00"),
-    (datetime(2000, 1, 1), datetime(2000, 1, 31, 12), 6, "must start at 00:00 and end at 18:00"),
-    (datetime(2000, 1, 1), datetime(2000, 1, 31, 18), 5, "step_hours must divide 24"),
-    (datetime(2000, 1, 31), datetime(2000, 1, 1), 6, "must be after start"),
-])
+@pytest.mark.parametrize(
+    "start, end, step, message",
+    [
+        (datetime(2000, 1, 1, 6), datetime(2000, 1, 31, 18), 6, "must start at 00:00 and end at 18:00"),
+        (datetime(2000, 1, 1), datetime(2000, 1, 31, 12), 6, "must start at 00:00 and end at 18:00"),
+        (datetime(2000, 1, 1), datetime(2000, 1, 31, 18), 5, "step_hours must divide 24"),
+        (datetime(2000, 1, 31), datetime(2000, 1, 1), 6, "must be after start"),
+    ],
+)
 def test_periods_that_are_not_whole_days_on_the_step_grid_are_refused(start, end, step, message):
     with pytest.raises(CdsRequestError, match=message):
         plan_requests(["z500"], start, end, step)
@@ -158,7 +190,9 @@ def test_cli_ingest_plan_prints_requests_and_cost_without_sending(tmp_path, caps
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
     assert len(lines) == 1 + 4 + 1
-    assert "2000-01  reanalysis-era5-pressure-levels       496  geopotential, temperature at 500/850 hPa" in out
+    assert (
+        "2000-01  reanalysis-era5-pressure-levels       496  geopotential, temperature at 500/850 hPa" in out
+    )
     assert "2000-02  reanalysis-era5-single-levels         116  2m_temperature" in out
     assert lines[-1] == f"total: 4 requests, {496 + 124 + 464 + 116} fields"
     assert not (tmp_path / "work").exists()  # nothing fetched, nothing written

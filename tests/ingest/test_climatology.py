@@ -17,7 +17,6 @@ from dask.callbacks import Callback
 from ingest.climatology import climatology_at, compute_climatology, window_weights, write_climatology
 from ingest.errors import StoreSchemaError
 from ingest.schema import CLIMATOLOGY_DIMS, open_climatology
-
 from tests.ingest.fields import canonical_fields
 
 
@@ -34,7 +33,8 @@ def climatology(three_years, tmp_path_factory):
 
 
 def _by_definition(data: xr.DataArray, day: int, hour: int, window: int = 61) -> np.ndarray:
-    """Weighted mean over (year, day in window) of the fields at ``hour``; day 366 of a common year is its day 365."""
+    """Weighted mean over (year, day in window) of the fields at ``hour``; day 366 of a common year is its day
+    365."""
     weights, half = window_weights(window), window // 2
     total, weight = 0.0, 0.0
     for year in np.unique(data["time"].dt.year.values):
@@ -60,8 +60,9 @@ def test_window_is_weatherbench2s_triangle():
 
 @pytest.mark.parametrize(("day", "hour"), [(1, 0), (59, 6), (60, 12), (200, 18), (366, 0)])
 def test_values_follow_the_definition(three_years, climatology, day, hour):
-    np.testing.assert_allclose(climatology.sel(dayofyear=day, hour=hour).values,
-                               _by_definition(three_years, day, hour), rtol=1e-6)
+    np.testing.assert_allclose(
+        climatology.sel(dayofyear=day, hour=hour).values, _by_definition(three_years, day, hour), rtol=1e-6
+    )
 
 
 def test_store_layout(climatology):
@@ -72,19 +73,27 @@ def test_store_layout(climatology):
 
 
 def test_selected_at_valid_times_of_any_shape(climatology):
-    times = xr.DataArray(np.array([["2004-03-01T06", "2005-03-01T06"], ["2010-12-31T18", "2011-01-01T00"]],
-                                  dtype="datetime64[ns]"), dims=("init_time", "lead_time"))
+    times = xr.DataArray(
+        np.array(
+            [["2004-03-01T06", "2005-03-01T06"], ["2010-12-31T18", "2011-01-01T00"]], dtype="datetime64[ns]"
+        ),
+        dims=("init_time", "lead_time"),
+    )
     picked = climatology_at(climatology, times)
     assert picked.dims == ("init_time", "lead_time", "channel", "lat", "lon")
     expect = [[(61, 6), (60, 6)], [(365, 18), (1, 0)]]  # 1 March is day 61 in a leap year
     for i, row in enumerate(expect):
         for j, (day, hour) in enumerate(row):
-            np.testing.assert_array_equal(picked.values[i, j], climatology.sel(dayofyear=day, hour=hour).values)
+            np.testing.assert_array_equal(
+                picked.values[i, j], climatology.sel(dayofyear=day, hour=hour).values
+            )
 
 
 def test_times_between_the_stored_hours_and_old_layouts_are_refused(climatology, tmp_path):
     with pytest.raises(StoreSchemaError, match="fall between them"):
-        climatology_at(climatology, xr.DataArray(np.array(["2004-03-01T03"], dtype="datetime64[ns]"), dims="t"))
+        climatology_at(
+            climatology, xr.DataArray(np.array(["2004-03-01T03"], dtype="datetime64[ns]"), dims="t")
+        )
     mean_state = xr.Dataset({"climatology": (("channel", "lat", "lon"), np.zeros((3, 3, 4), np.float32))})
     mean_state.to_zarr(tmp_path / "old.zarr", zarr_format=3, consolidated=False)
     with pytest.raises(StoreSchemaError, match=r"expected climatology\['dayofyear', 'hour'"):
@@ -113,12 +122,16 @@ class _TaskCounter(Callback):
         self.executed += 1
 
 
-@pytest.mark.parametrize(("start", "end", "step_hours", "chunk_steps"), [
-    ("2003-01-01T00", "2003-01-10T23", 1, 40),  # hourly: 24 hours of day, 10 days, 6 blocks
-    ("2003-01-01T00", "2005-12-31T18", 6, 730),  # 6-hourly: 4 hours, 3 years with a leap day, 7 blocks
-])
-def test_the_dask_graph_has_a_few_tasks_per_block_whatever_the_hours_days_and_years(tmp_path, start, end,
-                                                                                    step_hours, chunk_steps):
+@pytest.mark.parametrize(
+    ("start", "end", "step_hours", "chunk_steps"),
+    [
+        ("2003-01-01T00", "2003-01-10T23", 1, 40),  # hourly: 24 hours of day, 10 days, 6 blocks
+        ("2003-01-01T00", "2005-12-31T18", 6, 730),  # 6-hourly: 4 hours, 3 years with a leap day, 7 blocks
+    ],
+)
+def test_the_dask_graph_has_a_few_tasks_per_block_whatever_the_hours_days_and_years(
+    tmp_path, start, end, step_hours, chunk_steps
+):
     data = canonical_fields(start, end, step_hours=step_hours, nlat=3, nlon=4, chunk_steps=chunk_steps)
     blocks = data.data.numblocks[0]
     lazy = compute_climatology(data, np.datetime64(start), np.datetime64(end))
@@ -133,8 +146,9 @@ def test_the_dask_graph_has_a_few_tasks_per_block_whatever_the_hours_days_and_ye
 
 def test_the_climatology_does_not_depend_on_where_the_blocks_are_cut(three_years, climatology):
     # blocks of 5 steps cut days, years and the repeated day 365 of the common years apart
-    lazy = compute_climatology(three_years.chunk({"time": 5}), np.datetime64("2003-01-01T00"),
-                               np.datetime64("2005-12-31T18"))
+    lazy = compute_climatology(
+        three_years.chunk({"time": 5}), np.datetime64("2003-01-01T00"), np.datetime64("2005-12-31T18")
+    )
     np.testing.assert_allclose(lazy.values, climatology.values, rtol=1e-6)
 
 
@@ -182,7 +196,9 @@ def test_leftovers_of_a_killed_write_are_removed_and_a_live_writers_kept(tmp_pat
         legacy.mkdir()
         (left,) = tmp_path.glob(f".climatology.zarr.partial-*-{killed.pid}-*")
 
-        lazy = compute_climatology(three_years, np.datetime64("2003-01-01T00"), np.datetime64("2005-12-31T18"))
+        lazy = compute_climatology(
+            three_years, np.datetime64("2003-01-01T00"), np.datetime64("2005-12-31T18")
+        )
         write_climatology(lazy, path)
 
         assert not left.exists() and not legacy.exists()

@@ -9,7 +9,6 @@ import xarray as xr
 from ingest.coarsen import coarsen, latitude_weights, longitude_weights
 from ingest.errors import StoreSchemaError
 from ingest.grid import cell_area_weights, equiangular_lats, regular_lons
-
 from tests.ingest.fields import canonical_fields
 
 
@@ -61,7 +60,9 @@ def test_remap_between_equiangular_grids_with_poles_keeps_the_area_mean_and_cons
     # a field varying slowly is barely changed, a point-to-point noise is averaged down
     smooth = np.cos(np.deg2rad(lat))[:, None] * np.cos(np.deg2rad(lon))[None, :]
     coarse = remap(smooth, lat, lon, 32, 64)
-    expected = np.cos(np.deg2rad(equiangular_lats(32)))[:, None] * np.cos(np.deg2rad(regular_lons(64)))[None, :]
+    expected = (
+        np.cos(np.deg2rad(equiangular_lats(32)))[:, None] * np.cos(np.deg2rad(regular_lons(64)))[None, :]
+    )
     # cell means, not point values: the polar caps (2.9 degrees high) average cos(lat) to 0.038, not 0
     assert np.abs(coarse - expected)[1:-1].max() < 0.02 and np.abs(coarse - expected).max() < 0.05
     assert remap(field, lat, lon, 32, 64).std() < 0.6 * field.std()

@@ -3,12 +3,23 @@ import pytest
 
 from ingest.errors import UnknownVariableError
 from ingest.grid import cell_area_weights, equiangular_lats
-from ingest.lexicon import LEXICON, PRESSURE_LEVELS_DATASET, SINGLE_LEVELS_DATASET, get_variable, get_variables
+from ingest.lexicon import (
+    LEXICON,
+    PRESSURE_LEVELS_DATASET,
+    SINGLE_LEVELS_DATASET,
+    get_variable,
+    get_variables,
+)
 
 
 def test_lexicon_maps_ids_to_era5_names_and_units():
     z500 = get_variable("z500")
-    assert (z500.cds_name, z500.short_name, z500.level, z500.units) == ("geopotential", "z", 500, "m**2 s**-2")
+    assert (z500.cds_name, z500.short_name, z500.level, z500.units) == (
+        "geopotential",
+        "z",
+        500,
+        "m**2 s**-2",
+    )
     assert z500.dataset == PRESSURE_LEVELS_DATASET
     t2m = get_variable("t2m")
     assert (t2m.short_name, t2m.level, t2m.units, t2m.dataset) == ("t2m", None, "K", SINGLE_LEVELS_DATASET)

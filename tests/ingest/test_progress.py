@@ -37,7 +37,10 @@ def test_the_environment_chooses_the_mode(monkeypatch, caplog):
     monkeypatch.setenv("FOURCAST_PROGRESS", "log")
     assert isinstance(progress(3, "x", "steps"), LogProgress)
     monkeypatch.setenv("FOURCAST_PROGRESS", "bar")
-    assert type(progress(3, "x", "steps")).__name__ == "tqdm" or "tqdm" in type(progress(3, "x", "steps")).__module__
+    assert (
+        type(progress(3, "x", "steps")).__name__ == "tqdm"
+        or "tqdm" in type(progress(3, "x", "steps")).__module__
+    )
     monkeypatch.delenv("FOURCAST_PROGRESS")
     assert progress_mode() == "log"  # pytest's stderr is not a terminal
 

@@ -12,14 +12,23 @@ import xarray as xr
 from dask.distributed import LocalCluster
 
 from ingest.errors import StoreSchemaError
-from ingest.statistics import (Moments, Partials, StatsWindow, block_partials, choose_default_period,
-                               compute_statistics, default_period, incoming_span, incoming_tendency, merge_all,
-                               merge_partials)
 from ingest.schema import open_store
+from ingest.statistics import (
+    Moments,
+    Partials,
+    StatsWindow,
+    block_partials,
+    choose_default_period,
+    compute_statistics,
+    default_period,
+    incoming_span,
+    incoming_tendency,
+    merge_all,
+    merge_partials,
+)
 from ingest.store import StatsPeriod, StoreLayout, write_store
 from pipeline.cli import main
 from pipeline.paths import Paths
-
 from tests.ingest import layouts
 from tests.ingest.fields import canonical_fields, make_fields
 
@@ -48,15 +57,27 @@ def test_store_statistics_agree_with_numpy_on_the_training_subset(tmp_path):
     period = StatsPeriod(np.datetime64("2001-01-10T00"), np.datetime64("2001-02-20T18"))
     store = write_store(data, tmp_path / "store.zarr", period, StoreLayout(shard_steps=24))
     ds = xr.open_zarr(store, consolidated=False)
-    assert list(ds["channel"].values) == ["z500", "u500", "v500"] and ds["data"].dims == ("time", "channel", "lat", "lon")
+    assert list(ds["channel"].values) == ["z500", "u500", "v500"] and ds["data"].dims == (
+        "time",
+        "channel",
+        "lat",
+        "lon",
+    )
     train = ds["data"].sel(time=slice(period.start, period.end)).values.astype(np.float64)
     flat = np.moveaxis(train, 1, 0).reshape(3, -1)
     tendency = np.moveaxis(train[1:] - train[:-1], 1, 0).reshape(3, -1)
-    expected = {"mean": flat.mean(axis=1), "std": flat.std(axis=1), "minimum": flat.min(axis=1),
-                "maximum": flat.max(axis=1), "tendency_std": tendency.std(axis=1)}
+    expected = {
+        "mean": flat.mean(axis=1),
+        "std": flat.std(axis=1),
+        "minimum": flat.min(axis=1),
+        "maximum": flat.max(axis=1),
+        "tendency_std": tendency.std(axis=1),
+    }
     for name, values in expected.items():
         for c, scale in enumerate(flat.std(axis=1)):  # near-zero means are compared on the channel's scale
-            np.testing.assert_allclose(ds[name].values[c], values[c], rtol=1e-6, atol=1e-6 * scale, err_msg=name)
+            np.testing.assert_allclose(
+                ds[name].values[c], values[c], rtol=1e-6, atol=1e-6 * scale, err_msg=name
+            )
     assert ds.attrs["stats_start"] == str(period.start) and ds.attrs["tendency_hours"] == 6
     assert not np.allclose(ds["mean"].values, ds["data"].values.mean(axis=(0, 2, 3)), rtol=1e-6)
 
@@ -79,11 +100,18 @@ def test_statistics_do_not_depend_on_where_the_blocks_are_cut(chunk_steps):
     train = hourly.sel(time=slice(start, end)).values.astype(np.float64)
     flat = np.moveaxis(train, 1, 0).reshape(3, -1)
     six_hours = np.moveaxis(train[6:] - train[:-6], 1, 0).reshape(3, -1)
-    expected = {"mean": flat.mean(axis=1), "std": flat.std(axis=1), "minimum": flat.min(axis=1),
-                "maximum": flat.max(axis=1), "tendency_std": six_hours.std(axis=1)}
+    expected = {
+        "mean": flat.mean(axis=1),
+        "std": flat.std(axis=1),
+        "minimum": flat.min(axis=1),
+        "maximum": flat.max(axis=1),
+        "tendency_std": six_hours.std(axis=1),
+    }
     scale = flat.std(axis=1)  # near-zero means are compared on the channel's scale
     for name, values in expected.items():
-        np.testing.assert_allclose(stats[name].values / scale, values / scale, rtol=1e-6, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(
+            stats[name].values / scale, values / scale, rtol=1e-6, atol=1e-6, err_msg=name
+        )
 
 
 def test_block_partials_cover_each_value_and_each_pair_once():
@@ -91,10 +119,10 @@ def test_block_partials_cover_each_value_and_each_pair_once():
     window = StatsWindow(first=3, stop=17, lag=3)
     parts = []
     for offset in range(0, 20, 5):  # blocks of 5 steps; pairs (j - 3, j) cross every boundary
-        part = block_partials(values[offset:offset + 5], offset, window)
+        part = block_partials(values[offset : offset + 5], offset, window)
         span = incoming_span(offset, 5, window)
         if span is not None:
-            part = part.with_incoming(incoming_tendency(values[span[0]:span[1]], span[0], offset, window))
+            part = part.with_incoming(incoming_tendency(values[span[0] : span[1]], span[0], offset, window))
         parts.append(part)
     total = merge_partials(parts)
     inside = values[3:17, :, 0, 0]
@@ -125,16 +153,28 @@ def test_the_default_period_fits_records_too_short_to_leave_years_out():
     two_days = np.array(["2001-03-01T00", "2001-03-02T00"], dtype="datetime64[ns]")
     start, end, reason = choose_default_period(two_days, 3)
     assert (start, end) == (two_days[0], two_days[1])  # not one step, which no statistics can use
-    assert reason == ("all 2 steps: the data spans 1 calendar year(s), too few to leave out the last 3 and keep 2 "
-                      "steps, and 80 % of them is under the 2 steps needed")
+    assert reason == (
+        "all 2 steps: the data spans 1 calendar year(s), too few to leave out the last 3 and keep 2 "
+        "steps, and 80 % of them is under the 2 steps needed"
+    )
     # four calendar years, but the first holds one step: leaving three out would keep just that step
-    late_start = np.arange(np.datetime64("1999-12-31T18"), np.datetime64("2003-01-01T00"), np.timedelta64(6, "h"))
+    late_start = np.arange(
+        np.datetime64("1999-12-31T18"), np.datetime64("2003-01-01T00"), np.timedelta64(6, "h")
+    )
     start, end, reason = choose_default_period(late_start, 3)
     assert (start, end) == (late_start[0], late_start[int(0.8 * late_start.size) - 1])
-    assert reason.startswith("the first 80 % of the steps: the data spans 4 calendar year(s), too few to leave out")
-    ten_days = np.arange(np.datetime64("2001-03-01T00"), np.datetime64("2001-03-11T00"), np.timedelta64(1, "D"))
+    assert reason.startswith(
+        "the first 80 % of the steps: the data spans 4 calendar year(s), too few to leave out"
+    )
+    ten_days = np.arange(
+        np.datetime64("2001-03-01T00"), np.datetime64("2001-03-11T00"), np.timedelta64(1, "D")
+    )
     assert choose_default_period(ten_days, 3)[:2] == (ten_days[0], ten_days[7])
-    assert choose_default_period(ten_days, 0) == (ten_days[0], ten_days[-1], "all the data (no years left out)")
+    assert choose_default_period(ten_days, 0) == (
+        ten_days[0],
+        ten_days[-1],
+        "all the data (no years left out)",
+    )
 
 
 def test_a_two_step_store_takes_the_default_period_and_records_why(tmp_path):
@@ -145,46 +185,67 @@ def test_a_two_step_store_takes_the_default_period_and_records_why(tmp_path):
     recorded = [np.datetime64(ds.attrs[key]) for key in ("stats_start", "stats_end")]
     np.testing.assert_array_equal(recorded, data["time"].values)
     assert ds.attrs["stats_period_default"].startswith("all 2 steps: the data spans 1 calendar year(s)")
-    np.testing.assert_allclose(ds["mean"].values, data.values.astype(np.float64).mean(axis=(0, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(
+        ds["mean"].values, data.values.astype(np.float64).mean(axis=(0, 2, 3)), rtol=1e-6
+    )
 
 
 def test_a_period_of_one_step_is_refused_with_the_callers_remedy(tmp_path):
     data = canonical_fields("2001-03-01T00", "2001-03-02T00", step_hours=24)
     one_step = StatsPeriod(data["time"].values[0], data["time"].values[0], remedy="widen ingest.statistics")
-    with pytest.raises(StoreSchemaError, match=r"statistics period 2001-03-01.*selects 1 time steps; the data covers "
-                                               r"2001-03-01.*2001-03-02.*; widen ingest\.statistics"):
+    with pytest.raises(
+        StoreSchemaError,
+        match=r"statistics period 2001-03-01.*selects 1 time steps; the data covers "
+        r"2001-03-01.*2001-03-02.*; widen ingest\.statistics",
+    ):
         write_store(data, tmp_path / "store.zarr", one_step, StoreLayout(shard_steps=4))
     assert not (tmp_path / "store.zarr").exists()
 
 
 @pytest.fixture
 def scheduler_address():
-    """A threaded in-process Dask cluster for ``--scheduler-address`` (cheaper than the stage's own processes)."""
+    """A threaded in-process Dask cluster for ``--scheduler-address`` (cheaper than the stage's own
+    processes)."""
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
         yield cluster.scheduler_address
 
 
 def _two_daily_files(raw: Path) -> None:
-    first, second = make_fields(ntime=1, ids=("z500",)), make_fields(ntime=1, ids=("z500",), seed=1,
-                                                                      start="2000-01-02T00")
+    first, second = (
+        make_fields(ntime=1, ids=("z500",)),
+        make_fields(ntime=1, ids=("z500",), seed=1, start="2000-01-02T00"),
+    )
     layouts.write_new_cds(first, raw, stem="era5_20000101")
     layouts.write_new_cds(second, raw, stem="era5_20000102")
 
 
-def test_cli_ingests_two_daily_files_with_the_default_period(tmp_path, write_run_config, scheduler_address, capsys):
+def test_cli_ingests_two_daily_files_with_the_default_period(
+    tmp_path, write_run_config, scheduler_address, capsys
+):
     paths = Paths(tmp_path / "work")
     _two_daily_files(paths.raw)
-    config = write_run_config(tmp_path / "config.yaml", paths.workdir,
-                              ingest={"variables": ["z500"], "source": "files", "shard_steps": 4, "statistics": None})
-    assert main(["ingest", "run", "--config", str(config), "--scheduler-address", scheduler_address]) == 0, \
+    config = write_run_config(
+        tmp_path / "config.yaml",
+        paths.workdir,
+        ingest={"variables": ["z500"], "source": "files", "shard_steps": 4, "statistics": None},
+    )
+    assert main(["ingest", "run", "--config", str(config), "--scheduler-address", scheduler_address]) == 0, (
         capsys.readouterr().err
+    )
     store = open_store(paths.store)
     assert store.attrs["stats_end"].startswith("2000-01-02T00")
     assert store.attrs["stats_period_default"].startswith("all 2 steps")
 
-    explicit = write_run_config(tmp_path / "explicit.yaml", tmp_path / "other",
-                                ingest={"variables": ["z500"], "source": "files", "shard_steps": 4,
-                                        "statistics": {"start": "2000-01-01T00:00", "end": "2000-01-01T12:00"}})
+    explicit = write_run_config(
+        tmp_path / "explicit.yaml",
+        tmp_path / "other",
+        ingest={
+            "variables": ["z500"],
+            "source": "files",
+            "shard_steps": 4,
+            "statistics": {"start": "2000-01-01T00:00", "end": "2000-01-01T12:00"},
+        },
+    )
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "era5").symlink_to(paths.raw)
     capsys.readouterr()
@@ -206,17 +267,23 @@ def test_a_new_statistics_period_without_new_dates_recomputes_the_statistics_and
 
     write_store(data, store, later, layout, climatology_path=climatology)  # the same dates, another period
 
-    fresh = write_store(data, tmp_path / "fresh.zarr", later, layout, climatology_path=tmp_path / "fresh_clim.zarr")
+    fresh = write_store(
+        data, tmp_path / "fresh.zarr", later, layout, climatology_path=tmp_path / "fresh_clim.zarr"
+    )
     ds, expected = open_store(store), open_store(fresh)
     assert (ds.attrs["stats_start"], ds.attrs["stats_end"]) == (str(later.start), str(later.end))
     for name in ("mean", "std", "minimum", "maximum", "tendency_std"):
         np.testing.assert_array_equal(ds[name].values, expected[name].values, err_msg=name)
     np.testing.assert_array_equal(ds["data"].values, data.values)
     assert first_shard.stat().st_ino == inode  # complete shards are linked, not rewritten
-    clim, expected_clim = (xr.open_zarr(path, consolidated=False) for path in (climatology, tmp_path / "fresh_clim.zarr"))
+    clim, expected_clim = (
+        xr.open_zarr(path, consolidated=False) for path in (climatology, tmp_path / "fresh_clim.zarr")
+    )
     assert clim.attrs["stats_start"] == str(later.start)
     np.testing.assert_array_equal(clim["climatology"].values, expected_clim["climatology"].values)
 
     stamp = (store / "zarr.json").stat().st_mtime_ns
-    write_store(data, store, later, layout, climatology_path=climatology)  # the same period again: nothing to do
+    write_store(
+        data, store, later, layout, climatology_path=climatology
+    )  # the same period again: nothing to do
     assert (store / "zarr.json").stat().st_mtime_ns == stamp

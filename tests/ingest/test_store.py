@@ -8,13 +8,12 @@ import xarray as xr
 import zarr
 from dask.callbacks import Callback
 
-from ingest.errors import StoreSchemaError, UnknownVariableError
 from ingest.climatology import climatology_at
 from ingest.coarsen import coarsen
+from ingest.errors import StoreSchemaError, UnknownVariableError
 from ingest.grid import cell_area_weights
 from ingest.schema import CLIMATOLOGY, CLIMATOLOGY_DIMS, open_climatology, open_store
 from ingest.store import StatsPeriod, StoreLayout, open_sources, write_store
-
 from tests.conftest import STATS, VARIABLES
 from tests.ingest.fields import canonical_fields
 
@@ -67,8 +66,9 @@ def test_the_write_is_the_only_compute_and_reads_each_input_chunk_once(era5_file
     checks = [key for key in input_runs if "_raise_if_not_finite" in str(key)]
     assert len(checks) == data.sizes["time"] // 8, "one NaN check per shard, inside the write"
     train = open_store(store)["data"].sel(time=slice(STATS.start, STATS.end)).values.astype(np.float64)
-    np.testing.assert_allclose(open_store(store)["tendency_std"].values,
-                               (train[1:] - train[:-1]).std(axis=(0, 2, 3)), rtol=1e-5)
+    np.testing.assert_allclose(
+        open_store(store)["tendency_std"].values, (train[1:] - train[:-1]).std(axis=(0, 2, 3)), rtol=1e-5
+    )
 
 
 def test_extending_with_another_period_gives_the_statistics_of_a_fresh_build(tmp_path):
@@ -82,8 +82,10 @@ def test_extending_with_another_period_gives_the_statistics_of_a_fresh_build(tmp
     for name in ("mean", "std", "minimum", "maximum", "tendency_std"):
         np.testing.assert_array_equal(open_store(extended)[name].values, open_store(fresh)[name].values)
     for name in ("fields", "tendency"):
-        np.testing.assert_array_equal(zarr.open_array(extended / "partial_statistics" / name)[:],
-                                      zarr.open_array(fresh / "partial_statistics" / name)[:])
+        np.testing.assert_array_equal(
+            zarr.open_array(extended / "partial_statistics" / name)[:],
+            zarr.open_array(fresh / "partial_statistics" / name)[:],
+        )
     assert open_store(extended).attrs["stats_end"] == str(later.end)
 
 
@@ -96,8 +98,12 @@ def test_climatology_is_its_own_day_of_year_by_hour_store(store_paths):
     at_train_times = climatology_at(clim, train["time"])
     assert at_train_times.dims == train.dims and not np.isnan(at_train_times.values).any()
     # one month smoothed over 61 days: close to the period mean, not equal to any single day
-    np.testing.assert_allclose(at_train_times.mean("time").values, train.mean("time").values,
-                               rtol=0.05, atol=0.05 * float(train.std()))
+    np.testing.assert_allclose(
+        at_train_times.mean("time").values,
+        train.mean("time").values,
+        rtol=0.05,
+        atol=0.05 * float(train.std()),
+    )
     assert clim.attrs["stats_start"] == str(STATS.start) and clim.attrs["window_days"] == 61
 
 
@@ -114,8 +120,16 @@ def test_every_compressor_stores_the_same_values(tmp_path, compressor):
 def test_a_coarsened_store_keeps_the_area_mean(tmp_path):
     data = canonical_fields("2001-01-01T00", "2001-01-05T18", nlat=17, nlon=32)
     period = StatsPeriod(np.datetime64("2001-01-01T00"), np.datetime64("2001-01-05T18"))
-    store = open_store(write_store(coarsen(data, 4), tmp_path / "coarse.zarr", period, StoreLayout(shard_steps=8)))
-    assert (store.sizes["lat"], store.sizes["lon"]) == (5, 8) and list(store["lat"].values) == [90, 45, 0, -45, -90]
+    store = open_store(
+        write_store(coarsen(data, 4), tmp_path / "coarse.zarr", period, StoreLayout(shard_steps=8))
+    )
+    assert (store.sizes["lat"], store.sizes["lon"]) == (5, 8) and list(store["lat"].values) == [
+        90,
+        45,
+        0,
+        -45,
+        -90,
+    ]
     weights = {n: cell_area_weights(np.linspace(90, -90, n))[:, None] for n in (5, 17)}
     coarse_mean = (store["data"] * weights[5]).mean(("lat", "lon")).values
     np.testing.assert_allclose(coarse_mean, (data * weights[17]).mean(("lat", "lon")).values, rtol=1e-6)
@@ -139,7 +153,9 @@ def test_layout_and_open_errors_name_what_was_expected(tmp_path):
         StoreLayout(compressor="lz4")
     with pytest.raises(StoreSchemaError, match="no training store"):
         open_store(tmp_path / "missing.zarr")
-    xr.Dataset({"data": (("x",), np.zeros(3))}).to_zarr(tmp_path / "other.zarr", zarr_format=3, consolidated=False)
+    xr.Dataset({"data": (("x",), np.zeros(3))}).to_zarr(
+        tmp_path / "other.zarr", zarr_format=3, consolidated=False
+    )
     with pytest.raises(StoreSchemaError, match="missing"):
         open_store(tmp_path / "other.zarr")
 
@@ -151,8 +167,12 @@ def test_leftovers_of_killed_builds_are_removed_by_the_next_run(tmp_path):
     write_store(data.isel(time=slice(0, 12)), store, period, StoreLayout(shard_steps=8), climatology)
     # what kills leave: a store renamed aside by a publish, a climatology being written, and an
     # extension's build and progress records (the extension is not run again)
-    leftovers = [tmp_path / ".store.zarr.retired-0123456789ab", tmp_path / ".climatology.zarr.partial-0123456789ab",
-                 tmp_path / ".store.zarr.building", tmp_path / ".store.zarr.progress"]
+    leftovers = [
+        tmp_path / ".store.zarr.retired-0123456789ab",
+        tmp_path / ".climatology.zarr.partial-0123456789ab",
+        tmp_path / ".store.zarr.building",
+        tmp_path / ".store.zarr.progress",
+    ]
     shutil.copytree(store, leftovers[0])
     shutil.copytree(climatology, leftovers[1])
     shutil.copytree(store, leftovers[2])
@@ -166,7 +186,10 @@ def test_leftovers_of_killed_builds_are_removed_by_the_next_run(tmp_path):
 def test_reingesting_corrected_dates_replaces_their_shards_and_the_statistics(tmp_path, caplog):
     """ERA5T -> final ERA5: the same dates come again with other values, weeks later."""
     data = canonical_fields("2001-01-01T00", "2001-01-10T18", chunk_steps=8)  # 40 steps: 5 shards of 8
-    period, layout = StatsPeriod(np.datetime64("2001-01-01T00"), np.datetime64("2001-01-08T18")), StoreLayout(8)
+    period, layout = (
+        StatsPeriod(np.datetime64("2001-01-01T00"), np.datetime64("2001-01-08T18")),
+        StoreLayout(8),
+    )
     store = write_store(data, tmp_path / "store.zarr", period, layout, tmp_path / "climatology.zarr")
     shard_file = lambda shard: store / "data" / "c" / str(shard) / "0" / "0" / "0"  # noqa: E731
     inodes = {shard: shard_file(shard).stat().st_ino for shard in range(5)}
@@ -174,14 +197,19 @@ def test_reingesting_corrected_dates_replaces_their_shards_and_the_statistics(tm
     final[[9, 10, 33]] = final[[9, 10, 33]] + 0.5 * final.std(("time", "lat", "lon"))  # shards 1 and 4
     with caplog.at_level(logging.INFO, logger="ingest.store"):
         write_store(final.isel(time=slice(8, None)), store, period, layout, tmp_path / "climatology.zarr")
-    assert "3 time steps differ from the store, first 2001-01-03T06" in caplog.text and "shards [1, 4]" in caplog.text
+    assert (
+        "3 time steps differ from the store, first 2001-01-03T06" in caplog.text
+        and "shards [1, 4]" in caplog.text
+    )
     np.testing.assert_array_equal(open_store(store)["data"].values, final.values)
     assert [shard for shard in range(5) if shard_file(shard).stat().st_ino != inodes[shard]] == [1, 4]
     fresh = write_store(final, tmp_path / "fresh.zarr", period, layout, tmp_path / "fresh_climatology.zarr")
     for name in ("mean", "std", "minimum", "maximum", "tendency_std"):
         np.testing.assert_array_equal(open_store(store)[name].values, open_store(fresh)[name].values)
-    np.testing.assert_array_equal(open_climatology(tmp_path / "climatology.zarr").values,
-                                  open_climatology(tmp_path / "fresh_climatology.zarr").values)
+    np.testing.assert_array_equal(
+        open_climatology(tmp_path / "climatology.zarr").values,
+        open_climatology(tmp_path / "fresh_climatology.zarr").values,
+    )
     for name in ("checksums/steps", "partial_statistics/fields", "partial_statistics/tendency"):
         np.testing.assert_array_equal(zarr.open_array(store / name)[:], zarr.open_array(fresh / name)[:])
     untouched = {p: p.stat().st_mtime_ns for p in store.rglob("*")}

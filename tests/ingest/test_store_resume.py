@@ -15,7 +15,6 @@ import pytest
 from ingest.inspect import validate_store
 from ingest.locks import LockHeldError
 from ingest.store import StoreLayout, open_sources, write_store
-
 from tests.conftest import STATS, VARIABLES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,8 +46,13 @@ def _files_of(store: Path) -> dict[str, bytes]:
 
 def _launch(script: Path, files, store: Path, end: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, str(script), ",".join(map(str, files)), str(store), end],
-                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, str(script), ",".join(map(str, files)), str(store), end],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _progress(store: Path) -> Path:
@@ -93,8 +97,8 @@ def test_a_build_killed_at_several_points_resumes_to_the_same_bytes(era5_files, 
     script, store = _child(tmp_path), tmp_path / "store.zarr"
     kill_points = [
         lambda: (_progress(store) / "plan.json").exists(),  # right after the empty store is made
-        lambda: _done(store) >= 7,                            # part-way through the shards
-        lambda: _done(store) >= 20,                           # later, from the resumed state
+        lambda: _done(store) >= 7,  # part-way through the shards
+        lambda: _done(store) >= 20,  # later, from the resumed state
     ]
     kills = 0
     for ready in kill_points:
@@ -125,8 +129,12 @@ def test_extending_links_finished_shards_and_a_killed_extension_resumes(era5_fil
     assert shard_0.stat().st_ino == inode, "a finished shard must be linked, not rewritten"
 
     untouched = {p: p.stat().st_mtime_ns for p in store.rglob("*")}
-    write_store(open_sources(era5_files, VARIABLES, SHARD_STEPS), store, STATS, StoreLayout(shard_steps=SHARD_STEPS))
-    assert {p: p.stat().st_mtime_ns for p in store.rglob("*")} == untouched, "re-running present dates changes nothing"
+    write_store(
+        open_sources(era5_files, VARIABLES, SHARD_STEPS), store, STATS, StoreLayout(shard_steps=SHARD_STEPS)
+    )
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*")} == untouched, (
+        "re-running present dates changes nothing"
+    )
 
 
 def test_a_second_build_of_the_same_store_is_refused_and_the_first_completes_intact(era5_files, tmp_path):
@@ -134,10 +142,14 @@ def test_a_second_build_of_the_same_store_is_refused_and_the_first_completes_int
     first = _launch(script, era5_files, store, "2000-02-29T18")
     deadline = time.monotonic() + 60
     while _done(store) < 2:  # the first build is writing shards
-        assert first.poll() is None and time.monotonic() < deadline, "the first build ended before the test ran"
+        assert first.poll() is None and time.monotonic() < deadline, (
+            "the first build ended before the test ran"
+        )
         time.sleep(0.005)
     data = open_sources(era5_files, VARIABLES, SHARD_STEPS)
-    with pytest.raises(LockHeldError, match=rf"store {store} is being written by process {first.pid} on \S+ since "):
+    with pytest.raises(
+        LockHeldError, match=rf"store {store} is being written by process {first.pid} on \S+ since "
+    ):
         write_store(data, store, STATS, StoreLayout(shard_steps=SHARD_STEPS))
     assert first.wait(timeout=120) == 0, first.stdout.read().decode()
     assert validate_store(store) == []

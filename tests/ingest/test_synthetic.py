@@ -107,7 +107,9 @@ def test_flow_keeps_changing_from_day_to_day(season):
 
 
 def test_without_stirring_the_flow_settles():
-    calm = simulate("2021-01-01", "2021-01-05", nlat=16, nlon=32, spinup_days=40.0, flow=FlowSpec(stir_rms=0.0))
+    calm = simulate(
+        "2021-01-01", "2021-01-05", nlat=16, nlon=32, spinup_days=40.0, flow=FlowSpec(stir_rms=0.0)
+    )
     assert _daily_change_ratio(calm, days=3) < 0.005
 
 
@@ -173,7 +175,10 @@ def test_written_files_have_cds_netcdf_types(short_run, tmp_path):
         level = nc["pressure_level"]
         assert level.dtype == np.float64
         assert (level.units, level.standard_name, level.positive, level.stored_direction) == (
-            "hPa", "air_pressure", "down", "decreasing",
+            "hPa",
+            "air_pressure",
+            "down",
+            "decreasing",
         )
         assert nc["latitude"].units == "degrees_north" and nc["longitude"].units == "degrees_east"
         assert nc["z"].dtype == np.float32 and nc["z"].filters()["zlib"]
@@ -229,13 +234,24 @@ def test_the_manifest_holds_the_flow_spec_and_its_hash_and_another_spec_regenera
     slower = FlowSpec(relaxation_days=10.0)
     assert slower.digest() != DEFAULT_FLOW.digest() and FlowSpec().digest() == DEFAULT_FLOW.digest()
     again = generate_files(tmp_path, "2021-01-31", "2021-02-01", flow=slower, **kwargs)
-    assert json.loads((tmp_path / "synthetic_manifest.json").read_text())["request"]["flow_sha256"] == slower.digest()
+    assert (
+        json.loads((tmp_path / "synthetic_manifest.json").read_text())["request"]["flow_sha256"]
+        == slower.digest()
+    )
     with xr.open_dataset(again[0]) as ds:
         assert not np.array_equal(ds["z"].values, before)
 
 
-@pytest.mark.parametrize(("field", "value"), [("drag_days", 0.0), ("stir_rms", -1e-10), ("courant", float("nan")),
-                                              ("stir_wavenumbers", (12, 6)), ("jet_speed", "fast")])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("drag_days", 0.0),
+        ("stir_rms", -1e-10),
+        ("courant", float("nan")),
+        ("stir_wavenumbers", (12, 6)),
+        ("jet_speed", "fast"),
+    ],
+)
 def test_an_impossible_flow_spec_is_refused_naming_the_field(field, value):
     with pytest.raises(SyntheticSpecError, match=rf"FlowSpec\.{field} must .*found {re.escape(repr(value))}"):
         FlowSpec(**{field: value})

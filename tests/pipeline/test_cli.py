@@ -44,13 +44,16 @@ def test_a_tilde_in_the_workdir_option_is_the_home_folder(tmp_path, capsys, monk
     assert f'"workdir": "{tmp_path / "fc"}"' in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    (["--members", "1000000000000"], "forecast.members: Input should be less than or equal to 10000"),
-    (["--lead-hours", "1000000000"], "forecast.lead_hours: Input should be less than or equal to 8760"),
-    (["--seed", str(2**64)], "forecast.seed: Input should be less than or equal to 9223372036854775807"),
-    (["--device", "foo"], "forecast.device: expected cpu, cuda, cuda:N or mps, found 'foo'"),
-    (["--init-times", "2001-01-15T00", "tomorrow"], "forecast.init_times.1: expected an ISO 8601 time"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--members", "1000000000000"], "forecast.members: Input should be less than or equal to 10000"),
+        (["--lead-hours", "1000000000"], "forecast.lead_hours: Input should be less than or equal to 8760"),
+        (["--seed", str(2**64)], "forecast.seed: Input should be less than or equal to 9223372036854775807"),
+        (["--device", "foo"], "forecast.device: expected cpu, cuda, cuda:N or mps, found 'foo'"),
+        (["--init-times", "2001-01-15T00", "tomorrow"], "forecast.init_times.1: expected an ISO 8601 time"),
+    ],
+)
 def test_forecast_options_are_held_to_the_config_bounds(tmp_path, capsys, options, message):
     assert main(["forecast", "--workdir", str(tmp_path / "w"), *options]) == 2
     assert message in _one_line(capsys.readouterr().err)
@@ -60,8 +63,9 @@ def test_forecast_options_are_held_to_the_config_bounds(tmp_path, capsys, option
 def test_every_time_option_takes_iso_times_with_hours_only(tmp_path):
     args = _parser().parse_args(["score", "--workdir", str(tmp_path), "--map-init", "2001-01-15T00"])
     assert _config(args).score.map_init == datetime(2001, 1, 15)
-    args = _parser().parse_args(["forecast", "--workdir", str(tmp_path), "--init-range", "2001-01-15T00",
-                                 "2001-01-16T06"])
+    args = _parser().parse_args(
+        ["forecast", "--workdir", str(tmp_path), "--init-range", "2001-01-15T00", "2001-01-16T06"]
+    )
     inits = _config(args).forecast.inits
     assert (inits.start, inits.end) == (datetime(2001, 1, 15), datetime(2001, 1, 16, 6))
 
@@ -79,8 +83,10 @@ def test_a_workdir_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
     workdir.write_text("not a folder")
     assert main(["run", "--workdir", str(workdir)]) == 1
     line = _one_line(capsys.readouterr().err)
-    assert line == (f"fourcast run: OutputPathError: workdir {workdir} cannot be written: {workdir} is a file, "
-                    "not a folder")
+    assert line == (
+        f"fourcast run: OutputPathError: workdir {workdir} cannot be written: {workdir} is a file, "
+        "not a folder"
+    )
 
 
 def test_an_archive_under_a_file_is_refused_before_the_model_is_loaded(tmp_path, capsys):
@@ -105,8 +111,9 @@ def _unwritable_folder() -> Path:
 
 def test_an_unwritable_tracking_store_is_refused_before_any_work(tmp_path, capsys, write_run_config):
     folder = _unwritable_folder() / "fourcast-tracking"
-    config = write_run_config(tmp_path / "run.yaml", tmp_path / "w",
-                              tracking={"tracking_uri": f"sqlite:///{folder}/mlflow.db"})
+    config = write_run_config(
+        tmp_path / "run.yaml", tmp_path / "w", tracking={"tracking_uri": f"sqlite:///{folder}/mlflow.db"}
+    )
     assert main(["train", "--config", str(config)]) == 1
     line = _one_line(capsys.readouterr().err)
     assert f"OutputPathError: MLflow tracking store folder {folder} cannot be written: " in line
@@ -123,11 +130,19 @@ def test_traceback_option_lets_the_error_through(tmp_path):
 @pytest.mark.slow
 def test_errors_end_as_one_line_from_a_real_process(tmp_path):
     (tmp_path / "fc").write_text("not a folder")
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--workdir", "fc"], cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", "--workdir", "fc"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 1, done.stderr
-    assert _one_line(done.stderr) == ("fourcast run: OutputPathError: workdir fc cannot be written: fc is a file, not a "
-                                      "folder")
+    assert _one_line(done.stderr) == (
+        "fourcast run: OutputPathError: workdir fc cannot be written: fc is a file, not a folder"
+    )
 
 
 def test_a_malformed_tag_is_a_config_error_naming_it():

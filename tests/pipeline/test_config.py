@@ -21,7 +21,9 @@ def test_demo_config_validates():
 def test_unknown_key_is_named_with_the_allowed_keys():
     raw = _demo()
     raw["train"]["learning_rat"] = 0.1
-    with pytest.raises(ConfigError, match=r"unknown key 'train.learning_rat'; allowed here: \[.*'batch_size'.*'phases'"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'train.learning_rat'; allowed here: \[.*'batch_size'.*'phases'"
+    ):
         parse_config(raw)
 
 
@@ -82,22 +84,40 @@ def test_a_config_that_is_not_utf8_is_a_config_error(tmp_path):
         load_config(latin1)
 
 
-@pytest.mark.parametrize(("section", "key", "value", "message"), [
-    ("forecast", "members", 10**12, r"forecast.members: .*less than or equal to 10000"),
-    ("forecast", "lead_hours", 10**9, r"forecast.lead_hours: .*less than or equal to 8760"),
-    ("forecast", "seed", 2**64, r"forecast.seed: .*less than or equal to 9223372036854775807"),
-    ("ingest", "shard_steps", 10**12, r"ingest.shard_steps: .*less than or equal to 10000"),
-    ("train", "seed", -1, r"train.seed: .*greater than or equal to 0"),
-    ("train", "seed", 2**64, r"train.seed: .*less than or equal to 9223372036854775807"),
-    ("synthetic", "seed", -1, r"synthetic.seed: .*greater than or equal to 0"),
-    ("cluster", "memory_limit", "lots", r"cluster.memory_limit: expected a size such as 4GiB or 500MB, or 'auto'"),
-    ("train", "validation_lead_hours", [], r"train.validation_lead_hours: .*at least 1 item"),
-    ("train", "validation_lead_hours", [6, 10**9], r"train.validation_lead_hours.1: .*less than or equal to 8760"),
-    ("score", "lead_hours", [24, 10**9], r"score.lead_hours.1: .*less than or equal to 8760"),
-    ("train", "device", "foo", r"train.device: expected cpu, cuda, cuda:N or mps, found 'foo'"),
-    ("forecast", "device", "cuda:x", r"forecast.device: expected cpu, cuda, cuda:N or mps, found 'cuda:x'"),
-    ("forecast", "wait_timeout_s", float("inf"), r"forecast.wait_timeout_s: .*finite number"),
-])
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("forecast", "members", 10**12, r"forecast.members: .*less than or equal to 10000"),
+        ("forecast", "lead_hours", 10**9, r"forecast.lead_hours: .*less than or equal to 8760"),
+        ("forecast", "seed", 2**64, r"forecast.seed: .*less than or equal to 9223372036854775807"),
+        ("ingest", "shard_steps", 10**12, r"ingest.shard_steps: .*less than or equal to 10000"),
+        ("train", "seed", -1, r"train.seed: .*greater than or equal to 0"),
+        ("train", "seed", 2**64, r"train.seed: .*less than or equal to 9223372036854775807"),
+        ("synthetic", "seed", -1, r"synthetic.seed: .*greater than or equal to 0"),
+        (
+            "cluster",
+            "memory_limit",
+            "lots",
+            r"cluster.memory_limit: expected a size such as 4GiB or 500MB, or 'auto'",
+        ),
+        ("train", "validation_lead_hours", [], r"train.validation_lead_hours: .*at least 1 item"),
+        (
+            "train",
+            "validation_lead_hours",
+            [6, 10**9],
+            r"train.validation_lead_hours.1: .*less than or equal to 8760",
+        ),
+        ("score", "lead_hours", [24, 10**9], r"score.lead_hours.1: .*less than or equal to 8760"),
+        ("train", "device", "foo", r"train.device: expected cpu, cuda, cuda:N or mps, found 'foo'"),
+        (
+            "forecast",
+            "device",
+            "cuda:x",
+            r"forecast.device: expected cpu, cuda, cuda:N or mps, found 'cuda:x'",
+        ),
+        ("forecast", "wait_timeout_s", float("inf"), r"forecast.wait_timeout_s: .*finite number"),
+    ],
+)
 def test_values_out_of_their_sane_range_are_refused(section, key, value, message):
     raw = _demo()
     raw.setdefault(section, {})[key] = value
@@ -113,14 +133,18 @@ def test_memory_limit_accepts_sizes_and_auto():
 
 
 def test_timezone_aware_times_are_converted_to_utc(tmp_path):
-    text = DEFAULT_CONFIG.read_text().replace("inits: {start: 2001-01-01T00:00,",
-                                              "inits: {start: 2001-01-01T01:00:00+01:00,")
+    text = DEFAULT_CONFIG.read_text().replace(
+        "inits: {start: 2001-01-01T00:00,", "inits: {start: 2001-01-01T01:00:00+01:00,"
+    )
     assert "+01:00" in text
     (tmp_path / "aware.yaml").write_text(text)
     cfg = load_config(tmp_path / "aware.yaml")
     assert cfg.forecast.inits.start == datetime(2001, 1, 1, 0) and cfg.forecast.inits.start.tzinfo is None
     raw = _demo()
-    raw["forecast"]["init_times"] = ["2001-01-02T06:00Z", datetime(2001, 1, 3, 8, tzinfo=timezone(timedelta(hours=2)))]
+    raw["forecast"]["init_times"] = [
+        "2001-01-02T06:00Z",
+        datetime(2001, 1, 3, 8, tzinfo=timezone(timedelta(hours=2))),
+    ]
     raw["score"]["map_init"] = "2001-01-02T06"
     cfg = parse_config(raw)
     assert cfg.forecast.init_times == [datetime(2001, 1, 2, 6), datetime(2001, 1, 3, 6)]
@@ -130,8 +154,11 @@ def test_timezone_aware_times_are_converted_to_utc(tmp_path):
 def test_a_time_that_is_not_iso_8601_names_the_key():
     raw = _demo()
     raw["score"]["map_init"] = "15/01/2001"
-    with pytest.raises(ConfigError, match=r"score.map_init: expected an ISO 8601 time such as 2001-01-15T00 or "
-                                          r"2001-01-15T06:00 \(UTC unless an offset is given\), found '15/01/2001'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"score.map_init: expected an ISO 8601 time such as 2001-01-15T00 or "
+        r"2001-01-15T06:00 \(UTC unless an offset is given\), found '15/01/2001'",
+    ):
         parse_config(raw)
 
 
@@ -140,15 +167,21 @@ def test_a_key_given_twice_is_refused_naming_it_and_its_lines(tmp_path):
     assert text.count("members: 8") == 2
     line = text.splitlines().index("  members: 80") + 1
     (tmp_path / "twice.yaml").write_text(text)
-    with pytest.raises(ConfigError, match=rf"twice.yaml, line {line}, column 3: duplicate key 'members' "
-                                          rf"\(first given on line {line - 1}\)"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"twice.yaml, line {line}, column 3: duplicate key 'members' "
+        rf"\(first given on line {line - 1}\)",
+    ):
         load_config(tmp_path / "twice.yaml")
 
 
 def test_yaml_merge_keys_may_still_be_overridden(tmp_path):
     text = DEFAULT_CONFIG.read_text().replace("tracking:\n", "tracking:\n  <<: {experiment: base}\n")
     (tmp_path / "merged.yaml").write_text(text)
-    assert load_config(tmp_path / "merged.yaml").tracking.experiment == yaml.safe_load(text)["tracking"]["experiment"]
+    assert (
+        load_config(tmp_path / "merged.yaml").tracking.experiment
+        == yaml.safe_load(text)["tracking"]["experiment"]
+    )
 
 
 def test_home_and_environment_variables_in_paths_are_expanded(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""The forecast stage moves an SFNO checkpoint to the store's grid (zero-shot) and refuses an AFNO, saying why."""
+"""The forecast stage moves an SFNO checkpoint to the store's grid (zero-shot) and refuses an AFNO, saying
+why."""
 
 from __future__ import annotations
 
@@ -20,8 +21,15 @@ CHANNELS = ["z500", "u500", "v500"]
 
 def _checkpoint(tmp_path, preset: str) -> tuple[Forecaster, CheckpointMeta]:
     model = build_model(preset, (32, 64), 3)
-    meta = CheckpointMeta(preset=preset, channels=CHANNELS, lat=equiangular_lats(32).tolist(),
-                          lon=regular_lons(64).tolist(), step_hours=6, mean=[5.4e4, 10.0, 0.0], std=[800.0, 8.0, 6.0])
+    meta = CheckpointMeta(
+        preset=preset,
+        channels=CHANNELS,
+        lat=equiangular_lats(32).tolist(),
+        lon=regular_lons(64).tolist(),
+        step_hours=6,
+        mean=[5.4e4, 10.0, 0.0],
+        std=[800.0, 8.0, 6.0],
+    )
     path = save_checkpoint(tmp_path / f"{preset}.pt", model, meta)
     return Forecaster.from_checkpoint(path, torch.device("cpu")), meta
 
@@ -45,10 +53,14 @@ def test_forecast_stage_moves_an_sfno_to_a_finer_store_and_refuses_an_afno(tmp_p
 
 
 def test_train_config_takes_incremental_modes_and_a_physics_weight():
-    raw = {"model": "sfno-small", "train": {"start": "2000-01-01T00:00", "end": "2000-01-31T18:00"},
-                     "validation": {"start": "2000-02-01T00:00", "end": "2000-02-10T18:00"},
-                     "phases": [{"rollout_steps": 1, "optimizer_steps": 1, "learning_rate": 1e-3}],
-                     "modes": {"start": 4, "max": 8, "grow_when": 0.05}, "physics_weight": 0.1}
+    raw = {
+        "model": "sfno-small",
+        "train": {"start": "2000-01-01T00:00", "end": "2000-01-31T18:00"},
+        "validation": {"start": "2000-02-01T00:00", "end": "2000-02-10T18:00"},
+        "phases": [{"rollout_steps": 1, "optimizer_steps": 1, "learning_rate": 1e-3}],
+        "modes": {"start": 4, "max": 8, "grow_when": 0.05},
+        "physics_weight": 0.1,
+    }
     cfg = TrainConfig.model_validate(raw)
     assert cfg.modes.start == 4 and cfg.modes.grow_by is None and cfg.physics_weight == 0.1
     with pytest.raises(ValueError, match=r"modes.max \(2\) must be >= modes.start \(4\)"):

@@ -33,14 +33,19 @@ def scorecard() -> xr.Dataset:
     rng = np.random.default_rng(0)
     lat, lon = equiangular_lats(9), regular_lons(16)
     times = np.datetime64("2020-01-01T00", "ns") + np.arange(12) * np.timedelta64(6, "h")
-    truth = xr.DataArray(5.4e4 + 800 * rng.standard_normal((12, 1, 9, 16)), dims=(TIME, CHANNEL, LAT, LON),
-                         coords={TIME: times, CHANNEL: ["z500"], LAT: lat, LON: lon})
+    truth = xr.DataArray(
+        5.4e4 + 800 * rng.standard_normal((12, 1, 9, 16)),
+        dims=(TIME, CHANNEL, LAT, LON),
+        coords={TIME: times, CHANNEL: ["z500"], LAT: lat, LON: lon},
+    )
     inits = times[[0, 2, 4]]
     valid = np.stack([truth.sel({TIME: inits + lead}).values[:, 0] for lead in LEADS], axis=1)
     growth = (1 + np.arange(LEADS.size))[None, :, None, None, None]
     members = valid[:, :, None] + 100 * growth * rng.standard_normal((3, LEADS.size, 4, 9, 16))
-    archive = xr.Dataset({"z500": ((INIT_TIME, LEAD_TIME, MEMBER, LAT, LON), members)},
-                         coords={INIT_TIME: inits, LEAD_TIME: LEADS, MEMBER: np.arange(4), LAT: lat, LON: lon})
+    archive = xr.Dataset(
+        {"z500": ((INIT_TIME, LEAD_TIME, MEMBER, LAT, LON), members)},
+        coords={INIT_TIME: inits, LEAD_TIME: LEADS, MEMBER: np.arange(4), LAT: lat, LON: lon},
+    )
     return score_archive(archive, truth, truth.mean(TIME), ScoreOptions(regions=(GLOBAL, TROPICS)))
 
 
@@ -51,10 +56,16 @@ def _drawn(path) -> bool:
 
 def test_every_score_figure_is_drawn(tmp_path, scorecard):
     paths = plots.scorecard_plots(tmp_path, scorecard, region="tropics")
-    assert sorted(p.name for p in paths) == ["acc_z500.png", "crps_skill_score_z500.png", "crps_z500.png",
-                                             "rank_histogram_z500.png",
-                                             "rmse_z500.png", "rmse_z500_global.png", "skill_score_z500.png",
-                                             "spread_skill_z500.png"]
+    assert sorted(p.name for p in paths) == [
+        "acc_z500.png",
+        "crps_skill_score_z500.png",
+        "crps_z500.png",
+        "rank_histogram_z500.png",
+        "rmse_z500.png",
+        "rmse_z500_global.png",
+        "skill_score_z500.png",
+        "spread_skill_z500.png",
+    ]
     assert all(_drawn(p) and p.with_suffix(".pdf").stat().st_size > 0 for p in paths)
     assert matplotlib.image.imread(paths[0]).shape[1] >= 5.5 * plots.DPI  # 200 dpi
 
@@ -73,9 +84,15 @@ def test_acc_leaves_out_the_climatology_and_units_read_as_written(tmp_path, scor
 
     monkeypatch.setattr(plots, "_save", keep_labels)
     plots.skill_vs_lead(tmp_path / "acc.png", scorecard, "z500", "acc")
-    assert "climatology" not in drawn["labels"] and "fourcast" in drawn["labels"]  # its ACC is 0 by definition
+    assert (
+        "climatology" not in drawn["labels"] and "fourcast" in drawn["labels"]
+    )  # its ACC is 0 by definition
     plots.skill_vs_lead(tmp_path / "rmse.png", scorecard, "z500", "rmse")
-    assert "climatology" in drawn["labels"] and drawn["ylabel"] == f"rmse ({plots.pretty_units(str(scorecard['units'].sel(variable='z500').values))})"
+    assert (
+        "climatology" in drawn["labels"]
+        and drawn["ylabel"]
+        == f"rmse ({plots.pretty_units(str(scorecard['units'].sel(variable='z500').values))})"
+    )
 
 
 def test_four_maps_are_a_2x2_grid_with_contours(tmp_path):
@@ -95,7 +112,8 @@ def test_rank_histograms_at_chosen_leads(tmp_path, scorecard):
 
 @pytest.fixture
 def offline(tmp_path, monkeypatch):
-    """Cartopy's data folders empty, any socket connection refused and recorded, coastlines looked up afresh."""
+    """Cartopy's data folders empty, any socket connection refused and recorded, coastlines looked up
+    afresh."""
     attempts = []
 
     def refuse(sock, address, *args):
@@ -217,7 +235,8 @@ def test_gshhg_coastlines_leave_out_the_cuts_along_meridians_and_poles():
 
 
 def test_coast_pieces_split_a_cut_ring_at_its_artificial_edges():
-    # east half of a polar cap cut at 0° and 180°: coast from (0, -70) to (180, -75), then down the cut meridians
+    # east half of a polar cap cut at 0° and 180°: coast from (0, -70) to (180, -75), then down the cut
+    # meridians
     ring = np.array([[0.0, -70.0], [90.0, -66.0], [180.0, -75.0], [180.0, -90.0], [0.0, -90.0]])
     (coast,) = plots._coast_pieces(ring, cut=True)
     assert list(coast.coords) == [(0.0, -70.0), (90.0, -66.0), (180.0, -75.0)]

@@ -15,8 +15,13 @@ WRITERS = 4
 def _write_a_run(workdir: str, index: int, barrier) -> str:
     """One writer: wait for the others, then record a run with a parameter and a metric."""
     barrier.wait(timeout=120)
-    with mlflow_run(default_tracking_uri(Path(workdir)), "concurrent", f"writer-{index}",
-                    {"stage": "forecast"}, Path(workdir) / "mlartifacts") as tracker:
+    with mlflow_run(
+        default_tracking_uri(Path(workdir)),
+        "concurrent",
+        f"writer-{index}",
+        {"stage": "forecast"},
+        Path(workdir) / "mlartifacts",
+    ) as tracker:
         tracker.log_params({"writer": index})
         tracker.log_metrics({"value": float(index)})
         return tracker.run_id
