@@ -25,7 +25,9 @@ from ingest.atomic import atomic_output
 from ingest.dims import CHANNEL, LAT, LON, TIME
 from ingest.schema import DATA, open_store
 from pipeline.config import CalibrationConfig, ForecastConfig, ModelErrorConfig, Period, RunConfig
+from pipeline.ensemble import build_model_error, build_perturbation
 from pipeline.errors import CalibrationError
+from pipeline.model_loading import load_forecast_model
 from pipeline.tracking import Tracker, run_tags, tag_model_version
 
 log = logging.getLogger(__name__)
@@ -90,8 +92,6 @@ def calibrate_model(
     CalibrationError
         If the leads are not multiples of the model step or the period is too short.
     """
-    from pipeline.stages import build_model_error, build_perturbation
-
     long_hours = cfg.long_lead_hours or forecast_cfg.lead_hours
     cfg = cfg.model_copy(
         update={
@@ -296,12 +296,10 @@ def calibrate_stage(
     as the forecast stage does). The registered version tagged is the URI's, or the one the
     training run ``train_run_id`` registered (its ``registered_model`` tag). Returns ``out``.
     """
-    from pipeline.stages import _load_model, resolved_model
-
-    model = str(cfg.forecast.model or checkpoint)
-    registered = resolved_model(model, tracking_uri)
-    pinned = f"models:/{registered['model_name']}/{registered['model_version']}" if registered else model
-    forecaster, _, sha256 = _load_model(pinned, tracking_uri, torch.device("cpu"), autocast=False)
+    loaded = load_forecast_model(
+        str(cfg.forecast.model or checkpoint), tracking_uri, torch.device("cpu"), autocast=False
+    )
+    forecaster, sha256, registered = loaded.forecaster, loaded.sha256, loaded.registered
     tracker.set_tags(
         {
             "stage": "calibrate",

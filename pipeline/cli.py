@@ -517,7 +517,8 @@ def _print_scorecard(records: list[dict], lead_hours: list[int]) -> None:
 
 
 def _outputs(command: str, cfg: RunConfig, paths) -> dict[str, Path]:
-    """The folders ``command`` writes to, by what they are (for :func:`pipeline.stages.require_writable`)."""
+    """The folders ``command`` writes to, by what they are (for
+    :func:`pipeline.preflight.require_writable`)."""
     cds = cfg.ingest.cds if cfg.ingest.source == "cds" else None
     downloads = {"CDS download folder": cds.cache_dir or paths.cds_cache} if cds is not None else {}
     archive = cfg.forecast.archive or paths.archive
@@ -539,20 +540,22 @@ def _outputs(command: str, cfg: RunConfig, paths) -> dict[str, Path]:
     }.get(command, {})
 
 
-def _preflight(command: str, cfg: RunConfig, paths, stages) -> None:
+def _preflight(command: str, cfg: RunConfig, paths) -> None:
     """Before any work: the devices asked for exist here, and every folder the command writes is writable."""
+    from pipeline import preflight
+
     if command in ("demo", "run", "train"):
-        stages.require_device(cfg.train.device, "train.device")
+        preflight.require_device(cfg.train.device, "train.device")
     if command in ("demo", "run", "forecast"):
-        stages.require_device(cfg.forecast.device, "forecast.device")
+        preflight.require_device(cfg.forecast.device, "forecast.device")
     outputs = _outputs(command, cfg, paths)
     if command in ("demo", "run", "train", "calibrate", "forecast", "score"):
         from pipeline.tracking import default_tracking_uri
 
-        store = stages.tracking_folder(cfg.tracking.tracking_uri or default_tracking_uri(paths.workdir))
+        store = preflight.tracking_folder(cfg.tracking.tracking_uri or default_tracking_uri(paths.workdir))
         outputs.update({"MLflow tracking store folder": store} if store is not None else {})
     for what, folder in outputs.items():
-        stages.require_writable(folder, what)
+        preflight.require_writable(folder, what)
 
 
 def _run_stage(
@@ -566,11 +569,13 @@ def _run_stage(
     if command.split()[0] in ("archive", "model", "cycle", "tracking"):
         _run_operation(command, cfg, args)
         return
-    from pipeline import stages  # heavy imports only once a stage runs
+    from pipeline import publish, sources, stages  # heavy imports only once a stage runs
+    from pipeline.errors import StageInputError
+    from pipeline.paths import Paths
 
-    paths = stages.Paths(cfg.workdir)
+    paths = Paths(cfg.workdir)
     export_args = export_args or {}
-    _preflight(command, cfg, paths, stages)
+    _preflight(command, cfg, paths)
     if command in ("demo", "run"):
         result = stages.run_pipeline(cfg)
         _print_scorecard(result.records, cfg.score.lead_hours)
@@ -581,23 +586,23 @@ def _run_stage(
         )
     elif command == "synthesize":
         if cfg.synthetic is None:
-            raise stages.StageInputError("the config has no synthetic section to synthesize from")
-        print("\n".join(str(p) for p in stages.synthesize(cfg.synthetic, paths.raw)))
+            raise StageInputError("the config has no synthetic section to synthesize from")
+        print("\n".join(str(p) for p in sources.synthesize(cfg.synthetic, paths.raw)))
     elif command == "ingest plan":
         if cfg.ingest.source != "cds":
-            raise stages.StageInputError(f"ingest plan needs ingest.source: cds, found {cfg.ingest.source!r}")
+            raise StageInputError(f"ingest plan needs ingest.source: cds, found {cfg.ingest.source!r}")
         from ingest.cds import describe_plan
 
-        print(describe_plan(stages.cds_plan(cfg.ingest.cds, cfg.ingest.variables)), end="")
+        print(describe_plan(sources.cds_plan(cfg.ingest.cds, cfg.ingest.variables)), end="")
     elif command == "ingest run":
         if cfg.ingest.source == "cds":
-            files = stages.download(cfg.ingest.cds, cfg.ingest.variables, paths.cds_cache)
+            files = sources.download(cfg.ingest.cds, cfg.ingest.variables, paths.cds_cache)
         else:
-            files = stages.raw_files(paths.raw)
+            files = sources.raw_files(paths.raw)
         print(stages.ingest(cfg.ingest, cfg.cluster, files, paths.store, paths.climatology))
     elif command == "export wb2":
         archive = export_args.get("archive") or cfg.score.archive or cfg.forecast.archive or paths.archive
-        written = stages.export_wb2(
+        written = publish.export_wb2(
             archive,
             paths.store,
             paths.climatology,
@@ -619,13 +624,15 @@ def _run_tracked_stage(
     args: argparse.Namespace | None = None,
 ) -> None:
     from fourcast.distributed import LaunchEnv
+    from pipeline import lineage, scoring, training_run
+    from pipeline.calibration import calibrate_stage
     from pipeline.tracking import NullTracker, default_tracking_uri, mlflow_run
 
     uri = cfg.tracking.tracking_uri or default_tracking_uri(paths.workdir)
     main_rank = LaunchEnv.from_environ().rank == 0  # under torchrun only rank 0 opens the MLflow run
     name = {
-        "train": lambda: stages.train_run_name(cfg.train),
-        "forecast": lambda: stages.forecast_run_name(cfg.forecast),
+        "train": lambda: lineage.train_run_name(cfg.train),
+        "forecast": lambda: lineage.forecast_run_name(cfg.forecast),
     }.get(command, lambda: command)()
     tags = {**(_tags(args) if args is not None else {}), "stage": command}
     tracked = (
@@ -636,7 +643,7 @@ def _run_tracked_stage(
     with tracked as tracker:
         if command == "train":
             state = (
-                stages.training_state_path(paths.checkpoint)
+                training_run.training_state_path(paths.checkpoint)
                 if resume == RESUME_LAST
                 else resume and Path(resume)
             )
@@ -660,7 +667,7 @@ def _run_tracked_stage(
                 tracker,
                 overwrite=cfg.forecast.overwrite,
                 tracking_uri=uri,
-                stream=stages.score_stream(cfg, paths),
+                stream=scoring.score_stream(cfg, paths),
                 climatology=paths.climatology,
                 workdir=paths.workdir,
                 calibration=paths.calibration,
@@ -669,7 +676,7 @@ def _run_tracked_stage(
                 print(archive)
         elif command == "calibrate":
             print(
-                stages.calibrate_stage(
+                calibrate_stage(
                     cfg, paths.checkpoint, paths.store, paths.calibration, tracker, tracking_uri=uri
                 )
             )
@@ -704,7 +711,7 @@ def _run_operation(command: str, cfg: RunConfig, args: argparse.Namespace) -> No
     store, artifacts = (
         cfg.workdir / "store.zarr",
         cfg.workdir / "mlartifacts",
-    )  # as pipeline.stages.Paths names them
+    )  # as pipeline.paths.Paths names them
     group, action = command.split()
     if group == "archive":
         from ensembles.catalogue import catalogue_location
@@ -808,7 +815,8 @@ def _hindcast(cfg: RunConfig, args: argparse.Namespace, uri: str) -> None:
     import time
 
     from pipeline import cylc, operations, tracking
-    from pipeline.stages import Paths, StageInputError
+    from pipeline.errors import StageInputError
+    from pipeline.paths import Paths
 
     paths = Paths(cfg.workdir)
     model = f"fourcast-{cfg.train.model}"

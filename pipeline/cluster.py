@@ -5,13 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import dask.config
 from dask.distributed import Client, KilledWorker, LocalCluster
 from dask.utils import format_bytes, parse_bytes
 
+from ingest.dims import CHANNEL, LAT, LON, TIME
 from pipeline.config import ClusterConfig
 from pipeline.errors import ClusterError  # re-exported
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +86,12 @@ def check_task_memory(client: Client, task_bytes: int, what: str) -> None:
                 "to at least "
                 f"{format_bytes(int(needed / _terminate_fraction()))}, or make the tasks smaller"
             )
+
+
+def shard_task_bytes(data: xr.DataArray, shard_steps: int) -> int:
+    """Peak memory of one shard-writing task: :data:`SHARD_COPIES` copies of a shard."""
+    step_bytes = data.sizes[CHANNEL] * data.sizes[LAT] * data.sizes[LON] * data.dtype.itemsize
+    return SHARD_COPIES * min(shard_steps, data.sizes[TIME]) * step_bytes
 
 
 @contextmanager

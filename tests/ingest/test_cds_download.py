@@ -28,9 +28,10 @@ from ingest.errors import (
 )
 from ingest.lexicon import get_variable
 from ingest.schema import DATA, open_store
-from pipeline import stages
+from pipeline import sources, stages
 from pipeline.cli import main
 from pipeline.config import parse_config
+from pipeline.paths import Paths
 
 TWO_LEVELS = ["z500", "z850", "t500", "t850", "t2m"]
 JAN_END = datetime(2000, 1, 31, 18)
@@ -88,9 +89,9 @@ def test_two_months_two_levels_download_ingest_and_open(tmp_path, cds, monkeypat
     cfg = parse_config(
         cds_run_config(tmp_path / "work", TWO_LEVELS, backoff_seconds=0.01, poll_max_seconds=0.01)
     )
-    paths = stages.Paths(cfg.workdir)
+    paths = Paths(cfg.workdir)
 
-    files = stages.source_files(cfg, paths)  # what run_pipeline does first
+    files = sources.source_files(cfg, paths)  # what run_pipeline does first
 
     assert [f.name[:15] for f in files] == [
         "era5-pl_2000-01",
@@ -123,7 +124,7 @@ def test_two_months_two_levels_download_ingest_and_open(tmp_path, cds, monkeypat
         expected = field_values(get_variable(vid), times[[0, 130, -1]], lat, lon)
         np.testing.assert_array_equal(ds[DATA].sel(channel=vid).isel(time=[0, 130, -1]).values, expected)
 
-    again = stages.download(cfg.ingest.cds, cfg.ingest.variables, paths.cds_cache)
+    again = sources.download(cfg.ingest.cds, cfg.ingest.variables, paths.cds_cache)
     assert again == files and len(cds.executions) == 4  # a second run fetches nothing
 
 

@@ -28,7 +28,7 @@ from ingest.statistics import (
 )
 from ingest.store import StatsPeriod, StoreLayout, write_store
 from pipeline.cli import main
-from pipeline.stages import Paths
+from pipeline.paths import Paths
 from tests.ingest import layouts
 from tests.ingest.fields import canonical_fields, make_fields
 

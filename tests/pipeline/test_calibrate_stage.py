@@ -15,7 +15,8 @@ from ingest.schema import DATA
 from pipeline.calibration import CalibrationError, apply_calibration, calibrate_stage, calibration_init_times
 from pipeline.cli import main
 from pipeline.config import CalibrationConfig, Period, load_config
-from pipeline.stages import Paths, _sha256
+from pipeline.lineage import file_sha256
+from pipeline.paths import Paths
 from pipeline.tracking import NullTracker, default_tracking_uri
 from tests.pipeline.test_forecast_cli import _checkpoint
 
@@ -102,7 +103,7 @@ def test_forecast_uses_the_calibration_of_its_checkpoint_by_default(workdir, tmp
     assert main(["calibrate", "--config", str(workdir / "config.yaml")]) == 0
     document = json.loads(paths.calibration.read_text())
     cfg = load_config(workdir / "config.yaml").forecast
-    applied, lineage = apply_calibration(cfg, paths.calibration, _sha256(paths.checkpoint))
+    applied, lineage = apply_calibration(cfg, paths.calibration, file_sha256(paths.checkpoint))
     assert applied.perturbation.amplitudes == document["amplitudes"]
     assert applied.model_error.amplitudes == document["model_error"]
     assert lineage["calibration"] == str(paths.calibration.resolve())

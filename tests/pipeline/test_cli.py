@@ -120,7 +120,7 @@ def test_an_unwritable_tracking_store_is_refused_before_any_work(tmp_path, capsy
 
 
 def test_traceback_option_lets_the_error_through(tmp_path):
-    from pipeline.stages import OutputPathError
+    from pipeline.errors import OutputPathError
 
     (tmp_path / "fc").write_text("not a folder")
     with pytest.raises(OutputPathError):

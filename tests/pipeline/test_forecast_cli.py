@@ -29,7 +29,11 @@ from fourcast.models.registry import build_model
 from ingest.schema import MEAN, STD, open_climatology, open_store
 from pipeline.cli import main
 from pipeline.config import ForecastConfig
-from pipeline.stages import Paths, ScoreStream, StageInputError, forecast, store_fingerprint
+from pipeline.errors import StageInputError
+from pipeline.lineage import store_fingerprint
+from pipeline.paths import Paths
+from pipeline.scoring import ScoreStream
+from pipeline.stages import forecast
 from pipeline.tracking import NullTracker, default_tracking_uri
 from tests.tolerances import assert_close_to_spread
 

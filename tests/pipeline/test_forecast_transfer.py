@@ -14,7 +14,7 @@ from fourcast.models.registry import build_model
 from ingest.dims import CHANNEL, LAT, LON
 from ingest.grid import equiangular_lats, regular_lons
 from pipeline.config import TrainConfig
-from pipeline.stages import _on_store_grid
+from pipeline.model_loading import on_store_grid
 
 CHANNELS = ["z500", "u500", "v500"]
 
@@ -40,16 +40,16 @@ def _store_coords(nlat: int, nlon: int, channels=CHANNELS) -> xr.Dataset:
 
 def test_forecast_stage_moves_an_sfno_to_a_finer_store_and_refuses_an_afno(tmp_path):
     sfno, meta = _checkpoint(tmp_path, "sfno-small")
-    assert _on_store_grid(sfno, meta, _store_coords(32, 64)) is sfno
-    fine = _on_store_grid(sfno, meta, _store_coords(64, 128))
+    assert on_store_grid(sfno, meta, _store_coords(32, 64)) is sfno
+    fine = on_store_grid(sfno, meta, _store_coords(64, 128))
     assert fine.input_coords[LAT].size == 64 and fine.model.modes == sfno.model.modes == 16
     x = torch.tensor([5.4e4, 10.0, 0.0])[None, :, None, None] + torch.randn(1, 3, 64, 128)
     assert fine.step(x, fine.input_coords)[0].shape == (1, 3, 64, 128)
     with pytest.raises(CheckpointError, match="channels"):
-        _on_store_grid(sfno, meta, _store_coords(64, 128, ["z500", "t850", "v500"]))
+        on_store_grid(sfno, meta, _store_coords(64, 128, ["z500", "t850", "v500"]))
     afno, afno_meta = _checkpoint(tmp_path, "afno-tiny")
     with pytest.raises(ResolutionTransferError, match="cannot forecast on 64x128 without retraining"):
-        _on_store_grid(afno, afno_meta, _store_coords(64, 128))
+        on_store_grid(afno, afno_meta, _store_coords(64, 128))
 
 
 def test_train_config_takes_incremental_modes_and_a_physics_weight():

@@ -14,7 +14,7 @@ from ingest.schema import DATA, open_store
 from pipeline.cli import main
 from pipeline.cluster import ClusterError, check_task_memory, dask_client
 from pipeline.config import ClusterConfig
-from pipeline.stages import Paths
+from pipeline.paths import Paths
 
 
 @pytest.mark.distributed

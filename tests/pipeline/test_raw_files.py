@@ -8,7 +8,9 @@ from dask.distributed import LocalCluster
 
 from ingest.readers import open_sources
 from pipeline.cli import main
-from pipeline.stages import Paths, StageInputError, raw_files
+from pipeline.errors import StageInputError
+from pipeline.paths import Paths
+from pipeline.sources import raw_files
 from tests.ingest.fields import ALL_IDS, PRESSURE_IDS, make_fields
 from tests.ingest.layouts import write_cds_zip, write_grib, write_new_cds
 

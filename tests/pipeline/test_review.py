@@ -17,7 +17,9 @@ from ensembles.archive import open_archive
 from fourcast.forecaster import Forecaster
 from ingest.schema import DATA, open_store
 from pipeline.config import load_config
-from pipeline.stages import Paths, campaign_key, forecast, run_tracked_stages, score, store_fingerprint
+from pipeline.lineage import campaign_key, store_fingerprint
+from pipeline.paths import Paths
+from pipeline.stages import forecast, run_tracked_stages, score
 from pipeline.tracking import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
@@ -153,7 +155,7 @@ _OPEN_ALL = "import sys, xarray as xr\nfor path in sys.argv[1:]:\n    xr.open_za
 
 def test_outputs_open_with_plain_xarray_and_warnings_as_errors(reviewed):
     _cfg, paths, _result = reviewed
-    from pipeline.stages import export_wb2
+    from pipeline.publish import export_wb2
 
     v2 = export_wb2(paths.archive, paths.store, paths.climatology, paths.workdir / "wb2-v2", zarr_format=2)
     stores = [

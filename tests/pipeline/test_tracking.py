@@ -15,7 +15,8 @@ from mlflow.tracking import MlflowClient
 
 from ensembles.archive import open_archive
 from pipeline.config import ScoreConfig
-from pipeline.stages import campaign_key, score, store_fingerprint
+from pipeline.lineage import campaign_key, store_fingerprint
+from pipeline.stages import score
 from pipeline.tracking import NullTracker, default_tracking_uri, mlflow_run
 
 

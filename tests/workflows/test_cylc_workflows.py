@@ -33,7 +33,8 @@ from ingest.schema import MEAN, STD, TIME, open_store
 from ingest.store import StoreLayout, open_sources, write_store
 from ingest.synthetic import generate_files
 from pipeline import cylc
-from pipeline.stages import Paths, store_fingerprint
+from pipeline.lineage import store_fingerprint
+from pipeline.paths import Paths
 from pipeline.tracking import default_tracking_uri, model_aliases, score_metric_name, stop_tracking_server
 from tests.conftest import STATS, VARIABLES
 
