@@ -712,8 +712,9 @@ def open_scorecard(path: str | Path) -> xr.Dataset:
         return ds.load()
 
 
-#: The scores a summary shows per system: fourcast's ensemble-mean skill, ACC, CRPS and
-#: spread-skill ratio; the baselines' RMSE and ACC.
+#: The scores a summary shows per system: fourcast's ensemble-mean skill, ACC, CRPS, spread-skill
+#: ratio, reliability index and CRPS skill scores; the baselines' RMSE, ACC and CRPS (the
+#: control member's MAE, the stronger climatology's RMSE and CRPS).
 HEADLINE_METRICS = {
     FOURCAST: ("rmse", "acc", "crps", "ssr", "reliability", "crpss_climatology", "crpss_persistence"),
     PERSISTENCE: ("rmse", "acc", "crps"),

@@ -54,6 +54,9 @@ class StreamingScorer:
         members at :meth:`finalize` are left out (and logged) instead of raising.
     out_dir : str or pathlib.Path, optional
         Where :meth:`finalize` writes ``scorecard.nc`` / ``scorecard.csv``.
+    time_mean : xarray.DataArray, dims (channel, lat, lon), optional
+        Per-point time mean of the statistics period, scored as the ``time_mean`` baseline
+        (as :func:`~ensembles.scorecard.score_archive` scores it).
 
     Attributes
     ----------
@@ -71,6 +74,7 @@ class StreamingScorer:
         n_members: int,
         options: ScoreOptions | None = None,
         out_dir: str | Path | None = None,
+        time_mean: xr.DataArray | None = None,
     ) -> None:
         if int(n_members) < 1:
             raise ScoringError(f"expected at least 1 member, found n_members={n_members}")
@@ -84,11 +88,18 @@ class StreamingScorer:
         self.out_dir = None if out_dir is None else Path(out_dir)
         self.lat, self.lon = self.truth[LAT].values, self.truth[LON].values
         self.weights = weight_matrix(self.options.regions, self.lat, self.lon)
+        self.time_mean = None if time_mean is None else self._time_mean_values(time_mean)
         self.accumulator = ScoreAccumulator()
         self.scorecard: xr.Dataset | None = None
         self._pending: dict[tuple[np.datetime64, np.timedelta64], dict[int, np.ndarray]] = {}
         self._leads: set[np.timedelta64] = set()
         self._finalized = False
+
+    def _time_mean_values(self, time_mean: xr.DataArray) -> np.ndarray:
+        """``time_mean`` on the truth's grid, in the scored channels' order: (channel, lat, lon)."""
+        time_mean = on_grid(time_mean, self.lat, self.lon, "time mean", "the truth")
+        require_labels(time_mean, CHANNEL, np.asarray(self.variables), "time mean")
+        return time_mean.sel({CHANNEL: self.variables}).transpose(CHANNEL, LAT, LON).values
 
     def write(self, x: torch.Tensor | np.ndarray, coords: Coords) -> None:
         """Take members ``x`` of shape ``(member, channel, lat, lon)`` of one init and lead.
@@ -183,7 +194,16 @@ class StreamingScorer:
         truth_valid = self.truth.sel({TIME: init + lead}).values
         truth_init = self.truth.sel({TIME: init}).values
         self.accumulator = self.accumulator + score_chunk(
-            init, lead, self.variables, members, truth_valid, truth_init, climate, self.weights, self.options
+            init,
+            lead,
+            self.variables,
+            members,
+            truth_valid,
+            truth_init,
+            climate,
+            self.weights,
+            self.options,
+            self.time_mean,
         )
         self._leads.add(lead)
 

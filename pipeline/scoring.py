@@ -87,6 +87,7 @@ def streaming_scorer(
         stream.variables or list(campaign.variables),
         campaign.n_members,
         stream.options,
+        time_mean=statistics_time_mean(truth),
     )
 
 

@@ -41,7 +41,10 @@ def _run(prognostic, truth, coords, sink, members_per_batch=2):
 
 
 def test_streaming_and_batch_scores_agree(tmp_path, drift_prognostic, truth, climatology, coords):
-    streaming = StreamingScorer(truth, climatology, ["z500", "u500"], N_MEMBERS, OPTIONS, out_dir=tmp_path)
+    time_mean = truth.isel({TIME: slice(0, 4)}).mean(TIME)  # the time_mean baseline, both paths
+    streaming = StreamingScorer(
+        truth, climatology, ["z500", "u500"], N_MEMBERS, OPTIONS, out_dir=tmp_path, time_mean=time_mean
+    )
     assert isinstance(streaming, Archive)
     location = _run(drift_prognostic, truth, coords, streaming).finalize()
     memory = MemoryArchive(
@@ -55,8 +58,9 @@ def test_streaming_and_batch_scores_agree(tmp_path, drift_prognostic, truth, cli
     _run(
         drift_prognostic, truth, coords, memory, members_per_batch=3
     )  # batch size does not change the members
-    batch = score_archive(memory.dataset, truth, climatology, OPTIONS)
+    batch = score_archive(memory.dataset, truth, climatology, OPTIONS, time_mean=time_mean)
     streamed = open_scorecard(location)
+    assert "time_mean" in streamed["system"].values.tolist()
     np.testing.assert_allclose(streamed["score"], batch["score"], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(streamed["rank_histogram"], batch["rank_histogram"], rtol=1e-12, atol=1e-14)
     xr.testing.assert_equal(streamed["n_forecasts"], batch["n_forecasts"])
