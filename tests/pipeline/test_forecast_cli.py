@@ -32,7 +32,7 @@ from pipeline.config import ForecastConfig
 from pipeline.errors import StageInputError
 from pipeline.lineage import store_fingerprint
 from pipeline.paths import Paths
-from pipeline.scoring import ScoreStream
+from pipeline.scoring import ScoreStream, statistics_time_mean
 from pipeline.stages import forecast
 from pipeline.tracking import NullTracker, default_tracking_uri
 from tests.tolerances import assert_close_to_spread
@@ -291,7 +291,13 @@ def test_scores_streamed_while_members_are_produced_equal_the_archive_scored(
     stream = ScoreStream(climatology, tmp_path / "streamed", ScoreOptions())
     archive = _stage(workdir, tmp_path / "a.zarr", stream=stream)  # 2 init times x 4 blocks of 2 members
     with xr.open_dataset(tmp_path / "streamed" / "scorecard.nc") as streamed:
-        batch = score_archive(open_archive(archive), open_store(store)["data"], open_climatology(climatology))
+        truth = open_store(store)
+        batch = score_archive(
+            open_archive(archive),
+            truth["data"],
+            open_climatology(climatology),
+            time_mean=statistics_time_mean(truth),  # the score stage's baselines, time mean included
+        )
         xr.testing.assert_allclose(streamed["score"], batch["score"], rtol=1e-6)
     written = (tmp_path / "streamed" / "scorecard.nc").stat().st_mtime_ns
     _stage(workdir, archive, stream=stream)  # the campaign is complete: nothing is produced, nothing streamed
