@@ -69,6 +69,7 @@ from ensembles.metrics import (
 from ensembles.regions import REGIONS, Region, weight_matrix
 from ingest.atomic import atomic_output
 from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER, TIME
+from ingest.formats.netcdf_lock import NETCDF_LOCK
 from ingest.grid import check_coords
 from ingest.lexicon import get_variable
 from ingest.progress import progress
@@ -697,7 +698,7 @@ def write_scorecard(
     directory.mkdir(parents=True, exist_ok=True)
     paths = directory / f"{name}.nc", directory / f"{name}.csv"
     writers = (
-        lambda tmp: scorecard.to_netcdf(tmp, engine="netcdf4"),
+        _write_netcdf(scorecard),
         lambda tmp: scorecard_table(scorecard).to_csv(tmp, index=False, float_format="%.9g"),
     )
     for path, write in zip(paths, writers, strict=True):
@@ -706,9 +707,19 @@ def write_scorecard(
     return paths
 
 
+def _write_netcdf(scorecard: xr.Dataset):
+    """A writer of ``scorecard`` as netCDF4 to a given path, under the netCDF library lock."""
+
+    def write(tmp: Path) -> None:
+        with NETCDF_LOCK:
+            scorecard.to_netcdf(tmp, engine="netcdf4")
+
+    return write
+
+
 def open_scorecard(path: str | Path) -> xr.Dataset:
     """Read a scorecard written by :func:`write_scorecard` (netCDF), loaded into memory."""
-    with xr.open_dataset(path, engine="netcdf4") as ds:
+    with NETCDF_LOCK, xr.open_dataset(path, engine="netcdf4", lock=NETCDF_LOCK) as ds:
         return ds.load()
 
 

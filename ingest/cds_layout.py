@@ -23,6 +23,7 @@ import xarray as xr
 from ingest.atomic import atomic_output
 from ingest.errors import SourceLayoutError
 from ingest.expver import EXPVER, EXPVER_FINAL
+from ingest.formats.netcdf_lock import NETCDF_LOCK
 from ingest.lexicon import Variable, get_variables
 
 #: Dims of a pressure-level variable and of a single-level one.
@@ -190,14 +191,15 @@ def cds_encoding(ds: xr.Dataset) -> dict[str, dict[str, object]]:
 
 def cds_bytes(ds: xr.Dataset) -> bytes:
     """``ds`` as the bytes of a new-CDS netCDF4 file (e.g. a zip member)."""
-    return bytes(ds.to_netcdf(engine="netcdf4", format="NETCDF4", encoding=cds_encoding(ds)))
+    with NETCDF_LOCK:
+        return bytes(ds.to_netcdf(engine="netcdf4", format="NETCDF4", encoding=cds_encoding(ds)))
 
 
 def write_cds_file(ds: xr.Dataset, path: str | Path) -> Path:
     """Write ``ds`` as a new-CDS netCDF4 file: to a temporary sibling of ``path``, then renamed into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
+    with atomic_output(path) as tmp, NETCDF_LOCK:
         ds.to_netcdf(tmp, format="NETCDF4", engine="netcdf4", encoding=cds_encoding(ds))
     return path
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import xarray as xr
 
 from ingest.errors import SourceLayoutError
+from ingest.formats.netcdf_lock import NETCDF_LOCK
 from ingest.integrity import check_length, hdf5_end
 from ingest.source import Layout, RawDataset, RawSource
 
@@ -14,7 +15,8 @@ from ingest.source import Layout, RawDataset, RawSource
 def open_netcdf(path: Path) -> RawDataset:
     """Open a netCDF file (any version) lazily and undecoded, labelled with its CDS layout.
 
-    ``mask_and_scale=False`` leaves packed integers and fill values to
+    The open runs under :data:`~ingest.formats.netcdf_lock.NETCDF_LOCK`, which also guards the
+    lazy reads and the close. ``mask_and_scale=False`` leaves packed integers and fill values to
     :func:`~ingest.normalise.normalise`, which decodes them in float64 as netCDF4 does.
 
     Raises
@@ -23,7 +25,10 @@ def open_netcdf(path: Path) -> RawDataset:
         If the netCDF library cannot open it.
     """
     try:
-        raw = xr.open_dataset(path, engine="netcdf4", mask_and_scale=False, chunks=None, cache=False)
+        with NETCDF_LOCK:
+            raw = xr.open_dataset(
+                path, engine="netcdf4", mask_and_scale=False, chunks=None, cache=False, lock=NETCDF_LOCK
+            )
     except (OSError, ValueError) as err:
         raise SourceLayoutError(
             f"{path}: expected a readable netCDF file; the netCDF library says: {err}"

@@ -51,7 +51,6 @@ _NAMES = {
 }
 _LEVELS = sorted({v.level for v in LEXICON.values() if v.level is not None})
 _BY_NAME = {(v.cds_name, v.level): v for v in LEXICON.values()}
-_HDF5_LOCK = threading.Lock()
 _REQUIRED = ("product_type", "variable", "year", "month", "day", "time", "data_format")
 _OPTIONAL = ("pressure_level", "download_format", "grid", "area")
 #: Mean and amplitude of the single-level test fields per ERA5 short name (magnitudes as in ERA5).
@@ -267,8 +266,7 @@ class CdsServer:
         with self._lock:
             delivered = {**inputs, **(self.wrong_results.pop(0) if self.wrong_results else {})}
         if not job.fail:
-            with _HDF5_LOCK:  # HDF5 is not safe to use from several threads at once
-                job.file = write_result(dataset, delivered, self._files / job.id)
+            job.file = write_result(dataset, delivered, self._files / job.id)  # under NETCDF_LOCK
         with self._lock:
             self.jobs[job.id] = job
             self.executions.append((dataset, inputs))

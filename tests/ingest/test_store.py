@@ -34,9 +34,9 @@ def test_store_is_labelled_zarr_v3_with_one_step_chunks_in_shards(store):
 
 
 def test_values_round_trip_from_the_cds_files(era5_files, store):
-    source = xr.open_dataset(era5_files[1])
-    stored = open_store(store)["data"].sel(time=source["valid_time"].values, channel="u500")
-    np.testing.assert_array_equal(stored.values, source["u"].sel(pressure_level=500).values)
+    with xr.open_dataset(era5_files[1]) as source:
+        stored = open_store(store)["data"].sel(time=source["valid_time"].values, channel="u500")
+        np.testing.assert_array_equal(stored.values, source["u"].sel(pressure_level=500).values)
 
 
 def test_statistics_use_the_training_period_only(store):

@@ -230,7 +230,8 @@ def test_the_manifest_holds_the_flow_spec_and_its_hash_and_another_spec_regenera
     request = json.loads((tmp_path / "synthetic_manifest.json").read_text())["request"]
     assert request["flow"] == DEFAULT_FLOW.as_dict() and request["flow"]["stir_wavenumbers"] == [6, 12]
     assert request["flow_sha256"] == DEFAULT_FLOW.digest() and len(request["flow_sha256"]) == 64
-    before = xr.open_dataset(paths[0])["z"].values
+    with xr.open_dataset(paths[0]) as ds:
+        before = ds["z"].values
     slower = FlowSpec(relaxation_days=10.0)
     assert slower.digest() != DEFAULT_FLOW.digest() and FlowSpec().digest() == DEFAULT_FLOW.digest()
     again = generate_files(tmp_path, "2021-01-31", "2021-02-01", flow=slower, **kwargs)
