@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from ensembles.metrics import FieldScores
-from ensembles.regions import GLOBAL, weight_matrix
+from ensembles.regions import GLOBAL, global_field_scores, weight_matrix
 from fourcast.errors import ResolutionTransferError
 from fourcast.models.registry import build_model
 from fourcast.training import VAL_SCORE, LatWeightedMSE, rollout, seeded_initialisation
@@ -380,6 +380,7 @@ def incremental_modes(coarse: dict, steps: int) -> str:
             _train_settings(steps, modes=schedule),
             report,
             torch.device("cpu"),
+            scores=global_field_scores(("rmse", "acc"), validation.lat, validation.lon),
         )
         runs[name] = clock
     target = next(iter(runs.values()))[-1][2]
@@ -448,6 +449,7 @@ def physics_informed(coarse: dict, model: torch.nn.Module, steps: int, weight: f
             _train_settings(steps, physics_weight=physics_weight),
             lambda *_: None,
             torch.device("cpu"),
+            scores=global_field_scores(("rmse", "acc"), validation.lat, validation.lon),
         )
         seconds[name] = time.perf_counter() - started
         rows[name] = forecast(tuned, coarse["val"][coarse["inits"]], *coarse["stats"], n_steps)

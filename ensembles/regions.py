@@ -12,13 +12,14 @@ units. Presets: :data:`REGIONS`, by name through :func:`get_region`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
 
 from ensembles.errors import RegionError
-from ensembles.metrics import Weights, resolve_weights
+from ensembles.metrics import FieldScores, Weights, resolve_weights
 from ingest.dims import LAT, LON
 
 
@@ -173,3 +174,19 @@ def weight_matrix(regions: list[Region] | tuple[Region, ...], lat: np.ndarray, l
         w = region.weights(lat, lon).transpose(LAT, LON).values.ravel()
         rows.append(w / w.sum())
     return np.stack(rows)
+
+
+def global_field_scores(metrics: Sequence[str], lat: np.ndarray, lon: np.ndarray) -> FieldScores:
+    """Deterministic ``metrics`` area-weighted over the whole grid, by the scorecard's statistic units.
+
+    What training's validation sums (``rmse`` and ``acc``): the same units and the same
+    :data:`GLOBAL` weights as the scorecard's global rows.
+
+    Parameters
+    ----------
+    metrics : sequence of str
+        Metrics of :data:`ensembles.metrics.FINALISERS`, e.g. ``("rmse", "acc")``.
+    lat, lon : numpy.ndarray, shapes (lat,), (lon,)
+        Grid of the fields, degrees.
+    """
+    return FieldScores(metrics, weight_matrix([GLOBAL], lat, lon)[0])

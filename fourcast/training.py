@@ -318,11 +318,11 @@ def validate(
     leads: Sequence[int],
     samples: int,
     device: torch.device,
+    scores: ValidationScores,
     climatology: Climatology | None = None,
     ctx: DistContext | None = None,
     precision: str = "fp32",
     batch_size: int = 16,
-    scores: ValidationScores | None = None,
 ) -> dict[str, float]:
     """Latitude-weighted RMSE and ACC per channel and lead (in model steps), and persistence's RMSE.
 
@@ -331,14 +331,14 @@ def validate(
 
     Parameters
     ----------
+    scores : ValidationScores
+        The statistics to sum and their finaliser: the scorecard's statistic units
+        (:class:`ensembles.metrics.FieldScores`, handed in by ``pipeline``), so validation and
+        the scorecard share one metric implementation. The forecasts go to the host and are
+        scored in float64.
     climatology : callable, optional
         Valid times ``(n,)`` → normalised climatology ``(n, channel, lat, lon)``, the reference
         of the ACC's anomalies; each channel's store mean (zero) when not given.
-    scores : ValidationScores, optional
-        The statistics to sum and their finaliser (``pipeline`` hands in the scorecard's units,
-        :class:`ensembles.metrics.FieldScores`); the forecasts then go to the host, scored in
-        float64. Without it, the RMSE and ACC are computed here on ``device`` in float32, summed
-        in float64 (the same scores to float32 round-off).
 
     Returns
     -------
@@ -350,11 +350,9 @@ def validate(
     """
     ctx = ctx or DistContext(device=device)
     n_lead, n_channel = max(leads), len(dataset.channels)
-    weights = torch.as_tensor(cell_area_weights(dataset.lat), dtype=torch.float32, device=device)[:, None]
     picks = np.unique(np.linspace(0, len(dataset) - 1, min(samples, len(dataset))).astype(int))
-    # model, persistence (and, without ``scores``, the ACC), count; per lead, channel and statistic
-    n_statistics = len(scores.statistics) if scores is not None else 1
-    sums = torch.zeros(4, n_lead, n_channel, n_statistics, dtype=torch.float64, device=device)
+    # model, persistence, count; per lead, channel and statistic
+    sums = torch.zeros(3, n_lead, n_channel, len(scores.statistics), dtype=torch.float64, device=device)
     was_training = model.training
     model.eval()
     mine = picks[ctx.rank :: ctx.world_size]
@@ -367,29 +365,17 @@ def validate(
         pred = pred.float()
         clim = _climatology_of(climatology, dataset, mine[start : start + batch_size], n_lead, device)
         persistence = x[:, None].expand_as(y)  # the initial state at every lead
-        if scores is not None:
-            truth, reference = y.cpu().numpy(), clim.cpu().numpy()
-            for system, forecast in enumerate((pred, persistence)):
-                statistics = scores(forecast.cpu().numpy(), truth, reference).sum(axis=0)
-                sums[system] += torch.from_numpy(statistics).to(device)
-        else:
-            sums[0, ..., 0] += ((pred - y) ** 2 * weights).mean(dim=(-2, -1)).sum(dim=0).double()
-            sums[1, ..., 0] += ((persistence - y) ** 2 * weights).mean(dim=(-2, -1)).sum(dim=0).double()
-            sums[2, ..., 0] += anomaly_correlation(pred - clim, y - clim, weights).sum(dim=0).double()
-        sums[3] += len(chunk)
+        truth, reference = y.cpu().numpy(), clim.cpu().numpy()
+        for system, forecast in enumerate((pred, persistence)):
+            statistics = scores(forecast.cpu().numpy(), truth, reference).sum(axis=0)
+            sums[system] += torch.from_numpy(statistics).to(device)
+        sums[2] += len(chunk)
     model.train(was_training)
     all_reduce_sum(sums, ctx)
-    means = sums[:3] / sums[3]
-    if scores is not None:
-        model_scores, persistence_scores = (scores.finalise(m.cpu().numpy()) for m in means[:2])
-        rmse, acc, persistence_rmse = (
-            torch.as_tensor(s, device=device).float()
-            for s in (model_scores["rmse"], model_scores["acc"], persistence_scores["rmse"])
-        )
-    else:
-        mse, persistence_mse, acc = means[..., 0].float()
-        rmse, persistence_rmse = mse.sqrt(), persistence_mse.sqrt()
-    std = torch.as_tensor(dataset.std, device=device)
+    means = (sums[:2] / sums[2]).cpu().numpy()
+    model_scores, persistence_scores = (scores.finalise(m) for m in means)
+    rmse, acc, persistence_rmse = model_scores["rmse"], model_scores["acc"], persistence_scores["rmse"]
+    std = dataset.std
     step_hours = int(dataset.step / np.timedelta64(1, "h"))
     metrics: dict[str, float] = {}
     for lead in leads:
@@ -398,7 +384,7 @@ def validate(
             metrics[f"val/{c}/rmse_{hours}h"] = float(rmse[lead - 1, i] * std[i])
             metrics[f"val/{c}/acc_{hours}h"] = float(acc[lead - 1, i])
             metrics[f"val/{c}/persistence_rmse_{hours}h"] = float(persistence_rmse[lead - 1, i] * std[i])
-    metrics[VAL_SCORE] = float(torch.stack([rmse[lead - 1] for lead in leads]).mean())
+    metrics[VAL_SCORE] = float(np.mean([rmse[lead - 1] for lead in leads]))
     return metrics
 
 
@@ -417,17 +403,6 @@ def _climatology_of(
     times = np.array([dataset.input_time(int(i)) + leads for i in picks])
     values = np.asarray(climatology(times.ravel()), dtype=np.float32)
     return torch.from_numpy(values.reshape(*times.shape, *values.shape[1:])).to(device)
-
-
-def anomaly_correlation(
-    forecast_anomaly: torch.Tensor, observed_anomaly: torch.Tensor, weights: torch.Tensor
-) -> torch.Tensor:
-    """Area-weighted anomaly correlation over the grid: ``(..., lat, lon)`` → ``(...)``."""
-    covariance = (forecast_anomaly * observed_anomaly * weights).sum(dim=(-2, -1))
-    variances = (forecast_anomaly**2 * weights).sum(dim=(-2, -1)) * (observed_anomaly**2 * weights).sum(
-        dim=(-2, -1)
-    )
-    return covariance / variances.sqrt().clamp_min(1e-12)
 
 
 @contextmanager
@@ -670,7 +645,7 @@ def train(
     ctx: DistContext | None = None,
     checkpoints: CheckpointPlan | None = None,
     climatology: Climatology | None = None,
-    scores: ValidationScores | None = None,
+    scores: ValidationScores,
 ) -> TrainResult:
     """Train ``model`` through ``settings.phases`` and keep the best weights by validation score.
 
@@ -696,7 +671,7 @@ def train(
         Where to write training states and the best model, and a state to resume from.
     climatology : callable, optional
         Valid times → normalised climatology, for the validation ACC (see :func:`validate`).
-    scores : ValidationScores, optional
+    scores : ValidationScores
         The validation statistics and their finaliser (see :func:`validate`).
 
     Raises
@@ -763,11 +738,11 @@ def train(
             settings.validation_leads,
             settings.validation_samples,
             device,
+            scores,
             climatology,
             ctx,
             settings.precision,
             batch_per_rank,
-            scores,
         )
         if growth is not None:
             growth.after_validation(metrics[VAL_SCORE], run.history)

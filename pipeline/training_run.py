@@ -18,8 +18,7 @@ import numpy as np
 import xarray as xr
 from torch import nn
 
-from ensembles.metrics import FieldScores
-from ensembles.regions import GLOBAL, weight_matrix
+from ensembles.regions import global_field_scores
 from fourcast.checkpoint import CheckpointMeta, save_checkpoint
 from fourcast.data import StoreWindows
 from fourcast.distributed import DistContext
@@ -49,6 +48,9 @@ log = logging.getLogger(__name__)
 
 #: Artifact path of the MLflow model in the training run.
 MODEL_ARTIFACT = "model"
+
+#: What training's validation scores, globally, through the scorecard's statistic units.
+VALIDATION_METRICS = ("rmse", "acc")
 
 
 def training_state_path(checkpoint: Path) -> Path:
@@ -252,15 +254,10 @@ def _train(
                 ctx=ctx,
                 checkpoints=plan,
                 climatology=normalised_climatology(climatology, validation),
-                scores=_validation_scores(validation),
+                scores=global_field_scores(VALIDATION_METRICS, validation.lat, validation.lon),
             )
         finally:
             buffer.flush()
-
-
-def _validation_scores(validation: StoreWindows) -> FieldScores:
-    """Validation's RMSE and ACC over the globe, through the same statistic units as the scorecard."""
-    return FieldScores(("rmse", "acc"), weight_matrix([GLOBAL], validation.lat, validation.lon)[0])
 
 
 def _save_best(

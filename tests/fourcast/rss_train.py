@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ensembles.regions import global_field_scores
 from fourcast.data import StoreWindows
 from fourcast.models.registry import build_model
 from fourcast.training import Phase, TrainSettings, train
@@ -70,7 +71,16 @@ def main(store: str, train_start: str, train_end: str, valid_start: str, valid_e
         validation_samples=BATCH,
         loader_workers=0,
     )
-    result = train(model, make_windows, validation, settings, lambda metrics, step: None, torch.device("cpu"))
+    scores = global_field_scores(("rmse", "acc"), validation.lat, validation.lon)
+    result = train(
+        model,
+        make_windows,
+        validation,
+        settings,
+        lambda metrics, step: None,
+        torch.device("cpu"),
+        scores=scores,
+    )
     windows = made[0]
     print(
         json.dumps(

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from ensembles.regions import global_field_scores
 from fourcast.checkpoint import CheckpointMeta, load_checkpoint, load_training_state, save_checkpoint
 from fourcast.data import StoreWindows
 from fourcast.errors import (
@@ -65,6 +66,7 @@ def _train(store, plan: CheckpointPlan, report=lambda m, s: None, settings: Trai
         report,
         torch.device("cpu"),
         checkpoints=plan,
+        scores=global_field_scores(("rmse", "acc"), validation.lat, validation.lon),
     )
 
 
@@ -155,6 +157,7 @@ def test_non_finite_loss_names_step_and_variable_and_keeps_the_last_state(store,
             poison_u500_after_step_3,
             torch.device("cpu"),
             checkpoints=plan,
+            scores=global_field_scores(("rmse", "acc"), validation.lat, validation.lon),
         )
     state = load_training_state(tmp_path / "last.pt")
     assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model_state"].values())

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from ensembles.regions import global_field_scores
 from fourcast.data import BatchCursor, ResumableSampler, StoreWindows, batch_stream
 from fourcast.distributed import DistContext, all_reduce_mean, gather_objects, process_group, wrap_model
 from fourcast.errors import DataWindowError, DistributedSetupError
@@ -38,14 +39,16 @@ SETTINGS = TrainSettings(
 def _train(store: Path, ctx: DistContext) -> dict[str, torch.Tensor]:
     with seeded_initialisation(0):
         model = build_model("afno-tiny", (16, 32), 3)
+    validation = StoreWindows(store, *VALID, n_ahead=1)
     train(
         model,
         lambda n: StoreWindows(store, *TRAIN, n_ahead=n),
-        StoreWindows(store, *VALID, n_ahead=1),
+        validation,
         SETTINGS,
         lambda metrics, step: None,
         ctx.device,
         ctx=ctx,
+        scores=global_field_scores(("rmse", "acc"), validation.lat, validation.lon),
     )
     return model.state_dict()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ensembles.regions import global_field_scores
 from fourcast.data import StoreWindows
 from fourcast.errors import ModelSpecError
 from fourcast.models.registry import build_model
@@ -34,6 +35,7 @@ def _run(store, preset: str, steps: int, **settings):
         ),
         lambda metrics, step: reported.append((step, metrics)),
         torch.device("cpu"),
+        scores=global_field_scores(("rmse", "acc"), validation.lat, validation.lon),
     )
     return model, result, reported
 

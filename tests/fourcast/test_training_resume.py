@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ensembles.regions import global_field_scores
 from fourcast.checkpoint import CheckpointMeta, load_checkpoint, load_training_state
 from fourcast.data import StoreWindows
 from fourcast.distributed import DistContext, process_group
@@ -68,6 +69,7 @@ def _run(store: Path, directory: Path, report, ctx: DistContext, resume: Path | 
         ctx.device,
         ctx=ctx,
         checkpoints=plan,
+        scores=global_field_scores(("rmse", "acc"), validation.lat, validation.lon),
     )
 
 
