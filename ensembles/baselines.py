@@ -1,96 +1,20 @@
-"""Reference forecasts, laid out like an archive's ensemble mean so the same code scores them.
+"""The climatology baselines at the forecasts' valid times, and the label checks of the truth.
 
-Each returns an :class:`xarray.Dataset` with one variable per lexicon id and dims
-``(init_time, lead_time, lat, lon)`` (:data:`FORECAST_DIMS`): what ``archive.mean("member")``
-gives for a forecast archive. They are lazy where their input is (broadcast, not copied).
+The scorecard scores its baselines (persistence, climatology, time mean, control member) by the
+same statistic units as the ensemble; this module selects the climatology of either layout at
+arbitrary valid times and names the labels an input lacks.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import numpy as np
 import xarray as xr
 
 from ensembles.errors import ScoringError
 from ingest.climatology import climatology_at as select_climatology
-from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, TIME
+from ingest.dims import CHANNEL, LAT, LON
 from ingest.errors import StoreSchemaError
 from ingest.schema import CLIMATOLOGY_DIMS, DAYOFYEAR, HOUR
-
-#: Dimension order of a deterministic forecast variable (an ensemble mean or a baseline).
-FORECAST_DIMS = (INIT_TIME, LEAD_TIME, LAT, LON)
-
-
-def persistence_forecast(
-    truth: xr.DataArray,
-    init_times: np.ndarray,
-    lead_times: np.ndarray,
-    variables: Sequence[str],
-) -> xr.Dataset:
-    """The state at init time, forecast unchanged for every lead time.
-
-    Parameters
-    ----------
-    truth : xarray.DataArray, dims (time, channel, lat, lon)
-        Analyses in physical units, holding every init time and variable.
-    init_times : numpy.ndarray of datetime64, shape (init_time,)
-        Initialisation times, labels of the ``init_time`` dim.
-    lead_times : numpy.ndarray of timedelta64, shape (lead_time,)
-        Lead times, labels of the ``lead_time`` dim.
-    variables : sequence of str
-        Channel ids to forecast.
-
-    Returns
-    -------
-    xarray.Dataset
-        ``variable[init_time, lead_time, lat, lon]`` with ``truth(init_time)`` at every lead.
-
-    Raises
-    ------
-    ScoringError
-        If ``truth`` lacks a variable or an init time (all missing ones are named).
-    """
-    require_labels(truth, CHANNEL, np.asarray(variables), "truth")
-    require_labels(truth, TIME, np.asarray(init_times), "truth")
-    at_init = truth.sel({TIME: init_times}).rename({TIME: INIT_TIME})
-    return _over_leads(at_init, lead_times, variables)
-
-
-def climatology_forecast(
-    climatology: xr.DataArray,
-    init_times: np.ndarray,
-    lead_times: np.ndarray,
-    variables: Sequence[str],
-) -> xr.Dataset:
-    """The climatology at each forecast's valid time ``init_time + lead_time``.
-
-    Parameters
-    ----------
-    climatology : xarray.DataArray
-        ``climatology[dayofyear, hour, channel, lat, lon]`` of the climatology store, or a
-        time-mean ``climatology[channel, lat, lon]``, in physical units
-        (:func:`climatology_at`).
-    init_times, lead_times, variables
-        As for :func:`persistence_forecast`.
-
-    Returns
-    -------
-    xarray.DataArray
-        ``variable[init_time, lead_time, lat, lon]``, lazy where the climatology is.
-    """
-    require_labels(climatology, CHANNEL, np.asarray(variables), "climatology")
-    init_times = np.asarray(init_times).astype("datetime64[ns]")
-    lead_times = np.asarray(lead_times).astype("timedelta64[ns]")
-    valid = xr.DataArray(
-        init_times[:, None] + lead_times[None, :],
-        dims=(INIT_TIME, LEAD_TIME),
-        coords={INIT_TIME: init_times, LEAD_TIME: lead_times},
-    )
-    at_valid = climatology_at(climatology.sel({CHANNEL: list(variables)}), valid)
-    return xr.Dataset(
-        {str(v): at_valid.sel({CHANNEL: v}, drop=True).transpose(*FORECAST_DIMS) for v in variables}
-    )
 
 
 def climatology_at(climatology: xr.DataArray, times: xr.DataArray) -> xr.DataArray:
@@ -144,11 +68,3 @@ def require_labels(array: xr.DataArray, dim: str, wanted: np.ndarray, what: str)
             f"{what} lacks {missing.size} of the {wanted.size} {dim} labels needed: {shown}; "
             f"it holds {array.sizes[dim]} labels {array[dim].values[0]} … {array[dim].values[-1]}"
         )
-
-
-def _over_leads(per_init: xr.DataArray, lead_times: np.ndarray, variables: Sequence[str]) -> xr.Dataset:
-    """Repeat a ``(init_time, channel, lat, lon)`` field over lead times, one variable per channel."""
-    fields = per_init.expand_dims({LEAD_TIME: np.asarray(lead_times)})
-    return xr.Dataset(
-        {str(v): fields.sel({CHANNEL: v}, drop=True).transpose(*FORECAST_DIMS) for v in variables}
-    )

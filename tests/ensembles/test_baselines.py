@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from ensembles.baselines import FORECAST_DIMS, climatology_forecast, persistence_forecast
 from ensembles.errors import ScoringError
 from ensembles.scorecard import score_archive
 from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, TIME
 from ingest.schema import CLIMATOLOGY_DIMS, DAYOFYEAR, HOUR
+from tests.ensembles.reference_baselines import FORECAST_DIMS, climatology_forecast, persistence_forecast
 from tests.ensembles.reference_metrics import rmse
 from tests.tolerances import assert_close_to_spread
 

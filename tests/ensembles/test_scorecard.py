@@ -9,7 +9,6 @@ import xarray as xr
 
 from ensembles import metrics
 from ensembles.archive import ZarrArchive, open_archive
-from ensembles.baselines import persistence_forecast
 from ensembles.errors import ScoringError
 from ensembles.metrics import METRICS, StatisticSums, finalise, forecast_statistics
 from ensembles.regions import GLOBAL, TROPICS, Region, weight_matrix
@@ -27,6 +26,7 @@ from ensembles.scorecard import (
 )
 from ingest.dims import CHANNEL, INIT_TIME, LAT, LEAD_TIME, LON, MEMBER, TIME
 from tests.ensembles import reference_metrics as reference
+from tests.ensembles.reference_baselines import persistence_forecast
 
 VARIABLES = ["z500", "u500"]
 N_MEMBERS = 5
