@@ -3,9 +3,9 @@
 ========================  ============================  =========================================
 format (first bytes)      source                        layouts it yields
 ========================  ============================  =========================================
-HDF5 (netCDF4)            :class:`.netcdf4.NetCDF4Source`  ``new-cds-netcdf`` (``valid_time``) or
+HDF5 (netCDF4)            :class:`.netcdf.NetCDFSource`    ``new-cds-netcdf`` (``valid_time``) or
                                                            ``old-cds-netcdf``
-CDF (netCDF3 classic)     :class:`.netcdf3.NetCDF3Source`  ``old-cds-netcdf`` (``grib_to_netcdf``)
+CDF (netCDF3 classic)     :class:`.netcdf.NetCDFSource`    ``old-cds-netcdf`` (``grib_to_netcdf``)
 GRIB 1/2                  :class:`.grib.GribSource`        ``grib`` (cfgrib/ecCodes)
 zip                       :class:`.zip.ZipSource`          ``cds-zip``: one member per stream and
                                                            step type, each opened by its own format
@@ -41,8 +41,7 @@ def file_source(path: str | Path, *, unpack_dir: str | Path | None = None) -> Ra
         :class:`~ingest.errors.TruncatedFileError` if it is empty or cut inside its signature.
     """
     from ingest.formats.grib import GribSource
-    from ingest.formats.netcdf3 import NetCDF3Source
-    from ingest.formats.netcdf4 import NetCDF4Source
+    from ingest.formats.netcdf import NetCDFSource
     from ingest.formats.zip import ZipSource
 
     path = Path(path)
@@ -53,4 +52,4 @@ def file_source(path: str | Path, *, unpack_dir: str | Path | None = None) -> Ra
         return ZipSource(path, unpack_dir)
     if kind == "grib":
         return GribSource(path)
-    return NetCDF4Source(path) if kind == "hdf5" else NetCDF3Source(path)
+    return NetCDFSource(path, kind)

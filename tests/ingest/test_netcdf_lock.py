@@ -20,7 +20,7 @@ _STRESS = textwrap.dedent(
     from pathlib import Path
     import numpy as np, pandas as pd
     from ingest.cds_layout import cds_dataset, cds_bytes, write_cds_file
-    from ingest.formats.netcdf4 import open_netcdf
+    from ingest.formats.netcdf import open_netcdf
 
     out = Path(sys.argv[1])
     times = pd.date_range("2000-01-01", periods=8, freq="6h").values
@@ -86,7 +86,7 @@ def test_a_lazily_opened_netcdf_pickles_for_dask_workers(tmp_path):
     import pandas as pd
 
     from ingest.cds_layout import cds_dataset, write_cds_file
-    from ingest.formats.netcdf4 import open_netcdf
+    from ingest.formats.netcdf import open_netcdf
 
     times = pd.date_range("2000-01-01", periods=2, freq="6h").values
     values = np.full((2, 3, 4), 50_000.0, dtype="f4")

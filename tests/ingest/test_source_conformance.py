@@ -9,8 +9,7 @@ import numpy as np
 
 from ingest.formats import file_source
 from ingest.formats.grib import GribSource
-from ingest.formats.netcdf3 import NetCDF3Source
-from ingest.formats.netcdf4 import NetCDF4Source
+from ingest.formats.netcdf import NetCDFSource
 from ingest.formats.zip import ZipSource
 from ingest.lexicon import get_variable
 from ingest.source import Layout
@@ -39,7 +38,8 @@ class TestNetCDF4Source(_FieldsSource):
 
     def make(self, tmp_path):
         source = file_source(write_new_cds(self.fields, tmp_path)[0])
-        assert isinstance(source, NetCDF4Source) and source.layout is Layout.NEW_CDS_NETCDF
+        assert isinstance(source, NetCDFSource) and source.container == "hdf5"
+        assert source.layout is Layout.NEW_CDS_NETCDF
         return source
 
 
@@ -48,7 +48,8 @@ class TestNetCDF3Source(_FieldsSource):
 
     def make(self, tmp_path):
         source = file_source(write_old_cds(self.fields, tmp_path)[1])
-        assert isinstance(source, NetCDF3Source) and source.layout is Layout.OLD_CDS_NETCDF
+        assert isinstance(source, NetCDFSource) and source.container == "netcdf3"
+        assert source.layout is Layout.OLD_CDS_NETCDF
         return source
 
     def reference(self, variable_id):
