@@ -698,7 +698,7 @@ def write_scorecard(
     directory.mkdir(parents=True, exist_ok=True)
     paths = directory / f"{name}.nc", directory / f"{name}.csv"
     writers = (
-        _write_netcdf(scorecard),
+        lambda tmp: _write_netcdf(scorecard, tmp),
         lambda tmp: scorecard_table(scorecard).to_csv(tmp, index=False, float_format="%.9g"),
     )
     for path, write in zip(paths, writers, strict=True):
@@ -707,14 +707,10 @@ def write_scorecard(
     return paths
 
 
-def _write_netcdf(scorecard: xr.Dataset):
-    """A writer of ``scorecard`` as netCDF4 to a given path, under the netCDF library lock."""
-
-    def write(tmp: Path) -> None:
-        with NETCDF_LOCK:
-            scorecard.to_netcdf(tmp, engine="netcdf4")
-
-    return write
+def _write_netcdf(scorecard: xr.Dataset, path: Path) -> None:
+    """Write ``scorecard`` as netCDF4 to ``path``, under the netCDF library lock."""
+    with NETCDF_LOCK:
+        scorecard.to_netcdf(path, engine="netcdf4")
 
 
 def open_scorecard(path: str | Path) -> xr.Dataset:
